@@ -1,0 +1,11 @@
+//! Indexes of the kernel's loss counters (the `DROPS` per-CPU array).
+//! Userspace sums them across CPUs and reports them as the agent's own metrics.
+
+/// A socket data event did not fit in the ring buffer.
+pub const DATA_RINGBUF_FULL: u32 = 0;
+/// A process or close event did not fit in the ring buffer.
+pub const CONTROL_RINGBUF_FULL: u32 = 1;
+/// Copying the payload from user memory failed; the event went out without it.
+pub const PAYLOAD_READ_FAILED: u32 = 2;
+/// Number of counters.
+pub const COUNT: u32 = 3;

@@ -1,0 +1,24 @@
+//! Sonde's kernel programs. Built by `cargo xtask build-ebpf` for
+//! `bpfel-unknown-none`; the agent embeds the object and loads it with aya.
+//!
+//! Hooks (all need Linux >= 6.2 for the `sock_*_length` tracepoints):
+//! - `probes::socket_data`: tp_btf `sock:sock_send_length` / `sock_recv_length`,
+//!   which fire only for socket I/O, so untargeted processes pay nothing for
+//!   file or pipe I/O.
+//! - `probes::socket_state`: tp_btf `sock:inet_sock_set_state` (connect, close)
+//!   and `syscalls:sys_exit_accept{,4}` (accepted sockets).
+//! - `probes::process`: `sched:sched_process_{exec,exit,fork}` for live selection.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod probes;
+mod read;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects programs that can reach a panic, so this is never
+    // executed; an infinite loop is the conventional body.
+    loop {}
+}

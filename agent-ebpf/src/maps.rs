@@ -1,0 +1,78 @@
+//! Maps and the configuration global shared by all programs. Names are the
+//! contract with `agent/src/probes/`.
+
+use agent_common::{
+    KernelConfig,
+    socket_data::{MAX_CAPTURE_BYTES, SocketDataEvent},
+    socket_state::TrackedConn,
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+
+/// Set by the agent at load time (`EbpfLoader::override_global`).
+#[unsafe(no_mangle)]
+static CONFIG: KernelConfig = KernelConfig::DEFAULT;
+
+/// The configuration as the agent set it.
+#[inline(always)]
+pub fn config() -> KernelConfig {
+    // SAFETY: CONFIG is a plain global; volatile stops the compiler from
+    // folding in the default the object was compiled with.
+    unsafe { core::ptr::read_volatile(&CONFIG) }
+}
+
+/// Processes (tgid) to capture, filled by the agent's selectors; children
+/// forked by a target are added by `probes::process`.
+#[map]
+pub static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(65_536, 0);
+
+/// Socket data and close events. Size set by the agent at load time.
+#[map]
+pub static DATA_EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Process exec/exit events, apart from data so a data flood cannot starve them.
+#[map]
+pub static CONTROL_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Connections a target has moved data on (or connected), by socket cookie.
+#[map]
+pub static TRACKED_CONNS: LruHashMap<u64, TrackedConn> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Sockets a target accepted but has not used yet: `(tgid << 32) | fd`.
+#[map]
+pub static ACCEPTED_FDS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16_384, 0);
+
+/// Loss counters, indexed by `agent_common::drops::*`.
+#[map]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(agent_common::drops::COUNT, 0);
+
+/// A data event plus room for the copy loop to overrun by up to one capture,
+/// which lets the verifier prove every write is in bounds without tracking
+/// the relation between offset and length.
+#[repr(C)]
+pub struct DataScratch {
+    pub event: SocketDataEvent,
+    pub overrun: [u8; MAX_CAPTURE_BYTES],
+}
+
+/// Per-CPU staging area: a 4 KiB event does not fit on the 512-byte BPF stack.
+#[map]
+pub static DATA_SCRATCH: PerCpuArray<DataScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Counts one loss of the given kind.
+#[inline(always)]
+pub fn count_drop(index: u32) {
+    if let Some(counter) = DROPS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, programs do not migrate CPU mid-run.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// True if the current process is a target.
+#[inline(always)]
+pub fn is_target(tgid: u32) -> bool {
+    // SAFETY: read-only lookup of a plain value.
+    unsafe { TARGETS.get(&tgid) }.is_some()
+}

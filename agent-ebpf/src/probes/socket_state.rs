@@ -1,0 +1,100 @@
+//! Connection side and life cycle.
+//!
+//! - tp_btf `sock:inet_sock_set_state` (Linux >= 4.16):
+//!   /// match-proto:v4.16:include/trace/events/sock.h:
+//!   /// TRACE_EVENT(inet_sock_set_state, TP_PROTO(const struct sock *sk, const int oldstate, const int newstate))
+//!   CLOSE -> SYN_SENT runs inside `connect()` in the caller's thread: a target
+//!   connecting marks the socket as client. Any -> CLOSE of a tracked socket
+//!   emits a close event (on the data ring, so it stays ordered after the
+//!   connection's last data). Fires on TCP state changes only, a few per
+//!   connection.
+//! - `syscalls:sys_exit_accept` / `sys_exit_accept4`: the returned fd is an
+//!   accepted (server side) socket; resolved to its cookie at first data.
+//!   Accept is rare next to read/write, so hooking it costs the node little.
+
+use agent_common::{
+    EventHeader, EventKind,
+    socket_data::ROLE_CLIENT,
+    socket_state::{SocketCloseEvent, TrackedConn},
+};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns},
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+
+use crate::maps::{ACCEPTED_FDS, DATA_EVENTS, TRACKED_CONNS, count_drop, is_target};
+
+const TCP_SYN_SENT: i32 = 2;
+const TCP_CLOSE: i32 = 7;
+/// Offset of `long ret` in the sys_exit_* tracepoint record.
+const SYS_EXIT_RET: usize = 16;
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
+    let sk: *const u8 = ctx.arg(0);
+    let old_state: i32 = ctx.arg(1);
+    let new_state: i32 = ctx.arg(2);
+    // SAFETY: `sk` is the tracepoint's typed socket argument.
+    let cookie = || unsafe { bpf_get_socket_cookie(sk as *mut _) };
+    if new_state == TCP_SYN_SENT && old_state == TCP_CLOSE {
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        if is_target(tgid) {
+            let conn = TrackedConn { role: ROLE_CLIENT, reserved: 0 };
+            let _ = TRACKED_CONNS.insert(&cookie(), &conn, 0);
+        }
+    } else if new_state == TCP_CLOSE {
+        let cookie = cookie();
+        // SAFETY: plain value lookup.
+        if unsafe { TRACKED_CONNS.get(&cookie) }.is_some() {
+            let _ = TRACKED_CONNS.remove(&cookie);
+            emit_close(cookie);
+        }
+    }
+    0
+}
+
+fn emit_close(socket_cookie: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let event = SocketCloseEvent {
+        header: EventHeader {
+            kind: EventKind::SocketClose as u32,
+            pid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
+            reserved: 0,
+            // SAFETY: always-safe helper.
+            timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        },
+        socket_cookie,
+    };
+    if DATA_EVENTS.output::<SocketCloseEvent>(&event, 0).is_err() {
+        count_drop(agent_common::drops::DATA_RINGBUF_FULL);
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    remember_accepted(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    remember_accepted(&ctx);
+    0
+}
+
+fn remember_accepted(ctx: &TracePointContext) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !is_target(tgid) {
+        return;
+    }
+    // SAFETY: the offset is inside the sys_exit record.
+    let Ok(fd) = (unsafe { ctx.read_at::<i64>(SYS_EXIT_RET) }) else {
+        return;
+    };
+    if fd >= 0 {
+        let key = ((tgid as u64) << 32) | fd as u64;
+        let _ = ACCEPTED_FDS.insert(&key, &1, 0);
+    }
+}

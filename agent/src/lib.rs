@@ -1,0 +1,12 @@
+//! Sonde agent library: the stages of the pipeline, wired by [`pipeline`].
+//! `main.rs` is only the command line.
+
+pub mod config;
+pub mod conn;
+pub mod discovery;
+pub mod export;
+pub mod pipeline;
+pub mod probes;
+pub mod protocols;
+pub mod spans;
+pub mod telemetry;

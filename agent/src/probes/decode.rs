@@ -1,0 +1,229 @@
+//! Turns raw ring-buffer records into typed events. The kernel writes
+//! `agent_common` structs; every record is checked for size and kind before
+//! it is read, and a bad record is an error, never a panic.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use agent_common::{
+    EventHeader, EventKind,
+    process::ProcessEvent,
+    socket_data::{
+        ConnTuple, DIRECTION_EGRESS, DIRECTION_INGRESS, FAMILY_INET, FAMILY_INET6,
+        MAX_CAPTURE_BYTES, ROLE_CLIENT, ROLE_SERVER, SOCKET_DATA_HEADER_LEN, SocketDataEvent,
+    },
+    socket_state::SocketCloseEvent,
+};
+use bytes::Bytes;
+
+/// Which way the bytes went, from the instrumented process's point of view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// The process sent them.
+    Egress,
+    /// The process received them.
+    Ingress,
+}
+
+/// The process's side of the connection, when the kernel saw it being set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Opened before the agent attached: infer it from the payload.
+    Unknown,
+    /// The process connected.
+    Client,
+    /// The process accepted.
+    Server,
+}
+
+/// Bytes moved over one TCP socket by one syscall.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketData {
+    /// Process id.
+    pub pid: u32,
+    /// Thread id of the caller.
+    pub tid: u32,
+    /// CLOCK_MONOTONIC nanoseconds at the end of the call.
+    pub timestamp_ns: u64,
+    /// Kernel socket cookie: the connection's identity.
+    pub socket_cookie: u64,
+    /// Local address and port.
+    pub local: SocketAddr,
+    /// Remote address and port.
+    pub remote: SocketAddr,
+    /// Send or receive.
+    pub direction: Direction,
+    /// Client or server side, if known.
+    pub role: Role,
+    /// The file descriptor used, when the syscall was identified.
+    pub fd: Option<u32>,
+    /// Bytes the call moved.
+    pub total_len: u32,
+    /// A prefix of those bytes (possibly empty, at most `total_len`).
+    pub payload: Bytes,
+}
+
+impl SocketData {
+    /// True if the kernel copied less than the call moved.
+    pub fn is_truncated(&self) -> bool {
+        (self.payload.len() as u64) < u64::from(self.total_len)
+    }
+}
+
+/// A tracked connection reached TCP_CLOSE.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketClose {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub timestamp_ns: u64,
+    /// Kernel socket cookie.
+    pub socket_cookie: u64,
+}
+
+/// Everything the kernel programs report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelEvent {
+    /// See [`SocketData`].
+    Data(SocketData),
+    /// See [`SocketClose`].
+    Close(SocketClose),
+    /// A process called exec.
+    Exec {
+        /// The process.
+        pid: u32,
+    },
+    /// A target process exited.
+    Exit {
+        /// The process.
+        pid: u32,
+    },
+}
+
+/// Why a ring-buffer record was rejected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Shorter than its kind requires.
+    #[error("record of {len} bytes is too short for {what} ({need} bytes)")]
+    TooShort {
+        /// Record length.
+        len: usize,
+        /// Bytes needed.
+        need: usize,
+        /// What was being decoded.
+        what: &'static str,
+    },
+    /// Unknown kind in the header.
+    #[error("unknown event kind {0}")]
+    UnknownKind(u32),
+    /// A field holds a value the kernel never writes.
+    #[error("invalid {field} value {value}")]
+    InvalidField {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: u32,
+    },
+}
+
+/// Reads a `T` from the start of `bytes`, if long enough.
+fn read_struct<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
+    let need = size_of::<T>();
+    if bytes.len() < need {
+        return Err(DecodeError::TooShort { len: bytes.len(), need, what });
+    }
+    // SAFETY: length checked; T is a repr(C) agent_common type valid for any
+    // bit pattern; read_unaligned since ring-buffer records are only 8-aligned.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(record: &[u8]) -> Result<KernelEvent, DecodeError> {
+    let header: EventHeader = read_struct(record, "event header")?;
+    match EventKind::from_u32(header.kind) {
+        Some(EventKind::SocketData) => decode_data(record).map(KernelEvent::Data),
+        Some(EventKind::SocketClose) => {
+            let event: SocketCloseEvent = read_struct(record, "socket close event")?;
+            Ok(KernelEvent::Close(SocketClose {
+                timestamp_ns: event.header.timestamp_ns,
+                socket_cookie: event.socket_cookie,
+            }))
+        }
+        Some(EventKind::ProcessExec) => {
+            let event: ProcessEvent = read_struct(record, "process event")?;
+            Ok(KernelEvent::Exec { pid: event.header.pid })
+        }
+        Some(EventKind::ProcessExit) => {
+            let event: ProcessEvent = read_struct(record, "process event")?;
+            Ok(KernelEvent::Exit { pid: event.header.pid })
+        }
+        None => Err(DecodeError::UnknownKind(header.kind)),
+    }
+}
+
+fn decode_data(record: &[u8]) -> Result<SocketData, DecodeError> {
+    if record.len() < SOCKET_DATA_HEADER_LEN {
+        return Err(DecodeError::TooShort {
+            len: record.len(),
+            need: SOCKET_DATA_HEADER_LEN,
+            what: "socket data event",
+        });
+    }
+    // Read the fixed part through a zero-padded copy: the record stops
+    // after the captured bytes.
+    let mut fixed = [0u8; size_of::<SocketDataEvent>()];
+    let n = record.len().min(fixed.len());
+    fixed[..n].copy_from_slice(&record[..n]);
+    let event: SocketDataEvent = read_struct(&fixed, "socket data event")?;
+    let captured = event.captured_len as usize;
+    if captured > MAX_CAPTURE_BYTES || captured > event.total_len as usize {
+        return Err(DecodeError::InvalidField { field: "captured_len", value: event.captured_len });
+    }
+    let payload_end = SOCKET_DATA_HEADER_LEN + captured;
+    if record.len() < payload_end {
+        return Err(DecodeError::TooShort {
+            len: record.len(),
+            need: payload_end,
+            what: "socket data payload",
+        });
+    }
+    let direction = match event.direction {
+        DIRECTION_EGRESS => Direction::Egress,
+        DIRECTION_INGRESS => Direction::Ingress,
+        value => return Err(DecodeError::InvalidField { field: "direction", value }),
+    };
+    let role = match event.role {
+        ROLE_CLIENT => Role::Client,
+        ROLE_SERVER => Role::Server,
+        _ => Role::Unknown,
+    };
+    let (local, remote) = socket_addrs(&event.tuple)?;
+    Ok(SocketData {
+        pid: event.header.pid,
+        tid: event.header.tid,
+        timestamp_ns: event.header.timestamp_ns,
+        socket_cookie: event.socket_cookie,
+        local,
+        remote,
+        direction,
+        role,
+        fd: (event.fd != u32::MAX).then_some(event.fd),
+        total_len: event.total_len,
+        payload: Bytes::copy_from_slice(&record[SOCKET_DATA_HEADER_LEN..payload_end]),
+    })
+}
+
+fn socket_addrs(tuple: &ConnTuple) -> Result<(SocketAddr, SocketAddr), DecodeError> {
+    let ip = |raw: &[u8; 16]| -> Result<IpAddr, DecodeError> {
+        match tuple.family {
+            FAMILY_INET => Ok(IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))),
+            FAMILY_INET6 => {
+                let v6 = Ipv6Addr::from(*raw);
+                // Dual-stack sockets report IPv4 peers as ::ffff:a.b.c.d.
+                Ok(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4))
+            }
+            family => Err(DecodeError::InvalidField { field: "family", value: family.into() }),
+        }
+    };
+    Ok((
+        SocketAddr::new(ip(&tuple.local_addr)?, tuple.local_port),
+        SocketAddr::new(ip(&tuple.remote_addr)?, tuple.remote_port),
+    ))
+}

@@ -1,0 +1,125 @@
+//! The agent's span: what span building produces and exporters consume.
+//! Kept independent of any wire format; `export::otlp` maps it to OTLP.
+
+use std::sync::Arc;
+
+/// A W3C trace id (16 bytes, never all zero).
+pub type TraceId = [u8; 16];
+/// A W3C span id (8 bytes, never all zero).
+pub type SpanId = [u8; 8];
+
+/// OpenTelemetry span kind (only the kinds the agent produces).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SpanKind {
+    /// Handling an incoming request.
+    Server,
+    /// Making an outgoing request.
+    Client,
+}
+
+/// OpenTelemetry span status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SpanStatus {
+    /// Not an error.
+    Unset,
+    /// An error, with a short description.
+    Error(String),
+}
+
+/// An attribute value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttributeValue {
+    /// String.
+    Str(String),
+    /// Integer.
+    Int(i64),
+    /// Float.
+    Float(f64),
+    /// Boolean.
+    Bool(bool),
+}
+
+impl From<&str> for AttributeValue {
+    fn from(value: &str) -> Self {
+        Self::Str(value.to_owned())
+    }
+}
+impl From<String> for AttributeValue {
+    fn from(value: String) -> Self {
+        Self::Str(value)
+    }
+}
+impl From<i64> for AttributeValue {
+    fn from(value: i64) -> Self {
+        Self::Int(value)
+    }
+}
+
+/// One attribute. Keys are semantic-convention names, hence `&'static str`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attribute {
+    /// Key.
+    pub key: &'static str,
+    /// Value.
+    pub value: AttributeValue,
+}
+
+impl Attribute {
+    /// Builds an attribute.
+    pub fn new(key: &'static str, value: impl Into<AttributeValue>) -> Self {
+        Self { key, value: value.into() }
+    }
+}
+
+/// The entity that produced spans: one per instrumented process/service.
+/// Shared by all spans of that process (`Arc`), compared by `key`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resource {
+    /// Stable identity for grouping (e.g. "pid:1234:starttime").
+    pub key: String,
+    /// `service.name`, also in `attributes`; kept apart for display.
+    pub service_name: String,
+    /// All resource attributes, including `service.name`.
+    pub attributes: Vec<(String, AttributeValue)>,
+}
+
+/// A finished span.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Span {
+    /// Producer.
+    pub resource: Arc<Resource>,
+    /// Trace id.
+    pub trace_id: TraceId,
+    /// Span id.
+    pub span_id: SpanId,
+    /// Parent span id, if any.
+    pub parent_span_id: Option<SpanId>,
+    /// W3C trace flags (bit 0: sampled).
+    pub trace_flags: u8,
+    /// W3C `tracestate`, passed through untouched.
+    pub trace_state: Option<String>,
+    /// Server or client.
+    pub kind: SpanKind,
+    /// Span name per semantic conventions (never a raw path).
+    pub name: String,
+    /// Start, Unix epoch nanoseconds.
+    pub start_unix_ns: u64,
+    /// End, Unix epoch nanoseconds.
+    pub end_unix_ns: u64,
+    /// Attributes.
+    pub attributes: Vec<Attribute>,
+    /// Status.
+    pub status: SpanStatus,
+}
+
+impl Span {
+    /// Duration in nanoseconds (0 if the clock went backwards).
+    pub fn duration_ns(&self) -> u64 {
+        self.end_unix_ns.saturating_sub(self.start_unix_ns)
+    }
+
+    /// The attribute with that key, if present.
+    pub fn attribute(&self, key: &str) -> Option<&AttributeValue> {
+        self.attributes.iter().find(|a| a.key == key).map(|a| &a.value)
+    }
+}

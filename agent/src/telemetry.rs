@@ -1,0 +1,114 @@
+//! The agent's own counters: every place that can lose or drop data counts
+//! it here, under one typed name, so /metrics, the periodic log summary and
+//! the tests all read the same numbers.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($variant:ident => $name:literal, $help:literal;)*) => {
+        /// Something the agent counts.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter {
+            $(#[doc = $help] $variant,)*
+        }
+
+        impl Counter {
+            /// Every counter, in declaration order.
+            pub const ALL: &'static [Counter] = &[$(Counter::$variant,)*];
+
+            /// Metric name (Prometheus style, without the `_total` suffix).
+            pub fn name(self) -> &'static str {
+                match self { $(Counter::$variant => $name,)* }
+            }
+
+            /// One-line description.
+            pub fn help(self) -> &'static str {
+                match self { $(Counter::$variant => $help,)* }
+            }
+        }
+    };
+}
+
+counters! {
+    KernelDataRingbufFull => "sonde_kernel_data_ringbuf_full", "Socket data or close events lost because the kernel ring buffer was full";
+    KernelControlRingbufFull => "sonde_kernel_control_ringbuf_full", "Process events lost because the kernel ring buffer was full";
+    KernelPayloadReadFailed => "sonde_kernel_payload_read_failed", "Payload copies from user memory that failed (event sent without payload)";
+    EventsReceived => "sonde_events_received", "Kernel events read from the ring buffers";
+    EventsUndecodable => "sonde_events_undecodable", "Kernel records rejected by the decoder";
+    EventsDroppedChannelFull => "sonde_events_dropped_channel_full", "Events dropped because the connection tracker was behind";
+    ParseFailedHttp1 => "sonde_parse_failed_http1", "HTTP/1 messages that could not be parsed";
+    ConnectionsEvicted => "sonde_connections_evicted", "Connections dropped from the tracker (table full or idle)";
+    ExchangesAbandoned => "sonde_exchanges_abandoned", "Requests given up on without a response";
+    ExchangesDroppedChannelFull => "sonde_exchanges_dropped_channel_full", "Finished requests dropped because span building was behind";
+    SpansProduced => "sonde_spans_produced", "Spans built";
+    SpansDroppedQueueFull => "sonde_spans_dropped_queue_full", "Spans dropped because the export queue was full";
+    SpansExported => "sonde_spans_exported", "Spans accepted by the OTLP endpoint";
+    SpansExportFailed => "sonde_spans_export_failed", "Spans lost because export failed";
+    ExportRequestsFailed => "sonde_export_requests_failed", "OTLP export requests that failed";
+}
+
+/// Counter values, shared by every stage (`Arc<Stats>`).
+#[derive(Debug)]
+pub struct Stats {
+    values: Vec<AtomicU64>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self { values: Counter::ALL.iter().map(|_| AtomicU64::new(0)).collect() }
+    }
+}
+
+impl Stats {
+    /// Adds `n` to a counter.
+    pub fn add(&self, counter: Counter, n: u64) {
+        self.values[counter as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Sets a counter that mirrors a total kept elsewhere (kernel counters).
+    pub fn set(&self, counter: Counter, value: u64) {
+        self.values[counter as usize].store(value, Ordering::Relaxed);
+    }
+
+    /// Current value.
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.values[counter as usize].load(Ordering::Relaxed)
+    }
+
+    /// Non-zero counters, for the log summary.
+    pub fn nonzero(&self) -> Vec<(Counter, u64)> {
+        Counter::ALL
+            .iter()
+            .map(|&c| (c, self.get(c)))
+            .filter(|&(_, v)| v > 0)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_independent() {
+        let stats = Stats::default();
+        stats.add(Counter::SpansProduced, 3);
+        stats.add(Counter::SpansExported, 2);
+        stats.add(Counter::SpansProduced, 1);
+        assert_eq!(stats.get(Counter::SpansProduced), 4);
+        assert_eq!(stats.get(Counter::SpansExported), 2);
+        assert_eq!(stats.get(Counter::SpansExportFailed), 0);
+        assert_eq!(
+            stats.nonzero(),
+            vec![(Counter::SpansProduced, 4), (Counter::SpansExported, 2)]
+        );
+    }
+
+    #[test]
+    fn names_are_unique() {
+        let mut names: Vec<_> = Counter::ALL.iter().map(|c| c.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Counter::ALL.len());
+    }
+}
