@@ -48,9 +48,9 @@ pub static ACCEPTED_FDS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16_
 #[map]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(agent_common::drops::COUNT, 0);
 
-/// A data event plus room for the copy loop to overrun by up to one capture,
-/// which lets the verifier prove every write is in bounds without tracking
-/// the relation between offset and length.
+/// A data event plus room for the copy loop to overrun, which lets the
+/// verifier prove every write is in bounds without tracking the relation
+/// between offset and length.
 #[repr(C)]
 pub struct DataScratch {
     pub event: SocketDataEvent,
@@ -74,5 +74,5 @@ pub fn count_drop(index: u32) {
 #[inline(always)]
 pub fn is_target(tgid: u32) -> bool {
     // SAFETY: read-only lookup of a plain value.
-    unsafe { TARGETS.get(&tgid) }.is_some()
+    unsafe { TARGETS.get(tgid) }.is_some()
 }

@@ -1,1 +1,110 @@
-fn main() {}
+//! `sonde`: the command line. Everything else lives in the library.
+
+use std::path::PathBuf;
+
+use agent::{config::AgentConfig, pipeline};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// eBPF zero-code instrumentation: HTTP traces from unmodified processes,
+/// exported over OTLP.
+#[derive(Parser)]
+#[command(name = "sonde", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the kernel programs and trace the selected processes (needs root).
+    Run(RunArgs),
+    /// Check a config file and print the effective configuration.
+    CheckConfig {
+        /// YAML config file.
+        config: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// YAML config file; command-line selectors add to its selectors.
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// Instrument processes listening on this TCP port (repeatable, or comma-separated).
+    #[arg(long = "port", value_delimiter = ',')]
+    ports: Vec<u16>,
+    /// Instrument executables matching this glob: on the file name, or on the
+    /// full path if it contains '/' (repeatable).
+    #[arg(long = "exe")]
+    executables: Vec<String>,
+    /// Instrument this process id (repeatable, or comma-separated).
+    #[arg(long = "pid", value_delimiter = ',')]
+    pids: Vec<u32>,
+    /// Bytes of each send/receive the kernel copies (max 4096).
+    #[arg(long)]
+    capture_bytes: Option<u32>,
+    /// Print spans to the terminal (default when no OTLP endpoint is set).
+    #[arg(long)]
+    print: bool,
+    /// OTLP endpoint, e.g. http://localhost:4317 (default: OTEL_EXPORTER_OTLP_ENDPOINT).
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
+    /// OTLP protocol: grpc or http/protobuf (default: OTEL_EXPORTER_OTLP_PROTOCOL).
+    #[arg(long)]
+    otlp_protocol: Option<String>,
+}
+
+impl RunArgs {
+    fn into_config(self) -> anyhow::Result<AgentConfig> {
+        let mut config = match &self.config {
+            Some(path) => AgentConfig::from_file(path)?,
+            None => AgentConfig::default(),
+        };
+        config.selectors.ports.extend(self.ports);
+        config.selectors.executables.extend(self.executables);
+        config.selectors.pids.extend(self.pids);
+        if let Some(bytes) = self.capture_bytes {
+            config.capture.payload_bytes = bytes;
+        }
+        if self.print {
+            config.export.print = Some(true);
+        }
+        if self.otlp_endpoint.is_some() {
+            config.export.otlp_endpoint = self.otlp_endpoint;
+        }
+        if self.otlp_protocol.is_some() {
+            config.export.otlp_protocol = self.otlp_protocol;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("SONDE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Run(args) => {
+            let config = args.into_config()?;
+            if config.selectors.is_empty() {
+                anyhow::bail!(
+                    "nothing selected: give --port, --exe or --pid (or selectors in --config)"
+                );
+            }
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(pipeline::run(config))?;
+        }
+        Command::CheckConfig { config } => {
+            let config = AgentConfig::from_file(&config)?;
+            config.validate()?;
+            println!("{config:#?}");
+        }
+    }
+    Ok(())
+}

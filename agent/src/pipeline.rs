@@ -1,1 +1,318 @@
-//! (in progress)
+//! The one place the stages are wired together.
+//!
+//! ```text
+//! kernel rings --reader--> reader_to_conn ----> conn tracker --> conn_to_spans --> span builder --> spans_to_export --> exporter / printer
+//!                     \--> reader_to_discovery --> discovery --(exits)--^
+//! ```
+//!
+//! Overflow policy: every channel up to the exporter is bounded and its
+//! sender drops the newest item and counts it when full (`try_send`), so no
+//! stage can stall the ring-buffer reader. The exporter keeps its own
+//! bounded queue (drop oldest, counted). Shutdown cascades: the reader stops
+//! on SIGINT/SIGTERM, each stage ends when its input closes, the exporter
+//! flushes within its deadline.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+    task::JoinHandle,
+};
+use tracing::{info, warn};
+
+use crate::{
+    config::AgentConfig,
+    conn::{
+        exchange::HttpExchange,
+        tracker::{ConnTracker, TrackerConfig},
+    },
+    discovery::{
+        Discovery, SelectorError, Selectors, procfs::Procfs, resources::ProcessRegistry,
+        run_discovery,
+    },
+    export::{self, otlp::OtlpOverrides},
+    probes::{
+        ProbeConfig, ProbeError, ProbeHandle, Probes, ReaderChannels, decode::KernelEvent,
+        run_reader,
+    },
+    spans::{
+        clock::Clock,
+        http::{HttpSpanOptions, build_span},
+        model::Span,
+    },
+    telemetry::{Counter, Stats},
+};
+
+/// Channel sizes. Big enough to absorb bursts; past them, loss is counted.
+const READER_TO_CONN: usize = 65_536;
+const READER_TO_DISCOVERY: usize = 4_096;
+const CONN_TO_SPANS: usize = 16_384;
+const SPANS_TO_EXPORT: usize = 16_384;
+/// How often kernel loss counters are read and the tracker's timers run.
+const TICK: Duration = Duration::from_secs(1);
+/// How often a summary of losses is logged, when there were any.
+const LOSS_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What can stop the agent from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Kernel side.
+    #[error(transparent)]
+    Probes(#[from] ProbeError),
+    /// Bad selector.
+    #[error(transparent)]
+    Selector(#[from] SelectorError),
+    /// Bad export settings.
+    #[error(transparent)]
+    Export(#[from] export::otlp::ConfigError),
+    /// Signal handlers or the ring-buffer poller.
+    #[error("setting up {what}")]
+    Io {
+        /// What was being set up.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub async fn run(config: AgentConfig) -> Result<(), PipelineError> {
+    let stats = Arc::new(Stats::default());
+    let selectors = Selectors::new(&config.selectors)?;
+    let sinks = export::Sinks::new(&config.export, Arc::clone(&stats))?;
+    let probes = Probes::load(&ProbeConfig {
+        capture_bytes: config.capture.payload_bytes,
+        data_ring_bytes: config.capture.ring_buffer_bytes,
+    })?;
+    let Probes {
+        handle,
+        targets,
+        data_ring,
+        control_ring,
+    } = probes;
+    let registry = ProcessRegistry::new(Procfs::default());
+    let clock = Arc::new(Clock::default());
+
+    let (reader_to_conn_tx, reader_to_conn_rx) = mpsc::channel(READER_TO_CONN);
+    let (reader_to_discovery_tx, reader_to_discovery_rx) = mpsc::channel(READER_TO_DISCOVERY);
+    let (conn_to_spans_tx, conn_to_spans_rx) = mpsc::channel(CONN_TO_SPANS);
+    let (spans_to_export_tx, spans_to_export_rx) = mpsc::channel(SPANS_TO_EXPORT);
+
+    let discovery = Discovery::new(selectors, Procfs::default(), targets, registry.clone());
+    let discovery_task = tokio::spawn(run_discovery(
+        discovery,
+        reader_to_discovery_rx,
+        reader_to_conn_tx.clone(),
+    ));
+    let tracker = ConnTracker::new(
+        TrackerConfig {
+            max_connections: config.tracking.max_connections,
+            idle_timeout_ns: config.tracking.idle_timeout_secs * 1_000_000_000,
+            ..TrackerConfig::default()
+        },
+        Arc::clone(&stats),
+    );
+    let conn_task = tokio::spawn(run_conn_tracker(
+        reader_to_conn_rx,
+        conn_to_spans_tx,
+        tracker,
+        Arc::clone(&stats),
+    ));
+    let span_task = tokio::spawn(run_span_builder(
+        conn_to_spans_rx,
+        spans_to_export_tx,
+        SpanBuilder {
+            registry,
+            clock: Arc::clone(&clock),
+            options: HttpSpanOptions {
+                capture_query: config.spans.capture_query,
+            },
+        },
+        Arc::clone(&stats),
+    ));
+    let export_task = tokio::spawn(sinks.run(spans_to_export_rx));
+    let housekeeping = tokio::spawn(run_housekeeping(handle, Arc::clone(&stats), clock));
+
+    let shutdown = shutdown_signal().map_err(|source| PipelineError::Io {
+        what: "signal handlers",
+        source,
+    })?;
+    let channels = ReaderChannels {
+        reader_to_conn: reader_to_conn_tx,
+        reader_to_discovery: reader_to_discovery_tx,
+    };
+    info!("agent running; SIGINT or SIGTERM to stop");
+    run_reader(
+        data_ring,
+        control_ring,
+        channels,
+        Arc::clone(&stats),
+        shutdown,
+    )
+    .await
+    .map_err(|source| PipelineError::Io {
+        what: "ring buffer polling",
+        source,
+    })?;
+
+    info!("stopping: flushing what is queued");
+    // Discovery holds a sender into the tracker: stop it first so the
+    // cascade can close every channel.
+    discovery_task.abort();
+    for task in [conn_task, span_task] {
+        let _ = task.await;
+    }
+    let _ = export_task.await;
+    // Dropping the handle detaches the kernel programs.
+    housekeeping.abort();
+    log_losses(&stats);
+    Ok(())
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+}
+
+/// Sends on a bounded channel without waiting; counts the item if it is lost.
+fn forward<T>(tx: &mpsc::Sender<T>, item: T, stats: &Stats, when_full: Counter) {
+    if tx.try_send(item).is_err() {
+        stats.add(when_full, 1);
+    }
+}
+
+/// Connection tracker stage: socket events in, finished exchanges out.
+async fn run_conn_tracker(
+    mut reader_to_conn: mpsc::Receiver<KernelEvent>,
+    conn_to_spans: mpsc::Sender<HttpExchange>,
+    mut tracker: ConnTracker,
+    stats: Arc<Stats>,
+) {
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        let exchanges = tokio::select! {
+            event = reader_to_conn.recv() => match event {
+                Some(KernelEvent::Data(data)) => tracker.on_data(&data),
+                Some(KernelEvent::Close(close)) => tracker.on_close(&close),
+                Some(KernelEvent::Exit { pid }) => tracker.forget_pid(pid),
+                Some(KernelEvent::Exec { .. }) => Vec::new(),
+                None => break,
+            },
+            _ = tick.tick() => tracker.on_tick(Clock::monotonic_now_ns()),
+        };
+        for exchange in exchanges {
+            forward(
+                &conn_to_spans,
+                exchange,
+                &stats,
+                Counter::ExchangesDroppedChannelFull,
+            );
+        }
+    }
+}
+
+/// What span building needs besides the exchange.
+struct SpanBuilder {
+    registry: ProcessRegistry,
+    clock: Arc<Clock>,
+    options: HttpSpanOptions,
+}
+
+/// Span building stage.
+async fn run_span_builder(
+    mut conn_to_spans: mpsc::Receiver<HttpExchange>,
+    spans_to_export: mpsc::Sender<Span>,
+    builder: SpanBuilder,
+    stats: Arc<Stats>,
+) {
+    while let Some(exchange) = conn_to_spans.recv().await {
+        let resource = builder.registry.resource(exchange.conn.pid);
+        let span = build_span(
+            &exchange,
+            resource,
+            builder.clock.to_unix_ns(exchange.start_ns),
+            builder.clock.to_unix_ns(exchange.end_ns),
+            &builder.options,
+        );
+        stats.add(Counter::SpansProduced, 1);
+        forward(
+            &spans_to_export,
+            span,
+            &stats,
+            Counter::SpansDroppedQueueFull,
+        );
+    }
+}
+
+/// Periodic chores: kernel loss counters, clock offset, loss log line.
+async fn run_housekeeping(probes: ProbeHandle, stats: Arc<Stats>, clock: Arc<Clock>) {
+    let mut tick = tokio::time::interval(TICK);
+    let mut last_log = tokio::time::Instant::now();
+    let mut logged_losses = 0;
+    loop {
+        tick.tick().await;
+        probes.publish_kernel_drops(&stats);
+        clock.refresh();
+        let losses = total_losses(&stats);
+        if last_log.elapsed() >= LOSS_LOG_INTERVAL && losses != logged_losses {
+            log_losses(&stats);
+            logged_losses = losses;
+            last_log = tokio::time::Instant::now();
+        }
+    }
+}
+
+const LOSS_COUNTERS: &[Counter] = &[
+    Counter::KernelDataRingbufFull,
+    Counter::KernelControlRingbufFull,
+    Counter::KernelPayloadReadFailed,
+    Counter::EventsUndecodable,
+    Counter::EventsDroppedChannelFull,
+    Counter::ConnectionsEvicted,
+    Counter::ExchangesDroppedChannelFull,
+    Counter::SpansDroppedQueueFull,
+    Counter::SpansExportFailed,
+];
+
+fn total_losses(stats: &Stats) -> u64 {
+    LOSS_COUNTERS.iter().map(|&c| stats.get(c)).sum()
+}
+
+fn log_losses(stats: &Stats) {
+    let summary: Vec<String> = stats
+        .nonzero()
+        .iter()
+        .map(|(c, v)| format!("{}={v}", c.name()))
+        .collect();
+    if total_losses(stats) > 0 {
+        warn!(counters = %summary.join(" "), "data was dropped");
+    } else {
+        info!(counters = %summary.join(" "), "agent counters");
+    }
+}
+
+/// For the export module: settings that came from the config file/CLI.
+pub fn otlp_overrides(config: &crate::config::ExportConfig) -> OtlpOverrides {
+    OtlpOverrides {
+        endpoint: config.otlp_endpoint.clone(),
+        protocol: config.otlp_protocol.clone(),
+    }
+}
+
+/// Awaits a task, logging if it panicked.
+pub async fn join_logged(task: JoinHandle<()>, name: &str) {
+    if let Err(error) = task.await
+        && error.is_panic()
+    {
+        warn!(task = name, %error, "stage panicked");
+    }
+}

@@ -55,7 +55,9 @@ pub struct Stats {
 
 impl Default for Stats {
     fn default() -> Self {
-        Self { values: Counter::ALL.iter().map(|_| AtomicU64::new(0)).collect() }
+        Self {
+            values: Counter::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+        }
     }
 }
 

@@ -29,8 +29,8 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     // Threads forked by a target are in the map by tid (see fork below).
-    if unsafe { TARGETS.get(&tid) }.is_some() {
-        let _ = TARGETS.remove(&tid);
+    if unsafe { TARGETS.get(tid) }.is_some() {
+        let _ = TARGETS.remove(tid);
         if tid == (pid_tgid >> 32) as u32 {
             emit(EventKind::ProcessExit, pid_tgid);
         }
@@ -51,7 +51,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     if let Ok(child) = unsafe { ctx.read_at::<u32>(offset) } {
         // The child may be a thread: then its tid never equals a live tgid
         // and the entry is removed when the thread exits.
-        let _ = TARGETS.insert(&child, &TARGET_INHERITED, 0);
+        let _ = TARGETS.insert(child, TARGET_INHERITED, 0);
     }
     0
 }

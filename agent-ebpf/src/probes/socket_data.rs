@@ -33,9 +33,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps::{
-        ACCEPTED_FDS, DATA_EVENTS, DATA_SCRATCH, TRACKED_CONNS, config, count_drop, is_target,
-    },
+    maps::{ACCEPTED_FDS, DATA_EVENTS, DATA_SCRATCH, TRACKED_CONNS, config, count_drop, is_target},
     read,
 };
 
@@ -145,17 +143,17 @@ fn try_socket_data(ctx: &BtfTracePointContext, direction: u32) -> Result<(), i64
 /// The connection's side, learnt at connect (see `socket_state`) or accept.
 fn role_of(cookie: u64, tgid: u32, fd: u32) -> u32 {
     // SAFETY: plain value lookups.
-    if let Some(conn) = unsafe { TRACKED_CONNS.get(&cookie) } {
+    if let Some(conn) = unsafe { TRACKED_CONNS.get(cookie) } {
         return conn.role;
     }
     let fd_key = ((tgid as u64) << 32) | fd as u64;
-    let role = if unsafe { ACCEPTED_FDS.get(&fd_key) }.is_some() {
-        let _ = ACCEPTED_FDS.remove(&fd_key);
+    let role = if unsafe { ACCEPTED_FDS.get(fd_key) }.is_some() {
+        let _ = ACCEPTED_FDS.remove(fd_key);
         ROLE_SERVER
     } else {
         ROLE_UNKNOWN
     };
-    let _ = TRACKED_CONNS.insert(&cookie, &TrackedConn { role, reserved: 0 }, 0);
+    let _ = TRACKED_CONNS.insert(cookie, TrackedConn { role, reserved: 0 }, 0);
     role
 }
 
@@ -251,8 +249,10 @@ fn copy_payload(scratch: *mut u8, args: &SyscallArgs, limit: u32) -> u32 {
 /// bytes copied (0 or `len`).
 fn copy_segment(scratch: *mut u8, offset: u32, src: u64, len: u32) -> u32 {
     // Masks give the verifier bounds: offset < MAX, len <= MAX, and the
-    // scratch has MAX bytes of overrun after the payload.
-    let offset = offset & CAPTURE_MASK;
+    // scratch has room after the payload. The volatile read stops LLVM from
+    // dropping the mask when it can prove it redundant: the verifier cannot.
+    // SAFETY: reading a local.
+    let offset = unsafe { core::ptr::read_volatile(&offset) } & CAPTURE_MASK;
     let len = core::cmp::min(len, MAX_CAPTURE_BYTES as u32);
     if len == 0 {
         return 0;

@@ -40,14 +40,17 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     if new_state == TCP_SYN_SENT && old_state == TCP_CLOSE {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         if is_target(tgid) {
-            let conn = TrackedConn { role: ROLE_CLIENT, reserved: 0 };
-            let _ = TRACKED_CONNS.insert(&cookie(), &conn, 0);
+            let conn = TrackedConn {
+                role: ROLE_CLIENT,
+                reserved: 0,
+            };
+            let _ = TRACKED_CONNS.insert(cookie(), conn, 0);
         }
     } else if new_state == TCP_CLOSE {
         let cookie = cookie();
         // SAFETY: plain value lookup.
-        if unsafe { TRACKED_CONNS.get(&cookie) }.is_some() {
-            let _ = TRACKED_CONNS.remove(&cookie);
+        if unsafe { TRACKED_CONNS.get(cookie) }.is_some() {
+            let _ = TRACKED_CONNS.remove(cookie);
             emit_close(cookie);
         }
     }
@@ -95,6 +98,6 @@ fn remember_accepted(ctx: &TracePointContext) {
     };
     if fd >= 0 {
         let key = ((tgid as u64) << 32) | fd as u64;
-        let _ = ACCEPTED_FDS.insert(&key, &1, 0);
+        let _ = ACCEPTED_FDS.insert(key, 1, 0);
     }
 }

@@ -1,1 +1,162 @@
-//! (in progress)
+//! Where finished spans go: the OTLP exporter ([`otlp`]), the terminal
+//! printer ([`print`]), or both through a fan-out. [`Sinks`] picks from the
+//! export settings and runs them on the `spans_to_export` channel.
+
+mod fan_out;
+pub mod otlp;
+pub mod print;
+#[cfg(test)]
+mod test_support;
+
+use std::io;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+pub use fan_out::{FanOutput, fan_out};
+
+use crate::config::ExportConfig;
+use crate::spans::model::Span;
+use crate::telemetry::{Counter, Stats};
+use otlp::{ConfigError, OtlpConfig, OtlpOverrides, run_exporter};
+
+/// Fan-out channel sizes when both sinks run. The exporter drains its
+/// channel into its own queue at once, so it needs little; the printer
+/// gets room for a burst while the terminal catches up.
+const FAN_OUT_TO_EXPORTER: usize = 1024;
+const FAN_OUT_TO_PRINTER: usize = 4096;
+
+/// The sinks chosen by the export settings.
+#[derive(Debug)]
+pub struct Sinks {
+    otlp: Option<OtlpConfig>,
+    print: bool,
+    stats: Arc<Stats>,
+}
+
+impl Sinks {
+    /// OTLP export when an endpoint is set (configuration or
+    /// `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`); printing when asked, or by
+    /// default when there is no endpoint.
+    pub fn new(config: &ExportConfig, stats: Arc<Stats>) -> Result<Self, ConfigError> {
+        Self::from_lookup(config, stats, |key| std::env::var(key).ok())
+    }
+
+    fn from_lookup(
+        config: &ExportConfig,
+        stats: Arc<Stats>,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let overrides = OtlpOverrides {
+            endpoint: config.otlp_endpoint.clone(),
+            protocol: config.otlp_protocol.clone(),
+        };
+        let otlp = if OtlpConfig::endpoint_is_set(&overrides, &lookup) {
+            Some(OtlpConfig::from_lookup(&overrides, &lookup)?)
+        } else {
+            None
+        };
+        let print = config.print.unwrap_or(otlp.is_none());
+        Ok(Self { otlp, print, stats })
+    }
+
+    /// Runs until `spans_to_export` closes and every sink has finished
+    /// (the exporter flushes within its shutdown deadline).
+    pub async fn run(self, spans_to_export: mpsc::Receiver<Span>) {
+        let Self { otlp, print, stats } = self;
+        match (otlp, print) {
+            (Some(config), false) => run_exporter(spans_to_export, config, stats).await,
+            (None, true) => print_to_stdout(spans_to_export).await,
+            (Some(config), true) => {
+                let (exporter_tx, exporter_rx) = mpsc::channel(FAN_OUT_TO_EXPORTER);
+                let (printer_tx, printer_rx) = mpsc::channel(FAN_OUT_TO_PRINTER);
+                let outputs = vec![
+                    FanOutput {
+                        tx: exporter_tx,
+                        when_full: Counter::SpansDroppedQueueFull,
+                    },
+                    // The terminal view is a sink like the exporter: a span
+                    // it cannot keep up with is counted the same way.
+                    FanOutput {
+                        tx: printer_tx,
+                        when_full: Counter::SpansDroppedQueueFull,
+                    },
+                ];
+                tokio::join!(
+                    fan_out(spans_to_export, outputs, Arc::clone(&stats)),
+                    run_exporter(exporter_rx, config, stats),
+                    print_to_stdout(printer_rx),
+                );
+            }
+            (None, false) => {
+                tracing::warn!("no OTLP endpoint is set and printing is off: spans are discarded");
+                let mut spans_to_export = spans_to_export;
+                while spans_to_export.recv().await.is_some() {}
+            }
+        }
+    }
+}
+
+/// The printer on a blocking thread, since terminal writes can block.
+async fn print_to_stdout(spans: mpsc::Receiver<Span>) {
+    let colour = print::use_colour(&io::stdout());
+    let printer =
+        tokio::task::spawn_blocking(move || print::run_printer(spans, io::stdout(), colour));
+    match printer.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "terminal span view stopped"),
+        Err(error) => tracing::warn!(%error, "terminal span view panicked"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sinks(print: Option<bool>, endpoint_env: Option<&str>) -> (bool, bool) {
+        let config = ExportConfig {
+            print,
+            ..ExportConfig::default()
+        };
+        let endpoint_env = endpoint_env.map(str::to_owned);
+        let lookup = |key: &str| {
+            (key == "OTEL_EXPORTER_OTLP_ENDPOINT")
+                .then(|| endpoint_env.clone())
+                .flatten()
+        };
+        match Sinks::from_lookup(&config, Arc::default(), lookup) {
+            Ok(sinks) => (sinks.otlp.is_some(), sinks.print),
+            Err(error) => panic!("print {print:?}, endpoint {endpoint_env:?}: {error}"),
+        }
+    }
+
+    #[test]
+    fn sinks_follow_the_settings() {
+        let endpoint = Some("http://collector:4318");
+        // (print setting, endpoint) -> (export, print)
+        assert_eq!(sinks(None, None), (false, true));
+        assert_eq!(sinks(None, endpoint), (true, false));
+        assert_eq!(sinks(Some(true), endpoint), (true, true));
+        assert_eq!(sinks(Some(false), None), (false, false));
+    }
+
+    #[test]
+    fn bad_export_settings_are_reported() {
+        let config = ExportConfig {
+            otlp_endpoint: Some("http://collector:4317".into()),
+            otlp_protocol: Some("thrift".into()),
+            ..ExportConfig::default()
+        };
+        let sinks = Sinks::from_lookup(&config, Arc::default(), |_| None);
+        assert!(
+            matches!(
+                sinks,
+                Err(ConfigError::Unsupported {
+                    setting: "export.otlp_protocol",
+                    ..
+                })
+            ),
+            "{sinks:?}"
+        );
+    }
+}

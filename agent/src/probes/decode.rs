@@ -127,7 +127,11 @@ pub enum DecodeError {
 fn read_struct<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
     let need = size_of::<T>();
     if bytes.len() < need {
-        return Err(DecodeError::TooShort { len: bytes.len(), need, what });
+        return Err(DecodeError::TooShort {
+            len: bytes.len(),
+            need,
+            what,
+        });
     }
     // SAFETY: length checked; T is a repr(C) agent_common type valid for any
     // bit pattern; read_unaligned since ring-buffer records are only 8-aligned.
@@ -148,11 +152,15 @@ pub fn decode(record: &[u8]) -> Result<KernelEvent, DecodeError> {
         }
         Some(EventKind::ProcessExec) => {
             let event: ProcessEvent = read_struct(record, "process event")?;
-            Ok(KernelEvent::Exec { pid: event.header.pid })
+            Ok(KernelEvent::Exec {
+                pid: event.header.pid,
+            })
         }
         Some(EventKind::ProcessExit) => {
             let event: ProcessEvent = read_struct(record, "process event")?;
-            Ok(KernelEvent::Exit { pid: event.header.pid })
+            Ok(KernelEvent::Exit {
+                pid: event.header.pid,
+            })
         }
         None => Err(DecodeError::UnknownKind(header.kind)),
     }
@@ -174,7 +182,10 @@ fn decode_data(record: &[u8]) -> Result<SocketData, DecodeError> {
     let event: SocketDataEvent = read_struct(&fixed, "socket data event")?;
     let captured = event.captured_len as usize;
     if captured > MAX_CAPTURE_BYTES || captured > event.total_len as usize {
-        return Err(DecodeError::InvalidField { field: "captured_len", value: event.captured_len });
+        return Err(DecodeError::InvalidField {
+            field: "captured_len",
+            value: event.captured_len,
+        });
     }
     let payload_end = SOCKET_DATA_HEADER_LEN + captured;
     if record.len() < payload_end {
@@ -187,7 +198,12 @@ fn decode_data(record: &[u8]) -> Result<SocketData, DecodeError> {
     let direction = match event.direction {
         DIRECTION_EGRESS => Direction::Egress,
         DIRECTION_INGRESS => Direction::Ingress,
-        value => return Err(DecodeError::InvalidField { field: "direction", value }),
+        value => {
+            return Err(DecodeError::InvalidField {
+                field: "direction",
+                value,
+            });
+        }
     };
     let role = match event.role {
         ROLE_CLIENT => Role::Client,
@@ -219,7 +235,10 @@ fn socket_addrs(tuple: &ConnTuple) -> Result<(SocketAddr, SocketAddr), DecodeErr
                 // Dual-stack sockets report IPv4 peers as ::ffff:a.b.c.d.
                 Ok(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4))
             }
-            family => Err(DecodeError::InvalidField { field: "family", value: family.into() }),
+            family => Err(DecodeError::InvalidField {
+                field: "family",
+                value: family.into(),
+            }),
         }
     };
     Ok((

@@ -1,2 +1,323 @@
-//! (in progress)
+//! Loads the kernel programs, attaches them, and reads their ring buffers.
+//!
+//! The object built by `cargo xtask build-ebpf` is embedded in the binary.
+//! Kernel struct offsets come from BTF ([`btf`]), tracefs is mounted when
+//! missing, and every record is decoded ([`decode`]) before it goes on. The
+//! reader never blocks on a slow consumer: a full channel drops the event
+//! and counts it.
+
+pub mod btf;
 pub mod decode;
+mod reader;
+mod targets;
+
+use std::{io, path::Path};
+
+use agent_common::{KernelConfig, socket_data::MAX_CAPTURE_BYTES};
+use aya::{
+    Btf, Ebpf, EbpfLoader, VerifierLogLevel,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, TracePoint},
+};
+pub use reader::{ReaderChannels, run_reader};
+pub use targets::{TargetMap, TargetSet};
+use tracing::{info, warn};
+
+use crate::telemetry::{Counter, Stats};
+
+/// The kernel object, or an empty slice when the agent was built without it.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf.o"));
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+const FORK_FORMAT: &str = "/sys/kernel/tracing/events/sched/sched_process_fork/format";
+
+/// What can stop the probes from loading. Each names what failed and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// Built without `cargo xtask build-ebpf`.
+    #[error(
+        "this agent binary was built without its kernel programs; build it with `cargo xtask build`"
+    )]
+    NoObject,
+    /// tracefs is absent and could not be mounted.
+    #[error("tracefs is not mounted at {TRACEFS} and mounting it failed (the agent needs root)")]
+    Tracefs(#[source] io::Error),
+    /// The kernel's BTF could not be read or lacks a needed type.
+    #[error("reading kernel BTF (/sys/kernel/btf/vmlinux; needs CONFIG_DEBUG_INFO_BTF)")]
+    Btf(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Loading the object failed (often: not root).
+    #[error(
+        "loading the kernel programs failed; the agent needs root, or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN + CAP_SYS_PTRACE + CAP_DAC_READ_SEARCH"
+    )]
+    Load(#[source] aya::EbpfError),
+    /// One program could not be loaded or attached.
+    #[error("attaching {program} to {hook}")]
+    Attach {
+        /// Program name.
+        program: &'static str,
+        /// Kernel hook.
+        hook: &'static str,
+        /// Cause.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A map the programs define is missing or of the wrong type.
+    #[error("kernel object has no usable map {0}")]
+    Map(&'static str),
+}
+
+/// Settings for loading the probes.
+#[derive(Clone, Debug)]
+pub struct ProbeConfig {
+    /// Payload prefix captured per send/receive (capped at 4096).
+    pub capture_bytes: u32,
+    /// Size of the data ring buffer in bytes (a power of two, >= page size).
+    pub data_ring_bytes: u32,
+}
+
+/// Loaded and attached probes, in the parts the pipeline hands to its
+/// stages. Dropping `handle` detaches every program.
+pub struct Probes {
+    /// Keeps the programs attached; reads the kernel's loss counters.
+    pub handle: ProbeHandle,
+    /// The kernel's target set.
+    pub targets: TargetMap,
+    /// Socket data and close events.
+    pub data_ring: RingBuf<MapData>,
+    /// Process events.
+    pub control_ring: RingBuf<MapData>,
+}
+
+/// Owns the loaded programs and their links.
+pub struct ProbeHandle {
+    _ebpf: Ebpf,
+    drops: PerCpuArray<MapData, u64>,
+}
+
+impl ProbeHandle {
+    /// Copies the kernel's loss counters (summed over CPUs) into `stats`.
+    pub fn publish_kernel_drops(&self, stats: &Stats) {
+        let read = |index: u32| -> u64 {
+            self.drops
+                .get(&index, 0)
+                .map(|values| values.iter().sum())
+                .unwrap_or(0)
+        };
+        stats.set(
+            Counter::KernelDataRingbufFull,
+            read(agent_common::drops::DATA_RINGBUF_FULL),
+        );
+        stats.set(
+            Counter::KernelControlRingbufFull,
+            read(agent_common::drops::CONTROL_RINGBUF_FULL),
+        );
+        stats.set(
+            Counter::KernelPayloadReadFailed,
+            read(agent_common::drops::PAYLOAD_READ_FAILED),
+        );
+    }
+}
+
+/// One attachment: program name in the object and where it goes.
+enum Hook {
+    Btf(&'static str),
+    Tracepoint(&'static str, &'static str),
+}
+
+const HOOKS: &[(&str, Hook)] = &[
+    ("sock_send_length", Hook::Btf("sock_send_length")),
+    ("sock_recv_length", Hook::Btf("sock_recv_length")),
+    ("inet_sock_set_state", Hook::Btf("inet_sock_set_state")),
+    (
+        "sys_exit_accept",
+        Hook::Tracepoint("syscalls", "sys_exit_accept"),
+    ),
+    (
+        "sys_exit_accept4",
+        Hook::Tracepoint("syscalls", "sys_exit_accept4"),
+    ),
+    (
+        "sched_process_exec",
+        Hook::Tracepoint("sched", "sched_process_exec"),
+    ),
+    (
+        "sched_process_exit",
+        Hook::Tracepoint("sched", "sched_process_exit"),
+    ),
+    (
+        "sched_process_fork",
+        Hook::Tracepoint("sched", "sched_process_fork"),
+    ),
+];
+
+impl Probes {
+    /// Loads the embedded object and attaches every program.
+    pub fn load(config: &ProbeConfig) -> Result<Self, ProbeError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(ProbeError::NoObject);
+        }
+        ensure_tracefs()?;
+        raise_memlock_limit();
+        let kernel_config = kernel_config(config)?;
+        let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(Box::new(e)))?;
+        let mut loader = EbpfLoader::new();
+        if std::env::var_os("SONDE_VERIFIER_LOG").is_some() {
+            // Full verifier output in load errors, for kernel-side debugging.
+            loader.verifier_log_level(VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS);
+        }
+        let mut ebpf = loader
+            .btf(Some(&btf))
+            .override_global("CONFIG", &kernel_config, true)
+            .map_max_entries("DATA_EVENTS", config.data_ring_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(ProbeError::Load)?;
+        for (program, hook) in HOOKS {
+            attach(&mut ebpf, program, hook, &btf)?;
+        }
+        let targets =
+            TargetMap::new(take(&mut ebpf, "TARGETS")?).map_err(|_| ProbeError::Map("TARGETS"))?;
+        let data_ring = RingBuf::try_from(take(&mut ebpf, "DATA_EVENTS")?)
+            .map_err(|_| ProbeError::Map("DATA_EVENTS"))?;
+        let control_ring = RingBuf::try_from(take(&mut ebpf, "CONTROL_EVENTS")?)
+            .map_err(|_| ProbeError::Map("CONTROL_EVENTS"))?;
+        let drops = PerCpuArray::try_from(take(&mut ebpf, "DROPS")?)
+            .map_err(|_| ProbeError::Map("DROPS"))?;
+        info!(
+            capture_bytes = kernel_config.capture_bytes,
+            "kernel programs attached"
+        );
+        Ok(Self {
+            handle: ProbeHandle { _ebpf: ebpf, drops },
+            targets,
+            data_ring,
+            control_ring,
+        })
+    }
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
+    ebpf.take_map(name).ok_or(ProbeError::Map(name))
+}
+
+fn attach(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    hook: &Hook,
+    btf: &Btf,
+) -> Result<(), ProbeError> {
+    let attach_error = |hook: &'static str| {
+        move |source| ProbeError::Attach {
+            program,
+            hook,
+            source,
+        }
+    };
+    let prog = ebpf.program_mut(program).ok_or(ProbeError::Map(program))?;
+    match *hook {
+        Hook::Btf(tracepoint) => {
+            let prog: &mut BtfTracePoint = prog.try_into().map_err(attach_error(tracepoint))?;
+            prog.load(tracepoint, btf)
+                .map_err(attach_error(tracepoint))?;
+            prog.attach().map_err(attach_error(tracepoint))?;
+        }
+        Hook::Tracepoint(category, name) => {
+            let prog: &mut TracePoint = prog.try_into().map_err(attach_error(name))?;
+            prog.load().map_err(attach_error(name))?;
+            prog.attach(category, name).map_err(attach_error(name))?;
+        }
+    }
+    Ok(())
+}
+
+/// Mounts tracefs if it is not there: tracepoint attachment needs it, and
+/// many hosts do not mount it at boot.
+fn ensure_tracefs() -> Result<(), ProbeError> {
+    if Path::new(TRACEFS).join("events").exists() {
+        return Ok(());
+    }
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: valid NUL-terminated strings; mount has no other preconditions.
+    let rc = unsafe {
+        libc::mount(
+            c"tracefs".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(ProbeError::Tracefs(io::Error::last_os_error()));
+    }
+    info!("mounted tracefs at {TRACEFS}");
+    Ok(())
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones use the
+/// memory cgroup, so failing to raise it is only worth a warning.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        warn!(error = %io::Error::last_os_error(), "could not raise RLIMIT_MEMLOCK (fine on Linux >= 5.11)");
+    }
+}
+
+/// Offsets for this kernel, from BTF and the fork tracepoint's format file.
+fn kernel_config(config: &ProbeConfig) -> Result<KernelConfig, ProbeError> {
+    let data =
+        std::fs::read("/sys/kernel/btf/vmlinux").map_err(|e| ProbeError::Btf(Box::new(e)))?;
+    let btf = btf::KernelBtf::parse(&data).map_err(|e| ProbeError::Btf(Box::new(e)))?;
+    let offset = |strukt: &str, member: &str| {
+        btf.member_offset(strukt, member)
+            .map_err(|e| ProbeError::Btf(Box::new(e)))
+    };
+    let format = std::fs::read_to_string(FORK_FORMAT).map_err(|e| ProbeError::Btf(Box::new(e)))?;
+    Ok(KernelConfig {
+        capture_bytes: config.capture_bytes.min(MAX_CAPTURE_BYTES as u32),
+        off_skc_family: offset("sock_common", "skc_family")?,
+        off_skc_daddr: offset("sock_common", "skc_daddr")?,
+        off_skc_rcv_saddr: offset("sock_common", "skc_rcv_saddr")?,
+        off_skc_dport: offset("sock_common", "skc_dport")?,
+        off_skc_num: offset("sock_common", "skc_num")?,
+        off_skc_v6_daddr: offset("sock_common", "skc_v6_daddr")?,
+        off_skc_v6_rcv_saddr: offset("sock_common", "skc_v6_rcv_saddr")?,
+        off_sk_protocol: offset("sock", "sk_protocol")?,
+        off_fork_child_pid: field_offset(&format, "child_pid").ok_or_else(|| {
+            ProbeError::Btf("sched_process_fork format has no child_pid field".into())
+        })?,
+    })
+}
+
+/// Offset of `field` in a tracepoint format file
+/// (`field:pid_t child_pid;\toffset:20;\tsize:4;...`).
+fn field_offset(format: &str, field: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let declaration = line.trim().strip_prefix("field:")?.split(';').next()?;
+        if declaration.split_whitespace().last()? != field {
+            return None;
+        }
+        let offset = line.split("offset:").nth(1)?.split(';').next()?;
+        offset.trim().parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::field_offset;
+
+    #[test]
+    fn reads_tracepoint_field_offsets() {
+        let format = "name: sched_process_fork\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+                      \tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;\n\
+                      \tfield:pid_t parent_pid;\toffset:12;\tsize:4;\tsigned:1;\n\
+                      \tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;\n";
+        assert_eq!(field_offset(format, "child_pid"), Some(20));
+        assert_eq!(field_offset(format, "parent_pid"), Some(12));
+        assert_eq!(field_offset(format, "pid"), None);
+        assert_eq!(field_offset("garbage", "child_pid"), None);
+    }
+}

@@ -1,1 +1,6 @@
-//! (in progress)
+//! Application protocol parsers. Each module is a pure API over byte slices
+//! (no I/O, no globals, no connection state): the connection tracker in
+//! [`crate::conn`] owns the state and asks these modules what the bytes it
+//! saw mean.
+
+pub mod http1;

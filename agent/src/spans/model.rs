@@ -67,7 +67,10 @@ pub struct Attribute {
 impl Attribute {
     /// Builds an attribute.
     pub fn new(key: &'static str, value: impl Into<AttributeValue>) -> Self {
-        Self { key, value: value.into() }
+        Self {
+            key,
+            value: value.into(),
+        }
     }
 }
 
@@ -120,6 +123,9 @@ impl Span {
 
     /// The attribute with that key, if present.
     pub fn attribute(&self, key: &str) -> Option<&AttributeValue> {
-        self.attributes.iter().find(|a| a.key == key).map(|a| &a.value)
+        self.attributes
+            .iter()
+            .find(|a| a.key == key)
+            .map(|a| &a.value)
     }
 }

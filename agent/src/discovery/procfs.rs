@@ -1,0 +1,201 @@
+//! What discovery reads from /proc: executables, environment, and which
+//! processes own listening TCP sockets. `root` is a parameter so tests can
+//! point it at a fake tree.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    path::{Path, PathBuf},
+};
+
+/// TCP_LISTEN in /proc/net/tcp's `st` column.
+const TCP_LISTEN: &str = "0A";
+
+/// A view of a procfs mount.
+#[derive(Clone, Debug)]
+pub struct Procfs {
+    root: PathBuf,
+}
+
+impl Default for Procfs {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::from("/proc"),
+        }
+    }
+}
+
+impl Procfs {
+    /// A procfs rooted elsewhere (tests).
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    fn pid_path(&self, pid: u32, file: &str) -> PathBuf {
+        self.root.join(pid.to_string()).join(file)
+    }
+
+    /// Every process id (thread-group leaders only, as /proc lists them).
+    pub fn pids(&self) -> Vec<u32> {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect()
+    }
+
+    /// Path of the process's executable.
+    pub fn exe(&self, pid: u32) -> Option<PathBuf> {
+        fs::read_link(self.pid_path(pid, "exe")).ok()
+    }
+
+    /// The process's `comm` (thread name of the main thread, 15 chars max).
+    pub fn comm(&self, pid: u32) -> Option<String> {
+        let comm = fs::read_to_string(self.pid_path(pid, "comm")).ok()?;
+        Some(comm.trim_end().to_owned())
+    }
+
+    /// Process start time in clock ticks since boot (field 22 of `stat`):
+    /// with the pid, identifies a process across pid reuse.
+    pub fn start_time(&self, pid: u32) -> Option<u64> {
+        let stat = fs::read_to_string(self.pid_path(pid, "stat")).ok()?;
+        // The command name (field 2) may contain spaces and parentheses.
+        let after_comm = &stat[stat.rfind(')')? + 1..];
+        after_comm.split_whitespace().nth(19)?.parse().ok()
+    }
+
+    /// One variable of the process's initial environment.
+    pub fn env_var(&self, pid: u32, name: &str) -> Option<String> {
+        let environ = fs::read(self.pid_path(pid, "environ")).ok()?;
+        environ.split(|&b| b == 0).find_map(|entry| {
+            let entry = std::str::from_utf8(entry).ok()?;
+            let (key, value) = entry.split_once('=')?;
+            (key == name && !value.is_empty()).then(|| value.to_owned())
+        })
+    }
+
+    /// Network namespace identity of a process (`net:[4026531840]`).
+    fn net_namespace(&self, pid: u32) -> Option<PathBuf> {
+        fs::read_link(self.pid_path(pid, "ns/net")).ok()
+    }
+
+    /// Socket inodes listening on any of `ports`, across every network
+    /// namespace the processes live in (containers have their own).
+    pub fn listening_inodes(&self, pids: &[u32], ports: &HashSet<u16>) -> HashSet<u64> {
+        let mut seen_namespaces = HashSet::new();
+        let mut inodes = HashSet::new();
+        for &pid in pids {
+            if let Some(ns) = self.net_namespace(pid)
+                && !seen_namespaces.insert(ns)
+            {
+                continue;
+            }
+            for table in ["net/tcp", "net/tcp6"] {
+                if let Ok(text) = fs::read_to_string(self.pid_path(pid, table)) {
+                    inodes.extend(parse_listening(&text, ports).into_keys());
+                }
+            }
+        }
+        inodes
+    }
+
+    /// Processes holding a file descriptor on one of `inodes`.
+    pub fn owners_of(&self, pids: &[u32], inodes: &HashSet<u64>) -> HashSet<u32> {
+        let mut owners = HashSet::new();
+        if inodes.is_empty() {
+            return owners;
+        }
+        for &pid in pids {
+            let Ok(fds) = fs::read_dir(self.pid_path(pid, "fd")) else {
+                continue;
+            };
+            let owns = fds.filter_map(|fd| fd.ok()).any(|fd| {
+                fs::read_link(fd.path())
+                    .ok()
+                    .and_then(|target| socket_inode(&target))
+                    .is_some_and(|inode| inodes.contains(&inode))
+            });
+            if owns {
+                owners.insert(pid);
+            }
+        }
+        owners
+    }
+}
+
+/// `socket:[12345]` -> 12345.
+fn socket_inode(link: &Path) -> Option<u64> {
+    link.to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// Inodes of LISTEN sockets on `ports` in a /proc/net/tcp{,6} table.
+fn parse_listening(table: &str, ports: &HashSet<u16>) -> HashMap<u64, u16> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
+            if *state != TCP_LISTEN {
+                return None;
+            }
+            let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+            ports.contains(&port).then_some((inode.parse().ok()?, port))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TCP_TABLE: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 40001 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 40002 1 0000000000000000 100 0 0 10 0
+   2: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 40003 1 0000000000000000 20 4 30 10 -1
+";
+
+    #[test]
+    fn finds_listening_sockets_on_selected_ports() {
+        let ports = HashSet::from([8080]);
+        let found = parse_listening(TCP_TABLE, &ports);
+        // Port 8080 = 0x1F90; the ESTABLISHED row on 8080 is not a listener.
+        assert_eq!(found, HashMap::from([(40001, 8080)]));
+        assert!(parse_listening("garbage\nmore garbage here", &ports).is_empty());
+    }
+
+    #[test]
+    fn parses_socket_links() {
+        assert_eq!(socket_inode(Path::new("socket:[40001]")), Some(40001));
+        assert_eq!(socket_inode(Path::new("/dev/null")), None);
+        assert_eq!(socket_inode(Path::new("pipe:[12]")), None);
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let procfs = Procfs::default();
+        let me = std::process::id();
+        assert!(procfs.pids().contains(&me));
+        assert!(procfs.exe(me).is_some());
+        assert!(procfs.start_time(me).is_some());
+        assert!(procfs.comm(me).is_some());
+        assert_eq!(procfs.env_var(me, "SONDE_SURELY_UNSET_VARIABLE"), None);
+    }
+
+    #[test]
+    fn finds_the_owner_of_a_listening_socket() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let procfs = Procfs::default();
+        let me = std::process::id();
+        let inodes = procfs.listening_inodes(&[me], &HashSet::from([port]));
+        assert_eq!(inodes.len(), 1, "our listener on port {port}");
+        assert_eq!(procfs.owners_of(&[me], &inodes), HashSet::from([me]));
+    }
+}

@@ -1,0 +1,59 @@
+//! OTLP trace export over gRPC or HTTP/protobuf: a batching exporter task
+//! written directly on opentelemetry-proto's generated types, a tonic
+//! client and a hyper client.
+//!
+//! Why not the `opentelemetry-otlp` `SpanExporter`: it exports spans of one
+//! SDK, under one `Resource` fixed when the provider is built, with ids and
+//! timestamps the SDK generates. This agent speaks for many processes at
+//! once, so one batch carries one resource per instrumented process; its
+//! ids and timestamps come from the kernel side and must go out unchanged;
+//! and every span it drops (full queue, failed export, shutdown) has to be
+//! counted in [`crate::telemetry`], where the SDK's batch processor only
+//! logs.
+//!
+//! Start it with [`run_exporter`] on the receiving end of the
+//! `spans_to_exporter` channel; closing that channel flushes and stops it.
+
+mod batch;
+mod config;
+mod convert;
+mod events;
+mod transport;
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+pub use config::{
+    BatchConfig, Compression, ConfigError, OtlpConfig, OtlpOverrides, Protocol, RetryConfig,
+};
+
+use crate::spans::model::Span;
+use crate::telemetry::Stats;
+
+/// Exports every span received on `rx` until the channel closes, then sends
+/// what is still queued (within `config.shutdown_timeout`) and returns.
+///
+/// `rx` is read even while a request is in flight, so senders see it full
+/// only if this task is starved; beyond `config.batch.max_queue_size`
+/// waiting spans the oldest are dropped. Every span ends up in exactly one
+/// of the counters `SpansExported`, `SpansExportFailed` or
+/// `SpansDroppedQueueFull`.
+pub async fn run_exporter(rx: mpsc::Receiver<Span>, config: OtlpConfig, stats: Arc<Stats>) {
+    tracing::info!(
+        endpoint = %config.endpoint,
+        protocol = ?config.protocol,
+        compression = ?config.compression,
+        "exporting spans over OTLP"
+    );
+    match config.protocol {
+        Protocol::Grpc => {
+            let transport = transport::GrpcTransport::new(&config);
+            batch::run_batcher(rx, transport, &config, &stats).await;
+        }
+        Protocol::HttpProtobuf => {
+            let transport = transport::HttpTransport::new(&config);
+            batch::run_batcher(rx, transport, &config, &stats).await;
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! What can happen to spans in the exporter, one type per event, each
+//! counting and logging together so that the counters in
+//! [`crate::telemetry`] and the logs always agree.
+
+use std::error::Error;
+use std::fmt;
+use std::time::Duration;
+
+use hyper::Uri;
+
+use super::transport::SendError;
+use crate::telemetry::{Counter, Stats};
+
+/// A span pushed out of the full queue to make room for a newer one.
+pub(super) struct QueueFull {
+    /// First drop since the queue last had room: worth a warning; the
+    /// following ones are only counted.
+    pub(super) first: bool,
+    pub(super) capacity: usize,
+}
+
+impl QueueFull {
+    pub(super) fn emit(self, stats: &Stats) {
+        stats.add(Counter::SpansDroppedQueueFull, 1);
+        if self.first {
+            tracing::warn!(
+                capacity = self.capacity,
+                "export queue full, dropping the oldest spans (see {})",
+                Counter::SpansDroppedQueueFull.name()
+            );
+        }
+    }
+}
+
+/// One request failed; the batch may still go through on a retry.
+pub(super) struct AttemptFailed<'a> {
+    pub(super) endpoint: &'a Uri,
+    pub(super) error: &'a SendError,
+    pub(super) retry_in: Option<Duration>,
+}
+
+impl AttemptFailed<'_> {
+    pub(super) fn emit(self, stats: &Stats) {
+        stats.add(Counter::ExportRequestsFailed, 1);
+        if let Some(retry_in) = self.retry_in {
+            tracing::debug!(
+                endpoint = %self.endpoint,
+                error = %ErrorChain(self.error),
+                ?retry_in,
+                "OTLP export attempt failed, retrying"
+            );
+        }
+    }
+}
+
+/// The collector took the batch, possibly rejecting part of it.
+pub(super) struct BatchExported<'a> {
+    pub(super) spans: u64,
+    /// `partial_success.rejected_spans`, as sent by the collector.
+    pub(super) rejected: i64,
+    pub(super) message: &'a str,
+}
+
+impl BatchExported<'_> {
+    pub(super) fn emit(self, stats: &Stats) {
+        // A negative or oversized count from a confused server must not make
+        // the counters lie the other way.
+        let rejected = u64::try_from(self.rejected).unwrap_or(0).min(self.spans);
+        stats.add(Counter::SpansExported, self.spans - rejected);
+        if rejected > 0 {
+            stats.add(Counter::SpansExportFailed, rejected);
+        }
+        if rejected > 0 || !self.message.is_empty() {
+            tracing::warn!(
+                rejected,
+                message = self.message,
+                "OTLP collector rejected part of a batch"
+            );
+        }
+    }
+}
+
+/// The batch is given up on: permanent error or retries exhausted.
+pub(super) struct BatchLost<'a> {
+    pub(super) endpoint: &'a Uri,
+    pub(super) spans: u64,
+    pub(super) error: &'a SendError,
+}
+
+impl BatchLost<'_> {
+    pub(super) fn emit(self, stats: &Stats) {
+        stats.add(Counter::SpansExportFailed, self.spans);
+        tracing::warn!(
+            endpoint = %self.endpoint,
+            spans = self.spans,
+            error = %ErrorChain(self.error),
+            "OTLP export failed, spans lost"
+        );
+    }
+}
+
+/// Shutdown reached its deadline with spans still unsent.
+pub(super) struct ShutdownTimedOut {
+    pub(super) spans: u64,
+    pub(super) timeout: Duration,
+}
+
+impl ShutdownTimedOut {
+    pub(super) fn emit(self, stats: &Stats) {
+        stats.add(Counter::SpansExportFailed, self.spans);
+        tracing::warn!(
+            spans = self.spans,
+            timeout = ?self.timeout,
+            "OTLP exporter shut down before sending every span"
+        );
+    }
+}
+
+/// An error and its causes on one line: the cause of a failed export
+/// ("connection refused") is usually in the source chain.
+pub(super) struct ErrorChain<'a>(pub(super) &'a dyn Error);
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(error) = cause {
+            write!(f, ": {error}")?;
+            cause = error.source();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,130 @@
+//! Runs the real agent binary for a test and stops it with SIGTERM.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::Duration,
+};
+
+/// Why an end-to-end test cannot run here; `None` when it can.
+///
+/// The tests need root (to load BPF programs) and an agent binary built with
+/// its kernel object (`cargo xtask build` sets `SONDE_AGENT_BIN`). Under
+/// `cargo xtask test` (`SONDE_E2E_REQUIRED=1`, as in CI) a missing
+/// prerequisite is a failure, not a skip.
+pub fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    let reason = if unsafe { libc_geteuid() } != 0 {
+        Some("end-to-end tests need root to load eBPF programs".to_owned())
+    } else if std::env::var_os("SONDE_AGENT_BIN").is_none() {
+        Some("SONDE_AGENT_BIN is not set: run through `cargo xtask test`".to_owned())
+    } else {
+        None
+    };
+    if let Some(reason) = &reason
+        && std::env::var_os("SONDE_E2E_REQUIRED").is_some()
+    {
+        panic!("end-to-end prerequisites missing: {reason}");
+    }
+    reason
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Skips the calling test (returns from it) with a printed reason.
+#[macro_export]
+macro_rules! require_e2e {
+    () => {
+        if let Some(reason) = $crate::agent::skip_reason() {
+            eprintln!("skipped: {reason}");
+            return;
+        }
+    };
+}
+
+/// A running agent.
+pub struct Agent {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Agent {
+    /// Starts `sonde run <args>` exporting to `otlp_endpoint` over `protocol`
+    /// and waits until it reports that it is running.
+    pub fn start(args: &[&str], otlp_endpoint: &str, protocol: &str) -> Self {
+        let bin = PathBuf::from(std::env::var_os("SONDE_AGENT_BIN").expect("SONDE_AGENT_BIN"));
+        let mut child = Command::new(&bin)
+            .arg("run")
+            .args(args)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_endpoint)
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+            .env("SONDE_LOG", "info,agent=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("agent running") {
+                    let _ = ready_tx.send(());
+                }
+                sink.lock().expect("log lock").push(line);
+            }
+        });
+        let mut agent = Self { child, log };
+        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let status = agent.child.try_wait().ok().flatten();
+            panic!(
+                "agent did not start (exit: {status:?}); log:\n{}",
+                agent.log_text()
+            );
+        }
+        agent
+    }
+
+    /// Everything the agent logged so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().expect("log lock").join("\n")
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the exit code.
+    pub fn stop(mut self) -> i32 {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> i32 {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        for _ in 0..200 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code().unwrap_or(-1);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!(
+            "agent did not stop within 10 s of SIGTERM; log:\n{}",
+            self.log_text()
+        );
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

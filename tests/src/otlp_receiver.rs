@@ -1,0 +1,265 @@
+//! A real OTLP trace receiver for tests: OTLP/gRPC (the generated tonic
+//! `TraceService` server) and OTLP/HTTP with protobuf bodies (hyper, gzip
+//! accepted), on 127.0.0.1, storing every span flattened with its resource
+//! so that tests assert on exactly what a collector would have got.
+
+mod flatten;
+mod grpc;
+mod http;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use hyper::HeaderMap;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use flatten::hex;
+
+/// One received span with its resource, ids as lowercase hex.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReceivedSpan {
+    /// Resource attributes.
+    pub resource: BTreeMap<String, Value>,
+    /// Instrumentation scope name.
+    pub scope_name: String,
+    /// Instrumentation scope version.
+    pub scope_version: String,
+    /// 32 hex digits.
+    pub trace_id: String,
+    /// 16 hex digits.
+    pub span_id: String,
+    /// 16 hex digits, empty for a root span.
+    pub parent_span_id: String,
+    /// W3C `tracestate`.
+    pub trace_state: String,
+    /// OTLP span flags (W3C trace flags in the low byte).
+    pub flags: u32,
+    /// Span name.
+    pub name: String,
+    /// Span kind.
+    pub kind: SpanKind,
+    /// Start, Unix epoch nanoseconds.
+    pub start_unix_ns: u64,
+    /// End, Unix epoch nanoseconds.
+    pub end_unix_ns: u64,
+    /// Span attributes (arrays and maps as JSON arrays and objects, bytes
+    /// as hex strings).
+    pub attributes: BTreeMap<String, Value>,
+    /// Status code (`Unset` when the span has no status).
+    pub status_code: StatusCode,
+    /// Status message.
+    pub status_message: String,
+}
+
+/// Which OTLP transport a request came over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP/gRPC.
+    Grpc,
+    /// OTLP/HTTP (protobuf).
+    Http,
+}
+
+/// One export request, accepted or not.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReceivedRequest {
+    /// Transport.
+    pub protocol: Protocol,
+    /// Request headers (gRPC metadata), names lowercase; values that are
+    /// not text are left out.
+    pub headers: BTreeMap<String, String>,
+    /// Spans in the request.
+    pub spans: usize,
+    /// False when the receiver answered with an injected failure.
+    pub accepted: bool,
+}
+
+/// A failure the receiver answers with instead of accepting (see
+/// [`OtlpReceiver::fail_next`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// gRPC `UNAVAILABLE` / HTTP 503: the exporter should retry.
+    Retryable,
+    /// gRPC `INVALID_ARGUMENT` / HTTP 400: the exporter should give up.
+    Permanent,
+}
+
+/// What both servers record into.
+#[derive(Debug, Default)]
+struct Store {
+    spans: Vec<ReceivedSpan>,
+    requests: Vec<ReceivedRequest>,
+    failures: VecDeque<Failure>,
+}
+
+/// Shared by the two servers and the test.
+#[derive(Debug, Default)]
+struct Shared(Mutex<Store>);
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Store> {
+        // A panicking test thread must not hide what was received.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a request, then accepts its spans or answers with the next
+    /// injected failure.
+    fn receive(
+        &self,
+        protocol: Protocol,
+        headers: BTreeMap<String, String>,
+        request: &ExportTraceServiceRequest,
+    ) -> Result<(), Failure> {
+        let spans = flatten::flatten(request);
+        let mut store = self.lock();
+        let failure = store.failures.pop_front();
+        store.requests.push(ReceivedRequest {
+            protocol,
+            headers,
+            spans: spans.len(),
+            accepted: failure.is_none(),
+        });
+        match failure {
+            Some(failure) => Err(failure),
+            None => {
+                store.spans.extend(spans);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The receiver; both servers stop when it is dropped.
+#[derive(Debug)]
+pub struct OtlpReceiver {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    shared: Arc<Shared>,
+    servers: [JoinHandle<()>; 2],
+}
+
+impl OtlpReceiver {
+    /// Serves gRPC and HTTP on two ephemeral ports.
+    pub async fn start() -> Self {
+        Self::start_on(0, 0).await
+    }
+
+    /// Serves on the given ports (0: any free port), for tests where the
+    /// exporter is pointed at the receiver before it exists.
+    pub async fn start_on(grpc_port: u16, http_port: u16) -> Self {
+        let grpc_listener = bind(grpc_port).await;
+        let http_listener = bind(http_port).await;
+        let grpc_addr = local_addr(&grpc_listener);
+        let http_addr = local_addr(&http_listener);
+        let shared = Arc::new(Shared::default());
+        let servers = [
+            tokio::spawn(grpc::serve(grpc_listener, Arc::clone(&shared))),
+            tokio::spawn(http::serve(http_listener, Arc::clone(&shared))),
+        ];
+        Self {
+            grpc_addr,
+            http_addr,
+            shared,
+            servers,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT` for `OTEL_EXPORTER_OTLP_ENDPOINT` with `grpc`.
+    pub fn grpc_endpoint(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// `http://127.0.0.1:PORT` for `OTEL_EXPORTER_OTLP_ENDPOINT` with
+    /// `http/protobuf` (the exporter appends `/v1/traces`).
+    pub fn http_endpoint(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    /// Every span accepted so far, in arrival order.
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.shared.lock().spans.clone()
+    }
+
+    /// Every export request so far, including rejected ones.
+    pub fn requests(&self) -> Vec<ReceivedRequest> {
+        self.shared.lock().requests.clone()
+    }
+
+    /// Requests received over `protocol`.
+    pub fn request_count(&self, protocol: Protocol) -> usize {
+        let store = self.shared.lock();
+        store
+            .requests
+            .iter()
+            .filter(|request| request.protocol == protocol)
+            .count()
+    }
+
+    /// Answers the next `count` requests with `failure` instead of
+    /// accepting them.
+    pub fn fail_next(&self, count: usize, failure: Failure) {
+        self.shared
+            .lock()
+            .failures
+            .extend(std::iter::repeat_n(failure, count));
+    }
+
+    /// Polls until `predicate` holds for the spans received so far and
+    /// returns them; panics with everything received if `timeout` passes.
+    pub async fn wait_for(
+        &self,
+        predicate: impl Fn(&[ReceivedSpan]) -> bool,
+        timeout: Duration,
+    ) -> Vec<ReceivedSpan> {
+        let started = Instant::now();
+        loop {
+            let spans = self.spans();
+            if predicate(&spans) {
+                return spans;
+            }
+            if started.elapsed() > timeout {
+                panic!(
+                    "no match within {timeout:?}; {} spans received: {spans:#?}\nrequests: {:#?}",
+                    spans.len(),
+                    self.requests()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        for server in &self.servers {
+            server.abort();
+        }
+    }
+}
+
+/// Headers whose values are text, for [`ReceivedRequest::headers`].
+fn text_headers(headers: &HeaderMap) -> BTreeMap<String, String> {
+    headers
+        .iter()
+        .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_owned())))
+        .collect()
+}
+
+async fn bind(port: u16) -> TcpListener {
+    TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap_or_else(|error| panic!("binding the OTLP receiver to 127.0.0.1:{port}: {error}"))
+}
+
+fn local_addr(listener: &TcpListener) -> SocketAddr {
+    listener
+        .local_addr()
+        .unwrap_or_else(|error| panic!("address of the OTLP receiver's socket: {error}"))
+}

@@ -1,0 +1,367 @@
+//! `cargo xtask setup`: the project's single source of truth for what a
+//! build or test machine needs, checked quickly and installed only when
+//! missing.
+//!
+//! Two groups: the eBPF toolchain (nightly rust-src and clippy, bpf-linker
+//! and the LLVM 22 libraries it builds against) and the tools the
+//! end-to-end tests and the demo run (curl, python3 + requests, node,
+//! bpftool, iproute2). All checks together take well under a second when
+//! everything is present; `apt-get update` runs only if an apt package is
+//! missing.
+
+use std::{env, fmt, path::PathBuf, process::Command};
+
+use anyhow::{Result, bail};
+
+use crate::cmd;
+
+/// Where the LLVM that bpf-linker links against lives (Debian's llvm-22).
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+/// Debian packages bpf-linker is built against.
+const LLVM_DEV_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
+
+/// Which part of the project needs a prerequisite.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Group {
+    /// Building and linting the kernel programs.
+    EbpfToolchain,
+    /// Running the end-to-end tests and the demo.
+    Runtime,
+}
+
+impl Group {
+    /// Both groups: what `cargo xtask setup` and the full test suite need.
+    pub const ALL: &[Group] = &[Group::EbpfToolchain, Group::Runtime];
+}
+
+/// What `setup` does about what is missing.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Mode {
+    /// Only report; fail if anything is missing.
+    Check,
+    /// Install what is missing.
+    Install,
+}
+
+/// How much to print when everything is present.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Verbosity {
+    /// One line per prerequisite (`cargo xtask setup`).
+    Table,
+    /// Only what is missing, plus a one-line summary (other subcommands).
+    Summary,
+}
+
+/// How a missing prerequisite is installed.
+#[derive(Clone, PartialEq, Eq, Debug)]
+enum Fix {
+    Apt(&'static str),
+    RustupComponent(&'static str),
+    BpfLinker,
+    PipRequests,
+    /// Cannot be installed from here; the text says what to do.
+    Manual(&'static str),
+}
+
+impl fmt::Display for Fix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fix::Apt(pkg) => write!(f, "apt-get install {pkg}"),
+            Fix::RustupComponent(c) => write!(f, "rustup component add {c} --toolchain nightly"),
+            Fix::BpfLinker => write!(
+                f,
+                "cargo install bpf-linker --no-default-features --features llvm-22"
+            ),
+            Fix::PipRequests => write!(f, "python3 -m pip install requests"),
+            Fix::Manual(what) => f.write_str(what),
+        }
+    }
+}
+
+/// The result of checking one prerequisite.
+enum Status {
+    Present(String),
+    Missing(Fix),
+}
+
+struct Checked {
+    name: &'static str,
+    status: Status,
+}
+
+/// Checks (and with [`Mode::Install`] installs) the prerequisites of
+/// `groups`. Errors if something is still missing afterwards.
+pub fn ensure(groups: &[Group], mode: Mode, verbosity: Verbosity) -> Result<()> {
+    let checked = check(groups);
+    let missing: Vec<&Checked> = checked
+        .iter()
+        .filter(|c| matches!(c.status, Status::Missing(_)))
+        .collect();
+
+    if verbosity == Verbosity::Table || !missing.is_empty() {
+        for c in &checked {
+            match &c.status {
+                Status::Present(detail) => {
+                    if verbosity == Verbosity::Table {
+                        eprintln!("  ok       {:<24} {detail}", c.name);
+                    }
+                }
+                Status::Missing(fix) => eprintln!("  missing  {:<24} -> {fix}", c.name),
+            }
+        }
+    }
+    if missing.is_empty() {
+        eprintln!("xtask: prerequisites present ({} checked)", checked.len());
+        return Ok(());
+    }
+    let fixes: Vec<Fix> = missing
+        .iter()
+        .filter_map(|c| match &c.status {
+            Status::Missing(fix) => Some(fix.clone()),
+            Status::Present(_) => None,
+        })
+        .collect();
+    if mode == Mode::Check {
+        bail!(
+            "{} prerequisite(s) missing; `cargo xtask setup` installs them",
+            missing.len()
+        );
+    }
+
+    eprintln!(
+        "xtask: installing {} missing prerequisite(s)",
+        missing.len()
+    );
+    install(&fixes)?;
+
+    let still: Vec<&'static str> = check(groups)
+        .into_iter()
+        .filter(|c| matches!(c.status, Status::Missing(_)))
+        .map(|c| c.name)
+        .collect();
+    if !still.is_empty() {
+        bail!("still missing after installing: {}", still.join(", "));
+    }
+    eprintln!("xtask: prerequisites installed");
+    Ok(())
+}
+
+fn check(groups: &[Group]) -> Vec<Checked> {
+    let mut out = Vec::new();
+    if groups.contains(&Group::EbpfToolchain) {
+        let debs = installed_debs(LLVM_DEV_PACKAGES);
+        for (pkg, version) in LLVM_DEV_PACKAGES.iter().zip(debs) {
+            out.push(Checked {
+                name: pkg,
+                status: match version {
+                    Some(v) => Status::Present(v),
+                    None => Status::Missing(Fix::Apt(pkg)),
+                },
+            });
+        }
+        let sysroot = nightly_sysroot();
+        out.push(Checked {
+            name: "rust-src (nightly)",
+            status: nightly_component(&sysroot, "lib/rustlib/src/rust/library", "rust-src"),
+        });
+        out.push(Checked {
+            name: "clippy (nightly)",
+            status: nightly_component(&sysroot, "bin/cargo-clippy", "clippy"),
+        });
+        out.push(Checked {
+            name: "bpf-linker",
+            status: match cmd::which("bpf-linker") {
+                Some(path) => Status::Present(path.display().to_string()),
+                None => Status::Missing(Fix::BpfLinker),
+            },
+        });
+    }
+    if groups.contains(&Group::Runtime) {
+        for (name, exe, pkg) in [
+            ("curl", "curl", "curl"),
+            ("python3", "python3", "python3"),
+            ("bpftool", "bpftool", "bpftool"),
+            ("iproute2", "ip", "iproute2"),
+        ] {
+            out.push(Checked {
+                name,
+                status: match cmd::which(exe) {
+                    Some(path) => Status::Present(path.display().to_string()),
+                    None => Status::Missing(Fix::Apt(pkg)),
+                },
+            });
+        }
+        // Node may come from anywhere (nvm, nodesource, Debian); any working
+        // `node` will do, Debian's nodejs only if there is none.
+        out.push(Checked {
+            name: "node",
+            status: match cmd::probe(Command::new("node").arg("--version")) {
+                Some(v) => Status::Present(v.trim().to_owned()),
+                None => Status::Missing(Fix::Apt("nodejs")),
+            },
+        });
+        out.push(Checked {
+            name: "python requests",
+            status: python_requests(),
+        });
+    }
+    out
+}
+
+/// The installed version of each Debian package, in order (one dpkg-query
+/// for all of them).
+fn installed_debs(pkgs: &[&str]) -> Vec<Option<String>> {
+    let listing = cmd::probe_stdout(
+        Command::new("dpkg-query")
+            .args(["-W", "-f", "${Package}\t${db:Status-Abbrev}\t${Version}\n"])
+            .args(pkgs),
+    )
+    .unwrap_or_default();
+    pkgs.iter()
+        .map(|pkg| {
+            listing.lines().find_map(|line| {
+                let mut fields = line.split('\t');
+                let name = fields.next()?;
+                let status = fields.next()?;
+                let version = fields.next()?;
+                // Multi-arch packages print as `name:arch`.
+                let name = name.split(':').next()?;
+                (name == *pkg && status.starts_with("ii")).then(|| version.to_owned())
+            })
+        })
+        .collect()
+}
+
+/// The nightly toolchain's sysroot, or why there is none.
+fn nightly_sysroot() -> Result<PathBuf, &'static str> {
+    let mut rustc = Command::new("rustc");
+    rustc.args(["+nightly", "--print", "sysroot"]);
+    cmd::scrub_host_env(&mut rustc);
+    cmd::probe(&mut rustc)
+        .map(|s| PathBuf::from(s.trim()))
+        .ok_or("no nightly toolchain (rustup toolchain install nightly)")
+}
+
+fn nightly_component(
+    sysroot: &Result<PathBuf, &'static str>,
+    path: &str,
+    component: &'static str,
+) -> Status {
+    match sysroot {
+        Ok(root) if root.join(path).exists() => {
+            Status::Present(root.join(path).display().to_string())
+        }
+        Ok(_) => Status::Missing(Fix::RustupComponent(component)),
+        Err(why) => Status::Missing(Fix::Manual(why)),
+    }
+}
+
+/// Checks `import requests` and, in the same interpreter start, whether pip
+/// may install into it (Debian's own python3 is "externally managed" and
+/// gets python3-requests from apt instead).
+fn python_requests() -> Status {
+    const SCRIPT: &str = "\
+import os, sysconfig
+managed = os.path.exists(os.path.join(sysconfig.get_path('stdlib'), 'EXTERNALLY-MANAGED'))
+try:
+    import requests
+    print('ok', requests.__version__)
+except ImportError:
+    print('managed' if managed else 'pip')
+";
+    match cmd::probe(Command::new("python3").args(["-c", SCRIPT])) {
+        Some(out) => match out.trim() {
+            "pip" => Status::Missing(Fix::PipRequests),
+            "managed" => Status::Missing(Fix::Apt("python3-requests")),
+            other => Status::Present(other.trim_start_matches("ok ").to_owned()),
+        },
+        // No python3 yet: it comes from apt, so requests does too.
+        None => Status::Missing(Fix::Apt("python3-requests")),
+    }
+}
+
+fn install(fixes: &[Fix]) -> Result<()> {
+    if let Some(Fix::Manual(what)) = fixes.iter().find(|f| matches!(f, Fix::Manual(_))) {
+        bail!("cannot install automatically: {what}");
+    }
+
+    let apt: Vec<&str> = fixes
+        .iter()
+        .filter_map(|f| match f {
+            Fix::Apt(pkg) => Some(*pkg),
+            _ => None,
+        })
+        .collect();
+    if !apt.is_empty() {
+        eprintln!("xtask: installing apt packages: {}", apt.join(" "));
+        cmd::run(&mut privileged(&["apt-get", "update"])?)?;
+        let mut get = privileged(&[
+            "env",
+            "DEBIAN_FRONTEND=noninteractive",
+            "apt-get",
+            "install",
+            "-y",
+            "--no-install-recommends",
+        ])?;
+        get.args(&apt);
+        cmd::run(&mut get)?;
+    }
+
+    for fix in fixes {
+        if let Fix::RustupComponent(component) = fix {
+            eprintln!("xtask: installing the nightly {component} component");
+            let mut rustup = Command::new("rustup");
+            rustup.args(["component", "add", component, "--toolchain", "nightly"]);
+            cmd::scrub_host_env(&mut rustup);
+            cmd::run(&mut rustup)?;
+        }
+    }
+
+    if fixes.contains(&Fix::BpfLinker) {
+        eprintln!("xtask: building bpf-linker against {LLVM_PREFIX} (takes a few minutes)");
+        let path = env::var_os("PATH").unwrap_or_default();
+        let path = env::join_paths(
+            std::iter::once(PathBuf::from(LLVM_PREFIX).join("bin")).chain(env::split_paths(&path)),
+        )?;
+        let mut cargo = Command::new("cargo");
+        cargo
+            .args([
+                "install",
+                "bpf-linker",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .env("PATH", path);
+        cmd::scrub_host_env(&mut cargo);
+        cmd::run(&mut cargo)?;
+    }
+
+    if fixes.contains(&Fix::PipRequests) {
+        eprintln!("xtask: installing the python requests package");
+        cmd::run(Command::new("python3").args(["-m", "pip", "install", "requests"]))?;
+    }
+    Ok(())
+}
+
+/// `argv` as root: directly when we are root, else through sudo.
+fn privileged(argv: &[&str]) -> Result<Command> {
+    if cmd::is_root() {
+        let mut c = Command::new(argv[0]);
+        c.args(&argv[1..]);
+        Ok(c)
+    } else if cmd::which("sudo").is_some() {
+        let mut c = Command::new("sudo");
+        c.args(argv);
+        Ok(c)
+    } else {
+        bail!("installing system packages needs root (run as root or install sudo)")
+    }
+}

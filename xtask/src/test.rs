@@ -1,0 +1,133 @@
+//! `cargo xtask test`: the whole suite CI runs, in order, stopping at the
+//! first failure: rustfmt, clippy on the host crates, clippy on the BPF
+//! crate, unit tests, then (as root) a release build and the end-to-end
+//! tests against it.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{build, cmd, setup};
+
+/// One step of the suite.
+struct Step {
+    name: &'static str,
+    run: fn(&mut State) -> Result<()>,
+}
+
+/// What a step hands to later ones.
+#[derive(Default)]
+struct State {
+    /// The release `sonde` binary, once built.
+    agent: Option<PathBuf>,
+}
+
+/// Runs the suite; `unit_only` stops before the build and the end-to-end
+/// tests (which need root).
+pub fn run(unit_only: bool) -> Result<()> {
+    if !unit_only && !cmd::is_root() {
+        bail!(
+            "the end-to-end tests load eBPF programs and need root: \
+             run `sudo -E cargo xtask test`, or `cargo xtask test --unit-only` \
+             for formatting, lints and unit tests"
+        );
+    }
+    let groups: &[setup::Group] = if unit_only {
+        &[setup::Group::EbpfToolchain]
+    } else {
+        setup::Group::ALL
+    };
+    setup::ensure(groups, setup::Mode::Install, setup::Verbosity::Summary)?;
+
+    let mut steps = vec![
+        Step {
+            name: "rustfmt",
+            run: fmt,
+        },
+        Step {
+            name: "clippy (host crates)",
+            run: clippy_host,
+        },
+        Step {
+            name: "clippy (eBPF crate)",
+            run: clippy_ebpf,
+        },
+        Step {
+            name: "unit tests",
+            run: unit_tests,
+        },
+    ];
+    if !unit_only {
+        steps.push(Step {
+            name: "build (eBPF object + release agent)",
+            run: build_agent,
+        });
+        steps.push(Step {
+            name: "end-to-end tests",
+            run: end_to_end,
+        });
+    }
+
+    let total = steps.len();
+    let mut state = State::default();
+    for (i, step) in steps.iter().enumerate() {
+        let n = i + 1;
+        eprintln!("\n==> [{n}/{total}] {}", step.name);
+        (step.run)(&mut state)
+            .with_context(|| format!("test step {n}/{total} ({}) failed", step.name))?;
+    }
+    eprintln!("\nxtask: all {total} test steps passed");
+    if unit_only {
+        eprintln!("xtask: end-to-end tests skipped (--unit-only)");
+    }
+    Ok(())
+}
+
+/// `cargo fmt --all` covers every workspace member, agent-ebpf included.
+fn fmt(_: &mut State) -> Result<()> {
+    cmd::run(cmd::cargo().args(["fmt", "--all", "--check"]))
+}
+
+fn clippy_host(_: &mut State) -> Result<()> {
+    // agent-ebpf only builds for the BPF target; it is linted next.
+    cmd::run(cmd::cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "agent-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+fn clippy_ebpf(_: &mut State) -> Result<()> {
+    cmd::run(cmd::nightly_cargo().args(["clippy", "--release", "--", "-D", "warnings"]))
+}
+
+fn unit_tests(_: &mut State) -> Result<()> {
+    cmd::run(cmd::cargo().args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "sonde-tests",
+        "--exclude",
+        "agent-ebpf",
+    ]))
+}
+
+fn build_agent(state: &mut State) -> Result<()> {
+    state.agent = Some(build::agent(build::Profile::Release)?);
+    Ok(())
+}
+
+/// Runs the end-to-end tests one at a time (they share the kernel, the
+/// tracefs mounts and ports) against the binary built by the previous step.
+fn end_to_end(state: &mut State) -> Result<()> {
+    let agent = state.agent.as_ref().context("the build step did not run")?;
+    let mut test: Command = cmd::cargo();
+    test.args(["test", "--package", "sonde-tests", "--", "--test-threads=1"])
+        .env("SONDE_AGENT_BIN", agent);
+    cmd::run(&mut test)
+}
