@@ -31,7 +31,7 @@ use crate::{
         Discovery, SelectorError, Selectors, procfs::Procfs, resources::ProcessRegistry,
         run_discovery,
     },
-    export::{self, otlp::OtlpOverrides},
+    export,
     probes::{
         ProbeConfig, ProbeError, ProbeHandle, Probes, ReaderChannels, decode::KernelEvent,
         run_reader,
@@ -51,6 +51,8 @@ const CONN_TO_SPANS: usize = 16_384;
 const SPANS_TO_EXPORT: usize = 16_384;
 /// How often kernel loss counters are read and the tracker's timers run.
 const TICK: Duration = Duration::from_secs(1);
+/// How long after a process exits its connections are dropped.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// How often a summary of losses is logged, when there were any.
 const LOSS_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -100,7 +102,10 @@ pub async fn run(config: AgentConfig) -> Result<(), PipelineError> {
     let (conn_to_spans_tx, conn_to_spans_rx) = mpsc::channel(CONN_TO_SPANS);
     let (spans_to_export_tx, spans_to_export_rx) = mpsc::channel(SPANS_TO_EXPORT);
 
-    let discovery = Discovery::new(selectors, Procfs::default(), targets, registry.clone());
+    let mut discovery = Discovery::new(selectors, Procfs::default(), targets, registry.clone());
+    // Before reporting "running": processes that already match are traced
+    // from the first request on.
+    discovery.scan_all();
     let discovery_task = tokio::spawn(run_discovery(
         discovery,
         reader_to_discovery_rx,
@@ -161,10 +166,9 @@ pub async fn run(config: AgentConfig) -> Result<(), PipelineError> {
     // Discovery holds a sender into the tracker: stop it first so the
     // cascade can close every channel.
     discovery_task.abort();
-    for task in [conn_task, span_task] {
-        let _ = task.await;
-    }
-    let _ = export_task.await;
+    join_logged(conn_task, "connection tracker").await;
+    join_logged(span_task, "span builder").await;
+    join_logged(export_task, "export").await;
     // Dropping the handle detaches the kernel programs.
     housekeeping.abort();
     log_losses(&stats);
@@ -198,16 +202,34 @@ async fn run_conn_tracker(
     stats: Arc<Stats>,
 ) {
     let mut tick = tokio::time::interval(TICK);
+    // Exit events come from the control ring and can overtake the process's
+    // last data (a client that exits right after reading its response), so
+    // a process is forgotten only after a grace period.
+    let mut exited: Vec<(u32, u64)> = Vec::new();
     loop {
         let exchanges = tokio::select! {
             event = reader_to_conn.recv() => match event {
                 Some(KernelEvent::Data(data)) => tracker.on_data(&data),
                 Some(KernelEvent::Close(close)) => tracker.on_close(&close),
-                Some(KernelEvent::Exit { pid }) => tracker.forget_pid(pid),
+                Some(KernelEvent::Exit { pid }) => {
+                    exited.push((pid, Clock::monotonic_now_ns() + EXIT_GRACE.as_nanos() as u64));
+                    Vec::new()
+                }
                 Some(KernelEvent::Exec { .. }) => Vec::new(),
                 None => break,
             },
-            _ = tick.tick() => tracker.on_tick(Clock::monotonic_now_ns()),
+            _ = tick.tick() => {
+                let now = Clock::monotonic_now_ns();
+                let mut out = tracker.on_tick(now);
+                exited.retain(|&(pid, forget_at)| {
+                    let due = forget_at <= now;
+                    if due {
+                        out.extend(tracker.forget_pid(pid));
+                    }
+                    !due
+                });
+                out
+            }
         };
         for exchange in exchanges {
             forward(
@@ -300,19 +322,11 @@ fn log_losses(stats: &Stats) {
     }
 }
 
-/// For the export module: settings that came from the config file/CLI.
-pub fn otlp_overrides(config: &crate::config::ExportConfig) -> OtlpOverrides {
-    OtlpOverrides {
-        endpoint: config.otlp_endpoint.clone(),
-        protocol: config.otlp_protocol.clone(),
-    }
-}
-
-/// Awaits a task, logging if it panicked.
-pub async fn join_logged(task: JoinHandle<()>, name: &str) {
+/// Awaits a stage, logging if it panicked.
+async fn join_logged(task: JoinHandle<()>, name: &str) {
     if let Err(error) = task.await
         && error.is_panic()
     {
-        warn!(task = name, %error, "stage panicked");
+        warn!(stage = name, %error, "stage panicked");
     }
 }

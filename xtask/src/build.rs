@@ -25,8 +25,9 @@ impl Profile {
 }
 
 /// Builds the eBPF object (installing missing toolchain pieces first) and
-/// returns its path.
-pub fn ebpf(profile: Profile) -> Result<PathBuf> {
+/// returns its path. Always optimised: unoptimised BPF code fails to link
+/// (aggregate returns) and would not pass the verifier's limits anyway.
+pub fn ebpf() -> Result<PathBuf> {
     setup::ensure(
         &[setup::Group::EbpfToolchain],
         setup::Mode::Install,
@@ -34,15 +35,12 @@ pub fn ebpf(profile: Profile) -> Result<PathBuf> {
     )?;
 
     let mut cargo = cmd::nightly_cargo();
-    cargo.arg("build");
-    if profile == Profile::Release {
-        cargo.arg("--release");
-    }
+    cargo.args(["build", "--release"]);
     cmd::run(&mut cargo).context("building the eBPF programs")?;
 
     let object = cmd::target_dir()
         .join("bpfel-unknown-none")
-        .join(profile.dir())
+        .join("release")
         .join("agent-ebpf");
     let size = object
         .metadata()
@@ -55,7 +53,7 @@ pub fn ebpf(profile: Profile) -> Result<PathBuf> {
 /// Builds the eBPF object (always release: that is what the verifier gets in
 /// production) and the agent with it embedded; returns the `sonde` binary.
 pub fn agent(profile: Profile) -> Result<PathBuf> {
-    let object = ebpf(Profile::Release)?;
+    let object = ebpf()?;
 
     let mut cargo = cmd::cargo();
     cargo

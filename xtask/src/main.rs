@@ -38,11 +38,7 @@ enum Task {
         no_install: bool,
     },
     /// Build the kernel programs (nightly, bpfel-unknown-none, bpf-linker).
-    BuildEbpf {
-        /// Debug profile instead of release.
-        #[arg(long)]
-        debug: bool,
-    },
+    BuildEbpf,
     /// Build the kernel programs and the `sonde` binary that embeds them.
     Build {
         /// Release profile for the agent (the default).
@@ -107,8 +103,8 @@ fn run_task(task: Task) -> Result<()> {
             };
             setup::ensure(setup::Group::ALL, mode, setup::Verbosity::Table)
         }
-        Task::BuildEbpf { debug } => {
-            let object = build::ebpf(profile(debug))?;
+        Task::BuildEbpf => {
+            let object = build::ebpf()?;
             println!("{}", object.display());
             Ok(())
         }

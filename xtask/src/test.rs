@@ -128,6 +128,8 @@ fn end_to_end(state: &mut State) -> Result<()> {
     let agent = state.agent.as_ref().context("the build step did not run")?;
     let mut test: Command = cmd::cargo();
     test.args(["test", "--package", "sonde-tests", "--", "--test-threads=1"])
-        .env("SONDE_AGENT_BIN", agent);
+        .env("SONDE_AGENT_BIN", agent)
+        // Missing root or binary is a failure here, not a skip.
+        .env("SONDE_E2E_REQUIRED", "1");
     cmd::run(&mut test)
 }

@@ -125,7 +125,11 @@ impl MessageStream {
                     if between_messages && !captured.is_empty() && is_blank(captured) {
                         return;
                     }
-                    if captured.is_empty() || !sink.is_start(captured) {
+                    // Resynchronising takes a whole first line: body bytes
+                    // that merely begin like one (`OK`) must not open a head.
+                    let starts =
+                        sink.is_start(captured) && (between_messages || captured.contains(&b'\n'));
+                    if !starts {
                         // Uncaptured bytes are the kernel's loss, already
                         // counted there; bytes that make no sense are ours.
                         if between_messages && !captured.is_empty() {

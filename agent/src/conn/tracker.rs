@@ -1,6 +1,6 @@
 //! Turns captured socket data into HTTP/1.x request/response exchanges.
 //!
-//! Connections are keyed by socket cookie. Each has a [`MessageStream`] per
+//! Connections are keyed by socket cookie. Each has a `MessageStream` per
 //! direction; requests are queued as their heads arrive and responses pair
 //! with them first in, first out, which covers keep-alive and pipelining.
 //! Interim (1xx) responses are skipped; `101` and 2xx answers to `CONNECT`
@@ -9,7 +9,9 @@
 //! The process's side comes from the kernel's [`Role`] when it saw the
 //! connection set up; otherwise from the first message (a request received
 //! means server). A connection whose first bytes are not HTTP/1.x (TLS,
-//! another protocol) is ignored until it closes.
+//! another protocol) is ignored until it closes; one of unknown role may
+//! have been caught mid-message, so it gets a few events to show a message
+//! start first. Both count as [`Counter::ParseFailedHttp1`].
 //!
 //! Captures are prefixes, so framing is sometimes lost (a head or chunk line
 //! not copied, a body that runs until close). The response in flight then
@@ -140,7 +142,7 @@ impl ConnTracker {
         out
     }
 
-    /// Drops connections idle since before `now_ns - idle_timeout`; their
+    /// Drops connections idle since before `now_ns - idle_timeout_ns`; their
     /// unanswered requests are abandoned.
     pub fn on_tick(&mut self, now_ns: u64) -> Vec<HttpExchange> {
         let mut out = Vec::new();

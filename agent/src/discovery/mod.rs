@@ -203,13 +203,13 @@ impl<T: TargetSet> Discovery<T> {
     }
 }
 
-/// The discovery task: initial scan, then exec/exit events and port rescans.
+/// The discovery task: exec/exit events and port rescans, after the
+/// caller's initial [`Discovery::scan_all`].
 pub async fn run_discovery<T: TargetSet>(
     mut discovery: Discovery<T>,
     mut reader_to_discovery: mpsc::Receiver<KernelEvent>,
     discovery_to_conn: mpsc::Sender<KernelEvent>,
 ) {
-    discovery.scan_all();
     let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
     loop {
         tokio::select! {

@@ -388,8 +388,13 @@ fn truncated_request_head_keeps_the_captured_lines() {
     );
     // Later bytes of the lost message are skipped; the next request resyncs.
     wire.recv(b"cookie continued, body...");
+    wire.recv(b"BODY");
     wire.recv(GET);
-    assert_eq!(brief(&wire.send(OK_2)), [("/a", ok(200), 4000, 5000)]);
+    let exchange = only(wire.send(OK_2));
+    assert_eq!(
+        (exchange.request.method.as_str(), exchange.start_ns),
+        ("GET", 5000)
+    );
     assert_eq!(wire.count(Counter::ParseFailedHttp1), 0);
 }
 

@@ -87,6 +87,7 @@ pub(super) async fn run_batcher<T: Transport>(
     }
 }
 
+/// What woke the loop.
 enum Wake {
     Span(Span),
     BatchDone,
@@ -107,7 +108,8 @@ struct Queue {
 impl Queue {
     fn new(capacity: usize) -> Self {
         Self {
-            spans: VecDeque::with_capacity(capacity),
+            // Grows to `capacity` only if the collector falls behind.
+            spans: VecDeque::new(),
             capacity,
             overflowing: false,
         }
