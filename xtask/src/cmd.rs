@@ -163,6 +163,59 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Totals of libtest's `test result:` lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TestTally {
+    pub passed: u64,
+    pub failed: u64,
+    pub ignored: u64,
+}
+
+impl TestTally {
+    /// Adds the counts of one `test result: ok. 3 passed; 0 failed; 1 ignored; ...` line.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(label), Some(count)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            match label {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                "ignored" => self.ignored += count,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Like [`run`] for `cargo test`: echoes its output and adds its results
+/// to `tally`, so the suite can end with one total line.
+pub fn run_tests(cmd: &mut Command, tally: &mut TestTally) -> Result<()> {
+    eprintln!("$ {}", display(cmd));
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start `{}`", display(cmd)))?;
+    let stdout = child.stdout.take().context("piped stdout")?;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line.context("reading test output")?;
+        println!("{line}");
+        tally.add_line(&line);
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", display(cmd));
+    }
+    Ok(())
+}
+
 /// Prints and runs `cmd`, returning its exit status whatever it is.
 pub fn status(cmd: &mut Command) -> Result<ExitStatus> {
     eprintln!("$ {}", display(cmd));
@@ -237,6 +290,30 @@ mod tests {
         assert_eq!(
             display(&cmd),
             r"cd agent-ebpf && SONDE_EBPF_OBJECT='/tmp/a b' cargo build --message 'it'\''s'"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tally_tests {
+    use super::TestTally;
+
+    #[test]
+    fn sums_libtest_result_lines() {
+        let mut tally = TestTally::default();
+        tally.add_line("test result: ok. 115 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.10s");
+        tally.add_line(
+            "test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        tally.add_line("running 3 tests");
+        tally.add_line("test foo ... ok");
+        assert_eq!(
+            tally,
+            TestTally {
+                passed: 116,
+                failed: 2,
+                ignored: 2
+            }
         );
     }
 }

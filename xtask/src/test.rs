@@ -20,6 +20,8 @@ struct Step {
 struct State {
     /// The release `sonde` binary, once built.
     agent: Option<PathBuf>,
+    /// Test counts so far.
+    tally: cmd::TestTally,
 }
 
 /// Runs the suite; `unit_only` stops before the build and the end-to-end
@@ -77,6 +79,13 @@ pub fn run(unit_only: bool) -> Result<()> {
             .with_context(|| format!("test step {n}/{total} ({}) failed", step.name))?;
     }
     eprintln!("\nxtask: all {total} test steps passed");
+    // The plain closing line CI reads.
+    let cmd::TestTally {
+        passed,
+        failed,
+        ignored,
+    } = state.tally;
+    println!("{passed} passed, {failed} failed, {ignored} skipped");
     if unit_only {
         eprintln!("xtask: end-to-end tests skipped (--unit-only)");
     }
@@ -106,15 +115,18 @@ fn clippy_ebpf(_: &mut State) -> Result<()> {
     cmd::run(cmd::nightly_cargo().args(["clippy", "--release", "--", "-D", "warnings"]))
 }
 
-fn unit_tests(_: &mut State) -> Result<()> {
-    cmd::run(cmd::cargo().args([
-        "test",
-        "--workspace",
-        "--exclude",
-        "sonde-tests",
-        "--exclude",
-        "agent-ebpf",
-    ]))
+fn unit_tests(state: &mut State) -> Result<()> {
+    cmd::run_tests(
+        cmd::cargo().args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "sonde-tests",
+            "--exclude",
+            "agent-ebpf",
+        ]),
+        &mut state.tally,
+    )
 }
 
 fn build_agent(state: &mut State) -> Result<()> {
@@ -131,5 +143,5 @@ fn end_to_end(state: &mut State) -> Result<()> {
         .env("SONDE_AGENT_BIN", agent)
         // Missing root or binary is a failure here, not a skip.
         .env("SONDE_E2E_REQUIRED", "1");
-    cmd::run(&mut test)
+    cmd::run_tests(&mut test, &mut state.tally)
 }
