@@ -27,6 +27,10 @@ pub struct KernelConfig {
     pub off_sk_protocol: u32,
     /// Offset of `child_pid` in the `sched_process_fork` tracepoint record.
     pub off_fork_child_pid: u32,
+    /// Non-zero: insert `traceparent` into outgoing HTTP/1 requests.
+    pub inject_traceparent: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
 }
 
 impl KernelConfig {
@@ -43,6 +47,8 @@ impl KernelConfig {
         off_skc_v6_rcv_saddr: 72,
         off_sk_protocol: 532,
         off_fork_child_pid: 20,
+        inject_traceparent: 1,
+        reserved: 0,
     };
 }
 

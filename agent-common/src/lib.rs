@@ -13,6 +13,7 @@ pub mod event;
 pub mod process;
 pub mod socket_data;
 pub mod socket_state;
+pub mod trace_context;
 
 pub use config::KernelConfig;
 pub use event::{EventHeader, EventKind};

@@ -1,7 +1,7 @@
 //! Bytes a selected process moved over a TCP socket, as captured by
 //! `agent-ebpf/src/probes/socket_data.rs`.
 
-use crate::EventHeader;
+use crate::{EventHeader, trace_context::TraceContext};
 
 /// Largest payload prefix the kernel can copy into one event. The prefix
 /// actually copied is [`crate::KernelConfig::capture_bytes`], at most this.
@@ -66,6 +66,9 @@ pub struct SocketDataEvent {
     pub role: u32,
     /// Reserved, zero.
     pub reserved: u32,
+    /// Span identity when this call starts an HTTP/1 request (see
+    /// `trace_context`); `flags == 0` otherwise.
+    pub trace: TraceContext,
     /// The first `captured_len` bytes of the data.
     pub payload: [u8; MAX_CAPTURE_BYTES],
 }

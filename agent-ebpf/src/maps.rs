@@ -5,10 +5,11 @@ use agent_common::{
     KernelConfig,
     socket_data::{MAX_CAPTURE_BYTES, SocketDataEvent},
     socket_state::TrackedConn,
+    trace_context::{ServerContext, TraceContext},
 };
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, SockHash},
 };
 
 /// Set by the agent at load time (`EbpfLoader::override_global`).
@@ -44,6 +45,24 @@ pub static TRACKED_CONNS: LruHashMap<u64, TrackedConn> = LruHashMap::with_max_en
 #[map]
 pub static ACCEPTED_FDS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16_384, 0);
 
+/// The request each thread is serving, by tid (see `probes::trace_context`).
+#[map]
+pub static SERVER_CTX: LruHashMap<u32, ServerContext> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Ids `probes::inject` put on the wire, by tid, for the same send's data
+/// event: sk_msg runs before `sock_send_length` in the same thread.
+#[map]
+pub static INJECTED_CTX: LruHashMap<u32, TraceContext> = LruHashMap::with_max_entries(16_384, 0);
+
+/// Client sockets of targets, where `probes::inject`'s sk_msg program runs.
+#[map]
+pub static CLIENT_SOCKETS: SockHash<u64> = SockHash::with_max_entries(65_536, 0);
+
+/// Injection outcomes, indexed by `agent_common::trace_context::inject::*`.
+#[map]
+pub static INJECT_STATS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(agent_common::trace_context::inject::COUNT, 0);
+
 /// Loss counters, indexed by `agent_common::drops::*`.
 #[map]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(agent_common::drops::COUNT, 0);
@@ -56,6 +75,19 @@ pub struct DataScratch {
     pub event: SocketDataEvent,
     pub overrun: [u8; MAX_CAPTURE_BYTES],
 }
+
+/// Per-CPU staging area for `probes::trace_context`'s header scan.
+#[repr(C)]
+pub struct TraceScratch {
+    /// The first bytes of a received message (1 KiB), plus room for scans
+    /// that start near the end to overrun.
+    pub bytes: [u8; 2048],
+    /// Map memory the verifier cannot see through (see `forget_precision`).
+    pub slot: u32,
+}
+
+#[map]
+pub static TRACE_SCRATCH: PerCpuArray<TraceScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU staging area: a 4 KiB event does not fit on the 512-byte BPF stack.
 #[map]

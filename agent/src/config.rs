@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::discovery::SelectorConfig;
+use crate::discovery::{SelectorConfig, k8s::KubernetesConfig};
+use crate::metrics::red::{DEFAULT_BUCKETS, RedMetrics, Temporality};
+use crate::metrics::route::Routes;
 
 /// Errors reading the configuration, naming the file, line and field.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +51,9 @@ pub struct AgentConfig {
     /// What to instrument.
     #[serde(default)]
     pub selectors: SelectorConfig,
+    /// Pod metadata and pod selectors.
+    #[serde(default)]
+    pub kubernetes: KubernetesConfig,
     /// Kernel capture.
     #[serde(default)]
     pub capture: CaptureConfig,
@@ -58,9 +63,15 @@ pub struct AgentConfig {
     /// Span options.
     #[serde(default)]
     pub spans: SpansConfig,
+    /// Trace context propagation.
+    #[serde(default)]
+    pub trace_context: TraceContextConfig,
     /// Where spans go.
     #[serde(default)]
     pub export: ExportConfig,
+    /// RED metrics, routes and the Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 /// Kernel capture settings.
@@ -102,12 +113,78 @@ impl Default for TrackingConfig {
     }
 }
 
+/// Trace context propagation.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TraceContextConfig {
+    /// Insert `traceparent` into outgoing plaintext HTTP/1 requests of
+    /// selected processes that lack one.
+    pub inject: bool,
+    /// cgroup v2 directory whose processes get injection (default: the
+    /// cgroup2 root, i.e. every selected process).
+    pub inject_cgroup: Option<PathBuf>,
+}
+
+impl Default for TraceContextConfig {
+    fn default() -> Self {
+        Self {
+            inject: true,
+            inject_cgroup: None,
+        }
+    }
+}
+
+/// RED metrics settings. Routes and ignore patterns apply to spans too.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Record RED metrics (the Prometheus endpoint still shows the agent's
+    /// own counters when this is off).
+    pub enabled: bool,
+    /// Port of the Prometheus `/metrics` endpoint on all interfaces; 0 turns
+    /// it off. Unset: 9464, skipped with a warning if that port is taken.
+    pub prometheus_port: Option<u16>,
+    /// Seconds between OTLP metrics exports.
+    pub export_interval_secs: u64,
+    /// OTLP temporality: `cumulative` or `delta`.
+    pub temporality: Temporality,
+    /// Histogram bucket bounds, seconds, strictly increasing.
+    pub buckets: Vec<f64>,
+    /// Series per service (instrumented process); new attribute sets past
+    /// it go to one overflow series per instrument.
+    pub cardinality_limit: usize,
+    /// Route patterns such as `/api/users/{id}`, tried in order before the
+    /// route heuristic.
+    pub routes: Vec<String>,
+    /// Glob patterns on the request path (`/health*`): such requests give
+    /// neither spans nor metrics.
+    pub ignore: Vec<String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            prometheus_port: None,
+            export_interval_secs: 60,
+            temporality: Temporality::Cumulative,
+            buckets: DEFAULT_BUCKETS.to_vec(),
+            cardinality_limit: 200,
+            routes: Vec::new(),
+            ignore: Vec::new(),
+        }
+    }
+}
+
 /// Span content options.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpansConfig {
     /// Record `url.query` and queries in `url.full` (may hold secrets).
     pub capture_query: bool,
+    /// gRPC attribute names: `current` (default), `legacy` (`rpc.system`,
+    /// `rpc.service`, `rpc.grpc.status_code`...) or `both`.
+    pub rpc_conventions: crate::spans::grpc::RpcConventions,
 }
 
 /// Export settings; unset OTLP fields fall back to `OTEL_EXPORTER_OTLP_*`.
@@ -168,12 +245,56 @@ impl AgentConfig {
                 reason: format!("{ring} is not a power of two >= 4096"),
             });
         }
+        let rules = [
+            ("selectors.include", &self.selectors.include),
+            ("selectors.exclude", &self.selectors.exclude),
+        ];
+        for (field, rules) in rules {
+            if let Some(index) = rules.iter().position(|rule| rule.is_empty()) {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: format!("rule {index} has no condition (it would match every process)"),
+                });
+            }
+        }
+        if self.selectors.uses_pods() && !self.kubernetes.enabled {
+            return Err(ConfigError::Invalid {
+                field: "kubernetes.enabled",
+                reason: "selector rules use pod conditions: set kubernetes.enabled: true".into(),
+            });
+        }
         if self.tracking.max_connections == 0 {
             return Err(ConfigError::Invalid {
                 field: "tracking.max_connections",
                 reason: "must be > 0".into(),
             });
         }
+        self.metrics.validate()
+    }
+}
+
+impl MetricsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.export_interval_secs == 0 {
+            return Err(ConfigError::Invalid {
+                field: "metrics.export_interval_secs",
+                reason: "must be > 0".into(),
+            });
+        }
+        // The same checks the metrics stage makes when it starts.
+        RedMetrics::check_settings(&self.buckets, self.cardinality_limit).map_err(|error| {
+            ConfigError::Invalid {
+                field: "metrics.buckets / metrics.cardinality_limit",
+                reason: error.to_string(),
+            }
+        })?;
+        Routes::new(&self.routes, &self.ignore).map_err(|error| ConfigError::Invalid {
+            field: "metrics.routes / metrics.ignore",
+            reason: match std::error::Error::source(&error) {
+                Some(cause) => format!("{error}: {cause}"),
+                None => error.to_string(),
+            },
+        })?;
         Ok(())
     }
 }
@@ -222,6 +343,82 @@ mod tests {
             message.contains("payload_bytes") || message.contains("invalid type"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn reads_the_metrics_section() {
+        let config = AgentConfig::from_yaml(
+            "metrics:\n  prometheus_port: 9100\n  export_interval_secs: 10\n  temporality: delta\n  \
+             buckets: [0.1, 1]\n  cardinality_limit: 50\n  routes: ['/api/users/{id}']\n  ignore: ['/health*']\n",
+        )
+        .unwrap();
+        let metrics = &config.metrics;
+        assert!(metrics.enabled);
+        assert_eq!(metrics.prometheus_port, Some(9100));
+        assert_eq!(metrics.export_interval_secs, 10);
+        assert_eq!(metrics.temporality, Temporality::Delta);
+        assert_eq!(metrics.buckets, vec![0.1, 1.0]);
+        assert_eq!(metrics.cardinality_limit, 50);
+        assert_eq!(metrics.routes, vec!["/api/users/{id}"]);
+        assert_eq!(metrics.ignore, vec!["/health*"]);
+        config.validate().unwrap();
+        assert_eq!(AgentConfig::default().metrics.buckets, DEFAULT_BUCKETS);
+    }
+
+    #[test]
+    fn rejects_bad_metrics_settings() {
+        let invalid = |edit: fn(&mut MetricsConfig)| {
+            let mut config = AgentConfig::default();
+            edit(&mut config.metrics);
+            match config.validate() {
+                Err(ConfigError::Invalid { field, reason }) => format!("{field}: {reason}"),
+                other => panic!("accepted: {other:?}"),
+            }
+        };
+        assert!(invalid(|m| m.buckets = vec![1.0, 0.5]).contains("strictly increasing"));
+        assert!(invalid(|m| m.cardinality_limit = 0).contains("at least 1"));
+        assert!(invalid(|m| m.export_interval_secs = 0).contains("export_interval_secs"));
+        assert!(invalid(|m| m.routes = vec!["users/{id}".into()]).contains("users/{id}"));
+        assert!(invalid(|m| m.ignore = vec!["/a[".into()]).contains("/a["));
+        assert!(AgentConfig::from_yaml("metrics:\n  temporality: sometimes\n").is_err());
+    }
+
+    #[test]
+    fn reads_kubernetes_rules_and_checks_them() {
+        let config = AgentConfig::from_yaml(
+            "kubernetes: {enabled: true, api_url: 'http://127.0.0.1:8001', node_name: node-a}\n\
+             selectors:\n  include:\n  - namespaces: [shop]\n    pod_labels:\n      matchExpressions:\n\
+             \x20     - {key: tier, operator: In, values: [web]}\n    owners: [{kind: Deployment, name: web}]\n\
+             \x20 exclude: [{containers: [istio-proxy]}]\n",
+        )
+        .unwrap();
+        assert!(config.validate().is_ok(), "{config:#?}");
+        assert_eq!(config.kubernetes.node_name.as_deref(), Some("node-a"));
+        assert_eq!(config.selectors.include[0].namespaces, ["shop"]);
+        assert!(!config.selectors.is_empty());
+
+        let mut without_k8s = config.clone();
+        without_k8s.kubernetes.enabled = false;
+        assert!(matches!(
+            without_k8s.validate(),
+            Err(ConfigError::Invalid {
+                field: "kubernetes.enabled",
+                ..
+            })
+        ));
+        let empty_rule = AgentConfig::from_yaml("selectors: {include: [{}]}").unwrap();
+        assert!(matches!(
+            empty_rule.validate(),
+            Err(ConfigError::Invalid {
+                field: "selectors.include",
+                ..
+            })
+        ));
+        let (line, _, message) = AgentConfig::from_yaml(
+            "selectors:\n  include:\n  - pod_labels: {matchExpressions: [{key: a, operator: In}]}\n",
+        )
+        .unwrap_err();
+        assert_eq!(line, 3, "{message}");
     }
 
     #[test]

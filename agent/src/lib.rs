@@ -5,6 +5,7 @@ pub mod config;
 pub mod conn;
 pub mod discovery;
 pub mod export;
+pub mod metrics;
 pub mod pipeline;
 pub mod probes;
 pub mod protocols;

@@ -45,6 +45,9 @@ struct RunArgs {
     /// Bytes of each send/receive the kernel copies (max 4096).
     #[arg(long)]
     capture_bytes: Option<u32>,
+    /// Do not insert `traceparent` into outgoing HTTP/1 requests.
+    #[arg(long)]
+    no_inject: bool,
     /// Print spans to the terminal (default when no OTLP endpoint is set).
     #[arg(long)]
     print: bool,
@@ -54,6 +57,9 @@ struct RunArgs {
     /// OTLP protocol: grpc or http/protobuf (default: OTEL_EXPORTER_OTLP_PROTOCOL).
     #[arg(long)]
     otlp_protocol: Option<String>,
+    /// Port of the Prometheus /metrics endpoint; 0 turns it off (default 9464).
+    #[arg(long)]
+    prometheus_port: Option<u16>,
 }
 
 impl RunArgs {
@@ -68,6 +74,9 @@ impl RunArgs {
         if let Some(bytes) = self.capture_bytes {
             config.capture.payload_bytes = bytes;
         }
+        if self.no_inject {
+            config.trace_context.inject = false;
+        }
         if self.print {
             config.export.print = Some(true);
         }
@@ -76,6 +85,9 @@ impl RunArgs {
         }
         if self.otlp_protocol.is_some() {
             config.export.otlp_protocol = self.otlp_protocol;
+        }
+        if self.prometheus_port.is_some() {
+            config.metrics.prometheus_port = self.prometheus_port;
         }
         config.validate()?;
         Ok(config)

@@ -2,21 +2,32 @@
 //!
 //! ```text
 //! kernel rings --reader--> reader_to_conn ----> conn tracker --> conn_to_spans --> span builder --> spans_to_export --> exporter / printer
-//!                     \--> reader_to_discovery --> discovery --(exits)--^
+//!                     \--> reader_to_discovery --> discovery --(exits)--^                |
+//!                                                      RED metrics registry <--(record)--+--> OTLP metrics exporter, /metrics
 //! ```
 //!
 //! Overflow policy: every channel up to the exporter is bounded and its
 //! sender drops the newest item and counts it when full (`try_send`), so no
 //! stage can stall the ring-buffer reader. The exporter keeps its own
-//! bounded queue (drop oldest, counted). Shutdown cascades: the reader stops
+//! bounded queue (drop oldest, counted). Metrics take no channel: the span
+//! builder records each span into the shared registry (`Arc`, one short
+//! mutex hold), which never waits on export (exporters copy a snapshot
+//! under the same mutex); past a service's series budget measurements fold
+//! into its overflow series (counted), and beyond the service limit they
+//! are dropped (counted). Shutdown cascades: the reader stops
 //! on SIGINT/SIGTERM, each stage ends when its input closes, the exporter
 //! flushes within its deadline.
+//!
+//! On Kubernetes a pod watcher task keeps the node's pod store current
+//! (bounded, counted refusals); discovery and the span builder's resources
+//! read it, and its change signal (a `watch` channel: changes that arrive
+//! while discovery is busy coalesce into one) wakes discovery.
 
 use std::{sync::Arc, time::Duration};
 
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::mpsc,
+    sync::{mpsc, oneshot},
     task::JoinHandle,
 };
 use tracing::{info, warn};
@@ -28,10 +39,17 @@ use crate::{
         tracker::{ConnTracker, TrackerConfig},
     },
     discovery::{
-        Discovery, SelectorError, Selectors, procfs::Procfs, resources::ProcessRegistry,
+        Discovery, SelectorError, Selectors, cgroup,
+        k8s::{KubernetesError, PodWatcher, Pods},
+        procfs::Procfs,
+        resources::ProcessRegistry,
         run_discovery,
     },
     export,
+    metrics::{
+        MetricsError, MetricsStage,
+        red::{Call, RedMetrics},
+    },
     probes::{
         ProbeConfig, ProbeError, ProbeHandle, Probes, ReaderChannels, decode::KernelEvent,
         run_reader,
@@ -55,6 +73,8 @@ const TICK: Duration = Duration::from_secs(1);
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// How often a summary of losses is logged, when there were any.
 const LOSS_LOG_INTERVAL: Duration = Duration::from_secs(60);
+/// How long start-up waits for the node's pods before the first scan.
+const INITIAL_POD_LIST: Duration = Duration::from_secs(10);
 
 /// What can stop the agent from starting.
 #[derive(Debug, thiserror::Error)]
@@ -65,9 +85,15 @@ pub enum PipelineError {
     /// Bad selector.
     #[error(transparent)]
     Selector(#[from] SelectorError),
+    /// Kubernetes client settings.
+    #[error(transparent)]
+    Kubernetes(#[from] KubernetesError),
     /// Bad export settings.
     #[error(transparent)]
     Export(#[from] export::otlp::ConfigError),
+    /// Metrics settings or endpoint.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     /// Signal handlers or the ring-buffer poller.
     #[error("setting up {what}")]
     Io {
@@ -82,11 +108,19 @@ pub enum PipelineError {
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(config: AgentConfig) -> Result<(), PipelineError> {
     let stats = Arc::new(Stats::default());
-    let selectors = Selectors::new(&config.selectors)?;
+    let selectors = Selectors::new(&config.selectors)?.excluding_agent(
+        std::process::id(),
+        Procfs::default()
+            .cgroup(std::process::id())
+            .and_then(|text| cgroup::container_of(&text)?.pod_uid),
+    );
     let sinks = export::Sinks::new(&config.export, Arc::clone(&stats))?;
+    let metrics = MetricsStage::start(&config.metrics, &config.export, Arc::clone(&stats)).await?;
     let probes = Probes::load(&ProbeConfig {
         capture_bytes: config.capture.payload_bytes,
         data_ring_bytes: config.capture.ring_buffer_bytes,
+        inject_traceparent: config.trace_context.inject,
+        inject_cgroup: config.trace_context.inject_cgroup.clone(),
     })?;
     let Probes {
         handle,
@@ -94,8 +128,33 @@ pub async fn run(config: AgentConfig) -> Result<(), PipelineError> {
         data_ring,
         control_ring,
     } = probes;
-    let registry = ProcessRegistry::new(Procfs::default());
+    let mut registry = ProcessRegistry::new(Procfs::default());
     let clock = Arc::new(Clock::default());
+    let pods = if config.kubernetes.enabled {
+        let pods = Pods::default();
+        let watcher = PodWatcher::new(
+            &config.kubernetes,
+            pods.clone(),
+            Arc::clone(&stats),
+            selectors.annotation_keys(),
+        )
+        .await?;
+        let (listed_tx, listed_rx) = oneshot::channel();
+        let task = tokio::spawn(watcher.run(listed_tx));
+        // Running pods are selected by the first scan only if their
+        // metadata is there; an API server that does not answer in time
+        // delays their selection, not the agent's start.
+        if tokio::time::timeout(INITIAL_POD_LIST, listed_rx)
+            .await
+            .is_err()
+        {
+            warn!("no pod list from the Kubernetes API yet; pods are selected as it arrives");
+        }
+        registry = registry.with_pods(pods.clone());
+        Some((pods, task))
+    } else {
+        None
+    };
 
     let (reader_to_conn_tx, reader_to_conn_rx) = mpsc::channel(READER_TO_CONN);
     let (reader_to_discovery_tx, reader_to_discovery_rx) = mpsc::channel(READER_TO_DISCOVERY);
@@ -103,6 +162,9 @@ pub async fn run(config: AgentConfig) -> Result<(), PipelineError> {
     let (spans_to_export_tx, spans_to_export_rx) = mpsc::channel(SPANS_TO_EXPORT);
 
     let mut discovery = Discovery::new(selectors, Procfs::default(), targets, registry.clone());
+    if let Some((pods, _)) = &pods {
+        discovery = discovery.with_pods(pods.clone());
+    }
     // Before reporting "running": processes that already match are traced
     // from the first request on.
     discovery.scan_all();
@@ -133,7 +195,10 @@ pub async fn run(config: AgentConfig) -> Result<(), PipelineError> {
             clock: Arc::clone(&clock),
             options: HttpSpanOptions {
                 capture_query: config.spans.capture_query,
+                routes: Arc::clone(&metrics.routes),
+                rpc_conventions: config.spans.rpc_conventions,
             },
+            red: metrics.red.clone(),
         },
         Arc::clone(&stats),
     ));
@@ -166,9 +231,12 @@ pub async fn run(config: AgentConfig) -> Result<(), PipelineError> {
     // Discovery holds a sender into the tracker: stop it first so the
     // cascade can close every channel.
     discovery_task.abort();
+    if let Some((_, pod_watcher)) = pods {
+        pod_watcher.abort();
+    }
     join_logged(conn_task, "connection tracker").await;
     join_logged(span_task, "span builder").await;
-    join_logged(export_task, "export").await;
+    tokio::join!(join_logged(export_task, "export"), metrics.stop());
     // Dropping the handle detaches the kernel programs.
     housekeeping.abort();
     log_losses(&stats);
@@ -247,6 +315,8 @@ struct SpanBuilder {
     registry: ProcessRegistry,
     clock: Arc<Clock>,
     options: HttpSpanOptions,
+    /// RED metrics, when enabled.
+    red: Option<Arc<RedMetrics>>,
 }
 
 /// Span building stage.
@@ -258,13 +328,21 @@ async fn run_span_builder(
 ) {
     while let Some(exchange) = conn_to_spans.recv().await {
         let resource = builder.registry.resource(exchange.conn.pid);
-        let span = build_span(
+        let Some(span) = build_span(
             &exchange,
             resource,
             builder.clock.to_unix_ns(exchange.start_ns),
             builder.clock.to_unix_ns(exchange.end_ns),
             &builder.options,
-        );
+        ) else {
+            stats.add(Counter::RequestsIgnored, 1);
+            continue;
+        };
+        if let Some(red) = &builder.red
+            && let Some(call) = Call::from_span(&span)
+        {
+            red.record(&span.resource, &call);
+        }
         stats.add(Counter::SpansProduced, 1);
         forward(
             &spans_to_export,
@@ -282,7 +360,7 @@ async fn run_housekeeping(probes: ProbeHandle, stats: Arc<Stats>, clock: Arc<Clo
     let mut logged_losses = 0;
     loop {
         tick.tick().await;
-        probes.publish_kernel_drops(&stats);
+        probes.publish_kernel_counters(&stats);
         clock.refresh();
         let losses = total_losses(&stats);
         if last_log.elapsed() >= LOSS_LOG_INTERVAL && losses != logged_losses {
@@ -301,8 +379,12 @@ const LOSS_COUNTERS: &[Counter] = &[
     Counter::EventsDroppedChannelFull,
     Counter::ConnectionsEvicted,
     Counter::ExchangesDroppedChannelFull,
+    Counter::Http2StreamsUnresolved,
     Counter::SpansDroppedQueueFull,
     Counter::SpansExportFailed,
+    Counter::MetricMeasurementsDropped,
+    Counter::MetricPointsExportFailed,
+    Counter::K8sPodsDroppedStoreFull,
 ];
 
 fn total_losses(stats: &Stats) -> u64 {

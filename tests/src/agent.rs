@@ -91,6 +91,11 @@ impl Agent {
         agent
     }
 
+    /// The agent's process id (for its memory use in /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything the agent logged so far.
     pub fn log_text(&self) -> String {
         self.log.lock().expect("log lock").join("\n")

@@ -61,6 +61,31 @@ impl Server {
         )
     }
 
+    /// The Node.js h2c server (`tests/apps/h2c_server.js`): HTTP/2 with
+    /// prior knowledge, no TLS.
+    pub fn node_h2c() -> Self {
+        Self::start(
+            "node",
+            &[app_path("h2c_server.js").to_str().expect("utf-8 path")],
+        )
+    }
+
+    /// The grpcio gRPC server (`tests/apps/grpc_server.py`).
+    pub fn python_grpc() -> Self {
+        Self::start(
+            "python3",
+            &[app_path("grpc_server.py").to_str().expect("utf-8 path")],
+        )
+    }
+
+    /// The @grpc/grpc-js gRPC server (`tests/apps/grpc_server.js`).
+    pub fn node_grpc() -> Self {
+        Self::start(
+            "node",
+            &[app_path("grpc_server.js").to_str().expect("utf-8 path")],
+        )
+    }
+
     /// Process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

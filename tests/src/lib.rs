@@ -1,9 +1,17 @@
 //! Helpers for Sonde's end-to-end tests: running the real agent
-//! ([`agent`]), the real programs it instruments ([`apps`]), and a real
-//! OTLP receiver that records what the agent exports ([`otlp_receiver`]).
+//! ([`agent`]), the real programs it instruments ([`apps`]), a real OTLP
+//! receiver that records what the agent exports ([`otlp_receiver`]), and a
+//! real Prometheus server that scrapes it ([`prometheus`]), and for
+//! Kubernetes a stand-in API server ([`kube_api`]) and pod-like cgroups
+//! ([`pod_cgroup`]).
 
 pub mod agent;
 pub mod apps;
+pub mod kube_api;
 pub mod otlp_receiver;
+pub mod pod_cgroup;
+pub mod prometheus;
 
-pub use otlp_receiver::{Failure, OtlpReceiver, Protocol, ReceivedRequest, ReceivedSpan, hex};
+pub use otlp_receiver::{
+    Failure, OtlpReceiver, Protocol, ReceivedHistogram, ReceivedRequest, ReceivedSpan, hex,
+};

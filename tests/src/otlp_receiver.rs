@@ -1,11 +1,13 @@
-//! A real OTLP trace receiver for tests: OTLP/gRPC (the generated tonic
-//! `TraceService` server) and OTLP/HTTP with protobuf bodies (hyper, gzip
-//! accepted), on 127.0.0.1, storing every span flattened with its resource
-//! so that tests assert on exactly what a collector would have got.
+//! A real OTLP receiver for tests: OTLP/gRPC (the generated tonic
+//! `TraceService` and `MetricsService` servers) and OTLP/HTTP with protobuf
+//! bodies (hyper, gzip accepted), on 127.0.0.1, storing every span and
+//! histogram point flattened with its resource so that tests assert on
+//! exactly what a collector would have got.
 
 mod flatten;
 mod grpc;
 mod http;
+mod metrics;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -13,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use hyper::HeaderMap;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
@@ -21,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use flatten::hex;
+pub use metrics::ReceivedHistogram;
 
 /// One received span with its resource, ids as lowercase hex.
 #[derive(Clone, Debug, PartialEq)]
@@ -97,6 +101,8 @@ struct Store {
     spans: Vec<ReceivedSpan>,
     requests: Vec<ReceivedRequest>,
     failures: VecDeque<Failure>,
+    /// Metrics are kept apart: requests and failures above are spans'.
+    histograms: Vec<ReceivedHistogram>,
 }
 
 /// Shared by the two servers and the test.
@@ -133,6 +139,12 @@ impl Shared {
                 Ok(())
             }
         }
+    }
+
+    /// Records the histogram points of a metrics request.
+    fn receive_metrics(&self, request: &ExportMetricsServiceRequest) {
+        let points = metrics::flatten(request);
+        self.lock().histograms.extend(points);
     }
 }
 
@@ -187,6 +199,22 @@ impl OtlpReceiver {
         self.shared.lock().spans.clone()
     }
 
+    /// Every histogram point received so far, in arrival order.
+    pub fn histograms(&self) -> Vec<ReceivedHistogram> {
+        self.shared.lock().histograms.clone()
+    }
+
+    /// Polls until `predicate` holds for the histogram points received so
+    /// far and returns them; panics with everything received if `timeout`
+    /// passes.
+    pub async fn wait_for_histograms(
+        &self,
+        predicate: impl Fn(&[ReceivedHistogram]) -> bool,
+        timeout: Duration,
+    ) -> Vec<ReceivedHistogram> {
+        poll_until(|| self.histograms(), predicate, timeout, String::new).await
+    }
+
     /// Every export request so far, including rejected ones.
     pub fn requests(&self) -> Vec<ReceivedRequest> {
         self.shared.lock().requests.clone()
@@ -218,21 +246,33 @@ impl OtlpReceiver {
         predicate: impl Fn(&[ReceivedSpan]) -> bool,
         timeout: Duration,
     ) -> Vec<ReceivedSpan> {
-        let started = Instant::now();
-        loop {
-            let spans = self.spans();
-            if predicate(&spans) {
-                return spans;
-            }
-            if started.elapsed() > timeout {
-                panic!(
-                    "no match within {timeout:?}; {} spans received: {spans:#?}\nrequests: {:#?}",
-                    spans.len(),
-                    self.requests()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let requests = || format!("\nrequests: {:#?}", self.requests());
+        poll_until(|| self.spans(), predicate, timeout, requests).await
+    }
+}
+
+/// Calls `fetch` until `predicate` holds for what it returns; panics with
+/// the last value and `context` if `timeout` passes first.
+async fn poll_until<T: std::fmt::Debug>(
+    fetch: impl Fn() -> Vec<T>,
+    predicate: impl Fn(&[T]) -> bool,
+    timeout: Duration,
+    context: impl Fn() -> String,
+) -> Vec<T> {
+    let started = Instant::now();
+    loop {
+        let items = fetch();
+        if predicate(&items) {
+            return items;
         }
+        if started.elapsed() > timeout {
+            panic!(
+                "no match within {timeout:?}; {} received: {items:#?}{}",
+                items.len(),
+                context()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

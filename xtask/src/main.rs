@@ -1,7 +1,9 @@
 //! Sonde's task runner (`cargo xtask <task>`): installs the toolchain the
-//! kernel programs need, builds them and the agent, runs the agent, the demo
-//! and the test suite CI runs. Every command is printed before it runs.
+//! kernel programs need, builds them and the agent, runs the agent, the demo,
+//! the test suite CI runs and the benchmark. Every command is printed before
+//! it runs.
 
+mod bench;
 mod build;
 mod cmd;
 mod setup;
@@ -21,7 +23,7 @@ use crate::build::Profile;
 #[command(
     name = "xtask",
     bin_name = "cargo xtask",
-    about = "Sonde build, setup, run, demo and test tasks"
+    about = "Sonde build, setup, run, demo, test and bench tasks"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -67,6 +69,12 @@ enum Task {
         #[arg(long)]
         unit_only: bool,
     },
+    /// Measure what the agent costs (nginx and FastAPI with and without it,
+    /// against the OpenTelemetry SDK); results in target/bench (root).
+    Bench(bench::Args),
+    /// The load generator and OTLP sink processes of `bench`.
+    #[command(hide = true, subcommand)]
+    BenchHelper(bench::Helper),
 }
 
 fn profile(debug: bool) -> Profile {
@@ -116,6 +124,8 @@ fn run_task(task: Task) -> Result<()> {
         Task::Run { debug, args } => run(profile(debug), &args),
         Task::Demo => demo(),
         Task::Test { unit_only } => test::run(unit_only),
+        Task::Bench(args) => bench::run(&args),
+        Task::BenchHelper(helper) => bench::helper(&helper),
     }
 }
 

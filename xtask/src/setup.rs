@@ -4,10 +4,13 @@
 //!
 //! Two groups: the eBPF toolchain (nightly rust-src and clippy, bpf-linker
 //! and the LLVM 22 libraries it builds against) and the tools the
-//! end-to-end tests and the demo run (curl, python3 + requests, node,
-//! bpftool, iproute2). All checks together take well under a second when
-//! everything is present; `apt-get update` runs only if an apt package is
-//! missing.
+//! end-to-end tests and the demo run (curl, python3 + requests + grpcio +
+//! the OpenTelemetry SDK, node + npm and tests/apps' packages, bpftool,
+//! iproute2, prometheus, and yamllint + kubernetes-validate for
+//! the offline checks of deploy/). A third group, outside `ALL`, is what
+//! `cargo xtask bench` adds (wrk, nginx, python3-venv). All checks together
+//! take well under a second when everything is present; `apt-get update`
+//! runs only if an apt package is missing.
 
 use std::{env, fmt, path::PathBuf, process::Command};
 
@@ -33,6 +36,9 @@ pub enum Group {
     EbpfToolchain,
     /// Running the end-to-end tests and the demo.
     Runtime,
+    /// Running `cargo xtask bench` (not in [`Group::ALL`]): wrk, nginx and
+    /// Python virtualenvs; the bench installs its PyPI packages itself.
+    Bench,
 }
 
 impl Group {
@@ -64,7 +70,11 @@ enum Fix {
     Apt(&'static str),
     RustupComponent(&'static str),
     BpfLinker,
-    PipRequests,
+    /// `python3 -m pip install <spec>`.
+    Pip(&'static str),
+    /// `npm ci` in tests/apps (the Node.js test programs' packages).
+    NpmTestApps,
+    DeployValidators,
     /// Cannot be installed from here; the text says what to do.
     Manual(&'static str),
 }
@@ -78,7 +88,14 @@ impl fmt::Display for Fix {
                 f,
                 "cargo install bpf-linker --no-default-features --features llvm-22"
             ),
-            Fix::PipRequests => write!(f, "python3 -m pip install requests"),
+            Fix::Pip(spec) => write!(f, "python3 -m pip install {spec}"),
+            Fix::NpmTestApps => write!(f, "npm ci (in tests/apps)"),
+            Fix::DeployValidators => write!(
+                f,
+                "python3 -m venv {} && pip install {}",
+                deploy_validators_dir().display(),
+                DEPLOY_VALIDATORS.join(" ")
+            ),
             Fix::Manual(what) => f.write_str(what),
         }
     }
@@ -188,14 +205,10 @@ fn check(groups: &[Group]) -> Vec<Checked> {
             ("python3", "python3", "python3"),
             ("bpftool", "bpftool", "bpftool"),
             ("iproute2", "ip", "iproute2"),
+            // The metrics tests scrape the agent with a real Prometheus.
+            ("prometheus", "prometheus", "prometheus"),
         ] {
-            out.push(Checked {
-                name,
-                status: match cmd::which(exe) {
-                    Some(path) => Status::Present(path.display().to_string()),
-                    None => Status::Missing(Fix::Apt(pkg)),
-                },
-            });
+            out.push(executable(name, exe, pkg));
         }
         // Node may come from anywhere (nvm, nodesource, Debian); any working
         // `node` will do, Debian's nodejs only if there is none.
@@ -208,10 +221,61 @@ fn check(groups: &[Group]) -> Vec<Checked> {
         });
         out.push(Checked {
             name: "python requests",
-            status: python_requests(),
+            status: python_module("requests", "requests", "python3-requests"),
+        });
+        // The gRPC end-to-end tests run grpcio servers and clients.
+        out.push(Checked {
+            name: "python grpcio",
+            status: python_module("grpc", "grpcio==1.85.3", "python3-grpcio"),
+        });
+        // The trace-context tests run a service instrumented with the
+        // OpenTelemetry SDK (tests/apps/sdk_service.py) next to the agent.
+        out.push(Checked {
+            name: "python opentelemetry-sdk",
+            status: python_pypi_module("opentelemetry.sdk.version", "opentelemetry-sdk==1.45.2"),
+        });
+        out.push(Checked {
+            name: "python opentelemetry-exporter-otlp-proto-http",
+            status: python_pypi_module(
+                "opentelemetry.exporter.otlp.proto.http",
+                "opentelemetry-exporter-otlp-proto-http==1.45.2",
+            ),
+        });
+        out.push(executable("npm", "npm", "npm"));
+        out.push(Checked {
+            name: "tests/apps node_modules",
+            status: npm_test_apps(),
+        });
+        out.push(Checked {
+            name: "deploy validators",
+            status: deploy_validators(),
+        });
+    }
+    if groups.contains(&Group::Bench) {
+        out.push(executable("wrk", "wrk", "wrk"));
+        out.push(executable("nginx", "nginx", "nginx"));
+        // Debian's python3 needs python3-venv for `python3 -m venv`.
+        let venv = cmd::probe(Command::new("python3").args(["-c", "import ensurepip, venv"]));
+        out.push(Checked {
+            name: "python3 venv",
+            status: match venv {
+                Some(_) => Status::Present("ensurepip, venv".to_owned()),
+                None => Status::Missing(Fix::Apt("python3-venv")),
+            },
         });
     }
     out
+}
+
+/// An executable on PATH, from the Debian package `pkg` when missing.
+fn executable(name: &'static str, exe: &str, pkg: &'static str) -> Checked {
+    Checked {
+        name,
+        status: match cmd::which(exe) {
+            Some(path) => Status::Present(path.display().to_string()),
+            None => Status::Missing(Fix::Apt(pkg)),
+        },
+    }
 }
 
 /// The installed version of each Debian package, in order (one dpkg-query
@@ -262,27 +326,55 @@ fn nightly_component(
     }
 }
 
-/// Checks `import requests` and, in the same interpreter start, whether pip
+/// Checks `import <module>` and, in the same interpreter start, whether pip
 /// may install into it (Debian's own python3 is "externally managed" and
-/// gets python3-requests from apt instead).
-fn python_requests() -> Status {
-    const SCRIPT: &str = "\
+/// gets the `apt` package instead of the `pip` one).
+fn python_module(module: &str, pip: &'static str, apt: &'static str) -> Status {
+    let script = format!(
+        "\
 import os, sysconfig
 managed = os.path.exists(os.path.join(sysconfig.get_path('stdlib'), 'EXTERNALLY-MANAGED'))
 try:
-    import requests
-    print('ok', requests.__version__)
+    import {module}
+    print('ok', {module}.__version__)
 except ImportError:
     print('managed' if managed else 'pip')
-";
-    match cmd::probe(Command::new("python3").args(["-c", SCRIPT])) {
+"
+    );
+    match cmd::probe(Command::new("python3").args(["-c", &script])) {
         Some(out) => match out.trim() {
-            "pip" => Status::Missing(Fix::PipRequests),
-            "managed" => Status::Missing(Fix::Apt("python3-requests")),
+            "pip" => Status::Missing(Fix::Pip(pip)),
+            "managed" => Status::Missing(Fix::Apt(apt)),
             other => Status::Present(other.trim_start_matches("ok ").to_owned()),
         },
-        // No python3 yet: it comes from apt, so requests does too.
-        None => Status::Missing(Fix::Apt("python3-requests")),
+        // No python3 yet: it comes from apt, so the module does too.
+        None => Status::Missing(Fix::Apt(apt)),
+    }
+}
+
+/// A module that only PyPI has: Debian packages no OpenTelemetry Python
+/// SDK, so a Debian-managed python3 cannot get it from apt either.
+fn python_pypi_module(module: &str, pip: &'static str) -> Status {
+    match python_module(module, pip, "") {
+        Status::Missing(Fix::Apt(_)) => Status::Missing(Fix::Manual(
+            "the OpenTelemetry Python SDK is on PyPI only: use a python3 pip may install into (not Debian's externally managed one)",
+        )),
+        status => status,
+    }
+}
+
+/// tests/apps, where the Node.js test programs and their package.json live.
+fn test_apps_dir() -> PathBuf {
+    cmd::workspace_root().join("tests").join("apps")
+}
+
+/// The packages of tests/apps/package-lock.json, installed by `npm ci`.
+fn npm_test_apps() -> Status {
+    let marker = test_apps_dir().join("node_modules/@grpc/grpc-js/package.json");
+    if marker.exists() {
+        Status::Present(marker.display().to_string())
+    } else {
+        Status::Missing(Fix::NpmTestApps)
     }
 }
 
@@ -344,11 +436,73 @@ fn install(fixes: &[Fix]) -> Result<()> {
         cmd::run(&mut cargo)?;
     }
 
-    if fixes.contains(&Fix::PipRequests) {
-        eprintln!("xtask: installing the python requests package");
-        cmd::run(Command::new("python3").args(["-m", "pip", "install", "requests"]))?;
+    for fix in fixes {
+        if let Fix::Pip(spec) = fix {
+            eprintln!("xtask: installing the python package {spec}");
+            cmd::run(Command::new("python3").args(["-m", "pip", "install", spec]))?;
+        }
+    }
+
+    if fixes.contains(&Fix::NpmTestApps) {
+        eprintln!("xtask: installing the Node.js test programs' packages (npm ci)");
+        cmd::run(
+            Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(test_apps_dir()),
+        )?;
+    }
+
+    if fixes.contains(&Fix::DeployValidators) {
+        install_deploy_validators()?;
     }
     Ok(())
+}
+
+/// yamllint and kubernetes-validate (with the Kubernetes schemas it ships),
+/// pinned, for the offline validation of deploy/ in `cargo xtask test`.
+const DEPLOY_VALIDATORS: &[&str] = &["yamllint==1.38.0", "kubernetes-validate==1.37.0"];
+
+/// Their virtualenv: a python of their own, since Debian's python3 refuses
+/// system-wide pip installs.
+pub fn deploy_validators_dir() -> PathBuf {
+    cmd::target_dir().join("deploy-validators")
+}
+
+fn deploy_validators() -> Status {
+    let bin = deploy_validators_dir().join("bin");
+    if bin.join("yamllint").exists() && bin.join("kubernetes-validate").exists() {
+        Status::Present(bin.display().to_string())
+    } else {
+        Status::Missing(Fix::DeployValidators)
+    }
+}
+
+fn install_deploy_validators() -> Result<()> {
+    let dir = deploy_validators_dir();
+    eprintln!(
+        "xtask: installing {} in {}",
+        DEPLOY_VALIDATORS.join(" "),
+        dir.display()
+    );
+    // Debian splits `python3 -m venv` into python3-venv.
+    if cmd::probe(Command::new("python3").args(["-c", "import ensurepip, venv"])).is_none() {
+        cmd::run(&mut privileged(&["apt-get", "update"])?)?;
+        cmd::run(&mut privileged(&[
+            "env",
+            "DEBIAN_FRONTEND=noninteractive",
+            "apt-get",
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "python3-venv",
+        ])?)?;
+    }
+    cmd::run(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
+    cmd::run(
+        Command::new(dir.join("bin").join("pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(DEPLOY_VALIDATORS),
+    )
 }
 
 /// `argv` as root: directly when we are root, else through sudo.

@@ -1,7 +1,7 @@
 //! `cargo xtask test`: the whole suite CI runs, in order, stopping at the
 //! first failure: rustfmt, clippy on the host crates, clippy on the BPF
-//! crate, unit tests, then (as root) a release build and the end-to-end
-//! tests against it.
+//! crate, unit tests, then (as root) the offline validation of deploy/, a
+//! release build and the end-to-end tests against it.
 
 use std::{path::PathBuf, process::Command};
 
@@ -60,6 +60,10 @@ pub fn run(unit_only: bool) -> Result<()> {
         },
     ];
     if !unit_only {
+        steps.push(Step {
+            name: "deploy manifests (yamllint, kubernetes-validate)",
+            run: deploy_manifests,
+        });
         steps.push(Step {
             name: "build (eBPF object + release agent)",
             run: build_agent,
@@ -127,6 +131,59 @@ fn unit_tests(state: &mut State) -> Result<()> {
         ]),
         &mut state.tally,
     )
+}
+
+/// Kubernetes versions deploy/ is validated against: the oldest the
+/// manifests support (`appArmorProfile` and the agent's v1_33 client) and
+/// the newest the validator knows.
+const KUBERNETES_VERSIONS: &[&str] = &["1.33.0", "1.37.0"];
+
+/// Validates deploy/ offline: yamllint, then every manifest against the
+/// Kubernetes schemas, rejecting unknown fields.
+fn deploy_manifests(_: &mut State) -> Result<()> {
+    let deploy = cmd::workspace_root().join("deploy");
+    let bin = setup::deploy_validators_dir().join("bin");
+    cmd::run(
+        Command::new(bin.join("yamllint"))
+            .arg("--strict")
+            .arg("--config-file")
+            .arg(deploy.join(".yamllint.yaml"))
+            .arg(&deploy),
+    )?;
+    let manifests = yaml_files(&deploy)?;
+    if manifests.is_empty() {
+        bail!("no manifests under {}", deploy.display());
+    }
+    for version in KUBERNETES_VERSIONS {
+        cmd::run(
+            Command::new(bin.join("kubernetes-validate"))
+                .args(["--strict", "--quiet", "--kubernetes-version", version])
+                .args(&manifests),
+        )?;
+    }
+    Ok(())
+}
+
+/// `*.yaml` files under `dir`, hidden ones (tool settings) left out.
+fn yaml_files(dir: &std::path::Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.starts_with('.') {
+            continue;
+        }
+        if path.is_dir() {
+            files.extend(yaml_files(&path)?);
+        } else if name.ends_with(".yaml") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 fn build_agent(state: &mut State) -> Result<()> {

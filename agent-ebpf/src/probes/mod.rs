@@ -1,5 +1,8 @@
 //! One module per hooked kernel event, mirrored by `agent-common/src/<event>.rs`.
 
+pub mod inject;
 pub mod process;
 pub mod socket_data;
 pub mod socket_state;
+pub mod syscall_args;
+pub mod trace_context;

@@ -18,20 +18,26 @@ use agent_common::{
     EventKind,
     socket_data::{
         ConnTuple, DIRECTION_EGRESS, DIRECTION_INGRESS, FAMILY_INET, FAMILY_INET6,
-        MAX_CAPTURE_BYTES, ROLE_SERVER, ROLE_UNKNOWN, SOCKET_DATA_HEADER_LEN,
+        MAX_CAPTURE_BYTES, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SOCKET_DATA_HEADER_LEN,
+        SocketDataEvent,
     },
     socket_state::TrackedConn,
+    trace_context::TraceContext,
 };
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_socket_cookie,
-        bpf_ktime_get_ns, bpf_task_pt_regs, generated::bpf_probe_read_user,
-        generated::bpf_ringbuf_output,
+        bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        generated::bpf_probe_read_user, generated::bpf_ringbuf_output,
     },
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
 
+use super::syscall_args::SyscallArgs;
+use super::trace_context::{
+    end_server_request, is_request_start, is_response_start, start_client_request,
+    take_server_request,
+};
 use crate::{
     maps::{ACCEPTED_FDS, DATA_EVENTS, DATA_SCRATCH, TRACKED_CONNS, config, count_drop, is_target},
     read,
@@ -42,23 +48,6 @@ const MSG_PEEK: i32 = 2;
 /// Iovecs walked for readv/writev/sendmsg/recvmsg: HTTP heads are in the first.
 const MAX_IOVECS: usize = 4;
 const CAPTURE_MASK: u32 = (MAX_CAPTURE_BYTES as u32) - 1;
-
-// x86_64 syscall numbers and `struct pt_regs` offsets (both are user ABI).
-const SYS_READ: u64 = 0;
-const SYS_WRITE: u64 = 1;
-const SYS_READV: u64 = 19;
-const SYS_WRITEV: u64 = 20;
-const SYS_SENDTO: u64 = 44;
-const SYS_RECVFROM: u64 = 45;
-const SYS_SENDMSG: u64 = 46;
-const SYS_RECVMSG: u64 = 47;
-const PT_REGS_DX: u32 = 96;
-const PT_REGS_SI: u32 = 104;
-const PT_REGS_DI: u32 = 112;
-const PT_REGS_ORIG_AX: u32 = 120;
-// struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
-const MSGHDR_IOV: u64 = 16;
-const MSGHDR_IOVLEN: u64 = 24;
 
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
@@ -84,14 +73,11 @@ fn try_socket_data(ctx: &BtfTracePointContext, direction: u32) -> Result<(), i64
     if ret <= 0 || (direction == DIRECTION_INGRESS && flags & MSG_PEEK != 0) {
         return Ok(());
     }
+    if !is_tcp(sk) {
+        return Ok(());
+    }
     let cfg = config();
     let family: u16 = read::kernel(sk, cfg.off_skc_family)?;
-    if family != FAMILY_INET && family != FAMILY_INET6 {
-        return Ok(());
-    }
-    if read::kernel::<u16>(sk, cfg.off_sk_protocol)? != IPPROTO_TCP {
-        return Ok(());
-    }
 
     let scratch = DATA_SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
     // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
@@ -123,6 +109,8 @@ fn try_socket_data(ctx: &BtfTracePointContext, direction: u32) -> Result<(), i64
     // Restated bound for the verifier: the output size below must be provably small.
     let copied = core::cmp::min(copied, MAX_CAPTURE_BYTES as u32);
     event.captured_len = copied;
+    let payload = scratch.cast::<u8>().wrapping_add(SOCKET_DATA_HEADER_LEN);
+    event.trace = trace_context_of(event, payload, copied);
 
     let size = (SOCKET_DATA_HEADER_LEN as u32 + copied) as u64;
     // SAFETY: `scratch` holds at least SOCKET_DATA_HEADER_LEN + MAX_CAPTURE_BYTES bytes.
@@ -138,6 +126,32 @@ fn try_socket_data(ctx: &BtfTracePointContext, direction: u32) -> Result<(), i64
         count_drop(agent_common::drops::DATA_RINGBUF_FULL);
     }
     Ok(())
+}
+
+/// Span identity when this call starts a request, and the end of a served
+/// request when a server thread starts its response.
+fn trace_context_of(event: &SocketDataEvent, payload: *const u8, copied: u32) -> TraceContext {
+    let tid = event.header.tid;
+    let role = event.role;
+    if event.direction == DIRECTION_INGRESS {
+        if role != ROLE_CLIENT && is_request_start(payload, copied) {
+            return take_server_request(tid);
+        }
+    } else if role != ROLE_SERVER && is_request_start(payload, copied) {
+        return start_client_request(tid);
+    } else if role != ROLE_CLIENT && is_response_start(payload, copied) {
+        end_server_request(tid);
+    }
+    TraceContext::default()
+}
+
+/// True for a TCP socket over IPv4 or IPv6.
+#[inline(always)]
+pub fn is_tcp(sk: *const u8) -> bool {
+    let cfg = config();
+    let family = read::kernel::<u16>(sk, cfg.off_skc_family).unwrap_or(0);
+    (family == FAMILY_INET || family == FAMILY_INET6)
+        && read::kernel::<u16>(sk, cfg.off_sk_protocol).unwrap_or(0) == IPPROTO_TCP
 }
 
 /// The connection's side, learnt at connect (see `socket_state`) or accept.
@@ -177,46 +191,6 @@ fn read_tuple(sk: *const u8, family: u16) -> Result<ConnTuple, i64> {
         tuple.remote_addr = read::kernel(sk, cfg.off_skc_v6_daddr)?;
     }
     Ok(tuple)
-}
-
-/// Where the data of the current socket syscall lives in user memory.
-struct SyscallArgs {
-    fd: u32,
-    /// A single buffer (read/write/sendto/recvfrom), or an iovec array.
-    buffer: u64,
-    iovecs: u64,
-    iovec_count: u64,
-}
-
-impl SyscallArgs {
-    fn current() -> Option<Self> {
-        // SAFETY: helpers valid in tp_btf programs; the task is `current`.
-        let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
-        let nr: u64 = read::kernel(regs, PT_REGS_ORIG_AX).ok()?;
-        let fd = read::kernel::<u64>(regs, PT_REGS_DI).ok()? as u32;
-        let arg1: u64 = read::kernel(regs, PT_REGS_SI).ok()?;
-        match nr {
-            SYS_READ | SYS_WRITE | SYS_SENDTO | SYS_RECVFROM => Some(Self {
-                fd,
-                buffer: arg1,
-                iovecs: 0,
-                iovec_count: 0,
-            }),
-            SYS_READV | SYS_WRITEV => Some(Self {
-                fd,
-                buffer: 0,
-                iovecs: arg1,
-                iovec_count: read::kernel(regs, PT_REGS_DX).ok()?,
-            }),
-            SYS_SENDMSG | SYS_RECVMSG => Some(Self {
-                fd,
-                buffer: 0,
-                iovecs: read::user(arg1 + MSGHDR_IOV).ok()?,
-                iovec_count: read::user(arg1 + MSGHDR_IOVLEN).ok()?,
-            }),
-            _ => None,
-        }
-    }
 }
 
 /// Copies up to `limit` bytes of the call's data into the scratch event's

@@ -4,6 +4,8 @@
 
 use std::net::SocketAddr;
 
+use crate::probes::decode::KernelTrace;
+
 /// The process's side of the exchange.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Side {
@@ -57,6 +59,8 @@ pub struct RequestInfo {
     /// Method as sent (e.g. `GET`); may be a non-standard token.
     pub method: String,
     /// Request target as sent: origin form (`/a?b`) or absolute form.
+    /// Empty when it could not be decoded (an HTTP/2 `:path` that refers to
+    /// header-table entries the agent did not see).
     pub target: String,
     /// Protocol version.
     pub version: HttpVersion,
@@ -80,6 +84,12 @@ pub enum Outcome {
     },
     /// The connection closed before a final response.
     ConnectionClosed,
+    /// The HTTP/2 stream was reset (RST_STREAM, or refused by GOAWAY)
+    /// before a final response.
+    Reset {
+        /// HTTP/2 error code, if it was captured.
+        code: Option<u32>,
+    },
     /// The tracker gave up waiting (idle timeout or eviction).
     Abandoned,
 }
@@ -103,4 +113,39 @@ pub struct HttpExchange {
     pub request_tid: u32,
     /// Thread that moved the last response bytes, if any.
     pub response_tid: Option<u32>,
+    /// Span identity the kernel assigned (HTTP/1 request starts it saw).
+    pub trace: Option<KernelTrace>,
+    /// gRPC facts, when the exchange was a gRPC call.
+    pub rpc: Option<RpcInfo>,
+}
+
+/// A gRPC call (HTTP/2, `content-type: application/grpc`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RpcInfo {
+    /// `package.Service` and `Method` from `:path`; `None` when the path
+    /// could not be decoded or is not of that form.
+    pub method: Option<RpcMethod>,
+    /// gRPC status code: `grpc-status` from the trailers (or a
+    /// trailers-only response), or, for a reset stream, the code its client
+    /// reports ([`crate::protocols::grpc::status_for_reset`]: `CANCELLED`,
+    /// `DEADLINE_EXCEEDED` once its `grpc-timeout` had passed,
+    /// `UNAVAILABLE` for a refused stream...). `None` when neither was
+    /// seen. Names: [`crate::protocols::grpc::status_name`].
+    pub status_code: Option<u32>,
+}
+
+/// A gRPC method.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RpcMethod {
+    /// `package.Service`.
+    pub service: String,
+    /// `Method`.
+    pub method: String,
+}
+
+impl RpcMethod {
+    /// `package.Service/Method`: `rpc.method` and the span name.
+    pub fn full_name(&self) -> String {
+        format!("{}/{}", self.service, self.method)
+    }
 }

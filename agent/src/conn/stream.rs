@@ -12,7 +12,10 @@
 //! message. The kernel reports syscall boundaries, and messages usually
 //! start at one, so that is where resynchronising is worth trying.
 
-use crate::protocols::http1::{Body, ChunkProgress, ChunkedScanner, Http1Error, Parsed};
+use crate::{
+    probes::decode::KernelTrace,
+    protocols::http1::{Body, ChunkProgress, ChunkedScanner, Http1Error, Parsed},
+};
 
 /// When and by which thread bytes moved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,6 +24,8 @@ pub(crate) struct Stamp {
     pub ns: u64,
     /// Thread id.
     pub tid: u32,
+    /// Span identity the kernel gave the request this call started, if any.
+    pub trace: Option<KernelTrace>,
 }
 
 /// The bytes one syscall moved in this direction.

@@ -1,6 +1,11 @@
-//! Turns captured socket data into HTTP/1.x request/response exchanges.
+//! Turns captured socket data into request/response exchanges: HTTP/1.x
+//! here, HTTP/2 and gRPC in `conn/http2.rs`.
 //!
-//! Connections are keyed by socket cookie. Each has a `MessageStream` per
+//! Connections are keyed by socket cookie. The first bytes decide the
+//! protocol: an HTTP/1 request or response, the HTTP/2 client preface (or a
+//! server's first SETTINGS frame), or, on a connection caught mid-way,
+//! bytes that read as HTTP/2 frames. An HTTP/1 connection has a
+//! `MessageStream` per
 //! direction; requests are queued as their heads arrive and responses pair
 //! with them first in, first out, which covers keep-alive and pipelining.
 //! Interim (1xx) responses are skipped; `101` and 2xx answers to `CONNECT`
@@ -19,8 +24,8 @@
 //! either direction, when the connection closes or goes idle.
 //!
 //! Memory is bounded: connections (least recently used evicted), queued
-//! requests per connection, and head buffers. Every loss is counted in
-//! [`Stats`].
+//! requests per connection, head buffers, and for HTTP/2 open streams and
+//! header tables. Every loss is counted in [`Stats`].
 
 use std::{
     collections::{BTreeSet, HashMap, VecDeque},
@@ -32,10 +37,15 @@ use tracing::debug;
 use crate::{
     conn::{
         exchange::{ConnInfo, HttpExchange, Outcome, RequestInfo, Side},
+        http2::{self, Ctx, Http2Conn},
         stream::{MessageSink, MessageStream, Segment, Stamp},
     },
     probes::decode::{Direction, Role, SocketClose, SocketData},
-    protocols::http1::{self, Body, Http1Error, Parsed, ResponseHead},
+    protocols::{
+        hpack::{self, Huffman},
+        http1::{self, Body, Http1Error, Parsed, ResponseHead},
+        http2::{starts_with_frames, starts_with_preface},
+    },
     telemetry::{Counter, Stats},
 };
 
@@ -57,6 +67,12 @@ pub struct TrackerConfig {
     /// one looks like HTTP: it may have been caught mid-message, so its
     /// first bytes do not decide.
     pub unknown_role_probe_events: u32,
+    /// Open HTTP/2 streams on one connection (at least one); the oldest is
+    /// abandoned to make room.
+    pub max_streams_per_connection: usize,
+    /// Memory for each HPACK dynamic table (RFC 7541 entry sizes); a peer
+    /// that uses more gets unknown fields, never wrong ones.
+    pub max_header_table_bytes: usize,
 }
 
 impl Default for TrackerConfig {
@@ -67,6 +83,8 @@ impl Default for TrackerConfig {
             max_pending_requests: 32,
             max_head_bytes: 16 * 1024,
             unknown_role_probe_events: 8,
+            max_streams_per_connection: 4096,
+            max_header_table_bytes: hpack::DEFAULT_TABLE_SIZE,
         }
     }
 }
@@ -80,6 +98,8 @@ pub struct ConnTracker {
     /// `(last activity ns, cookie)`, oldest first: the eviction and idle
     /// order.
     by_activity: BTreeSet<(u64, u64)>,
+    /// Shared by every HTTP/2 connection's HPACK decoders.
+    huffman: Huffman,
 }
 
 impl ConnTracker {
@@ -90,6 +110,7 @@ impl ConnTracker {
             stats,
             conns: HashMap::new(),
             by_activity: BTreeSet::new(),
+            huffman: Huffman::default(),
         }
     }
 
@@ -121,7 +142,7 @@ impl ConnTracker {
             }
         };
         conn.last_ns = conn.last_ns.max(ev.timestamp_ns);
-        conn.on_data(ev, &self.config, &self.stats, &mut out);
+        conn.on_data(ev, &mut self.ctx(&mut out));
         self.by_activity.insert((conn.last_ns, cookie));
         self.conns.insert(cookie, conn);
         out
@@ -135,8 +156,7 @@ impl ConnTracker {
             conn.finish(
                 Outcome::ConnectionClosed,
                 ev.timestamp_ns,
-                &self.stats,
-                &mut out,
+                &mut self.ctx(&mut out),
             );
         }
         out
@@ -167,10 +187,20 @@ impl ConnTracker {
         for cookie in cookies {
             if let Some(mut conn) = self.remove(cookie) {
                 let at = conn.last_ns;
-                conn.finish(Outcome::ConnectionClosed, at, &self.stats, &mut out);
+                conn.finish(Outcome::ConnectionClosed, at, &mut self.ctx(&mut out));
             }
         }
         out
+    }
+
+    /// What a connection needs to read an event.
+    fn ctx<'a>(&'a mut self, out: &'a mut Vec<HttpExchange>) -> Ctx<'a> {
+        Ctx {
+            config: &self.config,
+            stats: &self.stats,
+            huffman: &mut self.huffman,
+            out,
+        }
     }
 
     fn remove(&mut self, cookie: u64) -> Option<Conn> {
@@ -189,7 +219,7 @@ impl ConnTracker {
     ) {
         if let Some(mut conn) = self.remove(cookie) {
             Loss::Evicted { cookie, reason }.record(&self.stats);
-            conn.finish(Outcome::Abandoned, now_ns, &self.stats, out);
+            conn.finish(Outcome::Abandoned, now_ns, &mut self.ctx(out));
         }
     }
 }
@@ -248,13 +278,15 @@ enum ConnState {
         budget: u32,
     },
     Http(Box<HttpConn>),
-    /// Not HTTP/1.x (or no longer: upgraded): ignored until it closes.
+    Http2(Box<Http2Conn>),
+    /// Not HTTP (or no longer: upgraded): ignored until it closes.
     Ignored,
 }
 
 /// What a connection's first bytes say.
 enum Probe {
     Http(Side),
+    Http2(http2::Start),
     NotHttp,
     Undecided,
 }
@@ -270,13 +302,8 @@ impl Conn {
         }
     }
 
-    fn on_data(
-        &mut self,
-        ev: &SocketData,
-        config: &TrackerConfig,
-        stats: &Stats,
-        out: &mut Vec<HttpExchange>,
-    ) {
+    fn on_data(&mut self, ev: &SocketData, ctx: &mut Ctx<'_>) {
+        let stats = ctx.stats;
         if let ConnState::Probing { budget } = &mut self.state {
             if ev.payload.is_empty() {
                 return;
@@ -284,6 +311,9 @@ impl Conn {
             match probe(ev) {
                 Probe::Http(side) => {
                     self.state = ConnState::Http(Box::new(HttpConn::new(ev, side)))
+                }
+                Probe::Http2(start) => {
+                    self.state = ConnState::Http2(Box::new(Http2Conn::new(ev, start, ctx.config)))
                 }
                 Probe::NotHttp => {
                     Loss::NotHttp {
@@ -308,32 +338,33 @@ impl Conn {
                 }
             }
         }
-        if let ConnState::Http(http) = &mut self.state {
-            http.on_data(ev, config, stats, out);
-            if http.pairing.not_http || http.responses.is_tunnel() {
-                http.pairing
-                    .finish(Outcome::Abandoned, ev.timestamp_ns, stats, out);
-                self.state = ConnState::Ignored;
+        match &mut self.state {
+            ConnState::Http(http) => {
+                http.on_data(ev, ctx.config, stats, ctx.out);
+                if http.pairing.not_http || http.responses.is_tunnel() {
+                    http.pairing
+                        .finish(Outcome::Abandoned, ev.timestamp_ns, stats, ctx.out);
+                    self.state = ConnState::Ignored;
+                }
             }
+            ConnState::Http2(http2) => http2.on_data(ev, ctx),
+            ConnState::Probing { .. } | ConnState::Ignored => {}
         }
     }
 
-    /// Ends everything in flight: see [`Pairing::finish`].
-    fn finish(
-        &mut self,
-        unanswered: Outcome,
-        at_ns: u64,
-        stats: &Stats,
-        out: &mut Vec<HttpExchange>,
-    ) {
-        if let ConnState::Http(http) = &mut self.state {
-            http.pairing.finish(unanswered, at_ns, stats, out);
+    /// Ends everything in flight: see [`Pairing::finish`] and
+    /// [`Http2Conn::finish`].
+    fn finish(&mut self, unanswered: Outcome, at_ns: u64, ctx: &mut Ctx<'_>) {
+        match &mut self.state {
+            ConnState::Http(http) => http.pairing.finish(unanswered, at_ns, ctx.stats, ctx.out),
+            ConnState::Http2(http2) => http2.finish(&unanswered, at_ns, ctx),
+            ConnState::Probing { .. } | ConnState::Ignored => {}
         }
     }
 }
 
 /// Which way requests go for a side.
-fn request_direction(side: Side) -> Direction {
+pub(super) fn request_direction(side: Side) -> Direction {
     match side {
         Side::Client => Direction::Egress,
         Side::Server => Direction::Ingress,
@@ -349,13 +380,21 @@ fn probe(ev: &SocketData) -> Probe {
         Role::Unknown => None,
     };
     if let Some(side) = known {
-        let looks_right = if ev.direction == request_direction(side) {
-            http1::looks_like_request(bytes)
-        } else {
-            http1::looks_like_response(bytes)
-        };
-        return if looks_right {
+        // The kernel saw the connection open, so these are its first
+        // bytes: a request (or the HTTP/2 preface) from the client, a
+        // response (or the HTTP/2 server's first SETTINGS) from the server.
+        return if ev.direction == request_direction(side) {
+            if starts_with_preface(bytes) {
+                Probe::Http2(http2::Start::Fresh { side })
+            } else if http1::looks_like_request(bytes) {
+                Probe::Http(side)
+            } else {
+                Probe::NotHttp
+            }
+        } else if http1::looks_like_response(bytes) {
             Probe::Http(side)
+        } else if starts_with_frames(bytes, u64::from(ev.total_len)) {
+            Probe::Http2(http2::Start::Fresh { side })
         } else {
             Probe::NotHttp
         };
@@ -364,10 +403,16 @@ fn probe(ev: &SocketData) -> Probe {
         Direction::Egress => (Side::Client, Side::Server),
         Direction::Ingress => (Side::Server, Side::Client),
     };
-    if http1::looks_like_request(bytes) {
+    if starts_with_preface(bytes) {
+        Probe::Http2(http2::Start::Fresh { side: requester })
+    } else if http1::looks_like_request(bytes) {
         Probe::Http(requester)
     } else if http1::looks_like_response(bytes) {
         Probe::Http(responder)
+    } else if starts_with_frames(bytes, u64::from(ev.total_len)) {
+        Probe::Http2(http2::Start::MidConnection {
+            direction: ev.direction,
+        })
     } else {
         Probe::Undecided
     }
@@ -398,6 +443,7 @@ impl HttpConn {
                 not_http: false,
                 pending: VecDeque::new(),
                 in_flight: None,
+                last_kernel_span: None,
             },
         }
     }
@@ -415,6 +461,7 @@ impl HttpConn {
             at: Stamp {
                 ns: ev.timestamp_ns,
                 tid: ev.tid,
+                trace: ev.trace,
             },
         };
         if ev.direction == request_direction(self.pairing.info.side) {
@@ -468,6 +515,10 @@ struct Pairing {
     not_http: bool,
     pending: VecDeque<PendingRequest>,
     in_flight: Option<InFlight>,
+    /// Span id of the kernel trace context last given to a request: several
+    /// pipelined requests in one read share the read's context, which
+    /// belongs to the first of them only.
+    last_kernel_span: Option<[u8; 8]>,
 }
 
 impl Pairing {
@@ -486,6 +537,8 @@ impl Pairing {
             end_ns: end_ns.max(request.first.ns),
             request_tid: request.first.tid,
             response_tid,
+            trace: request.first.trace,
+            rpc: None,
             request: request.info,
         }
     }
@@ -508,6 +561,13 @@ impl Pairing {
             }
             .record(stats);
             out.push(self.exchange(oldest, Outcome::Abandoned, first.ns, None));
+        }
+        let mut first = first;
+        let kernel_span = first.trace.map(|t| t.span_id);
+        if kernel_span.is_some() && kernel_span == self.last_kernel_span {
+            first.trace = None;
+        } else {
+            self.last_kernel_span = kernel_span;
         }
         self.pending.push_back(PendingRequest { info, first });
     }

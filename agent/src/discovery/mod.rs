@@ -1,21 +1,41 @@
 //! Selection: which processes the kernel programs capture.
 //!
-//! Selectors (open ports, executable name or path globs, pids) are resolved
-//! here in userspace; the kernel only sees the resulting pid set. Selection
-//! is live: exec events are matched as they arrive, listening ports are
-//! re-checked every [`RESCAN_INTERVAL`], and exits remove the process.
+//! Selectors (open ports, executable name or path globs, pids, and on
+//! Kubernetes the pod's namespace, labels, annotations, owners and
+//! container) are resolved here in userspace; the kernel only sees the
+//! resulting pid set. Selection is live: exec events are matched as they
+//! arrive, listening ports are re-checked every [`RESCAN_INTERVAL`], exits
+//! remove the process, and every change of the node's pods re-evaluates
+//! the processes in containers, adding and removing targets.
+//!
+//! The rule: a process is selected if it matches a top-level selector
+//! (`ports`, `executables`, `pids`: each on its own) or every condition of
+//! one `include` rule, unless it matches an `exclude` rule, runs in
+//! `kube-system` (unless `instrument_kube_system`), or is the agent itself
+//! (its process or its pod). Exclusion always wins.
 
+pub mod cgroup;
+pub mod k8s;
 pub mod procfs;
 pub mod resources;
+pub mod rules;
 
-use std::{collections::HashSet, path::Path, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use self::{procfs::Procfs, resources::ProcessRegistry};
+use self::{
+    cgroup::ContainerRef,
+    k8s::{PodMatch, Pods},
+    procfs::Procfs,
+    resources::ProcessRegistry,
+    rules::{Candidate, ExeGlobs, Rule, RuleConfig},
+};
 use crate::probes::{TargetSet, decode::KernelEvent};
 
 /// How often listening ports are re-checked: a server started after the
@@ -36,12 +56,33 @@ pub struct SelectorConfig {
     /// Process ids.
     #[serde(default)]
     pub pids: Vec<u32>,
+    /// Rules that select (see [`rules`]): any rule whose conditions all
+    /// hold selects the process.
+    #[serde(default)]
+    pub include: Vec<RuleConfig>,
+    /// Rules that keep processes out, whatever selected them.
+    #[serde(default)]
+    pub exclude: Vec<RuleConfig>,
+    /// Allow selecting pods in `kube-system` (excluded by default).
+    #[serde(default)]
+    pub instrument_kube_system: bool,
 }
 
 impl SelectorConfig {
     /// True if nothing is selected.
     pub fn is_empty(&self) -> bool {
-        self.ports.is_empty() && self.executables.is_empty() && self.pids.is_empty()
+        self.ports.is_empty()
+            && self.executables.is_empty()
+            && self.pids.is_empty()
+            && self.include.is_empty()
+    }
+
+    /// True if some rule has pod conditions (they need Kubernetes).
+    pub fn uses_pods(&self) -> bool {
+        self.include
+            .iter()
+            .chain(&self.exclude)
+            .any(RuleConfig::uses_pods)
     }
 }
 
@@ -58,54 +99,94 @@ pub struct SelectorError {
 #[derive(Clone, Debug)]
 pub struct Selectors {
     ports: HashSet<u16>,
-    path_globs: GlobSet,
-    name_globs: GlobSet,
+    executables: ExeGlobs,
     pids: HashSet<u32>,
+    include: Vec<Rule>,
+    exclude: Vec<Rule>,
+    /// Every port any selector or rule looks at (what port scans check).
+    all_ports: HashSet<u16>,
+    agent_pid: Option<u32>,
+    agent_pod: Option<String>,
 }
 
 impl Selectors {
     /// Compiles a [`SelectorConfig`].
     pub fn new(config: &SelectorConfig) -> Result<Self, SelectorError> {
-        let mut paths = GlobSetBuilder::new();
-        let mut names = GlobSetBuilder::new();
-        for pattern in &config.executables {
-            let glob = Glob::new(pattern).map_err(|source| SelectorError {
-                pattern: pattern.clone(),
-                source,
-            })?;
-            if pattern.contains('/') {
-                paths.add(glob)
-            } else {
-                names.add(glob)
-            };
+        let compile =
+            |rules: &[RuleConfig]| rules.iter().map(Rule::new).collect::<Result<Vec<_>, _>>();
+        let include = compile(&config.include)?;
+        let mut exclude = compile(&config.exclude)?;
+        if !config.instrument_kube_system {
+            exclude.push(Rule::namespace("kube-system"));
         }
-        let build = |builder: GlobSetBuilder| {
-            builder.build().map_err(|source| SelectorError {
-                pattern: config.executables.join(","),
-                source,
-            })
-        };
+        let all_ports = config
+            .ports
+            .iter()
+            .chain(
+                include
+                    .iter()
+                    .chain(&exclude)
+                    .flat_map(|r| &r.config().ports),
+            )
+            .copied()
+            .collect();
         Ok(Self {
             ports: config.ports.iter().copied().collect(),
-            path_globs: build(paths)?,
-            name_globs: build(names)?,
+            executables: ExeGlobs::new(&config.executables)?,
             pids: config.pids.iter().copied().collect(),
+            include,
+            exclude,
+            all_ports,
+            agent_pid: None,
+            agent_pod: None,
         })
     }
 
-    /// True if the pid or executable selectors match (ports are checked
-    /// separately, over all processes at once).
-    pub fn matches_process(&self, pid: u32, exe: Option<&Path>) -> bool {
-        if self.pids.contains(&pid) {
-            return true;
+    /// Never selects the agent's own process, nor anything in its pod
+    /// (tracing its own exports would feed on itself).
+    pub fn excluding_agent(mut self, pid: u32, pod_uid: Option<String>) -> Self {
+        self.agent_pid = Some(pid);
+        self.agent_pod = pod_uid;
+        self
+    }
+
+    /// Annotation keys some rule looks at: the only ones worth keeping.
+    pub fn annotation_keys(&self) -> HashSet<String> {
+        self.include
+            .iter()
+            .chain(&self.exclude)
+            .filter_map(|rule| rule.config().pod_annotations.as_ref())
+            .flat_map(|selector| selector.keys().map(str::to_owned))
+            .collect()
+    }
+
+    /// True if the selectors and rules select `candidate` (see the module
+    /// doc for the rule).
+    pub fn selects(&self, candidate: &Candidate<'_>) -> bool {
+        let is_agent = self.agent_pid == Some(candidate.pid)
+            || self
+                .agent_pod
+                .as_ref()
+                .is_some_and(|uid| candidate.pod.is_some_and(|found| found.pod.uid == *uid));
+        if is_agent || self.exclude.iter().any(|rule| rule.matches(candidate)) {
+            return false;
         }
-        let Some(exe) = exe else { return false };
-        self.path_globs.is_match(exe)
-            || exe
-                .file_name()
-                .is_some_and(|name| self.name_globs.is_match(name))
+        let by_selector = self.pids.contains(&candidate.pid)
+            || candidate
+                .ports
+                .is_some_and(|ports| ports.iter().any(|p| self.ports.contains(p)))
+            || candidate
+                .exe
+                .is_some_and(|exe| self.executables.matches(exe));
+        by_selector || self.include.iter().any(|rule| rule.matches(candidate))
     }
 }
+
+/// How many rescan ticks between two prunings of the process registry.
+const PRUNE_EVERY_TICKS: u32 = 20;
+/// How far up the process tree an inherited target looks for the target
+/// it descends from.
+const MAX_ANCESTRY: usize = 64;
 
 /// Keeps the kernel's target set in line with the selectors.
 pub struct Discovery<T: TargetSet> {
@@ -113,10 +194,14 @@ pub struct Discovery<T: TargetSet> {
     procfs: Procfs,
     targets: T,
     registry: ProcessRegistry,
+    pods: Option<Pods>,
     selected: HashSet<u32>,
     /// Listening inodes at the last port scan: owners are looked up again
     /// only when this changes, since walking every fd is the costly part.
     last_listening: HashSet<u64>,
+    /// Selector ports each live process was seen listening on. Selection by
+    /// port is sticky: a server that closes its port stays traced.
+    listening: HashMap<u32, HashSet<u16>>,
 }
 
 impl<T: TargetSet> Discovery<T> {
@@ -132,9 +217,17 @@ impl<T: TargetSet> Discovery<T> {
             procfs,
             targets,
             registry,
+            pods: None,
             selected: HashSet::new(),
             last_listening: HashSet::new(),
+            listening: HashMap::new(),
         }
+    }
+
+    /// Matches processes against their pods in `pods` (Kubernetes).
+    pub fn with_pods(mut self, pods: Pods) -> Self {
+        self.pods = Some(pods);
+        self
     }
 
     /// Pids selected so far.
@@ -144,19 +237,15 @@ impl<T: TargetSet> Discovery<T> {
 
     /// Checks every running process (at start).
     pub fn scan_all(&mut self) {
+        self.rescan_ports();
         for pid in self.procfs.pids() {
             self.on_exec(pid);
         }
-        self.rescan_ports();
     }
 
     /// A process exec'd: select it if it matches.
     pub fn on_exec(&mut self, pid: u32) {
-        if self.selected.contains(&pid) {
-            return;
-        }
-        let exe = self.procfs.exe(pid);
-        if self.selectors.matches_process(pid, exe.as_deref()) {
+        if !self.selected.contains(&pid) && self.wants(pid, None) {
             self.select(pid);
         }
     }
@@ -166,29 +255,115 @@ impl<T: TargetSet> Discovery<T> {
         if self.selected.remove(&pid) {
             debug!(pid, "target exited");
         }
+        self.listening.remove(&pid);
         self.registry.forget(pid);
     }
 
     /// Selects owners of listening sockets on the selected ports.
     pub fn rescan_ports(&mut self) {
-        if self.selectors.ports.is_empty() {
+        if self.selectors.all_ports.is_empty() {
             return;
         }
         let pids = self.procfs.pids();
-        let listening = self.procfs.listening_inodes(&pids, &self.selectors.ports);
-        if listening == self.last_listening {
+        let listening = self
+            .procfs
+            .listening_inodes(&pids, &self.selectors.all_ports);
+        let inodes: HashSet<u64> = listening.keys().copied().collect();
+        if inodes == self.last_listening {
             return;
         }
-        let new_inodes: HashSet<u64> = listening
-            .difference(&self.last_listening)
-            .copied()
-            .collect();
-        for pid in self.procfs.owners_of(&pids, &new_inodes) {
-            if !self.selected.contains(&pid) {
+        let live: HashSet<u32> = pids.iter().copied().collect();
+        self.listening.retain(|pid, _| live.contains(pid));
+        let new_inodes: HashSet<u64> = inodes.difference(&self.last_listening).copied().collect();
+        for (pid, held) in self.procfs.owners_of(&pids, &new_inodes) {
+            self.listening
+                .entry(pid)
+                .or_default()
+                .extend(held.iter().filter_map(|inode| listening.get(inode)));
+            if !self.selected.contains(&pid) && self.wants(pid, None) {
                 self.select(pid);
             }
         }
-        self.last_listening = listening;
+        self.last_listening = inodes;
+    }
+
+    /// The node's pods changed: re-evaluates every process that runs in a
+    /// container, selecting those that now match and removing those that
+    /// no longer do. A child the kernel made a target because its parent
+    /// was one (a pre-fork server's worker) follows its ancestors: it goes
+    /// once none of them is selected any more. Processes outside containers
+    /// keep their state.
+    pub fn on_pods_changed(&mut self) {
+        let in_kernel: HashSet<u32> = self.targets.pids().into_iter().collect();
+        let mut inherited = Vec::new();
+        for pid in self.procfs.pids() {
+            let Some(container) = self.container_of(pid) else {
+                continue;
+            };
+            let wanted = self.wants(pid, Some(&container));
+            if wanted && !self.selected.contains(&pid) {
+                self.select(pid);
+            } else if !wanted && self.selected.contains(&pid) {
+                self.deselect(pid);
+            } else if !wanted && in_kernel.contains(&pid) {
+                inherited.push(pid);
+            }
+        }
+        for pid in inherited {
+            if !self.has_selected_ancestor(pid) {
+                self.deselect(pid);
+            }
+        }
+    }
+
+    fn has_selected_ancestor(&self, pid: u32) -> bool {
+        // Bounded: a ppid loop cannot happen, a corrupt read must not hang.
+        let mut current = pid;
+        for _ in 0..MAX_ANCESTRY {
+            match self.procfs.ppid(current) {
+                Some(parent) if parent > 1 => {
+                    if self.selected.contains(&parent) {
+                        return true;
+                    }
+                    current = parent;
+                }
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    /// Forgets resources of processes that are gone. Exit events only come
+    /// for targets, and late spans may describe a process again after its
+    /// exit, so the registry is pruned against /proc from time to time.
+    pub fn prune(&mut self) {
+        let live: HashSet<u32> = self.procfs.pids().into_iter().collect();
+        self.registry.retain(|pid| live.contains(&pid));
+    }
+
+    /// The change signal of the pod store, when there is one.
+    fn pod_changes(&self) -> Option<watch::Receiver<()>> {
+        self.pods.as_ref().map(Pods::subscribe)
+    }
+
+    fn container_of(&self, pid: u32) -> Option<ContainerRef> {
+        cgroup::container_of(&self.procfs.cgroup(pid)?)
+    }
+
+    /// Evaluates the selectors for `pid` (`container`: its cgroup, when the
+    /// caller has read it already).
+    fn wants(&self, pid: u32, container: Option<&ContainerRef>) -> bool {
+        let pod: Option<PodMatch> = self.pods.as_ref().and_then(|pods| match container {
+            Some(container) => pods.find(container),
+            None => pods.find(&self.container_of(pid)?),
+        });
+        let exe = self.procfs.exe(pid);
+        self.selectors.selects(&Candidate {
+            pid,
+            exe: exe.as_deref(),
+            ports: self.listening.get(&pid),
+            pod: pod.as_ref(),
+        })
     }
 
     fn select(&mut self, pid: u32) {
@@ -201,16 +376,45 @@ impl<T: TargetSet> Discovery<T> {
             Err(error) => warn!(pid, %error, "could not add target (target map full?)"),
         }
     }
+
+    /// Stops capturing a process and its threads (the kernel adds threads
+    /// a target creates by thread id; capture itself is keyed on the
+    /// process id, so the thread entries only go for tidiness).
+    fn deselect(&mut self, pid: u32) {
+        let service = self.registry.resource(pid).service_name.clone();
+        for id in std::iter::once(pid).chain(self.procfs.tasks(pid)) {
+            if let Err(error) = self.targets.remove(id) {
+                warn!(pid, id, %error, "could not remove target");
+            }
+        }
+        self.selected.remove(&pid);
+        // No exit event will come for a process that is no longer a target.
+        self.registry.forget(pid);
+        info!(pid, %service, "no longer instrumenting process");
+    }
 }
 
-/// The discovery task: exec/exit events and port rescans, after the
-/// caller's initial [`Discovery::scan_all`].
+/// Resolves when the pod store changed; never, without one (or once its
+/// writer is gone).
+async fn pods_changed(changes: &mut Option<watch::Receiver<()>>) {
+    if let Some(receiver) = changes
+        && receiver.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
+}
+
+/// The discovery task: exec/exit events, port rescans and pod changes,
+/// after the caller's initial [`Discovery::scan_all`].
 pub async fn run_discovery<T: TargetSet>(
     mut discovery: Discovery<T>,
     mut reader_to_discovery: mpsc::Receiver<KernelEvent>,
     discovery_to_conn: mpsc::Sender<KernelEvent>,
 ) {
     let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
+    let mut pod_changes = discovery.pod_changes();
+    let mut ticks: u32 = 0;
     loop {
         tokio::select! {
             event = reader_to_discovery.recv() => match event {
@@ -224,14 +428,21 @@ pub async fn run_discovery<T: TargetSet>(
                 Some(_) => {}
                 None => break,
             },
-            _ = rescan.tick() => discovery.rescan_ports(),
+            _ = rescan.tick() => {
+                discovery.rescan_ports();
+                ticks = ticks.wrapping_add(1);
+                if ticks.is_multiple_of(PRUNE_EVERY_TICKS) {
+                    discovery.prune();
+                }
+            }
+            () = pods_changed(&mut pod_changes) => discovery.on_pods_changed(),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
 
     use aya::maps::MapError;
 
@@ -256,17 +467,26 @@ mod tests {
 
     fn selectors(executables: &[&str], pids: &[u32]) -> Selectors {
         Selectors::new(&SelectorConfig {
-            ports: vec![],
             executables: executables.iter().map(|s| s.to_string()).collect(),
             pids: pids.to_vec(),
+            ..Default::default()
         })
         .unwrap()
+    }
+
+    fn process(pid: u32, exe: Option<&Path>) -> Candidate<'_> {
+        Candidate {
+            pid,
+            exe,
+            ports: None,
+            pod: None,
+        }
     }
 
     #[test]
     fn matches_names_paths_and_pids() {
         let s = selectors(&["python3*", "/usr/sbin/nginx", "/opt/*/bin/*"], &[42]);
-        let m = |pid, path: &str| s.matches_process(pid, Some(&PathBuf::from(path)));
+        let m = |pid, path: &str| s.selects(&process(pid, Some(Path::new(path))));
         assert!(m(1, "/usr/bin/python3.11"));
         assert!(m(1, "/usr/sbin/nginx"));
         assert!(
@@ -276,8 +496,185 @@ mod tests {
         assert!(m(1, "/opt/app/bin/server"));
         assert!(!m(1, "/usr/bin/node"));
         assert!(m(42, "/usr/bin/node"));
-        assert!(s.matches_process(42, None));
-        assert!(!s.matches_process(7, None));
+        assert!(s.selects(&process(42, None)));
+        assert!(!s.selects(&process(7, None)));
+    }
+
+    fn pod_meta(
+        uid: &str,
+        namespace: &str,
+        app: &str,
+        containers: &[(&str, &str)],
+    ) -> k8s::PodMeta {
+        k8s::PodMeta {
+            uid: uid.into(),
+            namespace: namespace.into(),
+            name: format!("{app}-0"),
+            resource_version: app.into(),
+            node_name: "node-a".into(),
+            labels: [("app".to_owned(), app.to_owned())].into(),
+            annotations: Default::default(),
+            owners: vec![],
+            containers: containers
+                .iter()
+                .map(|(id, name)| (id.to_string(), name.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn exclusion_wins_and_the_agent_is_never_selected() {
+        let config: SelectorConfig = serde_yaml_ng::from_str(
+            "executables: [python3]\n\
+             include: [{pod_labels: {matchLabels: {app: web}}}]\n\
+             exclude: [{namespaces: [batch]}, {pids: [13]}]\n",
+        )
+        .unwrap();
+        let s = Selectors::new(&config)
+            .unwrap()
+            .excluding_agent(99, Some("agent-pod".into()));
+        let pod = |uid: &str, namespace: &str, app: &str| PodMatch {
+            pod: std::sync::Arc::new(pod_meta(uid, namespace, app, &[])),
+            container: None,
+        };
+        let python = Path::new("/usr/bin/python3");
+        fn in_pod(pid: u32, found: &PodMatch) -> Candidate<'_> {
+            Candidate {
+                pid,
+                exe: Some(Path::new("/usr/bin/python3")),
+                ports: None,
+                pod: Some(found),
+            }
+        }
+        assert!(s.selects(&in_pod(1, &pod("a", "shop", "web"))));
+        assert!(
+            s.selects(&in_pod(1, &pod("a", "shop", "db"))),
+            "by executable"
+        );
+        assert!(
+            !s.selects(&in_pod(1, &pod("a", "batch", "web"))),
+            "excluded namespace"
+        );
+        assert!(
+            !s.selects(&in_pod(1, &pod("a", "kube-system", "web"))),
+            "kube-system by default"
+        );
+        assert!(!s.selects(&process(13, Some(python))), "excluded pid");
+        assert!(!s.selects(&process(99, Some(python))), "the agent");
+        assert!(
+            !s.selects(&in_pod(5, &pod("agent-pod", "sonde", "web"))),
+            "the agent's pod"
+        );
+
+        let config = SelectorConfig {
+            instrument_kube_system: true,
+            ..config
+        };
+        let s = Selectors::new(&config).unwrap();
+        assert!(s.selects(&in_pod(1, &pod("a", "kube-system", "web"))));
+    }
+
+    /// A fake /proc: each process has `cgroup`, `exe`, `stat` (for its
+    /// parent) and `task/<tid>`.
+    struct FakeProc(PathBuf);
+
+    impl FakeProc {
+        fn new(name: &str) -> Self {
+            let root = std::env::temp_dir().join(format!("sonde-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&root);
+            std::fs::create_dir_all(&root).unwrap();
+            Self(root)
+        }
+
+        fn add(&self, pid: u32, ppid: u32, exe: &str, cgroup: &str, threads: &[u32]) {
+            let dir = self.0.join(pid.to_string());
+            for tid in std::iter::once(&pid).chain(threads) {
+                std::fs::create_dir_all(dir.join("task").join(tid.to_string())).unwrap();
+            }
+            std::fs::write(dir.join("stat"), format!("{pid} (x) S {ppid} 1 1 0 -1")).unwrap();
+            std::fs::write(dir.join("cgroup"), format!("0::{cgroup}\n")).unwrap();
+            std::os::unix::fs::symlink(exe, dir.join("exe")).unwrap();
+        }
+    }
+
+    impl Drop for FakeProc {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn pod_changes_add_and_remove_targets() {
+        const APP: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+        const SYS: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+        let uid_a = "0f8e1b2a-3c4d-4e5f-8a9b-0c1d2e3f4a5b";
+        let uid_b = "1f8e1b2a-3c4d-4e5f-8a9b-0c1d2e3f4a5b";
+        let path = |uid: &str, id: &str| {
+            format!(
+                "/kubepods.slice/kubepods-pod{}.slice/cri-containerd-{id}.scope",
+                uid.replace('-', "_")
+            )
+        };
+        let proc = FakeProc::new("pod-changes");
+        proc.add(101, 1, "/usr/bin/python3", &path(uid_a, APP), &[1011]);
+        // Forked by a target, then exec'd a shell: inherited, kept while
+        // its parent is selected. The other shell's parent is gone.
+        proc.add(105, 101, "/bin/sh", &path(uid_a, APP), &[]);
+        proc.add(102, 1, "/bin/sh", &path(uid_a, APP), &[]);
+        proc.add(103, 1, "/usr/bin/python3", &path(uid_b, SYS), &[]);
+        proc.add(
+            104,
+            1,
+            "/usr/sbin/nginx",
+            "/system.slice/nginx.service",
+            &[],
+        );
+        let procfs = Procfs::at(&proc.0);
+
+        let pods = Pods::default();
+        pods.apply(pod_meta(uid_a, "shop", "db", &[(APP, "app")]))
+            .unwrap();
+        pods.apply(pod_meta(uid_b, "kube-system", "web", &[(SYS, "app")]))
+            .unwrap();
+        let config: SelectorConfig = serde_yaml_ng::from_str(
+            "executables: [nginx]\n\
+             include: [{pod_labels: {matchLabels: {app: web}}, executables: [python3]}]\n",
+        )
+        .unwrap();
+        let registry = ProcessRegistry::new(procfs.clone()).with_pods(pods.clone());
+        let mut discovery = Discovery::new(
+            Selectors::new(&config).unwrap(),
+            procfs,
+            FakeTargets::default(),
+            registry.clone(),
+        )
+        .with_pods(pods.clone());
+        discovery.scan_all();
+        assert_eq!(discovery.selected(), &HashSet::from([104]), "only nginx");
+        // What the kernel added on its own: forked children and a thread.
+        discovery.targets.0.extend([102, 105, 1011]);
+
+        pods.apply(pod_meta(uid_a, "shop", "web", &[(APP, "app")]))
+            .unwrap();
+        discovery.on_pods_changed();
+        assert_eq!(discovery.selected(), &HashSet::from([101, 104]));
+        assert_eq!(
+            discovery.targets.0,
+            HashSet::from([101, 104, 105, 1011]),
+            "the orphaned shell matches no rule and descends from no target"
+        );
+        let resource = registry.resource(101);
+        assert_eq!(resource.service_name, "web", "from the app label");
+
+        pods.apply(pod_meta(uid_a, "shop", "db", &[(APP, "app")]))
+            .unwrap();
+        discovery.on_pods_changed();
+        assert_eq!(discovery.selected(), &HashSet::from([104]));
+        assert_eq!(
+            discovery.targets.0,
+            HashSet::from([104]),
+            "the pod's processes, their children and threads left the kernel set"
+        );
     }
 
     #[test]
@@ -318,9 +715,29 @@ mod tests {
             Selectors::new(&config).unwrap(),
             Procfs::default(),
             FakeTargets::default(),
-            registry,
+            registry.clone(),
         );
         by_port.rescan_ports();
         assert!(by_port.selected().contains(&me), "owner of port {port}");
+
+        // In a rule, port and executable must both hold.
+        for (exe, selected) in [(name.as_str(), true), ("no-such-program", false)] {
+            let config: SelectorConfig = serde_yaml_ng::from_str(&format!(
+                "include: [{{ports: [{port}], executables: ['{exe}']}}]"
+            ))
+            .unwrap();
+            let mut by_rule = Discovery::new(
+                Selectors::new(&config).unwrap(),
+                Procfs::default(),
+                FakeTargets::default(),
+                registry.clone(),
+            );
+            by_rule.scan_all();
+            assert_eq!(
+                by_rule.selected().contains(&me),
+                selected,
+                "port {port} and {exe}"
+            );
+        }
     }
 }

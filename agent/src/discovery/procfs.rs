@@ -59,10 +59,20 @@ impl Procfs {
     /// Process start time in clock ticks since boot (field 22 of `stat`):
     /// with the pid, identifies a process across pid reuse.
     pub fn start_time(&self, pid: u32) -> Option<u64> {
+        self.stat_field(pid, 22)
+    }
+
+    /// Parent process id (field 4 of `stat`).
+    pub fn ppid(&self, pid: u32) -> Option<u32> {
+        self.stat_field(pid, 4)
+    }
+
+    /// Field `n` (1-based, as in proc(5)) of `/proc/<pid>/stat`, `n` > 2.
+    fn stat_field<T: std::str::FromStr>(&self, pid: u32, n: usize) -> Option<T> {
         let stat = fs::read_to_string(self.pid_path(pid, "stat")).ok()?;
         // The command name (field 2) may contain spaces and parentheses.
         let after_comm = &stat[stat.rfind(')')? + 1..];
-        after_comm.split_whitespace().nth(19)?.parse().ok()
+        after_comm.split_whitespace().nth(n - 3)?.parse().ok()
     }
 
     /// One variable of the process's initial environment.
@@ -80,11 +90,27 @@ impl Procfs {
         fs::read_link(self.pid_path(pid, "ns/net")).ok()
     }
 
-    /// Socket inodes listening on any of `ports`, across every network
-    /// namespace the processes live in (containers have their own).
-    pub fn listening_inodes(&self, pids: &[u32], ports: &HashSet<u16>) -> HashSet<u64> {
+    /// The text of `/proc/<pid>/cgroup` (see [`super::cgroup`]).
+    pub fn cgroup(&self, pid: u32) -> Option<String> {
+        fs::read_to_string(self.pid_path(pid, "cgroup")).ok()
+    }
+
+    /// Thread ids of a process (its tasks, the main thread included).
+    pub fn tasks(&self, pid: u32) -> Vec<u32> {
+        let Ok(entries) = fs::read_dir(self.pid_path(pid, "task")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect()
+    }
+
+    /// Socket inodes listening on any of `ports`, with their port, across
+    /// every network namespace the processes live in (containers have
+    /// their own).
+    pub fn listening_inodes(&self, pids: &[u32], ports: &HashSet<u16>) -> HashMap<u64, u16> {
         let mut seen_namespaces = HashSet::new();
-        let mut inodes = HashSet::new();
+        let mut inodes = HashMap::new();
         for &pid in pids {
             if let Some(ns) = self.net_namespace(pid)
                 && !seen_namespaces.insert(ns)
@@ -93,16 +119,17 @@ impl Procfs {
             }
             for table in ["net/tcp", "net/tcp6"] {
                 if let Ok(text) = fs::read_to_string(self.pid_path(pid, table)) {
-                    inodes.extend(parse_listening(&text, ports).into_keys());
+                    inodes.extend(parse_listening(&text, ports));
                 }
             }
         }
         inodes
     }
 
-    /// Processes holding a file descriptor on one of `inodes`.
-    pub fn owners_of(&self, pids: &[u32], inodes: &HashSet<u64>) -> HashSet<u32> {
-        let mut owners = HashSet::new();
+    /// Processes holding a file descriptor on one of `inodes`, with the
+    /// inodes each holds.
+    pub fn owners_of(&self, pids: &[u32], inodes: &HashSet<u64>) -> HashMap<u32, HashSet<u64>> {
+        let mut owners = HashMap::new();
         if inodes.is_empty() {
             return owners;
         }
@@ -110,14 +137,12 @@ impl Procfs {
             let Ok(fds) = fs::read_dir(self.pid_path(pid, "fd")) else {
                 continue;
             };
-            let owns = fds.filter_map(|fd| fd.ok()).any(|fd| {
-                fs::read_link(fd.path())
-                    .ok()
-                    .and_then(|target| socket_inode(&target))
-                    .is_some_and(|inode| inodes.contains(&inode))
-            });
-            if owns {
-                owners.insert(pid);
+            let held: HashSet<u64> = fds
+                .filter_map(|fd| socket_inode(&fs::read_link(fd.ok()?.path()).ok()?))
+                .filter(|inode| inodes.contains(inode))
+                .collect();
+            if !held.is_empty() {
+                owners.insert(pid, held);
             }
         }
         owners
@@ -184,6 +209,11 @@ mod tests {
         assert!(procfs.pids().contains(&me));
         assert!(procfs.exe(me).is_some());
         assert!(procfs.start_time(me).is_some());
+        assert_eq!(
+            procfs.ppid(me),
+            Some(std::os::unix::process::parent_id()),
+            "field 4 of stat"
+        );
         assert!(procfs.comm(me).is_some());
         assert_eq!(procfs.env_var(me, "SONDE_SURELY_UNSET_VARIABLE"), None);
     }
@@ -196,6 +226,13 @@ mod tests {
         let me = std::process::id();
         let inodes = procfs.listening_inodes(&[me], &HashSet::from([port]));
         assert_eq!(inodes.len(), 1, "our listener on port {port}");
-        assert_eq!(procfs.owners_of(&[me], &inodes), HashSet::from([me]));
+        assert_eq!(inodes.values().next(), Some(&port));
+        let inodes: HashSet<u64> = inodes.into_keys().collect();
+        assert_eq!(
+            procfs.owners_of(&[me], &inodes),
+            HashMap::from([(me, inodes.clone())])
+        );
+        assert!(procfs.tasks(me).contains(&me));
+        assert!(procfs.cgroup(me).is_some_and(|text| text.contains(':')));
     }
 }

@@ -1,12 +1,20 @@
 //! One OpenTelemetry resource per instrumented process, built from /proc
-//! when the process is first seen and kept until it exits.
+//! when the process is first seen and kept until it exits. On Kubernetes
+//! the resource also carries the process's pod (`k8s.*`, and `service.name`
+//! from the pod's labels or workload): the cached resource is rebuilt when
+//! the pod store holds a newer version of the pod than the one it was
+//! built from, so metadata that arrives after the first span still lands.
 
 use std::{
     collections::HashMap,
     sync::{Arc, RwLock},
 };
 
-use super::procfs::Procfs;
+use super::{
+    cgroup::{self, ContainerRef},
+    k8s::{PodMatch, Pods},
+    procfs::Procfs,
+};
 use crate::spans::model::{AttributeValue, Resource};
 
 /// Name and version this agent reports as `telemetry.sdk.*` / `telemetry.distro.*`.
@@ -14,12 +22,33 @@ pub const AGENT_NAME: &str = "sonde";
 /// Agent version.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// What /proc told about a process, read once.
+#[derive(Debug)]
+struct ProcessInfo {
+    pid: u32,
+    start: u64,
+    exe_name: String,
+    exe_path: Option<String>,
+    /// The process's own `OTEL_SERVICE_NAME`.
+    env_service_name: Option<String>,
+    container: Option<ContainerRef>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    process: ProcessInfo,
+    /// The pod version `resource` was built from.
+    pod: Option<PodMatch>,
+    resource: Arc<Resource>,
+}
+
 /// Resources by pid, shared between discovery (writes) and span building (reads).
 #[derive(Clone, Debug)]
 pub struct ProcessRegistry {
     procfs: Procfs,
+    pods: Option<Pods>,
     host_name: String,
-    by_pid: Arc<RwLock<HashMap<u32, Arc<Resource>>>>,
+    by_pid: Arc<RwLock<HashMap<u32, Entry>>>,
 }
 
 impl ProcessRegistry {
@@ -27,21 +56,52 @@ impl ProcessRegistry {
     pub fn new(procfs: Procfs) -> Self {
         Self {
             procfs,
+            pods: None,
             host_name: host_name(),
             by_pid: Arc::default(),
         }
     }
 
+    /// Adds Kubernetes metadata from `pods` to the resources.
+    pub fn with_pods(mut self, pods: Pods) -> Self {
+        self.pods = Some(pods);
+        self
+    }
+
     /// The resource for `pid`, built from /proc on first use. A process that
     /// is already gone still gets a resource (with what is known: the pid).
     pub fn resource(&self, pid: u32) -> Arc<Resource> {
-        if let Some(resource) = self.by_pid.read().ok().and_then(|m| m.get(&pid).cloned()) {
-            return resource;
+        if let Some(map) = self.by_pid.read().ok()
+            && let Some(entry) = map.get(&pid)
+        {
+            let pod = self.pod_of(&entry.process);
+            let unchanged = match (&pod, &entry.pod) {
+                (Some(now), Some(then)) => now.same_as(then),
+                (None, None) => true,
+                _ => false,
+            };
+            if unchanged {
+                return Arc::clone(&entry.resource);
+            }
         }
-        let resource = Arc::new(self.describe(pid));
-        if let Ok(mut map) = self.by_pid.write() {
-            map.insert(pid, Arc::clone(&resource));
-        }
+        let Ok(mut map) = self.by_pid.write() else {
+            return Arc::new(self.describe(&self.read_process(pid), None));
+        };
+        // Keep what /proc said the first time: the process may be gone now.
+        let process = match map.remove(&pid) {
+            Some(entry) => entry.process,
+            None => self.read_process(pid),
+        };
+        let pod = self.pod_of(&process);
+        let resource = Arc::new(self.describe(&process, pod.as_ref()));
+        map.insert(
+            pid,
+            Entry {
+                process,
+                pod,
+                resource: Arc::clone(&resource),
+            },
+        );
         resource
     }
 
@@ -49,6 +109,13 @@ impl ProcessRegistry {
     pub fn forget(&self, pid: u32) {
         if let Ok(mut map) = self.by_pid.write() {
             map.remove(&pid);
+        }
+    }
+
+    /// Keeps only the processes for which `keep` holds.
+    pub fn retain(&self, mut keep: impl FnMut(u32) -> bool) {
+        if let Ok(mut map) = self.by_pid.write() {
+            map.retain(|&pid, _| keep(pid));
         }
     }
 
@@ -62,7 +129,11 @@ impl ProcessRegistry {
         self.len() == 0
     }
 
-    fn describe(&self, pid: u32) -> Resource {
+    fn pod_of(&self, process: &ProcessInfo) -> Option<PodMatch> {
+        self.pods.as_ref()?.find(process.container.as_ref()?)
+    }
+
+    fn read_process(&self, pid: u32) -> ProcessInfo {
         let exe = self.procfs.exe(pid);
         let exe_name = exe
             .as_ref()
@@ -70,13 +141,29 @@ impl ProcessRegistry {
             .map(|n| n.to_string_lossy().into_owned())
             .or_else(|| self.procfs.comm(pid))
             .unwrap_or_else(|| "unknown".to_owned());
-        // service.name: the process's own OTEL_SERVICE_NAME wins over the
-        // executable name, as an OpenTelemetry SDK in the process would do.
-        let service_name = self
-            .procfs
-            .env_var(pid, "OTEL_SERVICE_NAME")
-            .unwrap_or_else(|| exe_name.clone());
-        let start = self.procfs.start_time(pid).unwrap_or(0);
+        ProcessInfo {
+            pid,
+            start: self.procfs.start_time(pid).unwrap_or(0),
+            exe_name,
+            exe_path: exe.map(|path| path.to_string_lossy().into_owned()),
+            env_service_name: self.procfs.env_var(pid, "OTEL_SERVICE_NAME"),
+            container: self
+                .pods
+                .as_ref()
+                .and_then(|_| cgroup::container_of(&self.procfs.cgroup(pid)?)),
+        }
+    }
+
+    fn describe(&self, process: &ProcessInfo, pod: Option<&PodMatch>) -> Resource {
+        let ProcessInfo { pid, start, .. } = *process;
+        // service.name, in the conventions' order: the pod's labels or
+        // workload, the process's own OTEL_SERVICE_NAME (as an SDK in the
+        // process would do), the executable name.
+        let service_name = pod
+            .and_then(|found| found.pod.service_name())
+            .map(str::to_owned)
+            .or_else(|| process.env_service_name.clone())
+            .unwrap_or_else(|| process.exe_name.clone());
         let str_attr =
             |key: &str, value: &str| (key.to_owned(), AttributeValue::Str(value.to_owned()));
         let mut attributes = vec![
@@ -86,18 +173,34 @@ impl ProcessRegistry {
                 &format!("{}:{pid}:{start}", self.host_name),
             ),
             ("process.pid".to_owned(), AttributeValue::Int(pid.into())),
-            str_attr("process.executable.name", &exe_name),
+            str_attr("process.executable.name", &process.exe_name),
             str_attr("host.name", &self.host_name),
             str_attr("telemetry.sdk.name", AGENT_NAME),
             str_attr("telemetry.sdk.version", AGENT_VERSION),
             str_attr("telemetry.distro.name", AGENT_NAME),
             str_attr("telemetry.distro.version", AGENT_VERSION),
         ];
-        if let Some(path) = &exe {
-            attributes.push(str_attr("process.executable.path", &path.to_string_lossy()));
+        if let Some(path) = &process.exe_path {
+            attributes.push(str_attr("process.executable.path", path));
+        }
+        // The key groups spans by resource in an export batch: a new pod
+        // version is a new resource.
+        let mut key = format!("{pid}:{start}");
+        if let Some(found) = pod {
+            attributes.extend(
+                found
+                    .resource_attributes()
+                    .into_iter()
+                    .map(|(key, value)| (key, AttributeValue::Str(value))),
+            );
+            key = format!(
+                "{key}:{}:{}",
+                found.pod.resource_version,
+                found.container.as_deref().unwrap_or("")
+            );
         }
         Resource {
-            key: format!("{pid}:{start}"),
+            key,
             service_name,
             attributes,
         }
@@ -132,6 +235,81 @@ mod tests {
         assert_eq!(registry.len(), 1);
         registry.forget(me);
         assert!(registry.is_empty());
+    }
+
+    #[test]
+    fn pod_metadata_arriving_later_rebuilds_the_resource() {
+        use crate::discovery::k8s::{Owner, PodMeta};
+        const ID: &str = "8b1a9c4d2e3f40516273849a0b1c2d3e4f5061728394a5b6c7d8e9f0a1b2c3d4";
+        let root = std::env::temp_dir().join(format!("sonde-resources-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("7")).unwrap();
+        std::fs::write(
+            root.join("7/cgroup"),
+            format!("0::/kubepods/besteffort/pod0f8e1b2a-3c4d-4e5f-8a9b-0c1d2e3f4a5b/{ID}\n"),
+        )
+        .unwrap();
+        let pods = Pods::default();
+        let registry = ProcessRegistry::new(Procfs::at(&root)).with_pods(pods.clone());
+        let before = registry.resource(7);
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(before.service_name, "unknown");
+        assert!(!before.attributes.iter().any(|(k, _)| k.starts_with("k8s.")));
+
+        let mut meta = PodMeta {
+            uid: "0f8e1b2a-3c4d-4e5f-8a9b-0c1d2e3f4a5b".into(),
+            namespace: "shop".into(),
+            name: "checkout-7d4b9c8f5-x2x9z".into(),
+            resource_version: "41".into(),
+            node_name: "node-a".into(),
+            labels: [(
+                "app.kubernetes.io/name".to_owned(),
+                "checkout-svc".to_owned(),
+            )]
+            .into(),
+            annotations: Default::default(),
+            owners: vec![
+                Owner::new("ReplicaSet", "checkout-7d4b9c8f5"),
+                Owner::new("Deployment", "checkout"),
+            ],
+            containers: vec![(ID.to_owned(), "app".to_owned())],
+        };
+        pods.apply(meta.clone()).unwrap();
+        let after = registry.resource(7);
+        let attr = |r: &Resource, key: &str| {
+            r.attributes
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("{key} missing in {r:#?}"))
+        };
+        assert_eq!(after.service_name, "checkout-svc");
+        for (key, value) in [
+            ("k8s.namespace.name", "shop"),
+            ("service.namespace", "shop"),
+            ("k8s.pod.name", "checkout-7d4b9c8f5-x2x9z"),
+            ("k8s.pod.uid", "0f8e1b2a-3c4d-4e5f-8a9b-0c1d2e3f4a5b"),
+            ("k8s.container.name", "app"),
+            ("k8s.node.name", "node-a"),
+            ("k8s.replicaset.name", "checkout-7d4b9c8f5"),
+            ("k8s.deployment.name", "checkout"),
+        ] {
+            assert_eq!(
+                attr(&after, key),
+                AttributeValue::Str(value.into()),
+                "{key}"
+            );
+        }
+        assert_ne!(after.key, before.key, "a new pod version is a new resource");
+        assert!(
+            Arc::ptr_eq(&after, &registry.resource(7)),
+            "cached until the pod changes"
+        );
+
+        // Without name labels, the workload names the service.
+        meta.labels.clear();
+        meta.resource_version = "42".into();
+        pods.apply(meta).unwrap();
+        assert_eq!(registry.resource(7).service_name, "checkout");
     }
 
     #[test]

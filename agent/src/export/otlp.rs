@@ -13,11 +13,15 @@
 //!
 //! Start it with [`run_exporter`] on the receiving end of the
 //! `spans_to_exporter` channel; closing that channel flushes and stops it.
+//!
+//! The transports, retries and settings serve any signal: the metrics
+//! exporter (`crate::metrics::otlp`) sends through them too.
 
 mod batch;
 mod config;
 mod convert;
 mod events;
+mod retry;
 mod transport;
 
 use std::sync::Arc;
@@ -25,8 +29,13 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 pub use config::{
-    BatchConfig, Compression, ConfigError, OtlpConfig, OtlpOverrides, Protocol, RetryConfig,
+    BatchConfig, Compression, ConfigError, OtlpConfig, OtlpOverrides, Protocol, RetryConfig, Signal,
 };
+// For the metrics exporter, which shares the transports and retries.
+pub(crate) use convert::{key_value, proto_resource, scope};
+pub(crate) use events::ErrorChain;
+pub(crate) use retry::send_with_retry;
+pub(crate) use transport::{MetricsExport, ProtocolTransport, SendError};
 
 use crate::spans::model::Span;
 use crate::telemetry::Stats;
@@ -46,14 +55,6 @@ pub async fn run_exporter(rx: mpsc::Receiver<Span>, config: OtlpConfig, stats: A
         compression = ?config.compression,
         "exporting spans over OTLP"
     );
-    match config.protocol {
-        Protocol::Grpc => {
-            let transport = transport::GrpcTransport::new(&config);
-            batch::run_batcher(rx, transport, &config, &stats).await;
-        }
-        Protocol::HttpProtobuf => {
-            let transport = transport::HttpTransport::new(&config);
-            batch::run_batcher(rx, transport, &config, &stats).await;
-        }
-    }
+    let transport = transport::ProtocolTransport::<transport::TraceExport>::new(&config);
+    batch::run_batcher(rx, transport, &config, &stats).await;
 }

@@ -12,6 +12,7 @@ use agent_common::{
         MAX_CAPTURE_BYTES, ROLE_CLIENT, ROLE_SERVER, SOCKET_DATA_HEADER_LEN, SocketDataEvent,
     },
     socket_state::SocketCloseEvent,
+    trace_context::{CTX_FROM_HEADER, CTX_HAS_PARENT, CTX_INJECTED, CTX_VALID, TraceContext},
 };
 use bytes::Bytes;
 
@@ -33,6 +34,40 @@ pub enum Role {
     Client,
     /// The process accepted.
     Server,
+}
+
+/// Span identity the kernel gave a request (see `agent_common::trace_context`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelTrace {
+    /// Trace id.
+    pub trace_id: [u8; 16],
+    /// The request's span id.
+    pub span_id: [u8; 8],
+    /// Parent span id: the caller's (from `traceparent`) for a server
+    /// request, the serving thread's server span for a client request.
+    pub parent_span_id: Option<[u8; 8]>,
+    /// W3C trace flags.
+    pub trace_flags: u8,
+    /// The ids were injected into the request on the wire.
+    pub injected: bool,
+    /// The trace id and parent came from the request's own `traceparent`.
+    pub from_header: bool,
+}
+
+impl KernelTrace {
+    fn from_raw(raw: &TraceContext) -> Option<Self> {
+        if raw.flags & CTX_VALID == 0 {
+            return None;
+        }
+        Some(Self {
+            trace_id: raw.trace_id,
+            span_id: raw.span_id,
+            parent_span_id: (raw.flags & CTX_HAS_PARENT != 0).then_some(raw.parent_span_id),
+            trace_flags: raw.trace_flags as u8,
+            injected: raw.flags & CTX_INJECTED != 0,
+            from_header: raw.flags & CTX_FROM_HEADER != 0,
+        })
+    }
 }
 
 /// Bytes moved over one TCP socket by one syscall.
@@ -60,6 +95,8 @@ pub struct SocketData {
     pub total_len: u32,
     /// A prefix of those bytes (possibly empty, at most `total_len`).
     pub payload: Bytes,
+    /// Set when this call starts an HTTP/1 request.
+    pub trace: Option<KernelTrace>,
 }
 
 impl SocketData {
@@ -223,6 +260,7 @@ fn decode_data(record: &[u8]) -> Result<SocketData, DecodeError> {
         fd: (event.fd != u32::MAX).then_some(event.fd),
         total_len: event.total_len,
         payload: Bytes::copy_from_slice(&record[SOCKET_DATA_HEADER_LEN..payload_end]),
+        trace: KernelTrace::from_raw(&event.trace),
     })
 }
 

@@ -8,6 +8,7 @@
 
 pub mod btf;
 pub mod decode;
+pub mod inject;
 mod reader;
 mod targets;
 
@@ -61,6 +62,20 @@ pub enum ProbeError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    /// No cgroup v2 hierarchy is mounted (needed for injection).
+    #[error(
+        "no cgroup v2 mount found in /proc/self/mountinfo: traceparent injection needs one (or disable injection)"
+    )]
+    NoCgroup2,
+    /// The cgroup for injection could not be opened.
+    #[error("opening cgroup {path}")]
+    Cgroup {
+        /// Directory.
+        path: std::path::PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
     /// A map the programs define is missing or of the wrong type.
     #[error("kernel object has no usable map {0}")]
     Map(&'static str),
@@ -73,6 +88,10 @@ pub struct ProbeConfig {
     pub capture_bytes: u32,
     /// Size of the data ring buffer in bytes (a power of two, >= page size).
     pub data_ring_bytes: u32,
+    /// Insert `traceparent` into outgoing HTTP/1 requests.
+    pub inject_traceparent: bool,
+    /// cgroup v2 directory whose processes get injection (default: the root).
+    pub inject_cgroup: Option<std::path::PathBuf>,
 }
 
 /// Loaded and attached probes, in the parts the pipeline hands to its
@@ -92,11 +111,13 @@ pub struct Probes {
 pub struct ProbeHandle {
     _ebpf: Ebpf,
     drops: PerCpuArray<MapData, u64>,
+    inject_stats: PerCpuArray<MapData, u64>,
 }
 
 impl ProbeHandle {
-    /// Copies the kernel's loss counters (summed over CPUs) into `stats`.
-    pub fn publish_kernel_drops(&self, stats: &Stats) {
+    /// Copies the kernel's counters (summed over CPUs) into `stats`.
+    pub fn publish_kernel_counters(&self, stats: &Stats) {
+        inject::publish_stats(&self.inject_stats, stats);
         let read = |index: u32| -> u64 {
             self.drops
                 .get(&index, 0)
@@ -126,6 +147,9 @@ enum Hook {
 
 const HOOKS: &[(&str, Hook)] = &[
     ("sock_send_length", Hook::Btf("sock_send_length")),
+    // Before `sock_recv_length`: programs on one tracepoint run in attach
+    // order, and the capture program reports the context this one makes.
+    ("server_request_context", Hook::Btf("sock_recv_length")),
     ("sock_recv_length", Hook::Btf("sock_recv_length")),
     ("inet_sock_set_state", Hook::Btf("inet_sock_set_state")),
     (
@@ -174,6 +198,11 @@ impl Probes {
         for (program, hook) in HOOKS {
             attach(&mut ebpf, program, hook, &btf)?;
         }
+        if config.inject_traceparent {
+            inject::attach(&mut ebpf, config.inject_cgroup.clone())?;
+        }
+        let inject_stats = PerCpuArray::try_from(take(&mut ebpf, "INJECT_STATS")?)
+            .map_err(|_| ProbeError::Map("INJECT_STATS"))?;
         let targets =
             TargetMap::new(take(&mut ebpf, "TARGETS")?).map_err(|_| ProbeError::Map("TARGETS"))?;
         let data_ring = RingBuf::try_from(take(&mut ebpf, "DATA_EVENTS")?)
@@ -187,7 +216,11 @@ impl Probes {
             "kernel programs attached"
         );
         Ok(Self {
-            handle: ProbeHandle { _ebpf: ebpf, drops },
+            handle: ProbeHandle {
+                _ebpf: ebpf,
+                drops,
+                inject_stats,
+            },
             targets,
             data_ring,
             control_ring,
@@ -289,6 +322,8 @@ fn kernel_config(config: &ProbeConfig) -> Result<KernelConfig, ProbeError> {
         off_fork_child_pid: field_offset(&format, "child_pid").ok_or_else(|| {
             ProbeError::Btf("sched_process_fork format has no child_pid field".into())
         })?,
+        inject_traceparent: u32::from(config.inject_traceparent),
+        reserved: 0,
     })
 }
 

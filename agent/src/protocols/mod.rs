@@ -3,4 +3,7 @@
 //! [`crate::conn`] owns the state and asks these modules what the bytes it
 //! saw mean.
 
+pub mod grpc;
+pub mod hpack;
 pub mod http1;
+pub mod http2;

@@ -1,5 +1,7 @@
 //! HTTP spans from exchanges, per the OpenTelemetry HTTP semantic
 //! conventions (stable, v1.26+): names, attributes and status rules.
+//! Server spans carry `http.route` from the route patterns or heuristic
+//! (`metrics::route`) and are named `{method} {route}`.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -8,6 +10,8 @@ use super::{
     trace_context::{new_span_id, new_trace_id, parse_traceparent},
 };
 use crate::conn::exchange::{HttpExchange, Outcome, Side};
+use crate::metrics::route::Routes;
+use crate::protocols::http2;
 
 /// Methods the conventions know; anything else is reported as `_OTHER`.
 const KNOWN_METHODS: &[&str] = &[
@@ -19,20 +23,40 @@ const KNOWN_METHODS: &[&str] = &[
 pub struct HttpSpanOptions {
     /// Record `url.query` (off by default: queries often carry secrets).
     pub capture_query: bool,
+    /// Route patterns, heuristic and ignored paths.
+    pub routes: Arc<Routes>,
+    /// Which gRPC attribute names to emit.
+    pub rpc_conventions: super::grpc::RpcConventions,
 }
 
-/// Builds the span for one exchange. `start_unix_ns`/`end_unix_ns` are the
-/// exchange's kernel times already converted to Unix time.
+/// Builds the span for one exchange, `None` if its path is ignored.
+/// `start_unix_ns`/`end_unix_ns` are the exchange's kernel times already
+/// converted to Unix time.
 pub fn build_span(
     exchange: &HttpExchange,
     resource: Arc<Resource>,
     start_unix_ns: u64,
     end_unix_ns: u64,
     options: &HttpSpanOptions,
-) -> Span {
+) -> Option<Span> {
+    if let Some(rpc) = &exchange.rpc {
+        return Some(super::grpc::build_span(
+            exchange,
+            rpc,
+            resource,
+            start_unix_ns,
+            end_unix_ns,
+            options.rpc_conventions,
+        ));
+    }
     let request = &exchange.request;
     let (method, original_method) = normalize_method(&request.method);
     let (path, query) = split_target(&request.target);
+    // An HTTP/2 `:path` that could not be decoded: no path is made up.
+    let path_known = !request.target.is_empty();
+    if path_known && options.routes.is_ignored(path) {
+        return None;
+    }
     let kind = match exchange.conn.side {
         Side::Server => SpanKind::Server,
         Side::Client => SpanKind::Client,
@@ -49,9 +73,17 @@ pub fn build_span(
         },
     );
     let peer = exchange.conn.remote;
+    // The conventions give clients no route (a client cannot know the
+    // server's routing).
+    let route = (kind == SpanKind::Server && path_known).then(|| options.routes.route(path));
     match kind {
         SpanKind::Server => {
-            attributes.push(Attribute::new("url.path", path));
+            if path_known {
+                attributes.push(Attribute::new("url.path", path));
+            }
+            if let Some(route) = &route {
+                attributes.push(Attribute::new("http.route", route.as_ref()));
+            }
             if options.capture_query
                 && let Some(query) = query
             {
@@ -60,7 +92,7 @@ pub fn build_span(
             attributes.push(Attribute::new("url.scheme", "http"));
             attributes.push(Attribute::new("client.address", peer.ip().to_string()));
         }
-        SpanKind::Client => {
+        SpanKind::Client if path_known => {
             let shown_port = if port == 80 {
                 String::new()
             } else {
@@ -75,6 +107,7 @@ pub fn build_span(
                 format!("http://{host}{shown_port}{path}{shown_query}"),
             ));
         }
+        SpanKind::Client => {}
     }
     attributes.push(Attribute::new("server.address", host));
     attributes.push(Attribute::new("server.port", i64::from(port)));
@@ -106,40 +139,103 @@ pub fn build_span(
                 SpanStatus::Unset
             }
         }
-        Outcome::ConnectionClosed => {
-            attributes.push(Attribute::new("error.type", "connection_closed"));
-            SpanStatus::Error("connection closed before a response".into())
-        }
-        Outcome::Abandoned => {
-            attributes.push(Attribute::new("error.type", "no_response"));
-            SpanStatus::Error("no response seen".into())
+        Outcome::ConnectionClosed | Outcome::Abandoned | Outcome::Reset { .. } => {
+            let (error_type, message) = unanswered(&exchange.outcome);
+            attributes.push(Attribute::new("error.type", error_type));
+            SpanStatus::Error(message.into())
         }
     };
 
-    // An incoming request that carries a valid traceparent joins its trace.
-    let parent = match kind {
-        SpanKind::Server => request.traceparent.as_deref().and_then(parse_traceparent),
-        SpanKind::Client => None,
+    let identity = identity(exchange);
+    let name_method = if method == "_OTHER" { "HTTP" } else { method };
+    let name = match &route {
+        Some(route) => format!("{name_method} {route}"),
+        None => name_method.to_owned(),
     };
-    let name = if method == "_OTHER" {
-        "HTTP".to_owned()
-    } else {
-        method.to_owned()
-    };
-    Span {
+    Some(Span {
         resource,
-        trace_id: parent.map_or_else(new_trace_id, |p| p.trace_id),
-        span_id: new_span_id(),
-        parent_span_id: parent.map(|p| p.span_id),
-        trace_flags: parent.map_or(1, |p| p.flags),
-        trace_state: parent.and(request.tracestate.clone()),
+        trace_id: identity.trace_id,
+        span_id: identity.span_id,
+        parent_span_id: identity.parent_span_id,
+        trace_flags: identity.trace_flags,
+        trace_state: identity
+            .joined_header
+            .then(|| request.tracestate.clone())
+            .flatten(),
         kind,
         name,
         start_unix_ns,
         end_unix_ns: end_unix_ns.max(start_unix_ns),
         attributes,
         status,
+    })
+}
+
+/// `error.type` and status message of an exchange without a final
+/// response.
+pub(super) fn unanswered(outcome: &Outcome) -> (&'static str, &'static str) {
+    match outcome {
+        Outcome::Response { .. } | Outcome::Abandoned => ("no_response", "no response seen"),
+        Outcome::ConnectionClosed => ("connection_closed", "connection closed before a response"),
+        Outcome::Reset { code } => (
+            code.and_then(http2::error_code_name)
+                .unwrap_or("stream_reset"),
+            "stream reset before a response",
+        ),
     }
+}
+
+/// Where a span sits in its trace.
+pub(super) struct Identity {
+    pub(super) trace_id: [u8; 16],
+    pub(super) span_id: [u8; 8],
+    pub(super) parent_span_id: Option<[u8; 8]>,
+    pub(super) trace_flags: u8,
+    /// The trace came from the request's own `traceparent` (so its
+    /// `tracestate` belongs to it too).
+    pub(super) joined_header: bool,
+}
+
+/// The kernel's ids when it assigned them (they may be on the wire already),
+/// overridden by the request's own `traceparent` on a client request the
+/// application itself propagated; otherwise the header, or a new trace.
+pub(super) fn identity(exchange: &HttpExchange) -> Identity {
+    let header = exchange
+        .request
+        .traceparent
+        .as_deref()
+        .and_then(parse_traceparent);
+    let from_header = |span_id| {
+        header.map(|parent| Identity {
+            trace_id: parent.trace_id,
+            span_id,
+            parent_span_id: Some(parent.span_id),
+            trace_flags: parent.flags,
+            joined_header: true,
+        })
+    };
+    match exchange.trace {
+        Some(kernel)
+            if exchange.conn.side == Side::Client && !kernel.injected && header.is_some() =>
+        {
+            from_header(kernel.span_id)
+        }
+        Some(kernel) => Some(Identity {
+            trace_id: kernel.trace_id,
+            span_id: kernel.span_id,
+            parent_span_id: kernel.parent_span_id,
+            trace_flags: kernel.trace_flags,
+            joined_header: kernel.from_header,
+        }),
+        None => from_header(new_span_id()),
+    }
+    .unwrap_or_else(|| Identity {
+        trace_id: new_trace_id(),
+        span_id: new_span_id(),
+        parent_span_id: None,
+        trace_flags: 1,
+        joined_header: false,
+    })
 }
 
 /// `(method attribute, original method if it was not a known one)`.
@@ -168,7 +264,7 @@ fn split_target(target: &str) -> (&str, Option<&str>) {
 
 /// Server name and port: from the Host header when present (what the client
 /// asked for), else the socket address.
-fn authority(host_header: Option<&str>, socket: SocketAddr) -> (String, u16) {
+pub(super) fn authority(host_header: Option<&str>, socket: SocketAddr) -> (String, u16) {
     let Some(host) = host_header.map(str::trim).filter(|h| !h.is_empty()) else {
         return (socket.ip().to_string(), socket.port());
     };
@@ -221,6 +317,8 @@ mod tests {
             end_ns: 0,
             request_tid: 10,
             response_tid: Some(10),
+            trace: None,
+            rpc: None,
         }
     }
 
@@ -247,9 +345,11 @@ mod tests {
             "/users/1?token=secret",
             Outcome::Response { status: 200 },
         );
-        let span = build_span(&ex, resource(), 100, 50, &HttpSpanOptions::default());
+        let span =
+            build_span(&ex, resource(), 100, 50, &HttpSpanOptions::default()).expect("not ignored");
         assert_eq!(span.kind, SpanKind::Server);
-        assert_eq!(span.name, "GET");
+        assert_eq!(span.name, "GET /users/{id}");
+        assert_eq!(str_attr(&span, "http.route"), Some("/users/{id}"));
         assert_eq!(str_attr(&span, "url.path"), Some("/users/1"));
         assert_eq!(span.attribute("url.query"), None, "query is opt-in");
         assert_eq!(str_attr(&span, "server.address"), Some("api.local"));
@@ -278,7 +378,8 @@ mod tests {
                 0,
                 1,
                 &HttpSpanOptions::default(),
-            );
+            )
+            .expect("not ignored");
             assert_eq!(
                 matches!(span.status, SpanStatus::Error(_)),
                 error,
@@ -296,7 +397,8 @@ mod tests {
             0,
             1,
             &HttpSpanOptions::default(),
-        );
+        )
+        .expect("not ignored");
         assert_eq!(str_attr(&closed, "error.type"), Some("connection_closed"));
         assert!(closed.attribute("http.response.status_code").is_none());
     }
@@ -309,8 +411,11 @@ mod tests {
             "/orders?card=1",
             Outcome::Response { status: 201 },
         );
-        let span = build_span(&ex, resource(), 0, 1, &HttpSpanOptions::default());
+        let span =
+            build_span(&ex, resource(), 0, 1, &HttpSpanOptions::default()).expect("not ignored");
         assert_eq!(span.kind, SpanKind::Client);
+        assert_eq!(span.name, "POST", "clients do not know the route");
+        assert_eq!(span.attribute("http.route"), None);
         assert_eq!(
             str_attr(&span, "url.full"),
             Some("http://api.local:8080/orders")
@@ -323,12 +428,37 @@ mod tests {
             1,
             &HttpSpanOptions {
                 capture_query: true,
+                ..HttpSpanOptions::default()
             },
-        );
+        )
+        .expect("not ignored");
         assert_eq!(
             str_attr(&with_query, "url.full"),
             Some("http://api.local:8080/orders?card=1")
         );
+    }
+
+    #[test]
+    fn routes_name_server_spans_and_ignored_paths_give_none() {
+        let options = HttpSpanOptions {
+            routes: Arc::new(
+                Routes::new(&["/files/{name}".into()], &["/health*".into()])
+                    .unwrap_or_else(|error| panic!("{error}")),
+            ),
+            ..HttpSpanOptions::default()
+        };
+        let build = |side, target: &str| {
+            let ex = exchange(side, "GET", target, Outcome::Response { status: 200 });
+            build_span(&ex, resource(), 0, 1, &options)
+        };
+        let span = build(Side::Server, "/files/report.pdf?x=1").expect("not ignored");
+        assert_eq!(span.name, "GET /files/{name}", "the user's pattern wins");
+        assert_eq!(str_attr(&span, "http.route"), Some("/files/{name}"));
+        let span = build(Side::Server, "/orders/550e8400-e29b-41d4-a716-446655440000")
+            .expect("not ignored");
+        assert_eq!(span.name, "GET /orders/{id}");
+        assert!(build(Side::Server, "/healthz").is_none());
+        assert!(build(Side::Client, "/health").is_none());
     }
 
     #[test]
@@ -344,8 +474,9 @@ mod tests {
             0,
             1,
             &HttpSpanOptions::default(),
-        );
-        assert_eq!(span.name, "HTTP");
+        )
+        .expect("not ignored");
+        assert_eq!(span.name, "HTTP /");
         assert_eq!(str_attr(&span, "http.request.method"), Some("_OTHER"));
         assert_eq!(
             str_attr(&span, "http.request.method_original"),
@@ -359,7 +490,8 @@ mod tests {
         ex.request.traceparent =
             Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
         ex.request.tracestate = Some("vendor=x".into());
-        let span = build_span(&ex, resource(), 0, 1, &HttpSpanOptions::default());
+        let span =
+            build_span(&ex, resource(), 0, 1, &HttpSpanOptions::default()).expect("not ignored");
         assert_eq!(span.trace_id[0], 0x4b);
         assert_eq!(
             span.parent_span_id,

@@ -59,7 +59,7 @@ pub(super) fn flatten(request: &ExportTraceServiceRequest) -> Vec<ReceivedSpan> 
     flat
 }
 
-fn attributes(key_values: &[KeyValue]) -> BTreeMap<String, Value> {
+pub(super) fn attributes(key_values: &[KeyValue]) -> BTreeMap<String, Value> {
     key_values
         .iter()
         .map(|key_value| (key_value.key.clone(), json(key_value.value.as_ref())))

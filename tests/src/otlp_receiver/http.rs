@@ -1,5 +1,6 @@
-//! The OTLP/HTTP side: `POST /v1/traces` with a binary protobuf body,
-//! optionally gzip-compressed, answered like a collector would.
+//! The OTLP/HTTP side: `POST /v1/traces` and `/v1/metrics` with a binary
+//! protobuf body, optionally gzip-compressed, answered like a collector
+//! would.
 
 use std::convert::Infallible;
 use std::io::Read as _;
@@ -14,6 +15,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -64,9 +66,11 @@ async fn handle(
 }
 
 async fn receive(shared: &Shared, request: Request<Incoming>) -> Result<(), (StatusCode, String)> {
-    if request.uri().path() != "/v1/traces" {
-        return Err((StatusCode::NOT_FOUND, format!("no route {}", request.uri())));
-    }
+    let is_metrics = match request.uri().path() {
+        "/v1/traces" => false,
+        "/v1/metrics" => true,
+        _ => return Err((StatusCode::NOT_FOUND, format!("no route {}", request.uri()))),
+    };
     if request.method() != Method::POST {
         return Err((StatusCode::METHOD_NOT_ALLOWED, request.method().to_string()));
     }
@@ -111,6 +115,12 @@ async fn receive(shared: &Shared, request: Request<Incoming>) -> Result<(), (Sta
     } else {
         body
     };
+    if is_metrics {
+        let export = ExportMetricsServiceRequest::decode(body)
+            .map_err(|error| bad_request("decoding ExportMetricsServiceRequest", &error))?;
+        shared.receive_metrics(&export);
+        return Ok(());
+    }
     let export = ExportTraceServiceRequest::decode(body)
         .map_err(|error| bad_request("decoding ExportTraceServiceRequest", &error))?;
     shared

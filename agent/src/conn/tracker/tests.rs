@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use super::*;
 use crate::conn::exchange::HttpVersion;
+use crate::probes::decode::KernelTrace;
 
 const PID: u32 = 42;
 
@@ -19,6 +20,8 @@ struct Wire {
     role: Role,
     pid: u32,
     events: u64,
+    /// Kernel trace context for the next event.
+    next_trace: Option<KernelTrace>,
 }
 
 impl Wire {
@@ -35,6 +38,7 @@ impl Wire {
             role,
             pid: PID,
             events: 0,
+            next_trace: None,
         }
     }
 
@@ -43,6 +47,7 @@ impl Wire {
         Stamp {
             ns: self.events * 1000,
             tid: u32::try_from(self.events).expect("few events"),
+            trace: None,
         }
     }
 
@@ -68,6 +73,7 @@ impl Wire {
             fd: Some(3),
             total_len: u32::try_from(total_len).expect("small"),
             payload: Bytes::copy_from_slice(payload),
+            trace: self.next_trace.take(),
         })
     }
 
@@ -803,4 +809,31 @@ fn blank_lines_between_requests_are_skipped() {
     wire.recv(b"\r\nGET /next HTTP/1.1\r\n\r\n");
     assert_eq!(only(wire.send(OK_2)).request.target, "/next");
     assert_eq!(wire.count(Counter::ParseFailedHttp1), 0);
+}
+
+#[test]
+fn pipelined_requests_share_no_kernel_trace_context() {
+    let mut wire = Wire::new(Role::Server);
+    let kernel = KernelTrace {
+        trace_id: [7; 16],
+        span_id: [8; 8],
+        parent_span_id: None,
+        trace_flags: 1,
+        injected: false,
+        from_header: false,
+    };
+    wire.next_trace = Some(kernel);
+    wire.recv(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut done = wire.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    done.extend(wire.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+    assert_eq!(done.len(), 2);
+    assert_eq!(
+        done[0].trace,
+        Some(kernel),
+        "the read's context is the first request's"
+    );
+    assert_eq!(
+        done[1].trace, None,
+        "the second request gets ids of its own"
+    );
 }

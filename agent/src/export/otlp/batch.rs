@@ -11,16 +11,14 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::config::OtlpConfig;
 use super::convert::to_request;
-use super::events::{AttemptFailed, BatchExported, BatchLost, QueueFull, ShutdownTimedOut};
-use super::transport::{SendError, Transport};
+use super::events::{BatchExported, BatchLost, QueueFull, ShutdownTimedOut};
+use super::retry::send_with_retry;
+use super::transport::Transport;
 use crate::spans::model::Span;
 use crate::telemetry::Stats;
 
@@ -210,58 +208,19 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Attempts until success, a permanent error, or the retry budget would be
-/// exceeded by the next wait.
-async fn send_with_retry<T: Transport>(
-    transport: &T,
-    request: &ExportTraceServiceRequest,
-    config: &OtlpConfig,
-    stats: &Stats,
-) -> Result<ExportTraceServiceResponse, SendError> {
-    let started = Instant::now();
-    let mut backoff = config.retry.initial_backoff;
-    loop {
-        let error = match tokio::time::timeout(config.timeout, transport.export(request)).await {
-            Ok(Ok(response)) => return Ok(response),
-            Ok(Err(error)) => error,
-            Err(_elapsed) => SendError::Timeout {
-                timeout: config.timeout,
-            },
-        };
-        let retry_in = error
-            .is_retryable()
-            .then(|| error.retry_after().unwrap_or_else(|| jittered(backoff)))
-            .filter(|delay| started.elapsed() + *delay <= config.retry.max_elapsed);
-        AttemptFailed {
-            endpoint: &config.endpoint,
-            error: &error,
-            retry_in,
-        }
-        .emit(stats);
-        let Some(delay) = retry_in else {
-            return Err(error);
-        };
-        tokio::time::sleep(delay).await;
-        backoff = backoff.saturating_mul(2).min(config.retry.max_backoff);
-    }
-}
-
-/// Between half and all of `backoff`, so that agents that lost the same
-/// collector do not all come back at the same instant.
-fn jittered(backoff: Duration) -> Duration {
-    backoff.mul_f64(rand::random_range(0.5..=1.0))
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use hyper::StatusCode;
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
     use tokio::sync::Semaphore;
     use tokio::task::JoinHandle;
 
+    use super::super::transport::SendError;
     use super::*;
     use crate::export::otlp::OtlpOverrides;
     use crate::export::test_support::{resource, span};

@@ -1,7 +1,7 @@
 //! Exporter settings from the standard environment variables
-//! (`OTEL_EXPORTER_OTLP_*`, with the `_TRACES_` variants taking precedence,
-//! and the batch span processor's `OTEL_BSP_*`), with the agent's own
-//! configuration on top. Parsing is a pure function over a key -> value
+//! (`OTEL_EXPORTER_OTLP_*`, with the signal's `_TRACES_` or `_METRICS_`
+//! variants taking precedence, and the batch span processor's
+//! `OTEL_BSP_*`), with the agent's own configuration on top. Parsing is a pure function over a key -> value
 //! lookup, so it is tested without touching the process environment.
 //!
 //! Everything is validated here, once: building the transports from an
@@ -93,6 +93,25 @@ pub enum ConfigError {
     },
 }
 
+/// What is exported: picks the signal-specific variables and URL path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// Spans (`OTEL_EXPORTER_OTLP_TRACES_*`, `/v1/traces`).
+    Traces,
+    /// Metrics (`OTEL_EXPORTER_OTLP_METRICS_*`, `/v1/metrics`).
+    Metrics,
+}
+
+impl Signal {
+    /// The OTLP/HTTP path appended to a base endpoint.
+    fn http_path(self) -> &'static str {
+        match self {
+            Self::Traces => "v1/traces",
+            Self::Metrics => "v1/metrics",
+        }
+    }
+}
+
 /// OTLP transport protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
@@ -151,8 +170,8 @@ impl Default for RetryConfig {
 /// Everything the OTLP exporter needs, validated.
 #[derive(Clone, Debug)]
 pub struct OtlpConfig {
-    /// For gRPC, the collector's URL; for HTTP, the full traces URL
-    /// (`.../v1/traces`).
+    /// For gRPC, the collector's URL; for HTTP, the full signal URL
+    /// (`.../v1/traces`, `.../v1/metrics`).
     pub endpoint: Uri,
     /// gRPC or HTTP/protobuf.
     pub protocol: Protocol,
@@ -163,7 +182,7 @@ pub struct OtlpConfig {
     pub timeout: Duration,
     /// Body compression.
     pub compression: Compression,
-    /// Batching.
+    /// Batching (spans only).
     pub batch: BatchConfig,
     /// Retries.
     pub retry: RetryConfig,
@@ -177,37 +196,52 @@ pub struct OtlpConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OtlpOverrides {
     /// Base endpoint, with the meaning of `OTEL_EXPORTER_OTLP_ENDPOINT`
-    /// (`/v1/traces` is appended for HTTP). Wins over both endpoint
-    /// variables.
+    /// (the signal's path, e.g. `/v1/traces`, is appended for HTTP). Wins
+    /// over both endpoint variables.
     pub endpoint: Option<String>,
     /// `grpc` or `http/protobuf`.
     pub protocol: Option<String>,
 }
 
-/// A variable with a traces-specific form that wins over the generic one.
+/// A variable with signal-specific forms that win over the generic one.
 struct SignalVar {
     traces: &'static str,
+    metrics: &'static str,
     generic: &'static str,
+}
+
+impl SignalVar {
+    fn specific(&self, signal: Signal) -> &'static str {
+        match signal {
+            Signal::Traces => self.traces,
+            Signal::Metrics => self.metrics,
+        }
+    }
 }
 
 const ENDPOINT: SignalVar = SignalVar {
     traces: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    metrics: "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
     generic: "OTEL_EXPORTER_OTLP_ENDPOINT",
 };
 const PROTOCOL: SignalVar = SignalVar {
     traces: "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    metrics: "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
     generic: "OTEL_EXPORTER_OTLP_PROTOCOL",
 };
 const HEADERS: SignalVar = SignalVar {
     traces: "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    metrics: "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
     generic: "OTEL_EXPORTER_OTLP_HEADERS",
 };
 const TIMEOUT: SignalVar = SignalVar {
     traces: "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    metrics: "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
     generic: "OTEL_EXPORTER_OTLP_TIMEOUT",
 };
 const COMPRESSION: SignalVar = SignalVar {
     traces: "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+    metrics: "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
     generic: "OTEL_EXPORTER_OTLP_COMPRESSION",
 };
 const BSP_MAX_EXPORT_BATCH_SIZE: &str = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE";
@@ -220,7 +254,6 @@ const OVERRIDE_PROTOCOL: &str = "export.otlp_protocol";
 // Defaults from the OTLP exporter and batch span processor specifications.
 const DEFAULT_GRPC_ENDPOINT: &str = "http://localhost:4317";
 const DEFAULT_HTTP_ENDPOINT: &str = "http://localhost:4318";
-const HTTP_TRACES_PATH: &str = "v1/traces";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_BATCH: BatchConfig = BatchConfig {
     max_batch_size: 512,
@@ -235,46 +268,72 @@ struct Setting {
     value: String,
 }
 
-/// The lookup, with the specification's rule that an empty value is unset.
-struct Env<F>(F);
+/// The lookup, with the specification's rule that an empty value is unset,
+/// for one signal.
+struct Env<F> {
+    lookup: F,
+    signal: Signal,
+}
 
 impl<F: Fn(&str) -> Option<String>> Env<F> {
     fn get(&self, name: &'static str) -> Option<Setting> {
-        let value = (self.0)(name)?.trim().to_owned();
+        let value = (self.lookup)(name)?.trim().to_owned();
         (!value.is_empty()).then_some(Setting { name, value })
     }
 
     fn signal(&self, var: &SignalVar) -> Option<Setting> {
-        self.get(var.traces).or_else(|| self.get(var.generic))
+        self.get(var.specific(self.signal))
+            .or_else(|| self.get(var.generic))
     }
 }
 
 impl OtlpConfig {
-    /// Reads the process environment.
+    /// Reads the process environment for spans.
     pub fn from_env(overrides: &OtlpOverrides) -> Result<Self, ConfigError> {
         Self::from_lookup(overrides, |key| std::env::var(key).ok())
     }
 
-    /// Whether an endpoint is set at all (override or either endpoint
-    /// variable). The agent exports only then: the default endpoint is for
-    /// SDKs next to a collector, and an agent started to look at the
-    /// terminal should not retry against a collector nobody runs.
+    /// Whether a traces endpoint is set; see [`Self::endpoint_is_set_for`].
     pub fn endpoint_is_set(
         overrides: &OtlpOverrides,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> bool {
+        Self::endpoint_is_set_for(Signal::Traces, overrides, lookup)
+    }
+
+    /// Whether an endpoint is set at all for `signal` (override, or the
+    /// signal's or the generic endpoint variable). The agent exports only
+    /// then: the default endpoint is for SDKs next to a collector, and an
+    /// agent started to look at the terminal should not retry against a
+    /// collector nobody runs.
+    pub fn endpoint_is_set_for(
+        signal: Signal,
+        overrides: &OtlpOverrides,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> bool {
         override_or(&overrides.endpoint, OVERRIDE_ENDPOINT, || {
-            Env(lookup).signal(&ENDPOINT)
+            Env { lookup, signal }.signal(&ENDPOINT)
         })
         .is_some()
     }
 
-    /// Reads the variables through `lookup` (`None` or empty: unset).
+    /// Reads the span export variables through `lookup` (`None` or empty:
+    /// unset).
     pub fn from_lookup(
         overrides: &OtlpOverrides,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let env = Env(lookup);
+        Self::from_lookup_for(Signal::Traces, overrides, lookup)
+    }
+
+    /// Reads the variables of `signal` through `lookup` (`None` or empty:
+    /// unset).
+    pub fn from_lookup_for(
+        signal: Signal,
+        overrides: &OtlpOverrides,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let env = Env { lookup, signal };
         let protocol = override_or(&overrides.protocol, OVERRIDE_PROTOCOL, || {
             env.signal(&PROTOCOL)
         })
@@ -343,9 +402,9 @@ fn override_or(
     }
 }
 
-/// The traces endpoint is used as-is; a base endpoint (generic variable,
-/// override or default) gets the signal path appended for HTTP only, as the
-/// specification says.
+/// The signal's own endpoint variable is used as-is; a base endpoint
+/// (generic variable, override or default) gets the signal path appended
+/// for HTTP only, as the specification says.
 fn resolve_endpoint<F: Fn(&str) -> Option<String>>(
     overrides: &OtlpOverrides,
     env: &Env<F>,
@@ -372,7 +431,11 @@ fn resolve_endpoint<F: Fn(&str) -> Option<String>>(
         },
     };
     let url = if is_base && protocol == Protocol::HttpProtobuf {
-        format!("{}/{HTTP_TRACES_PATH}", setting.value.trim_end_matches('/'))
+        format!(
+            "{}/{}",
+            setting.value.trim_end_matches('/'),
+            env.signal.http_path()
+        )
     } else {
         setting.value.clone()
     };
@@ -608,6 +671,49 @@ mod tests {
             protocol: None,
         };
         assert!(set(&endpoint, &[]));
+    }
+
+    #[test]
+    fn metrics_use_their_own_variables_and_path() {
+        let vars: HashMap<&str, &str> = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "generic=1"),
+            ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "metrics=2"),
+            ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "1500"),
+        ]
+        .into_iter()
+        .collect();
+        let lookup = |key: &str| vars.get(key).map(|value| (*value).to_owned());
+        let metrics =
+            OtlpConfig::from_lookup_for(Signal::Metrics, &OtlpOverrides::default(), lookup)
+                .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(metrics.protocol, Protocol::HttpProtobuf);
+        assert_eq!(metrics.endpoint, "http://collector:4318/v1/metrics");
+        assert_eq!(metrics.headers.len(), 1);
+        assert_eq!(metrics.headers["metrics"], "2");
+        assert_eq!(metrics.timeout, Duration::from_millis(1500));
+        let traces = OtlpConfig::from_lookup(&OtlpOverrides::default(), lookup)
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(traces.protocol, Protocol::Grpc);
+        assert_eq!(traces.endpoint, "http://collector:4318/");
+
+        let only_metrics = |key: &str| {
+            (key == "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT").then(|| "http://m:4318/x".to_owned())
+        };
+        let none = OtlpOverrides::default();
+        assert!(OtlpConfig::endpoint_is_set_for(
+            Signal::Metrics,
+            &none,
+            only_metrics
+        ));
+        assert!(!OtlpConfig::endpoint_is_set(&none, only_metrics));
+        let metrics = OtlpConfig::from_lookup_for(Signal::Metrics, &none, only_metrics)
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(
+            metrics.endpoint, "http://m:4318/x",
+            "the signal's own URL is used as-is"
+        );
     }
 
     #[test]

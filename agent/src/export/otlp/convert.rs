@@ -36,26 +36,36 @@ pub(crate) fn to_request(spans: Vec<Span>) -> ExportTraceServiceRequest {
         resource_spans: groups
             .into_iter()
             .map(|(resource, spans)| ResourceSpans {
-                resource: Some(ProtoResource {
-                    attributes: resource
-                        .attributes
-                        .iter()
-                        .map(|(key, value)| key_value(key.clone(), value))
-                        .collect(),
-                    ..Default::default()
-                }),
+                resource: Some(proto_resource(&resource)),
                 scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: SCOPE_NAME.to_owned(),
-                        version: env!("CARGO_PKG_VERSION").to_owned(),
-                        ..Default::default()
-                    }),
+                    scope: Some(scope()),
                     spans,
                     ..Default::default()
                 }],
                 ..Default::default()
             })
             .collect(),
+    }
+}
+
+/// The OTLP form of a resource (shared by every signal).
+pub(crate) fn proto_resource(resource: &Resource) -> ProtoResource {
+    ProtoResource {
+        attributes: resource
+            .attributes
+            .iter()
+            .map(|(key, value)| key_value(key.clone(), value))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The agent's instrumentation scope.
+pub(crate) fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: SCOPE_NAME.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        ..Default::default()
     }
 }
 
@@ -94,7 +104,8 @@ fn to_proto_span(span: Span) -> ProtoSpan {
     }
 }
 
-fn key_value(key: String, value: &AttributeValue) -> KeyValue {
+/// One OTLP attribute.
+pub(crate) fn key_value(key: String, value: &AttributeValue) -> KeyValue {
     let value = match value {
         AttributeValue::Str(text) => any_value::Value::StringValue(text.clone()),
         AttributeValue::Int(number) => any_value::Value::IntValue(*number),

@@ -118,7 +118,7 @@ impl ShutdownTimedOut {
 
 /// An error and its causes on one line: the cause of a failed export
 /// ("connection refused") is usually in the source chain.
-pub(super) struct ErrorChain<'a>(pub(super) &'a dyn Error);
+pub(crate) struct ErrorChain<'a>(pub(crate) &'a dyn Error);
 
 impl fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

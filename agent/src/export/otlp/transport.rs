@@ -1,9 +1,11 @@
-//! The two OTLP transports behind one small trait, and the sorting of their
-//! failures into retryable and permanent, as the OTLP specification's
-//! "Failures" sections for gRPC and HTTP define it.
+//! The two OTLP transports behind one small trait, for any signal (traces,
+//! metrics), and the sorting of their failures into retryable and
+//! permanent, as the OTLP specification's "Failures" sections for gRPC and
+//! HTTP define it.
 
 use std::error::Error as _;
 use std::io::Write as _;
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +18,10 @@ use hyper::{Method, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -25,7 +31,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, Endpoint};
 
-use super::config::{Compression, OtlpConfig};
+use super::config::{Compression, OtlpConfig, Protocol};
 use super::events::ErrorChain;
 
 /// Why one export attempt failed.
@@ -121,13 +127,94 @@ impl SendError {
     }
 }
 
+/// One OTLP signal's export service: its messages and its gRPC method.
+pub(crate) trait ExportService: Send + Sync + 'static {
+    /// `Export*ServiceRequest`.
+    type Request: prost::Message + Clone + Send + Sync + 'static;
+    /// `Export*ServiceResponse`.
+    type Response: prost::Message + Default + Send + 'static;
+
+    /// The generated client's `export` call on `channel`.
+    fn grpc_export(
+        channel: Channel,
+        compression: Compression,
+        request: tonic::Request<Self::Request>,
+    ) -> impl Future<Output = Result<tonic::Response<Self::Response>, tonic::Status>> + Send;
+}
+
+/// `opentelemetry.proto.collector.trace.v1.TraceService`.
+pub(crate) struct TraceExport;
+
+impl ExportService for TraceExport {
+    type Request = ExportTraceServiceRequest;
+    type Response = ExportTraceServiceResponse;
+
+    async fn grpc_export(
+        channel: Channel,
+        compression: Compression,
+        request: tonic::Request<Self::Request>,
+    ) -> Result<tonic::Response<Self::Response>, tonic::Status> {
+        let mut client = TraceServiceClient::new(channel);
+        if compression == Compression::Gzip {
+            client = client.send_compressed(CompressionEncoding::Gzip);
+        }
+        client.export(request).await
+    }
+}
+
+/// `opentelemetry.proto.collector.metrics.v1.MetricsService`.
+pub(crate) struct MetricsExport;
+
+impl ExportService for MetricsExport {
+    type Request = ExportMetricsServiceRequest;
+    type Response = ExportMetricsServiceResponse;
+
+    async fn grpc_export(
+        channel: Channel,
+        compression: Compression,
+        request: tonic::Request<Self::Request>,
+    ) -> Result<tonic::Response<Self::Response>, tonic::Status> {
+        let mut client = MetricsServiceClient::new(channel);
+        if compression == Compression::Gzip {
+            client = client.send_compressed(CompressionEncoding::Gzip);
+        }
+        client.export(request).await
+    }
+}
+
+/// The transport the configuration asks for.
+pub(crate) enum ProtocolTransport<S> {
+    /// OTLP/gRPC.
+    Grpc(GrpcTransport<S>),
+    /// OTLP/HTTP (boxed: its client is several times larger).
+    Http(Box<HttpTransport<S>>),
+}
+
+impl<S: ExportService> ProtocolTransport<S> {
+    pub(crate) fn new(config: &OtlpConfig) -> Self {
+        match config.protocol {
+            Protocol::Grpc => Self::Grpc(GrpcTransport::new(config)),
+            Protocol::HttpProtobuf => Self::Http(Box::new(HttpTransport::new(config))),
+        }
+    }
+}
+
+impl<S: ExportService> Transport<S> for ProtocolTransport<S> {
+    async fn export(&self, request: &S::Request) -> Result<S::Response, SendError> {
+        match self {
+            Self::Grpc(transport) => transport.export(request).await,
+            Self::Http(transport) => transport.export(request).await,
+        }
+    }
+}
+
 /// Sends one request; retries are the caller's business.
-pub(crate) trait Transport: Sync {
+pub(crate) trait Transport<S: ExportService = TraceExport>: Sync {
     /// One attempt.
     fn export(
         &self,
-        request: &ExportTraceServiceRequest,
-    ) -> impl Future<Output = Result<ExportTraceServiceResponse, SendError>> + Send;
+        request: &S::Request,
+    ) -> impl Future<Output = Result<S::Response, SendError>> + Send;
 }
 
 const USER_AGENT_VALUE: &str = concat!("sonde/", env!("CARGO_PKG_VERSION"));
@@ -148,57 +235,53 @@ fn request_headers(config: &OtlpConfig) -> HeaderMap {
 
 /// OTLP/gRPC over a lazily connected tonic channel: connection failures
 /// surface as `UNAVAILABLE` on the call, and the next call reconnects.
-pub(crate) struct GrpcTransport {
-    client: TraceServiceClient<Channel>,
+pub(crate) struct GrpcTransport<S> {
+    /// Clones share the connection.
+    channel: Channel,
+    compression: Compression,
     metadata: MetadataMap,
     timeout: Duration,
+    service: PhantomData<fn() -> S>,
 }
 
-impl GrpcTransport {
+impl<S: ExportService> GrpcTransport<S> {
     pub(crate) fn new(config: &OtlpConfig) -> Self {
         let channel = Endpoint::from(config.endpoint.clone())
             .connect_timeout(config.timeout)
             .connect_lazy();
-        let mut client = TraceServiceClient::new(channel);
-        if config.compression == Compression::Gzip {
-            client = client.send_compressed(CompressionEncoding::Gzip);
-        }
         Self {
-            client,
+            channel,
+            compression: config.compression,
             metadata: MetadataMap::from_headers(request_headers(config)),
             timeout: config.timeout,
+            service: PhantomData,
         }
     }
 }
 
-impl Transport for GrpcTransport {
-    async fn export(
-        &self,
-        request: &ExportTraceServiceRequest,
-    ) -> Result<ExportTraceServiceResponse, SendError> {
-        // Clones share the channel; tonic needs `&mut` for the call.
-        let mut client = self.client.clone();
+impl<S: ExportService> Transport<S> for GrpcTransport<S> {
+    async fn export(&self, request: &S::Request) -> Result<S::Response, SendError> {
         let mut call = tonic::Request::new(request.clone());
         *call.metadata_mut() = self.metadata.clone();
         // Tells the collector our deadline (`grpc-timeout`).
         call.set_timeout(self.timeout);
-        client
-            .export(call)
+        S::grpc_export(self.channel.clone(), self.compression, call)
             .await
             .map(tonic::Response::into_inner)
             .map_err(|status| SendError::from_status(&status))
     }
 }
 
-/// OTLP/HTTP with binary protobuf bodies, `POST`ed to the traces URL.
-pub(crate) struct HttpTransport {
+/// OTLP/HTTP with binary protobuf bodies, `POST`ed to the signal's URL.
+pub(crate) struct HttpTransport<S> {
     client: Client<HttpConnector, Full<Bytes>>,
     endpoint: Uri,
     headers: HeaderMap,
     compression: Compression,
+    service: PhantomData<fn() -> S>,
 }
 
-impl HttpTransport {
+impl<S: ExportService> HttpTransport<S> {
     pub(crate) fn new(config: &OtlpConfig) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.timeout));
@@ -212,10 +295,11 @@ impl HttpTransport {
             endpoint: config.endpoint.clone(),
             headers,
             compression: config.compression,
+            service: PhantomData,
         }
     }
 
-    fn body(&self, request: &ExportTraceServiceRequest) -> Result<Bytes, SendError> {
+    fn body(&self, request: &S::Request) -> Result<Bytes, SendError> {
         let encoded = request.encode_to_vec();
         match self.compression {
             Compression::None => Ok(encoded.into()),
@@ -231,11 +315,8 @@ impl HttpTransport {
     }
 }
 
-impl Transport for HttpTransport {
-    async fn export(
-        &self,
-        request: &ExportTraceServiceRequest,
-    ) -> Result<ExportTraceServiceResponse, SendError> {
+impl<S: ExportService> Transport<S> for HttpTransport<S> {
+    async fn export(&self, request: &S::Request) -> Result<S::Response, SendError> {
         let mut http_request = hyper::Request::new(Full::new(self.body(request)?));
         *http_request.method_mut() = Method::POST;
         *http_request.uri_mut() = self.endpoint.clone();
@@ -260,12 +341,12 @@ impl Transport for HttpTransport {
             .await
             .map(|collected| collected.to_bytes());
         if status.is_success() {
-            // A 2xx means the spans were accepted; the body only adds an
+            // A 2xx means the data was accepted; the body only adds an
             // optional partial-success notice, so a body we cannot read
             // does not turn an accepted batch into a lost one.
             return Ok(body
                 .ok()
-                .and_then(|body| ExportTraceServiceResponse::decode(body).ok())
+                .and_then(|body| S::Response::decode(body).ok())
                 .unwrap_or_default());
         }
         Err(SendError::HttpStatus {

@@ -1,0 +1,245 @@
+//! Outgoing trace context: inserts `traceparent` into HTTP/1 requests that
+//! targets send, without writing user memory (lockdown forbids
+//! `bpf_probe_write_user`).
+//!
+//! - `sockops` on the cgroup v2 root (Linux >= 4.13): when a connection a
+//!   target opened (marked client in `TRACKED_CONNS` by `socket_state.rs`)
+//!   becomes established, its socket joins `CLIENT_SOCKETS`.
+//! - `sk_msg` on `CLIENT_SOCKETS` (Linux >= 4.17; push_data 4.20): runs on
+//!   each send before the data is queued. If the message starts with a
+//!   request line whose whole head is in the first bytes and carries no
+//!   `traceparent`, a 70-byte header line is pushed in right after the
+//!   request line, carrying the client span's ids; those ids are left in
+//!   `INJECTED_CTX` for `socket_data.rs` to report with the same send.
+//!   Anything else passes untouched. Content-Length is unaffected (the
+//!   header is not body).
+
+use agent_common::{
+    socket_data::ROLE_CLIENT,
+    trace_context::{CTX_INJECTED, TraceContext, inject},
+};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_socket_cookie,
+        generated::{bpf_msg_pull_data, bpf_probe_read_kernel},
+    },
+    macros::{sk_msg, sock_ops},
+    programs::{SkMsgContext, SockOpsContext},
+};
+
+use super::trace_context::{
+    HEX, client_context, forget_precision, has_newline, is_request_start, names_traceparent,
+    zero_tail,
+};
+use crate::maps::{
+    CLIENT_SOCKETS, INJECT_STATS, INJECTED_CTX, TRACE_SCRATCH, TRACKED_CONNS, config, is_target,
+};
+
+const SK_PASS: u32 = 1;
+const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
+/// The head must end within this many bytes for injection to happen.
+const HEAD_LIMIT: u32 = 512;
+/// `traceparent: ` + 55-character value + CRLF.
+const LINE_LEN: usize = 13 + 55 + 2;
+
+#[sock_ops]
+pub fn track_client_sockets(ctx: SockOpsContext) -> u32 {
+    if ctx.op() == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
+        // SAFETY: the sock_ops context is a valid socket argument.
+        let mut cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+        // SAFETY: plain value lookup.
+        let is_client = unsafe { TRACKED_CONNS.get(cookie) }.is_some_and(|c| c.role == ROLE_CLIENT);
+        if is_client {
+            // SAFETY: `ops` is this program's context.
+            let _ = CLIENT_SOCKETS.update(&mut cookie, unsafe { &mut *ctx.ops }, 0);
+        }
+    }
+    1
+}
+
+#[sk_msg]
+pub fn inject_traceparent(ctx: SkMsgContext) -> u32 {
+    if config().inject_traceparent != 0 {
+        let outcome = try_inject(&ctx);
+        if let Some(counter) = INJECT_STATS.get_ptr_mut(outcome) {
+            // SAFETY: per-CPU slot.
+            unsafe { *counter += 1 };
+        }
+    }
+    SK_PASS
+}
+
+fn try_inject(ctx: &SkMsgContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_target((pid_tgid >> 32) as u32) {
+        return inject::NOT_A_REQUEST;
+    }
+    let pull = core::cmp::min(ctx.size(), HEAD_LIMIT);
+    // SAFETY: valid context; range within the message.
+    if pull < 16 || unsafe { bpf_msg_pull_data(ctx.msg, 0, pull, 0) } != 0 {
+        return inject::NOT_A_REQUEST;
+    }
+    // Scan a copy in map memory: bounds there are static, where every
+    // packet access would need its own check against data_end.
+    let Some(scratch) = TRACE_SCRATCH.get_ptr_mut(0) else {
+        return inject::FAILED;
+    };
+    // SAFETY: per-CPU scratch, ours for this program's run.
+    let scratch = unsafe { &mut *scratch };
+    let len = core::cmp::min(
+        core::cmp::min((ctx.data_end() - ctx.data()) as u32, pull),
+        HEAD_LIMIT,
+    );
+    // SAFETY: the destination holds HEAD_LIMIT bytes at least; the source
+    // is the pulled message data.
+    if len < 16
+        || unsafe {
+            bpf_probe_read_kernel(
+                scratch.bytes.as_mut_ptr().cast(),
+                len,
+                ctx.data() as *const _,
+            )
+        } != 0
+    {
+        return inject::NOT_A_REQUEST;
+    }
+    zero_tail(&mut scratch.bytes, len);
+    let head = scratch.bytes.as_ptr();
+    if !is_request_start(head, len) {
+        return inject::NOT_A_REQUEST;
+    }
+    let line_end = match scan_head(head, len, &mut scratch.slot) {
+        HeadScan::Inject { line_end } => line_end,
+        HeadScan::AlreadyPresent => return inject::ALREADY_PRESENT,
+        HeadScan::TooLong => return inject::HEAD_TOO_LONG,
+    };
+    let tid = pid_tgid as u32;
+    let mut trace = client_context(tid);
+    trace.flags |= CTX_INJECTED;
+    let insert_at = line_end + 2;
+    if ctx.push_data(insert_at, LINE_LEN as u32, 0).is_err() {
+        return inject::FAILED;
+    }
+    // SAFETY: the pushed range is inside the message now.
+    if unsafe { bpf_msg_pull_data(ctx.msg, insert_at, insert_at + LINE_LEN as u32, 0) } != 0 {
+        return inject::FAILED;
+    }
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + LINE_LEN > end {
+        return inject::FAILED;
+    }
+    write_line(data as *mut u8, &trace);
+    let _ = INJECTED_CTX.insert(tid, trace, 0);
+    inject::INJECTED
+}
+
+/// What the head of an outgoing request allows.
+enum HeadScan {
+    /// Insert after the request line, which ends (CRLF) at `line_end`.
+    Inject { line_end: u32 },
+    /// A `traceparent` header is there already.
+    AlreadyPresent,
+    /// The head does not end within the inspected bytes, or the request
+    /// line does not end in CRLF: leave it alone.
+    TooLong,
+}
+
+/// Two passes over the copied head, a word at a time (verifier-friendly,
+/// see `trace_context::find_traceparent`): the first newline ends the
+/// request line; in the second, each newline either starts a `traceparent`
+/// header or ends the head (it is followed by an empty line).
+fn scan_head(head: *const u8, len: u32, slot: &mut u32) -> HeadScan {
+    let Some(first) = first_newline(head, len) else {
+        return HeadScan::TooLong;
+    };
+    let first = forget_precision(slot, first) & (HEAD_LIMIT - 1);
+    // SAFETY: first < HEAD_LIMIT, inside the scratch buffer.
+    if first == 0 || unsafe { *head.wrapping_add(first as usize - 1) } != b'\r' {
+        return HeadScan::TooLong;
+    }
+    // Whole words, the last one partly past `len`: zeroed there (zero_tail).
+    let words = len.div_ceil(8);
+    let mut word: u32 = 0;
+    while word < words && word < HEAD_LIMIT / 8 {
+        let base = (word * 8) & (HEAD_LIMIT - 1);
+        // SAFETY: base < HEAD_LIMIT; the scratch has room past it.
+        let bytes =
+            unsafe { core::ptr::read_unaligned(head.wrapping_add(base as usize).cast::<u64>()) };
+        if has_newline(bytes) {
+            let mut k: u32 = 0;
+            while k < 8 {
+                let at = head.wrapping_add((base + k) as usize);
+                // SAFETY: as above; `traceparent:` (12 bytes) more are in the scratch.
+                let (byte, next) = unsafe {
+                    (
+                        *at,
+                        core::ptr::read_unaligned(at.wrapping_add(1).cast::<[u8; 2]>()),
+                    )
+                };
+                if byte == b'\n' {
+                    if next == *b"\r\n" {
+                        return HeadScan::Inject {
+                            line_end: first - 1,
+                        };
+                    }
+                    if names_traceparent(at.wrapping_add(1)) {
+                        return HeadScan::AlreadyPresent;
+                    }
+                }
+                k += 1;
+            }
+        }
+        word += 1;
+    }
+    HeadScan::TooLong
+}
+
+/// Offset of the first `\n` in the first `len` bytes of `head`.
+fn first_newline(head: *const u8, len: u32) -> Option<u32> {
+    let words = len.div_ceil(8);
+    let mut word: u32 = 0;
+    while word < words && word < HEAD_LIMIT / 8 {
+        let base = (word * 8) & (HEAD_LIMIT - 1);
+        // SAFETY: base < HEAD_LIMIT; the scratch has room past it.
+        let bytes = unsafe {
+            core::ptr::read_unaligned(head.wrapping_add(base as usize).cast::<[u8; 8]>())
+        };
+        if has_newline(u64::from_le_bytes(bytes)) {
+            let mut k = 0;
+            while k < 8 {
+                if bytes[k] == b'\n' {
+                    return Some(base + k as u32);
+                }
+                k += 1;
+            }
+        }
+        word += 1;
+    }
+    None
+}
+
+/// Writes `traceparent: 00-<trace>-<span>-<flags>\r\n` at `out`.
+fn write_line(out: *mut u8, trace: &TraceContext) {
+    let mut line = [0u8; LINE_LEN];
+    line[..16].copy_from_slice(b"traceparent: 00-");
+    let mut at = 16;
+    for byte in trace.trace_id {
+        line[at] = HEX[(byte >> 4) as usize];
+        line[at + 1] = HEX[(byte & 0xf) as usize];
+        at += 2;
+    }
+    line[at] = b'-';
+    at += 1;
+    for byte in trace.span_id {
+        line[at] = HEX[(byte >> 4) as usize];
+        line[at + 1] = HEX[(byte & 0xf) as usize];
+        at += 2;
+    }
+    line[at] = b'-';
+    line[at + 1] = HEX[((trace.trace_flags >> 4) & 0xf) as usize];
+    line[at + 2] = HEX[(trace.trace_flags & 0xf) as usize];
+    line[at + 3] = b'\r';
+    line[at + 4] = b'\n';
+    // SAFETY: the caller checked out + LINE_LEN <= data_end.
+    unsafe { core::ptr::write_unaligned(out.cast::<[u8; LINE_LEN]>(), line) };
+}

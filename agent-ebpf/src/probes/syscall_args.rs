@@ -1,0 +1,82 @@
+//! Where the data of a socket syscall lives in user memory, from the
+//! calling thread's saved registers (`bpf_task_pt_regs`): the
+//! `sock_*_length` tracepoints carry the byte count but not the buffer.
+//! x86_64 only: syscall numbers and the `pt_regs` layout are its user ABI.
+
+use aya_ebpf::helpers::{bpf_get_current_task_btf, bpf_task_pt_regs};
+
+use crate::read;
+
+// x86_64 syscall numbers and `struct pt_regs` offsets (both are user ABI).
+const SYS_READ: u64 = 0;
+const SYS_WRITE: u64 = 1;
+const SYS_READV: u64 = 19;
+const SYS_WRITEV: u64 = 20;
+const SYS_SENDTO: u64 = 44;
+const SYS_RECVFROM: u64 = 45;
+const SYS_SENDMSG: u64 = 46;
+const SYS_RECVMSG: u64 = 47;
+const PT_REGS_DX: u32 = 96;
+const PT_REGS_SI: u32 = 104;
+const PT_REGS_DI: u32 = 112;
+const PT_REGS_ORIG_AX: u32 = 120;
+// struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
+const MSGHDR_IOV: u64 = 16;
+const MSGHDR_IOVLEN: u64 = 24;
+
+/// Where the data of the current socket syscall lives in user memory.
+pub struct SyscallArgs {
+    /// File descriptor (every socket syscall's first argument).
+    pub fd: u32,
+    /// A single buffer (read/write/sendto/recvfrom), or an iovec array.
+    pub buffer: u64,
+    /// User address of the iovec array (0 with a single buffer).
+    pub iovecs: u64,
+    /// Entries in the iovec array.
+    pub iovec_count: u64,
+}
+
+impl SyscallArgs {
+    /// The arguments of the socket syscall the current thread is in.
+    pub fn current() -> Option<Self> {
+        // SAFETY: helpers valid in tp_btf programs; the task is `current`.
+        let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
+        let nr: u64 = read::kernel(regs, PT_REGS_ORIG_AX).ok()?;
+        let fd = read::kernel::<u64>(regs, PT_REGS_DI).ok()? as u32;
+        let arg1: u64 = read::kernel(regs, PT_REGS_SI).ok()?;
+        match nr {
+            SYS_READ | SYS_WRITE | SYS_SENDTO | SYS_RECVFROM => Some(Self {
+                fd,
+                buffer: arg1,
+                iovecs: 0,
+                iovec_count: 0,
+            }),
+            SYS_READV | SYS_WRITEV => Some(Self {
+                fd,
+                buffer: 0,
+                iovecs: arg1,
+                iovec_count: read::kernel(regs, PT_REGS_DX).ok()?,
+            }),
+            SYS_SENDMSG | SYS_RECVMSG => Some(Self {
+                fd,
+                buffer: 0,
+                iovecs: read::user(arg1 + MSGHDR_IOV).ok()?,
+                iovec_count: read::user(arg1 + MSGHDR_IOVLEN).ok()?,
+            }),
+            _ => None,
+        }
+    }
+    /// Address and length of the first buffer the data went to or came from.
+    pub fn first_segment(&self) -> Option<(u64, u64)> {
+        if self.buffer != 0 {
+            return Some((self.buffer, u64::MAX));
+        }
+        if self.iovec_count == 0 {
+            return None;
+        }
+        Some((
+            read::user(self.iovecs).ok()?,
+            read::user(self.iovecs + 8).ok()?,
+        ))
+    }
+}

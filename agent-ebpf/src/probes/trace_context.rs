@@ -1,0 +1,411 @@
+//! Span identity for HTTP/1 requests, assigned in the kernel so that the ids
+//! injected into outgoing requests (`inject.rs`) are the ids the agent
+//! reports.
+//!
+//! - A request received by a target starts a server context on the calling
+//!   thread: the `traceparent` found in the head (W3C rules), else a new
+//!   trace; a new span id either way. Kept in `SERVER_CTX` until the thread
+//!   starts sending the response. The header scan runs in its own program,
+//!   [`server_request_context`] on tp_btf `sock:sock_recv_length`, attached
+//!   before the capture program on the same tracepoint (programs on one
+//!   tracepoint run in attach order), which then reports the context with
+//!   the data. Kept apart because the verifier explores each program's
+//!   paths as a product: scan and capture together exceed its limits.
+//! - A request sent by a target gets a client span id, parented to the
+//!   thread's server context if one is active (thread-per-request servers),
+//!   or the ids `inject.rs` already put on the wire.
+
+use agent_common::trace_context::{CTX_FROM_HEADER, CTX_HAS_PARENT, CTX_VALID, TraceContext};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, generated::bpf_probe_read_user},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+
+use super::{socket_data::is_tcp, syscall_args::SyscallArgs};
+use crate::maps::{INJECTED_CTX, SERVER_CTX, TRACE_SCRATCH, is_target};
+
+/// Kernel-internal `flags` bit: set by [`server_request_context`], cleared
+/// when the capture program reports the context, so a context is reported
+/// with the request that created it only.
+const CTX_FRESH: u32 = 1 << 31;
+const MSG_PEEK: i32 = 2;
+
+/// How far into a captured head the `traceparent` header is looked for.
+const SCAN_LIMIT: u32 = 1024;
+/// Scan offsets are masked with this; `TRACE_SCRATCH` has room past it.
+const MASK: u32 = SCAN_LIMIT - 1;
+/// `traceparent` value length for version 00.
+const VALUE_LEN: usize = 55;
+/// Length of `traceparent:`.
+const NAME_LEN: u32 = 12;
+
+/// First bytes of the request methods the kernel recognises as a request start.
+const METHOD_PREFIXES: [&[u8; 4]; 9] = [
+    b"GET ", b"POST", b"PUT ", b"DELE", b"HEAD", b"PATC", b"OPTI", b"CONN", b"TRAC",
+];
+
+/// True if `payload` (at least 4 readable bytes) starts like a request line.
+#[inline(always)]
+pub fn is_request_start(payload: *const u8, len: u32) -> bool {
+    if len < 4 {
+        return false;
+    }
+    // SAFETY: the caller guarantees 4 readable bytes.
+    let head = unsafe { core::ptr::read_unaligned(payload.cast::<[u8; 4]>()) };
+    METHOD_PREFIXES.iter().any(|m| **m == head)
+}
+
+/// True if `payload` starts like a response status line (`HTTP/1.`).
+#[inline(always)]
+pub fn is_response_start(payload: *const u8, len: u32) -> bool {
+    if len < 7 {
+        return false;
+    }
+    // SAFETY: the caller guarantees 7 readable bytes.
+    let head = unsafe { core::ptr::read_unaligned(payload.cast::<[u8; 7]>()) };
+    head == *b"HTTP/1."
+}
+
+/// A random, non-zero id of N bytes (N a multiple of 4).
+#[inline(always)]
+pub fn random_id<const N: usize>() -> [u8; N] {
+    let mut id = [0u8; N];
+    let mut i = 0;
+    while i < N {
+        // SAFETY: always-safe helper.
+        let word = unsafe { bpf_get_prandom_u32() };
+        id[i..i + 4].copy_from_slice(&word.to_le_bytes());
+        i += 4;
+    }
+    id[0] |= 1;
+    id
+}
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn server_request_context(ctx: BtfTracePointContext) -> u32 {
+    let _ = try_server_request_context(&ctx);
+    0
+}
+
+fn try_server_request_context(ctx: &BtfTracePointContext) -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_target((pid_tgid >> 32) as u32) {
+        return None;
+    }
+    let sk: *const u8 = ctx.arg(0);
+    let ret: i32 = ctx.arg(1);
+    let flags: i32 = ctx.arg(2);
+    if ret < 4 || flags & MSG_PEEK != 0 || !is_tcp(sk) {
+        return None;
+    }
+    let (buffer, buffer_len) = SyscallArgs::current()?.first_segment()?;
+    let len = core::cmp::min(
+        core::cmp::min(ret as u64, buffer_len),
+        u64::from(SCAN_LIMIT),
+    ) as u32;
+    let scratch = TRACE_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch, ours for this program's run.
+    let scratch = unsafe { &mut *scratch };
+    let len = core::cmp::min(len, SCAN_LIMIT);
+    // SAFETY: the destination holds SCAN_LIMIT bytes at least.
+    if unsafe { bpf_probe_read_user(scratch.bytes.as_mut_ptr().cast(), len, buffer as *const _) }
+        != 0
+    {
+        return None;
+    }
+    zero_tail(&mut scratch.bytes, len);
+    let payload = scratch.bytes.as_ptr();
+    if !is_request_start(payload, len) {
+        return None;
+    }
+    start_server_request(pid_tgid as u32, payload, len, &mut scratch.slot);
+    Some(())
+}
+
+/// Zeroes the 64 bytes after `len` in a scratch buffer: scans read whole
+/// words and fixed-size values past the end, which must not see bytes left
+/// by an earlier message.
+#[inline(always)]
+pub fn zero_tail(bytes: &mut [u8; 2048], len: u32) {
+    let start = (len & (SCAN_LIMIT - 1)) as usize;
+    // SAFETY: start < 1024, so start + 64 <= 2048.
+    unsafe {
+        core::ptr::write_unaligned(
+            bytes.as_mut_ptr().wrapping_add(start).cast::<[u8; 64]>(),
+            [0; 64],
+        )
+    };
+}
+
+/// The context [`server_request_context`] made for the request this thread
+/// just received, reported once; a new one if it made none (e.g. the bytes
+/// could not be read).
+#[inline(always)]
+pub fn take_server_request(tid: u32) -> TraceContext {
+    if let Some(ctx) = SERVER_CTX.get_ptr_mut(tid) {
+        // SAFETY: a valid map value pointer; LRU entries stay valid while used.
+        let ctx = unsafe { &mut *ctx };
+        if ctx.flags & CTX_FRESH != 0 {
+            ctx.flags &= !CTX_FRESH;
+            return *ctx;
+        }
+    }
+    let ctx = new_server_context(random_id::<16>());
+    let _ = SERVER_CTX.insert(tid, ctx, 0);
+    ctx
+}
+
+#[inline(always)]
+fn new_server_context(trace_id: [u8; 16]) -> TraceContext {
+    TraceContext {
+        trace_id,
+        span_id: random_id::<8>(),
+        parent_span_id: [0; 8],
+        flags: CTX_VALID,
+        trace_flags: 1,
+    }
+}
+
+/// A server request starts on thread `tid`: keeps its context for the
+/// thread's outgoing calls and for the capture program to report.
+#[inline(always)]
+fn start_server_request(tid: u32, payload: *const u8, captured: u32, scratch_slot: &mut u32) {
+    let mut ctx = new_server_context([0; 16]);
+    let found = find_traceparent(payload, captured).unwrap_or(NOT_FOUND);
+    // Every loop iteration that finds the header is a separate verifier
+    // path with a different constant offset; passing the offset through
+    // map memory makes it an unknown scalar, so the paths merge and the
+    // parser below is verified once instead of once per offset.
+    let found = forget_precision(scratch_slot, found);
+    let parent = if found == NOT_FOUND {
+        None
+    } else {
+        parse_value(payload, found)
+    };
+    match parent {
+        Some(parent) => {
+            ctx.trace_id = parent.trace_id;
+            ctx.parent_span_id = parent.span_id;
+            ctx.trace_flags = parent.trace_flags;
+            ctx.flags |= CTX_HAS_PARENT | CTX_FROM_HEADER;
+        }
+        None => ctx.trace_id = random_id::<16>(),
+    }
+    ctx.flags |= CTX_FRESH;
+    let _ = SERVER_CTX.insert(tid, ctx, 0);
+}
+
+/// `find_traceparent` found nothing.
+const NOT_FOUND: u32 = u32::MAX;
+
+/// Returns `value` after a round trip through map memory, which the verifier
+/// cannot see through (see `start_server_request`).
+#[inline(always)]
+pub fn forget_precision(slot: &mut u32, value: u32) -> u32 {
+    // SAFETY: `slot` is a valid, exclusive reference.
+    unsafe {
+        core::ptr::write_volatile(slot, value);
+        core::ptr::read_volatile(slot)
+    }
+}
+
+/// The thread starts answering: its outgoing calls no longer belong to it.
+#[inline(always)]
+pub fn end_server_request(tid: u32) {
+    let _ = SERVER_CTX.remove(tid);
+}
+
+/// A client request leaves on thread `tid`: the ids `inject.rs` just put
+/// on the wire for this send, else new ones.
+#[inline(always)]
+pub fn start_client_request(tid: u32) -> TraceContext {
+    // SAFETY: plain value lookups.
+    if let Some(injected) = unsafe { INJECTED_CTX.get(tid) } {
+        let ctx = *injected;
+        let _ = INJECTED_CTX.remove(tid);
+        return ctx;
+    }
+    client_context(tid)
+}
+
+/// A new client span: child of the thread's server request, if any.
+#[inline(always)]
+pub fn client_context(tid: u32) -> TraceContext {
+    let mut ctx = TraceContext {
+        trace_id: [0; 16],
+        span_id: random_id::<8>(),
+        parent_span_id: [0; 8],
+        flags: CTX_VALID,
+        trace_flags: 1,
+    };
+    // SAFETY: plain value lookup.
+    match unsafe { SERVER_CTX.get(tid) } {
+        Some(server) => {
+            ctx.trace_id = server.trace_id;
+            ctx.parent_span_id = server.span_id;
+            ctx.trace_flags = server.trace_flags;
+            ctx.flags |= CTX_HAS_PARENT;
+        }
+        None => ctx.trace_id = random_id::<16>(),
+    }
+    ctx
+}
+
+/// Offset just after `traceparent:` (at a line start, any case) in the
+/// first `captured` bytes of `payload`.
+///
+/// Written for the verifier, which walks every iteration of a loop with its
+/// own state and compares each new state with all the earlier ones (so the
+/// cost grows with the square of the iterations), and allows at most 8192
+/// jumps on one path: the scan moves a word (8 bytes) at a time, looks at
+/// the bytes of a word only if it holds a newline, and compares the header
+/// name without branches.
+#[inline(always)]
+fn find_traceparent(payload: *const u8, captured: u32) -> Option<u32> {
+    let scanned = core::cmp::min(captured, SCAN_LIMIT);
+    // An explicit early return, not saturating_sub: LLVM lowers that to a
+    // select the verifier cannot relate to the bound, and it then walks the
+    // loop with a stale register as the limit.
+    if scanned <= NAME_LEN + 1 {
+        return None;
+    }
+    let words = (scanned - NAME_LEN - 1) / 8;
+    let mut word: u32 = 0;
+    while word < words && word < SCAN_LIMIT / 8 {
+        let base = (word * 8) & MASK;
+        // SAFETY: base < SCAN_LIMIT and TRACE_SCRATCH has room past it.
+        let bytes =
+            unsafe { core::ptr::read_unaligned(payload.wrapping_add(base as usize).cast::<u64>()) };
+        if has_newline(bytes) {
+            let mut k: u32 = 0;
+            while k < 8 {
+                let at = payload.wrapping_add((base + k) as usize);
+                // SAFETY: as above, 13 more bytes are within the buffer.
+                if unsafe { *at } == b'\n' && names_traceparent(at.wrapping_add(1)) {
+                    return Some(base + k + 1 + NAME_LEN);
+                }
+                k += 1;
+            }
+        }
+        word += 1;
+    }
+    None
+}
+
+/// True if any byte of `word` is `\n` (the classic has-zero-byte test on
+/// `word ^ 0x0a0a...`).
+#[inline(always)]
+pub fn has_newline(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let x = word ^ (ONES * u64::from(b'\n'));
+    x.wrapping_sub(ONES) & !x & HIGHS != 0
+}
+
+/// True if the 12 bytes at `at` are `traceparent:` in any case. Setting
+/// bit 0x20 lowercases ASCII letters and leaves ':' as it is.
+#[inline(always)]
+pub fn names_traceparent(at: *const u8) -> bool {
+    const LOWER: u64 = 0x2020_2020_2020_2020;
+    let expected_head = u64::from_le_bytes(*b"tracepar");
+    let expected_tail = u32::from_le_bytes(*b"ent:");
+    // SAFETY: the caller guarantees 12 readable bytes.
+    let (head, tail) = unsafe {
+        (
+            core::ptr::read_unaligned(at.cast::<u64>()),
+            core::ptr::read_unaligned(at.wrapping_add(8).cast::<u32>()),
+        )
+    };
+    ((head | LOWER) ^ expected_head) | u64::from((tail | LOWER as u32) ^ expected_tail) == 0
+}
+
+struct Parent {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    trace_flags: u32,
+}
+
+/// Parses the header value starting at `at` (after the colon), per W3C:
+/// lowercase hex, non-zero ids, version != ff, version 00 exactly 55 chars.
+///
+/// Branch-free over the 50 hex digits: every early exit would be another
+/// verifier path through the rest of the program.
+#[inline(always)]
+fn parse_value(payload: *const u8, at: u32) -> Option<Parent> {
+    let mut start = at & MASK;
+    // Optional whitespace after the colon (at most two).
+    let mut skipped = 0;
+    while skipped < 2 {
+        // SAFETY: in the scratch buffer (start < MAX, +2).
+        let byte = unsafe { *payload.wrapping_add(start as usize) };
+        if byte != b' ' && byte != b'\t' {
+            break;
+        }
+        start = (start + 1) & MASK;
+        skipped += 1;
+    }
+    // SAFETY: start < MAX and VALUE_LEN + 1 bytes follow within the buffer.
+    let text: [u8; VALUE_LEN + 1] =
+        unsafe { core::ptr::read_unaligned(payload.wrapping_add(start as usize).cast()) };
+
+    let mut invalid: u32 = 0;
+    let version = hex_pair(text[0], text[1], &mut invalid);
+    let mut parent = Parent {
+        trace_id: [0; 16],
+        span_id: [0; 8],
+        trace_flags: 0,
+    };
+    let mut any_trace = 0u8;
+    let mut i = 0;
+    while i < 16 {
+        parent.trace_id[i] = hex_pair(text[3 + 2 * i], text[4 + 2 * i], &mut invalid);
+        any_trace |= parent.trace_id[i];
+        i += 1;
+    }
+    let mut any_span = 0u8;
+    let mut j = 0;
+    while j < 8 {
+        parent.span_id[j] = hex_pair(text[36 + 2 * j], text[37 + 2 * j], &mut invalid);
+        any_span |= parent.span_id[j];
+        j += 1;
+    }
+    parent.trace_flags = u32::from(hex_pair(text[53], text[54], &mut invalid));
+    let dashes =
+        u32::from(text[2] ^ b'-') | u32::from(text[35] ^ b'-') | u32::from(text[52] ^ b'-');
+    if invalid != 0 || dashes != 0 || any_trace == 0 || any_span == 0 || version == 0xff {
+        return None;
+    }
+    let terminator = text[VALUE_LEN];
+    let ends_value = terminator == b'\r' || terminator == b' ' || terminator == b'\t';
+    // Version 00 is exactly 55 characters; later versions may append fields.
+    if !ends_value && (version == 0 || terminator != b'-') {
+        return None;
+    }
+    Some(parent)
+}
+
+/// All ones if `value` is in `low..=high`, else zero, without a branch.
+#[inline(always)]
+fn in_range_mask(value: i32, low: i32, high: i32) -> i32 {
+    // Negative (sign bit set) exactly when value < low or value > high.
+    !(((value - low) | (high - value)) >> 31)
+}
+
+/// Value of a lowercase hex digit; sets `invalid` for anything else.
+#[inline(always)]
+fn hex_digit(c: u8, invalid: &mut u32) -> u8 {
+    let c = i32::from(c);
+    let digit = in_range_mask(c, i32::from(b'0'), i32::from(b'9'));
+    let letter = in_range_mask(c, i32::from(b'a'), i32::from(b'f'));
+    *invalid |= (!(digit | letter) & 1) as u32;
+    (((c - i32::from(b'0')) & digit) | ((c - i32::from(b'a') + 10) & letter)) as u8
+}
+
+#[inline(always)]
+fn hex_pair(high: u8, low: u8, invalid: &mut u32) -> u8 {
+    (hex_digit(high, invalid) << 4) | hex_digit(low, invalid)
+}
+
+/// Lowercase hex digits, for `inject.rs`.
+pub const HEX: &[u8; 16] = b"0123456789abcdef";

@@ -1,0 +1,320 @@
+//! gRPC spans from exchanges, per the OpenTelemetry RPC and gRPC semantic
+//! conventions: span name `{rpc.method}` (`package.Service/Method`),
+//! `rpc.system.name = "grpc"`, `rpc.response.status_code` as the status
+//! name. Server spans are errors for `UNKNOWN`, `DEADLINE_EXCEEDED`,
+//! `UNIMPLEMENTED`, `INTERNAL`, `UNAVAILABLE` and `DATA_LOSS`; client spans
+//! for every code but `OK`. Backends that read the older attributes
+//! (`rpc.system`, `rpc.service`, `rpc.method` without the service,
+//! `rpc.grpc.status_code` as an integer) get them with
+//! [`RpcConventions::Legacy`] or [`RpcConventions::Both`].
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::{
+    http::{authority, identity, unanswered},
+    model::{Attribute, Resource, Span, SpanKind, SpanStatus},
+};
+use crate::{
+    conn::exchange::{HttpExchange, Outcome, RpcInfo, Side},
+    protocols::grpc,
+};
+
+/// `rpc.method` and span name when the method could not be decoded.
+const UNKNOWN_METHOD: &str = "_OTHER";
+
+/// Which RPC attribute names gRPC spans carry (`spans.rpc_conventions`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RpcConventions {
+    /// `rpc.system.name`, `rpc.method` = `package.Service/Method`,
+    /// `rpc.response.status_code` (the status name).
+    #[default]
+    Current,
+    /// `rpc.system`, `rpc.service`, `rpc.method` = `Method`,
+    /// `rpc.grpc.status_code` (an integer): conventions before v1.38.
+    Legacy,
+    /// Both; `rpc.method` keeps its current meaning.
+    Both,
+}
+
+/// Builds the span of one gRPC call. `start_unix_ns`/`end_unix_ns` are the
+/// exchange's kernel times already converted to Unix time.
+pub fn build_span(
+    exchange: &HttpExchange,
+    rpc: &RpcInfo,
+    resource: Arc<Resource>,
+    start_unix_ns: u64,
+    end_unix_ns: u64,
+    conventions: RpcConventions,
+) -> Span {
+    let kind = match exchange.conn.side {
+        Side::Server => SpanKind::Server,
+        Side::Client => SpanKind::Client,
+    };
+    let full_name = rpc.method.as_ref().map(|method| method.full_name());
+    let status_name = rpc.status_code.map(grpc::status_name);
+    let mut attributes = Vec::new();
+    if conventions != RpcConventions::Legacy {
+        attributes.push(Attribute::new("rpc.system.name", "grpc"));
+        attributes.push(Attribute::new(
+            "rpc.method",
+            full_name.as_deref().unwrap_or(UNKNOWN_METHOD),
+        ));
+        if let Some(name) = &status_name {
+            attributes.push(Attribute::new("rpc.response.status_code", name.as_ref()));
+        }
+    }
+    if conventions != RpcConventions::Current {
+        attributes.push(Attribute::new("rpc.system", "grpc"));
+        if let Some(method) = &rpc.method {
+            attributes.push(Attribute::new("rpc.service", method.service.as_str()));
+            if conventions == RpcConventions::Legacy {
+                attributes.push(Attribute::new("rpc.method", method.method.as_str()));
+            }
+        }
+        if let Some(code) = rpc.status_code {
+            attributes.push(Attribute::new("rpc.grpc.status_code", i64::from(code)));
+        }
+    }
+    let request = &exchange.request;
+    let (host, port) = authority(
+        request.host.as_deref(),
+        match kind {
+            SpanKind::Server => exchange.conn.local,
+            SpanKind::Client => exchange.conn.remote,
+        },
+    );
+    let peer = exchange.conn.remote;
+    attributes.push(Attribute::new("server.address", host));
+    attributes.push(Attribute::new("server.port", i64::from(port)));
+    if kind == SpanKind::Server {
+        attributes.push(Attribute::new("client.address", peer.ip().to_string()));
+    }
+    attributes.push(Attribute::new(
+        "network.peer.address",
+        peer.ip().to_string(),
+    ));
+    attributes.push(Attribute::new("network.peer.port", i64::from(peer.port())));
+    attributes.push(Attribute::new(
+        "network.protocol.version",
+        request.version.as_str(),
+    ));
+    let status = match (rpc.status_code, &status_name, &exchange.outcome) {
+        (Some(code), Some(name), _) => {
+            let is_error = match kind {
+                SpanKind::Server => grpc::is_server_error(code),
+                SpanKind::Client => code != grpc::OK,
+            };
+            if is_error {
+                attributes.push(Attribute::new("error.type", name.as_ref()));
+                SpanStatus::Error(format!("gRPC {name}"))
+            } else {
+                SpanStatus::Unset
+            }
+        }
+        // A response whose status the agent could not decode.
+        (_, _, Outcome::Response { .. }) => SpanStatus::Unset,
+        (_, _, outcome) => {
+            let (error_type, message) = unanswered(outcome);
+            attributes.push(Attribute::new("error.type", error_type));
+            SpanStatus::Error(message.into())
+        }
+    };
+    let identity = identity(exchange);
+    Span {
+        resource,
+        trace_id: identity.trace_id,
+        span_id: identity.span_id,
+        parent_span_id: identity.parent_span_id,
+        trace_flags: identity.trace_flags,
+        trace_state: identity
+            .joined_header
+            .then(|| request.tracestate.clone())
+            .flatten(),
+        kind,
+        name: full_name.unwrap_or_else(|| "grpc".to_owned()),
+        start_unix_ns,
+        end_unix_ns: end_unix_ns.max(start_unix_ns),
+        attributes,
+        status,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        conn::exchange::{ConnInfo, HttpVersion, RequestInfo, RpcMethod},
+        spans::model::AttributeValue,
+    };
+
+    fn call(side: Side, status_code: Option<u32>, outcome: Outcome) -> HttpExchange {
+        HttpExchange {
+            conn: ConnInfo {
+                pid: 10,
+                socket_cookie: 1,
+                local: "127.0.0.1:50051".parse().unwrap(),
+                remote: "127.0.0.1:40000".parse().unwrap(),
+                side,
+            },
+            request: RequestInfo {
+                method: "POST".into(),
+                target: "/sonde.test.Echo/Unary".into(),
+                version: HttpVersion::Http2,
+                host: Some("echo.local:50051".into()),
+                user_agent: Some("grpc-python/1.85".into()),
+                traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+                tracestate: None,
+            },
+            outcome,
+            start_ns: 0,
+            end_ns: 0,
+            request_tid: 1,
+            response_tid: Some(1),
+            trace: None,
+            rpc: Some(RpcInfo {
+                method: Some(RpcMethod {
+                    service: "sonde.test.Echo".into(),
+                    method: "Unary".into(),
+                }),
+                status_code,
+            }),
+        }
+    }
+
+    fn span(exchange: &HttpExchange, conventions: RpcConventions) -> Span {
+        let resource = Arc::new(Resource {
+            key: "k".into(),
+            service_name: "svc".into(),
+            attributes: vec![],
+        });
+        let rpc = exchange.rpc.as_ref().expect("a gRPC exchange");
+        build_span(exchange, rpc, resource, 5, 9, conventions)
+    }
+
+    fn str_attr<'a>(span: &'a Span, key: &str) -> Option<&'a str> {
+        match span.attribute(key) {
+            Some(AttributeValue::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn server_span_follows_conventions() {
+        let ok = call(Side::Server, Some(0), Outcome::Response { status: 200 });
+        let span = span(&ok, RpcConventions::Current);
+        assert_eq!(span.name, "sonde.test.Echo/Unary");
+        assert_eq!(span.kind, SpanKind::Server);
+        assert_eq!(str_attr(&span, "rpc.system.name"), Some("grpc"));
+        assert_eq!(str_attr(&span, "rpc.method"), Some("sonde.test.Echo/Unary"));
+        assert_eq!(str_attr(&span, "rpc.response.status_code"), Some("OK"));
+        assert_eq!(str_attr(&span, "server.address"), Some("echo.local"));
+        assert_eq!(str_attr(&span, "client.address"), Some("127.0.0.1"));
+        assert_eq!(str_attr(&span, "network.protocol.version"), Some("2"));
+        assert_eq!(span.attribute("rpc.system"), None);
+        assert_eq!(span.status, SpanStatus::Unset);
+        assert_eq!(span.trace_id[0], 0x4b, "incoming traceparent joined");
+        assert!(span.parent_span_id.is_some());
+    }
+
+    #[test]
+    fn error_sets_differ_by_side() {
+        // (side, code, error)
+        let cases = [
+            (Side::Server, 5, false),
+            (Side::Client, 5, true),
+            (Side::Server, 4, true),
+            (Side::Server, 1, false),
+            (Side::Client, 1, true),
+            (Side::Server, 13, true),
+            (Side::Client, 0, false),
+        ];
+        for (side, code, error) in cases {
+            let span = span(
+                &call(side, Some(code), Outcome::Response { status: 200 }),
+                RpcConventions::Current,
+            );
+            assert_eq!(
+                matches!(span.status, SpanStatus::Error(_)),
+                error,
+                "{side:?} {code}"
+            );
+            assert_eq!(
+                str_attr(&span, "error.type").is_some(),
+                error,
+                "{side:?} {code}"
+            );
+        }
+        let reset = span(
+            &call(Side::Client, None, Outcome::Reset { code: Some(8) }),
+            RpcConventions::Current,
+        );
+        assert_eq!(str_attr(&reset, "error.type"), Some("CANCEL"));
+        assert_eq!(reset.attribute("rpc.response.status_code"), None);
+        let undecoded = span(
+            &call(Side::Server, None, Outcome::Response { status: 200 }),
+            RpcConventions::Current,
+        );
+        assert_eq!(
+            undecoded.status,
+            SpanStatus::Unset,
+            "unknown is not an error"
+        );
+    }
+
+    #[test]
+    fn legacy_and_both_conventions() {
+        let failed = call(Side::Client, Some(14), Outcome::Response { status: 200 });
+        let legacy = span(&failed, RpcConventions::Legacy);
+        assert_eq!(str_attr(&legacy, "rpc.system"), Some("grpc"));
+        assert_eq!(str_attr(&legacy, "rpc.service"), Some("sonde.test.Echo"));
+        assert_eq!(str_attr(&legacy, "rpc.method"), Some("Unary"));
+        assert_eq!(
+            legacy.attribute("rpc.grpc.status_code"),
+            Some(&AttributeValue::Int(14))
+        );
+        assert_eq!(legacy.attribute("rpc.system.name"), None);
+        let both = span(&failed, RpcConventions::Both);
+        assert_eq!(str_attr(&both, "rpc.method"), Some("sonde.test.Echo/Unary"));
+        assert_eq!(str_attr(&both, "rpc.service"), Some("sonde.test.Echo"));
+        assert_eq!(
+            str_attr(&both, "rpc.response.status_code"),
+            Some("UNAVAILABLE")
+        );
+        assert_eq!(
+            both.attributes
+                .iter()
+                .filter(|a| a.key == "rpc.method")
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn conventions_are_configured_by_name() {
+        for (yaml, expected) in [
+            ("current", RpcConventions::Current),
+            ("legacy", RpcConventions::Legacy),
+            ("both", RpcConventions::Both),
+        ] {
+            assert_eq!(
+                serde_yaml_ng::from_str::<RpcConventions>(yaml).ok(),
+                Some(expected)
+            );
+        }
+        assert!(serde_yaml_ng::from_str::<RpcConventions>("old").is_err());
+    }
+
+    #[test]
+    fn unknown_method_is_other() {
+        let mut unknown = call(Side::Server, Some(0), Outcome::Response { status: 200 });
+        if let Some(rpc) = &mut unknown.rpc {
+            rpc.method = None;
+        }
+        let span = span(&unknown, RpcConventions::Current);
+        assert_eq!(span.name, "grpc");
+        assert_eq!(str_attr(&span, "rpc.method"), Some("_OTHER"));
+    }
+}

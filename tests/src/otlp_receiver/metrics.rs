@@ -1,0 +1,150 @@
+//! The receiver's metrics side: `ExportMetricsServiceRequest` -> flat
+//! [`ReceivedHistogram`] points, each with its resource, so tests compare
+//! what a collector would have stored.
+
+use std::collections::BTreeMap;
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::metrics::v1::{AggregationTemporality, metric};
+use serde_json::Value;
+
+use super::flatten::attributes;
+
+/// One histogram data point with its metric, resource and scope. Other
+/// metric types are not produced by the agent and are left out.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReceivedHistogram {
+    /// Resource attributes.
+    pub resource: BTreeMap<String, Value>,
+    /// Instrumentation scope name.
+    pub scope_name: String,
+    /// Metric name, e.g. `http.server.request.duration`.
+    pub name: String,
+    /// Metric unit.
+    pub unit: String,
+    /// Cumulative or delta.
+    pub temporality: AggregationTemporality,
+    /// Data point attributes.
+    pub attributes: BTreeMap<String, Value>,
+    /// Start of the period, Unix ns.
+    pub start_unix_ns: u64,
+    /// End of the period, Unix ns.
+    pub time_unix_ns: u64,
+    /// Number of measurements.
+    pub count: u64,
+    /// Sum of the measurements.
+    pub sum: Option<f64>,
+    /// Per-bucket counts (one more than the bounds).
+    pub bucket_counts: Vec<u64>,
+    /// Upper bounds.
+    pub explicit_bounds: Vec<f64>,
+}
+
+impl ReceivedHistogram {
+    /// Measurements at or below `bound` (an explicit bound of the point),
+    /// like Prometheus' `le` buckets.
+    pub fn count_le(&self, bound: f64) -> u64 {
+        let buckets = self
+            .explicit_bounds
+            .iter()
+            .position(|b| *b == bound)
+            .unwrap_or_else(|| panic!("{bound} is not a bound of {self:#?}"));
+        self.bucket_counts[..=buckets].iter().sum()
+    }
+}
+
+pub(super) fn flatten(request: &ExportMetricsServiceRequest) -> Vec<ReceivedHistogram> {
+    let mut flat = Vec::new();
+    for resource_metrics in &request.resource_metrics {
+        let resource = resource_metrics
+            .resource
+            .as_ref()
+            .map(|resource| attributes(&resource.attributes))
+            .unwrap_or_default();
+        for scope_metrics in &resource_metrics.scope_metrics {
+            let scope_name = scope_metrics
+                .scope
+                .as_ref()
+                .map(|scope| scope.name.clone())
+                .unwrap_or_default();
+            for metric in &scope_metrics.metrics {
+                let Some(metric::Data::Histogram(histogram)) = &metric.data else {
+                    continue;
+                };
+                let temporality =
+                    AggregationTemporality::try_from(histogram.aggregation_temporality)
+                        .unwrap_or(AggregationTemporality::Unspecified);
+                flat.extend(histogram.data_points.iter().map(|point| ReceivedHistogram {
+                    resource: resource.clone(),
+                    scope_name: scope_name.clone(),
+                    name: metric.name.clone(),
+                    unit: metric.unit.clone(),
+                    temporality,
+                    attributes: attributes(&point.attributes),
+                    start_unix_ns: point.start_time_unix_nano,
+                    time_unix_ns: point.time_unix_nano,
+                    count: point.count,
+                    sum: point.sum,
+                    bucket_counts: point.bucket_counts.clone(),
+                    explicit_bounds: point.explicit_bounds.clone(),
+                }));
+            }
+        }
+    }
+    flat
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use opentelemetry_proto::tonic::metrics::v1::{
+        Histogram, HistogramDataPoint, Metric, ResourceMetrics, ScopeMetrics,
+    };
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn histogram_points_carry_metric_and_resource() {
+        let request = ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(opentelemetry_proto::tonic::resource::v1::Resource {
+                    attributes: vec![KeyValue {
+                        key: "service.name".into(),
+                        value: Some(AnyValue {
+                            value: Some(any_value::Value::StringValue("api".into())),
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![Metric {
+                        name: "http.server.request.duration".into(),
+                        unit: "s".into(),
+                        data: Some(metric::Data::Histogram(Histogram {
+                            data_points: vec![HistogramDataPoint {
+                                count: 3,
+                                bucket_counts: vec![1, 2, 0],
+                                explicit_bounds: vec![0.1, 1.0],
+                                ..Default::default()
+                            }],
+                            aggregation_temporality: AggregationTemporality::Delta.into(),
+                        })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let points = flatten(&request);
+        assert_eq!(points.len(), 1);
+        let point = &points[0];
+        assert_eq!(point.resource["service.name"], json!("api"));
+        assert_eq!(point.name, "http.server.request.duration");
+        assert_eq!(point.temporality, AggregationTemporality::Delta);
+        assert_eq!(point.count_le(0.1), 1);
+        assert_eq!(point.count_le(1.0), 3);
+    }
+}

@@ -1,0 +1,201 @@
+//! A real Prometheus server (Debian's `prometheus`, installed by `cargo
+//! xtask setup`) started by a test: generated config scraping one target
+//! every second with `honor_labels` (the agent's series carry the `job` and
+//! `instance` of the services they describe), on a free port, with its own
+//! storage directory; queried over its HTTP API. Plus the small HTTP GET
+//! the tests use for it and for the agent's /metrics.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long Prometheus may take to start.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the Prometheus tests cannot run here, `None` when they can. Under
+/// `SONDE_E2E_REQUIRED` (CI) a missing Prometheus is a failure.
+pub fn skip_reason() -> Option<String> {
+    let found = Command::new("prometheus")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if found {
+        return None;
+    }
+    let reason = "the `prometheus` binary is missing: `cargo xtask setup` installs it".to_owned();
+    if std::env::var_os("SONDE_E2E_REQUIRED").is_some() {
+        panic!("end-to-end prerequisites missing: {reason}");
+    }
+    Some(reason)
+}
+
+/// A port nobody listens on right now (the OS picks it).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
+    listener.local_addr().expect("ephemeral port").port()
+}
+
+/// A running Prometheus server; killed and its storage removed on drop.
+pub struct Prometheus {
+    child: Child,
+    address: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    /// Starts Prometheus scraping `target` (`host:port`, path `/metrics`)
+    /// every second and waits until it is ready.
+    pub fn start(target: SocketAddr) -> Self {
+        let address = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let dir = std::env::temp_dir().join(format!(
+            "sonde-prometheus-{}-{}",
+            std::process::id(),
+            address.port()
+        ));
+        std::fs::create_dir_all(dir.join("data"))
+            .unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+                 scrape_configs:\n  - job_name: sonde\n    honor_labels: true\n    \
+                 static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={address}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting prometheus: {e}"));
+        let mut prometheus = Self {
+            child,
+            address,
+            dir,
+        };
+        let started = Instant::now();
+        loop {
+            if let Some(status) = prometheus.child.try_wait().ok().flatten() {
+                panic!("prometheus exited at start-up: {status}");
+            }
+            if http_get(address, "/-/ready").is_some_and(|(status, _)| status == 200) {
+                return prometheus;
+            }
+            assert!(
+                started.elapsed() < READY_TIMEOUT,
+                "prometheus not ready within {READY_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs an instant PromQL query; the result vector as (labels, value).
+    pub fn query(&self, promql: &str) -> Vec<(Value, f64)> {
+        let path = format!("/api/v1/query?query={}", percent_encode(promql));
+        let (status, body) = http_get(self.address, &path)
+            .unwrap_or_else(|| panic!("prometheus at {} did not answer", self.address));
+        let reply: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{promql}: HTTP {status}, not JSON ({e}): {body}"));
+        assert_eq!(reply["status"], "success", "{promql}: {reply}");
+        reply["data"]["result"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{promql}: no result vector: {reply}"))
+            .iter()
+            .map(|sample| {
+                let value = sample["value"][1]
+                    .as_str()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("{promql}: bad sample {sample}"));
+                (sample["metric"].clone(), value)
+            })
+            .collect()
+    }
+
+    /// The single value of a query that aggregates to one sample (`sum`,
+    /// `count`); `None` when the result is empty.
+    pub fn scalar(&self, promql: &str) -> Option<f64> {
+        let result = self.query(promql);
+        assert!(result.len() <= 1, "{promql}: several samples: {result:?}");
+        result.first().map(|(_, value)| *value)
+    }
+
+    /// Polls `promql` until its single value is `expected`; panics with the
+    /// last value after `timeout`.
+    pub fn wait_for_value(&self, promql: &str, expected: f64, timeout: Duration) {
+        let started = Instant::now();
+        loop {
+            let value = self.scalar(promql);
+            if value == Some(expected) {
+                return;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "{promql}: {value:?} after {timeout:?}, expected {expected}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `GET path` over HTTP/1.0 (the server closes after its answer), `None`
+/// if nothing answers.
+pub fn http_get(address: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986).
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(byte).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_are_percent_encoded() {
+        assert_eq!(
+            percent_encode(r#"sum(x{a="/u/{id}"})"#),
+            "sum%28x%7Ba%3D%22%2Fu%2F%7Bid%7D%22%7D%29"
+        );
+    }
+}

@@ -1,0 +1,378 @@
+//! End-to-end: HTTP/2 and gRPC spans from real unmodified programs (a
+//! grpcio server and client, an @grpc/grpc-js server and client, curl
+//! --http2-prior-knowledge against a Node.js h2c server), the real agent and
+//! kernel programs, and a real OTLP receiver. Needs root; see
+//! `sonde_tests::agent::skip_reason`.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
+use serde_json::Value;
+use sonde_tests::{
+    OtlpReceiver, ReceivedSpan,
+    agent::Agent,
+    apps::{Server, app_path, curl},
+    require_e2e,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+/// After the expected spans arrived, how long to keep watching for extra ones.
+const SETTLE: Duration = Duration::from_millis(1500);
+/// The `traceparent` the test clients send with their first call.
+const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
+const PARENT_ID: &str = "b7ad6b7169203331";
+
+fn str_attr<'a>(span: &'a ReceivedSpan, key: &str) -> &'a str {
+    span.attributes
+        .get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("{key} missing in {span:#?}"))
+}
+
+fn int_attr(span: &ReceivedSpan, key: &str) -> i64 {
+    span.attributes
+        .get(key)
+        .and_then(Value::as_i64)
+        .unwrap_or_else(|| panic!("{key} missing in {span:#?}"))
+}
+
+fn pid_of(span: &ReceivedSpan) -> u32 {
+    span.resource
+        .get("process.pid")
+        .and_then(Value::as_u64)
+        .expect("process.pid resource attribute") as u32
+}
+
+fn duration_ms(span: &ReceivedSpan) -> f64 {
+    (span.end_unix_ns - span.start_unix_ns) as f64 / 1e6
+}
+
+/// Spans of `pid` of that kind, oldest first.
+fn spans_of(spans: &[ReceivedSpan], pid: u32, kind: SpanKind) -> Vec<ReceivedSpan> {
+    let mut ours: Vec<ReceivedSpan> = spans
+        .iter()
+        .filter(|s| pid_of(s) == pid && s.kind == kind)
+        .cloned()
+        .collect();
+    ours.sort_by_key(|s| s.start_unix_ns);
+    ours
+}
+
+/// The real path of an interpreter on PATH, for `--exe`.
+fn executable(name: &str) -> String {
+    let output = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .expect("sh");
+    let found = String::from_utf8(output.stdout).expect("utf-8");
+    let path = if name == "python3" {
+        // pyenv's shim is a script: ask the interpreter itself.
+        let output = Command::new("python3")
+            .args([
+                "-c",
+                "import os, sys; print(os.path.realpath(sys.executable))",
+            ])
+            .output()
+            .expect("python3");
+        String::from_utf8(output.stdout).expect("utf-8")
+    } else {
+        std::fs::canonicalize(Path::new(found.trim()))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .display()
+            .to_string()
+    };
+    path.trim().to_owned()
+}
+
+/// Waits until `done` holds for the spans received, or `WAIT` passed, then
+/// `SETTLE` more for stray extra spans; returns them. The assertions that
+/// follow say what is missing: other tests' processes may be selected too
+/// (`--exe`), and a dump of everything received would drown that.
+async fn settle(
+    receiver: &OtlpReceiver,
+    done: impl Fn(&[ReceivedSpan]) -> bool,
+) -> Vec<ReceivedSpan> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < WAIT && !done(&receiver.spans()) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(SETTLE).await;
+    receiver.spans()
+}
+
+/// Runs a test client to completion; returns its pid and output lines.
+fn run_client(program: &str, script: &str, args: &[&str]) -> (u32, Vec<String>) {
+    let child = Command::new(program)
+        .arg(app_path(script))
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {script}: {e}"));
+    let pid = child.id();
+    let output = child.wait_with_output().expect("running the client");
+    assert!(output.status.success(), "{script} {args:?} failed");
+    let lines = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    (pid, lines)
+}
+
+/// What `grpc_client.{py,js} suite` prints: the calls and their outcomes.
+const SUITE_OUTPUT: [&str; 5] = [
+    "Unary OK 2",
+    "Unary NOT_FOUND -",
+    "Unary DEADLINE_EXCEEDED -",
+    "ServerStream OK 3",
+    "ClientStream OK got 4",
+];
+
+/// The suite's calls as spans: `(rpc.method, status name)`.
+const SUITE_SPANS: [(&str, &str); 5] = [
+    ("sonde.test.Echo/Unary", "OK"),
+    ("sonde.test.Echo/Unary", "NOT_FOUND"),
+    ("sonde.test.Echo/Unary", "DEADLINE_EXCEEDED"),
+    ("sonde.test.Echo/ServerStream", "OK"),
+    ("sonde.test.Echo/ClientStream", "OK"),
+];
+
+/// Asserts the five spans of a suite run seen from one side.
+fn assert_suite(spans: &[ReceivedSpan], kind: SpanKind, server_port: u16) {
+    let got: Vec<(&str, &str)> = spans
+        .iter()
+        .map(|s| (s.name.as_str(), str_attr(s, "rpc.response.status_code")))
+        .collect();
+    assert_eq!(got, SUITE_SPANS, "{kind:?} spans: {spans:#?}");
+    for span in spans {
+        assert_eq!(str_attr(span, "rpc.system.name"), "grpc");
+        assert_eq!(str_attr(span, "rpc.method"), span.name);
+        assert_eq!(int_attr(span, "server.port"), i64::from(server_port));
+        assert_eq!(str_attr(span, "network.protocol.version"), "2");
+        let status = str_attr(span, "rpc.response.status_code");
+        let is_error = match kind {
+            SpanKind::Server => status == "DEADLINE_EXCEEDED",
+            _ => status != "OK",
+        };
+        let expected = if is_error {
+            StatusCode::Error
+        } else {
+            StatusCode::Unset
+        };
+        assert_eq!(span.status_code, expected, "{span:#?}");
+        if is_error {
+            assert_eq!(str_attr(span, "error.type"), status);
+        }
+    }
+    // The deadline was 200 ms; the server stopped waiting then too.
+    let deadline = duration_ms(&spans[2]);
+    assert!(
+        (150.0..950.0).contains(&deadline),
+        "deadline call took {deadline} ms: {:#?}",
+        spans[2]
+    );
+    if kind == SpanKind::Server {
+        assert_eq!(spans[0].trace_id, TRACE_ID, "incoming traceparent joined");
+        assert_eq!(spans[0].parent_span_id, PARENT_ID);
+        assert!(spans[1..].iter().all(|s| s.trace_id != TRACE_ID));
+    }
+}
+
+/// A grpcio client calling a grpcio server: unary, an error status, a
+/// deadline, server and client streaming, as server spans (selected by
+/// port) and client spans (selected by executable, started after the
+/// agent).
+///
+/// Ignored until the kernel copies more iovecs: grpcio writes with
+/// `sendmsg` of up to 24 iovecs (its first response 6), and the capture
+/// walks 4, so header blocks go missing. Passes on the server side with 16.
+#[ignore = "kernel capture walks 4 iovecs; grpcio sendmsg uses up to 24"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_calls_from_both_sides() {
+    require_e2e!();
+    let receiver = OtlpReceiver::start().await;
+    let server = Server::python_grpc();
+    let port = server.port.to_string();
+    let agent = Agent::start(
+        &["--port", &port, "--exe", &executable("python3")],
+        &receiver.grpc_endpoint(),
+        "grpc",
+    );
+    let (client, output) = run_client("python3", "grpc_client.py", &[&port, "suite"]);
+    assert_eq!(output, SUITE_OUTPUT);
+
+    let ours = |spans: &[ReceivedSpan]| {
+        (
+            spans_of(spans, server.pid(), SpanKind::Server),
+            spans_of(spans, client, SpanKind::Client),
+        )
+    };
+    let spans = settle(&receiver, |spans| {
+        let (served, made) = ours(spans);
+        served.len() >= 5 && made.len() >= 5
+    })
+    .await;
+    let (served, made) = ours(&spans);
+    assert_suite(&served, SpanKind::Server, server.port);
+    assert_suite(&made, SpanKind::Client, server.port);
+    assert_eq!(agent.stop(), 0);
+}
+
+/// The same calls between an @grpc/grpc-js client and server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_js_calls_from_both_sides() {
+    require_e2e!();
+    let receiver = OtlpReceiver::start().await;
+    let server = Server::node_grpc();
+    let port = server.port.to_string();
+    let agent = Agent::start(
+        &["--port", &port, "--exe", &executable("node")],
+        &receiver.http_endpoint(),
+        "http/protobuf",
+    );
+    let (client, output) = run_client("node", "grpc_client.js", &[&port, "suite"]);
+    assert_eq!(output, SUITE_OUTPUT);
+
+    let ours = |spans: &[ReceivedSpan]| {
+        (
+            spans_of(spans, server.pid(), SpanKind::Server),
+            spans_of(spans, client, SpanKind::Client),
+        )
+    };
+    let spans = settle(&receiver, |spans| {
+        let (served, made) = ours(spans);
+        served.len() >= 5 && made.len() >= 5
+    })
+    .await;
+    let (served, made) = ours(&spans);
+    assert_suite(&served, SpanKind::Server, server.port);
+    assert_suite(&made, SpanKind::Client, server.port);
+    assert_eq!(agent.stop(), 0);
+}
+
+/// curl --http2-prior-knowledge against a Node.js h2c server: HTTP spans
+/// with `network.protocol.version` "2", like HTTP/1 ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_h2c_requests() {
+    require_e2e!();
+    let receiver = OtlpReceiver::start().await;
+    let server = Server::node_h2c();
+    let agent = Agent::start(
+        &["--port", &server.port.to_string()],
+        &receiver.grpc_endpoint(),
+        "grpc",
+    );
+    let h2c = |args: &[&str]| {
+        let mut all = vec!["--http2-prior-knowledge", "-o", "/dev/null"];
+        all.extend_from_slice(args);
+        curl(&all);
+    };
+    h2c(&[
+        "-H",
+        &format!("traceparent: 00-{TRACE_ID}-{PARENT_ID}-01"),
+        &server.url("/status/200?sleep=100"),
+    ]);
+    h2c(&["-d", "hello", &server.url("/status/404")]);
+    h2c(&[&server.url("/status/503")]);
+
+    let spans = settle(&receiver, |spans| {
+        spans_of(spans, server.pid(), SpanKind::Server).len() >= 3
+    })
+    .await;
+    let spans = spans_of(&spans, server.pid(), SpanKind::Server);
+    let got: Vec<(&str, &str, i64)> = spans
+        .iter()
+        .map(|s| {
+            (
+                str_attr(s, "http.request.method"),
+                str_attr(s, "url.path"),
+                int_attr(s, "http.response.status_code"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("GET", "/status/200", 200),
+            ("POST", "/status/404", 404),
+            ("GET", "/status/503", 503),
+        ]
+    );
+    for span in &spans {
+        assert_eq!(str_attr(span, "network.protocol.version"), "2");
+        assert_eq!(int_attr(span, "server.port"), i64::from(server.port));
+        assert!(str_attr(span, "user_agent.original").starts_with("curl/"));
+        assert!(!span.attributes.contains_key("rpc.system.name"));
+    }
+    assert!(duration_ms(&spans[0]) >= 100.0, "{:#?}", spans[0]);
+    assert_eq!(spans[0].trace_id, TRACE_ID);
+    assert_eq!(spans[0].parent_span_id, PARENT_ID);
+    assert_eq!(spans[1].status_code, StatusCode::Unset, "4xx on a server");
+    assert_eq!(spans[2].status_code, StatusCode::Error);
+    assert_eq!(agent.stop(), 0);
+}
+
+/// 1,000 unary calls started at once on one grpcio channel (one HTTP/2
+/// connection, up to 1,000 concurrent streams): one correct server span
+/// and one correct client span each.
+///
+/// Ignored until the kernel captures whole syscalls: peers batch many
+/// streams into one send or receive (grpcio reads up to 25 KB and writes up
+/// to 199 iovecs at once), past the 4 KiB prefix and 4 iovecs copied
+/// today. Measured with `--capture-bytes 4096`: 777 of 1,000 server spans
+/// and 572 of 1,000 client spans; the others are counted as lost.
+#[ignore = "batched HTTP/2 syscalls exceed the kernel capture (4 KiB, 4 iovecs)"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_unary_calls() {
+    require_e2e!();
+    const CALLS: usize = 1000;
+    let receiver = OtlpReceiver::start().await;
+    let server = Server::python_grpc();
+    let port = server.port.to_string();
+    let agent = Agent::start(
+        &[
+            "--port",
+            &port,
+            "--exe",
+            &executable("python3"),
+            "--capture-bytes",
+            "4096",
+        ],
+        &receiver.grpc_endpoint(),
+        "grpc",
+    );
+    let (client, output) = run_client(
+        "python3",
+        "grpc_client.py",
+        &[&port, "concurrent", &CALLS.to_string()],
+    );
+    assert_eq!(output, [format!("concurrent {CALLS}")]);
+
+    let ours = |spans: &[ReceivedSpan]| {
+        (
+            spans_of(spans, server.pid(), SpanKind::Server),
+            spans_of(spans, client, SpanKind::Client),
+        )
+    };
+    let spans = settle(&receiver, |spans| {
+        let (served, made) = ours(spans);
+        served.len() >= CALLS && made.len() >= CALLS
+    })
+    .await;
+    let (served, made) = ours(&spans);
+    // Printed before the assertions: what a capture size gave.
+    eprintln!("{} server spans, {} client spans", served.len(), made.len());
+    for (side, spans) in [("server", &served), ("client", &made)] {
+        assert_eq!(spans.len(), CALLS, "{side} spans");
+        for span in spans.iter() {
+            assert_eq!(span.name, "sonde.test.Echo/Unary", "{span:#?}");
+            assert_eq!(str_attr(span, "rpc.response.status_code"), "OK");
+            assert_eq!(span.status_code, StatusCode::Unset);
+            assert!(span.end_unix_ns > span.start_unix_ns);
+        }
+    }
+    assert_eq!(agent.stop(), 0);
+}
