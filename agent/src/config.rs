@@ -339,9 +339,28 @@ mod tests {
         let (line, _, message) =
             AgentConfig::from_yaml("capture:\n  payload_bytes: lots\n").unwrap_err();
         assert_eq!(line, 2);
+        // The field path, not only the type mismatch: users fix fields.
+        assert!(message.contains("capture.payload_bytes"), "{message}");
+        let (line, _, message) =
+            AgentConfig::from_yaml("selectors:\n  ports: [80]\nexprot:\n  print: true\n")
+                .unwrap_err();
+        assert_eq!(line, 3);
+        assert!(message.contains("exprot"), "{message}");
+        let mut error = AgentConfig::from_file(Path::new("/nonexistent/sonde.yaml")).unwrap_err();
+        assert!(matches!(error, ConfigError::Read { .. }));
         assert!(
-            message.contains("payload_bytes") || message.contains("invalid type"),
-            "{message}"
+            error.to_string().contains("/nonexistent/sonde.yaml"),
+            "{error}"
+        );
+        error = ConfigError::Parse {
+            path: "sonde.yaml".into(),
+            line: 3,
+            column: 3,
+            message: "unknown field `prots`".into(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "config file sonde.yaml, line 3, column 3: unknown field `prots`"
         );
     }
 

@@ -59,7 +59,7 @@ use crate::{
         http::{HttpSpanOptions, build_span},
         model::Span,
     },
-    telemetry::{Counter, Stats},
+    telemetry::{Counter, Gauge, Stats},
 };
 
 /// Channel sizes. Big enough to absorb bursts; past them, loss is counted.
@@ -299,6 +299,7 @@ async fn run_conn_tracker(
                 out
             }
         };
+        stats.set_gauge(Gauge::ConnectionsTracked, tracker.connections() as u64);
         for exchange in exchanges {
             forward(
                 &conn_to_spans,

@@ -1,6 +1,7 @@
 //! The agent's own counters: every place that can lose or drop data counts
 //! it here, under one typed name, so /metrics, the periodic log summary and
-//! the tests all read the same numbers.
+//! the tests all read the same numbers. A few gauges sit beside them: the
+//! fill level of the bounded tables and queues, to see a loss coming.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -62,16 +63,52 @@ counters! {
     K8sPodsDroppedStoreFull => "sonde_k8s_pods_dropped_store_full", "Pods not tracked because the pod store was full";
 }
 
-/// Counter values, shared by every stage (`Arc<Stats>`).
+/// A level the agent reports as it is now, not as a total.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gauge {
+    /// Connections in the connection tracker (bounded by
+    /// `tracking.max_connections`).
+    ConnectionsTracked,
+    /// Spans waiting in the OTLP export queue, not counting the batch in
+    /// flight (bounded by `OTEL_BSP_MAX_QUEUE_SIZE`).
+    ExportQueueSpans,
+}
+
+impl Gauge {
+    /// Every gauge, in declaration order.
+    pub const ALL: &'static [Gauge] = &[Gauge::ConnectionsTracked, Gauge::ExportQueueSpans];
+
+    /// Metric name (Prometheus style).
+    pub fn name(self) -> &'static str {
+        match self {
+            Gauge::ConnectionsTracked => "sonde_connections_tracked",
+            Gauge::ExportQueueSpans => "sonde_export_queue_spans",
+        }
+    }
+
+    /// One-line description.
+    pub fn help(self) -> &'static str {
+        match self {
+            Gauge::ConnectionsTracked => "Connections the connection tracker holds now",
+            Gauge::ExportQueueSpans => {
+                "Spans waiting in the OTLP export queue now (the batch in flight not included)"
+            }
+        }
+    }
+}
+
+/// Counter and gauge values, shared by every stage (`Arc<Stats>`).
 #[derive(Debug)]
 pub struct Stats {
     values: Vec<AtomicU64>,
+    gauges: Vec<AtomicU64>,
 }
 
 impl Default for Stats {
     fn default() -> Self {
         Self {
             values: Counter::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            gauges: Gauge::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
         }
     }
 }
@@ -90,6 +127,16 @@ impl Stats {
     /// Current value.
     pub fn get(&self, counter: Counter) -> u64 {
         self.values[counter as usize].load(Ordering::Relaxed)
+    }
+
+    /// Sets a gauge to its current level.
+    pub fn set_gauge(&self, gauge: Gauge, value: u64) {
+        self.gauges[gauge as usize].store(value, Ordering::Relaxed);
+    }
+
+    /// Current level of a gauge.
+    pub fn gauge(&self, gauge: Gauge) -> u64 {
+        self.gauges[gauge as usize].load(Ordering::Relaxed)
     }
 
     /// Non-zero counters, for the log summary.
@@ -124,8 +171,19 @@ mod tests {
     #[test]
     fn names_are_unique() {
         let mut names: Vec<_> = Counter::ALL.iter().map(|c| c.name()).collect();
+        names.extend(Gauge::ALL.iter().map(|g| g.name()));
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), Counter::ALL.len());
+        assert_eq!(names.len(), Counter::ALL.len() + Gauge::ALL.len());
+    }
+
+    #[test]
+    fn gauges_hold_the_last_level_apart_from_counters() {
+        let stats = Stats::default();
+        stats.set_gauge(Gauge::ExportQueueSpans, 5);
+        stats.set_gauge(Gauge::ExportQueueSpans, 2);
+        assert_eq!(stats.gauge(Gauge::ExportQueueSpans), 2);
+        assert_eq!(stats.gauge(Gauge::ConnectionsTracked), 0);
+        assert!(stats.nonzero().is_empty(), "gauges are not losses");
     }
 }

@@ -57,6 +57,16 @@ impl Agent {
     /// Starts `sonde run <args>` exporting to `otlp_endpoint` over `protocol`
     /// and waits until it reports that it is running.
     pub fn start(args: &[&str], otlp_endpoint: &str, protocol: &str) -> Self {
+        Self::start_with_env(args, otlp_endpoint, protocol, &[])
+    }
+
+    /// [`Agent::start`] with extra environment variables (`OTEL_BSP_*`...).
+    pub fn start_with_env(
+        args: &[&str],
+        otlp_endpoint: &str,
+        protocol: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let bin = PathBuf::from(std::env::var_os("SONDE_AGENT_BIN").expect("SONDE_AGENT_BIN"));
         let mut child = Command::new(&bin)
             .arg("run")
@@ -64,6 +74,7 @@ impl Agent {
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_endpoint)
             .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
             .env("SONDE_LOG", "info,agent=debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -104,6 +115,21 @@ impl Agent {
     /// Sends SIGTERM and waits for a clean exit; returns the exit code.
     pub fn stop(mut self) -> i32 {
         self.terminate()
+    }
+
+    /// [`Agent::stop`], then everything the agent logged, its last lines
+    /// (the exit summary) included.
+    pub fn stop_with_log(mut self) -> (i32, String) {
+        let code = self.terminate();
+        // The stderr reader holds the other reference until it has read
+        // the last line.
+        for _ in 0..100 {
+            if Arc::strong_count(&self.log) == 1 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (code, self.log_text())
     }
 
     fn terminate(&mut self) -> i32 {

@@ -148,7 +148,9 @@ impl Shared {
     }
 }
 
-/// The receiver; both servers stop when it is dropped.
+/// The receiver; both servers stop when it is dropped. OTLP/HTTP
+/// connections are closed with it (a killed collector); tonic shuts OTLP/gRPC
+/// connections down gracefully, finishing what they are serving.
 #[derive(Debug)]
 pub struct OtlpReceiver {
     grpc_addr: SocketAddr,

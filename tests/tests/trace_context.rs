@@ -13,8 +13,8 @@
 use std::{
     collections::{HashMap, HashSet},
     fs,
-    io::{BufRead, BufReader, Write},
-    net::SocketAddr,
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream},
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -40,9 +40,10 @@ const LOAD_REQUESTS: usize = 100;
 const LOAD_CONCURRENCY: usize = 8;
 /// What `chain_service.{py,js}` answer to `GET /work`.
 const DONE: &str = "done\n";
-/// The `traceparent` the byte-level test's third request carries itself.
+/// A trace context of the caller's own (W3C's example values).
 const OWN_TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 const OWN_PARENT_ID: &str = "b7ad6b7169203331";
+const OWN_TRACE_STATE: &str = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
 
 fn str_attr<'a>(span: &'a ReceivedSpan, key: &str) -> &'a str {
     span.attributes
@@ -97,7 +98,7 @@ impl Interpreters {
         let dir = std::env::temp_dir().join(format!("sonde-tc-{}-{test}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-        let python = real_path_of("python3", "import os, sys; print(sys.executable)");
+        let python = real_path_of("python3", "import sys; print(sys.executable)");
         let node = real_path_of("node", "console.log(process.execPath)");
         // A second python link, selected alone by `--exe` in the byte-level test.
         for (name, real) in [
@@ -152,10 +153,9 @@ fn real_path_of(program: &str, script: &str) -> PathBuf {
 }
 
 /// `chain_service.py`: answers `GET /work` after calling each of `downstream`.
-fn python_chain(interpreters: &Interpreters, extra: &[&str], downstream: &[String]) -> Server {
+fn python_chain(interpreters: &Interpreters, downstream: &[String]) -> Server {
     let script = app_path("chain_service.py");
     let mut args = vec![script.to_str().expect("utf-8 path")];
-    args.extend_from_slice(extra);
     for url in downstream {
         args.extend(["--downstream", url]);
     }
@@ -474,8 +474,8 @@ async fn chain_over_loopback_is_one_trace_per_request() {
     let interpreters = Interpreters::new("chain");
     let receiver = OtlpReceiver::start().await;
     let c = node_chain(&interpreters, &[]);
-    let b = python_chain(&interpreters, &[], &[c.url("/work")]);
-    let a = python_chain(&interpreters, &[], &[b.url("/work"), c.url("/work")]);
+    let b = python_chain(&interpreters, &[c.url("/work")]);
+    let a = python_chain(&interpreters, &[b.url("/work"), c.url("/work")]);
     let pids = [a.pid(), b.pid(), c.pid()];
     let ports = format!("{},{},{}", a.port, b.port, c.port);
     let agent = Agent::start(
@@ -485,12 +485,23 @@ async fn chain_over_loopback_is_one_trace_per_request() {
     );
     wait_instrumented(&agent, &pids).await;
 
-    const ONE_AT_A_TIME: usize = 3;
-    for request in 0..ONE_AT_A_TIME {
+    // One at a time; the last request comes with a trace context of its own.
+    let own_context = [
+        "-H",
+        &format!("traceparent: 00-{OWN_TRACE_ID}-{OWN_PARENT_ID}-01"),
+        "-H",
+        &format!("tracestate: {OWN_TRACE_STATE}"),
+    ];
+    for with_context in [false, false, true] {
         let before = receiver.spans().len();
-        assert_eq!(curl(&[&a.url("/work")]), DONE);
+        let mut args = vec![a.url("/work")];
+        if with_context {
+            args.extend(own_context.iter().map(|&arg| arg.to_owned()));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_eq!(curl(&args), DONE);
         let spans = wait_for_spans(&receiver, &pids, before, 7).await;
-        assert_eq!(spans.len(), 7, "request {request}: 7 spans\n{spans:#?}");
+        assert_eq!(spans.len(), 7, "7 spans per request\n{spans:#?}");
         let is =
             |s: &ReceivedSpan, server: &Server, kind| pid_of(s) == server.pid() && s.kind == kind;
         let a_server = the_span(&spans, "A server", |s| is(s, &a, SpanKind::Server));
@@ -508,10 +519,16 @@ async fn chain_over_loopback_is_one_trace_per_request() {
         let c_from_b = the_span(&spans, "C server called by B", |s| {
             is(s, &c, SpanKind::Server) && s.parent_span_id == b_to_c.span_id
         });
-        assert!(
-            a_server.parent_span_id.is_empty(),
-            "curl sent no traceparent: A is the root\n{a_server:#?}"
-        );
+        if with_context {
+            assert_eq!(a_server.trace_id, OWN_TRACE_ID, "{a_server:#?}");
+            assert_eq!(a_server.parent_span_id, OWN_PARENT_ID, "{a_server:#?}");
+            assert_eq!(a_server.trace_state, OWN_TRACE_STATE, "{a_server:#?}");
+        } else {
+            assert!(
+                a_server.parent_span_id.is_empty(),
+                "curl sent no traceparent: A is the root\n{a_server:#?}"
+            );
+        }
         assert_child_of(a_to_b, a_server, "A's call to B");
         assert_child_of(a_to_c, a_server, "A's call to C");
         assert_child_of(b_server, a_to_b, "B's request");
@@ -519,9 +536,13 @@ async fn chain_over_loopback_is_one_trace_per_request() {
         assert_child_of(c_from_a, a_to_c, "C's request from A");
         assert_child_of(c_from_b, b_to_c, "C's request from B");
         assert_eq!(called_port(b_to_c), c.port);
-        // Injected headers are not exported as attributes, and a joined
-        // trace has no tracestate unless the caller sent one.
-        assert!(spans.iter().all(|s| s.trace_state.is_empty()), "{spans:#?}");
+        // The injected header has no tracestate: only A saw one.
+        assert!(
+            spans
+                .iter()
+                .all(|s| s.span_id == a_server.span_id || s.trace_state.is_empty()),
+            "{spans:#?}"
+        );
     }
 
     let before = receiver.spans().len();
@@ -547,6 +568,105 @@ async fn chain_over_loopback_is_one_trace_per_request() {
     assert_eq!(agent.stop(), 0);
 }
 
+/// Bytes the server's end of the connection `client_port` -> `server_port`
+/// on 127.0.0.1 has received and how many of them still wait to be read,
+/// from `ss` (`None` before it has received any).
+fn server_socket_bytes(server_port: u16, client_port: u16) -> Option<(u64, u64)> {
+    let output = Command::new("ss")
+        .args(["-tinH", "state", "established"])
+        .arg(format!(
+            "src 127.0.0.1:{server_port} dst 127.0.0.1:{client_port}"
+        ))
+        .output()
+        .expect("running ss");
+    let text = String::from_utf8_lossy(&output.stdout);
+    // Recv-Q Send-Q Local Peer, then the TCP info fields.
+    let mut fields = text.split_whitespace();
+    let queued = fields.next()?.parse().ok()?;
+    let received = fields
+        .find_map(|field| field.strip_prefix("bytes_received:"))?
+        .parse()
+        .ok()?;
+    Some((received, queued))
+}
+
+/// Waits until the server has read all of the first `sent` bytes.
+fn wait_read_by_server(server_port: u16, client_port: u16, sent: usize) {
+    let started = Instant::now();
+    while server_socket_bytes(server_port, client_port) != Some((sent as u64, 0)) {
+        assert!(
+            started.elapsed() < WAIT,
+            "the server never read the request line: {:?}",
+            server_socket_bytes(server_port, client_port)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// An incoming `traceparent` that reaches the server after its request
+/// line, in a later segment, still joins the caller's trace. Clients split
+/// heads on their own (the request line written first, with TCP_NODELAY),
+/// and the kernel's injection does too: the pushed line is a scatterlist
+/// entry of its own, sent as its own segment, so a callee that reads fast
+/// can get the request line alone (about one request in a hundred sent by
+/// `chain_service.js`). The server here reads the request line before the
+/// rest is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known gap: the kernel looks for traceparent in the read that starts a request only"]
+async fn incoming_traceparent_after_a_split_request_line_joins_the_trace() {
+    require_e2e!();
+    let interpreters = Interpreters::new("split");
+    let receiver = OtlpReceiver::start().await;
+    let server = python_chain(&interpreters, &[]);
+    let agent = Agent::start(
+        &["--port", &server.port.to_string(), "--prometheus-port", "0"],
+        &receiver.grpc_endpoint(),
+        "grpc",
+    );
+    wait_instrumented(&agent, &[server.pid()]).await;
+
+    let port = server.port;
+    let reply = tokio::task::spawn_blocking(move || {
+        let request_line = b"GET /work HTTP/1.1\r\n";
+        let rest = format!(
+            "Host: 127.0.0.1\r\ntraceparent: 00-{OWN_TRACE_ID}-{OWN_PARENT_ID}-01\r\n\
+             tracestate: {OWN_TRACE_STATE}\r\nConnection: close\r\n\r\n"
+        );
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.set_nodelay(true).expect("TCP_NODELAY");
+        let client_port = stream.local_addr().expect("local address").port();
+        stream
+            .write_all(request_line)
+            .expect("sending the request line");
+        wait_read_by_server(port, client_port, request_line.len());
+        stream
+            .write_all(rest.as_bytes())
+            .expect("sending the headers");
+        let mut reply = String::new();
+        stream
+            .read_to_string(&mut reply)
+            .expect("reading the reply");
+        reply
+    })
+    .await
+    .expect("client thread");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+
+    let spans = wait_for_spans(&receiver, &[server.pid()], 0, 1).await;
+    let span = the_span(&spans, "the server span", |s| s.kind == SpanKind::Server);
+    assert_eq!(
+        (
+            span.trace_id.as_str(),
+            span.parent_span_id.as_str(),
+            span.trace_state.as_str()
+        ),
+        (OWN_TRACE_ID, OWN_PARENT_ID, OWN_TRACE_STATE),
+        "the request's own context, read from its second segment\n{span:#?}"
+    );
+    assert_ids_well_formed(&receiver.spans());
+    assert_eq!(agent.stop(), 0);
+}
+
 /// curl -> N (Node.js, one event loop thread) -> C (Python). One request at
 /// a time every span is linked; with 8 at a time a call can be given to
 /// another request the loop received meanwhile, so the fraction is only
@@ -556,7 +676,7 @@ async fn node_in_the_middle_links_sequential_requests() {
     require_e2e!();
     let interpreters = Interpreters::new("node");
     let receiver = OtlpReceiver::start().await;
-    let c = python_chain(&interpreters, &[], &[]);
+    let c = python_chain(&interpreters, &[]);
     let n = node_chain(&interpreters, &[c.url("/work")]);
     let pids = [n.pid(), c.pid()];
     let agent = Agent::start(
@@ -662,6 +782,12 @@ async fn one_hop_across_network_namespaces() {
     );
     let mut namespaces = Namespaces { names: Vec::new() };
     if let Err(why) = namespaces.add(caller_ns.clone()) {
+        // A sandbox without CAP_SYS_ADMIN in its user namespace; anything
+        // else is a failure.
+        assert!(
+            why.contains("Operation not permitted") || why.contains("Permission denied"),
+            "ip netns add {caller_ns}: {why}"
+        );
         eprintln!("skipped: `ip netns add` is not permitted here: {why}");
         return;
     }
@@ -836,7 +962,7 @@ async fn sdk_service_in_the_middle_continues_the_trace() {
             &c.url("/work"),
         ],
     );
-    let a = python_chain(&interpreters, &[], &[sdk.url("/work")]);
+    let a = python_chain(&interpreters, &[sdk.url("/work")]);
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let agent = Agent::start(
         &[

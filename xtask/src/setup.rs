@@ -231,11 +231,11 @@ fn check(groups: &[Group]) -> Vec<Checked> {
         // The trace-context tests run a service instrumented with the
         // OpenTelemetry SDK (tests/apps/sdk_service.py) next to the agent.
         out.push(Checked {
-            name: "python opentelemetry-sdk",
+            name: "python otel-sdk",
             status: python_pypi_module("opentelemetry.sdk.version", "opentelemetry-sdk==1.45.2"),
         });
         out.push(Checked {
-            name: "python opentelemetry-exporter-otlp-proto-http",
+            name: "python otlp exporter",
             status: python_pypi_module(
                 "opentelemetry.exporter.otlp.proto.http",
                 "opentelemetry-exporter-otlp-proto-http==1.45.2",

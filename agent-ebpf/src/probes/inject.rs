@@ -116,21 +116,33 @@ fn try_inject(ctx: &SkMsgContext) -> u32 {
     let tid = pid_tgid as u32;
     let mut trace = client_context(tid);
     trace.flags |= CTX_INJECTED;
-    let insert_at = line_end + 2;
+    let insert_at = (line_end + 2) & (HEAD_LIMIT - 1);
     if ctx.push_data(insert_at, LINE_LEN as u32, 0).is_err() {
         return inject::FAILED;
     }
-    // SAFETY: the pushed range is inside the message now.
-    if unsafe { bpf_msg_pull_data(ctx.msg, insert_at, insert_at + LINE_LEN as u32, 0) } != 0 {
-        return inject::FAILED;
+    // Make the head and the new line one linear piece: the message's pieces
+    // leave as separate TCP segments under TCP_NODELAY, and a receiver that
+    // reads the request line alone would not see the header in that read.
+    let whole = core::cmp::min(ctx.size(), len + LINE_LEN as u32);
+    // SAFETY: valid context; the range is within the grown message.
+    if unsafe { bpf_msg_pull_data(ctx.msg, 0, whole, 0) } != 0 {
+        return undo_push(ctx, insert_at);
     }
     let (data, end) = (ctx.data(), ctx.data_end());
-    if data + LINE_LEN > end {
-        return inject::FAILED;
+    let at = data + insert_at as usize;
+    if at + LINE_LEN > end {
+        return undo_push(ctx, insert_at);
     }
-    write_line(data as *mut u8, &trace);
+    write_line(at as *mut u8, &trace);
     let _ = INJECTED_CTX.insert(tid, trace, 0);
     inject::INJECTED
+}
+
+/// Removes the pushed (still zeroed) bytes again: a request is never sent
+/// with a half-written line in it.
+fn undo_push(ctx: &SkMsgContext, insert_at: u32) -> u32 {
+    let _ = ctx.pop_data(insert_at, LINE_LEN as u32, 0);
+    inject::FAILED
 }
 
 /// What the head of an outgoing request allows.

@@ -351,26 +351,13 @@ fn parse_value(payload: *const u8, at: u32) -> Option<Parent> {
 
     let mut invalid: u32 = 0;
     let version = hex_pair(text[0], text[1], &mut invalid);
-    let mut parent = Parent {
-        trace_id: [0; 16],
-        span_id: [0; 8],
-        trace_flags: 0,
+    let (trace_id, any_trace) = hex_id::<16>(&text, 3, &mut invalid);
+    let (span_id, any_span) = hex_id::<8>(&text, 36, &mut invalid);
+    let parent = Parent {
+        trace_id,
+        span_id,
+        trace_flags: u32::from(hex_pair(text[53], text[54], &mut invalid)),
     };
-    let mut any_trace = 0u8;
-    let mut i = 0;
-    while i < 16 {
-        parent.trace_id[i] = hex_pair(text[3 + 2 * i], text[4 + 2 * i], &mut invalid);
-        any_trace |= parent.trace_id[i];
-        i += 1;
-    }
-    let mut any_span = 0u8;
-    let mut j = 0;
-    while j < 8 {
-        parent.span_id[j] = hex_pair(text[36 + 2 * j], text[37 + 2 * j], &mut invalid);
-        any_span |= parent.span_id[j];
-        j += 1;
-    }
-    parent.trace_flags = u32::from(hex_pair(text[53], text[54], &mut invalid));
     let dashes =
         u32::from(text[2] ^ b'-') | u32::from(text[35] ^ b'-') | u32::from(text[52] ^ b'-');
     if invalid != 0 || dashes != 0 || any_trace == 0 || any_span == 0 || version == 0xff {
@@ -383,6 +370,25 @@ fn parse_value(payload: *const u8, at: u32) -> Option<Parent> {
         return None;
     }
     Some(parent)
+}
+
+/// Decodes `N` bytes of hex starting at `text[at]`; also returns the OR of
+/// the bytes (zero for an all-zero id, which W3C rejects).
+#[inline(always)]
+fn hex_id<const N: usize>(
+    text: &[u8; VALUE_LEN + 1],
+    at: usize,
+    invalid: &mut u32,
+) -> ([u8; N], u8) {
+    let mut id = [0u8; N];
+    let mut any = 0u8;
+    let mut i = 0;
+    while i < N {
+        id[i] = hex_pair(text[at + 2 * i], text[at + 1 + 2 * i], invalid);
+        any |= id[i];
+        i += 1;
+    }
+    (id, any)
 }
 
 /// All ones if `value` is in `low..=high`, else zero, without a branch.

@@ -33,7 +33,7 @@ use tokio::sync::Semaphore;
 
 use super::red::{Instrument, Point, RedMetrics, Temporality};
 use crate::spans::model::{AttributeValue, Resource};
-use crate::telemetry::{Counter, Stats};
+use crate::telemetry::{Counter, Gauge, Stats};
 
 /// Scrapes served at once; further connections are closed at once, so a
 /// misbehaving scraper cannot make the agent hold unbounded connections.
@@ -171,6 +171,11 @@ impl Collector for AgentCollector {
                 MetricType::Counter,
             )?;
             metric.encode_counter::<NoLabelSet, u64, u64>(&self.stats.get(counter), None)?;
+        }
+        for &gauge in Gauge::ALL {
+            let mut metric =
+                encoder.encode_descriptor(gauge.name(), gauge.help(), None, MetricType::Gauge)?;
+            metric.encode_gauge(&self.stats.gauge(gauge))?;
         }
         Ok(())
     }
@@ -369,15 +374,23 @@ mod tests {
     }
 
     #[test]
-    fn without_red_metrics_only_counters() {
-        let text = scrape(None, Arc::default());
+    fn without_red_metrics_only_counters_and_gauges() {
+        let stats = Arc::new(Stats::default());
+        stats.set_gauge(Gauge::ExportQueueSpans, 12);
+        let text = scrape(None, stats);
         assert!(!text.contains("duration"), "{text}");
         assert_eq!(
             text.lines()
                 .filter(|l| l.starts_with("# TYPE sonde_"))
                 .count(),
-            Counter::ALL.len()
+            Counter::ALL.len() + Gauge::ALL.len()
         );
+        assert!(
+            text.contains("# TYPE sonde_export_queue_spans gauge\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nsonde_export_queue_spans 12\n"), "{text}");
+        assert!(text.contains("\nsonde_connections_tracked 0\n"), "{text}");
     }
 
     #[test]

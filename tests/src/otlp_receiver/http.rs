@@ -21,19 +21,28 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use prost::Message as _;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 
 use super::{Failure, Protocol, Shared, text_headers};
 
 const PROTOBUF: &str = "application/x-protobuf";
 
+/// Serves until dropped. Connections are tasks of a `JoinSet` owned here,
+/// so dropping the receiver closes them too, as a killed collector would:
+/// a client's keep-alive connection must not outlive it.
 pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let mut connections = JoinSet::new();
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => panic!("OTLP/HTTP test receiver: accept failed: {error}"),
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => panic!("OTLP/HTTP test receiver: accept failed: {error}"),
+            },
+            // Reaps finished connections so the set does not grow.
+            Some(_) = connections.join_next() => continue,
         };
         let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let service = service_fn(move |request| handle(Arc::clone(&shared), request));
             // A client that hangs up mid-request is the client's problem.
             let _ = http1::Builder::new()

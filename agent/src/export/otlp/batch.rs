@@ -20,7 +20,7 @@ use super::events::{BatchExported, BatchLost, QueueFull, ShutdownTimedOut};
 use super::retry::send_with_retry;
 use super::transport::Transport;
 use crate::spans::model::Span;
-use crate::telemetry::Stats;
+use crate::telemetry::{Gauge, Stats};
 
 /// Runs until `rx` closes, then flushes within `config.shutdown_timeout`.
 pub(super) async fn run_batcher<T: Transport>(
@@ -39,6 +39,7 @@ pub(super) async fn run_batcher<T: Transport>(
         {
             in_flight = Some(InFlight::start(&transport, spans, config, stats));
         }
+        stats.set_gauge(Gauge::ExportQueueSpans, queue.len());
         // While a batch is in flight the delay is moot: the next batch
         // starts when this one is done.
         let deadline = match in_flight {
@@ -75,6 +76,7 @@ pub(super) async fn run_batcher<T: Transport>(
         }
     };
     let flushed = tokio::time::timeout(config.shutdown_timeout, flush).await;
+    stats.set_gauge(Gauge::ExportQueueSpans, queue.len());
     if flushed.is_err() {
         let in_flight = in_flight.map_or(0, |batch| batch.spans);
         ShutdownTimedOut {
@@ -544,6 +546,7 @@ mod tests {
             vec![names(&["a", "b"]), names(&["c", "d"]), names(&["e"])]
         );
         assert_eq!(stats.get(Counter::SpansExported), 5);
+        assert_eq!(stats.gauge(Gauge::ExportQueueSpans), 0);
         assert_eq!(
             started.elapsed(),
             Duration::ZERO,
@@ -567,5 +570,7 @@ mod tests {
         assert_eq!(requests, vec![names(&["a", "b"])]);
         assert_eq!(stats.get(Counter::SpansExportFailed), 5);
         assert_eq!(stats.get(Counter::SpansExported), 0);
+        // The batch in flight is not in the queue.
+        assert_eq!(stats.gauge(Gauge::ExportQueueSpans), 3);
     }
 }
