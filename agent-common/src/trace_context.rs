@@ -17,6 +17,10 @@ pub const CTX_INJECTED: u32 = 4;
 /// `flags`: the trace id and parent came from the request's own `traceparent`.
 pub const CTX_FROM_HEADER: u32 = 8;
 
+/// `flags`: a later read of the request's head brought its `traceparent`:
+/// this replaces the trace id and parent reported for the same span id.
+pub const CTX_UPDATE: u32 = 16;
+
 /// Span identity attached to the first event of a request.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -49,6 +49,11 @@ pub static ACCEPTED_FDS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16_
 #[map]
 pub static SERVER_CTX: LruHashMap<u32, ServerContext> = LruHashMap::with_max_entries(65_536, 0);
 
+/// Threads whose request head (on this socket cookie) is still arriving
+/// without a `traceparent` so far (see `probes::trace_context`).
+#[map]
+pub static HEAD_OPEN: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16_384, 0);
+
 /// Ids `probes::inject` put on the wire, by tid, for the same send's data
 /// event: sk_msg runs before `sock_send_length` in the same thread.
 #[map]
@@ -84,6 +89,8 @@ pub struct TraceScratch {
     pub bytes: [u8; 2048],
     /// Map memory the verifier cannot see through (see `forget_precision`).
     pub slot: u32,
+    /// Likewise, for the case `server_request_context` is handling.
+    pub case: u32,
 }
 
 #[map]

@@ -606,13 +606,9 @@ fn wait_read_by_server(server_port: u16, client_port: u16, sent: usize) {
 /// An incoming `traceparent` that reaches the server after its request
 /// line, in a later segment, still joins the caller's trace. Clients split
 /// heads on their own (the request line written first, with TCP_NODELAY),
-/// and the kernel's injection does too: the pushed line is a scatterlist
-/// entry of its own, sent as its own segment, so a callee that reads fast
-/// can get the request line alone (about one request in a hundred sent by
-/// `chain_service.js`). The server here reads the request line before the
-/// rest is sent.
+/// so a callee that reads fast can get the request line alone. The server
+/// here reads the request line before the rest is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap: the kernel looks for traceparent in the read that starts a request only"]
 async fn incoming_traceparent_after_a_split_request_line_joins_the_trace() {
     require_e2e!();
     let interpreters = Interpreters::new("split");

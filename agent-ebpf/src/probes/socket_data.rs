@@ -35,8 +35,8 @@ use aya_ebpf::{
 
 use super::syscall_args::SyscallArgs;
 use super::trace_context::{
-    end_server_request, is_request_start, is_response_start, start_client_request,
-    take_server_request,
+    close_request_head, end_server_request, is_request_start, is_response_start,
+    start_client_request, take_server_request, take_server_request_update,
 };
 use crate::{
     maps::{ACCEPTED_FDS, DATA_EVENTS, DATA_SCRATCH, TRACKED_CONNS, config, count_drop, is_target},
@@ -134,13 +134,20 @@ fn trace_context_of(event: &SocketDataEvent, payload: *const u8, copied: u32) ->
     let tid = event.header.tid;
     let role = event.role;
     if event.direction == DIRECTION_INGRESS {
-        if role != ROLE_CLIENT && is_request_start(payload, copied) {
-            return take_server_request(tid);
+        if role != ROLE_CLIENT {
+            return if is_request_start(payload, copied) {
+                take_server_request(tid)
+            } else {
+                take_server_request_update(tid)
+            };
         }
-    } else if role != ROLE_SERVER && is_request_start(payload, copied) {
-        return start_client_request(tid);
-    } else if role != ROLE_CLIENT && is_response_start(payload, copied) {
-        end_server_request(tid);
+    } else {
+        close_request_head(tid);
+        if role != ROLE_SERVER && is_request_start(payload, copied) {
+            return start_client_request(tid);
+        } else if role != ROLE_CLIENT && is_response_start(payload, copied) {
+            end_server_request(tid);
+        }
     }
     TraceContext::default()
 }

@@ -15,15 +15,20 @@
 //!   thread's server context if one is active (thread-per-request servers),
 //!   or the ids `inject.rs` already put on the wire.
 
-use agent_common::trace_context::{CTX_FROM_HEADER, CTX_HAS_PARENT, CTX_VALID, TraceContext};
+use agent_common::trace_context::{
+    CTX_FROM_HEADER, CTX_HAS_PARENT, CTX_UPDATE, CTX_VALID, TraceContext,
+};
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, generated::bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_socket_cookie,
+        generated::bpf_probe_read_user,
+    },
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
 
 use super::{socket_data::is_tcp, syscall_args::SyscallArgs};
-use crate::maps::{INJECTED_CTX, SERVER_CTX, TRACE_SCRATCH, is_target};
+use crate::maps::{HEAD_OPEN, INJECTED_CTX, SERVER_CTX, TRACE_SCRATCH, is_target};
 
 /// Kernel-internal `flags` bit: set by [`server_request_context`], cleared
 /// when the capture program reports the context, so a context is reported
@@ -116,11 +121,69 @@ fn try_server_request_context(ctx: &BtfTracePointContext) -> Option<()> {
     }
     zero_tail(&mut scratch.bytes, len);
     let payload = scratch.bytes.as_ptr();
-    if !is_request_start(payload, len) {
+    let tid = pid_tgid as u32;
+    // SAFETY: `sk` is the tracepoint's typed socket argument.
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
+    let starts_request = is_request_start(payload, len);
+    // A later read of a head whose first read had no traceparent: clients
+    // may write the request line and the headers separately.
+    // SAFETY: plain value lookup.
+    let continues_head = !starts_request && unsafe { HEAD_OPEN.get(tid) } == Some(&cookie);
+    if !starts_request && !continues_head {
         return None;
     }
-    start_server_request(pid_tgid as u32, payload, len, &mut scratch.slot);
+    // One scan and one parse, shared by both cases: each inlined copy would
+    // multiply what the verifier walks. Which case this is waits in map
+    // memory meanwhile, so the verifier walks the scan once, not once per
+    // case (see forget_precision).
+    // SAFETY: writing our own per-CPU scratch.
+    unsafe { core::ptr::write_volatile(&mut scratch.case, u32::from(starts_request)) };
+    let search = scan_head(payload, len);
+    let parent = parent_from(payload, search, &mut scratch.slot);
+    if search == HeadSearch::Open && parent.is_none() {
+        let _ = HEAD_OPEN.insert(tid, cookie, 0);
+    } else {
+        let _ = HEAD_OPEN.remove(tid);
+    }
+    // SAFETY: reading back the value stored above.
+    let starts_request = unsafe { core::ptr::read_volatile(&scratch.case) } == 1;
+    if starts_request {
+        start_server_request(tid, parent);
+    } else if let Some(parent) = parent {
+        update_server_request(tid, &parent);
+    }
     Some(())
+}
+
+/// The rest of the head brought the parent: the thread's request joins it.
+#[inline(always)]
+fn update_server_request(tid: u32, parent: &Parent) {
+    let Some(ctx) = SERVER_CTX.get_ptr_mut(tid) else {
+        return;
+    };
+    // SAFETY: a valid map value pointer.
+    let ctx = unsafe { &mut *ctx };
+    ctx.trace_id = parent.trace_id;
+    ctx.parent_span_id = parent.span_id;
+    ctx.trace_flags = parent.trace_flags;
+    ctx.flags |= CTX_HAS_PARENT | CTX_FROM_HEADER | CTX_UPDATE | CTX_FRESH;
+}
+
+/// The context update [`update_server_request`] made, reported once with
+/// the read that brought it.
+#[inline(always)]
+pub fn take_server_request_update(tid: u32) -> TraceContext {
+    if let Some(ctx) = SERVER_CTX.get_ptr_mut(tid) {
+        // SAFETY: a valid map value pointer.
+        let ctx = unsafe { &mut *ctx };
+        if ctx.flags & (CTX_FRESH | CTX_UPDATE) == CTX_FRESH | CTX_UPDATE {
+            ctx.flags &= !(CTX_FRESH | CTX_UPDATE);
+            let mut update = *ctx;
+            update.flags |= CTX_UPDATE;
+            return update;
+        }
+    }
+    TraceContext::default()
 }
 
 /// Zeroes the 64 bytes after `len` in a scratch buffer: scans read whole
@@ -170,19 +233,8 @@ fn new_server_context(trace_id: [u8; 16]) -> TraceContext {
 /// A server request starts on thread `tid`: keeps its context for the
 /// thread's outgoing calls and for the capture program to report.
 #[inline(always)]
-fn start_server_request(tid: u32, payload: *const u8, captured: u32, scratch_slot: &mut u32) {
+fn start_server_request(tid: u32, parent: Option<Parent>) {
     let mut ctx = new_server_context([0; 16]);
-    let found = find_traceparent(payload, captured).unwrap_or(NOT_FOUND);
-    // Every loop iteration that finds the header is a separate verifier
-    // path with a different constant offset; passing the offset through
-    // map memory makes it an unknown scalar, so the paths merge and the
-    // parser below is verified once instead of once per offset.
-    let found = forget_precision(scratch_slot, found);
-    let parent = if found == NOT_FOUND {
-        None
-    } else {
-        parse_value(payload, found)
-    };
     match parent {
         Some(parent) => {
             ctx.trace_id = parent.trace_id;
@@ -196,8 +248,19 @@ fn start_server_request(tid: u32, payload: *const u8, captured: u32, scratch_slo
     let _ = SERVER_CTX.insert(tid, ctx, 0);
 }
 
-/// `find_traceparent` found nothing.
-const NOT_FOUND: u32 = u32::MAX;
+/// The parent a head search found, parsed.
+#[inline(always)]
+fn parent_from(payload: *const u8, search: HeadSearch, scratch_slot: &mut u32) -> Option<Parent> {
+    let HeadSearch::Found(at) = search else {
+        return None;
+    };
+    // Every loop iteration that finds the header is a separate verifier
+    // path with a different constant offset; passing the offset through
+    // map memory makes it an unknown scalar, so the paths merge and the
+    // parser below is verified once instead of once per offset.
+    let at = forget_precision(scratch_slot, at);
+    parse_value(payload, at)
+}
 
 /// Returns `value` after a round trip through map memory, which the verifier
 /// cannot see through (see `start_server_request`).
@@ -214,6 +277,12 @@ pub fn forget_precision(slot: &mut u32, value: u32) -> u32 {
 #[inline(always)]
 pub fn end_server_request(tid: u32) {
     let _ = SERVER_CTX.remove(tid);
+}
+
+/// The thread sends something: the head it was reading is complete.
+#[inline(always)]
+pub fn close_request_head(tid: u32) {
+    let _ = HEAD_OPEN.remove(tid);
 }
 
 /// A client request leaves on thread `tid`: the ids `inject.rs` just put
@@ -252,25 +321,39 @@ pub fn client_context(tid: u32) -> TraceContext {
     ctx
 }
 
-/// Offset just after `traceparent:` (at a line start, any case) in the
-/// first `captured` bytes of `payload`.
+/// What a read of a request head says about `traceparent`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HeadSearch {
+    /// Found: its value starts at this offset (after the colon).
+    Found(u32),
+    /// The head ended (empty line) without one.
+    Ended,
+    /// Not in this read, and the head goes on.
+    Open,
+}
+
+/// Looks for `traceparent:` at line starts (any case) in the first
+/// `captured` bytes of `payload`, and whether the head ends there.
+/// The read may itself start at a line start (a head written in pieces).
 ///
 /// Written for the verifier, which walks every iteration of a loop with its
 /// own state and compares each new state with all the earlier ones (so the
 /// cost grows with the square of the iterations), and allows at most 8192
 /// jumps on one path: the scan moves a word (8 bytes) at a time, looks at
 /// the bytes of a word only if it holds a newline, and compares the header
-/// name without branches.
+/// name without branches. Bytes past `captured` are zero (`zero_tail`).
 #[inline(always)]
-fn find_traceparent(payload: *const u8, captured: u32) -> Option<u32> {
+fn scan_head(payload: *const u8, captured: u32) -> HeadSearch {
     let scanned = core::cmp::min(captured, SCAN_LIMIT);
-    // An explicit early return, not saturating_sub: LLVM lowers that to a
-    // select the verifier cannot relate to the bound, and it then walks the
-    // loop with a stale register as the limit.
-    if scanned <= NAME_LEN + 1 {
-        return None;
+    // SAFETY: the scratch holds at least 16 bytes.
+    let start: [u8; 2] = unsafe { core::ptr::read_unaligned(payload.cast()) };
+    if start == *b"\r\n" {
+        return HeadSearch::Ended;
     }
-    let words = (scanned - NAME_LEN - 1) / 8;
+    if names_traceparent(payload) {
+        return HeadSearch::Found(NAME_LEN);
+    }
+    let words = scanned.div_ceil(8);
     let mut word: u32 = 0;
     while word < words && word < SCAN_LIMIT / 8 {
         let base = (word * 8) & MASK;
@@ -283,14 +366,27 @@ fn find_traceparent(payload: *const u8, captured: u32) -> Option<u32> {
                 let at = payload.wrapping_add((base + k) as usize);
                 // SAFETY: as above, 13 more bytes are within the buffer.
                 if unsafe { *at } == b'\n' && names_traceparent(at.wrapping_add(1)) {
-                    return Some(base + k + 1 + NAME_LEN);
+                    return HeadSearch::Found(base + k + 1 + NAME_LEN);
                 }
                 k += 1;
             }
         }
         word += 1;
     }
-    None
+    // Checked once, not at every newline (that doubles the paths the
+    // verifier walks): a head that ends exactly where the read ends, the
+    // usual case. A head that ends mid-read stays "open" until the thread
+    // sends something (see `socket_data::trace_context_of`).
+    // Masked after the subtraction: the verifier must see a bounded index.
+    let end = scanned.wrapping_sub(4) & MASK;
+    // SAFETY: end < SCAN_LIMIT; the scratch has room past it.
+    let tail: [u8; 4] =
+        unsafe { core::ptr::read_unaligned(payload.wrapping_add(end as usize).cast()) };
+    if tail == *b"\r\n\r\n" {
+        HeadSearch::Ended
+    } else {
+        HeadSearch::Open
+    }
 }
 
 /// True if any byte of `word` is `\n` (the classic has-zero-byte test on

@@ -40,6 +40,7 @@ use crate::{
         http2::{self, Ctx, Http2Conn},
         stream::{MessageSink, MessageStream, Segment, Stamp},
     },
+    probes::decode::KernelTrace,
     probes::decode::{Direction, Role, SocketClose, SocketData},
     protocols::{
         hpack::{self, Huffman},
@@ -443,6 +444,7 @@ impl HttpConn {
                 not_http: false,
                 pending: VecDeque::new(),
                 in_flight: None,
+                trace_update: None,
                 last_kernel_span: None,
             },
         }
@@ -455,13 +457,17 @@ impl HttpConn {
         stats: &Stats,
         out: &mut Vec<HttpExchange>,
     ) {
+        let update = ev.trace.filter(|t| t.update);
+        if let Some(update) = update {
+            self.pairing.update_trace(update);
+        }
         let segment = Segment {
             payload: &ev.payload,
             len: u64::from(ev.total_len),
             at: Stamp {
                 ns: ev.timestamp_ns,
                 tid: ev.tid,
-                trace: ev.trace,
+                trace: ev.trace.filter(|t| !t.update),
             },
         };
         if ev.direction == request_direction(self.pairing.info.side) {
@@ -515,6 +521,10 @@ struct Pairing {
     not_http: bool,
     pending: VecDeque<PendingRequest>,
     in_flight: Option<InFlight>,
+    /// The latest kernel update of a request's trace (its `traceparent` came
+    /// in a later read of the head), for a request whose head is still
+    /// being read when it arrives.
+    trace_update: Option<KernelTrace>,
     /// Span id of the kernel trace context last given to a request: several
     /// pipelined requests in one read share the read's context, which
     /// belongs to the first of them only.
@@ -563,6 +573,11 @@ impl Pairing {
             out.push(self.exchange(oldest, Outcome::Abandoned, first.ns, None));
         }
         let mut first = first;
+        if let (Some(trace), Some(update)) = (first.trace, self.trace_update)
+            && trace.span_id == update.span_id
+        {
+            first.trace = Some(update);
+        }
         let kernel_span = first.trace.map(|t| t.span_id);
         if kernel_span.is_some() && kernel_span == self.last_kernel_span {
             first.trace = None;
@@ -570,6 +585,25 @@ impl Pairing {
             self.last_kernel_span = kernel_span;
         }
         self.pending.push_back(PendingRequest { info, first });
+    }
+
+    /// A later read of a request head brought its `traceparent`: the request
+    /// with that kernel span id (queued, or still being read) joins it.
+    fn update_trace(&mut self, update: KernelTrace) {
+        let update = KernelTrace {
+            update: false,
+            ..update
+        };
+        let queued = self.pending.iter_mut().find(|request| {
+            request
+                .first
+                .trace
+                .is_some_and(|t| t.span_id == update.span_id)
+        });
+        match queued {
+            Some(request) => request.first.trace = Some(update),
+            None => self.trace_update = Some(update),
+        }
     }
 
     /// A response head arrived: pairs a final one with the oldest request

@@ -12,7 +12,9 @@ use agent_common::{
         MAX_CAPTURE_BYTES, ROLE_CLIENT, ROLE_SERVER, SOCKET_DATA_HEADER_LEN, SocketDataEvent,
     },
     socket_state::SocketCloseEvent,
-    trace_context::{CTX_FROM_HEADER, CTX_HAS_PARENT, CTX_INJECTED, CTX_VALID, TraceContext},
+    trace_context::{
+        CTX_FROM_HEADER, CTX_HAS_PARENT, CTX_INJECTED, CTX_UPDATE, CTX_VALID, TraceContext,
+    },
 };
 use bytes::Bytes;
 
@@ -52,6 +54,10 @@ pub struct KernelTrace {
     pub injected: bool,
     /// The trace id and parent came from the request's own `traceparent`.
     pub from_header: bool,
+    /// Not a request start: the rest of a head brought the `traceparent`,
+    /// and this replaces the trace id and parent of the request whose span
+    /// id is `span_id`.
+    pub update: bool,
 }
 
 impl KernelTrace {
@@ -66,6 +72,7 @@ impl KernelTrace {
             trace_flags: raw.trace_flags as u8,
             injected: raw.flags & CTX_INJECTED != 0,
             from_header: raw.flags & CTX_FROM_HEADER != 0,
+            update: raw.flags & CTX_UPDATE != 0,
         })
     }
 }

@@ -821,6 +821,7 @@ fn pipelined_requests_share_no_kernel_trace_context() {
         trace_flags: 1,
         injected: false,
         from_header: false,
+        update: false,
     };
     wire.next_trace = Some(kernel);
     wire.recv(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -835,5 +836,55 @@ fn pipelined_requests_share_no_kernel_trace_context() {
     assert_eq!(
         done[1].trace, None,
         "the second request gets ids of its own"
+    );
+}
+
+#[test]
+fn a_traceparent_in_a_later_read_of_the_head_updates_the_request() {
+    let first = KernelTrace {
+        trace_id: [1; 16],
+        span_id: [2; 8],
+        parent_span_id: None,
+        trace_flags: 1,
+        injected: false,
+        from_header: false,
+        update: false,
+    };
+    let joined = KernelTrace {
+        trace_id: [3; 16],
+        parent_span_id: Some([4; 8]),
+        from_header: true,
+        update: true,
+        ..first
+    };
+    // The update arrives while the head is still incomplete...
+    let mut wire = Wire::new(Role::Server);
+    wire.next_trace = Some(first);
+    wire.recv(b"GET /a HTTP/1.1\r\n");
+    wire.next_trace = Some(joined);
+    wire.recv(b"traceparent: 00-03030303030303030303030303030303-0404040404040404-01\r\n\r\n");
+    let done = wire.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(done.len(), 1);
+    assert_eq!(
+        done[0].trace,
+        Some(KernelTrace {
+            update: false,
+            ..joined
+        })
+    );
+
+    // ...or after the request was queued (its head complete).
+    let mut wire = Wire::new(Role::Server);
+    wire.next_trace = Some(first);
+    wire.recv(b"POST /a HTTP/1.1\r\nContent-Length: 1\r\n\r\n");
+    wire.next_trace = Some(joined);
+    wire.recv(b"x");
+    let done = wire.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(
+        done[0].trace,
+        Some(KernelTrace {
+            update: false,
+            ..joined
+        })
     );
 }
