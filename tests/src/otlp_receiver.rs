@@ -62,6 +62,38 @@ pub struct ReceivedSpan {
     pub status_message: String,
 }
 
+impl ReceivedSpan {
+    /// A string attribute; panics naming the span if it is missing.
+    pub fn str_attr(&self, key: &str) -> &str {
+        self.attributes
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("{key} missing in {self:#?}"))
+    }
+
+    /// An integer attribute; panics naming the span if it is missing.
+    pub fn int_attr(&self, key: &str) -> i64 {
+        self.attributes
+            .get(key)
+            .and_then(Value::as_i64)
+            .unwrap_or_else(|| panic!("{key} missing in {self:#?}"))
+    }
+
+    /// The `process.pid` resource attribute; 0 for spans without one (an
+    /// SDK's).
+    pub fn pid(&self) -> u32 {
+        self.resource
+            .get("process.pid")
+            .and_then(Value::as_u64)
+            .map_or(0, |pid| pid as u32)
+    }
+
+    /// Duration in milliseconds.
+    pub fn duration_ms(&self) -> f64 {
+        (self.end_unix_ns - self.start_unix_ns) as f64 / 1e6
+    }
+}
+
 /// Which OTLP transport a request came over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {

@@ -21,31 +21,6 @@ const WAIT: Duration = Duration::from_secs(20);
 /// After the expected spans arrived, how long to keep watching for extra ones.
 const SETTLE: Duration = Duration::from_millis(1500);
 
-fn str_attr<'a>(span: &'a ReceivedSpan, key: &str) -> &'a str {
-    span.attributes
-        .get(key)
-        .and_then(Value::as_str)
-        .unwrap_or_else(|| panic!("{key} missing in {span:#?}"))
-}
-
-fn int_attr(span: &ReceivedSpan, key: &str) -> i64 {
-    span.attributes
-        .get(key)
-        .and_then(Value::as_i64)
-        .unwrap_or_else(|| panic!("{key} missing in {span:#?}"))
-}
-
-fn pid_of(span: &ReceivedSpan) -> u32 {
-    span.resource
-        .get("process.pid")
-        .and_then(Value::as_u64)
-        .expect("process.pid resource attribute") as u32
-}
-
-fn duration_ms(span: &ReceivedSpan) -> f64 {
-    (span.end_unix_ns - span.start_unix_ns) as f64 / 1e6
-}
-
 /// Spans of one process, by `url.path` and status, for assertions.
 fn server_spans_by_request(
     spans: &[ReceivedSpan],
@@ -54,11 +29,11 @@ fn server_spans_by_request(
     let mut by_request: BTreeMap<_, Vec<_>> = BTreeMap::new();
     for span in spans
         .iter()
-        .filter(|s| pid_of(s) == pid && s.kind == SpanKind::Server)
+        .filter(|s| s.pid() == pid && s.kind == SpanKind::Server)
     {
         let key = (
-            str_attr(span, "url.path").to_owned(),
-            int_attr(span, "http.response.status_code"),
+            span.str_attr("url.path").to_owned(),
+            span.int_attr("http.response.status_code"),
         );
         by_request.entry(key).or_default().push(span.clone());
     }
@@ -68,8 +43,8 @@ fn server_spans_by_request(
 fn assert_server_span(span: &ReceivedSpan, method: &str, port: u16) {
     assert_eq!(span.kind, SpanKind::Server, "{span:#?}");
     // The route heuristic templates the numeric status segment.
-    let path = str_attr(span, "url.path");
-    let route = str_attr(span, "http.route");
+    let path = span.str_attr("url.path");
+    let route = span.str_attr("http.route");
     let expected_route = if path.starts_with("/status/") {
         "/status/{id}"
     } else {
@@ -81,20 +56,20 @@ fn assert_server_span(span: &ReceivedSpan, method: &str, port: u16) {
         format!("{method} {route}"),
         "span name is `{{method}} {{route}}`"
     );
-    assert_eq!(str_attr(span, "http.request.method"), method);
-    assert_eq!(str_attr(span, "url.scheme"), "http");
-    assert_eq!(int_attr(span, "server.port"), i64::from(port));
-    assert_eq!(str_attr(span, "network.peer.address"), "127.0.0.1");
-    assert_eq!(str_attr(span, "client.address"), "127.0.0.1");
-    assert!(int_attr(span, "network.peer.port") > 0);
-    assert_eq!(str_attr(span, "network.protocol.version"), "1.1");
+    assert_eq!(span.str_attr("http.request.method"), method);
+    assert_eq!(span.str_attr("url.scheme"), "http");
+    assert_eq!(span.int_attr("server.port"), i64::from(port));
+    assert_eq!(span.str_attr("network.peer.address"), "127.0.0.1");
+    assert_eq!(span.str_attr("client.address"), "127.0.0.1");
+    assert!(span.int_attr("network.peer.port") > 0);
+    assert_eq!(span.str_attr("network.protocol.version"), "1.1");
     assert_eq!(span.trace_id.len(), 32);
     assert_eq!(span.span_id.len(), 16);
     assert!(span.end_unix_ns >= span.start_unix_ns);
-    let status = int_attr(span, "http.response.status_code");
+    let status = span.int_attr("http.response.status_code");
     if status >= 500 {
         assert_eq!(span.status_code, StatusCode::Error, "{span:#?}");
-        assert_eq!(str_attr(span, "error.type"), status.to_string());
+        assert_eq!(span.str_attr("error.type"), status.to_string());
     } else {
         assert_eq!(span.status_code, StatusCode::Unset, "{span:#?}");
         assert!(!span.attributes.contains_key("error.type"));
@@ -210,7 +185,7 @@ async fn server_spans_from_python_and_node() {
     }
     let slow = &python_spans[&("/status/200".to_owned(), 200)];
     assert!(
-        slow.iter().any(|s| duration_ms(s) >= 300.0),
+        slow.iter().any(|s| s.duration_ms() >= 300.0),
         "handler slept 300 ms: {slow:#?}"
     );
     assert_eq!(
@@ -222,7 +197,7 @@ async fn server_spans_from_python_and_node() {
     assert_eq!(node_spans.len(), 2, "{node_spans:#?}");
     let node_slow = &node_spans[&("/status/201".to_owned(), 201)][0];
     assert_server_span(node_slow, "GET", node.port);
-    assert!(duration_ms(node_slow) >= 100.0, "{node_slow:#?}");
+    assert!(node_slow.duration_ms() >= 100.0, "{node_slow:#?}");
     assert_server_span(
         &node_spans[&("/status/500".to_owned(), 500)][0],
         "GET",
@@ -230,7 +205,7 @@ async fn server_spans_from_python_and_node() {
     );
 
     assert!(
-        spans.iter().all(|s| pid_of(s) != unselected.pid()),
+        spans.iter().all(|s| s.pid() != unselected.pid()),
         "nothing from the unselected server"
     );
     assert_eq!(spans.len(), 9, "only the expected spans: {spans:#?}");
@@ -299,7 +274,7 @@ async fn client_spans_from_a_process_started_later() {
     let ours = |spans: &[ReceivedSpan]| -> Vec<ReceivedSpan> {
         spans
             .iter()
-            .filter(|s| pid_of(s) == client_pid || pid_of(s) == node.pid())
+            .filter(|s| s.pid() == client_pid || s.pid() == node.pid())
             .cloned()
             .collect()
     };
@@ -315,16 +290,16 @@ async fn client_spans_from_a_process_started_later() {
             SpanKind::Client,
             "only the python client is selected: {span:#?}"
         );
-        assert_eq!(pid_of(span), client_pid);
+        assert_eq!(span.pid(), client_pid);
         assert_eq!(span.name, "GET");
-        assert_eq!(int_attr(span, "server.port"), i64::from(node.port));
-        assert_eq!(str_attr(span, "server.address"), "127.0.0.1");
-        assert_eq!(str_attr(span, "network.peer.address"), "127.0.0.1");
+        assert_eq!(span.int_attr("server.port"), i64::from(node.port));
+        assert_eq!(span.str_attr("server.address"), "127.0.0.1");
+        assert_eq!(span.str_attr("network.peer.address"), "127.0.0.1");
         assert!(
-            str_attr(span, "url.full")
+            span.str_attr("url.full")
                 .starts_with(&format!("http://127.0.0.1:{}/status/", node.port))
         );
-        let status = int_attr(span, "http.response.status_code");
+        let status = span.int_attr("http.response.status_code");
         // Client side: 4xx is an error too.
         let expected = if status >= 400 {
             StatusCode::Error
@@ -335,11 +310,11 @@ async fn client_spans_from_a_process_started_later() {
     }
     let slow = spans
         .iter()
-        .find(|s| int_attr(s, "http.response.status_code") == 200)
+        .find(|s| s.int_attr("http.response.status_code") == 200)
         .expect("200 span");
-    assert!(duration_ms(slow) >= 50.0, "{slow:#?}");
+    assert!(slow.duration_ms() >= 50.0, "{slow:#?}");
     assert!(
-        !str_attr(slow, "url.full").contains("sleep"),
+        !slow.str_attr("url.full").contains("sleep"),
         "queries are not exported by default"
     );
     assert_eq!(agent.stop(), 0);

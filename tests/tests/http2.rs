@@ -11,7 +11,6 @@ use std::{
 };
 
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
-use serde_json::Value;
 use sonde_tests::{
     OtlpReceiver, ReceivedSpan,
     agent::Agent,
@@ -26,36 +25,11 @@ const SETTLE: Duration = Duration::from_millis(1500);
 const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 const PARENT_ID: &str = "b7ad6b7169203331";
 
-fn str_attr<'a>(span: &'a ReceivedSpan, key: &str) -> &'a str {
-    span.attributes
-        .get(key)
-        .and_then(Value::as_str)
-        .unwrap_or_else(|| panic!("{key} missing in {span:#?}"))
-}
-
-fn int_attr(span: &ReceivedSpan, key: &str) -> i64 {
-    span.attributes
-        .get(key)
-        .and_then(Value::as_i64)
-        .unwrap_or_else(|| panic!("{key} missing in {span:#?}"))
-}
-
-fn pid_of(span: &ReceivedSpan) -> u32 {
-    span.resource
-        .get("process.pid")
-        .and_then(Value::as_u64)
-        .expect("process.pid resource attribute") as u32
-}
-
-fn duration_ms(span: &ReceivedSpan) -> f64 {
-    (span.end_unix_ns - span.start_unix_ns) as f64 / 1e6
-}
-
 /// Spans of `pid` of that kind, oldest first.
 fn spans_of(spans: &[ReceivedSpan], pid: u32, kind: SpanKind) -> Vec<ReceivedSpan> {
     let mut ours: Vec<ReceivedSpan> = spans
         .iter()
-        .filter(|s| pid_of(s) == pid && s.kind == kind)
+        .filter(|s| s.pid() == pid && s.kind == kind)
         .cloned()
         .collect();
     ours.sort_by_key(|s| s.start_unix_ns);
@@ -144,15 +118,15 @@ const SUITE_SPANS: [(&str, &str); 5] = [
 fn assert_suite(spans: &[ReceivedSpan], kind: SpanKind, server_port: u16) {
     let got: Vec<(&str, &str)> = spans
         .iter()
-        .map(|s| (s.name.as_str(), str_attr(s, "rpc.response.status_code")))
+        .map(|s| (s.name.as_str(), s.str_attr("rpc.response.status_code")))
         .collect();
     assert_eq!(got, SUITE_SPANS, "{kind:?} spans: {spans:#?}");
     for span in spans {
-        assert_eq!(str_attr(span, "rpc.system.name"), "grpc");
-        assert_eq!(str_attr(span, "rpc.method"), span.name);
-        assert_eq!(int_attr(span, "server.port"), i64::from(server_port));
-        assert_eq!(str_attr(span, "network.protocol.version"), "2");
-        let status = str_attr(span, "rpc.response.status_code");
+        assert_eq!(span.str_attr("rpc.system.name"), "grpc");
+        assert_eq!(span.str_attr("rpc.method"), span.name);
+        assert_eq!(span.int_attr("server.port"), i64::from(server_port));
+        assert_eq!(span.str_attr("network.protocol.version"), "2");
+        let status = span.str_attr("rpc.response.status_code");
         let is_error = match kind {
             SpanKind::Server => status == "DEADLINE_EXCEEDED",
             _ => status != "OK",
@@ -164,11 +138,11 @@ fn assert_suite(spans: &[ReceivedSpan], kind: SpanKind, server_port: u16) {
         };
         assert_eq!(span.status_code, expected, "{span:#?}");
         if is_error {
-            assert_eq!(str_attr(span, "error.type"), status);
+            assert_eq!(span.str_attr("error.type"), status);
         }
     }
     // The deadline was 200 ms; the server stopped waiting then too.
-    let deadline = duration_ms(&spans[2]);
+    let deadline = spans[2].duration_ms();
     assert!(
         (150.0..950.0).contains(&deadline),
         "deadline call took {deadline} ms: {:#?}",
@@ -287,9 +261,9 @@ async fn curl_h2c_requests() {
         .iter()
         .map(|s| {
             (
-                str_attr(s, "http.request.method"),
-                str_attr(s, "url.path"),
-                int_attr(s, "http.response.status_code"),
+                s.str_attr("http.request.method"),
+                s.str_attr("url.path"),
+                s.int_attr("http.response.status_code"),
             )
         })
         .collect();
@@ -302,12 +276,12 @@ async fn curl_h2c_requests() {
         ]
     );
     for span in &spans {
-        assert_eq!(str_attr(span, "network.protocol.version"), "2");
-        assert_eq!(int_attr(span, "server.port"), i64::from(server.port));
-        assert!(str_attr(span, "user_agent.original").starts_with("curl/"));
+        assert_eq!(span.str_attr("network.protocol.version"), "2");
+        assert_eq!(span.int_attr("server.port"), i64::from(server.port));
+        assert!(span.str_attr("user_agent.original").starts_with("curl/"));
         assert!(!span.attributes.contains_key("rpc.system.name"));
     }
-    assert!(duration_ms(&spans[0]) >= 100.0, "{:#?}", spans[0]);
+    assert!(spans[0].duration_ms() >= 100.0, "{:#?}", spans[0]);
     assert_eq!(spans[0].trace_id, TRACE_ID);
     assert_eq!(spans[0].parent_span_id, PARENT_ID);
     assert_eq!(spans[1].status_code, StatusCode::Unset, "4xx on a server");
@@ -369,7 +343,7 @@ async fn a_thousand_concurrent_unary_calls() {
         assert_eq!(spans.len(), CALLS, "{side} spans");
         for span in spans.iter() {
             assert_eq!(span.name, "sonde.test.Echo/Unary", "{span:#?}");
-            assert_eq!(str_attr(span, "rpc.response.status_code"), "OK");
+            assert_eq!(span.str_attr("rpc.response.status_code"), "OK");
             assert_eq!(span.status_code, StatusCode::Unset);
             assert!(span.end_unix_ns > span.start_unix_ns);
         }

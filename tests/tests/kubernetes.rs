@@ -67,18 +67,11 @@ impl TestPod {
     }
 }
 
-fn pid_of(span: &ReceivedSpan) -> Option<u32> {
-    span.resource
-        .get("process.pid")
-        .and_then(Value::as_u64)
-        .map(|pid| pid as u32)
-}
-
 fn spans_of(receiver: &OtlpReceiver, pid: u32) -> Vec<ReceivedSpan> {
     receiver
         .spans()
         .into_iter()
-        .filter(|span| pid_of(span) == Some(pid))
+        .filter(|span| span.pid() == pid)
         .collect()
 }
 

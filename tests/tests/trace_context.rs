@@ -45,28 +45,6 @@ const OWN_TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 const OWN_PARENT_ID: &str = "b7ad6b7169203331";
 const OWN_TRACE_STATE: &str = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
 
-fn str_attr<'a>(span: &'a ReceivedSpan, key: &str) -> &'a str {
-    span.attributes
-        .get(key)
-        .and_then(Value::as_str)
-        .unwrap_or_else(|| panic!("{key} missing in {span:#?}"))
-}
-
-fn int_attr(span: &ReceivedSpan, key: &str) -> i64 {
-    span.attributes
-        .get(key)
-        .and_then(Value::as_i64)
-        .unwrap_or_else(|| panic!("{key} missing in {span:#?}"))
-}
-
-/// The pid in the span's resource; 0 for spans without one (the SDK's).
-fn pid_of(span: &ReceivedSpan) -> u32 {
-    span.resource
-        .get("process.pid")
-        .and_then(Value::as_u64)
-        .map_or(0, |pid| pid as u32)
-}
-
 fn service_name(span: &ReceivedSpan) -> &str {
     span.resource
         .get("service.name")
@@ -76,7 +54,7 @@ fn service_name(span: &ReceivedSpan) -> &str {
 
 /// The peer port a client span called.
 fn called_port(span: &ReceivedSpan) -> u16 {
-    u16::try_from(int_attr(span, "server.port")).expect("server.port is a port")
+    u16::try_from(span.int_attr("server.port")).expect("server.port is a port")
 }
 
 /// Hard links to this machine's python3 and node, in a directory of the
@@ -243,7 +221,7 @@ async fn wait_for_spans(
         spans
             .iter()
             .skip(skip)
-            .filter(|s| pids.contains(&pid_of(s)))
+            .filter(|s| pids.contains(&s.pid()))
             .cloned()
             .collect()
     };
@@ -352,7 +330,7 @@ fn linkage(
 ) -> Linkage {
     let ours: Vec<(&ReceivedSpan, &Service)> = spans
         .iter()
-        .filter_map(|span| Some((span, services.iter().find(|s| s.pid == pid_of(span))?)))
+        .filter_map(|span| Some((span, services.iter().find(|s| s.pid == span.pid())?)))
         .collect();
     let by_id: HashMap<&str, (&ReceivedSpan, &Service)> = ours
         .iter()
@@ -503,7 +481,7 @@ async fn chain_over_loopback_is_one_trace_per_request() {
         let spans = wait_for_spans(&receiver, &pids, before, 7).await;
         assert_eq!(spans.len(), 7, "7 spans per request\n{spans:#?}");
         let is =
-            |s: &ReceivedSpan, server: &Server, kind| pid_of(s) == server.pid() && s.kind == kind;
+            |s: &ReceivedSpan, server: &Server, kind| s.pid() == server.pid() && s.kind == kind;
         let a_server = the_span(&spans, "A server", |s| is(s, &a, SpanKind::Server));
         let a_to_b = the_span(&spans, "A -> B", |s| {
             is(s, &a, SpanKind::Client) && called_port(s) == b.port
@@ -876,7 +854,7 @@ async fn one_hop_across_network_namespaces() {
     assert_eq!(spans.len(), 3, "{spans:#?}");
     let of = |server: &Server, kind| {
         the_span(&spans, &format!("{kind:?} of {}", server.pid()), |s| {
-            pid_of(s) == server.pid() && s.kind == kind
+            s.pid() == server.pid() && s.kind == kind
         })
     };
     let caller_server = of(&caller, SpanKind::Server);
@@ -892,9 +870,9 @@ async fn one_hop_across_network_namespaces() {
         caller_client,
         "the callee's request, across the veth pair",
     );
-    assert_eq!(str_attr(caller_client, "network.peer.address"), callee_ip);
+    assert_eq!(caller_client.str_attr("network.peer.address"), callee_ip);
     assert_eq!(called_port(caller_client), callee.port);
-    assert_eq!(str_attr(callee_server, "network.peer.address"), caller_ip);
+    assert_eq!(callee_server.str_attr("network.peer.address"), caller_ip);
     assert_ids_well_formed(&receiver.spans());
     assert_eq!(agent.stop(), 0);
 }
@@ -983,11 +961,11 @@ async fn sdk_service_in_the_middle_continues_the_trace() {
     receiver
         .wait_for(
             |spans| {
-                count(spans, &|s| pid_of(s) == c.pid()) >= REQUESTS
+                count(spans, &|s| s.pid() == c.pid()) >= REQUESTS
                     && count(spans, &|s| is_sdk(s, SpanKind::Server)) >= REQUESTS
                     && count(spans, &|s| is_sdk(s, SpanKind::Client)) >= REQUESTS
-                    && count(spans, &|s| pid_of(s) == a.pid()) >= 2 * REQUESTS
-                    && count(spans, &|s| pid_of(s) == sdk.pid()) >= 2 * REQUESTS
+                    && count(spans, &|s| s.pid() == a.pid()) >= 2 * REQUESTS
+                    && count(spans, &|s| s.pid() == sdk.pid()) >= 2 * REQUESTS
             },
             WAIT,
         )
@@ -997,7 +975,7 @@ async fn sdk_service_in_the_middle_continues_the_trace() {
 
     let roots: Vec<&ReceivedSpan> = spans
         .iter()
-        .filter(|s| pid_of(s) == a.pid() && s.kind == SpanKind::Server)
+        .filter(|s| s.pid() == a.pid() && s.kind == SpanKind::Server)
         .collect();
     assert_eq!(roots.len(), REQUESTS, "{spans:#?}");
     for a_server in roots {
@@ -1007,7 +985,7 @@ async fn sdk_service_in_the_middle_continues_the_trace() {
             .cloned()
             .collect();
         let a_call = the_span(&trace, "A -> SDK", |s| {
-            pid_of(s) == a.pid() && s.kind == SpanKind::Client
+            s.pid() == a.pid() && s.kind == SpanKind::Client
         });
         let sdk_server = the_span(&trace, "the SDK's SERVER span", |s| {
             is_sdk(s, SpanKind::Server)
@@ -1015,7 +993,7 @@ async fn sdk_service_in_the_middle_continues_the_trace() {
         let sdk_call = the_span(&trace, "the SDK's CLIENT span", |s| {
             is_sdk(s, SpanKind::Client)
         });
-        let c_server = the_span(&trace, "C server", |s| pid_of(s) == c.pid());
+        let c_server = the_span(&trace, "C server", |s| s.pid() == c.pid());
         assert!(a_server.parent_span_id.is_empty(), "{a_server:#?}");
         assert_child_of(a_call, a_server, "A's call");
         assert_child_of(
@@ -1034,11 +1012,11 @@ async fn sdk_service_in_the_middle_continues_the_trace() {
         // The agent traces the SDK process too: its own spans of it join
         // the same trace rather than starting new ones.
         let ours_server = the_span(&trace, "our server span of the SDK process", |s| {
-            pid_of(s) == sdk.pid() && s.kind == SpanKind::Server
+            s.pid() == sdk.pid() && s.kind == SpanKind::Server
         });
         assert_child_of(ours_server, a_call, "our span of the SDK's request");
         let ours_call = the_span(&trace, "our client span of the SDK's call to C", |s| {
-            pid_of(s) == sdk.pid() && s.kind == SpanKind::Client && called_port(s) == c.port
+            s.pid() == sdk.pid() && s.kind == SpanKind::Client && called_port(s) == c.port
         });
         // The request carried the SDK's traceparent: the span takes it
         // (agent/src/spans/http.rs, `identity`).
@@ -1285,7 +1263,7 @@ async fn injection_on_the_wire_is_exact_and_can_be_switched_off() {
         );
         let span_for = |path: &str| {
             the_span(&spans, path, |s| {
-                s.kind == SpanKind::Client && str_attr(s, "url.full").ends_with(path)
+                s.kind == SpanKind::Client && s.str_attr("url.full").ends_with(path)
             })
         };
 
