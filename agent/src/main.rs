@@ -1,6 +1,6 @@
 //! `sonde`: the command line. Everything else lives in the library.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, process::ExitCode};
 
 use agent::{config::AgentConfig, pipeline};
 use anyhow::Context;
@@ -94,14 +94,27 @@ impl RunArgs {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("SONDE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // The cause chain on one line, without the backtrace anyhow
+            // adds when RUST_BACKTRACE is set: these are the user's errors
+            // (config, privileges, kernel features), not the agent's bugs.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Run(args) => {
             let config = args.into_config()?;
             if config.selectors.is_empty() {
