@@ -73,8 +73,9 @@ def main():
         for proc in (frontend, backend):
             proc.terminate()
             proc.wait()
-    print(f"\nsent {sent} checkout requests; each gives 1 frontend SERVER span, 2 frontend CLIENT spans "
-          "and 2 backend SERVER spans", flush=True)
+    print(f"\nsent {sent} checkout requests; each is one trace: 1 frontend SERVER span, its 2 CLIENT "
+          "spans, and under each a backend SERVER span (same TRACE ID, PARENT = the caller's SPAN ID)",
+          flush=True)
     return agent.returncode or 0
 
 
