@@ -10,7 +10,7 @@
 //! export loses its interval.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::metrics::v1::{
@@ -20,7 +20,9 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::red::{Instrument, LabelValue, Point, RedMetrics, ResourcePoints, Temporality};
+use super::red::{
+    Instrument, LabelValue, Point, RedMetrics, ResourcePoints, Temporality, unix_now_ns,
+};
 use crate::export::otlp::{
     ErrorChain, MetricsExport, OtlpConfig, ProtocolTransport, SendError, key_value, proto_resource,
     scope, send_with_retry,
@@ -254,14 +256,6 @@ fn data_point(point: &Point, bounds: &[f64], now_unix_ns: u64) -> HistogramDataP
         explicit_bounds: bounds.to_vec(),
         ..Default::default()
     }
-}
-
-fn unix_now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
-        })
 }
 
 #[cfg(test)]

@@ -620,7 +620,8 @@ impl Histogram {
     }
 }
 
-fn unix_now_ns() -> u64 {
+/// Wall-clock time now, Unix nanoseconds (metric timestamps).
+pub(super) fn unix_now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| {
