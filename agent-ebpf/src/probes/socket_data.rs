@@ -73,11 +73,10 @@ fn try_socket_data(ctx: &BtfTracePointContext, direction: u32) -> Result<(), i64
     if ret <= 0 || (direction == DIRECTION_INGRESS && flags & MSG_PEEK != 0) {
         return Ok(());
     }
-    if !is_tcp(sk) {
+    let Some(family) = tcp_family(sk) else {
         return Ok(());
-    }
+    };
     let cfg = config();
-    let family: u16 = read::kernel(sk, cfg.off_skc_family)?;
 
     let scratch = DATA_SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
     // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
@@ -152,13 +151,15 @@ fn trace_context_of(event: &SocketDataEvent, payload: *const u8, copied: u32) ->
     TraceContext::default()
 }
 
-/// True for a TCP socket over IPv4 or IPv6.
+/// The address family of a TCP socket over IPv4 or IPv6; `None` for any
+/// other socket.
 #[inline(always)]
-pub fn is_tcp(sk: *const u8) -> bool {
+pub fn tcp_family(sk: *const u8) -> Option<u16> {
     let cfg = config();
-    let family = read::kernel::<u16>(sk, cfg.off_skc_family).unwrap_or(0);
-    (family == FAMILY_INET || family == FAMILY_INET6)
-        && read::kernel::<u16>(sk, cfg.off_sk_protocol).unwrap_or(0) == IPPROTO_TCP
+    let family = read::kernel::<u16>(sk, cfg.off_skc_family).ok()?;
+    let is_tcp = (family == FAMILY_INET || family == FAMILY_INET6)
+        && read::kernel::<u16>(sk, cfg.off_sk_protocol).ok()? == IPPROTO_TCP;
+    is_tcp.then_some(family)
 }
 
 /// The connection's side, learnt at connect (see `socket_state`) or accept.

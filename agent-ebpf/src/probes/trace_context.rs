@@ -27,7 +27,7 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 
-use super::{socket_data::is_tcp, syscall_args::SyscallArgs};
+use super::{socket_data::tcp_family, syscall_args::SyscallArgs};
 use crate::maps::{HEAD_OPEN, INJECTED_CTX, SERVER_CTX, TRACE_SCRATCH, is_target};
 
 /// Kernel-internal `flags` bit: set by [`server_request_context`], cleared
@@ -101,7 +101,7 @@ fn try_server_request_context(ctx: &BtfTracePointContext) -> Option<()> {
     let sk: *const u8 = ctx.arg(0);
     let ret: i32 = ctx.arg(1);
     let flags: i32 = ctx.arg(2);
-    if ret < 4 || flags & MSG_PEEK != 0 || !is_tcp(sk) {
+    if ret < 4 || flags & MSG_PEEK != 0 || tcp_family(sk).is_none() {
         return None;
     }
     let (buffer, buffer_len) = SyscallArgs::current()?.first_segment()?;
