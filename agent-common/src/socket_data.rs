@@ -7,6 +7,12 @@ use crate::{EventHeader, trace_context::TraceContext};
 /// actually copied is [`crate::KernelConfig::capture_bytes`], at most this.
 pub const MAX_CAPTURE_BYTES: usize = 4096;
 
+/// The bytes went through a socket syscall (plaintext or not).
+pub const SOURCE_SOCKET: u32 = 0;
+/// The bytes are TLS plaintext handed to or returned by OpenSSL
+/// (`SSL_write`/`SSL_read`); the connection's ciphertext is not reported.
+pub const SOURCE_TLS: u32 = 1;
+
 /// The process sent the bytes.
 pub const DIRECTION_EGRESS: u32 = 1;
 /// The process received the bytes.
@@ -64,8 +70,8 @@ pub struct SocketDataEvent {
     pub direction: u32,
     /// [`ROLE_UNKNOWN`], [`ROLE_CLIENT`] or [`ROLE_SERVER`].
     pub role: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// [`SOURCE_SOCKET`] or [`SOURCE_TLS`].
+    pub source: u32,
     /// Span identity when this call starts an HTTP/1 request (see
     /// `trace_context`); `flags == 0` otherwise.
     pub trace: TraceContext,

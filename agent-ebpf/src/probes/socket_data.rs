@@ -19,7 +19,7 @@ use agent_common::{
     socket_data::{
         ConnTuple, DIRECTION_EGRESS, DIRECTION_INGRESS, FAMILY_INET, FAMILY_INET6,
         MAX_CAPTURE_BYTES, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SOCKET_DATA_HEADER_LEN,
-        SocketDataEvent,
+        SOURCE_SOCKET, SocketDataEvent,
     },
     socket_state::TrackedConn,
     trace_context::TraceContext,
@@ -91,7 +91,7 @@ fn try_socket_data(ctx: &BtfTracePointContext, direction: u32) -> Result<(), i64
     event.tuple = read_tuple(sk, family)?;
     event.total_len = ret as u32;
     event.direction = direction;
-    event.reserved = 0;
+    event.source = SOURCE_SOCKET;
 
     let args = SyscallArgs::current();
     event.fd = args.as_ref().map_or(u32::MAX, |a| a.fd);

@@ -9,7 +9,8 @@ use agent_common::{
     process::ProcessEvent,
     socket_data::{
         ConnTuple, DIRECTION_EGRESS, DIRECTION_INGRESS, FAMILY_INET, FAMILY_INET6,
-        MAX_CAPTURE_BYTES, ROLE_CLIENT, ROLE_SERVER, SOCKET_DATA_HEADER_LEN, SocketDataEvent,
+        MAX_CAPTURE_BYTES, ROLE_CLIENT, ROLE_SERVER, SOCKET_DATA_HEADER_LEN, SOURCE_TLS,
+        SocketDataEvent,
     },
     socket_state::SocketCloseEvent,
     trace_context::{
@@ -104,6 +105,8 @@ pub struct SocketData {
     pub payload: Bytes,
     /// Set when this call starts an HTTP/1 request.
     pub trace: Option<KernelTrace>,
+    /// TLS plaintext captured at OpenSSL's API, not socket bytes.
+    pub tls: bool,
 }
 
 impl SocketData {
@@ -268,6 +271,7 @@ fn decode_data(record: &[u8]) -> Result<SocketData, DecodeError> {
         total_len: event.total_len,
         payload: Bytes::copy_from_slice(&record[SOCKET_DATA_HEADER_LEN..payload_end]),
         trace: KernelTrace::from_raw(&event.trace),
+        tls: event.source == SOURCE_TLS,
     })
 }
 

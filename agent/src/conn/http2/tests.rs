@@ -116,6 +116,7 @@ impl Replay {
                     total_len: chunk.len() as u32,
                     payload: Bytes::copy_from_slice(&chunk[..chunk.len().min(self.capture)]),
                     trace: None,
+                    tls: false,
                 }));
             }
         }
@@ -501,6 +502,7 @@ mod synthetic {
                 total_len: bytes.len() as u32,
                 payload: Bytes::copy_from_slice(bytes),
                 trace: None,
+                tls: false,
             }));
         }
         (out, stats)

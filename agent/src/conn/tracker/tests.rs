@@ -74,6 +74,7 @@ impl Wire {
             total_len: u32::try_from(total_len).expect("small"),
             payload: Bytes::copy_from_slice(payload),
             trace: self.next_trace.take(),
+            tls: false,
         })
     }
 
