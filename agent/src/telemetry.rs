@@ -59,6 +59,8 @@ counters! {
     MetricMeasurementsDropped => "sonde_metric_measurements_dropped", "Measurements dropped because too many services had metrics";
     MetricPointsExported => "sonde_metric_points_exported", "Metric data points accepted by the OTLP endpoint";
     MetricPointsExportFailed => "sonde_metric_points_export_failed", "Metric data points lost because export failed";
+    TlsCiphertextIgnored => "sonde_tls_ciphertext_ignored", "Socket events dropped because their connection's plaintext comes from the OpenSSL probes (the socket bytes are ciphertext)";
+    TlsAttachFailed => "sonde_tls_attach_failed", "OpenSSL libraries whose uprobes could not be attached (their processes' TLS traffic is not traced)";
     K8sWatchErrors => "sonde_k8s_watch_errors", "Failed list or watch requests to the Kubernetes API (retried with backoff)";
     K8sPodsDroppedStoreFull => "sonde_k8s_pods_dropped_store_full", "Pods not tracked because the pod store was full";
 }
@@ -72,17 +74,24 @@ pub enum Gauge {
     /// Spans waiting in the OTLP export queue, not counting the batch in
     /// flight (bounded by `OTEL_BSP_MAX_QUEUE_SIZE`).
     ExportQueueSpans,
+    /// OpenSSL library files with the TLS uprobes attached.
+    TlsLibrariesAttached,
 }
 
 impl Gauge {
     /// Every gauge, in declaration order.
-    pub const ALL: &'static [Gauge] = &[Gauge::ConnectionsTracked, Gauge::ExportQueueSpans];
+    pub const ALL: &'static [Gauge] = &[
+        Gauge::ConnectionsTracked,
+        Gauge::ExportQueueSpans,
+        Gauge::TlsLibrariesAttached,
+    ];
 
     /// Metric name (Prometheus style).
     pub fn name(self) -> &'static str {
         match self {
             Gauge::ConnectionsTracked => "sonde_connections_tracked",
             Gauge::ExportQueueSpans => "sonde_export_queue_spans",
+            Gauge::TlsLibrariesAttached => "sonde_tls_libraries_attached",
         }
     }
 
@@ -92,6 +101,9 @@ impl Gauge {
             Gauge::ConnectionsTracked => "Connections the connection tracker holds now",
             Gauge::ExportQueueSpans => {
                 "Spans waiting in the OTLP export queue now (the batch in flight not included)"
+            }
+            Gauge::TlsLibrariesAttached => {
+                "OpenSSL library files (one per inode, whatever the processes mapping them) with the TLS uprobes attached"
             }
         }
     }

@@ -28,6 +28,8 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     /// Client or server.
     pub side: Side,
+    /// The exchange was read as TLS plaintext (`url.scheme` `https`).
+    pub tls: bool,
 }
 
 /// HTTP protocol version of an exchange.

@@ -107,6 +107,7 @@ impl Http2Conn {
                 cookie: ev.socket_cookie,
                 local: ev.local,
                 remote: ev.remote,
+                tls: ev.tls,
                 side,
                 decoders,
                 blind,
@@ -279,6 +280,8 @@ struct Streams {
     cookie: u64,
     local: SocketAddr,
     remote: SocketAddr,
+    /// Plaintext from the OpenSSL probes.
+    tls: bool,
     /// The process's side, once known.
     side: Option<Side>,
     /// HPACK decoders, by [`index`] of the direction they decode.
@@ -708,6 +711,7 @@ impl Streams {
                 local: self.local,
                 remote: self.remote,
                 side,
+                tls: self.tls,
             },
             request: RequestInfo {
                 method,

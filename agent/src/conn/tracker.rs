@@ -23,6 +23,13 @@
 //! ends, at the last response bytes seen, when the next message starts in
 //! either direction, when the connection closes or goes idle.
 //!
+//! TLS connections are read from the plaintext the OpenSSL probes report
+//! with the socket's cookie (`SocketData::tls`). The first such event
+//! restarts the connection's parsing, since the handshake went through the
+//! socket probes before the kernel knew the socket was TLS; later socket
+//! events on it are ciphertext and are dropped (counted in
+//! [`Counter::TlsCiphertextIgnored`]).
+//!
 //! Memory is bounded: connections (least recently used evicted), queued
 //! requests per connection, head buffers, and for HTTP/2 open streams and
 //! header tables. Every loss is counted in [`Stats`].
@@ -269,6 +276,9 @@ struct Conn {
     pid: u32,
     last_ns: u64,
     state: ConnState,
+    /// The OpenSSL probes reported plaintext for it: only their events
+    /// count from then on.
+    tls: bool,
 }
 
 #[derive(Debug)]
@@ -284,6 +294,15 @@ enum ConnState {
     Ignored,
 }
 
+impl ConnState {
+    /// Waiting for a message start, for at most `events` events with payload.
+    fn probing(events: u32) -> Self {
+        Self::Probing {
+            budget: events.max(1),
+        }
+    }
+}
+
 /// What a connection's first bytes say.
 enum Probe {
     Http(Side),
@@ -297,14 +316,34 @@ impl Conn {
         Self {
             pid,
             last_ns: now_ns,
-            state: ConnState::Probing {
-                budget: probe_events.max(1),
-            },
+            state: ConnState::probing(probe_events),
+            tls: false,
         }
     }
 
     fn on_data(&mut self, ev: &SocketData, ctx: &mut Ctx<'_>) {
         let stats = ctx.stats;
+        match (self.tls, ev.tls) {
+            (false, true) => {
+                // The socket's handshake (and maybe more) was captured
+                // before the kernel knew it carried TLS: whatever was read
+                // from those bytes is not HTTP. The plaintext starts here.
+                self.finish(Outcome::Abandoned, ev.timestamp_ns, ctx);
+                self.state = ConnState::probing(ctx.config.unknown_role_probe_events);
+                self.tls = true;
+            }
+            (true, false) => {
+                // Ciphertext of a connection whose plaintext the OpenSSL
+                // probes report: reading it would only make bogus spans.
+                debug!(
+                    cookie = ev.socket_cookie,
+                    "ciphertext on a TLS connection ignored"
+                );
+                stats.add(Counter::TlsCiphertextIgnored, 1);
+                return;
+            }
+            (false, false) | (true, true) => {}
+        }
         if let ConnState::Probing { budget } = &mut self.state {
             if ev.payload.is_empty() {
                 return;
@@ -439,6 +478,7 @@ impl HttpConn {
                     local: ev.local,
                     remote: ev.remote,
                     side,
+                    tls: ev.tls,
                 },
                 confirmed: false,
                 not_http: false,

@@ -158,6 +158,7 @@ mod tests {
                 local: "127.0.0.1:50051".parse().unwrap(),
                 remote: "127.0.0.1:40000".parse().unwrap(),
                 side,
+                tls: false,
             },
             request: RequestInfo {
                 method: "POST".into(),

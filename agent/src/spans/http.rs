@@ -73,6 +73,11 @@ pub fn build_span(
         },
     );
     let peer = exchange.conn.remote;
+    let (scheme, default_port) = if exchange.conn.tls {
+        ("https", 443)
+    } else {
+        ("http", 80)
+    };
     // The conventions give clients no route (a client cannot know the
     // server's routing).
     let route = (kind == SpanKind::Server && path_known).then(|| options.routes.route(path));
@@ -89,11 +94,11 @@ pub fn build_span(
             {
                 attributes.push(Attribute::new("url.query", query));
             }
-            attributes.push(Attribute::new("url.scheme", "http"));
+            attributes.push(Attribute::new("url.scheme", scheme));
             attributes.push(Attribute::new("client.address", peer.ip().to_string()));
         }
         SpanKind::Client if path_known => {
-            let shown_port = if port == 80 {
+            let shown_port = if port == default_port {
                 String::new()
             } else {
                 format!(":{port}")
@@ -104,7 +109,7 @@ pub fn build_span(
             };
             attributes.push(Attribute::new(
                 "url.full",
-                format!("http://{host}{shown_port}{path}{shown_query}"),
+                format!("{scheme}://{host}{shown_port}{path}{shown_query}"),
             ));
         }
         SpanKind::Client => {}
@@ -302,6 +307,7 @@ mod tests {
                 local: "127.0.0.1:8080".parse().unwrap(),
                 remote: "127.0.0.1:50000".parse().unwrap(),
                 side,
+                tls: false,
             },
             request: RequestInfo {
                 method: method.into(),
@@ -436,6 +442,38 @@ mod tests {
             str_attr(&with_query, "url.full"),
             Some("http://api.local:8080/orders?card=1")
         );
+    }
+
+    #[test]
+    fn tls_exchanges_are_https() {
+        let build = |side, host: &str| {
+            let mut ex = exchange(side, "GET", "/a", Outcome::Response { status: 200 });
+            ex.conn.tls = true;
+            ex.request.host = Some(host.into());
+            build_span(&ex, resource(), 0, 1, &HttpSpanOptions::default()).expect("not ignored")
+        };
+        let server = build(Side::Server, "api.local:8443");
+        assert_eq!(str_attr(&server, "url.scheme"), Some("https"));
+        let client = build(Side::Client, "api.local:8443");
+        assert_eq!(
+            str_attr(&client, "url.full"),
+            Some("https://api.local:8443/a")
+        );
+        let default_port = build(Side::Client, "api.local:443");
+        assert_eq!(
+            str_attr(&default_port, "url.full"),
+            Some("https://api.local/a"),
+            "443 is https's default port"
+        );
+        let plain = build_span(
+            &exchange(Side::Server, "GET", "/a", Outcome::Response { status: 200 }),
+            resource(),
+            0,
+            1,
+            &HttpSpanOptions::default(),
+        )
+        .expect("not ignored");
+        assert_eq!(str_attr(&plain, "url.scheme"), Some("http"));
     }
 
     #[test]

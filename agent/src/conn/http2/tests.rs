@@ -50,6 +50,9 @@ struct Replay {
     skip_bytes: usize,
     /// Each record is moved by syscalls of at most this many bytes.
     split: usize,
+    /// Records are TLS plaintext from the OpenSSL probes; the socket probes
+    /// saw the handshake first and see each record's ciphertext too.
+    tls: bool,
 }
 
 impl Replay {
@@ -60,6 +63,7 @@ impl Replay {
             skip: 0,
             skip_bytes: 0,
             split: usize::MAX,
+            tls: false,
         }
     }
 
@@ -81,7 +85,27 @@ impl Replay {
             (0, Side::Client) => Role::Client,
             _ => Role::Unknown,
         };
+        let event = |direction, ns, bytes: &[u8], tls| SocketData {
+            pid: 7,
+            tid: 7,
+            timestamp_ns: ns,
+            socket_cookie: 1,
+            local: "127.0.0.1:50051".parse().expect("address"),
+            remote: "127.0.0.1:40000".parse().expect("address"),
+            direction,
+            role,
+            fd: Some(3),
+            total_len: bytes.len() as u32,
+            payload: Bytes::copy_from_slice(&bytes[..bytes.len().min(self.capture)]),
+            trace: None,
+            tls,
+        };
         let mut out = Vec::new();
+        if self.tls {
+            for direction in [Direction::Egress, Direction::Ingress] {
+                out.extend(tracker.on_data(&event(direction, 1, HANDSHAKE, false)));
+            }
+        }
         let mut ns = 0;
         for (i, (client_sent, bytes)) in records.iter().enumerate() {
             let direction = match (client_sent, self.side) {
@@ -103,21 +127,11 @@ impl Replay {
                     continue;
                 }
                 let chunk = &chunk[unseen.saturating_sub(start)..];
-                out.extend(tracker.on_data(&SocketData {
-                    pid: 7,
-                    tid: 7,
-                    timestamp_ns: ns,
-                    socket_cookie: 1,
-                    local: "127.0.0.1:50051".parse().expect("address"),
-                    remote: "127.0.0.1:40000".parse().expect("address"),
-                    direction,
-                    role,
-                    fd: Some(3),
-                    total_len: chunk.len() as u32,
-                    payload: Bytes::copy_from_slice(&chunk[..chunk.len().min(self.capture)]),
-                    trace: None,
-                    tls: false,
-                }));
+                out.extend(tracker.on_data(&event(direction, ns, chunk, self.tls)));
+                if self.tls {
+                    let ciphertext = [&HANDSHAKE[..5], chunk].concat();
+                    out.extend(tracker.on_data(&event(direction, ns, &ciphertext, false)));
+                }
             }
         }
         out.extend(tracker.on_close(&SocketClose {
@@ -127,6 +141,10 @@ impl Replay {
         (out, stats)
     }
 }
+
+/// A TLS record header and the start of a ClientHello: what the socket
+/// probes capture of a TLS connection.
+const HANDSHAKE: &[u8] = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\x8a\x1b";
 
 /// What an exchange says, for comparisons.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -257,6 +275,34 @@ fn grpc_calls_of_python_and_node_from_both_sides() {
             assert_eq!(
                 traced.request.traceparent.as_deref(),
                 Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+            );
+        }
+    }
+}
+
+/// HTTP/2 and gRPC over TLS: the plaintext reads exactly as the same bytes
+/// in the clear would, although the socket probes saw the handshake first
+/// and the ciphertext of every record.
+#[test]
+fn tls_plaintext_reads_like_cleartext() {
+    for name in ["curl_get", "grpcio_calls", "grpc_js_calls"] {
+        let records = fixture(name);
+        for replay in [Replay::server(), Replay::client()] {
+            let (clear, _) = replay.run(&records);
+            let (out, stats) = Replay {
+                tls: true,
+                ..replay
+            }
+            .run(&records);
+            assert_eq!(brief(&out), brief(&clear), "{name} {replay:?}");
+            assert!(out.iter().all(|x| x.conn.tls), "{name}: {out:#?}");
+            assert_eq!(
+                stats.nonzero(),
+                [
+                    (Counter::ParseFailedHttp1, 1),
+                    (Counter::TlsCiphertextIgnored, records.len() as u64)
+                ],
+                "{name} {replay:?}: the handshake was not HTTP, every record's ciphertext ignored"
             );
         }
     }

@@ -22,6 +22,8 @@ struct Wire {
     events: u64,
     /// Kernel trace context for the next event.
     next_trace: Option<KernelTrace>,
+    /// Events are TLS plaintext from the OpenSSL probes.
+    tls: bool,
 }
 
 impl Wire {
@@ -39,6 +41,7 @@ impl Wire {
             pid: PID,
             events: 0,
             next_trace: None,
+            tls: false,
         }
     }
 
@@ -74,7 +77,7 @@ impl Wire {
             total_len: u32::try_from(total_len).expect("small"),
             payload: Bytes::copy_from_slice(payload),
             trace: self.next_trace.take(),
-            tls: false,
+            tls: self.tls,
         })
     }
 
@@ -455,13 +458,9 @@ fn first_message_that_fails_to_parse_is_not_http() {
 
 #[test]
 fn tls_is_ignored() {
-    let client_hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\x8a\x1b\x00";
     let mut wire = Wire::new(Role::Client);
-    assert!(wire.send(client_hello).is_empty());
-    assert!(
-        wire.recv(b"\x16\x03\x03\x00\x7a\x02\x00\x00\x76")
-            .is_empty()
-    );
+    assert!(wire.send(CLIENT_HELLO).is_empty());
+    assert!(wire.recv(SERVER_HELLO).is_empty());
     assert_eq!(wire.count(Counter::ParseFailedHttp1), 1);
 
     // Unknown role: ignored once the probe budget is spent, counted once.
@@ -470,13 +469,82 @@ fn tls_is_ignored() {
         ..TrackerConfig::default()
     };
     let mut wire = Wire::with_config(Role::Unknown, config);
-    wire.send(client_hello);
-    wire.recv(b"\x16\x03\x03\x00\x7a\x02\x00\x00\x76");
+    wire.send(CLIENT_HELLO);
+    wire.recv(SERVER_HELLO);
     wire.send(b"\x17\x03\x03\x00\x20 application data");
     assert_eq!(wire.count(Counter::ParseFailedHttp1), 1);
     wire.send(GET);
     assert!(wire.recv(OK_2).is_empty());
     assert_eq!(wire.count(Counter::ParseFailedHttp1), 1);
+}
+
+const CLIENT_HELLO: &[u8] = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\x8a\x1b\x00";
+const SERVER_HELLO: &[u8] = b"\x16\x03\x03\x00\x7a\x02\x00\x00\x76";
+
+#[test]
+fn tls_plaintext_restarts_parsing_and_ciphertext_is_ignored() {
+    for role in [Role::Server, Role::Unknown] {
+        // The handshake alone spends an unknown role's probe budget.
+        let config = TrackerConfig {
+            unknown_role_probe_events: 3,
+            ..TrackerConfig::default()
+        };
+        let mut wire = Wire::with_config(role, config);
+        // Before the kernel knew the socket was TLS.
+        wire.recv(CLIENT_HELLO);
+        wire.send(SERVER_HELLO);
+        wire.recv(b"\x14\x03\x03\x00\x01\x01");
+        assert_eq!(wire.count(Counter::ParseFailedHttp1), 1, "{role:?}");
+
+        wire.tls = true;
+        wire.recv(GET);
+        let exchange = only(wire.send(OK_2));
+        assert!(exchange.conn.tls, "{role:?}");
+        assert_eq!(exchange.conn.side, Side::Server, "{role:?}");
+        assert_eq!(brief(&[exchange]), [("/a", ok(200), 4000, 5000)]);
+
+        // Socket bytes of the TLS connection: ciphertext, even when they
+        // happen to look like HTTP.
+        wire.tls = false;
+        assert!(
+            wire.recv(b"\x17\x03\x03\x00\x20 application data")
+                .is_empty()
+        );
+        assert!(wire.recv(GET).is_empty());
+        assert!(wire.send(OK_2).is_empty());
+        assert_eq!(wire.count(Counter::TlsCiphertextIgnored), 3, "{role:?}");
+
+        wire.tls = true;
+        wire.recv(GET);
+        assert_eq!(
+            brief(&wire.send(OK_2)),
+            [("/a", ok(200), 9000, 10000)],
+            "{role:?}"
+        );
+        assert_eq!(wire.count(Counter::ParseFailedHttp1), 1, "{role:?}");
+    }
+}
+
+/// A client reaching an HTTPS server through a proxy: the `CONNECT` is
+/// plaintext HTTP on the socket, the tunnelled requests TLS plaintext on
+/// the same socket.
+#[test]
+fn tls_inside_a_connect_tunnel() {
+    let mut wire = Wire::new(Role::Client);
+    wire.send(b"CONNECT api.example:443 HTTP/1.1\r\nHost: api.example:443\r\n\r\n");
+    let connect = only(wire.recv(b"HTTP/1.1 200 Connection established\r\n\r\n"));
+    assert_eq!(connect.request.method, "CONNECT");
+    assert!(!connect.conn.tls);
+    wire.send(CLIENT_HELLO);
+    wire.recv(SERVER_HELLO);
+
+    wire.tls = true;
+    wire.send(GET);
+    let tunnelled = only(wire.recv(OK_2));
+    assert!(tunnelled.conn.tls);
+    assert_eq!(tunnelled.conn.side, Side::Client);
+    assert_eq!(brief(&[tunnelled]), [("/a", ok(200), 5000, 6000)]);
+    assert_eq!(wire.count(Counter::ParseFailedHttp1), 0);
 }
 
 #[test]
