@@ -66,6 +66,9 @@ pub struct AgentConfig {
     /// Trace context propagation.
     #[serde(default)]
     pub trace_context: TraceContextConfig,
+    /// TLS plaintext capture.
+    #[serde(default)]
+    pub tls: TlsConfig,
     /// Where spans go.
     #[serde(default)]
     pub export: ExportConfig,
@@ -131,6 +134,21 @@ impl Default for TraceContextConfig {
             inject: true,
             inject_cgroup: None,
         }
+    }
+}
+
+/// TLS plaintext capture (OpenSSL uprobes).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Attach uprobes to the libssl (OpenSSL 1.1 or 3, shared library) of
+    /// selected processes and trace the HTTP inside their TLS connections.
+    pub enabled: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self { enabled: true }
     }
 }
 
@@ -362,6 +380,14 @@ mod tests {
             error.to_string(),
             "config file sonde.yaml, line 3, column 3: unknown field `prots`"
         );
+    }
+
+    #[test]
+    fn tls_is_on_unless_turned_off() {
+        assert!(AgentConfig::default().tls.enabled);
+        let off = AgentConfig::from_yaml("tls:\n  enabled: false\n").unwrap();
+        assert!(!off.tls.enabled);
+        assert!(AgentConfig::from_yaml("tls:\n  enable: false\n").is_err());
     }
 
     #[test]

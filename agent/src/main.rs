@@ -48,6 +48,9 @@ struct RunArgs {
     /// Do not insert `traceparent` into outgoing HTTP/1 requests.
     #[arg(long)]
     no_inject: bool,
+    /// Do not trace inside TLS connections (no OpenSSL uprobes).
+    #[arg(long)]
+    no_tls: bool,
     /// Print spans to the terminal (default when no OTLP endpoint is set).
     #[arg(long)]
     print: bool,
@@ -76,6 +79,9 @@ impl RunArgs {
         }
         if self.no_inject {
             config.trace_context.inject = false;
+        }
+        if self.no_tls {
+            config.tls.enabled = false;
         }
         if self.print {
             config.export.print = Some(true);

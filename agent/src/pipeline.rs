@@ -22,6 +22,10 @@
 //! (bounded, counted refusals); discovery and the span builder's resources
 //! read it, and its change signal (a `watch` channel: changes that arrive
 //! while discovery is busy coalesce into one) wakes discovery.
+//!
+//! Discovery also owns the OpenSSL probes: it attaches them to each libssl
+//! file the selected processes map, as it finds them (no channel: attaching
+//! is a few syscalls, and only discovery knows when a library appears).
 
 use std::{sync::Arc, time::Duration};
 
@@ -116,17 +120,22 @@ pub async fn run(config: AgentConfig) -> Result<(), PipelineError> {
     );
     let sinks = export::Sinks::new(&config.export, Arc::clone(&stats))?;
     let metrics = MetricsStage::start(&config.metrics, &config.export, Arc::clone(&stats)).await?;
-    let probes = Probes::load(&ProbeConfig {
-        capture_bytes: config.capture.payload_bytes,
-        data_ring_bytes: config.capture.ring_buffer_bytes,
-        inject_traceparent: config.trace_context.inject,
-        inject_cgroup: config.trace_context.inject_cgroup.clone(),
-    })?;
+    let probes = Probes::load(
+        &ProbeConfig {
+            capture_bytes: config.capture.payload_bytes,
+            data_ring_bytes: config.capture.ring_buffer_bytes,
+            inject_traceparent: config.trace_context.inject,
+            inject_cgroup: config.trace_context.inject_cgroup.clone(),
+            tls: config.tls.enabled,
+        },
+        Arc::clone(&stats),
+    )?;
     let Probes {
         handle,
         targets,
         data_ring,
         control_ring,
+        openssl,
     } = probes;
     let mut registry = ProcessRegistry::new(Procfs::default());
     let clock = Arc::new(Clock::default());
@@ -164,6 +173,9 @@ pub async fn run(config: AgentConfig) -> Result<(), PipelineError> {
     let mut discovery = Discovery::new(selectors, Procfs::default(), targets, registry.clone());
     if let Some((pods, _)) = &pods {
         discovery = discovery.with_pods(pods.clone());
+    }
+    if let Some(openssl) = openssl {
+        discovery = discovery.with_tls(Box::new(openssl));
     }
     // Before reporting "running": processes that already match are traced
     // from the first request on.

@@ -8,6 +8,13 @@
 //! remove the process, and every change of the node's pods re-evaluates
 //! the processes in containers, adding and removing targets.
 //!
+//! With TLS capture on, each selected process's memory maps are read for
+//! OpenSSL's libssl, and every library file found gets the OpenSSL uprobes
+//! (once per file: see [`crate::probes::openssl`]). A process that maps
+//! none yet is looked at again every [`RESCAN_INTERVAL`] until it does,
+//! since libraries are often loaded late (Python imports `ssl` on first
+//! use, others `dlopen` it); only such processes' maps are re-read.
+//!
 //! The rule: a process is selected if it matches a top-level selector
 //! (`ports`, `executables`, `pids`: each on its own) or every condition of
 //! one `include` rule, unless it matches an `exclude` rule, runs in
@@ -36,7 +43,7 @@ use self::{
     resources::ProcessRegistry,
     rules::{Candidate, ExeGlobs, Rule, RuleConfig},
 };
-use crate::probes::{TargetSet, decode::KernelEvent};
+use crate::probes::{TargetSet, TlsAttach, decode::KernelEvent};
 
 /// How often listening ports are re-checked: a server started after the
 /// agent is picked up within this time of opening its port.
@@ -202,6 +209,10 @@ pub struct Discovery<T: TargetSet> {
     /// Selector ports each live process was seen listening on. Selection by
     /// port is sticky: a server that closes its port stays traced.
     listening: HashMap<u32, HashSet<u16>>,
+    /// Puts the OpenSSL probes on libraries, when TLS capture is on.
+    tls: Option<Box<dyn TlsAttach>>,
+    /// Selected processes that mapped no libssl when last looked at.
+    tls_waiting: HashSet<u32>,
 }
 
 impl<T: TargetSet> Discovery<T> {
@@ -221,12 +232,20 @@ impl<T: TargetSet> Discovery<T> {
             selected: HashSet::new(),
             last_listening: HashSet::new(),
             listening: HashMap::new(),
+            tls: None,
+            tls_waiting: HashSet::new(),
         }
     }
 
     /// Matches processes against their pods in `pods` (Kubernetes).
     pub fn with_pods(mut self, pods: Pods) -> Self {
         self.pods = Some(pods);
+        self
+    }
+
+    /// Attaches the OpenSSL probes to the libssl of selected processes.
+    pub fn with_tls(mut self, tls: Box<dyn TlsAttach>) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -256,6 +275,7 @@ impl<T: TargetSet> Discovery<T> {
             debug!(pid, "target exited");
         }
         self.listening.remove(&pid);
+        self.tls_waiting.remove(&pid);
         self.registry.forget(pid);
     }
 
@@ -285,6 +305,36 @@ impl<T: TargetSet> Discovery<T> {
             }
         }
         self.last_listening = inodes;
+    }
+
+    /// Looks again for libssl in the selected processes that had none.
+    pub fn rescan_tls(&mut self) {
+        let waiting: Vec<u32> = self.tls_waiting.iter().copied().collect();
+        for pid in waiting {
+            self.find_tls(pid);
+        }
+    }
+
+    /// Hands the libssl files `pid` maps to the OpenSSL probes, or keeps the
+    /// process waiting for one.
+    fn find_tls(&mut self, pid: u32) {
+        let Some(tls) = &mut self.tls else {
+            return;
+        };
+        match self.procfs.ssl_libraries(pid) {
+            Some(libraries) if !libraries.is_empty() => {
+                for library in &libraries {
+                    tls.attach(library);
+                }
+                self.tls_waiting.remove(&pid);
+            }
+            Some(_) => {
+                self.tls_waiting.insert(pid);
+            }
+            None => {
+                self.tls_waiting.remove(&pid);
+            }
+        }
     }
 
     /// The node's pods changed: re-evaluates every process that runs in a
@@ -372,6 +422,7 @@ impl<T: TargetSet> Discovery<T> {
                 let resource = self.registry.resource(pid);
                 info!(pid, service = %resource.service_name, "instrumenting process");
                 self.selected.insert(pid);
+                self.find_tls(pid);
             }
             Err(error) => warn!(pid, %error, "could not add target (target map full?)"),
         }
@@ -388,6 +439,7 @@ impl<T: TargetSet> Discovery<T> {
             }
         }
         self.selected.remove(&pid);
+        self.tls_waiting.remove(&pid);
         // No exit event will come for a process that is no longer a target.
         self.registry.forget(pid);
         info!(pid, %service, "no longer instrumenting process");
@@ -430,6 +482,7 @@ pub async fn run_discovery<T: TargetSet>(
             },
             _ = rescan.tick() => {
                 discovery.rescan_ports();
+                discovery.rescan_tls();
                 ticks = ticks.wrapping_add(1);
                 if ticks.is_multiple_of(PRUNE_EVERY_TICKS) {
                     discovery.prune();
@@ -442,11 +495,15 @@ pub async fn run_discovery<T: TargetSet>(
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
+    use std::{
+        path::{Path, PathBuf},
+        sync::{Arc, Mutex},
+    };
 
     use aya::maps::MapError;
 
     use super::*;
+    use crate::probes::{SslLibrary, openssl::FileId};
 
     #[derive(Default)]
     struct FakeTargets(HashSet<u32>);
@@ -595,6 +652,18 @@ mod tests {
             std::fs::write(dir.join("cgroup"), format!("0::{cgroup}\n")).unwrap();
             std::os::unix::fs::symlink(exe, dir.join("exe")).unwrap();
         }
+
+        /// Sets the process's memory maps to `paths` (file, inode).
+        fn map(&self, pid: u32, files: &[(&str, u64)]) {
+            let maps: String = files
+                .iter()
+                .enumerate()
+                .map(|(i, (path, inode))| {
+                    format!("7f{i:010x}-7f{i:010x} r-xp 00000000 fd:01 {inode}    {path}\n")
+                })
+                .collect();
+            std::fs::write(self.0.join(pid.to_string()).join("maps"), maps).unwrap();
+        }
     }
 
     impl Drop for FakeProc {
@@ -675,6 +744,73 @@ mod tests {
             HashSet::from([104]),
             "the pod's processes, their children and threads left the kernel set"
         );
+    }
+
+    /// Records the libraries handed to the OpenSSL probes.
+    #[derive(Clone, Default)]
+    struct FakeTls(Arc<Mutex<Vec<SslLibrary>>>);
+
+    impl TlsAttach for FakeTls {
+        fn attach(&mut self, library: &SslLibrary) {
+            self.0.lock().unwrap().push(library.clone());
+        }
+    }
+
+    impl FakeTls {
+        /// The libraries handed over since the last call.
+        fn take(&self) -> Vec<SslLibrary> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    #[test]
+    fn libssl_of_selected_processes_goes_to_the_tls_probes_when_mapped() {
+        const LIBSSL: &str = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
+        const LIBC: &str = "/usr/lib/x86_64-linux-gnu/libc.so.6";
+        let proc = FakeProc::new("tls");
+        let python = "/usr/bin/python3";
+        proc.add(201, 1, python, "/user.slice", &[]);
+        proc.add(202, 1, python, "/user.slice", &[]);
+        proc.add(203, 1, python, "/user.slice", &[]);
+        proc.add(204, 1, "/usr/bin/node", "/user.slice", &[]);
+        proc.map(201, &[(python, 10), (LIBC, 11), (LIBSSL, 12)]);
+        proc.map(202, &[(python, 10), (LIBC, 11)]);
+        proc.map(203, &[(python, 10), (LIBC, 11)]);
+        proc.map(204, &[(LIBSSL, 12)]);
+        let procfs = Procfs::at(&proc.0);
+        let tls = FakeTls::default();
+        let mut discovery = Discovery::new(
+            selectors(&["python3"], &[]),
+            procfs.clone(),
+            FakeTargets::default(),
+            ProcessRegistry::new(procfs),
+        )
+        .with_tls(Box::new(tls.clone()));
+        let libssl_of = |pid: u32| SslLibrary {
+            path: proc.0.join(format!("{pid}/root")).join(&LIBSSL[1..]),
+            file: FileId {
+                dev: libc::makedev(0xfd, 1),
+                ino: 12,
+            },
+        };
+        discovery.scan_all();
+        assert_eq!(
+            tls.take(),
+            [libssl_of(201)],
+            "opened through the process's root; the unselected node is not looked at"
+        );
+        discovery.on_exit(201);
+
+        // 202 imports `ssl` late; 203 exits before it does.
+        discovery.rescan_tls();
+        assert!(tls.take().is_empty());
+        proc.map(202, &[(python, 10), (LIBC, 11), (LIBSSL, 12)]);
+        discovery.on_exit(203);
+        proc.map(203, &[(LIBSSL, 12)]);
+        discovery.rescan_tls();
+        assert_eq!(tls.take(), [libssl_of(202)]);
+        discovery.rescan_tls();
+        assert!(tls.take().is_empty(), "found once, not looked at again");
     }
 
     #[test]

@@ -1,12 +1,14 @@
-//! What discovery reads from /proc: executables, environment, and which
-//! processes own listening TCP sockets. `root` is a parameter so tests can
-//! point it at a fake tree.
+//! What discovery reads from /proc: executables, environment, which
+//! processes own listening TCP sockets, and which libssl they map. `root`
+//! is a parameter so tests can point it at a fake tree.
 
 use std::{
     collections::{HashMap, HashSet},
     fs,
     path::{Path, PathBuf},
 };
+
+use crate::probes::{SslLibrary, openssl::FileId};
 
 /// TCP_LISTEN in /proc/net/tcp's `st` column.
 const TCP_LISTEN: &str = "0A";
@@ -105,6 +107,15 @@ impl Procfs {
             .collect()
     }
 
+    /// The OpenSSL libssl files (`libssl.so*`) the process maps, as paths
+    /// through its root directory, so that a container's own library (in
+    /// another mount namespace) is the one opened. `None` if the maps
+    /// cannot be read (the process is gone).
+    pub fn ssl_libraries(&self, pid: u32) -> Option<Vec<SslLibrary>> {
+        let maps = fs::read_to_string(self.pid_path(pid, "maps")).ok()?;
+        Some(parse_ssl_libraries(&maps, &self.pid_path(pid, "root")))
+    }
+
     /// Socket inodes listening on any of `ports`, with their port, across
     /// every network namespace the processes live in (containers have
     /// their own).
@@ -147,6 +158,56 @@ impl Procfs {
         }
         owners
     }
+}
+
+/// libssl mappings in a `/proc/PID/maps` text, one per file, with paths
+/// under `root`.
+fn parse_ssl_libraries(maps: &str, root: &Path) -> Vec<SslLibrary> {
+    let mut found: Vec<SslLibrary> = Vec::new();
+    for line in maps.lines() {
+        // "start-end perms offset major:minor inode      /path", the path
+        // padded with spaces (and possibly containing some).
+        let mut fields = line.splitn(6, ' ');
+        let (Some(dev), Some(inode), Some(path)) = (
+            fields.nth(3),
+            fields.next(),
+            fields.next().map(str::trim_start),
+        ) else {
+            continue;
+        };
+        // A library replaced on disk since it was mapped (an upgrade) is
+        // " (deleted)": its path now names another file.
+        if !path.starts_with('/') || path.ends_with(" (deleted)") {
+            continue;
+        }
+        // `libssl3.so` is NSS's, not OpenSSL's.
+        let is_libssl = Path::new(path)
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.starts_with("libssl.so"));
+        let Some(file) = is_libssl.then(|| file_id(dev, inode)).flatten() else {
+            continue;
+        };
+        if found.iter().all(|library| library.file != file) {
+            found.push(SslLibrary {
+                path: root.join(path.trim_start_matches('/')),
+                file,
+            });
+        }
+    }
+    found
+}
+
+/// `fd:01` and `1234` (hex major:minor, decimal inode) -> a [`FileId`].
+fn file_id(dev: &str, inode: &str) -> Option<FileId> {
+    let (major, minor) = dev.split_once(':')?;
+    Some(FileId {
+        dev: libc::makedev(
+            u32::from_str_radix(major, 16).ok()?,
+            u32::from_str_radix(minor, 16).ok()?,
+        ),
+        ino: inode.parse().ok()?,
+    })
 }
 
 /// `socket:[12345]` -> 12345.
@@ -193,6 +254,64 @@ mod tests {
         // Port 8080 = 0x1F90; the ESTABLISHED row on 8080 is not a listener.
         assert_eq!(found, HashMap::from([(40001, 8080)]));
         assert!(parse_listening("garbage\nmore garbage here", &ports).is_empty());
+    }
+
+    #[test]
+    fn finds_libssl_mappings() {
+        let maps = "\
+55d0c8a00000-55d0c8a01000 r--p 00000000 fd:01 1311                       /usr/bin/python3.11
+7f1a2b000000-7f1a2b020000 r--p 00000000 fd:01 2049                       /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f1a2b020000-7f1a2b080000 r-xp 00020000 fd:01 2049                       /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f1a2c000000-7f1a2c010000 r--p 00000000 00:2e 77                         /opt/app dir/lib/libssl.so.1.1
+7f1a2d000000-7f1a2d010000 r--p 00000000 fd:01 3001                       /usr/lib/x86_64-linux-gnu/libssl3.so
+7f1a2e000000-7f1a2e010000 r--p 00000000 fd:01 3002                       /usr/lib/old/libssl.so.1.1 (deleted)
+7f1a2f000000-7f1a2f010000 rw-p 00000000 00:00 0 
+7ffd1c000000-7ffd1c021000 rw-p 00000000 00:00 0                          [stack]
+";
+        let root = Path::new("/proc/42/root");
+        assert_eq!(
+            parse_ssl_libraries(maps, root),
+            [
+                SslLibrary {
+                    path: "/proc/42/root/usr/lib/x86_64-linux-gnu/libssl.so.3".into(),
+                    file: FileId {
+                        dev: libc::makedev(0xfd, 1),
+                        ino: 2049
+                    },
+                },
+                SslLibrary {
+                    path: "/proc/42/root/opt/app dir/lib/libssl.so.1.1".into(),
+                    file: FileId {
+                        dev: libc::makedev(0, 0x2e),
+                        ino: 77
+                    },
+                },
+            ],
+            "one entry per file; NSS's libssl3.so, deleted files and anonymous maps left out"
+        );
+        assert!(parse_ssl_libraries("garbage\n\n", root).is_empty());
+    }
+
+    #[test]
+    fn maps_identify_files_as_stat_does() {
+        // The identity from maps is the one `stat` gives for an ordinary
+        // (not overlay) file: this test binary, mapped by itself.
+        use std::os::unix::fs::MetadataExt as _;
+        let exe = std::env::current_exe().expect("test binary");
+        let meta = fs::metadata(&exe).expect("stat");
+        let maps = fs::read_to_string("/proc/self/maps").expect("maps");
+        let line = maps
+            .lines()
+            .find(|line| line.ends_with(exe.to_str().expect("utf-8")))
+            .expect("the test binary is mapped");
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(
+            file_id(fields[3], fields[4]),
+            Some(FileId {
+                dev: meta.dev(),
+                ino: meta.ino()
+            })
+        );
     }
 
     #[test]

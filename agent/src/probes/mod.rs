@@ -9,10 +9,15 @@
 pub mod btf;
 pub mod decode;
 pub mod inject;
+pub mod openssl;
 mod reader;
 mod targets;
 
-use std::{io, path::Path};
+use std::{
+    io,
+    path::Path,
+    sync::{Arc, Mutex},
+};
 
 use agent_common::{KernelConfig, socket_data::MAX_CAPTURE_BYTES};
 use aya::{
@@ -20,11 +25,15 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, TracePoint},
 };
+pub use openssl::{OpensslProbes, SslLibrary, TlsAttach};
 pub use reader::{ReaderChannels, run_reader};
 pub use targets::{TargetMap, TargetSet};
 use tracing::{info, warn};
 
-use crate::telemetry::{Counter, Stats};
+use crate::{
+    export::otlp::ErrorChain,
+    telemetry::{Counter, Stats},
+};
 
 /// The kernel object, or an empty slice when the agent was built without it.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf.o"));
@@ -92,6 +101,8 @@ pub struct ProbeConfig {
     pub inject_traceparent: bool,
     /// cgroup v2 directory whose processes get injection (default: the root).
     pub inject_cgroup: Option<std::path::PathBuf>,
+    /// Load the OpenSSL uprobe programs (TLS plaintext).
+    pub tls: bool,
 }
 
 /// Loaded and attached probes, in the parts the pipeline hands to its
@@ -105,11 +116,14 @@ pub struct Probes {
     pub data_ring: RingBuf<MapData>,
     /// Process events.
     pub control_ring: RingBuf<MapData>,
+    /// The OpenSSL programs, loaded and waiting for libraries; `None` when
+    /// TLS capture is off or could not be set up.
+    pub openssl: Option<OpensslProbes>,
 }
 
 /// Owns the loaded programs and their links.
 pub struct ProbeHandle {
-    _ebpf: Ebpf,
+    _ebpf: Arc<Mutex<Ebpf>>,
     drops: PerCpuArray<MapData, u64>,
     inject_stats: PerCpuArray<MapData, u64>,
 }
@@ -175,8 +189,9 @@ const HOOKS: &[(&str, Hook)] = &[
 ];
 
 impl Probes {
-    /// Loads the embedded object and attaches every program.
-    pub fn load(config: &ProbeConfig) -> Result<Self, ProbeError> {
+    /// Loads the embedded object and attaches every program but the
+    /// OpenSSL ones, which are attached per library as they are found.
+    pub fn load(config: &ProbeConfig, stats: Arc<Stats>) -> Result<Self, ProbeError> {
         if EBPF_OBJECT.is_empty() {
             return Err(ProbeError::NoObject);
         }
@@ -211,8 +226,20 @@ impl Probes {
             .map_err(|_| ProbeError::Map("CONTROL_EVENTS"))?;
         let drops = PerCpuArray::try_from(take(&mut ebpf, "DROPS")?)
             .map_err(|_| ProbeError::Map("DROPS"))?;
+        let ebpf = Arc::new(Mutex::new(ebpf));
+        // TLS is an addition to plaintext capture: without it (a kernel
+        // object or kernel without the uprobe programs) the rest still runs.
+        let openssl = config
+            .tls
+            .then(|| OpensslProbes::load(Arc::clone(&ebpf), stats))
+            .transpose()
+            .unwrap_or_else(|error| {
+                warn!(error = %ErrorChain(&error), "TLS traffic will not be traced");
+                None
+            });
         info!(
             capture_bytes = kernel_config.capture_bytes,
+            tls = openssl.is_some(),
             "kernel programs attached"
         );
         Ok(Self {
@@ -224,6 +251,7 @@ impl Probes {
             targets,
             data_ring,
             control_ring,
+            openssl,
         })
     }
 }

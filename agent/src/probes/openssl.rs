@@ -1,0 +1,316 @@
+//! Userspace side of `agent-ebpf/src/probes/openssl.rs`: uprobes and
+//! uretprobes on OpenSSL's `SSL_read`, `SSL_read_ex`, `SSL_write`,
+//! `SSL_write_ex` and `SSL_do_handshake` (OpenSSL 1.1.x and 3.x, shared
+//! libssl), whose programs report TLS plaintext as socket data events
+//! (`source = SOURCE_TLS`). Needs uprobes (`CONFIG_UPROBE_EVENTS`, present on
+//! every kernel the agent supports); the programs are loaded once, with the
+//! others, and attached here to each libssl file the selected processes map.
+//!
+//! A uprobe is set on a file, not on a process: once a libssl is attached,
+//! every process that maps it, now or later, runs the programs, which keep
+//! only the kernel's targets. So each library file is attached once,
+//! identified by the device and inode `/proc/PID/maps` shows for it. Those
+//! are the identity the kernel's uprobe uses too (for a file on overlayfs,
+//! the underlying file's), so two containers sharing an image layer share
+//! one attachment and their calls are not reported twice.
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use aya::{
+    Ebpf,
+    programs::{ProgramError, UProbe, uprobe::UProbeScope},
+};
+use object::{Object as _, ObjectSymbol as _};
+use tracing::{info, warn};
+
+use crate::{
+    export::otlp::ErrorChain,
+    telemetry::{Counter, Gauge, Stats},
+};
+
+/// One hooked library function and its programs.
+struct Hook {
+    function: &'static str,
+    entry: &'static str,
+    exit: &'static str,
+}
+
+/// What is attached to each library. `SSL_read_ex` and `SSL_write_ex`
+/// share the return program of their older form: the entry programs
+/// record where the plaintext goes, and the return is read the same way.
+const HOOKS: &[Hook] = &[
+    Hook {
+        function: "SSL_read",
+        entry: "ssl_read_enter",
+        exit: "ssl_read_exit",
+    },
+    Hook {
+        function: "SSL_read_ex",
+        entry: "ssl_read_ex_enter",
+        exit: "ssl_read_exit",
+    },
+    Hook {
+        function: "SSL_write",
+        entry: "ssl_write_enter",
+        exit: "ssl_write_exit",
+    },
+    Hook {
+        function: "SSL_write_ex",
+        entry: "ssl_write_ex_enter",
+        exit: "ssl_write_exit",
+    },
+    Hook {
+        function: "SSL_do_handshake",
+        entry: "ssl_handshake_enter",
+        exit: "ssl_handshake_exit",
+    },
+];
+
+/// Why TLS capture could not be set up, or not on one library.
+#[derive(Debug, thiserror::Error)]
+pub enum OpensslError {
+    /// The kernel object lacks a program.
+    #[error("the kernel object has no OpenSSL program {program}")]
+    Missing {
+        /// Program name.
+        program: &'static str,
+    },
+    /// A program could not be loaded.
+    #[error("loading the OpenSSL program {program}")]
+    Load {
+        /// Program name.
+        program: &'static str,
+        /// Cause.
+        #[source]
+        source: ProgramError,
+    },
+    /// The library file could not be read.
+    #[error("reading {path}")]
+    Read {
+        /// The library, as the agent opened it.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The library is not an ELF file the agent can read symbols from.
+    #[error("reading the symbols of {path}")]
+    Symbols {
+        /// The library.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: object::Error,
+    },
+    /// The library exports none of the hooked functions (not OpenSSL's
+    /// libssl, or one built without them).
+    #[error("{path} defines none of SSL_read, SSL_write, SSL_do_handshake")]
+    NoFunctions {
+        /// The library.
+        path: PathBuf,
+    },
+    /// A program could not be attached to a function (of the library the
+    /// caller names).
+    #[error("attaching {program} to {function}")]
+    Attach {
+        /// Program name.
+        program: &'static str,
+        /// Library function.
+        function: &'static str,
+        /// Cause.
+        #[source]
+        source: ProgramError,
+    },
+}
+
+/// Identity of a file: device and inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileId {
+    /// Device number (`makedev(major, minor)`).
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+}
+
+/// A libssl file some process maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SslLibrary {
+    /// Where the agent opens it: through the process's root
+    /// (`/proc/PID/root/...`), so a container's own library is found.
+    pub path: PathBuf,
+    /// The mapped file, as `/proc/PID/maps` identifies it.
+    pub file: FileId,
+}
+
+/// Puts the TLS probes on library files (a trait so that discovery can be
+/// tested without a kernel).
+pub trait TlsAttach: Send {
+    /// Attaches the probes to `library` for every process, unless its file
+    /// was handled already. Failures are logged and counted: they cost TLS
+    /// visibility for that library's users, nothing else.
+    fn attach(&mut self, library: &SslLibrary);
+}
+
+/// The loaded OpenSSL programs and the libraries they are attached to.
+pub struct OpensslProbes {
+    /// Shared with [`super::ProbeHandle`], which keeps every program alive;
+    /// locked only to attach, as libraries are found.
+    ebpf: Arc<Mutex<Ebpf>>,
+    stats: Arc<Stats>,
+    /// Files attached or tried: each is handled once, so a library that
+    /// failed is not retried for every process that maps it.
+    seen: HashSet<FileId>,
+    attached: u64,
+}
+
+impl OpensslProbes {
+    /// Loads the programs (not attached to anything yet).
+    pub fn load(ebpf: Arc<Mutex<Ebpf>>, stats: Arc<Stats>) -> Result<Self, OpensslError> {
+        {
+            let mut guard = ebpf.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut loaded = HashSet::new();
+            for program in HOOKS.iter().flat_map(|hook| [hook.entry, hook.exit]) {
+                if loaded.insert(program) {
+                    uprobe(&mut guard, program)?
+                        .load()
+                        .map_err(|source| OpensslError::Load { program, source })?;
+                }
+            }
+        }
+        Ok(Self {
+            ebpf,
+            stats,
+            seen: HashSet::new(),
+            attached: 0,
+        })
+    }
+
+    /// Attaches every hook whose function `library` defines; returns how
+    /// many. On any failure the links already made on this library are
+    /// detached, so no function is left with its entry program but not its
+    /// return one.
+    fn try_attach(&mut self, library: &SslLibrary) -> Result<usize, OpensslError> {
+        let path = &library.path;
+        let defined = defined_functions(path)?;
+        let hooks: Vec<&Hook> = HOOKS
+            .iter()
+            .filter(|hook| defined.contains(hook.function))
+            .collect();
+        if hooks.is_empty() {
+            return Err(OpensslError::NoFunctions { path: path.clone() });
+        }
+        let mut ebpf = self.ebpf.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut links = Vec::new();
+        for hook in &hooks {
+            for program in [hook.entry, hook.exit] {
+                let attached = uprobe(&mut ebpf, program).and_then(|probe| {
+                    probe
+                        .attach(hook.function, path, UProbeScope::AllProcesses)
+                        .map_err(|source| OpensslError::Attach {
+                            program,
+                            function: hook.function,
+                            source,
+                        })
+                });
+                match attached {
+                    Ok(link) => links.push((program, link)),
+                    Err(error) => {
+                        for (program, link) in links {
+                            if let Ok(probe) = uprobe(&mut ebpf, program) {
+                                // Detaching a link just made only fails if
+                                // it is gone already.
+                                let _ = probe.detach(link);
+                            }
+                        }
+                        return Err(error);
+                    }
+                }
+            }
+        }
+        Ok(hooks.len())
+    }
+}
+
+impl TlsAttach for OpensslProbes {
+    fn attach(&mut self, library: &SslLibrary) {
+        if !self.seen.insert(library.file) {
+            return;
+        }
+        match self.try_attach(library) {
+            Ok(functions) => {
+                self.attached += 1;
+                self.stats
+                    .set_gauge(Gauge::TlsLibrariesAttached, self.attached);
+                info!(library = %library.path.display(), functions, "TLS probes attached");
+            }
+            Err(error) => {
+                self.stats.add(Counter::TlsAttachFailed, 1);
+                warn!(
+                    library = %library.path.display(),
+                    error = %ErrorChain(&error),
+                    "TLS traffic of the processes using this library is not traced"
+                );
+            }
+        }
+    }
+}
+
+/// A program of the object as a uprobe.
+fn uprobe<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut UProbe, OpensslError> {
+    ebpf.program_mut(program)
+        .ok_or(OpensslError::Missing { program })?
+        .try_into()
+        .map_err(|source| OpensslError::Load { program, source })
+}
+
+/// The hooked functions `path` defines in its dynamic symbol table (what
+/// the dynamic linker, and so every caller, resolves them to).
+fn defined_functions(path: &Path) -> Result<HashSet<&'static str>, OpensslError> {
+    let data = std::fs::read(path).map_err(|source| OpensslError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let elf = object::File::parse(&*data).map_err(|source| OpensslError::Symbols {
+        path: path.to_owned(),
+        source,
+    })?;
+    let exported: HashSet<&str> = elf
+        .dynamic_symbols()
+        .filter(|symbol| symbol.is_definition())
+        .filter_map(|symbol| symbol.name().ok())
+        .collect();
+    Ok(HOOKS
+        .iter()
+        .map(|hook| hook.function)
+        .filter(|function| exported.contains(function))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_functions_a_library_defines() {
+        // The system's OpenSSL 3 (curl and python3 here link it) and libc.
+        let libssl = defined_functions(Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3"))
+            .expect("libssl symbols");
+        let all: HashSet<&str> = HOOKS.iter().map(|hook| hook.function).collect();
+        assert_eq!(libssl, all, "OpenSSL 3 defines every hooked function");
+        let libc = defined_functions(Path::new("/usr/lib/x86_64-linux-gnu/libc.so.6"))
+            .expect("libc symbols");
+        assert!(libc.is_empty(), "{libc:?}");
+        assert!(matches!(
+            defined_functions(Path::new("/nonexistent/libssl.so.3")),
+            Err(OpensslError::Read { .. })
+        ));
+        assert!(matches!(
+            defined_functions(Path::new("/proc/self/status")),
+            Err(OpensslError::Symbols { .. })
+        ));
+    }
+}
