@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """gRPC test client (grpcio, no generated code), unmodified by any tracing.
 
-usage: grpc_client.py PORT suite
-       grpc_client.py PORT concurrent N
+usage: grpc_client.py PORT suite [--ca CERT]
+       grpc_client.py PORT concurrent N [--ca CERT]
+
+With --ca, the channel is TLS and trusts CERT.
 
 `suite` makes, on one channel and in this order: a unary call carrying a
 `traceparent`, a unary call the server fails with NOT_FOUND, a unary call
@@ -13,6 +15,7 @@ call: `<method> <status name> <detail>`.
 `concurrent N` starts N unary calls at once on one channel, waits for all
 and prints `concurrent <N ok>`.
 """
+import argparse
 import sys
 
 import grpc
@@ -48,14 +51,26 @@ def concurrent(channel, n):
 
 
 def main():
-    port, action = sys.argv[1], sys.argv[2]
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        if action in ("suite", "fixture"):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("port")
+    parser.add_argument("action")
+    parser.add_argument("count", type=int, nargs="?")
+    parser.add_argument("--ca")
+    args = parser.parse_args()
+    target = f"127.0.0.1:{args.port}"
+    if args.ca:
+        with open(args.ca, "rb") as ca:
+            credentials = grpc.ssl_channel_credentials(root_certificates=ca.read())
+        channel = grpc.secure_channel(target, credentials)
+    else:
+        channel = grpc.insecure_channel(target)
+    with channel:
+        if args.action in ("suite", "fixture"):
             suite(channel)
-        elif action == "concurrent":
-            concurrent(channel, int(sys.argv[3]))
+        elif args.action == "concurrent":
+            concurrent(channel, args.count)
         else:
-            sys.exit(f"unknown action {action}")
+            sys.exit(f"unknown action {args.action}")
 
 
 if __name__ == "__main__":

@@ -11,9 +11,11 @@ do:
 - `ClientStream`: answers how many messages it got.
 
 Prints "listening on <port>" once ready; stops on SIGTERM.
+
+usage: grpc_server.py [PORT] [--cert CERT --key KEY]   (with TLS if given)
 """
+import argparse
 import signal
-import sys
 import threading
 import time
 from concurrent import futures
@@ -49,7 +51,11 @@ def client_stream(requests, context):
 
 
 def main():
-    port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+    parser = argparse.ArgumentParser()
+    parser.add_argument("port", type=int, nargs="?", default=0)
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
+    args = parser.parse_args()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=64))
     handler = grpc.method_handlers_generic_handler(
         SERVICE,
@@ -60,7 +66,13 @@ def main():
         },
     )
     server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port(f"127.0.0.1:{port}")
+    address = f"127.0.0.1:{args.port}"
+    if args.cert:
+        with open(args.key, "rb") as key, open(args.cert, "rb") as cert:
+            credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
     server.start()
     print(f"listening on {port}", flush=True)
     stop = threading.Event()

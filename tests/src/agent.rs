@@ -112,6 +112,20 @@ impl Agent {
         self.log.lock().expect("log lock").join("\n")
     }
 
+    /// Waits until the agent logged a line containing `needle`; panics with
+    /// the log if `timeout` passes first.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let started = std::time::Instant::now();
+        while !self.log_text().contains(needle) {
+            assert!(
+                started.elapsed() < timeout,
+                "agent did not log {needle:?} within {timeout:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Sends SIGTERM and waits for a clean exit; returns the exit code.
     pub fn stop(mut self) -> i32 {
         self.terminate()

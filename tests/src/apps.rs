@@ -4,8 +4,8 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdout, Command, Stdio},
     time::Duration,
 };
 
@@ -32,16 +32,8 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {program} {args:?}: {e}"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("reading server output");
-        let port = line
-            .trim()
-            .strip_prefix("listening on ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("{program} {args:?} printed {line:?}"));
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let port = listening_port(&mut stdout, &format!("{program} {args:?}"));
         Self { child, port }
     }
 
@@ -97,11 +89,144 @@ impl Server {
     }
 }
 
+/// Reads a server's `listening on <port>` line.
+fn listening_port(stdout: &mut ChildStdout, server: &str) -> u16 {
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("reading server output");
+    line.trim()
+        .strip_prefix("listening on ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{server} printed {line:?}"))
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A program whose process exists before it runs: `sh` waits for a line on
+/// stdin, then execs the program under the same pid. A test gives the pid
+/// to the agent first, so even what the program does at once is traced (a
+/// process started later is selected only once the agent has handled its
+/// exec event, which races its first request).
+pub struct Held {
+    child: Child,
+    program: String,
+}
+
+impl Held {
+    /// Starts `sh`, holding `program args...`.
+    pub fn new(program: &str, args: &[&str]) -> Self {
+        let child = Command::new("sh")
+            .args(["-c", r#"read go && exec "$@""#, "sh", program])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting sh for {program}: {e}"));
+        Self {
+            child,
+            program: program.to_owned(),
+        }
+    }
+
+    /// Its process id, the program's once released.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn release(&mut self) {
+        let stdin = self.child.stdin.as_mut().expect("piped stdin");
+        stdin
+            .write_all(b"go\n")
+            .expect("releasing the held program");
+    }
+
+    /// Runs the program to completion; returns its stdout, panicking if it
+    /// failed.
+    pub fn run(mut self) -> String {
+        self.release();
+        let mut output = String::new();
+        self.child
+            .stdout
+            .take()
+            .expect("piped stdout")
+            .read_to_string(&mut output)
+            .expect("reading the held program's output");
+        let status = self.child.wait().expect("waiting for the held program");
+        assert!(status.success(), "{} failed: {status}", self.program);
+        output
+    }
+
+    /// Releases a server; returns the port of its `listening on` line.
+    pub fn run_server(&mut self) -> u16 {
+        self.release();
+        let stdout = self.child.stdout.as_mut().expect("piped stdout");
+        listening_port(stdout, &self.program)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A self-signed certificate for `127.0.0.1` and `localhost` with its key,
+/// made by `openssl req` in a directory of its own (removed on drop).
+pub struct Certificate {
+    /// The directory: free for the test's other files too.
+    pub dir: PathBuf,
+}
+
+impl Certificate {
+    /// Generates one; `name` tells tests' directories apart.
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("sonde-tls-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("certificate directory");
+        let status = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .arg("-keyout")
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(dir.join("cert.pem"))
+            .stderr(Stdio::null())
+            .status()
+            .expect("running openssl");
+        assert!(status.success(), "openssl req failed");
+        Self { dir }
+    }
+
+    /// The certificate (PEM).
+    pub fn cert(&self) -> String {
+        path_str(&self.dir.join("cert.pem"))
+    }
+
+    /// Its private key (PEM).
+    pub fn key(&self) -> String {
+        path_str(&self.dir.join("key.pem"))
+    }
+}
+
+impl Drop for Certificate {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn path_str(path: &Path) -> String {
+    path.to_str().expect("utf-8 path").to_owned()
 }
 
 /// Runs curl with `args` and returns its stdout; panics if curl fails.

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod apps;
+pub mod grpc_suite;
 pub mod kube_api;
 pub mod otlp_receiver;
 pub mod pod_cgroup;
@@ -14,4 +15,5 @@ pub mod prometheus;
 
 pub use otlp_receiver::{
     Failure, OtlpReceiver, Protocol, ReceivedHistogram, ReceivedRequest, ReceivedSpan, hex,
+    spans_of,
 };

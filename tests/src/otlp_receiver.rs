@@ -94,6 +94,17 @@ impl ReceivedSpan {
     }
 }
 
+/// Spans of `pid` of that kind, oldest first.
+pub fn spans_of(spans: &[ReceivedSpan], pid: u32, kind: SpanKind) -> Vec<ReceivedSpan> {
+    let mut ours: Vec<ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.pid() == pid && s.kind == kind)
+        .cloned()
+        .collect();
+    ours.sort_by_key(|s| s.start_unix_ns);
+    ours
+}
+
 /// Which OTLP transport a request came over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {

@@ -15,26 +15,13 @@ use sonde_tests::{
     OtlpReceiver, ReceivedSpan,
     agent::Agent,
     apps::{Server, app_path, curl},
-    require_e2e,
+    grpc_suite::{PARENT_ID, SUITE_OUTPUT, TRACE_ID, assert_suite},
+    require_e2e, spans_of,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
 /// After the expected spans arrived, how long to keep watching for extra ones.
 const SETTLE: Duration = Duration::from_millis(1500);
-/// The `traceparent` the test clients send with their first call.
-const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
-const PARENT_ID: &str = "b7ad6b7169203331";
-
-/// Spans of `pid` of that kind, oldest first.
-fn spans_of(spans: &[ReceivedSpan], pid: u32, kind: SpanKind) -> Vec<ReceivedSpan> {
-    let mut ours: Vec<ReceivedSpan> = spans
-        .iter()
-        .filter(|s| s.pid() == pid && s.kind == kind)
-        .cloned()
-        .collect();
-    ours.sort_by_key(|s| s.start_unix_ns);
-    ours
-}
 
 /// The real path of an interpreter on PATH, for `--exe`.
 fn executable(name: &str) -> String {
@@ -94,65 +81,6 @@ fn run_client(program: &str, script: &str, args: &[&str]) -> (u32, Vec<String>) 
         .map(str::to_owned)
         .collect();
     (pid, lines)
-}
-
-/// What `grpc_client.{py,js} suite` prints: the calls and their outcomes.
-const SUITE_OUTPUT: [&str; 5] = [
-    "Unary OK 2",
-    "Unary NOT_FOUND -",
-    "Unary DEADLINE_EXCEEDED -",
-    "ServerStream OK 3",
-    "ClientStream OK got 4",
-];
-
-/// The suite's calls as spans: `(rpc.method, status name)`.
-const SUITE_SPANS: [(&str, &str); 5] = [
-    ("sonde.test.Echo/Unary", "OK"),
-    ("sonde.test.Echo/Unary", "NOT_FOUND"),
-    ("sonde.test.Echo/Unary", "DEADLINE_EXCEEDED"),
-    ("sonde.test.Echo/ServerStream", "OK"),
-    ("sonde.test.Echo/ClientStream", "OK"),
-];
-
-/// Asserts the five spans of a suite run seen from one side.
-fn assert_suite(spans: &[ReceivedSpan], kind: SpanKind, server_port: u16) {
-    let got: Vec<(&str, &str)> = spans
-        .iter()
-        .map(|s| (s.name.as_str(), s.str_attr("rpc.response.status_code")))
-        .collect();
-    assert_eq!(got, SUITE_SPANS, "{kind:?} spans: {spans:#?}");
-    for span in spans {
-        assert_eq!(span.str_attr("rpc.system.name"), "grpc");
-        assert_eq!(span.str_attr("rpc.method"), span.name);
-        assert_eq!(span.int_attr("server.port"), i64::from(server_port));
-        assert_eq!(span.str_attr("network.protocol.version"), "2");
-        let status = span.str_attr("rpc.response.status_code");
-        let is_error = match kind {
-            SpanKind::Server => status == "DEADLINE_EXCEEDED",
-            _ => status != "OK",
-        };
-        let expected = if is_error {
-            StatusCode::Error
-        } else {
-            StatusCode::Unset
-        };
-        assert_eq!(span.status_code, expected, "{span:#?}");
-        if is_error {
-            assert_eq!(span.str_attr("error.type"), status);
-        }
-    }
-    // The deadline was 200 ms; the server stopped waiting then too.
-    let deadline = spans[2].duration_ms();
-    assert!(
-        (150.0..950.0).contains(&deadline),
-        "deadline call took {deadline} ms: {:#?}",
-        spans[2]
-    );
-    if kind == SpanKind::Server {
-        assert_eq!(spans[0].trace_id, TRACE_ID, "incoming traceparent joined");
-        assert_eq!(spans[0].parent_span_id, PARENT_ID);
-        assert!(spans[1..].iter().all(|s| s.trace_id != TRACE_ID));
-    }
 }
 
 /// A grpcio client calling a grpcio server: unary, an error status, a

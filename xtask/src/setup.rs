@@ -6,7 +6,8 @@
 //! and the LLVM 22 libraries it builds against) and the tools the
 //! end-to-end tests and the demo run (curl, python3 + requests + grpcio +
 //! the OpenTelemetry SDK, node + npm and tests/apps' packages, bpftool,
-//! iproute2, prometheus, and yamllint + kubernetes-validate for
+//! iproute2, prometheus, nginx, openssl, Debian's python3-grpcio for the TLS
+//! tests, and yamllint + kubernetes-validate for
 //! the offline checks of deploy/). A third group, outside `ALL`, is what
 //! `cargo xtask bench` adds (wrk, nginx, python3-venv). All checks together
 //! take well under a second when everything is present; `apt-get update`
@@ -20,6 +21,9 @@ use crate::cmd;
 
 /// Where the LLVM that bpf-linker links against lives (Debian's llvm-22).
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+/// Debian's grpcio, which links the system's libssl (see `check`).
+const TLS_GRPCIO: &str = "python3-grpcio";
 
 /// Debian packages bpf-linker is built against.
 const LLVM_DEV_PACKAGES: &[&str] = &[
@@ -174,13 +178,7 @@ fn check(groups: &[Group]) -> Vec<Checked> {
     if groups.contains(&Group::EbpfToolchain) {
         let debs = installed_debs(LLVM_DEV_PACKAGES);
         for (pkg, version) in LLVM_DEV_PACKAGES.iter().zip(debs) {
-            out.push(Checked {
-                name: pkg,
-                status: match version {
-                    Some(v) => Status::Present(v),
-                    None => Status::Missing(Fix::Apt(pkg)),
-                },
-            });
+            out.push(debian_package(pkg, pkg, version));
         }
         let sysroot = nightly_sysroot();
         out.push(Checked {
@@ -207,9 +205,21 @@ fn check(groups: &[Group]) -> Vec<Checked> {
             ("iproute2", "ip", "iproute2"),
             // The metrics tests scrape the agent with a real Prometheus.
             ("prometheus", "prometheus", "prometheus"),
+            // The TLS tests: an HTTPS server, and certificates made at test
+            // time.
+            ("nginx", "nginx", "nginx"),
+            ("openssl", "openssl", "openssl"),
         ] {
             out.push(executable(name, exe, pkg));
         }
+        // The TLS gRPC test needs a grpcio that links the system's OpenSSL
+        // (PyPI's wheel embeds BoringSSL): Debian's, for /usr/bin/python3,
+        // whatever python3 is first on PATH.
+        out.push(debian_package(
+            "python3-grpcio (Debian)",
+            TLS_GRPCIO,
+            installed_debs(&[TLS_GRPCIO]).remove(0),
+        ));
         // Node may come from anywhere (nvm, nodesource, Debian); any working
         // `node` will do, Debian's nodejs only if there is none.
         out.push(Checked {
@@ -273,6 +283,17 @@ fn executable(name: &'static str, exe: &str, pkg: &'static str) -> Checked {
         name,
         status: match cmd::which(exe) {
             Some(path) => Status::Present(path.display().to_string()),
+            None => Status::Missing(Fix::Apt(pkg)),
+        },
+    }
+}
+
+/// A Debian package, present in `version` or installed with apt.
+fn debian_package(name: &'static str, pkg: &'static str, version: Option<String>) -> Checked {
+    Checked {
+        name,
+        status: match version {
+            Some(v) => Status::Present(v),
             None => Status::Missing(Fix::Apt(pkg)),
         },
     }

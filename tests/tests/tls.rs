@@ -1,0 +1,535 @@
+//! End-to-end: HTTP and gRPC inside TLS, read at OpenSSL's API by the
+//! uprobes on the system's libssl.so.3, from real unmodified programs:
+//! Python's `http.server` wrapped in `ssl`, nginx serving HTTPS (HTTP/1.1
+//! and HTTP/2), curl -k as the client, and a grpcio server and client with
+//! TLS credentials (Debian's python3-grpcio under /usr/bin/python3, which
+//! links the system libssl; PyPI's wheel embeds BoringSSL, out of these
+//! probes' reach). The certificates are made at test time by `openssl req`.
+//! Needs root; see `sonde_tests::agent::skip_reason`.
+
+use std::{net::TcpListener, process::Command, time::Duration};
+
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
+use sonde_tests::{
+    OtlpReceiver, ReceivedSpan,
+    agent::Agent,
+    apps::{Certificate, Held, Server, app_path, raw_exchange},
+    grpc_suite::{SUITE_OUTPUT, assert_suite},
+    require_e2e, spans_of,
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+/// After the expected spans arrived, how long to keep watching for extra ones.
+const SETTLE: Duration = Duration::from_millis(1500);
+/// What the agent logs once a library has its uprobes.
+const ATTACHED: &str = "TLS probes attached";
+/// The interpreter whose grpc module links the system's OpenSSL.
+const DEBIAN_PYTHON: &str = "/usr/bin/python3";
+
+/// A curl held until released, trusting any certificate; prints each
+/// response's status on a line.
+fn held_curl(args: &[&str]) -> Held {
+    let mut all = vec!["-sSk", "-w", "%{http_code}\\n"];
+    all.extend_from_slice(args);
+    Held::new("curl", &all)
+}
+
+/// Every span the processes in `pids` sent, by kind.
+fn spans_from(spans: &[ReceivedSpan], pids: &[u32], kind: SpanKind) -> Vec<ReceivedSpan> {
+    let mut found: Vec<ReceivedSpan> = pids
+        .iter()
+        .flat_map(|&pid| spans_of(spans, pid, kind))
+        .collect();
+    found.sort_by_key(|s| s.start_unix_ns);
+    found
+}
+
+/// `(method, url.path, status)` of server spans, `(method, url.full,
+/// status)` of client spans, sorted.
+fn requests(spans: &[ReceivedSpan]) -> Vec<(String, String, i64)> {
+    let mut found: Vec<_> = spans
+        .iter()
+        .map(|span| {
+            let url = match span.kind {
+                SpanKind::Server => "url.path",
+                _ => "url.full",
+            };
+            (
+                span.str_attr("http.request.method").to_owned(),
+                span.str_attr(url).to_owned(),
+                span.int_attr("http.response.status_code"),
+            )
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// A TCP port free on 127.0.0.1 now, for a server that must be told one.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// What every HTTPS span of these tests carries, whichever side.
+fn assert_https_span(span: &ReceivedSpan, port: u16, version: &str) {
+    assert_eq!(span.int_attr("server.port"), i64::from(port), "{span:#?}");
+    assert_eq!(span.str_attr("network.peer.address"), "127.0.0.1");
+    assert_eq!(span.str_attr("network.protocol.version"), version);
+    let status = span.int_attr("http.response.status_code");
+    let is_error = status >= 500 || (span.kind == SpanKind::Client && status >= 400);
+    let expected = if is_error {
+        StatusCode::Error
+    } else {
+        StatusCode::Unset
+    };
+    assert_eq!(span.status_code, expected, "{span:#?}");
+    match span.kind {
+        SpanKind::Server => {
+            assert_eq!(span.str_attr("url.scheme"), "https", "{span:#?}");
+            let route = span.str_attr("http.route");
+            assert_eq!(
+                span.name,
+                format!("{} {route}", span.str_attr("http.request.method"))
+            );
+            assert!(span.str_attr("user_agent.original").starts_with("curl/"));
+        }
+        _ => {
+            let prefix = format!("https://127.0.0.1:{port}/");
+            assert!(span.str_attr("url.full").starts_with(&prefix), "{span:#?}");
+            assert_eq!(span.name, span.str_attr("http.request.method"));
+        }
+    }
+}
+
+/// Python's `http.server` in `ssl` and curl clients, all held until the
+/// agent selected them by pid: the server maps libssl only once it runs,
+/// so the library is found by the rescan of processes without one. One
+/// server span and one client span per request, all https, keep-alive
+/// included; a client that sends a broken handshake gives none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_https_server_and_curl_clients() {
+    require_e2e!();
+    let cert = Certificate::new("python");
+    let receiver = OtlpReceiver::start().await;
+    // Held, the server can print its port only once released: it gets
+    // one chosen here, so the held clients can name it.
+    let port = free_port();
+    let mut server = Held::new(
+        "python3",
+        &[
+            app_path("http_server.py").to_str().expect("utf-8 path"),
+            "--port",
+            &port.to_string(),
+            "--cert",
+            &cert.cert(),
+            "--key",
+            &cert.key(),
+        ],
+    );
+    let url = |path: &str| format!("https://127.0.0.1:{port}{path}");
+    let curls = [
+        held_curl(&["-o", "/dev/null", &url("/status/200?sleep=0.2")]),
+        held_curl(&[
+            "-o",
+            "/dev/null",
+            "-X",
+            "POST",
+            "-d",
+            "hello",
+            &url("/status/503"),
+        ]),
+        // Keep-alive: both requests on one connection.
+        held_curl(&[
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            &url("/chunked"),
+            &url("/status/404"),
+        ]),
+    ];
+    let mut pids = vec![server.pid().to_string()];
+    pids.extend(curls.iter().map(|c| c.pid().to_string()));
+    let agent = Agent::start(
+        &["--pid", &pids.join(",")],
+        &receiver.grpc_endpoint(),
+        "grpc",
+    );
+    assert!(
+        !agent.log_text().contains(ATTACHED),
+        "no selected process maps libssl yet"
+    );
+    assert_eq!(server.run_server(), port);
+    agent.wait_for_log(ATTACHED, WAIT);
+
+    let curl_pids: Vec<u32> = curls.iter().map(Held::pid).collect();
+    let statuses: Vec<String> = curls.into_iter().map(Held::run).collect();
+    assert_eq!(statuses, ["200\n", "503\n", "200\n404\n"]);
+    // The start of a ClientHello and no more: the handshake never ends.
+    raw_exchange(
+        port,
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\xde\xad\xbe\xef",
+        Duration::from_secs(2),
+    );
+
+    let server_pid = server.pid();
+    let ours = |spans: &[ReceivedSpan]| {
+        (
+            spans_from(spans, &[server_pid], SpanKind::Server),
+            spans_from(spans, &curl_pids, SpanKind::Client),
+        )
+    };
+    receiver
+        .wait_for(
+            |spans| {
+                let (served, made) = ours(spans);
+                served.len() >= 4 && made.len() >= 4
+            },
+            WAIT,
+        )
+        .await;
+    tokio::time::sleep(SETTLE).await;
+    let spans = receiver.spans();
+    let (served, made) = ours(&spans);
+    let expected = [
+        ("GET", "/chunked", 200),
+        ("GET", "/status/200", 200),
+        ("GET", "/status/404", 404),
+        ("POST", "/status/503", 503),
+    ];
+    assert_eq!(
+        requests(&served),
+        expected.map(|(m, p, s)| (m.to_owned(), p.to_owned(), s)),
+        "exactly one server span per request: {served:#?}"
+    );
+    assert_eq!(
+        requests(&made),
+        expected.map(|(m, p, s)| (m.to_owned(), format!("https://127.0.0.1:{port}{p}"), s)),
+        "exactly one client span per request: {made:#?}"
+    );
+    for span in served.iter().chain(&made) {
+        assert_https_span(span, port, "1.1");
+    }
+    let slow = served
+        .iter()
+        .find(|s| s.str_attr("url.path") == "/status/200")
+        .expect("200 span");
+    assert!(slow.duration_ms() >= 200.0, "handler slept: {slow:#?}");
+    assert_eq!(
+        spans.iter().filter(|s| s.pid() == server_pid).count(),
+        4,
+        "nothing else from the server (the broken handshake): {spans:#?}"
+    );
+    assert_eq!(agent.stop(), 0);
+}
+
+/// nginx, running before the agent starts (its libssl is found by the
+/// first scan), serving HTTPS over HTTP/1.1 and HTTP/2 (ALPN) to curl:
+/// server spans from its worker and client spans from curl, one per
+/// request, https, with the protocol version each used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_https_over_http1_and_http2() {
+    require_e2e!();
+    let cert = Certificate::new("nginx");
+    let port = free_port();
+    let dir = cert.dir.display();
+    let config = format!(
+        "worker_processes 1;
+error_log {dir}/error.log;
+pid {dir}/nginx.pid;
+events {{}}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port} ssl http2;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        location / {{ return 200 \"hello\\n\"; }}
+        location /missing {{ return 404; }}
+        location /fail {{ return 503; }}
+    }}
+}}
+",
+        cert = cert.cert(),
+        key = cert.key(),
+    );
+    let config_path = cert.dir.join("nginx.conf");
+    std::fs::write(&config_path, config).expect("nginx.conf");
+    let nginx = NginxProcess(
+        Command::new("nginx")
+            .arg("-p")
+            .arg(&cert.dir)
+            .arg("-c")
+            .arg(&config_path)
+            .args(["-g", "daemon off;"])
+            .spawn()
+            .expect("starting nginx"),
+    );
+    wait_until_listening(port);
+
+    let receiver = OtlpReceiver::start().await;
+    let url = |path: &str| format!("https://127.0.0.1:{port}{path}");
+    let curls = [
+        held_curl(&["--http1.1", "-o", "/dev/null", &url("/hello/1")]),
+        held_curl(&["--http2", "-o", "/dev/null", &url("/missing")]),
+        held_curl(&["--http2", "-o", "/dev/null", "-d", "x", &url("/fail")]),
+        held_curl(&[
+            "--http1.1",
+            "-o",
+            "/dev/null",
+            "-X",
+            "DELETE",
+            &url("/fail"),
+        ]),
+    ];
+    let curl_pids: Vec<u32> = curls.iter().map(Held::pid).collect();
+    let pids: Vec<String> = curl_pids.iter().map(u32::to_string).collect();
+    let agent = Agent::start(
+        &["--port", &port.to_string(), "--pid", &pids.join(",")],
+        &receiver.http_endpoint(),
+        "http/protobuf",
+    );
+    assert!(
+        agent.log_text().contains(ATTACHED),
+        "nginx's libssl attached by the first scan"
+    );
+    let statuses: Vec<String> = curls.into_iter().map(Held::run).collect();
+    assert_eq!(statuses, ["200\n", "404\n", "503\n", "503\n"]);
+
+    // nginx's worker, a child of the selected master, serves.
+    let served_by_nginx = |spans: &[ReceivedSpan]| -> Vec<ReceivedSpan> {
+        let mut found: Vec<ReceivedSpan> = spans
+            .iter()
+            .filter(|s| {
+                s.kind == SpanKind::Server
+                    && s.resource
+                        .get("process.executable.name")
+                        .and_then(|v| v.as_str())
+                        == Some("nginx")
+            })
+            .cloned()
+            .collect();
+        found.sort_by_key(|s| s.start_unix_ns);
+        found
+    };
+    receiver
+        .wait_for(
+            |spans| {
+                served_by_nginx(spans).len() >= 4
+                    && spans_from(spans, &curl_pids, SpanKind::Client).len() >= 4
+            },
+            WAIT,
+        )
+        .await;
+    tokio::time::sleep(SETTLE).await;
+    let spans = receiver.spans();
+    let served = served_by_nginx(&spans);
+    let made = spans_from(&spans, &curl_pids, SpanKind::Client);
+    let version = |spans: &[ReceivedSpan]| -> Vec<(String, String)> {
+        spans
+            .iter()
+            .map(|s| {
+                (
+                    s.str_attr("http.request.method").to_owned(),
+                    s.str_attr("network.protocol.version").to_owned(),
+                )
+            })
+            .collect()
+    };
+    let in_order = [
+        ("GET", "1.1"),
+        ("GET", "2"),
+        ("POST", "2"),
+        ("DELETE", "1.1"),
+    ]
+    .map(|(m, v)| (m.to_owned(), v.to_owned()));
+    assert_eq!(version(&served), in_order, "{served:#?}");
+    assert_eq!(version(&made), in_order, "{made:#?}");
+    assert_eq!(
+        requests(&served),
+        [
+            ("DELETE", "/fail", 503),
+            ("GET", "/hello/1", 200),
+            ("GET", "/missing", 404),
+            ("POST", "/fail", 503),
+        ]
+        .map(|(m, p, s)| (m.to_owned(), p.to_owned(), s))
+    );
+    assert_eq!(
+        requests(&made),
+        [
+            ("DELETE", "/fail", 503),
+            ("GET", "/hello/1", 200),
+            ("GET", "/missing", 404),
+            ("POST", "/fail", 503),
+        ]
+        .map(|(m, p, s)| (m.to_owned(), format!("https://127.0.0.1:{port}{p}"), s))
+    );
+    for span in served.iter().chain(&made) {
+        let version = span.str_attr("network.protocol.version").to_owned();
+        assert_https_span(span, port, &version);
+    }
+    assert_eq!(
+        served[0].str_attr("http.route"),
+        "/hello/{id}",
+        "{:#?}",
+        served[0]
+    );
+    assert_eq!(agent.stop(), 0);
+    drop(nginx);
+}
+
+/// nginx, stopped (SIGQUIT: graceful, its workers too) when the test ends.
+struct NginxProcess(std::process::Child);
+
+impl Drop for NginxProcess {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-QUIT", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until something accepts connections on 127.0.0.1:`port`.
+fn wait_until_listening(port: u16) {
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < WAIT, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A grpcio server with TLS credentials (selected by port) and a grpcio
+/// client (held, selected by pid) on one TLS channel: the suite's calls as
+/// server and client spans. gRPC core encrypts into memory buffers, so its
+/// `SSL_read`/`SSL_write` make no syscall: the kernel ties the SSL object to
+/// its socket at `SSL_do_handshake`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_over_tls() {
+    require_e2e!();
+    let has_grpc = Command::new(DEBIAN_PYTHON)
+        .args(["-c", "import grpc"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        has_grpc,
+        "{DEBIAN_PYTHON} has no grpc module: `cargo xtask setup` installs python3-grpcio"
+    );
+    let cert = Certificate::new("grpc");
+    let receiver = OtlpReceiver::start().await;
+    let server = Server::start(
+        DEBIAN_PYTHON,
+        &[
+            app_path("grpc_server.py").to_str().expect("utf-8 path"),
+            "--cert",
+            &cert.cert(),
+            "--key",
+            &cert.key(),
+        ],
+    );
+    let port = server.port.to_string();
+    let client = Held::new(
+        DEBIAN_PYTHON,
+        &[
+            app_path("grpc_client.py").to_str().expect("utf-8 path"),
+            &port,
+            "suite",
+            "--ca",
+            &cert.cert(),
+        ],
+    );
+    let client_pid = client.pid();
+    let agent = Agent::start(
+        &[
+            "--port",
+            &port,
+            "--pid",
+            &client_pid.to_string(),
+            // gRPC batches frames into large TLS writes.
+            "--capture-bytes",
+            "4096",
+        ],
+        &receiver.grpc_endpoint(),
+        "grpc",
+    );
+    assert!(agent.log_text().contains(ATTACHED));
+    let output = client.run();
+    assert_eq!(output.lines().collect::<Vec<_>>(), SUITE_OUTPUT);
+
+    let ours = |spans: &[ReceivedSpan]| {
+        (
+            spans_of(spans, server.pid(), SpanKind::Server),
+            spans_of(spans, client_pid, SpanKind::Client),
+        )
+    };
+    receiver
+        .wait_for(
+            |spans| {
+                let (served, made) = ours(spans);
+                served.len() >= 5 && made.len() >= 5
+            },
+            WAIT,
+        )
+        .await;
+    tokio::time::sleep(SETTLE).await;
+    let (served, made) = ours(&receiver.spans());
+    assert_suite(&served, SpanKind::Server, server.port);
+    assert_suite(&made, SpanKind::Client, server.port);
+    assert_eq!(agent.stop(), 0);
+}
+
+/// `--no-tls`: no uprobes, and the ciphertext the socket probes see on a
+/// selected HTTPS server and client gives no span at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_tls_ciphertext_gives_no_spans() {
+    require_e2e!();
+    let cert = Certificate::new("off");
+    let receiver = OtlpReceiver::start().await;
+    let server = Server::start(
+        "python3",
+        &[
+            app_path("http_server.py").to_str().expect("utf-8 path"),
+            "--cert",
+            &cert.cert(),
+            "--key",
+            &cert.key(),
+        ],
+    );
+    let url = format!("https://127.0.0.1:{}/status/200", server.port);
+    let client = held_curl(&["-o", "/dev/null", "-o", "/dev/null", &url, &url]);
+    let client_pid = client.pid();
+    let agent = Agent::start(
+        &[
+            "--port",
+            &server.port.to_string(),
+            "--pid",
+            &client_pid.to_string(),
+            "--no-tls",
+        ],
+        &receiver.grpc_endpoint(),
+        "grpc",
+    );
+    assert_eq!(client.run(), "200\n200\n");
+    // The agent reads what it captured within a second or so.
+    tokio::time::sleep(WAIT / 4).await;
+    let (code, log) = agent.stop_with_log();
+    assert_eq!(code, 0);
+    assert!(!log.contains(ATTACHED), "{log}");
+    // The socket probes did capture the connections, and judged them.
+    assert!(log.contains("sonde_parse_failed_http1="), "{log}");
+    let ours: Vec<ReceivedSpan> = receiver
+        .spans()
+        .into_iter()
+        .filter(|s| s.pid() == server.pid() || s.pid() == client_pid)
+        .collect();
+    assert!(ours.is_empty(), "spans from ciphertext: {ours:#?}");
+}
