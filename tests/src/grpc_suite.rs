@@ -2,9 +2,11 @@
 //! (`tests/apps/grpc_client.{py,js}`), and how its calls must look as
 //! spans, whatever the transport (h2c or TLS) and library.
 
+use std::time::Duration;
+
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 
-use crate::ReceivedSpan;
+use crate::{OtlpReceiver, ReceivedSpan, spans_of};
 
 /// The `traceparent` the test clients send with their first call.
 pub const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
@@ -68,4 +70,30 @@ pub fn assert_suite(spans: &[ReceivedSpan], kind: SpanKind, server_port: u16) {
         assert_eq!(spans[0].parent_span_id, PARENT_ID);
         assert!(spans[1..].iter().all(|s| s.trace_id != TRACE_ID));
     }
+}
+
+/// Waits (see [`OtlpReceiver::settle`]) for a suite run's spans from the
+/// server and client processes, then asserts both sides.
+pub async fn assert_suite_traced(
+    receiver: &OtlpReceiver,
+    (server_pid, server_port): (u32, u16),
+    client_pid: u32,
+    wait: Duration,
+    settle: Duration,
+) {
+    let ours = |spans: &[ReceivedSpan]| {
+        (
+            spans_of(spans, server_pid, SpanKind::Server),
+            spans_of(spans, client_pid, SpanKind::Client),
+        )
+    };
+    let spans = receiver
+        .settle(wait, settle, |spans| {
+            let (served, made) = ours(spans);
+            served.len() >= 5 && made.len() >= 5
+        })
+        .await;
+    let (served, made) = ours(&spans);
+    assert_suite(&served, SpanKind::Server, server_port);
+    assert_suite(&made, SpanKind::Client, server_port);
 }

@@ -294,6 +294,24 @@ impl OtlpReceiver {
         let requests = || format!("\nrequests: {:#?}", self.requests());
         poll_until(|| self.spans(), predicate, timeout, requests).await
     }
+    /// Waits until `done` holds for the spans received, or `wait` passed,
+    /// then `settle` more for stray extra spans; returns them. Unlike
+    /// [`OtlpReceiver::wait_for`] it does not panic: the assertions that
+    /// follow say what is missing, where other tests' processes may be
+    /// selected too and a dump of everything received would drown that.
+    pub async fn settle(
+        &self,
+        wait: Duration,
+        settle: Duration,
+        done: impl Fn(&[ReceivedSpan]) -> bool,
+    ) -> Vec<ReceivedSpan> {
+        let started = Instant::now();
+        while started.elapsed() < wait && !done(&self.spans()) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(settle).await;
+        self.spans()
+    }
 }
 
 /// Calls `fetch` until `predicate` holds for what it returns; panics with

@@ -15,7 +15,7 @@ use sonde_tests::{
     OtlpReceiver, ReceivedSpan,
     agent::Agent,
     apps::{Server, app_path, curl},
-    grpc_suite::{PARENT_ID, SUITE_OUTPUT, TRACE_ID, assert_suite},
+    grpc_suite::{PARENT_ID, SUITE_OUTPUT, TRACE_ID, assert_suite_traced},
     require_e2e, spans_of,
 };
 
@@ -47,22 +47,6 @@ fn executable(name: &str) -> String {
             .to_string()
     };
     path.trim().to_owned()
-}
-
-/// Waits until `done` holds for the spans received, or `WAIT` passed, then
-/// `SETTLE` more for stray extra spans; returns them. The assertions that
-/// follow say what is missing: other tests' processes may be selected too
-/// (`--exe`), and a dump of everything received would drown that.
-async fn settle(
-    receiver: &OtlpReceiver,
-    done: impl Fn(&[ReceivedSpan]) -> bool,
-) -> Vec<ReceivedSpan> {
-    let started = std::time::Instant::now();
-    while started.elapsed() < WAIT && !done(&receiver.spans()) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(SETTLE).await;
-    receiver.spans()
 }
 
 /// Runs a test client to completion; returns its pid and output lines.
@@ -106,20 +90,7 @@ async fn grpcio_calls_from_both_sides() {
     let (client, output) = run_client("python3", "grpc_client.py", &[&port, "suite"]);
     assert_eq!(output, SUITE_OUTPUT);
 
-    let ours = |spans: &[ReceivedSpan]| {
-        (
-            spans_of(spans, server.pid(), SpanKind::Server),
-            spans_of(spans, client, SpanKind::Client),
-        )
-    };
-    let spans = settle(&receiver, |spans| {
-        let (served, made) = ours(spans);
-        served.len() >= 5 && made.len() >= 5
-    })
-    .await;
-    let (served, made) = ours(&spans);
-    assert_suite(&served, SpanKind::Server, server.port);
-    assert_suite(&made, SpanKind::Client, server.port);
+    assert_suite_traced(&receiver, (server.pid(), server.port), client, WAIT, SETTLE).await;
     assert_eq!(agent.stop(), 0);
 }
 
@@ -138,20 +109,7 @@ async fn grpc_js_calls_from_both_sides() {
     let (client, output) = run_client("node", "grpc_client.js", &[&port, "suite"]);
     assert_eq!(output, SUITE_OUTPUT);
 
-    let ours = |spans: &[ReceivedSpan]| {
-        (
-            spans_of(spans, server.pid(), SpanKind::Server),
-            spans_of(spans, client, SpanKind::Client),
-        )
-    };
-    let spans = settle(&receiver, |spans| {
-        let (served, made) = ours(spans);
-        served.len() >= 5 && made.len() >= 5
-    })
-    .await;
-    let (served, made) = ours(&spans);
-    assert_suite(&served, SpanKind::Server, server.port);
-    assert_suite(&made, SpanKind::Client, server.port);
+    assert_suite_traced(&receiver, (server.pid(), server.port), client, WAIT, SETTLE).await;
     assert_eq!(agent.stop(), 0);
 }
 
@@ -180,10 +138,11 @@ async fn curl_h2c_requests() {
     h2c(&["-d", "hello", &server.url("/status/404")]);
     h2c(&[&server.url("/status/503")]);
 
-    let spans = settle(&receiver, |spans| {
-        spans_of(spans, server.pid(), SpanKind::Server).len() >= 3
-    })
-    .await;
+    let spans = receiver
+        .settle(WAIT, SETTLE, |spans| {
+            spans_of(spans, server.pid(), SpanKind::Server).len() >= 3
+        })
+        .await;
     let spans = spans_of(&spans, server.pid(), SpanKind::Server);
     let got: Vec<(&str, &str, i64)> = spans
         .iter()
@@ -259,11 +218,12 @@ async fn a_thousand_concurrent_unary_calls() {
             spans_of(spans, client, SpanKind::Client),
         )
     };
-    let spans = settle(&receiver, |spans| {
-        let (served, made) = ours(spans);
-        served.len() >= CALLS && made.len() >= CALLS
-    })
-    .await;
+    let spans = receiver
+        .settle(WAIT, SETTLE, |spans| {
+            let (served, made) = ours(spans);
+            served.len() >= CALLS && made.len() >= CALLS
+        })
+        .await;
     let (served, made) = ours(&spans);
     // Printed before the assertions: what a capture size gave.
     eprintln!("{} server spans, {} client spans", served.len(), made.len());

@@ -14,7 +14,7 @@ use sonde_tests::{
     OtlpReceiver, ReceivedSpan,
     agent::Agent,
     apps::{Certificate, Held, Server, app_path, raw_exchange},
-    grpc_suite::{SUITE_OUTPUT, assert_suite},
+    grpc_suite::{SUITE_OUTPUT, assert_suite_traced},
     require_e2e, spans_of,
 };
 
@@ -71,6 +71,34 @@ fn free_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .expect("a free port")
         .port()
+}
+
+/// Asserts exactly one server span and one client span for each request
+/// `(method, path, status)` made to 127.0.0.1:`port`, in any order.
+fn assert_one_span_each(
+    served: &[ReceivedSpan],
+    made: &[ReceivedSpan],
+    port: u16,
+    expected: &[(&str, &str, i64)],
+) {
+    let as_made = |url: &dyn Fn(&str) -> String| {
+        let mut requests: Vec<(String, String, i64)> = expected
+            .iter()
+            .map(|&(method, path, status)| (method.to_owned(), url(path), status))
+            .collect();
+        requests.sort();
+        requests
+    };
+    assert_eq!(
+        requests(served),
+        as_made(&|path| path.to_owned()),
+        "one server span per request: {served:#?}"
+    );
+    assert_eq!(
+        requests(made),
+        as_made(&|path| format!("https://127.0.0.1:{port}{path}")),
+        "one client span per request: {made:#?}"
+    );
 }
 
 /// What every HTTPS span of these tests carries, whichever side.
@@ -182,33 +210,23 @@ async fn python_https_server_and_curl_clients() {
             spans_from(spans, &curl_pids, SpanKind::Client),
         )
     };
-    receiver
-        .wait_for(
-            |spans| {
-                let (served, made) = ours(spans);
-                served.len() >= 4 && made.len() >= 4
-            },
-            WAIT,
-        )
+    let spans = receiver
+        .settle(WAIT, SETTLE, |spans| {
+            let (served, made) = ours(spans);
+            served.len() >= 4 && made.len() >= 4
+        })
         .await;
-    tokio::time::sleep(SETTLE).await;
-    let spans = receiver.spans();
     let (served, made) = ours(&spans);
-    let expected = [
-        ("GET", "/chunked", 200),
-        ("GET", "/status/200", 200),
-        ("GET", "/status/404", 404),
-        ("POST", "/status/503", 503),
-    ];
-    assert_eq!(
-        requests(&served),
-        expected.map(|(m, p, s)| (m.to_owned(), p.to_owned(), s)),
-        "exactly one server span per request: {served:#?}"
-    );
-    assert_eq!(
-        requests(&made),
-        expected.map(|(m, p, s)| (m.to_owned(), format!("https://127.0.0.1:{port}{p}"), s)),
-        "exactly one client span per request: {made:#?}"
+    assert_one_span_each(
+        &served,
+        &made,
+        port,
+        &[
+            ("GET", "/status/200", 200),
+            ("POST", "/status/503", 503),
+            ("GET", "/chunked", 200),
+            ("GET", "/status/404", 404),
+        ],
     );
     for span in served.iter().chain(&made) {
         assert_https_span(span, port, "1.1");
@@ -320,17 +338,12 @@ http {{
         found.sort_by_key(|s| s.start_unix_ns);
         found
     };
-    receiver
-        .wait_for(
-            |spans| {
-                served_by_nginx(spans).len() >= 4
-                    && spans_from(spans, &curl_pids, SpanKind::Client).len() >= 4
-            },
-            WAIT,
-        )
+    let spans = receiver
+        .settle(WAIT, SETTLE, |spans| {
+            served_by_nginx(spans).len() >= 4
+                && spans_from(spans, &curl_pids, SpanKind::Client).len() >= 4
+        })
         .await;
-    tokio::time::sleep(SETTLE).await;
-    let spans = receiver.spans();
     let served = served_by_nginx(&spans);
     let made = spans_from(&spans, &curl_pids, SpanKind::Client);
     let version = |spans: &[ReceivedSpan]| -> Vec<(String, String)> {
@@ -353,25 +366,16 @@ http {{
     .map(|(m, v)| (m.to_owned(), v.to_owned()));
     assert_eq!(version(&served), in_order, "{served:#?}");
     assert_eq!(version(&made), in_order, "{made:#?}");
-    assert_eq!(
-        requests(&served),
-        [
-            ("DELETE", "/fail", 503),
+    assert_one_span_each(
+        &served,
+        &made,
+        port,
+        &[
             ("GET", "/hello/1", 200),
             ("GET", "/missing", 404),
             ("POST", "/fail", 503),
-        ]
-        .map(|(m, p, s)| (m.to_owned(), p.to_owned(), s))
-    );
-    assert_eq!(
-        requests(&made),
-        [
             ("DELETE", "/fail", 503),
-            ("GET", "/hello/1", 200),
-            ("GET", "/missing", 404),
-            ("POST", "/fail", 503),
-        ]
-        .map(|(m, p, s)| (m.to_owned(), format!("https://127.0.0.1:{port}{p}"), s))
+        ],
     );
     for span in served.iter().chain(&made) {
         let version = span.str_attr("network.protocol.version").to_owned();
@@ -465,25 +469,14 @@ async fn grpcio_over_tls() {
     let output = client.run();
     assert_eq!(output.lines().collect::<Vec<_>>(), SUITE_OUTPUT);
 
-    let ours = |spans: &[ReceivedSpan]| {
-        (
-            spans_of(spans, server.pid(), SpanKind::Server),
-            spans_of(spans, client_pid, SpanKind::Client),
-        )
-    };
-    receiver
-        .wait_for(
-            |spans| {
-                let (served, made) = ours(spans);
-                served.len() >= 5 && made.len() >= 5
-            },
-            WAIT,
-        )
-        .await;
-    tokio::time::sleep(SETTLE).await;
-    let (served, made) = ours(&receiver.spans());
-    assert_suite(&served, SpanKind::Server, server.port);
-    assert_suite(&made, SpanKind::Client, server.port);
+    assert_suite_traced(
+        &receiver,
+        (server.pid(), server.port),
+        client_pid,
+        WAIT,
+        SETTLE,
+    )
+    .await;
     assert_eq!(agent.stop(), 0);
 }
 
