@@ -10,10 +10,12 @@
 //!
 //! With TLS capture on, each selected process's memory maps are read for
 //! OpenSSL's libssl, and every library file found gets the OpenSSL uprobes
-//! (once per file: see [`crate::probes::openssl`]). A process that maps
-//! none yet is looked at again every [`RESCAN_INTERVAL`] until it does,
-//! since libraries are often loaded late (Python imports `ssl` on first
-//! use, others `dlopen` it); only such processes' maps are re-read.
+//! (once per file: see [`crate::probes::openssl`]); so are those of the
+//! targets the kernel added on its own (children forked by a target), at
+//! the next [`RESCAN_INTERVAL`]. A process that maps none yet is looked at
+//! again every [`RESCAN_INTERVAL`] until it does, since libraries are often
+//! loaded late (Python imports `ssl` on first use, others `dlopen` it);
+//! only such processes' maps are re-read.
 //!
 //! The rule: a process is selected if it matches a top-level selector
 //! (`ports`, `executables`, `pids`: each on its own) or every condition of
@@ -211,7 +213,10 @@ pub struct Discovery<T: TargetSet> {
     listening: HashMap<u32, HashSet<u16>>,
     /// Puts the OpenSSL probes on libraries, when TLS capture is on.
     tls: Option<Box<dyn TlsAttach>>,
-    /// Selected processes that mapped no libssl when last looked at.
+    /// Targets whose maps were read at least once (threads too, to look
+    /// at each id once): a subset of the kernel's target set.
+    tls_seen: HashSet<u32>,
+    /// Targets that mapped no libssl when last looked at.
     tls_waiting: HashSet<u32>,
 }
 
@@ -233,6 +238,7 @@ impl<T: TargetSet> Discovery<T> {
             last_listening: HashSet::new(),
             listening: HashMap::new(),
             tls: None,
+            tls_seen: HashSet::new(),
             tls_waiting: HashSet::new(),
         }
     }
@@ -275,6 +281,7 @@ impl<T: TargetSet> Discovery<T> {
             debug!(pid, "target exited");
         }
         self.listening.remove(&pid);
+        self.tls_seen.remove(&pid);
         self.tls_waiting.remove(&pid);
         self.registry.forget(pid);
     }
@@ -307,8 +314,23 @@ impl<T: TargetSet> Discovery<T> {
         self.last_listening = inodes;
     }
 
-    /// Looks again for libssl in the selected processes that had none.
+    /// Looks for libssl in targets the kernel added on its own (children
+    /// forked by a target, such as a pre-fork server's workers, which may
+    /// import `ssl` after the fork), and again in targets that had none.
     pub fn rescan_tls(&mut self) {
+        if self.tls.is_none() {
+            return;
+        }
+        let in_kernel: HashSet<u32> = self.targets.pids().into_iter().collect();
+        self.tls_seen.retain(|pid| in_kernel.contains(pid));
+        self.tls_waiting.retain(|pid| in_kernel.contains(pid));
+        for id in in_kernel {
+            // Thread ids are targets too; their process is looked at under
+            // its own id.
+            if self.tls_seen.insert(id) && self.procfs.tgid(id) == Some(id) {
+                self.find_tls(id);
+            }
+        }
         let waiting: Vec<u32> = self.tls_waiting.iter().copied().collect();
         for pid in waiting {
             self.find_tls(pid);
@@ -321,6 +343,7 @@ impl<T: TargetSet> Discovery<T> {
         let Some(tls) = &mut self.tls else {
             return;
         };
+        self.tls_seen.insert(pid);
         match self.procfs.ssl_libraries(pid) {
             Some(libraries) if !libraries.is_empty() => {
                 for library in &libraries {
@@ -439,6 +462,7 @@ impl<T: TargetSet> Discovery<T> {
             }
         }
         self.selected.remove(&pid);
+        self.tls_seen.remove(&pid);
         self.tls_waiting.remove(&pid);
         // No exit event will come for a process that is no longer a target.
         self.registry.forget(pid);
@@ -649,6 +673,13 @@ mod tests {
                 std::fs::create_dir_all(dir.join("task").join(tid.to_string())).unwrap();
             }
             std::fs::write(dir.join("stat"), format!("{pid} (x) S {ppid} 1 1 0 -1")).unwrap();
+            std::fs::write(dir.join("status"), format!("Name:\tx\nTgid:\t{pid}\n")).unwrap();
+            for tid in threads {
+                // /proc/<tid> is there for threads too, unlisted.
+                let thread = self.0.join(tid.to_string());
+                std::fs::create_dir_all(&thread).unwrap();
+                std::fs::write(thread.join("status"), format!("Tgid:\t{pid}\n")).unwrap();
+            }
             std::fs::write(dir.join("cgroup"), format!("0::{cgroup}\n")).unwrap();
             std::os::unix::fs::symlink(exe, dir.join("exe")).unwrap();
         }
@@ -764,18 +795,21 @@ mod tests {
     }
 
     #[test]
-    fn libssl_of_selected_processes_goes_to_the_tls_probes_when_mapped() {
+    fn libssl_of_targets_goes_to_the_tls_probes_when_mapped() {
         const LIBSSL: &str = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
         const LIBC: &str = "/usr/lib/x86_64-linux-gnu/libc.so.6";
         let proc = FakeProc::new("tls");
         let python = "/usr/bin/python3";
         proc.add(201, 1, python, "/user.slice", &[]);
-        proc.add(202, 1, python, "/user.slice", &[]);
+        proc.add(202, 1, python, "/user.slice", &[2021]);
         proc.add(203, 1, python, "/user.slice", &[]);
         proc.add(204, 1, "/usr/bin/node", "/user.slice", &[]);
+        // A worker 202 forked: a target only because the kernel made it one.
+        proc.add(205, 202, "/usr/bin/worker", "/user.slice", &[]);
         proc.map(201, &[(python, 10), (LIBC, 11), (LIBSSL, 12)]);
-        proc.map(202, &[(python, 10), (LIBC, 11)]);
-        proc.map(203, &[(python, 10), (LIBC, 11)]);
+        for pid in [202, 203, 205] {
+            proc.map(pid, &[(python, 10), (LIBC, 11)]);
+        }
         proc.map(204, &[(LIBSSL, 12)]);
         let procfs = Procfs::at(&proc.0);
         let tls = FakeTls::default();
@@ -799,16 +833,26 @@ mod tests {
             [libssl_of(201)],
             "opened through the process's root; the unselected node is not looked at"
         );
+        discovery.targets.0.remove(&201);
         discovery.on_exit(201);
+        discovery.targets.0.extend([205, 2021]);
 
-        // 202 imports `ssl` late; 203 exits before it does.
+        // 202 imports `ssl` late, its worker too; 203 exits before it does.
         discovery.rescan_tls();
         assert!(tls.take().is_empty());
         proc.map(202, &[(python, 10), (LIBC, 11), (LIBSSL, 12)]);
+        proc.map(205, &[(python, 10), (LIBSSL, 12)]);
+        discovery.targets.0.remove(&203);
         discovery.on_exit(203);
         proc.map(203, &[(LIBSSL, 12)]);
         discovery.rescan_tls();
-        assert_eq!(tls.take(), [libssl_of(202)]);
+        let mut found = tls.take();
+        found.sort_by(|a, b| a.path.cmp(&b.path));
+        assert_eq!(
+            found,
+            [libssl_of(202), libssl_of(205)],
+            "the thread 2021 is looked at as its process 202"
+        );
         discovery.rescan_tls();
         assert!(tls.take().is_empty(), "found once, not looked at again");
     }

@@ -69,6 +69,18 @@ impl Procfs {
         self.stat_field(pid, 4)
     }
 
+    /// The process a task id belongs to (`Tgid` in `status`): the id itself
+    /// for a process, its process's for a thread.
+    pub fn tgid(&self, id: u32) -> Option<u32> {
+        let status = fs::read_to_string(self.pid_path(id, "status")).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("Tgid:"))?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// Field `n` (1-based, as in proc(5)) of `/proc/<pid>/stat`, `n` > 2.
     fn stat_field<T: std::str::FromStr>(&self, pid: u32, n: usize) -> Option<T> {
         let stat = fs::read_to_string(self.pid_path(pid, "stat")).ok()?;
@@ -334,6 +346,20 @@ mod tests {
             "field 4 of stat"
         );
         assert!(procfs.comm(me).is_some());
+        assert_eq!(procfs.tgid(me), Some(me));
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tid_tx.send(unsafe { libc::gettid() } as u32).unwrap();
+            // Alive until the test has looked at it.
+            let _ = done_rx.recv();
+        });
+        let tid = tid_rx.recv().unwrap();
+        assert_ne!(tid, me);
+        assert_eq!(procfs.tgid(tid), Some(me), "thread {tid}");
+        done_tx.send(()).unwrap();
+        thread.join().unwrap();
         assert_eq!(procfs.env_var(me, "SONDE_SURELY_UNSET_VARIABLE"), None);
     }
 
