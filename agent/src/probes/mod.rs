@@ -14,15 +14,19 @@ mod targets;
 
 use std::{io, path::Path};
 
-use agent_common::{KernelConfig, socket_data::MAX_CAPTURE_BYTES};
+use agent_common::{
+    KernelConfig,
+    socket_data::{MAX_CALL_CAPTURE_BYTES, TLS_CAPTURE_TAIL},
+    socket_state::TrackedConn,
+};
 use aya::{
     Btf, Ebpf, EbpfLoader, VerifierLogLevel,
-    maps::{MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    maps::{HashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
+    programs::{BtfTracePoint, TracePoint, UProbe},
 };
 pub use reader::{ReaderChannels, run_reader};
 pub use targets::{TargetMap, TargetSet};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::telemetry::{Counter, Stats};
 
@@ -84,7 +88,8 @@ pub enum ProbeError {
 /// Settings for loading the probes.
 #[derive(Clone, Debug)]
 pub struct ProbeConfig {
-    /// Payload prefix captured per send/receive (capped at 4096).
+    /// Bytes captured per send/receive by default (capped at
+    /// `MAX_CALL_CAPTURE_BYTES`).
     pub capture_bytes: u32,
     /// Size of the data ring buffer in bytes (a power of two, >= page size).
     pub data_ring_bytes: u32,
@@ -105,6 +110,29 @@ pub struct Probes {
     pub data_ring: RingBuf<MapData>,
     /// Process events.
     pub control_ring: RingBuf<MapData>,
+    /// Per-connection capture settings.
+    pub conn_capture: ConnCapture,
+}
+
+/// Per-connection capture settings the agent changes as it learns what a
+/// connection speaks (the kernel's `TRACKED_CONNS`).
+pub struct ConnCapture {
+    conns: HashMap<MapData, u64, TrackedConn>,
+}
+
+impl ConnCapture {
+    /// The kernel copies every byte of the connection's calls (up to
+    /// `MAX_CALL_CAPTURE_BYTES` each), not just the configured prefix.
+    /// A connection the kernel no longer tracks (closed) is left alone.
+    pub fn capture_all(&mut self, cookie: u64) {
+        let Ok(mut conn) = self.conns.get(&cookie, 0) else {
+            return;
+        };
+        conn.capture_bytes = MAX_CALL_CAPTURE_BYTES as u32;
+        if let Err(error) = self.conns.insert(cookie, conn, 0) {
+            debug!(cookie, %error, "could not raise the connection's capture");
+        }
+    }
 }
 
 /// Owns the loaded programs and their links.
@@ -135,6 +163,10 @@ impl ProbeHandle {
         stats.set(
             Counter::KernelPayloadReadFailed,
             read(agent_common::drops::PAYLOAD_READ_FAILED),
+        );
+        stats.set(
+            Counter::KernelTlsSocketUnknown,
+            read(agent_common::drops::TLS_SOCKET_UNKNOWN),
         );
     }
 }
@@ -198,6 +230,7 @@ impl Probes {
         for (program, hook) in HOOKS {
             attach(&mut ebpf, program, hook, &btf)?;
         }
+        link_tls_capture(&mut ebpf)?;
         if config.inject_traceparent {
             inject::attach(&mut ebpf, config.inject_cgroup.clone())?;
         }
@@ -211,6 +244,8 @@ impl Probes {
             .map_err(|_| ProbeError::Map("CONTROL_EVENTS"))?;
         let drops = PerCpuArray::try_from(take(&mut ebpf, "DROPS")?)
             .map_err(|_| ProbeError::Map("DROPS"))?;
+        let conns = HashMap::try_from(take(&mut ebpf, "TRACKED_CONNS")?)
+            .map_err(|_| ProbeError::Map("TRACKED_CONNS"))?;
         info!(
             capture_bytes = kernel_config.capture_bytes,
             "kernel programs attached"
@@ -224,8 +259,39 @@ impl Probes {
             targets,
             data_ring,
             control_ring,
+            conn_capture: ConnCapture { conns },
         })
     }
+}
+
+/// Loads the program that reports TLS plaintext and puts it where the
+/// OpenSSL read probe tail-calls it.
+fn link_tls_capture(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    const PROGRAM: &str = "tls_capture";
+    let attach_error = |source| ProbeError::Attach {
+        program: PROGRAM,
+        hook: "TLS_TAILS",
+        source,
+    };
+    let prog: &mut UProbe = ebpf
+        .program_mut(PROGRAM)
+        .ok_or(ProbeError::Map(PROGRAM))?
+        .try_into()
+        .map_err(attach_error)?;
+    prog.load().map_err(attach_error)?;
+    let fd = prog
+        .fd()
+        .map_err(attach_error)?
+        .try_clone()
+        .map_err(|e| attach_error(aya::programs::ProgramError::IOError(e)))?;
+    let mut tails: ProgramArray<_> = ebpf
+        .map_mut("TLS_TAILS")
+        .ok_or(ProbeError::Map("TLS_TAILS"))?
+        .try_into()
+        .map_err(|_| ProbeError::Map("TLS_TAILS"))?;
+    tails
+        .set(TLS_CAPTURE_TAIL, &fd, 0)
+        .map_err(|_| ProbeError::Map("TLS_TAILS"))
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
@@ -310,7 +376,7 @@ fn kernel_config(config: &ProbeConfig) -> Result<KernelConfig, ProbeError> {
     };
     let format = std::fs::read_to_string(FORK_FORMAT).map_err(|e| ProbeError::Btf(Box::new(e)))?;
     Ok(KernelConfig {
-        capture_bytes: config.capture_bytes.min(MAX_CAPTURE_BYTES as u32),
+        capture_bytes: config.capture_bytes.min(MAX_CALL_CAPTURE_BYTES as u32),
         off_skc_family: offset("sock_common", "skc_family")?,
         off_skc_daddr: offset("sock_common", "skc_daddr")?,
         off_skc_rcv_saddr: offset("sock_common", "skc_rcv_saddr")?,
