@@ -6,8 +6,8 @@
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelConfig {
-    /// Payload prefix copied per event, at most
-    /// [`crate::socket_data::MAX_CAPTURE_BYTES`].
+    /// Bytes captured per call by default, at most
+    /// [`crate::socket_data::MAX_CALL_CAPTURE_BYTES`].
     pub capture_bytes: u32,
     /// Offset of `sock_common.skc_family` (u16).
     pub off_skc_family: u32,

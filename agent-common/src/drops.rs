@@ -7,5 +7,7 @@ pub const DATA_RINGBUF_FULL: u32 = 0;
 pub const CONTROL_RINGBUF_FULL: u32 = 1;
 /// Copying the payload from user memory failed; the event went out without it.
 pub const PAYLOAD_READ_FAILED: u32 = 2;
+/// TLS plaintext whose socket could not be identified was not reported.
+pub const TLS_SOCKET_UNKNOWN: u32 = 3;
 /// Number of counters.
-pub const COUNT: u32 = 3;
+pub const COUNT: u32 = 4;

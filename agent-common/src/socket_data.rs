@@ -3,15 +3,25 @@
 
 use crate::{EventHeader, trace_context::TraceContext};
 
-/// Largest payload prefix the kernel can copy into one event. The prefix
-/// actually copied is [`crate::KernelConfig::capture_bytes`], at most this.
+/// Largest payload one event carries. A call that moved more is reported as
+/// consecutive events of at most this many bytes each.
 pub const MAX_CAPTURE_BYTES: usize = 4096;
+
+/// Largest number of bytes captured from one call, over all its events.
+/// What is captured is [`crate::KernelConfig::capture_bytes`] or the
+/// connection's own limit ([`crate::socket_state::TrackedConn::capture_bytes`]),
+/// at most this; the rest of the call is reported by length only.
+pub const MAX_CALL_CAPTURE_BYTES: usize = 64 * 1024;
 
 /// The bytes went through a socket syscall (plaintext or not).
 pub const SOURCE_SOCKET: u32 = 0;
 /// The bytes are TLS plaintext handed to or returned by OpenSSL
 /// (`SSL_write`/`SSL_read`); the connection's ciphertext is not reported.
 pub const SOURCE_TLS: u32 = 1;
+
+/// Index of the program that reports TLS plaintext in the kernel's
+/// `TLS_TAILS` program array (the agent fills it at load time).
+pub const TLS_CAPTURE_TAIL: u32 = 0;
 
 /// The process sent the bytes.
 pub const DIRECTION_EGRESS: u32 = 1;
@@ -48,9 +58,13 @@ pub struct ConnTuple {
     pub reserved: u16,
 }
 
-/// One send or receive on a TCP socket by a selected process. Only
-/// `captured_len` bytes of `payload` are sent to userspace: the event is
-/// truncated to `size_of::<SocketDataEvent>() - MAX_CAPTURE_BYTES + captured_len`.
+/// Bytes of one send or receive on a TCP socket by a selected process (or
+/// of one OpenSSL read or write, see [`SOURCE_TLS`]). A call is reported as
+/// one or more consecutive events: each carries a piece of the data, whole
+/// (`captured_len == total_len`), and the last may report bytes that were
+/// not captured (`captured_len < total_len`). Only `captured_len` bytes of
+/// `payload` are sent to userspace: the event is truncated to
+/// `size_of::<SocketDataEvent>() - MAX_CAPTURE_BYTES + captured_len`.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SocketDataEvent {
@@ -60,9 +74,9 @@ pub struct SocketDataEvent {
     pub socket_cookie: u64,
     /// Addresses and ports.
     pub tuple: ConnTuple,
-    /// Bytes the call actually moved (the syscall's return value).
+    /// Bytes of the call this event stands for.
     pub total_len: u32,
-    /// Bytes of `payload` that are valid: a prefix of the data moved.
+    /// Bytes of `payload` that are valid: a prefix of those `total_len` bytes.
     pub captured_len: u32,
     /// File descriptor the process used, or `u32::MAX` when unknown.
     pub fd: u32,
@@ -73,7 +87,7 @@ pub struct SocketDataEvent {
     /// [`SOURCE_SOCKET`] or [`SOURCE_TLS`].
     pub source: u32,
     /// Span identity when this call starts an HTTP/1 request (see
-    /// `trace_context`); `flags == 0` otherwise.
+    /// `trace_context`), on the call's first event; `flags == 0` otherwise.
     pub trace: TraceContext,
     /// The first `captured_len` bytes of the data.
     pub payload: [u8; MAX_CAPTURE_BYTES],

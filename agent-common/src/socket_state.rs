@@ -13,12 +13,34 @@ pub struct SocketCloseEvent {
     pub socket_cookie: u64,
 }
 
+/// [`TrackedConn::flags`]: the connection carries TLS. Its socket bytes
+/// (ciphertext) are not reported; the OpenSSL probes report its plaintext.
+pub const CONN_TLS: u32 = 1;
+
 /// Value of the kernel's tracked-connection map, keyed by socket cookie.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TrackedConn {
     /// A `ROLE_*` constant from [`crate::socket_data`].
     pub role: u32,
+    /// `CONN_*` bits.
+    pub flags: u32,
+    /// Bytes to capture per call on this connection; 0 means
+    /// [`crate::KernelConfig::capture_bytes`]. The agent raises it for
+    /// connections whose protocol needs every byte (HTTP/2 frames).
+    pub capture_bytes: u32,
     /// Reserved, zero.
     pub reserved: u32,
+}
+
+impl TrackedConn {
+    /// A connection first seen in the given role, with default capture.
+    pub const fn new(role: u32) -> Self {
+        Self {
+            role,
+            flags: 0,
+            capture_bytes: 0,
+            reserved: 0,
+        }
+    }
 }

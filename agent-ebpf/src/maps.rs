@@ -3,13 +3,13 @@
 
 use agent_common::{
     KernelConfig,
-    socket_data::{MAX_CAPTURE_BYTES, SocketDataEvent},
+    socket_data::{ConnTuple, MAX_CAPTURE_BYTES, SocketDataEvent},
     socket_state::TrackedConn,
     trace_context::{ServerContext, TraceContext},
 };
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, SockHash},
+    maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
 };
 
 /// Set by the agent at load time (`EbpfLoader::override_global`).
@@ -72,14 +72,70 @@ pub static INJECT_STATS: PerCpuArray<u64> =
 #[map]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(agent_common::drops::COUNT, 0);
 
-/// A data event plus room for the copy loop to overrun, which lets the
-/// verifier prove every write is in bounds without tracking the relation
-/// between offset and length.
+/// An OpenSSL read, write or handshake a thread is in (`probes::openssl`).
 #[repr(C)]
-pub struct DataScratch {
-    pub event: SocketDataEvent,
-    pub overrun: [u8; MAX_CAPTURE_BYTES],
+#[derive(Clone, Copy)]
+pub struct SslCall {
+    /// The `SSL *`.
+    pub ssl: u64,
+    /// The plaintext buffer (0 for a handshake).
+    pub buffer: u64,
+    /// `_ex` variants: where the byte count is written (else 0).
+    pub len_out: u64,
+    /// `DIRECTION_*`, or 0 for a handshake.
+    pub direction: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
 }
+
+/// An `SSL *` of one process: the key of [`SSL_SOCKETS`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SslKey {
+    /// Process.
+    pub tgid: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// The `SSL *`.
+    pub ssl: u64,
+}
+
+/// The TCP connection under an `SSL *`, or the last one a thread read from.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SslSocket {
+    /// Socket cookie.
+    pub cookie: u64,
+    /// When it was seen (`bpf_ktime_get_ns`).
+    pub seen_ns: u64,
+    /// Addresses and ports.
+    pub tuple: ConnTuple,
+    /// `ROLE_*`.
+    pub role: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+}
+
+/// OpenSSL calls in progress, by tid.
+#[map]
+pub static SSL_CALLS: LruHashMap<u32, SslCall> = LruHashMap::with_max_entries(16_384, 0);
+
+/// The connection each `SSL *` runs over, learnt from the socket I/O the
+/// thread does inside an OpenSSL call (or right before, see `probes::openssl`).
+#[map]
+pub static SSL_SOCKETS: LruHashMap<SslKey, SslSocket> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Processes that have called OpenSSL (tgid).
+#[map]
+pub static SSL_PROCESSES: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16_384, 0);
+
+/// The last connection each thread of an OpenSSL-using process read from.
+#[map]
+pub static LAST_READ: LruHashMap<u32, SslSocket> = LruHashMap::with_max_entries(16_384, 0);
+
+/// Tail calls of the OpenSSL return probes (`TLS_CAPTURE_TAIL`).
+#[map]
+pub static TLS_TAILS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 /// Per-CPU staging area for `probes::trace_context`'s header scan.
 #[repr(C)]
@@ -95,6 +151,32 @@ pub struct TraceScratch {
 
 #[map]
 pub static TRACE_SCRATCH: PerCpuArray<TraceScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where `probes::capture` is in a call's data, kept in map memory (see
+/// `report_call`).
+#[repr(C)]
+pub struct CaptureCursor {
+    /// User address the current buffer continues at.
+    pub base: u64,
+    /// Bytes left in the current buffer.
+    pub left: u64,
+    /// Next iovec to read.
+    pub next_iovec: u64,
+    /// Bytes of the call sent in events so far.
+    pub reported: u32,
+    /// Bytes copied into the event being filled.
+    pub filled: u32,
+}
+
+/// A data event being built, room for the copy loop to overrun (which lets
+/// the verifier prove every write in bounds without tracking the relation
+/// between offset and length), and the capture loop's state.
+#[repr(C)]
+pub struct DataScratch {
+    pub event: SocketDataEvent,
+    pub overrun: [u8; MAX_CAPTURE_BYTES],
+    pub cursor: CaptureCursor,
+}
 
 /// Per-CPU staging area: a 4 KiB event does not fit on the 512-byte BPF stack.
 #[map]

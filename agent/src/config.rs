@@ -81,8 +81,10 @@ pub struct AgentConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureConfig {
-    /// Bytes of each send/receive copied to userspace (max 4096). HTTP heads
-    /// longer than this are cut: raise it if headers matter past that.
+    /// Bytes of each send/receive copied to userspace (max 65536). HTTP/1
+    /// heads longer than this are cut: raise it if headers matter past
+    /// that. HTTP/2 connections get every byte up to the maximum: their
+    /// frames must all be followed.
     pub payload_bytes: u32,
     /// Kernel ring buffer for socket data, bytes (power of two).
     pub ring_buffer_bytes: u32,
@@ -247,12 +249,12 @@ impl AgentConfig {
     /// Checks ranges that the types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let payload = self.capture.payload_bytes;
-        if payload == 0 || payload as usize > agent_common::socket_data::MAX_CAPTURE_BYTES {
+        if payload == 0 || payload as usize > agent_common::socket_data::MAX_CALL_CAPTURE_BYTES {
             return Err(ConfigError::Invalid {
                 field: "capture.payload_bytes",
                 reason: format!(
                     "{payload} is not in 1..={}",
-                    agent_common::socket_data::MAX_CAPTURE_BYTES
+                    agent_common::socket_data::MAX_CALL_CAPTURE_BYTES
                 ),
             });
         }

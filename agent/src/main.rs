@@ -42,7 +42,7 @@ struct RunArgs {
     /// Instrument this process id (repeatable, or comma-separated).
     #[arg(long = "pid", value_delimiter = ',')]
     pids: Vec<u32>,
-    /// Bytes of each send/receive the kernel copies (max 4096).
+    /// Bytes of each send/receive the kernel copies (max 65536).
     #[arg(long)]
     capture_bytes: Option<u32>,
     /// Do not insert `traceparent` into outgoing HTTP/1 requests.

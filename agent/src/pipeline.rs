@@ -55,8 +55,8 @@ use crate::{
         red::{Call, RedMetrics},
     },
     probes::{
-        ProbeConfig, ProbeError, ProbeHandle, Probes, ReaderChannels, decode::KernelEvent,
-        run_reader,
+        ConnCapture, ProbeConfig, ProbeError, ProbeHandle, Probes, ReaderChannels,
+        decode::KernelEvent, run_reader,
     },
     spans::{
         clock::Clock,
@@ -136,6 +136,7 @@ pub async fn run(config: AgentConfig) -> Result<(), PipelineError> {
         data_ring,
         control_ring,
         openssl,
+        conn_capture,
     } = probes;
     let mut registry = ProcessRegistry::new(Procfs::default());
     let clock = Arc::new(Clock::default());
@@ -197,6 +198,7 @@ pub async fn run(config: AgentConfig) -> Result<(), PipelineError> {
         reader_to_conn_rx,
         conn_to_spans_tx,
         tracker,
+        conn_capture,
         Arc::clone(&stats),
     ));
     let span_task = tokio::spawn(run_span_builder(
@@ -279,6 +281,7 @@ async fn run_conn_tracker(
     mut reader_to_conn: mpsc::Receiver<KernelEvent>,
     conn_to_spans: mpsc::Sender<HttpExchange>,
     mut tracker: ConnTracker,
+    mut conn_capture: ConnCapture,
     stats: Arc<Stats>,
 ) {
     let mut tick = tokio::time::interval(TICK);
@@ -312,6 +315,9 @@ async fn run_conn_tracker(
             }
         };
         stats.set_gauge(Gauge::ConnectionsTracked, tracker.connections() as u64);
+        for cookie in tracker.take_new_http2() {
+            conn_capture.capture_all(cookie);
+        }
         for exchange in exchanges {
             forward(
                 &conn_to_spans,
@@ -388,6 +394,7 @@ const LOSS_COUNTERS: &[Counter] = &[
     Counter::KernelDataRingbufFull,
     Counter::KernelControlRingbufFull,
     Counter::KernelPayloadReadFailed,
+    Counter::KernelTlsSocketUnknown,
     Counter::EventsUndecodable,
     Counter::EventsDroppedChannelFull,
     Counter::ConnectionsEvicted,

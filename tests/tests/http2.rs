@@ -71,11 +71,8 @@ fn run_client(program: &str, script: &str, args: &[&str]) -> (u32, Vec<String>) 
 /// deadline, server and client streaming, as server spans (selected by
 /// port) and client spans (selected by executable, started after the
 /// agent).
-///
-/// Ignored until the kernel copies more iovecs: grpcio writes with
-/// `sendmsg` of up to 24 iovecs (its first response 6), and the capture
-/// walks 4, so header blocks go missing. Passes on the server side with 16.
-#[ignore = "kernel capture walks 4 iovecs; grpcio sendmsg uses up to 24"]
+/// grpcio writes with `sendmsg` of up to 24 iovecs: every frame of them
+/// must be captured for HPACK to stay in step.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_calls_from_both_sides() {
     require_e2e!();
@@ -178,39 +175,48 @@ async fn curl_h2c_requests() {
 
 /// 1,000 unary calls started at once on one grpcio channel (one HTTP/2
 /// connection, up to 1,000 concurrent streams): one correct server span
-/// and one correct client span each.
-///
-/// Ignored until the kernel captures whole syscalls: peers batch many
-/// streams into one send or receive (grpcio reads up to 25 KB and writes up
-/// to 199 iovecs at once), past the 4 KiB prefix and 4 iovecs copied
-/// today. Measured with `--capture-bytes 4096`: 777 of 1,000 server spans
-/// and 572 of 1,000 client spans; the others are counted as lost.
-#[ignore = "batched HTTP/2 syscalls exceed the kernel capture (4 KiB, 4 iovecs)"]
+/// each. The server reads up to 25 KB at once and answers with `sendmsg`s
+/// of up to 199 iovecs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_concurrent_unary_calls() {
+async fn a_thousand_concurrent_unary_calls_served() {
     require_e2e!();
-    const CALLS: usize = 1000;
+    let (served, _) = thousand_concurrent_calls().await;
+    assert_correct_unary_spans("server", &served);
+}
+
+/// The client side of the same calls: one correct client span each.
+///
+/// Ignored: grpcio's client batches the calls into `sendmsg`s of up to 260
+/// iovecs, and the kernel copies a call's first 128 buffers (see
+/// `MAX_STEPS` in agent-ebpf/src/probes/capture.rs). Header blocks past
+/// them are lost (counted), the client's HPACK table is then untrusted,
+/// and later calls' methods unknown. Measured: about 865 of 1,000 client
+/// spans, most of them without a method.
+#[ignore = "grpcio client sendmsg of 260 iovecs exceeds the kernel's 128-buffer walk"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_unary_calls_made() {
+    require_e2e!();
+    let (_, made) = thousand_concurrent_calls().await;
+    assert_correct_unary_spans("client", &made);
+}
+
+/// Runs 1,000 concurrent unary calls from a grpcio client to a grpcio
+/// server, both selected; returns the server's and the client's spans.
+async fn thousand_concurrent_calls() -> (Vec<ReceivedSpan>, Vec<ReceivedSpan>) {
     let receiver = OtlpReceiver::start().await;
     let server = Server::python_grpc();
     let port = server.port.to_string();
     let agent = Agent::start(
-        &[
-            "--port",
-            &port,
-            "--exe",
-            &executable("python3"),
-            "--capture-bytes",
-            "4096",
-        ],
+        &["--port", &port, "--exe", &executable("python3")],
         &receiver.grpc_endpoint(),
         "grpc",
     );
     let (client, output) = run_client(
         "python3",
         "grpc_client.py",
-        &[&port, "concurrent", &CALLS.to_string()],
+        &[&port, "concurrent", &CONCURRENT_CALLS.to_string()],
     );
-    assert_eq!(output, [format!("concurrent {CALLS}")]);
+    assert_eq!(output, [format!("concurrent {CONCURRENT_CALLS}")]);
 
     let ours = |spans: &[ReceivedSpan]| {
         (
@@ -221,20 +227,24 @@ async fn a_thousand_concurrent_unary_calls() {
     let spans = receiver
         .settle(WAIT, SETTLE, |spans| {
             let (served, made) = ours(spans);
-            served.len() >= CALLS && made.len() >= CALLS
+            served.len() >= CONCURRENT_CALLS && made.len() >= CONCURRENT_CALLS
         })
         .await;
-    let (served, made) = ours(&spans);
-    // Printed before the assertions: what a capture size gave.
-    eprintln!("{} server spans, {} client spans", served.len(), made.len());
-    for (side, spans) in [("server", &served), ("client", &made)] {
-        assert_eq!(spans.len(), CALLS, "{side} spans");
-        for span in spans.iter() {
-            assert_eq!(span.name, "sonde.test.Echo/Unary", "{span:#?}");
-            assert_eq!(span.str_attr("rpc.response.status_code"), "OK");
-            assert_eq!(span.status_code, StatusCode::Unset);
-            assert!(span.end_unix_ns > span.start_unix_ns);
-        }
-    }
     assert_eq!(agent.stop(), 0);
+    let (served, made) = ours(&spans);
+    eprintln!("{} server spans, {} client spans", served.len(), made.len());
+    (served, made)
+}
+
+const CONCURRENT_CALLS: usize = 1000;
+
+/// Exactly [`CONCURRENT_CALLS`] spans, each a successful `Unary` call.
+fn assert_correct_unary_spans(side: &str, spans: &[ReceivedSpan]) {
+    assert_eq!(spans.len(), CONCURRENT_CALLS, "{side} spans");
+    for span in spans {
+        assert_eq!(span.name, "sonde.test.Echo/Unary", "{span:#?}");
+        assert_eq!(span.str_attr("rpc.response.status_code"), "OK");
+        assert_eq!(span.status_code, StatusCode::Unset);
+        assert!(span.end_unix_ns > span.start_unix_ns);
+    }
 }

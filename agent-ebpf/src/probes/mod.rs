@@ -1,6 +1,8 @@
 //! One module per hooked kernel event, mirrored by `agent-common/src/<event>.rs`.
 
+pub mod capture;
 pub mod inject;
+pub mod openssl;
 pub mod process;
 pub mod socket_data;
 pub mod socket_state;

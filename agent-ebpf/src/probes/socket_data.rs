@@ -17,37 +17,25 @@
 use agent_common::{
     EventKind,
     socket_data::{
-        ConnTuple, DIRECTION_EGRESS, DIRECTION_INGRESS, FAMILY_INET, FAMILY_INET6,
-        MAX_CAPTURE_BYTES, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SOCKET_DATA_HEADER_LEN,
-        SOURCE_SOCKET, SocketDataEvent,
+        ConnTuple, DIRECTION_EGRESS, DIRECTION_INGRESS, FAMILY_INET, FAMILY_INET6, ROLE_SERVER,
+        ROLE_UNKNOWN, SOURCE_SOCKET,
     },
     socket_state::TrackedConn,
-    trace_context::TraceContext,
 };
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns,
-        generated::bpf_probe_read_user, generated::bpf_ringbuf_output,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
 
-use super::syscall_args::SyscallArgs;
-use super::trace_context::{
-    close_request_head, end_server_request, is_request_start, is_response_start,
-    start_client_request, take_server_request, take_server_request_update,
-};
+use super::{capture::report_call, openssl::is_tls_socket, syscall_args::SyscallArgs};
 use crate::{
-    maps::{ACCEPTED_FDS, DATA_EVENTS, DATA_SCRATCH, TRACKED_CONNS, config, count_drop, is_target},
+    maps::{ACCEPTED_FDS, DATA_SCRATCH, TRACKED_CONNS, config, is_target},
     read,
 };
 
 const IPPROTO_TCP: u16 = 6;
 const MSG_PEEK: i32 = 2;
-/// Iovecs walked for readv/writev/sendmsg/recvmsg: HTTP heads are in the first.
-const MAX_IOVECS: usize = 4;
-const CAPTURE_MASK: u32 = (MAX_CAPTURE_BYTES as u32) - 1;
 
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
@@ -76,7 +64,6 @@ fn try_socket_data(ctx: &BtfTracePointContext, direction: u32) -> Result<(), i64
     let Some(family) = tcp_family(sk) else {
         return Ok(());
     };
-    let cfg = config();
 
     let scratch = DATA_SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
     // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
@@ -89,66 +76,19 @@ fn try_socket_data(ctx: &BtfTracePointContext, direction: u32) -> Result<(), i64
     event.header.reserved = 0;
     event.header.timestamp_ns = unsafe { bpf_ktime_get_ns() };
     event.tuple = read_tuple(sk, family)?;
-    event.total_len = ret as u32;
     event.direction = direction;
     event.source = SOURCE_SOCKET;
 
     let args = SyscallArgs::current();
     event.fd = args.as_ref().map_or(u32::MAX, |a| a.fd);
-    event.role = role_of(event.socket_cookie, tgid, event.fd);
-
-    let limit = core::cmp::min(
-        core::cmp::min(ret as u32, cfg.capture_bytes),
-        MAX_CAPTURE_BYTES as u32,
-    );
-    let copied = match args {
-        Some(args) => copy_payload(scratch.cast::<u8>(), &args, limit),
-        None => 0,
-    };
-    // Restated bound for the verifier: the output size below must be provably small.
-    let copied = core::cmp::min(copied, MAX_CAPTURE_BYTES as u32);
-    event.captured_len = copied;
-    let payload = scratch.cast::<u8>().wrapping_add(SOCKET_DATA_HEADER_LEN);
-    event.trace = trace_context_of(event, payload, copied);
-
-    let size = (SOCKET_DATA_HEADER_LEN as u32 + copied) as u64;
-    // SAFETY: `scratch` holds at least SOCKET_DATA_HEADER_LEN + MAX_CAPTURE_BYTES bytes.
-    let rc = unsafe {
-        bpf_ringbuf_output(
-            core::ptr::addr_of!(DATA_EVENTS).cast_mut().cast(),
-            scratch.cast(),
-            size,
-            0,
-        )
-    };
-    if rc != 0 {
-        count_drop(agent_common::drops::DATA_RINGBUF_FULL);
+    let conn = conn_state(event.socket_cookie, tgid, event.fd);
+    event.role = conn.role;
+    if is_tls_socket(event, &conn) {
+        // Ciphertext: the OpenSSL probes report this connection's plaintext.
+        return Ok(());
     }
+    report_call(scratch, args.as_ref().map(|a| &a.data), ret as u32);
     Ok(())
-}
-
-/// Span identity when this call starts a request, and the end of a served
-/// request when a server thread starts its response.
-fn trace_context_of(event: &SocketDataEvent, payload: *const u8, copied: u32) -> TraceContext {
-    let tid = event.header.tid;
-    let role = event.role;
-    if event.direction == DIRECTION_INGRESS {
-        if role != ROLE_CLIENT {
-            return if is_request_start(payload, copied) {
-                take_server_request(tid)
-            } else {
-                take_server_request_update(tid)
-            };
-        }
-    } else {
-        close_request_head(tid);
-        if role != ROLE_SERVER && is_request_start(payload, copied) {
-            return start_client_request(tid);
-        } else if role != ROLE_CLIENT && is_response_start(payload, copied) {
-            end_server_request(tid);
-        }
-    }
-    TraceContext::default()
 }
 
 /// The address family of a TCP socket over IPv4 or IPv6; `None` for any
@@ -162,11 +102,12 @@ pub fn tcp_family(sk: *const u8) -> Option<u16> {
     is_tcp.then_some(family)
 }
 
-/// The connection's side, learnt at connect (see `socket_state`) or accept.
-fn role_of(cookie: u64, tgid: u32, fd: u32) -> u32 {
+/// The connection's state: its side, learnt at connect (see `socket_state`)
+/// or accept, and what is known about its protocol.
+fn conn_state(cookie: u64, tgid: u32, fd: u32) -> TrackedConn {
     // SAFETY: plain value lookups.
     if let Some(conn) = unsafe { TRACKED_CONNS.get(cookie) } {
-        return conn.role;
+        return *conn;
     }
     let fd_key = ((tgid as u64) << 32) | fd as u64;
     let role = if unsafe { ACCEPTED_FDS.get(fd_key) }.is_some() {
@@ -175,8 +116,9 @@ fn role_of(cookie: u64, tgid: u32, fd: u32) -> u32 {
     } else {
         ROLE_UNKNOWN
     };
-    let _ = TRACKED_CONNS.insert(cookie, TrackedConn { role, reserved: 0 }, 0);
-    role
+    let conn = TrackedConn::new(role);
+    let _ = TRACKED_CONNS.insert(cookie, conn, 0);
+    conn
 }
 
 fn read_tuple(sk: *const u8, family: u16) -> Result<ConnTuple, i64> {
@@ -199,52 +141,4 @@ fn read_tuple(sk: *const u8, family: u16) -> Result<ConnTuple, i64> {
         tuple.remote_addr = read::kernel(sk, cfg.off_skc_v6_daddr)?;
     }
     Ok(tuple)
-}
-
-/// Copies up to `limit` bytes of the call's data into the scratch event's
-/// payload and returns how many were copied.
-fn copy_payload(scratch: *mut u8, args: &SyscallArgs, limit: u32) -> u32 {
-    if args.buffer != 0 {
-        return copy_segment(scratch, 0, args.buffer, limit);
-    }
-    let mut copied: u32 = 0;
-    for i in 0..MAX_IOVECS {
-        if copied >= limit || i as u64 >= args.iovec_count {
-            break;
-        }
-        let iov = args.iovecs + (i as u64) * 16;
-        let (Ok(base), Ok(len)) = (read::user::<u64>(iov), read::user::<u64>(iov + 8)) else {
-            count_drop(agent_common::drops::PAYLOAD_READ_FAILED);
-            break;
-        };
-        let want = core::cmp::min(len, (limit - copied) as u64) as u32;
-        let got = copy_segment(scratch, copied, base, want);
-        copied += got;
-        if got < want {
-            break;
-        }
-    }
-    copied
-}
-
-/// Copies `len` bytes from user `src` to payload offset `offset`; returns the
-/// bytes copied (0 or `len`).
-fn copy_segment(scratch: *mut u8, offset: u32, src: u64, len: u32) -> u32 {
-    // Masks give the verifier bounds: offset < MAX, len <= MAX, and the
-    // scratch has room after the payload. The volatile read stops LLVM from
-    // dropping the mask when it can prove it redundant: the verifier cannot.
-    // SAFETY: reading a local.
-    let offset = unsafe { core::ptr::read_volatile(&offset) } & CAPTURE_MASK;
-    let len = core::cmp::min(len, MAX_CAPTURE_BYTES as u32);
-    if len == 0 {
-        return 0;
-    }
-    let dst = scratch.wrapping_add(SOCKET_DATA_HEADER_LEN + offset as usize);
-    // SAFETY: dst..dst+len is inside the scratch value (see DataScratch).
-    let rc = unsafe { bpf_probe_read_user(dst.cast(), len, src as *const _) };
-    if rc != 0 {
-        count_drop(agent_common::drops::PAYLOAD_READ_FAILED);
-        return 0;
-    }
-    len
 }

@@ -40,11 +40,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     if new_state == TCP_SYN_SENT && old_state == TCP_CLOSE {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         if is_target(tgid) {
-            let conn = TrackedConn {
-                role: ROLE_CLIENT,
-                reserved: 0,
-            };
-            let _ = TRACKED_CONNS.insert(cookie(), conn, 0);
+            let _ = TRACKED_CONNS.insert(cookie(), TrackedConn::new(ROLE_CLIENT), 0);
         }
     } else if new_state == TCP_CLOSE {
         let cookie = cookie();

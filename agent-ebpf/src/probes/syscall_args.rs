@@ -24,16 +24,48 @@ const PT_REGS_ORIG_AX: u32 = 120;
 const MSGHDR_IOV: u64 = 16;
 const MSGHDR_IOVLEN: u64 = 24;
 
-/// Where the data of the current socket syscall lives in user memory.
-pub struct SyscallArgs {
-    /// File descriptor (every socket syscall's first argument).
-    pub fd: u32,
-    /// A single buffer (read/write/sendto/recvfrom), or an iovec array.
+/// Where the data of a call lives in user memory.
+pub struct UserData {
+    /// A single buffer (read/write/sendto/recvfrom, OpenSSL), or 0 for an
+    /// iovec array.
     pub buffer: u64,
     /// User address of the iovec array (0 with a single buffer).
     pub iovecs: u64,
     /// Entries in the iovec array.
     pub iovec_count: u64,
+}
+
+impl UserData {
+    /// One buffer.
+    pub fn single(buffer: u64) -> Self {
+        Self {
+            buffer,
+            iovecs: 0,
+            iovec_count: 0,
+        }
+    }
+
+    /// Address and length of the first buffer the data went to or came from.
+    pub fn first_segment(&self) -> Option<(u64, u64)> {
+        if self.buffer != 0 {
+            return Some((self.buffer, u64::MAX));
+        }
+        if self.iovec_count == 0 {
+            return None;
+        }
+        Some((
+            read::user(self.iovecs).ok()?,
+            read::user(self.iovecs + 8).ok()?,
+        ))
+    }
+}
+
+/// The current socket syscall's file descriptor and data.
+pub struct SyscallArgs {
+    /// File descriptor (every socket syscall's first argument).
+    pub fd: u32,
+    /// Where the data is.
+    pub data: UserData,
 }
 
 impl SyscallArgs {
@@ -47,36 +79,25 @@ impl SyscallArgs {
         match nr {
             SYS_READ | SYS_WRITE | SYS_SENDTO | SYS_RECVFROM => Some(Self {
                 fd,
-                buffer: arg1,
-                iovecs: 0,
-                iovec_count: 0,
+                data: UserData::single(arg1),
             }),
             SYS_READV | SYS_WRITEV => Some(Self {
                 fd,
-                buffer: 0,
-                iovecs: arg1,
-                iovec_count: read::kernel(regs, PT_REGS_DX).ok()?,
+                data: UserData {
+                    buffer: 0,
+                    iovecs: arg1,
+                    iovec_count: read::kernel(regs, PT_REGS_DX).ok()?,
+                },
             }),
             SYS_SENDMSG | SYS_RECVMSG => Some(Self {
                 fd,
-                buffer: 0,
-                iovecs: read::user(arg1 + MSGHDR_IOV).ok()?,
-                iovec_count: read::user(arg1 + MSGHDR_IOVLEN).ok()?,
+                data: UserData {
+                    buffer: 0,
+                    iovecs: read::user(arg1 + MSGHDR_IOV).ok()?,
+                    iovec_count: read::user(arg1 + MSGHDR_IOVLEN).ok()?,
+                },
             }),
             _ => None,
         }
-    }
-    /// Address and length of the first buffer the data went to or came from.
-    pub fn first_segment(&self) -> Option<(u64, u64)> {
-        if self.buffer != 0 {
-            return Some((self.buffer, u64::MAX));
-        }
-        if self.iovec_count == 0 {
-            return None;
-        }
-        Some((
-            read::user(self.iovecs).ok()?,
-            read::user(self.iovecs + 8).ok()?,
-        ))
     }
 }

@@ -104,11 +104,24 @@ fn try_server_request_context(ctx: &BtfTracePointContext) -> Option<()> {
     if ret < 4 || flags & MSG_PEEK != 0 || tcp_family(sk).is_none() {
         return None;
     }
-    let (buffer, buffer_len) = SyscallArgs::current()?.first_segment()?;
-    let len = core::cmp::min(
+    let (buffer, buffer_len) = SyscallArgs::current()?.data.first_segment()?;
+    // SAFETY: `sk` is the tracepoint's typed socket argument.
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
+    scan_received(
+        pid_tgid as u32,
+        cookie,
+        buffer,
         core::cmp::min(ret as u64, buffer_len),
-        u64::from(SCAN_LIMIT),
-    ) as u32;
+    )
+}
+
+/// Looks at `len` bytes thread `tid` just received on connection `cookie`
+/// at user address `buffer`: a request start gets a server context, the
+/// rest of a head may bring its `traceparent`. Shared by the socket path
+/// and the TLS plaintext path (`openssl`).
+#[inline(always)]
+pub fn scan_received(tid: u32, cookie: u64, buffer: u64, len: u64) -> Option<()> {
+    let len = core::cmp::min(len, u64::from(SCAN_LIMIT)) as u32;
     let scratch = TRACE_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch, ours for this program's run.
     let scratch = unsafe { &mut *scratch };
@@ -121,9 +134,6 @@ fn try_server_request_context(ctx: &BtfTracePointContext) -> Option<()> {
     }
     zero_tail(&mut scratch.bytes, len);
     let payload = scratch.bytes.as_ptr();
-    let tid = pid_tgid as u32;
-    // SAFETY: `sk` is the tracepoint's typed socket argument.
-    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
     let starts_request = is_request_start(payload, len);
     // A later read of a head whose first read had no traceparent: clients
     // may write the request line and the headers separately.

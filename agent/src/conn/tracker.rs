@@ -108,6 +108,9 @@ pub struct ConnTracker {
     by_activity: BTreeSet<(u64, u64)>,
     /// Shared by every HTTP/2 connection's HPACK decoders.
     huffman: Huffman,
+    /// Connections found to speak HTTP/2 since the last
+    /// [`ConnTracker::take_new_http2`]: the kernel must capture all their bytes.
+    new_http2: Vec<u64>,
 }
 
 impl ConnTracker {
@@ -119,7 +122,15 @@ impl ConnTracker {
             conns: HashMap::new(),
             by_activity: BTreeSet::new(),
             huffman: Huffman::default(),
+            new_http2: Vec::new(),
         }
+    }
+
+    /// Cookies of the connections that turned out to be HTTP/2 since the
+    /// last call. HTTP/1 needs only the heads of large writes; HTTP/2 needs
+    /// every frame header, wherever it sits in a write.
+    pub fn take_new_http2(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.new_http2)
     }
 
     /// Connections currently tracked.
@@ -150,7 +161,11 @@ impl ConnTracker {
             }
         };
         conn.last_ns = conn.last_ns.max(ev.timestamp_ns);
+        let was_http2 = conn.is_http2();
         conn.on_data(ev, &mut self.ctx(&mut out));
+        if !was_http2 && conn.is_http2() {
+            self.new_http2.push(cookie);
+        }
         self.by_activity.insert((conn.last_ns, cookie));
         self.conns.insert(cookie, conn);
         out
@@ -319,6 +334,10 @@ impl Conn {
             state: ConnState::probing(probe_events),
             tls: false,
         }
+    }
+
+    fn is_http2(&self) -> bool {
+        matches!(self.state, ConnState::Http2(_))
     }
 
     fn on_data(&mut self, ev: &SocketData, ctx: &mut Ctx<'_>) {

@@ -19,16 +19,16 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use agent_common::{KernelConfig, socket_data::MAX_CAPTURE_BYTES};
+use agent_common::{KernelConfig, socket_data::MAX_CALL_CAPTURE_BYTES, socket_state::TrackedConn};
 use aya::{
     Btf, Ebpf, EbpfLoader, VerifierLogLevel,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, TracePoint},
 };
 pub use openssl::{OpensslProbes, SslLibrary, TlsAttach};
 pub use reader::{ReaderChannels, run_reader};
 pub use targets::{TargetMap, TargetSet};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     export::otlp::ErrorChain,
@@ -93,7 +93,8 @@ pub enum ProbeError {
 /// Settings for loading the probes.
 #[derive(Clone, Debug)]
 pub struct ProbeConfig {
-    /// Payload prefix captured per send/receive (capped at 4096).
+    /// Bytes captured per send/receive by default (capped at
+    /// `MAX_CALL_CAPTURE_BYTES`).
     pub capture_bytes: u32,
     /// Size of the data ring buffer in bytes (a power of two, >= page size).
     pub data_ring_bytes: u32,
@@ -119,6 +120,29 @@ pub struct Probes {
     /// The OpenSSL programs, loaded and waiting for libraries; `None` when
     /// TLS capture is off or could not be set up.
     pub openssl: Option<OpensslProbes>,
+    /// Per-connection capture settings.
+    pub conn_capture: ConnCapture,
+}
+
+/// Per-connection capture settings the agent changes as it learns what a
+/// connection speaks (the kernel's `TRACKED_CONNS`).
+pub struct ConnCapture {
+    conns: HashMap<MapData, u64, TrackedConn>,
+}
+
+impl ConnCapture {
+    /// The kernel copies every byte of the connection's calls (up to
+    /// `MAX_CALL_CAPTURE_BYTES` each), not just the configured prefix.
+    /// A connection the kernel no longer tracks (closed) is left alone.
+    pub fn capture_all(&mut self, cookie: u64) {
+        let Ok(mut conn) = self.conns.get(&cookie, 0) else {
+            return;
+        };
+        conn.capture_bytes = MAX_CALL_CAPTURE_BYTES as u32;
+        if let Err(error) = self.conns.insert(cookie, conn, 0) {
+            debug!(cookie, %error, "could not raise the connection's capture");
+        }
+    }
 }
 
 /// Owns the loaded programs and their links.
@@ -149,6 +173,10 @@ impl ProbeHandle {
         stats.set(
             Counter::KernelPayloadReadFailed,
             read(agent_common::drops::PAYLOAD_READ_FAILED),
+        );
+        stats.set(
+            Counter::KernelTlsSocketUnknown,
+            read(agent_common::drops::TLS_SOCKET_UNKNOWN),
         );
     }
 }
@@ -226,9 +254,11 @@ impl Probes {
             .map_err(|_| ProbeError::Map("CONTROL_EVENTS"))?;
         let drops = PerCpuArray::try_from(take(&mut ebpf, "DROPS")?)
             .map_err(|_| ProbeError::Map("DROPS"))?;
+        let conns = HashMap::try_from(take(&mut ebpf, "TRACKED_CONNS")?)
+            .map_err(|_| ProbeError::Map("TRACKED_CONNS"))?;
         let ebpf = Arc::new(Mutex::new(ebpf));
-        // TLS is an addition to plaintext capture: without it (a kernel
-        // object or kernel without the uprobe programs) the rest still runs.
+        // TLS is an addition to plaintext capture: if its programs cannot be
+        // loaded (a kernel that refuses them), the rest still runs.
         let openssl = config
             .tls
             .then(|| OpensslProbes::load(Arc::clone(&ebpf), stats))
@@ -252,6 +282,7 @@ impl Probes {
             data_ring,
             control_ring,
             openssl,
+            conn_capture: ConnCapture { conns },
         })
     }
 }
@@ -338,7 +369,7 @@ fn kernel_config(config: &ProbeConfig) -> Result<KernelConfig, ProbeError> {
     };
     let format = std::fs::read_to_string(FORK_FORMAT).map_err(|e| ProbeError::Btf(Box::new(e)))?;
     Ok(KernelConfig {
-        capture_bytes: config.capture_bytes.min(MAX_CAPTURE_BYTES as u32),
+        capture_bytes: config.capture_bytes.min(MAX_CALL_CAPTURE_BYTES as u32),
         off_skc_family: offset("sock_common", "skc_family")?,
         off_skc_daddr: offset("sock_common", "skc_daddr")?,
         off_skc_rcv_saddr: offset("sock_common", "skc_rcv_saddr")?,

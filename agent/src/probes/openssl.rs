@@ -2,9 +2,10 @@
 //! uretprobes on OpenSSL's `SSL_read`, `SSL_read_ex`, `SSL_write`,
 //! `SSL_write_ex` and `SSL_do_handshake` (OpenSSL 1.1.x and 3.x, shared
 //! libssl), whose programs report TLS plaintext as socket data events
-//! (`source = SOURCE_TLS`). Needs uprobes (`CONFIG_UPROBE_EVENTS`, present on
-//! every kernel the agent supports); the programs are loaded once, with the
-//! others, and attached here to each libssl file the selected processes map.
+//! (`source = SOURCE_TLS`; the read return probe tail-calls `tls_capture`
+//! for that, through `TLS_TAILS`). Needs uprobes (`CONFIG_UPROBE_EVENTS`);
+//! the programs are loaded once, with the others, and attached here to each
+//! libssl file the selected processes map.
 //!
 //! A uprobe is set on a file, not on a process: once a libssl is attached,
 //! every process that maps it, now or later, runs the programs, which keep
@@ -20,8 +21,10 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
 };
 
+use agent_common::socket_data::TLS_CAPTURE_TAIL;
 use aya::{
     Ebpf,
+    maps::{MapError, ProgramArray},
     programs::{ProgramError, UProbe, uprobe::UProbeScope},
 };
 use object::{Object as _, ObjectSymbol as _};
@@ -70,6 +73,12 @@ const HOOKS: &[Hook] = &[
     },
 ];
 
+/// The program the read return probe tail-calls to report the plaintext
+/// (scanning for `traceparent` and capturing in one program are more than
+/// the verifier accepts), and the program array it is called through.
+const TLS_CAPTURE: &str = "tls_capture";
+const TLS_TAILS: &str = "TLS_TAILS";
+
 /// Why TLS capture could not be set up, or not on one library.
 #[derive(Debug, thiserror::Error)]
 pub enum OpensslError {
@@ -88,6 +97,15 @@ pub enum OpensslError {
         #[source]
         source: ProgramError,
     },
+    /// The kernel object lacks a map.
+    #[error("the kernel object has no map {map}")]
+    NoMap {
+        /// Map name.
+        map: &'static str,
+    },
+    /// The capture program could not be put in its program array.
+    #[error("putting {TLS_CAPTURE} in {TLS_TAILS}")]
+    Tail(#[source] MapError),
     /// The library file could not be read.
     #[error("reading {path}")]
     Read {
@@ -180,6 +198,7 @@ impl OpensslProbes {
                         .map_err(|source| OpensslError::Load { program, source })?;
                 }
             }
+            link_capture_tail(&mut guard)?;
         }
         Ok(Self {
             ebpf,
@@ -257,6 +276,30 @@ impl TlsAttach for OpensslProbes {
             }
         }
     }
+}
+
+/// Loads the capture program and puts it where the read return probe
+/// tail-calls it.
+fn link_capture_tail(ebpf: &mut Ebpf) -> Result<(), OpensslError> {
+    let load_error = |source| OpensslError::Load {
+        program: TLS_CAPTURE,
+        source,
+    };
+    let capture = uprobe(ebpf, TLS_CAPTURE)?;
+    capture.load().map_err(load_error)?;
+    let fd = capture
+        .fd()
+        .map_err(load_error)?
+        .try_clone()
+        .map_err(|e| load_error(ProgramError::IOError(e)))?;
+    let mut tails: ProgramArray<_> = ebpf
+        .map_mut(TLS_TAILS)
+        .ok_or(OpensslError::NoMap { map: TLS_TAILS })?
+        .try_into()
+        .map_err(OpensslError::Tail)?;
+    tails
+        .set(TLS_CAPTURE_TAIL, &fd, 0)
+        .map_err(OpensslError::Tail)
 }
 
 /// A program of the object as a uprobe.

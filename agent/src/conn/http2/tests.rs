@@ -78,6 +78,12 @@ impl Replay {
     /// times count syscalls from the start of the recording, missed ones
     /// included, so exchanges of different replays can be compared.
     fn run(self, records: &[Record]) -> (Vec<HttpExchange>, Arc<Stats>) {
+        let (_, out, stats) = self.run_tracker(records);
+        (out, stats)
+    }
+
+    /// [`Replay::run`], also returning the tracker.
+    fn run_tracker(self, records: &[Record]) -> (ConnTracker, Vec<HttpExchange>, Arc<Stats>) {
         let stats = Arc::new(Stats::default());
         let mut tracker = ConnTracker::new(TrackerConfig::default(), Arc::clone(&stats));
         let role = match (self.skip, self.side) {
@@ -138,7 +144,16 @@ impl Replay {
             timestamp_ns: ns + 1000,
             socket_cookie: 1,
         }));
-        (out, stats)
+        (tracker, out, stats)
+    }
+}
+
+#[test]
+fn asks_once_for_full_capture_of_each_http2_connection() {
+    for name in ["curl_get", "grpcio_calls"] {
+        let (mut tracker, _, _) = Replay::server().run_tracker(&fixture(name));
+        assert_eq!(tracker.take_new_http2(), vec![1], "{name}");
+        assert!(tracker.take_new_http2().is_empty(), "{name}");
     }
 }
 

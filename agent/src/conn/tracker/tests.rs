@@ -167,6 +167,10 @@ fn keep_alive_carries_many_exchanges() {
     assert!(wire.close().is_empty());
     assert_eq!(wire.tracker.connections(), 0);
     assert!(
+        wire.tracker.take_new_http2().is_empty(),
+        "HTTP/1 keeps the default capture"
+    );
+    assert!(
         wire.stats.nonzero().is_empty(),
         "{:?}",
         wire.stats.nonzero()

@@ -1,0 +1,267 @@
+//! Reports the data of one call, a socket syscall (`socket_data`) or an
+//! OpenSSL read or write (`openssl`), as data events.
+//!
+//! A call is cut into pieces of at most `MAX_CAPTURE_BYTES`, one event
+//! each, up to the call's capture limit; a last event reports what was not
+//! captured by its length only. Userspace sees the pieces as consecutive
+//! calls, so its byte accounting needs nothing new, and protocols that need
+//! every byte of a large write (HTTP/2 frames batched by gRPC into one
+//! `sendmsg` of two dozen iovecs) get them.
+
+use agent_common::{
+    drops::{DATA_RINGBUF_FULL, PAYLOAD_READ_FAILED},
+    socket_data::{
+        DIRECTION_INGRESS, MAX_CALL_CAPTURE_BYTES, MAX_CAPTURE_BYTES, ROLE_CLIENT, ROLE_SERVER,
+        SOCKET_DATA_HEADER_LEN, SocketDataEvent,
+    },
+    trace_context::TraceContext,
+};
+use aya_ebpf::helpers::generated::{bpf_probe_read_user, bpf_ringbuf_output};
+
+use super::{
+    syscall_args::UserData,
+    trace_context::{
+        close_request_head, end_server_request, is_request_start, is_response_start,
+        start_client_request, take_server_request, take_server_request_update,
+    },
+};
+use crate::{
+    maps::{DATA_EVENTS, DataScratch, TRACKED_CONNS, config, count_drop},
+    read,
+};
+
+/// Loop bound: each step copies from one buffer (a piece boundary may cut a
+/// buffer in two). gRPC's `sendmsg`s carry about two dozen iovecs, up to
+/// 260 when it batches hundreds of calls. The verifier walks every step,
+/// so load time grows with this bound (about a second per program at 128,
+/// minutes at 256); what is past the last step is reported by length.
+/// `bpf_loop` would verify one step only, but needs BTF in the object,
+/// which the toolchain does not produce loadable today.
+const MAX_STEPS: u32 = 128;
+/// Piece offsets are masked with this; `DataScratch` has room past it.
+const PIECE_MASK: u32 = MAX_CAPTURE_BYTES as u32 - 1;
+
+/// First bytes of the HTTP/2 client preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`).
+const HTTP2_PREFACE_START: [u8; 8] = *b"PRI * HT";
+
+/// Bytes to capture per call on connection `cookie`: its own limit (raised
+/// for HTTP/2), else the configured default.
+#[inline(always)]
+fn capture_limit(cookie: u64) -> u32 {
+    // SAFETY: plain value lookup.
+    let own = unsafe { TRACKED_CONNS.get(cookie) }.map_or(0, |conn| conn.capture_bytes);
+    let limit = if own != 0 {
+        own
+    } else {
+        config().capture_bytes
+    };
+    core::cmp::min(limit, MAX_CALL_CAPTURE_BYTES as u32)
+}
+
+/// Captures every byte of the connection's calls from now on.
+#[inline(always)]
+fn capture_all(cookie: u64) {
+    if let Some(conn) = TRACKED_CONNS.get_ptr_mut(cookie) {
+        // SAFETY: a valid map value pointer.
+        unsafe { (*conn).capture_bytes = MAX_CALL_CAPTURE_BYTES as u32 };
+    }
+}
+
+/// Sends the call whose identity is in `scratch.event` (header, cookie,
+/// tuple, fd, direction, role, source): `total` bytes, of which up to the
+/// connection's capture limit are copied from `data`.
+#[inline(always)]
+pub fn report_call(scratch: *mut DataScratch, data: Option<&UserData>, total: u32) {
+    // SAFETY: the per-CPU scratch slot is ours for the duration of the program.
+    let (event, cursor) = unsafe { (&mut (*scratch).event, &mut (*scratch).cursor) };
+    let (head, head_len) = head_of(data, total);
+    let limit = if head_len == 8 && head == HTTP2_PREFACE_START {
+        // The HTTP/2 client preface: every frame of the connection matters,
+        // this call's included (the agent would learn it one call late).
+        capture_all(event.socket_cookie);
+        MAX_CALL_CAPTURE_BYTES as u32
+    } else {
+        capture_limit(event.socket_cookie)
+    };
+    event.trace = trace_context_of(event, &head, head_len);
+    set(&mut cursor.reported, 0);
+    set(&mut cursor.filled, 0);
+    if let Some(data) = data {
+        let single = data.buffer != 0;
+        set(&mut cursor.base, data.buffer);
+        set(&mut cursor.left, if single { u64::from(total) } else { 0 });
+        set(&mut cursor.next_iovec, 0);
+        let args = StepArgs {
+            iovecs: data.iovecs,
+            iovec_count: if single { 0 } else { data.iovec_count },
+            limit: core::cmp::min(limit, total),
+        };
+        let mut step = 0;
+        while step < MAX_STEPS && capture_step(scratch, &args) {
+            step += 1;
+        }
+        let filled = get(&cursor.filled);
+        if filled > 0 {
+            output(scratch, filled, filled);
+            let reported = get(&cursor.reported);
+            set(&mut cursor.reported, reported + filled);
+        }
+    }
+    let reported = get(&cursor.reported);
+    if reported < total {
+        output(scratch, 0, total - reported);
+    }
+}
+
+/// What every step of the capture loop needs.
+struct StepArgs {
+    /// The iovec array, if the data is in one.
+    iovecs: u64,
+    /// Entries in it (0 for a single buffer).
+    iovec_count: u64,
+    /// Bytes of the call to copy at most.
+    limit: u32,
+}
+
+/// One step of [`report_call`]'s copy loop: copies from the current buffer
+/// (reading the next iovec when it is used up) into the event being
+/// filled, and sends the event when it is full. Returns false to stop.
+///
+/// Written for the verifier, which walks every iteration of a loop and
+/// every branch in it as its own path: where the data continues lives in
+/// map memory (`DataScratch::cursor`), which the verifier cannot see
+/// through, so every path through a step reaches the next step in the same
+/// state and the next step is walked once.
+#[inline(always)]
+fn capture_step(scratch: *mut DataScratch, args: &StepArgs) -> bool {
+    // SAFETY: the per-CPU scratch slot is ours for the duration of the program.
+    let (event, cursor) = unsafe { (&mut (*scratch).event, &mut (*scratch).cursor) };
+    let reported = get(&cursor.reported);
+    let filled = get(&cursor.filled);
+    if reported + filled >= args.limit {
+        return false;
+    }
+    let mut left = get(&cursor.left);
+    if left == 0 {
+        let next_iovec = get(&cursor.next_iovec);
+        if next_iovec >= args.iovec_count {
+            return false;
+        }
+        let iovec = args.iovecs + next_iovec * 16;
+        let (Ok(start), Ok(len)) = (read::user::<u64>(iovec), read::user::<u64>(iovec + 8)) else {
+            count_drop(PAYLOAD_READ_FAILED);
+            return false;
+        };
+        set(&mut cursor.next_iovec, next_iovec + 1);
+        set(&mut cursor.base, start);
+        left = len;
+    }
+    let base = get(&cursor.base);
+    let offset = filled & PIECE_MASK;
+    let want = core::cmp::min(
+        core::cmp::min(left, u64::from(args.limit - reported - filled)),
+        u64::from(MAX_CAPTURE_BYTES as u32 - offset),
+    ) as u32;
+    // Masked for the verifier: offset < 4096 and want < 8192 stay within
+    // the payload and the room DataScratch keeps after it.
+    let want = want & (2 * MAX_CAPTURE_BYTES as u32 - 1);
+    let dst = event.payload.as_mut_ptr().wrapping_add(offset as usize);
+    // SAFETY: see above.
+    if unsafe { bpf_probe_read_user(dst.cast(), want, base as *const _) } != 0 {
+        count_drop(PAYLOAD_READ_FAILED);
+        return false;
+    }
+    set(&mut cursor.base, base + u64::from(want));
+    set(&mut cursor.left, left - u64::from(want));
+    let filled = filled + want;
+    if filled >= MAX_CAPTURE_BYTES as u32 {
+        output(scratch, filled, filled);
+        set(&mut cursor.reported, reported + filled);
+        set(&mut cursor.filled, 0);
+    } else {
+        set(&mut cursor.filled, filled);
+    }
+    true
+}
+
+/// Sends one event: `captured` payload bytes standing for `total` bytes of
+/// the call. Only the call's first event carries its span identity.
+#[inline(always)]
+fn output(scratch: *mut DataScratch, captured: u32, total: u32) {
+    // SAFETY: the per-CPU scratch slot is ours for the duration of the program.
+    let event = unsafe { &mut (*scratch).event };
+    // Restated bound for the verifier: the output size must be provably small.
+    let captured = core::cmp::min(captured, MAX_CAPTURE_BYTES as u32);
+    event.captured_len = captured;
+    event.total_len = total;
+    let size = (SOCKET_DATA_HEADER_LEN as u32 + captured) as u64;
+    // SAFETY: the event is SOCKET_DATA_HEADER_LEN + MAX_CAPTURE_BYTES bytes.
+    let rc = unsafe {
+        bpf_ringbuf_output(
+            core::ptr::addr_of!(DATA_EVENTS).cast_mut().cast(),
+            core::ptr::from_mut(event).cast(),
+            size,
+            0,
+        )
+    };
+    if rc != 0 {
+        count_drop(DATA_RINGBUF_FULL);
+    }
+    // Clearing the flags is enough to mark it unset, and cheaper for the
+    // verifier than clearing the whole struct (a byte loop in BPF).
+    event.trace.flags = 0;
+}
+
+/// Writes a loop variable to map memory (see [`report_call`]).
+#[inline(always)]
+fn set<T>(slot: &mut T, value: T) {
+    // SAFETY: `slot` is a valid, exclusive reference.
+    unsafe { core::ptr::write_volatile(slot, value) }
+}
+
+/// Reads a loop variable back from map memory.
+#[inline(always)]
+fn get<T: Copy>(slot: &T) -> T {
+    // SAFETY: `slot` is a valid reference.
+    unsafe { core::ptr::read_volatile(slot) }
+}
+
+/// The first bytes of the call's data, enough to tell a request or a
+/// response start: up to 8 bytes of its first buffer.
+#[inline(always)]
+fn head_of(data: Option<&UserData>, total: u32) -> ([u8; 8], u32) {
+    let mut head = [0u8; 8];
+    let Some((start, len)) = data.and_then(UserData::first_segment) else {
+        return (head, 0);
+    };
+    let len = core::cmp::min(core::cmp::min(len, u64::from(total)), 8) as u32;
+    // SAFETY: `head` holds 8 >= len bytes.
+    let rc = unsafe { bpf_probe_read_user(head.as_mut_ptr().cast(), len, start as *const _) };
+    (head, if rc == 0 { len } else { 0 })
+}
+
+/// Span identity when this call starts a request, and the end of a served
+/// request when a server thread starts its response.
+#[inline(always)]
+fn trace_context_of(event: &SocketDataEvent, head: &[u8; 8], captured: u32) -> TraceContext {
+    let tid = event.header.tid;
+    let role = event.role;
+    let payload = head.as_ptr();
+    if event.direction == DIRECTION_INGRESS {
+        if role != ROLE_CLIENT {
+            return if is_request_start(payload, captured) {
+                take_server_request(tid)
+            } else {
+                take_server_request_update(tid)
+            };
+        }
+    } else {
+        close_request_head(tid);
+        if role != ROLE_SERVER && is_request_start(payload, captured) {
+            return start_client_request(tid);
+        } else if role != ROLE_CLIENT && is_response_start(payload, captured) {
+            end_server_request(tid);
+        }
+    }
+    TraceContext::default()
+}

@@ -1,0 +1,296 @@
+//! TLS plaintext at OpenSSL's API: uprobes on the libssl files the agent
+//! finds mapped by selected processes, attached once per file for all
+//! processes (non-targets return at the first check).
+//!
+//! /// match-proto:openssl-1.1.1,3:include/openssl/ssl.h:
+//! /// int SSL_read(SSL *ssl, void *buf, int num);
+//! /// int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes);
+//! /// int SSL_write(SSL *ssl, const void *buf, int num);
+//! /// int SSL_write_ex(SSL *s, const void *buf, size_t num, size_t *written);
+//! /// int SSL_do_handshake(SSL *s);
+//!
+//! Which connection an `SSL *` runs over: OpenSSL's structs differ between
+//! versions and builds, so nothing reads them. The entry probes record the
+//! call per thread (`SSL_CALLS`); the socket capture program, seeing the
+//! same thread do socket I/O inside the call, ties the `SSL *` to that
+//! socket (`SSL_SOCKETS`), marks the connection TLS and drops its
+//! ciphertext ([`is_tls_socket`]). Programs that feed OpenSSL through
+//! memory BIOs (gRPC core) do their socket I/O outside the calls: an
+//! `SSL *` not tied yet when a handshake or read returns is tied to the
+//! connection the thread read from last, if that read was recent.
+//!
+//! The return probes report the plaintext as `SOURCE_TLS` data events on
+//! the connection's cookie. A read is first scanned for a request's
+//! `traceparent`, as `trace_context::server_request_context` does for
+//! sockets, then reported by [`tls_capture`] through a tail call: scan and
+//! capture in one program are more than the verifier accepts.
+
+use agent_common::{
+    EventKind,
+    drops::TLS_SOCKET_UNKNOWN,
+    socket_data::{
+        DIRECTION_EGRESS, DIRECTION_INGRESS, ROLE_CLIENT, SOURCE_TLS, SocketDataEvent,
+        TLS_CAPTURE_TAIL,
+    },
+    socket_state::{CONN_TLS, TrackedConn},
+};
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+
+use super::{capture::report_call, syscall_args::UserData, trace_context::scan_received};
+use crate::{
+    maps::{
+        DATA_SCRATCH, LAST_READ, SSL_CALLS, SSL_PROCESSES, SSL_SOCKETS, SslCall, SslKey, SslSocket,
+        TLS_TAILS, TRACKED_CONNS, count_drop, is_target,
+    },
+    read,
+};
+
+/// How long "the connection the thread read from last" may stand for an
+/// untied `SSL *`: memory-BIO programs hand what they read to OpenSSL at once.
+const LAST_READ_MAX_AGE_NS: u64 = 100_000_000;
+/// [`SslCall::direction`] of a handshake.
+const HANDSHAKE: u32 = 0;
+
+#[uprobe]
+pub fn ssl_read_enter(ctx: ProbeContext) -> u32 {
+    let _ = enter(&ctx, DIRECTION_INGRESS, false);
+    0
+}
+
+#[uprobe]
+pub fn ssl_read_ex_enter(ctx: ProbeContext) -> u32 {
+    let _ = enter(&ctx, DIRECTION_INGRESS, true);
+    0
+}
+
+#[uprobe]
+pub fn ssl_write_enter(ctx: ProbeContext) -> u32 {
+    let _ = enter(&ctx, DIRECTION_EGRESS, false);
+    0
+}
+
+#[uprobe]
+pub fn ssl_write_ex_enter(ctx: ProbeContext) -> u32 {
+    let _ = enter(&ctx, DIRECTION_EGRESS, true);
+    0
+}
+
+#[uprobe]
+pub fn ssl_handshake_enter(ctx: ProbeContext) -> u32 {
+    let _ = enter(&ctx, HANDSHAKE, false);
+    0
+}
+
+/// Records the call the thread enters.
+fn enter(ctx: &ProbeContext, direction: u32, ex: bool) -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_target(tgid) {
+        return None;
+    }
+    let call = SslCall {
+        ssl: ctx.arg(0)?,
+        buffer: if direction == HANDSHAKE {
+            0
+        } else {
+            ctx.arg(1)?
+        },
+        len_out: if ex { ctx.arg(3)? } else { 0 },
+        direction,
+        reserved: 0,
+    };
+    let _ = SSL_PROCESSES.insert(tgid, 1, 0);
+    // A handshake OpenSSL runs inside a read or write belongs to that call.
+    let flags = if direction == HANDSHAKE {
+        BPF_NOEXIST
+    } else {
+        BPF_ANY
+    };
+    let _ = SSL_CALLS.insert(pid_tgid as u32, call, flags.into());
+    Some(())
+}
+
+#[uretprobe]
+pub fn ssl_handshake_exit(_ctx: RetProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    // SAFETY: plain value lookup, copied out.
+    if let Some(call) = unsafe { SSL_CALLS.get(tid) }.copied()
+        && call.direction == HANDSHAKE
+    {
+        let _ = SSL_CALLS.remove(tid);
+        let _ = socket_of((pid_tgid >> 32) as u32, call.ssl, tid, true);
+    }
+    0
+}
+
+#[uretprobe]
+pub fn ssl_read_exit(ctx: RetProbeContext) -> u32 {
+    let _ = scan_read(&ctx);
+    // SAFETY: `ctx` is this program's context; on success this does not return.
+    unsafe { TLS_TAILS.tail_call(&ctx, TLS_CAPTURE_TAIL) };
+    // Only reached if the agent did not fill TLS_TAILS.
+    let _ = SSL_CALLS.remove(bpf_get_current_pid_tgid() as u32);
+    0
+}
+
+#[uretprobe]
+pub fn ssl_write_exit(ctx: RetProbeContext) -> u32 {
+    let _ = capture(&ctx);
+    0
+}
+
+/// Reached from [`ssl_read_exit`] by tail call.
+#[uretprobe]
+pub fn tls_capture(ctx: RetProbeContext) -> u32 {
+    let _ = capture(&ctx);
+    0
+}
+
+/// A read that may start a request: its server context, before capture.
+#[inline(always)]
+fn scan_read(ctx: &RetProbeContext) -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    // SAFETY: plain value lookup, copied out.
+    let call = unsafe { SSL_CALLS.get(tid) }.copied()?;
+    if call.direction != DIRECTION_INGRESS {
+        return None;
+    }
+    let len = returned_len(ctx, &call)?;
+    let socket = socket_of((pid_tgid >> 32) as u32, call.ssl, tid, true)?;
+    if socket.role == ROLE_CLIENT {
+        return None;
+    }
+    scan_received(tid, socket.cookie, call.buffer, u64::from(len))
+}
+
+/// Reports the plaintext of the call the thread returns from.
+#[inline(always)]
+fn capture(ctx: &RetProbeContext) -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    // SAFETY: plain value lookup, copied out.
+    let call = unsafe { SSL_CALLS.get(tid) }.copied()?;
+    let _ = SSL_CALLS.remove(tid);
+    if call.direction == HANDSHAKE {
+        return None;
+    }
+    let len = returned_len(ctx, &call)?;
+    let Some(socket) = socket_of(tgid, call.ssl, tid, call.direction == DIRECTION_INGRESS) else {
+        count_drop(TLS_SOCKET_UNKNOWN);
+        return None;
+    };
+    let scratch = DATA_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
+    let event = unsafe { &mut (*scratch).event };
+    event.header.kind = EventKind::SocketData as u32;
+    event.header.pid = tgid;
+    event.header.tid = tid;
+    event.header.reserved = 0;
+    // SAFETY: always-safe helper.
+    event.header.timestamp_ns = unsafe { bpf_ktime_get_ns() };
+    event.socket_cookie = socket.cookie;
+    event.tuple = socket.tuple;
+    event.fd = u32::MAX;
+    event.direction = call.direction;
+    event.role = socket.role;
+    event.source = SOURCE_TLS;
+    report_call(scratch, Some(&UserData::single(call.buffer)), len);
+    Some(())
+}
+
+/// Plaintext bytes the call moved, from its return value (or, for the
+/// `_ex` variants, the count it wrote back); `None` if it failed.
+#[inline(always)]
+fn returned_len(ctx: &RetProbeContext, call: &SslCall) -> Option<u32> {
+    let ret = ctx.ret::<i64>() as i32;
+    let len = if call.len_out != 0 {
+        if ret != 1 {
+            return None;
+        }
+        read::user::<u64>(call.len_out).ok()?
+    } else if ret > 0 {
+        ret as u64
+    } else {
+        return None;
+    };
+    (len != 0).then_some(core::cmp::min(len, u64::from(u32::MAX)) as u32)
+}
+
+/// The connection under `ssl` in process `tgid`; else, if allowed, the one
+/// thread `tid` just read from, which `ssl` is then tied to.
+#[inline(always)]
+fn socket_of(tgid: u32, ssl: u64, tid: u32, may_use_last_read: bool) -> Option<SslSocket> {
+    let key = SslKey {
+        tgid,
+        reserved: 0,
+        ssl,
+    };
+    // SAFETY: plain value lookups, copied out.
+    if let Some(socket) = unsafe { SSL_SOCKETS.get(key) }.copied() {
+        return Some(socket);
+    }
+    if !may_use_last_read {
+        return None;
+    }
+    let last = unsafe { LAST_READ.get(tid) }.copied()?;
+    // SAFETY: always-safe helper.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.wrapping_sub(last.seen_ns) > LAST_READ_MAX_AGE_NS {
+        return None;
+    }
+    tie(&key, &last);
+    Some(last)
+}
+
+/// Ties `key` to a connection, which now carries TLS.
+#[inline(always)]
+fn tie(key: &SslKey, socket: &SslSocket) {
+    let _ = SSL_SOCKETS.insert(key, socket, 0);
+    if let Some(conn) = TRACKED_CONNS.get_ptr_mut(socket.cookie) {
+        // SAFETY: a valid map value pointer.
+        unsafe { (*conn).flags |= CONN_TLS };
+    }
+}
+
+/// Called by the socket capture program for each call: true if the
+/// connection carries TLS (its ciphertext is not reported). Socket I/O
+/// inside an OpenSSL call ties that call's `SSL *` to the socket; reads by
+/// OpenSSL-using processes are remembered for memory-BIO programs.
+#[inline(always)]
+pub fn is_tls_socket(event: &SocketDataEvent, conn: &TrackedConn) -> bool {
+    let tid = event.header.tid;
+    let tgid = event.header.pid;
+    let socket = SslSocket {
+        cookie: event.socket_cookie,
+        seen_ns: event.header.timestamp_ns,
+        tuple: event.tuple,
+        role: event.role,
+        reserved: 0,
+    };
+    // SAFETY: plain value lookup.
+    if let Some(call) = unsafe { SSL_CALLS.get(tid) } {
+        let key = SslKey {
+            tgid,
+            reserved: 0,
+            ssl: call.ssl,
+        };
+        tie(&key, &socket);
+        return true;
+    }
+    if conn.flags & CONN_TLS != 0 {
+        return true;
+    }
+    // SAFETY: plain value lookup.
+    if event.direction == DIRECTION_INGRESS && unsafe { SSL_PROCESSES.get(tgid) }.is_some() {
+        let _ = LAST_READ.insert(tid, socket, 0);
+    }
+    false
+}
