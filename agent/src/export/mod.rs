@@ -5,8 +5,6 @@
 mod fan_out;
 pub mod otlp;
 pub mod print;
-#[cfg(test)]
-mod test_support;
 
 use std::io;
 use std::sync::Arc;

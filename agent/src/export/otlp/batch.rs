@@ -225,8 +225,8 @@ mod tests {
     use super::super::transport::SendError;
     use super::*;
     use crate::export::otlp::OtlpOverrides;
-    use crate::export::test_support::{resource, span};
     use crate::telemetry::Counter;
+    use crate::test_support::{resource, span};
 
     /// What the fake transport does with one attempt.
     enum Reply {

@@ -122,8 +122,8 @@ pub(crate) fn key_value(key: String, value: &AttributeValue) -> KeyValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::test_support::{resource, span};
     use crate::spans::model::Attribute;
+    use crate::test_support::{resource, span};
 
     fn value(key_value: &KeyValue) -> &any_value::Value {
         key_value
