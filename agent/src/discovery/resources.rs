@@ -207,6 +207,33 @@ impl ProcessRegistry {
     }
 }
 
+/// The agent's own resource, for its own telemetry: `service.name`
+/// `sonde`, as a process of this host (and node, on Kubernetes), so a
+/// dashboard finds every agent of a fleet under one service.
+pub fn agent_resource(node_name: Option<&str>) -> Resource {
+    let host_name = host_name();
+    let pid = std::process::id();
+    let start = Procfs::default().start_time(pid).unwrap_or(0);
+    let str_attr = |key: &str, value: &str| (key.to_owned(), AttributeValue::Str(value.to_owned()));
+    let mut attributes = vec![
+        str_attr("service.name", AGENT_NAME),
+        str_attr("service.version", AGENT_VERSION),
+        str_attr("service.instance.id", &format!("{host_name}:{pid}:{start}")),
+        ("process.pid".to_owned(), AttributeValue::Int(pid.into())),
+        str_attr("host.name", &host_name),
+        str_attr("telemetry.sdk.name", AGENT_NAME),
+        str_attr("telemetry.sdk.version", AGENT_VERSION),
+    ];
+    if let Some(node) = node_name {
+        attributes.push(str_attr("k8s.node.name", node));
+    }
+    Resource {
+        key: format!("agent:{pid}:{start}"),
+        service_name: AGENT_NAME.to_owned(),
+        attributes,
+    }
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
@@ -310,6 +337,23 @@ mod tests {
         meta.resource_version = "42".into();
         pods.apply(meta).unwrap();
         assert_eq!(registry.resource(7).service_name, "checkout");
+    }
+
+    #[test]
+    fn the_agent_is_a_service_of_its_own() {
+        let attributes = |node| -> HashMap<String, AttributeValue> {
+            agent_resource(node).attributes.into_iter().collect()
+        };
+        let plain = attributes(None);
+        assert_eq!(plain["service.name"], AttributeValue::from("sonde"));
+        assert_eq!(
+            plain["process.pid"],
+            AttributeValue::Int(std::process::id().into())
+        );
+        assert_eq!(plain["host.name"], AttributeValue::Str(host_name()));
+        assert!(!plain.contains_key("k8s.node.name"));
+        let on_node = attributes(Some("node-a"));
+        assert_eq!(on_node["k8s.node.name"], AttributeValue::from("node-a"));
     }
 
     #[test]
