@@ -140,7 +140,7 @@ pub async fn run(config: AgentConfig) -> Result<(), PipelineError> {
         data_ring,
         control_ring,
     } = probes;
-    let mut registry = ProcessRegistry::new(Procfs::default());
+    let mut registry = ProcessRegistry::new(Procfs::default(), Arc::clone(&stats));
     let clock = Arc::new(Clock::default());
     let pods = if config.kubernetes.enabled {
         let pods = Pods::default();
@@ -184,6 +184,7 @@ pub async fn run(config: AgentConfig) -> Result<(), PipelineError> {
         discovery,
         reader_to_discovery_rx,
         reader_to_conn_tx.clone(),
+        Arc::clone(&stats),
     ));
     let tracker = ConnTracker::new(
         TrackerConfig {
@@ -398,6 +399,7 @@ const LOSS_COUNTERS: &[Counter] = &[
     Counter::MetricMeasurementsDropped,
     Counter::MetricPointsExportFailed,
     Counter::K8sPodsDroppedStoreFull,
+    Counter::ProcessMetadataEvicted,
 ];
 
 fn total_losses(stats: &Stats) -> u64 {

@@ -66,6 +66,7 @@ metrics! {
         MetricPointsExportFailed => "sonde_metric_points_export_failed", "Metric data points lost because export failed";
         K8sWatchErrors => "sonde_k8s_watch_errors", "Failed list or watch requests to the Kubernetes API (retried with backoff)";
         K8sPodsDroppedStoreFull => "sonde_k8s_pods_dropped_store_full", "Pods not tracked because the pod store was full";
+        ProcessMetadataEvicted => "sonde_process_metadata_evicted", "Process descriptions dropped because the process table was full (read again from /proc if the process sends more)";
     }
 }
 
@@ -75,6 +76,9 @@ metrics! {
         ConnectionsTracked => "sonde_connections_tracked", "Connections the connection tracker holds now (bounded by tracking.max_connections)";
         ExportQueueSpans => "sonde_export_queue_spans", "Spans waiting in the OTLP export queue now, the batch in flight not included (bounded by OTEL_BSP_MAX_QUEUE_SIZE)";
         ExportQueueBytes => "sonde_export_queue_bytes", "Estimated OTLP encoded size of the spans waiting in the export queue, bytes (bounded by export.max_queue_bytes)";
+        ProcessesSelected => "sonde_processes_selected", "Processes the selectors chose that are running now";
+        ProcessTableEntries => "sonde_process_table_entries", "Processes described in the process table now (live targets and recent senders; bounded)";
+        KernelTargets => "sonde_kernel_targets", "Entries in the kernel's target map: selected processes, the children and threads they started (updated every 10 s)";
     }
 }
 
