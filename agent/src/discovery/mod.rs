@@ -204,6 +204,8 @@ pub struct Discovery<T: TargetSet> {
     /// Selector ports each live process was seen listening on. Selection by
     /// port is sticky: a server that closes its port stays traced.
     listening: HashMap<u32, HashSet<u16>>,
+    /// Processes selected since the last [`Discovery::recheck_new_targets`].
+    new_targets: Vec<u32>,
 }
 
 impl<T: TargetSet> Discovery<T> {
@@ -223,6 +225,7 @@ impl<T: TargetSet> Discovery<T> {
             selected: HashSet::new(),
             last_listening: HashSet::new(),
             listening: HashMap::new(),
+            new_targets: Vec::new(),
         }
     }
 
@@ -357,6 +360,23 @@ impl<T: TargetSet> Discovery<T> {
         }
     }
 
+    /// Drops the targets selected since the last call whose process has
+    /// exited meanwhile. The kernel's exit hook removes targets, but a
+    /// process added while on its way out (past the exit hook, not yet a
+    /// zombie) passes the check in `select`, and no exit event will come
+    /// for it. Called at every rescan: by then it is a zombie or gone.
+    pub fn recheck_new_targets(&mut self) {
+        for pid in std::mem::take(&mut self.new_targets) {
+            if self.selected.contains(&pid) && !self.procfs.is_running(pid) {
+                debug!(pid, "exited as it was being instrumented");
+                if let Err(error) = self.targets.remove(pid) {
+                    warn!(pid, %error, "could not remove target");
+                }
+                self.on_exit(pid);
+            }
+        }
+    }
+
     /// Sets the selection gauges; `kernel` also counts the kernel's target
     /// set, which costs a syscall per entry, so not at every tick.
     pub fn publish_gauges(&self, stats: &Stats, kernel: bool) {
@@ -407,6 +427,7 @@ impl<T: TargetSet> Discovery<T> {
                 let resource = self.registry.resource(pid);
                 info!(pid, service = %resource.service_name, "instrumenting process");
                 self.selected.insert(pid);
+                self.new_targets.push(pid);
             }
             Err(error) => warn!(pid, %error, "could not add target (target map full?)"),
         }
@@ -466,6 +487,7 @@ pub async fn run_discovery<T: TargetSet>(
                 None => break,
             },
             _ = rescan.tick() => {
+                discovery.recheck_new_targets();
                 discovery.rescan_ports();
                 // From the first tick on, so the kernel gauge has a value
                 // from the start.
@@ -763,8 +785,9 @@ mod tests {
     }
 
     /// A process that has exited by the time its exec event is handled (a
-    /// zombie: exited, not reaped) is not made a target: no exit event
-    /// would ever remove it.
+    /// zombie: exited, not reaped) is not made a target, and one that was
+    /// still exiting then is removed at the next recheck: no exit event
+    /// would ever remove them.
     #[test]
     fn a_process_gone_before_selection_is_not_a_target() {
         let proc = FakeProc::new("zombie");
@@ -783,6 +806,21 @@ mod tests {
         discovery.on_exec(201);
         assert_eq!(discovery.selected(), &HashSet::from([200]));
         assert_eq!(discovery.targets.0, HashSet::from([200]));
+        proc.add(202, 1, "/usr/bin/worker", "/", &[]);
+        discovery.on_exec(202);
+        // 202 was exiting: past the kernel's exit hook, not yet a zombie.
+        std::fs::write(proc.0.join("202/stat"), "202 (worker) Z 1 1 1 0 -1").unwrap();
+        discovery.recheck_new_targets();
+        assert_eq!(discovery.selected(), &HashSet::from([200]));
+        assert_eq!(discovery.targets.0, HashSet::from([200]));
+        // Only new targets are checked, once.
+        std::fs::write(proc.0.join("200/stat"), "200 (worker) Z 1 1 1 0 -1").unwrap();
+        discovery.recheck_new_targets();
+        assert_eq!(
+            discovery.selected(),
+            &HashSet::from([200]),
+            "the exit hook's job"
+        );
     }
 
     #[test]
