@@ -358,6 +358,18 @@ mod tests {
             }
         }
 
+        /// A harness whose collector holds every request until the
+        /// returned gate gives permits.
+        fn gated(configure: impl FnOnce(&mut OtlpConfig)) -> (Self, Arc<Semaphore>) {
+            let gate = Arc::new(Semaphore::new(0));
+            let script_gate = Arc::clone(&gate);
+            let harness = Self::start(
+                move |_| Reply::AcceptWhenReleased(Arc::clone(&script_gate)),
+                configure,
+            );
+            (harness, gate)
+        }
+
         async fn send(&self, names: &[&str]) {
             let resource = resource("pid:1:1", "api");
             for name in names {
@@ -448,16 +460,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_drops_the_oldest_and_counts_them() {
-        let gate = Arc::new(Semaphore::new(0));
-        let script_gate = Arc::clone(&gate);
-        let mut harness = Harness::start(
-            move |_| Reply::AcceptWhenReleased(Arc::clone(&script_gate)),
-            |config| {
-                config.batch.max_batch_size = 2;
-                config.batch.max_queue_size = 4;
-                config.batch.max_delay = Duration::from_secs(3600);
-            },
-        );
+        let (mut harness, gate) = Harness::gated(|config| {
+            config.batch.max_batch_size = 2;
+            config.batch.max_queue_size = 4;
+            config.batch.max_delay = Duration::from_secs(3600);
+        });
         harness.send(&["s0", "s1"]).await;
         // The first batch is now held by the collector...
         assert_eq!(harness.next_request().await.1, names(&["s0", "s1"]));
@@ -479,18 +486,13 @@ mod tests {
         // The estimate grows with the name: this span weighs two small ones.
         let big = "b".repeat(small + 2);
         assert_eq!(encoded_size_estimate(&span(&resource, &big)), 2 * small);
-        let gate = Arc::new(Semaphore::new(0));
-        let script_gate = Arc::clone(&gate);
-        let mut harness = Harness::start(
-            move |_| Reply::AcceptWhenReleased(Arc::clone(&script_gate)),
-            |config| {
-                config.batch.max_batch_size = 2;
-                // Only the byte bound can bite.
-                config.batch.max_queue_size = 100;
-                config.batch.max_queue_bytes = 4 * small;
-                config.batch.max_delay = Duration::from_secs(3600);
-            },
-        );
+        let (mut harness, gate) = Harness::gated(|config| {
+            config.batch.max_batch_size = 2;
+            // Only the byte bound can bite.
+            config.batch.max_queue_size = 100;
+            config.batch.max_queue_bytes = 4 * small;
+            config.batch.max_delay = Duration::from_secs(3600);
+        });
         harness.send(&["s0", "s1"]).await;
         assert_eq!(harness.next_request().await.1, names(&["s0", "s1"]));
         // Four small spans fill the bytes: s2 and s3 make room for s6, s7,
