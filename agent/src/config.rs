@@ -138,8 +138,8 @@ impl Default for TraceContextConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
-    /// Record RED metrics (the Prometheus endpoint still shows the agent's
-    /// own counters when this is off).
+    /// Record RED metrics (the Prometheus endpoint and the OTLP metrics
+    /// export still carry the agent's own counters when this is off).
     pub enabled: bool,
     /// Port of the Prometheus `/metrics` endpoint on all interfaces; 0 turns
     /// it off. Unset: 9464, skipped with a warning if that port is taken.
