@@ -170,14 +170,14 @@ fn temporality(value: i32) -> AggregationTemporality {
 mod tests {
     use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
     use opentelemetry_proto::tonic::metrics::v1::{
-        Histogram, HistogramDataPoint, Metric, ResourceMetrics, ScopeMetrics,
+        Gauge, Histogram, HistogramDataPoint, Metric, ResourceMetrics, ScopeMetrics, Sum,
     };
     use serde_json::json;
 
     use super::*;
 
     #[test]
-    fn histogram_points_carry_metric_and_resource() {
+    fn points_carry_metric_and_resource() {
         let request = ExportMetricsServiceRequest {
             resource_metrics: vec![ResourceMetrics {
                 resource: Some(opentelemetry_proto::tonic::resource::v1::Resource {
@@ -191,27 +191,69 @@ mod tests {
                     ..Default::default()
                 }),
                 scope_metrics: vec![ScopeMetrics {
-                    metrics: vec![Metric {
-                        name: "http.server.request.duration".into(),
-                        unit: "s".into(),
-                        data: Some(metric::Data::Histogram(Histogram {
-                            data_points: vec![HistogramDataPoint {
-                                count: 3,
-                                bucket_counts: vec![1, 2, 0],
-                                explicit_bounds: vec![0.1, 1.0],
-                                ..Default::default()
-                            }],
-                            aggregation_temporality: AggregationTemporality::Delta.into(),
-                        })),
-                        ..Default::default()
-                    }],
+                    metrics: vec![
+                        Metric {
+                            name: "sonde_spans_exported".into(),
+                            data: Some(metric::Data::Sum(Sum {
+                                data_points: vec![NumberDataPoint {
+                                    start_time_unix_nano: 1,
+                                    time_unix_nano: 2,
+                                    value: Some(number_data_point::Value::AsInt(7)),
+                                    ..Default::default()
+                                }],
+                                aggregation_temporality: AggregationTemporality::Cumulative.into(),
+                                is_monotonic: true,
+                            })),
+                            ..Default::default()
+                        },
+                        Metric {
+                            name: "sonde_export_queue_bytes".into(),
+                            data: Some(metric::Data::Gauge(Gauge {
+                                data_points: vec![NumberDataPoint {
+                                    value: Some(number_data_point::Value::AsDouble(0.5)),
+                                    ..Default::default()
+                                }],
+                            })),
+                            ..Default::default()
+                        },
+                        Metric {
+                            name: "http.server.request.duration".into(),
+                            unit: "s".into(),
+                            data: Some(metric::Data::Histogram(Histogram {
+                                data_points: vec![HistogramDataPoint {
+                                    count: 3,
+                                    bucket_counts: vec![1, 2, 0],
+                                    explicit_bounds: vec![0.1, 1.0],
+                                    ..Default::default()
+                                }],
+                                aggregation_temporality: AggregationTemporality::Delta.into(),
+                            })),
+                            ..Default::default()
+                        },
+                    ],
                     ..Default::default()
                 }],
                 ..Default::default()
             }],
         };
         let (points, numbers) = flatten(&request);
-        assert!(numbers.is_empty());
+        let [sum, gauge] = &numbers[..] else {
+            panic!("{numbers:#?}");
+        };
+        assert_eq!(
+            (sum.name.as_str(), sum.kind, sum.value, sum.start_unix_ns),
+            (
+                "sonde_spans_exported",
+                NumberKind::Sum {
+                    monotonic: true,
+                    temporality: AggregationTemporality::Cumulative
+                },
+                7.0,
+                1
+            )
+        );
+        assert_eq!(sum.resource["service.name"], json!("api"));
+        assert_eq!((gauge.kind, gauge.value), (NumberKind::Gauge, 0.5));
         assert_eq!(points.len(), 1);
         let point = &points[0];
         assert_eq!(point.resource["service.name"], json!("api"));
