@@ -140,8 +140,8 @@ impl Default for TraceContextConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
-    /// Record RED metrics (the Prometheus endpoint still shows the agent's
-    /// own counters when this is off).
+    /// Record RED metrics (the Prometheus endpoint and the OTLP metrics
+    /// export still carry the agent's own counters when this is off).
     pub enabled: bool,
     /// Port of the Prometheus `/metrics` endpoint on all interfaces; 0 turns
     /// it off. Unset: 9464, skipped with a warning if that port is taken.
@@ -199,6 +199,10 @@ pub struct ExportConfig {
     pub otlp_endpoint: Option<String>,
     /// `grpc` or `http/protobuf` (overrides `OTEL_EXPORTER_OTLP_PROTOCOL`).
     pub otlp_protocol: Option<String>,
+    /// Bytes of spans (estimated OTLP encoded size) the export queue holds
+    /// before dropping the oldest, on top of `OTEL_BSP_MAX_QUEUE_SIZE`
+    /// spans. Default 8 MiB.
+    pub max_queue_bytes: Option<usize>,
 }
 
 impl AgentConfig {
@@ -263,6 +267,12 @@ impl AgentConfig {
             return Err(ConfigError::Invalid {
                 field: "kubernetes.enabled",
                 reason: "selector rules use pod conditions: set kubernetes.enabled: true".into(),
+            });
+        }
+        if self.export.max_queue_bytes == Some(0) {
+            return Err(ConfigError::Invalid {
+                field: "export.max_queue_bytes",
+                reason: "must be > 0".into(),
             });
         }
         if self.tracking.max_connections == 0 {
@@ -456,5 +466,16 @@ mod tests {
         let mut config = AgentConfig::default();
         config.capture.ring_buffer_bytes = 1000;
         assert!(config.validate().is_err());
+        let config = AgentConfig::from_yaml("export:\n  max_queue_bytes: 0\n").unwrap();
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::Invalid {
+                field: "export.max_queue_bytes",
+                ..
+            })
+        ));
+        let config = AgentConfig::from_yaml("export:\n  max_queue_bytes: 1048576\n").unwrap();
+        assert_eq!(config.export.max_queue_bytes, Some(1 << 20));
+        assert!(config.validate().is_ok());
     }
 }
