@@ -455,7 +455,7 @@ mod tests {
     #[test]
     fn rejects_out_of_range_values() {
         let mut config = AgentConfig::default();
-        config.capture.payload_bytes = 5000;
+        config.capture.payload_bytes = 65_537;
         assert!(matches!(
             config.validate(),
             Err(ConfigError::Invalid {
