@@ -158,8 +158,8 @@ impl Default for TlsConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
-    /// Record RED metrics (the Prometheus endpoint still shows the agent's
-    /// own counters when this is off).
+    /// Record RED metrics (the Prometheus endpoint and the OTLP metrics
+    /// export still carry the agent's own counters when this is off).
     pub enabled: bool,
     /// Port of the Prometheus `/metrics` endpoint on all interfaces; 0 turns
     /// it off. Unset: 9464, skipped with a warning if that port is taken.
@@ -217,6 +217,10 @@ pub struct ExportConfig {
     pub otlp_endpoint: Option<String>,
     /// `grpc` or `http/protobuf` (overrides `OTEL_EXPORTER_OTLP_PROTOCOL`).
     pub otlp_protocol: Option<String>,
+    /// Bytes of spans (estimated OTLP encoded size) the export queue holds
+    /// before dropping the oldest, on top of `OTEL_BSP_MAX_QUEUE_SIZE`
+    /// spans. Default 8 MiB.
+    pub max_queue_bytes: Option<usize>,
 }
 
 impl AgentConfig {
@@ -281,6 +285,12 @@ impl AgentConfig {
             return Err(ConfigError::Invalid {
                 field: "kubernetes.enabled",
                 reason: "selector rules use pod conditions: set kubernetes.enabled: true".into(),
+            });
+        }
+        if self.export.max_queue_bytes == Some(0) {
+            return Err(ConfigError::Invalid {
+                field: "export.max_queue_bytes",
+                reason: "must be > 0".into(),
             });
         }
         if self.tracking.max_connections == 0 {
@@ -471,7 +481,7 @@ mod tests {
     #[test]
     fn rejects_out_of_range_values() {
         let mut config = AgentConfig::default();
-        config.capture.payload_bytes = 5000;
+        config.capture.payload_bytes = 65_537;
         assert!(matches!(
             config.validate(),
             Err(ConfigError::Invalid {
@@ -482,5 +492,16 @@ mod tests {
         let mut config = AgentConfig::default();
         config.capture.ring_buffer_bytes = 1000;
         assert!(config.validate().is_err());
+        let config = AgentConfig::from_yaml("export:\n  max_queue_bytes: 0\n").unwrap();
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::Invalid {
+                field: "export.max_queue_bytes",
+                ..
+            })
+        ));
+        let config = AgentConfig::from_yaml("export:\n  max_queue_bytes: 1048576\n").unwrap();
+        assert_eq!(config.export.max_queue_bytes, Some(1 << 20));
+        assert!(config.validate().is_ok());
     }
 }

@@ -11,3 +11,5 @@ pub mod probes;
 pub mod protocols;
 pub mod spans;
 pub mod telemetry;
+#[cfg(test)]
+mod test_support;

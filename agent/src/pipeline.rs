@@ -46,7 +46,7 @@ use crate::{
         Discovery, SelectorError, Selectors, cgroup,
         k8s::{KubernetesError, PodWatcher, Pods},
         procfs::Procfs,
-        resources::ProcessRegistry,
+        resources::{ProcessRegistry, agent_resource},
         run_discovery,
     },
     export,
@@ -119,7 +119,19 @@ pub async fn run(config: AgentConfig) -> Result<(), PipelineError> {
             .and_then(|text| cgroup::container_of(&text)?.pod_uid),
     );
     let sinks = export::Sinks::new(&config.export, Arc::clone(&stats))?;
-    let metrics = MetricsStage::start(&config.metrics, &config.export, Arc::clone(&stats)).await?;
+    let node_name = config
+        .kubernetes
+        .node_name
+        .clone()
+        .or_else(|| std::env::var("NODE_NAME").ok())
+        .filter(|name| !name.is_empty());
+    let metrics = MetricsStage::start(
+        &config.metrics,
+        &config.export,
+        Arc::clone(&stats),
+        agent_resource(node_name.as_deref()),
+    )
+    .await?;
     let probes = Probes::load(
         &ProbeConfig {
             capture_bytes: config.capture.payload_bytes,
@@ -138,7 +150,7 @@ pub async fn run(config: AgentConfig) -> Result<(), PipelineError> {
         openssl,
         conn_capture,
     } = probes;
-    let mut registry = ProcessRegistry::new(Procfs::default());
+    let mut registry = ProcessRegistry::new(Procfs::default(), Arc::clone(&stats));
     let clock = Arc::new(Clock::default());
     let pods = if config.kubernetes.enabled {
         let pods = Pods::default();
@@ -185,6 +197,7 @@ pub async fn run(config: AgentConfig) -> Result<(), PipelineError> {
         discovery,
         reader_to_discovery_rx,
         reader_to_conn_tx.clone(),
+        Arc::clone(&stats),
     ));
     let tracker = ConnTracker::new(
         TrackerConfig {
@@ -405,6 +418,7 @@ const LOSS_COUNTERS: &[Counter] = &[
     Counter::MetricMeasurementsDropped,
     Counter::MetricPointsExportFailed,
     Counter::K8sPodsDroppedStoreFull,
+    Counter::ProcessMetadataEvicted,
 ];
 
 fn total_losses(stats: &Stats) -> u64 {

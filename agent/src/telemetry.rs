@@ -5,108 +5,84 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-macro_rules! counters {
-    ($($variant:ident => $name:literal, $help:literal;)*) => {
-        /// Something the agent counts.
+/// An enum of named, described metrics: one variant each, with `ALL`,
+/// `name()` and `help()`, so no metric name is spelt anywhere else.
+macro_rules! metrics {
+    ($(#[$meta:meta])* $enum:ident { $($variant:ident => $name:literal, $help:literal;)* }) => {
+        $(#[$meta])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-        pub enum Counter {
+        pub enum $enum {
             $(#[doc = $help] $variant,)*
         }
 
-        impl Counter {
-            /// Every counter, in declaration order.
-            pub const ALL: &'static [Counter] = &[$(Counter::$variant,)*];
+        impl $enum {
+            /// Every one, in declaration order.
+            pub const ALL: &'static [$enum] = &[$($enum::$variant,)*];
 
-            /// Metric name (Prometheus style, without the `_total` suffix).
+            /// Metric name, as on /metrics (where counters also get the
+            /// `_total` suffix) and in the OTLP self-metrics.
             pub fn name(self) -> &'static str {
-                match self { $(Counter::$variant => $name,)* }
+                match self { $($enum::$variant => $name,)* }
             }
 
             /// One-line description.
             pub fn help(self) -> &'static str {
-                match self { $(Counter::$variant => $help,)* }
+                match self { $($enum::$variant => $help,)* }
             }
         }
     };
 }
 
-counters! {
-    KernelDataRingbufFull => "sonde_kernel_data_ringbuf_full", "Socket data or close events lost because the kernel ring buffer was full";
-    KernelControlRingbufFull => "sonde_kernel_control_ringbuf_full", "Process events lost because the kernel ring buffer was full";
-    KernelPayloadReadFailed => "sonde_kernel_payload_read_failed", "Payload copies from user memory that failed (event sent without payload)";
-    KernelTlsSocketUnknown => "sonde_kernel_tls_socket_unknown", "TLS plaintext not reported because its connection could not be identified";
-    TraceparentInjected => "sonde_traceparent_injected", "Outgoing HTTP/1 requests that got a traceparent header";
-    TraceparentAlreadyPresent => "sonde_traceparent_already_present", "Outgoing requests left alone because they carried a traceparent";
-    TraceparentHeadTooLong => "sonde_traceparent_head_too_long", "Outgoing requests not injected because their head did not fit the inspected bytes";
-    TraceparentInjectFailed => "sonde_traceparent_inject_failed", "Outgoing requests whose injection failed (sent unchanged)";
-    EventsReceived => "sonde_events_received", "Kernel events read from the ring buffers";
-    EventsUndecodable => "sonde_events_undecodable", "Kernel records rejected by the decoder";
-    EventsDroppedChannelFull => "sonde_events_dropped_channel_full", "Events dropped because the connection tracker was behind";
-    ParseFailedHttp1 => "sonde_parse_failed_http1", "HTTP/1 messages that could not be parsed";
-    ParseFailedHttp2 => "sonde_parse_failed_http2", "HTTP/2 frames or header blocks that could not be parsed";
-    Http2FramingLost => "sonde_http2_framing_lost", "Times HTTP/2 frame boundaries were lost to bytes the capture did not copy (found again at a later syscall)";
-    Http2TableDegraded => "sonde_http2_table_degraded", "Times an HTTP/2 header decoder stopped trusting its dynamic table because bytes were missed";
-    Http2StreamsUnresolved => "sonde_http2_streams_unresolved", "HTTP/2 streams without a span because their method or status could not be decoded";
-    ConnectionsEvicted => "sonde_connections_evicted", "Connections dropped from the tracker (table full or idle)";
-    ExchangesAbandoned => "sonde_exchanges_abandoned", "Requests given up on without a response";
-    ExchangesDroppedChannelFull => "sonde_exchanges_dropped_channel_full", "Finished requests dropped because span building was behind";
-    SpansProduced => "sonde_spans_produced", "Spans built";
-    SpansDroppedQueueFull => "sonde_spans_dropped_queue_full", "Spans dropped because the export queue was full";
-    SpansExported => "sonde_spans_exported", "Spans accepted by the OTLP endpoint";
-    SpansExportFailed => "sonde_spans_export_failed", "Spans lost because export failed";
-    ExportRequestsFailed => "sonde_export_requests_failed", "OTLP export requests that failed";
-    RequestsIgnored => "sonde_requests_ignored", "Requests matching metrics.ignore: no span, no measurement";
-    MetricMeasurementsFolded => "sonde_metric_measurements_folded", "Measurements folded into an overflow series because their service's series budget was spent";
-    MetricMeasurementsDropped => "sonde_metric_measurements_dropped", "Measurements dropped because too many services had metrics";
-    MetricPointsExported => "sonde_metric_points_exported", "Metric data points accepted by the OTLP endpoint";
-    MetricPointsExportFailed => "sonde_metric_points_export_failed", "Metric data points lost because export failed";
-    TlsCiphertextIgnored => "sonde_tls_ciphertext_ignored", "Socket events dropped because their connection's plaintext comes from the OpenSSL probes (the socket bytes are ciphertext)";
-    TlsAttachFailed => "sonde_tls_attach_failed", "OpenSSL libraries whose uprobes could not be attached (their processes' TLS traffic is not traced)";
-    K8sWatchErrors => "sonde_k8s_watch_errors", "Failed list or watch requests to the Kubernetes API (retried with backoff)";
-    K8sPodsDroppedStoreFull => "sonde_k8s_pods_dropped_store_full", "Pods not tracked because the pod store was full";
-}
-
-/// A level the agent reports as it is now, not as a total.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Gauge {
-    /// Connections in the connection tracker (bounded by
-    /// `tracking.max_connections`).
-    ConnectionsTracked,
-    /// Spans waiting in the OTLP export queue, not counting the batch in
-    /// flight (bounded by `OTEL_BSP_MAX_QUEUE_SIZE`).
-    ExportQueueSpans,
-    /// OpenSSL library files with the TLS uprobes attached.
-    TlsLibrariesAttached,
-}
-
-impl Gauge {
-    /// Every gauge, in declaration order.
-    pub const ALL: &'static [Gauge] = &[
-        Gauge::ConnectionsTracked,
-        Gauge::ExportQueueSpans,
-        Gauge::TlsLibrariesAttached,
-    ];
-
-    /// Metric name (Prometheus style).
-    pub fn name(self) -> &'static str {
-        match self {
-            Gauge::ConnectionsTracked => "sonde_connections_tracked",
-            Gauge::ExportQueueSpans => "sonde_export_queue_spans",
-            Gauge::TlsLibrariesAttached => "sonde_tls_libraries_attached",
-        }
+metrics! {
+    /// Something the agent counts.
+    Counter {
+        KernelDataRingbufFull => "sonde_kernel_data_ringbuf_full", "Socket data or close events lost because the kernel ring buffer was full";
+        KernelControlRingbufFull => "sonde_kernel_control_ringbuf_full", "Process events lost because the kernel ring buffer was full";
+        KernelPayloadReadFailed => "sonde_kernel_payload_read_failed", "Payload copies from user memory that failed (event sent without payload)";
+        KernelTlsSocketUnknown => "sonde_kernel_tls_socket_unknown", "TLS plaintext not reported because its connection could not be identified";
+        TraceparentInjected => "sonde_traceparent_injected", "Outgoing HTTP/1 requests that got a traceparent header";
+        TraceparentAlreadyPresent => "sonde_traceparent_already_present", "Outgoing requests left alone because they carried a traceparent";
+        TraceparentHeadTooLong => "sonde_traceparent_head_too_long", "Outgoing requests not injected because their head did not fit the inspected bytes";
+        TraceparentInjectFailed => "sonde_traceparent_inject_failed", "Outgoing requests whose injection failed (sent unchanged)";
+        EventsReceived => "sonde_events_received", "Kernel events read from the ring buffers";
+        EventsUndecodable => "sonde_events_undecodable", "Kernel records rejected by the decoder";
+        EventsDroppedChannelFull => "sonde_events_dropped_channel_full", "Events dropped because the connection tracker was behind";
+        ParseFailedHttp1 => "sonde_parse_failed_http1", "HTTP/1 messages that could not be parsed";
+        ParseFailedHttp2 => "sonde_parse_failed_http2", "HTTP/2 frames or header blocks that could not be parsed";
+        Http2FramingLost => "sonde_http2_framing_lost", "Times HTTP/2 frame boundaries were lost to bytes the capture did not copy (found again at a later syscall)";
+        Http2TableDegraded => "sonde_http2_table_degraded", "Times an HTTP/2 header decoder stopped trusting its dynamic table because bytes were missed";
+        Http2StreamsUnresolved => "sonde_http2_streams_unresolved", "HTTP/2 streams without a span because their method or status could not be decoded";
+        ConnectionsEvicted => "sonde_connections_evicted", "Connections dropped from the tracker (table full or idle)";
+        ExchangesAbandoned => "sonde_exchanges_abandoned", "Requests given up on without a response";
+        ExchangesDroppedChannelFull => "sonde_exchanges_dropped_channel_full", "Finished requests dropped because span building was behind";
+        SpansProduced => "sonde_spans_produced", "Spans built";
+        SpansDroppedQueueFull => "sonde_spans_dropped_queue_full", "Spans dropped because the export queue was full";
+        SpansExported => "sonde_spans_exported", "Spans accepted by the OTLP endpoint";
+        SpansExportFailed => "sonde_spans_export_failed", "Spans lost because export failed";
+        ExportRequestsFailed => "sonde_export_requests_failed", "OTLP export requests that failed";
+        RequestsIgnored => "sonde_requests_ignored", "Requests matching metrics.ignore: no span, no measurement";
+        MetricMeasurementsFolded => "sonde_metric_measurements_folded", "Measurements folded into an overflow series because their service's series budget was spent";
+        MetricMeasurementsDropped => "sonde_metric_measurements_dropped", "Measurements dropped because too many services had metrics";
+        MetricPointsExported => "sonde_metric_points_exported", "Metric data points accepted by the OTLP endpoint";
+        MetricPointsExportFailed => "sonde_metric_points_export_failed", "Metric data points lost because export failed";
+        TlsCiphertextIgnored => "sonde_tls_ciphertext_ignored", "Socket events dropped because their connection's plaintext comes from the OpenSSL probes (the socket bytes are ciphertext)";
+        TlsAttachFailed => "sonde_tls_attach_failed", "OpenSSL libraries whose uprobes could not be attached (their processes' TLS traffic is not traced)";
+        K8sWatchErrors => "sonde_k8s_watch_errors", "Failed list or watch requests to the Kubernetes API (retried with backoff)";
+        K8sPodsDroppedStoreFull => "sonde_k8s_pods_dropped_store_full", "Pods not tracked because the pod store was full";
+        ProcessMetadataEvicted => "sonde_process_metadata_evicted", "Process descriptions dropped because the process table was full (read again from /proc if the process sends more)";
     }
+}
 
-    /// One-line description.
-    pub fn help(self) -> &'static str {
-        match self {
-            Gauge::ConnectionsTracked => "Connections the connection tracker holds now",
-            Gauge::ExportQueueSpans => {
-                "Spans waiting in the OTLP export queue now (the batch in flight not included)"
-            }
-            Gauge::TlsLibrariesAttached => {
-                "OpenSSL library files (one per inode, whatever the processes mapping them) with the TLS uprobes attached"
-            }
-        }
+metrics! {
+    /// A level the agent reports as it is now, not as a total.
+    Gauge {
+        ConnectionsTracked => "sonde_connections_tracked", "Connections the connection tracker holds now (bounded by tracking.max_connections)";
+        ExportQueueSpans => "sonde_export_queue_spans", "Spans waiting in the OTLP export queue now, the batch in flight not included (bounded by OTEL_BSP_MAX_QUEUE_SIZE)";
+        ExportQueueBytes => "sonde_export_queue_bytes", "Estimated OTLP encoded size of the spans waiting in the export queue, bytes (bounded by export.max_queue_bytes)";
+        ProcessesSelected => "sonde_processes_selected", "Processes the selectors chose that are running now";
+        ProcessTableEntries => "sonde_process_table_entries", "Processes described in the process table now (live targets and recent senders; bounded)";
+        TlsLibrariesAttached => "sonde_tls_libraries_attached", "OpenSSL library files (one per inode, whatever the processes mapping them) with the TLS uprobes attached";
+        KernelTargets => "sonde_kernel_targets", "Entries in the kernel's target map: selected processes, the children and threads they started (updated every 10 s)";
     }
 }
 

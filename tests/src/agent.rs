@@ -36,6 +36,25 @@ unsafe extern "C" {
     fn libc_geteuid() -> u32;
 }
 
+/// Writes a config file for one test (named after it, in the temp
+/// directory) and returns its path.
+pub fn config_file(test: &str, yaml: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("sonde-{test}-{}.yaml", std::process::id()));
+    std::fs::write(&path, yaml).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    path
+}
+
+/// `VmRSS` (resident now) or `VmHWM` (peak resident) of a process, KiB.
+pub fn memory_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
 /// Skips the calling test (returns from it) with a printed reason.
 #[macro_export]
 macro_rules! require_e2e {

@@ -14,6 +14,6 @@ pub mod pod_cgroup;
 pub mod prometheus;
 
 pub use otlp_receiver::{
-    Failure, OtlpReceiver, Protocol, ReceivedHistogram, ReceivedRequest, ReceivedSpan, hex,
-    spans_of,
+    Failure, NumberKind, OtlpReceiver, Protocol, ReceivedHistogram, ReceivedNumber,
+    ReceivedRequest, ReceivedSpan, hex, spans_of,
 };

@@ -1,7 +1,7 @@
 //! A real OTLP receiver for tests: OTLP/gRPC (the generated tonic
 //! `TraceService` and `MetricsService` servers) and OTLP/HTTP with protobuf
 //! bodies (hyper, gzip accepted), on 127.0.0.1, storing every span and
-//! histogram point flattened with its resource so that tests assert on
+//! metric point (histograms, sums, gauges) flattened with its resource so that tests assert on
 //! exactly what a collector would have got.
 
 mod flatten;
@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use flatten::hex;
-pub use metrics::ReceivedHistogram;
+pub use metrics::{NumberKind, ReceivedHistogram, ReceivedNumber};
 
 /// One received span with its resource, ids as lowercase hex.
 #[derive(Clone, Debug, PartialEq)]
@@ -146,6 +146,7 @@ struct Store {
     failures: VecDeque<Failure>,
     /// Metrics are kept apart: requests and failures above are spans'.
     histograms: Vec<ReceivedHistogram>,
+    numbers: Vec<ReceivedNumber>,
 }
 
 /// Shared by the two servers and the test.
@@ -184,10 +185,12 @@ impl Shared {
         }
     }
 
-    /// Records the histogram points of a metrics request.
+    /// Records the histogram, sum and gauge points of a metrics request.
     fn receive_metrics(&self, request: &ExportMetricsServiceRequest) {
-        let points = metrics::flatten(request);
-        self.lock().histograms.extend(points);
+        let (histograms, numbers) = metrics::flatten(request);
+        let mut store = self.lock();
+        store.histograms.extend(histograms);
+        store.numbers.extend(numbers);
     }
 }
 
@@ -258,6 +261,22 @@ impl OtlpReceiver {
         timeout: Duration,
     ) -> Vec<ReceivedHistogram> {
         poll_until(|| self.histograms(), predicate, timeout, String::new).await
+    }
+
+    /// Every sum and gauge point received so far, in arrival order.
+    pub fn numbers(&self) -> Vec<ReceivedNumber> {
+        self.shared.lock().numbers.clone()
+    }
+
+    /// Polls until `predicate` holds for the sum and gauge points received
+    /// so far and returns them; panics with everything received if
+    /// `timeout` passes.
+    pub async fn wait_for_numbers(
+        &self,
+        predicate: impl Fn(&[ReceivedNumber]) -> bool,
+        timeout: Duration,
+    ) -> Vec<ReceivedNumber> {
+        poll_until(|| self.numbers(), predicate, timeout, String::new).await
     }
 
     /// Every export request so far, including rejected ones.

@@ -12,7 +12,7 @@ use agent::telemetry::{Counter, Stats};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind as ProtoSpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use serde_json::Value;
-use sonde_tests::{Failure, OtlpReceiver, Protocol, ReceivedRequest, ReceivedSpan, hex};
+use sonde_tests::{Failure, OtlpReceiver, Protocol, ReceivedSpan, hex};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -246,18 +246,43 @@ fn assert_counters(stats: &Stats, expected: &[(Counter, u64)]) {
     assert_eq!(actual, expected, "all counters: {:?}", stats.nonzero());
 }
 
-/// One trace through the exporter to the receiver; returns the requests.
-async fn roundtrip(protocol: Protocol, gzip: bool) -> Vec<ReceivedRequest> {
-    let receiver = OtlpReceiver::start().await;
-    let exporter = Exporter::start(protocol, &endpoint(&receiver, protocol), gzip);
+/// Sends one trace through `exporter` and [`stop_when_received`].
+async fn deliver_trace(exporter: Exporter, receiver: &OtlpReceiver) -> Arc<Stats> {
     let sent = trace();
     exporter.send(&sent).await;
+    stop_when_received(exporter, receiver, &sent).await
+}
+
+/// Waits for `receiver` to have the `sent` spans, stops the exporter and
+/// checks that every span arrived intact; returns the exporter's counters.
+async fn stop_when_received(
+    exporter: Exporter,
+    receiver: &OtlpReceiver,
+    sent: &[Span],
+) -> Arc<Stats> {
     let received = receiver
         .wait_for(|spans| spans.len() >= sent.len(), WAIT)
         .await;
     let stats = exporter.stop().await;
+    assert_arrived_intact(sent, &received);
+    stats
+}
 
-    assert_arrived_intact(&sent, &received);
+/// Whether each request so far was accepted, in order.
+fn accepted(receiver: &OtlpReceiver) -> Vec<bool> {
+    receiver
+        .requests()
+        .iter()
+        .map(|request| request.accepted)
+        .collect()
+}
+
+/// One trace through the exporter to the receiver, compressed or not:
+/// spans intact, headers and encoding as configured.
+async fn roundtrip(protocol: Protocol, gzip: bool) {
+    let receiver = OtlpReceiver::start().await;
+    let exporter = Exporter::start(protocol, &endpoint(&receiver, protocol), gzip);
+    let stats = deliver_trace(exporter, &receiver).await;
     assert_counters(
         &stats,
         &[
@@ -268,71 +293,47 @@ async fn roundtrip(protocol: Protocol, gzip: bool) -> Vec<ReceivedRequest> {
     );
     let requests = receiver.requests();
     assert!(!requests.is_empty());
+    let encoding_header = match protocol {
+        Protocol::Grpc => "grpc-encoding",
+        Protocol::Http => "content-encoding",
+    };
     for request in &requests {
         assert!(
             request.protocol == protocol && request.accepted,
             "{request:#?}"
         );
-        assert_eq!(
-            request.headers.get("x-tenant").map(String::as_str),
-            Some("team a"),
+        let header = |name: &str| request.headers.get(name).map(String::as_str);
+        assert_eq!(header("x-tenant"), Some("team a"), "{request:#?}");
+        assert!(
+            header("user-agent").is_some_and(|agent| agent.starts_with("sonde/")),
             "{request:#?}"
         );
-        let user_agent = request.headers.get("user-agent").map_or("", String::as_str);
-        assert!(user_agent.starts_with("sonde/"), "{request:#?}");
+        assert_eq!(
+            header(encoding_header),
+            gzip.then_some("gzip"),
+            "{request:#?}"
+        );
     }
-    requests
-}
-
-fn header_values<'a>(requests: &'a [ReceivedRequest], name: &str) -> Vec<Option<&'a str>> {
-    requests
-        .iter()
-        .map(|request| request.headers.get(name).map(String::as_str))
-        .collect()
 }
 
 #[tokio::test]
 async fn grpc_spans_arrive_intact() {
-    let requests = roundtrip(Protocol::Grpc, false).await;
-    assert!(
-        header_values(&requests, "grpc-encoding")
-            .iter()
-            .all(Option::is_none),
-        "{requests:#?}"
-    );
+    roundtrip(Protocol::Grpc, false).await;
 }
 
 #[tokio::test]
 async fn grpc_gzip_spans_arrive_intact() {
-    let requests = roundtrip(Protocol::Grpc, true).await;
-    assert!(
-        header_values(&requests, "grpc-encoding")
-            .iter()
-            .all(|value| *value == Some("gzip")),
-        "{requests:#?}"
-    );
+    roundtrip(Protocol::Grpc, true).await;
 }
 
 #[tokio::test]
 async fn http_spans_arrive_intact() {
-    let requests = roundtrip(Protocol::Http, false).await;
-    assert!(
-        header_values(&requests, "content-encoding")
-            .iter()
-            .all(Option::is_none),
-        "{requests:#?}"
-    );
+    roundtrip(Protocol::Http, false).await;
 }
 
 #[tokio::test]
 async fn http_gzip_spans_arrive_intact() {
-    let requests = roundtrip(Protocol::Http, true).await;
-    assert!(
-        header_values(&requests, "content-encoding")
-            .iter()
-            .all(|value| *value == Some("gzip")),
-        "{requests:#?}"
-    );
+    roundtrip(Protocol::Http, true).await;
 }
 
 /// A port nothing listens on (yet): connections to it are refused.
@@ -360,12 +361,7 @@ async fn late_receiver(protocol: Protocol) {
         Protocol::Grpc => OtlpReceiver::start_on(port, 0).await,
         Protocol::Http => OtlpReceiver::start_on(0, port).await,
     };
-    let received = receiver
-        .wait_for(|spans| spans.len() >= sent.len(), WAIT)
-        .await;
-    let stats = exporter.stop().await;
-
-    assert_arrived_intact(&sent, &received);
+    let stats = stop_when_received(exporter, &receiver, &sent).await;
     assert_counters(
         &stats,
         &[(Counter::SpansExported, 3), (Counter::SpansExportFailed, 0)],
@@ -392,20 +388,8 @@ async fn retryable_rejections(protocol: Protocol) {
     let receiver = OtlpReceiver::start().await;
     receiver.fail_next(2, Failure::Retryable);
     let exporter = Exporter::start(protocol, &endpoint(&receiver, protocol), false);
-    let sent = trace();
-    exporter.send(&sent).await;
-    let received = receiver
-        .wait_for(|spans| spans.len() >= sent.len(), WAIT)
-        .await;
-    let stats = exporter.stop().await;
-
-    assert_arrived_intact(&sent, &received);
-    let accepted: Vec<bool> = receiver
-        .requests()
-        .iter()
-        .map(|request| request.accepted)
-        .collect();
-    assert_eq!(accepted, [false, false, true]);
+    let stats = deliver_trace(exporter, &receiver).await;
+    assert_eq!(accepted(&receiver), [false, false, true]);
     assert_counters(
         &stats,
         &[
@@ -440,12 +424,7 @@ async fn permanent_rejection(protocol: Protocol) {
         .await;
     let stats = exporter.stop().await;
 
-    let accepted: Vec<bool> = receiver
-        .requests()
-        .iter()
-        .map(|request| request.accepted)
-        .collect();
-    assert_eq!(accepted, [false], "no retry");
+    assert_eq!(accepted(&receiver), [false], "no retry");
     assert!(receiver.spans().is_empty());
     assert_counters(
         &stats,

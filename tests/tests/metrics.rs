@@ -10,12 +10,11 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent::export::otlp::{OtlpConfig, OtlpOverrides, Signal};
-use agent::metrics::otlp::{ExportSchedule, run_metrics_exporter};
+use agent::metrics::otlp::{AgentTelemetry, ExportSchedule, MetricSources, run_metrics_exporter};
 use agent::metrics::red::{Call, Protocol as CallProtocol, RedMetrics, Temporality};
 use agent::spans::model::{AttributeValue, Resource, SpanKind};
 use agent::telemetry::{Counter, Stats};
@@ -24,7 +23,7 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind as ProtoSpanKind;
 use serde_json::json;
 use sonde_tests::{
     OtlpReceiver, Protocol, ReceivedHistogram, ReceivedSpan,
-    agent::Agent,
+    agent::{Agent, config_file, memory_kib},
     apps::{Server, curl},
     prometheus::{self, Prometheus, free_port, http_get},
     require_e2e,
@@ -32,13 +31,6 @@ use sonde_tests::{
 
 const WAIT: Duration = Duration::from_secs(30);
 const SERVER_DURATION: &str = "http.server.request.duration";
-
-/// Writes an agent config file for one test.
-fn config_file(test: &str, yaml: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("sonde-{test}-{}.yaml", std::process::id()));
-    std::fs::write(&path, yaml).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
-    path
-}
 
 /// PromQL label matcher for the series of one instrumented process
 /// (`instance` is `service.instance.id`, `host:pid:start`).
@@ -426,17 +418,6 @@ fn complete_response(buffer: &[u8]) -> Option<usize> {
     Some(head_end - 2 + last + LAST_CHUNK.len())
 }
 
-/// `VmRSS` or `VmHWM` of a process, KiB.
-fn memory_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("{field}:")))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
 /// What the agent's /metrics says about one instrumented process.
 #[derive(Debug)]
 struct Scrape {
@@ -525,8 +506,16 @@ async fn otlp_metrics_export_over_both_protocols() {
             RedMetrics::new(&[0.1, 1.0], 10, Arc::clone(&stats)).unwrap_or_else(|e| panic!("{e}")),
         );
         let (stop, stopped) = tokio::sync::oneshot::channel();
+        let sources = MetricSources {
+            red: Some(Arc::clone(&red)),
+            agent: AgentTelemetry {
+                stats: Arc::clone(&stats),
+                resource: Resource::clone(&resource("sonde")),
+                start_unix_ns: 1_700_000_000_000_000_000,
+            },
+        };
         let exporter = tokio::spawn(run_metrics_exporter(
-            Arc::clone(&red),
+            sources,
             config,
             ExportSchedule {
                 interval: Duration::from_millis(200),
@@ -583,9 +572,17 @@ async fn otlp_metrics_export_over_both_protocols() {
             Temporality::Delta => AggregationTemporality::Delta,
         };
         assert!(points.iter().all(|p| p.temporality == expected));
+        // The agent's own counters and gauges came along in each request.
+        let numbers = receiver.numbers();
+        assert!(
+            numbers
+                .iter()
+                .all(|n| n.resource.get("service.name") == Some(&json!("sonde"))),
+            "{numbers:#?}"
+        );
         assert_eq!(
             stats.get(Counter::MetricPointsExported),
-            points.len() as u64,
+            (points.len() + numbers.len()) as u64,
             "{protocol:?}"
         );
         assert_eq!(stats.get(Counter::MetricPointsExportFailed), 0);

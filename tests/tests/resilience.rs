@@ -1,21 +1,27 @@
 //! End-to-end resilience: the real agent against a real OTLP receiver that
 //! is missing, killed, restarted or answering 503; graceful shutdown with
 //! spans still queued; `kill -9` and an immediate restart (no program of the
-//! dead agent left attached); a flood of garbage and truncated HTTP; clear
-//! errors for bad configuration and flags. Losses are checked with the
-//! agent's own counters (/metrics and its exit log line), which must
-//! reconcile with what the receiver got.
+//! dead agent left attached); a flood of garbage and truncated HTTP; 5,000
+//! short-lived processes that must leave no state behind, in the agent or
+//! in the kernel's target map; clear errors for bad configuration and
+//! flags. Losses are checked with the agent's own counters (/metrics, its
+//! exit log line, and its OTLP self-metrics), which must reconcile with
+//! what the receiver got.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use opentelemetry_proto::tonic::metrics::v1::AggregationTemporality;
 use serde_json::{Value, json};
 use sonde_tests::{
-    Failure, OtlpReceiver, ReceivedSpan,
-    agent::Agent,
+    Failure, NumberKind, OtlpReceiver, ReceivedNumber, ReceivedSpan,
+    agent::{Agent, config_file, memory_kib},
     apps::{Server, curl},
     prometheus::{free_port, http_get},
     require_e2e,
@@ -58,15 +64,26 @@ impl Counters {
 
     /// Polls until `name` reaches at least `at_least`.
     fn wait_for(&self, name: &str, at_least: u64) -> u64 {
+        self.wait_until(name, &format!(">= {at_least}"), |value| value >= at_least)
+    }
+
+    /// Polls until `name` falls to `at_most` or below.
+    fn wait_down_to(&self, name: &str, at_most: u64) -> u64 {
+        self.wait_until(name, &format!("<= {at_most}"), |value| value <= at_most)
+    }
+
+    /// Polls until `done` holds for the value of `name` (`expected` says
+    /// what that means, for the failure message).
+    fn wait_until(&self, name: &str, expected: &str, done: impl Fn(u64) -> bool) -> u64 {
         let started = Instant::now();
         loop {
             let value = self.get(name);
-            if value >= at_least {
+            if done(value) {
                 return value;
             }
             assert!(
                 started.elapsed() < WAIT,
-                "{name} = {value} after {WAIT:?}, expected >= {at_least}: {:?}",
+                "{name} = {value} after {WAIT:?}, expected {expected}: {:?}",
                 self.all()
             );
             std::thread::sleep(Duration::from_millis(100));
@@ -119,6 +136,41 @@ fn as_strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
 
+/// The agent with `args`, exporting to `receiver` over gRPC in fast
+/// batches.
+fn agent_exporting_to(receiver: &OtlpReceiver, args: &[String]) -> Agent {
+    Agent::start_with_env(
+        &as_strs(args),
+        &receiver.grpc_endpoint(),
+        "grpc",
+        FAST_BATCHES,
+    )
+}
+
+/// Waits until `receiver` has `count` spans of `server`'s process for
+/// `path`.
+async fn wait_for_path(
+    receiver: &OtlpReceiver,
+    server: &Server,
+    path: &str,
+    count: usize,
+) -> Vec<ReceivedSpan> {
+    receiver
+        .wait_for(|spans| count_path(spans, server.pid(), path) == count, WAIT)
+        .await
+}
+
+/// `count` GETs of `path` on one connection, then [`wait_for_path`].
+async fn traced_gets(
+    receiver: &OtlpReceiver,
+    server: &Server,
+    path: &str,
+    count: usize,
+) -> Vec<ReceivedSpan> {
+    get_many(server, path, count);
+    wait_for_path(receiver, server, path, count).await
+}
+
 /// The collector is down when the agent starts, then comes up; later it is
 /// killed and restarted on the same port. Spans made while it was away are
 /// delivered once it is back, and the agent's counters reconcile with what
@@ -144,12 +196,7 @@ async fn spans_made_while_the_collector_is_away_are_delivered() {
     counters.wait_for("sonde_spans_produced_total", PER_PHASE as u64);
     counters.wait_for("sonde_export_requests_failed_total", 1);
     let first = OtlpReceiver::start_on(grpc_port, http_port).await;
-    first
-        .wait_for(
-            |spans| count_path(spans, server.pid(), "/before-collector") == PER_PHASE,
-            WAIT,
-        )
-        .await;
+    wait_for_path(&first, &server, "/before-collector", PER_PHASE).await;
 
     // Killed mid-run, spans made during the gap, then back on the same port.
     let delivered_first = first.spans();
@@ -160,12 +207,7 @@ async fn spans_made_while_the_collector_is_away_are_delivered() {
     // An export was tried and failed during the gap.
     counters.wait_for("sonde_export_requests_failed_total", failed_before_gap + 1);
     let second = OtlpReceiver::start_on(grpc_port, http_port).await;
-    second
-        .wait_for(
-            |spans| count_path(spans, server.pid(), "/during-gap") == PER_PHASE,
-            WAIT,
-        )
-        .await;
+    wait_for_path(&second, &server, "/during-gap", PER_PHASE).await;
 
     // Nothing else is in flight: every counter is final.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -211,13 +253,7 @@ async fn a_collector_answering_503_loses_nothing() {
         "http/protobuf",
         FAST_BATCHES,
     );
-    get_many(&server, "/through-503", PER_PHASE);
-    receiver
-        .wait_for(
-            |spans| count_path(spans, server.pid(), "/through-503") == PER_PHASE,
-            WAIT,
-        )
-        .await;
+    traced_gets(&receiver, &server, "/through-503", PER_PHASE).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let refused = receiver.requests().iter().filter(|r| !r.accepted).count();
@@ -237,6 +273,80 @@ async fn a_collector_answering_503_loses_nothing() {
         PER_PHASE,
         "each span once: {:#?}",
         receiver.spans()
+    );
+    assert_eq!(agent.stop(), 0);
+}
+
+/// The agent's own telemetry reaches the collector as OTLP metrics of the
+/// agent's own resource (not of a traced process's), counters as
+/// monotonic cumulative sums and gauges as gauges, and its spans-exported
+/// counter matches the spans the receiver got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_own_metrics_reach_the_collector_under_its_resource() {
+    require_e2e!();
+    let receiver = OtlpReceiver::start().await;
+    let server = Server::python_http();
+    let config = config_file(
+        "self-metrics",
+        "metrics:\n  export_interval_secs: 1\n  prometheus_port: 0\n",
+    );
+    let agent = Agent::start_with_env(
+        &[
+            "--config",
+            config.to_str().expect("utf-8 path"),
+            "--port",
+            &server.port.to_string(),
+        ],
+        &receiver.grpc_endpoint(),
+        "grpc",
+        FAST_BATCHES,
+    );
+    traced_gets(&receiver, &server, "/counted", PER_PHASE).await;
+    let agent_pid = json!(agent.pid());
+    let latest = |numbers: &[ReceivedNumber], name: &str| -> Option<ReceivedNumber> {
+        numbers
+            .iter()
+            .rfind(|n| n.name == name && n.resource.get("process.pid") == Some(&agent_pid))
+            .cloned()
+    };
+    let numbers = receiver
+        .wait_for_numbers(
+            |numbers| {
+                latest(numbers, "sonde_spans_exported").map(|n| n.value) == Some(PER_PHASE as f64)
+            },
+            WAIT,
+        )
+        .await;
+    assert_eq!(
+        receiver.spans().len(),
+        PER_PHASE,
+        "the counter matches what the receiver got"
+    );
+
+    let exported = latest(&numbers, "sonde_spans_exported").expect("waited for above");
+    assert_eq!(exported.resource.get("service.name"), Some(&json!("sonde")));
+    assert!(
+        exported.resource.contains_key("host.name"),
+        "{:?}",
+        exported.resource
+    );
+    assert_eq!(
+        exported.kind,
+        NumberKind::Sum {
+            monotonic: true,
+            temporality: AggregationTemporality::Cumulative
+        }
+    );
+    assert!(exported.start_unix_ns > 0 && exported.start_unix_ns <= exported.time_unix_ns);
+    let produced = latest(&numbers, "sonde_spans_produced").expect("every counter is sent");
+    assert_eq!(produced.value, PER_PHASE as f64);
+    let queue = latest(&numbers, "sonde_export_queue_spans").expect("every gauge is sent");
+    assert_eq!(queue.kind, NumberKind::Gauge);
+    assert!(
+        numbers
+            .iter()
+            .all(|n| n.resource.get("service.name") == Some(&json!("sonde"))),
+        "agent metrics only under the agent's resource"
     );
     assert_eq!(agent.stop(), 0);
 }
@@ -352,45 +462,90 @@ fn agent_log_on_exit(agent: Agent) -> String {
     log
 }
 
-/// Ids of the BPF programs a process holds open, from its fdinfo.
-fn bpf_program_ids(pid: u32) -> BTreeSet<u64> {
+/// Ids of the BPF objects of `kind` (`prog`, `map`) a process holds open,
+/// from its fdinfo.
+fn bpf_ids(pid: u32, kind: &str) -> BTreeSet<u64> {
+    let link = format!("anon_inode:bpf-{kind}");
+    let key = format!("{kind}_id:");
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"));
     fds.filter_map(Result::ok)
         .filter(|fd| {
-            std::fs::read_link(fd.path())
-                .is_ok_and(|target| target.to_string_lossy() == "anon_inode:bpf-prog")
+            std::fs::read_link(fd.path()).is_ok_and(|target| target.to_string_lossy() == link)
         })
         .filter_map(|fd| {
             let info =
                 std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().display()))
                     .ok()?;
             info.lines()
-                .find_map(|line| line.strip_prefix("prog_id:"))
+                .find_map(|line| line.strip_prefix(key.as_str()))
                 .and_then(|id| id.trim().parse().ok())
         })
         .collect()
 }
 
-/// Ids of every BPF program loaded in the kernel (`bpftool prog show`).
-fn loaded_program_ids() -> BTreeSet<u64> {
+/// `bpftool --json <args>`, parsed.
+fn bpftool(args: &[&str]) -> Value {
     let output = Command::new("bpftool")
-        .args(["--json", "prog", "show"])
+        .arg("--json")
+        .args(args)
         .output()
         .unwrap_or_else(|e| panic!("running bpftool: {e}"));
     assert!(
         output.status.success(),
-        "bpftool prog show: {}",
+        "bpftool {args:?}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let programs: Value = serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("bpftool output is not JSON: {e}"));
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("bpftool {args:?} output is not JSON: {e}"))
+}
+
+/// Ids of every BPF program loaded in the kernel (`bpftool prog show`).
+fn loaded_program_ids() -> BTreeSet<u64> {
+    let programs = bpftool(&["prog", "show"]);
     programs
         .as_array()
         .unwrap_or_else(|| panic!("bpftool: not a list: {programs}"))
         .iter()
         .filter_map(|program| program["id"].as_u64())
         .collect()
+}
+
+/// The pids in the `TARGETS` map of the agent `pid`, as the kernel holds
+/// them (`bpftool map dump`): what the agent's gauge should agree with.
+fn kernel_targets(pid: u32) -> Vec<u32> {
+    let id = bpf_ids(pid, "map")
+        .into_iter()
+        .map(|id| id.to_string())
+        .find(|id| bpftool(&["map", "show", "id", id])["name"] == "TARGETS")
+        .unwrap_or_else(|| panic!("the agent {pid} holds no TARGETS map"));
+    let entries = bpftool(&["map", "dump", "id", &id]);
+    let key = |entry: &Value| -> Option<u32> {
+        // Without BTF for the map, bpftool shows keys as hex bytes.
+        let bytes: Vec<u8> = entry["key"]
+            .as_array()?
+            .iter()
+            .map(|byte| u8::from_str_radix(byte.as_str()?.trim_start_matches("0x"), 16).ok())
+            .collect::<Option<_>>()?;
+        Some(u32::from_le_bytes(bytes.try_into().ok()?))
+    };
+    entries
+        .as_array()
+        .unwrap_or_else(|| panic!("bpftool map dump: not a list: {entries}"))
+        .iter()
+        .map(|entry| key(entry).unwrap_or_else(|| panic!("TARGETS key: {entry}")))
+        .collect()
+}
+
+/// What /proc says of each pid (name and state), for failure messages.
+fn describe_pids(pids: &[u32]) -> String {
+    pids.iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
+            format!("{pid}: {}", stat.as_deref().unwrap_or("gone").trim())
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// `kill -9`, then a new agent at once: it starts and traces, and none of
@@ -402,20 +557,9 @@ async fn after_kill_9_a_new_agent_starts_and_nothing_stays_attached() {
     let receiver = OtlpReceiver::start().await;
     let server = Server::python_http();
     let (args, _) = selecting(&server);
-    let killed = Agent::start_with_env(
-        &as_strs(&args),
-        &receiver.grpc_endpoint(),
-        "grpc",
-        FAST_BATCHES,
-    );
-    get_many(&server, "/first-agent", 1);
-    receiver
-        .wait_for(
-            |spans| count_path(spans, server.pid(), "/first-agent") == 1,
-            WAIT,
-        )
-        .await;
-    let programs = bpf_program_ids(killed.pid());
+    let killed = agent_exporting_to(&receiver, &args);
+    traced_gets(&receiver, &server, "/first-agent", 1).await;
+    let programs = bpf_ids(killed.pid(), "prog");
     assert!(!programs.is_empty(), "the agent holds no BPF program fd");
     assert!(
         programs.is_subset(&loaded_program_ids()),
@@ -431,19 +575,8 @@ async fn after_kill_9_a_new_agent_starts_and_nothing_stays_attached() {
     drop(killed);
 
     let (args, _) = selecting(&server);
-    let next = Agent::start_with_env(
-        &as_strs(&args),
-        &receiver.grpc_endpoint(),
-        "grpc",
-        FAST_BATCHES,
-    );
-    get_many(&server, "/second-agent", 1);
-    receiver
-        .wait_for(
-            |spans| count_path(spans, server.pid(), "/second-agent") == 1,
-            WAIT,
-        )
-        .await;
+    let next = agent_exporting_to(&receiver, &args);
+    traced_gets(&receiver, &server, "/second-agent", 1).await;
     assert_eq!(
         count_path(&receiver.spans(), server.pid(), "/first-agent"),
         1,
@@ -512,12 +645,7 @@ async fn a_garbage_flood_makes_no_spans_and_bounded_memory() {
     let receiver = OtlpReceiver::start().await;
     let server = Server::python_http();
     let (args, counters) = selecting(&server);
-    let agent = Agent::start_with_env(
-        &as_strs(&args),
-        &receiver.grpc_endpoint(),
-        "grpc",
-        FAST_BATCHES,
-    );
+    let agent = agent_exporting_to(&receiver, &args);
     let port = server.port;
     let started = Instant::now();
     let clients: Vec<_> = (0..FLOOD_THREADS)
@@ -561,13 +689,7 @@ async fn a_garbage_flood_makes_no_spans_and_bounded_memory() {
         "{tracked} connections still tracked after the flood closed them"
     );
 
-    get_many(&server, "/after-flood", 1);
-    let spans = receiver
-        .wait_for(
-            |spans| count_path(spans, server.pid(), "/after-flood") == 1,
-            WAIT,
-        )
-        .await;
+    let spans = traced_gets(&receiver, &server, "/after-flood", 1).await;
     let after = spans
         .iter()
         .find(|span| url_path(span) == "/after-flood")
@@ -597,14 +719,195 @@ fn noise(seed: usize) -> Vec<u8> {
         .collect()
 }
 
-fn memory_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("{field}:")))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+/// Short-lived processes in the churn test.
+const CHURN_PROCESSES: usize = 5_000;
+/// One churn process in this many makes an HTTP request; the others exit
+/// at once.
+const CHURN_REQUEST_EVERY: usize = 10;
+/// Threads starting them.
+const CHURN_THREADS: usize = 4;
+/// How much the agent's resident memory may grow from the first fifth of
+/// the churn to its end: per-process state that is not freed would grow
+/// with every process, which 5,000 of them make plain.
+const CHURN_MAX_GROWTH_KIB: u64 = 16 * 1024;
+
+/// How long after the churn the kernel's TARGETS map may take to lose the
+/// last request thread of the server.
+const KERNEL_CLEANUP: Duration = Duration::from_secs(3);
+/// The agent's prune period (`PRUNE_EVERY_TICKS` rescans of 500 ms), plus
+/// a second of slack: the kernel gauge is counted then.
+const PRUNE_PERIOD: Duration = Duration::from_secs(11);
+
+/// The agent's resident memory, sampled every 100 ms on a thread until
+/// dropped.
+struct RssSampler {
+    samples: Arc<Mutex<Vec<u64>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> Self {
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (into, stopped) = (Arc::clone(&samples), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                let rss = memory_kib(pid, "VmRSS");
+                into.lock().expect("samples lock").push(rss);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Self { samples, stop }
+    }
+
+    fn samples(&self) -> Vec<u64> {
+        self.samples.lock().expect("samples lock").clone()
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A copy of `program` named `name` in `dir`, so the agent can select it
+/// by name without selecting every curl on the machine.
+fn renamed_copy(program: &str, dir: &Path, name: &str) -> PathBuf {
+    let source = ["/usr/bin", "/bin"]
+        .iter()
+        .map(|bin| Path::new(bin).join(program))
+        .find(|path| path.exists())
+        .unwrap_or_else(|| panic!("{program} not found in /usr/bin or /bin"));
+    let copy = dir.join(name);
+    std::fs::copy(&source, &copy)
+        .unwrap_or_else(|e| panic!("copying {} to {}: {e}", source.display(), copy.display()));
+    copy
+}
+
+/// 5,000 processes the agent selects (by executable name) start and exit
+/// within about half a minute, every tenth making one HTTP request to a
+/// traced server: the agent's memory stays within its bound and does not
+/// grow with the processes, the requests all give server spans (and the
+/// clients the agent caught in time give client spans), and once the
+/// processes are gone the agent's selection, its process table and the
+/// kernel's target map hold no trace of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_short_lived_processes_leave_no_state_behind() {
+    require_e2e!();
+    let dir = std::env::temp_dir().join(format!("sonde-churn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let idle = renamed_copy("true", &dir, "sonde-churn-idle");
+    let client = renamed_copy("curl", &dir, "sonde-churn-client");
+    let receiver = OtlpReceiver::start().await;
+    let server = Server::python_http();
+    let (mut args, counters) = selecting(&server);
+    args.extend(["--exe".to_owned(), "sonde-churn-*".to_owned()]);
+    let agent = agent_exporting_to(&receiver, &args);
+    // The server alone; the kernel's count comes with the first prune, at
+    // start, and counts the server's request threads while they run.
+    let base_targets = counters.wait_for("sonde_kernel_targets", 1);
+    let base_table = counters.get("sonde_process_table_entries");
+    let base_in_kernel = kernel_targets(agent.pid()).len();
+    assert_eq!(
+        counters.get("sonde_processes_selected"),
+        1,
+        "{:?}",
+        counters.all()
+    );
+
+    let sampler = RssSampler::start(agent.pid());
+    let url = server.url("/churn");
+    let started = Instant::now();
+    let threads: Vec<_> = (0..CHURN_THREADS)
+        .map(|thread| {
+            let (idle, client, url) = (idle.clone(), client.clone(), url.clone());
+            std::thread::spawn(move || {
+                for i in (thread..CHURN_PROCESSES).step_by(CHURN_THREADS) {
+                    let mut command = if i % CHURN_REQUEST_EVERY == 0 {
+                        let mut command = Command::new(&client);
+                        command.args(["-s", "-o", "/dev/null", &url]);
+                        command
+                    } else {
+                        Command::new(&idle)
+                    };
+                    let status = command
+                        .status()
+                        .unwrap_or_else(|e| panic!("starting churn process {i}: {e}"));
+                    assert!(status.success(), "churn process {i}: {status}");
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("churn thread panicked");
+    }
+    let churn_time = started.elapsed();
+    let requests = CHURN_PROCESSES.div_ceil(CHURN_REQUEST_EVERY);
+    let spans = wait_for_path(&receiver, &server, "/churn", requests).await;
+    let client_spans = spans
+        .iter()
+        .filter(|span| {
+            span.resource.get("process.executable.name") == Some(&json!("sonde-churn-client"))
+        })
+        .count();
+
+    // The kernel drops exiting targets itself, and the agent never adds
+    // one that has already exited: the map is back to the server alone as
+    // soon as the last request thread is gone, well before the agent's
+    // prune could have cleaned up after it.
+    let cleaned = Instant::now();
+    let mut in_kernel = kernel_targets(agent.pid());
+    while in_kernel.len() > base_in_kernel && cleaned.elapsed() < KERNEL_CLEANUP {
+        std::thread::sleep(Duration::from_millis(100));
+        in_kernel = kernel_targets(agent.pid());
+    }
+    assert!(
+        in_kernel.len() <= base_in_kernel,
+        "{} TARGETS entries {KERNEL_CLEANUP:?} after the churn, {base_in_kernel} before:\n{}",
+        in_kernel.len(),
+        describe_pids(&in_kernel)
+    );
+    let in_kernel = in_kernel.len();
+    // Exit events clear the selection at once; the prune catches what they
+    // missed. The kernel gauge is counted at each prune: wait for one
+    // after the churn so that it speaks of the churn.
+    let selected = counters.wait_down_to("sonde_processes_selected", 1);
+    let table = counters.wait_down_to("sonde_process_table_entries", base_table);
+    tokio::time::sleep(PRUNE_PERIOD.saturating_sub(cleaned.elapsed())).await;
+    let targets = counters.get("sonde_kernel_targets");
+    assert!(
+        targets <= base_targets,
+        "the agent counts {targets} kernel targets after the churn, {base_targets} before"
+    );
+    let samples = sampler.samples();
+    drop(sampler);
+    let peak = memory_kib(agent.pid(), "VmHWM");
+    let early = samples[samples.len() / 5];
+    let late = *samples.last().expect("samples");
+    eprintln!(
+        "{CHURN_PROCESSES} processes in {churn_time:?}: {client_spans} of {requests} clients \
+         traced; agent RSS {early} KiB after a fifth, {late} KiB at the end, peak {peak} KiB \
+         ({} samples); selected {selected}, process table {table} (before: {base_table}), \
+         kernel targets {targets} by the gauge, {in_kernel} by bpftool (before: {base_targets}, \
+         {base_in_kernel})",
+        samples.len()
+    );
+    assert!(
+        peak <= AGENT_MAX_RSS_KIB,
+        "agent peak RSS {peak} KiB > {AGENT_MAX_RSS_KIB} KiB"
+    );
+    assert!(
+        late.saturating_sub(early) <= CHURN_MAX_GROWTH_KIB,
+        "agent RSS grew from {early} to {late} KiB with the processes: {samples:?}"
+    );
+    assert!(
+        client_spans > 0,
+        "no churn client was traced: {:?}",
+        counters.all()
+    );
+    assert_eq!(agent.stop(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Runs `sonde <args>` to completion (it must fail before loading

@@ -31,6 +31,7 @@ pub mod rules;
 
 use std::{
     collections::{HashMap, HashSet},
+    sync::Arc,
     time::Duration,
 };
 
@@ -46,6 +47,7 @@ use self::{
     rules::{Candidate, ExeGlobs, Rule, RuleConfig},
 };
 use crate::probes::{TargetSet, TlsAttach, decode::KernelEvent};
+use crate::telemetry::{Gauge, Stats};
 
 /// How often listening ports are re-checked: a server started after the
 /// agent is picked up within this time of opening its port.
@@ -218,6 +220,8 @@ pub struct Discovery<T: TargetSet> {
     tls_seen: HashSet<u32>,
     /// Targets that mapped no libssl when last looked at.
     tls_waiting: HashSet<u32>,
+    /// Processes selected since the last [`Discovery::recheck_new_targets`].
+    new_targets: Vec<u32>,
 }
 
 impl<T: TargetSet> Discovery<T> {
@@ -240,6 +244,7 @@ impl<T: TargetSet> Discovery<T> {
             tls: None,
             tls_seen: HashSet::new(),
             tls_waiting: HashSet::new(),
+            new_targets: Vec::new(),
         }
     }
 
@@ -406,12 +411,53 @@ impl<T: TargetSet> Discovery<T> {
         false
     }
 
-    /// Forgets resources of processes that are gone. Exit events only come
-    /// for targets, and late spans may describe a process again after its
-    /// exit, so the registry is pruned against /proc from time to time.
+    /// Forgets processes that are gone. Exit events only come for targets
+    /// and can be lost (a full control ring), and late spans may describe a
+    /// process again after its exit, so the selection, the registry and
+    /// the kernel's target set are pruned against /proc from time to time.
+    /// (The kernel removes exiting targets by itself; what it cannot see is
+    /// a pid added after its process exited.)
     pub fn prune(&mut self) {
         let live: HashSet<u32> = self.procfs.pids().into_iter().collect();
+        self.selected.retain(|pid| live.contains(pid));
+        self.listening.retain(|pid, _| live.contains(pid));
         self.registry.retain(|pid| live.contains(&pid));
+        // Thread ids are not listed in /proc, but /proc/<tid> answers.
+        for id in self.targets.pids() {
+            if !live.contains(&id) && !self.procfs.is_running(id) {
+                debug!(id, "dropping the kernel target of a process gone unseen");
+                if let Err(error) = self.targets.remove(id) {
+                    warn!(id, %error, "could not remove target");
+                }
+            }
+        }
+    }
+
+    /// Drops the targets selected since the last call whose process has
+    /// exited meanwhile. The kernel's exit hook removes targets, but a
+    /// process added while on its way out (past the exit hook, not yet a
+    /// zombie) passes the check in `select`, and no exit event will come
+    /// for it. Called at every rescan: by then it is a zombie or gone.
+    pub fn recheck_new_targets(&mut self) {
+        for pid in std::mem::take(&mut self.new_targets) {
+            if self.selected.contains(&pid) && !self.procfs.is_running(pid) {
+                debug!(pid, "exited as it was being instrumented");
+                if let Err(error) = self.targets.remove(pid) {
+                    warn!(pid, %error, "could not remove target");
+                }
+                self.on_exit(pid);
+            }
+        }
+    }
+
+    /// Sets the selection gauges; `kernel` also counts the kernel's target
+    /// set, which costs a syscall per entry, so not at every tick.
+    pub fn publish_gauges(&self, stats: &Stats, kernel: bool) {
+        stats.set_gauge(Gauge::ProcessesSelected, self.selected.len() as u64);
+        stats.set_gauge(Gauge::ProcessTableEntries, self.registry.len() as u64);
+        if kernel {
+            stats.set_gauge(Gauge::KernelTargets, self.targets.pids().len() as u64);
+        }
     }
 
     /// The change signal of the pod store, when there is one.
@@ -441,11 +487,21 @@ impl<T: TargetSet> Discovery<T> {
 
     fn select(&mut self, pid: u32) {
         match self.targets.add(pid) {
+            // A process that exited before it became a target gets no exit
+            // event, and the kernel would keep its pid: checked after the
+            // add, so an exit after it is the kernel's to see.
+            Ok(()) if !self.procfs.is_running(pid) => {
+                debug!(pid, "exited before it could be instrumented");
+                if let Err(error) = self.targets.remove(pid) {
+                    warn!(pid, %error, "could not remove target");
+                }
+            }
             Ok(()) => {
                 let resource = self.registry.resource(pid);
                 info!(pid, service = %resource.service_name, "instrumenting process");
                 self.selected.insert(pid);
                 self.find_tls(pid);
+                self.new_targets.push(pid);
             }
             Err(error) => warn!(pid, %error, "could not add target (target map full?)"),
         }
@@ -482,11 +538,13 @@ async fn pods_changed(changes: &mut Option<watch::Receiver<()>>) {
 }
 
 /// The discovery task: exec/exit events, port rescans and pod changes,
-/// after the caller's initial [`Discovery::scan_all`].
+/// after the caller's initial [`Discovery::scan_all`]; publishes the
+/// selection gauges in `stats`.
 pub async fn run_discovery<T: TargetSet>(
     mut discovery: Discovery<T>,
     mut reader_to_discovery: mpsc::Receiver<KernelEvent>,
     discovery_to_conn: mpsc::Sender<KernelEvent>,
+    stats: Arc<Stats>,
 ) {
     let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
     let mut pod_changes = discovery.pod_changes();
@@ -505,12 +563,17 @@ pub async fn run_discovery<T: TargetSet>(
                 None => break,
             },
             _ = rescan.tick() => {
+                discovery.recheck_new_targets();
                 discovery.rescan_ports();
                 discovery.rescan_tls();
+                // From the first tick on, so the kernel gauge has a value
+                // from the start.
+                let prune = ticks.is_multiple_of(PRUNE_EVERY_TICKS);
                 ticks = ticks.wrapping_add(1);
-                if ticks.is_multiple_of(PRUNE_EVERY_TICKS) {
+                if prune {
                     discovery.prune();
                 }
+                discovery.publish_gauges(&stats, prune);
             }
             () = pods_changed(&mut pod_changes) => discovery.on_pods_changed(),
         }
@@ -741,7 +804,8 @@ mod tests {
              include: [{pod_labels: {matchLabels: {app: web}}, executables: [python3]}]\n",
         )
         .unwrap();
-        let registry = ProcessRegistry::new(procfs.clone()).with_pods(pods.clone());
+        let registry =
+            ProcessRegistry::new(procfs.clone(), Default::default()).with_pods(pods.clone());
         let mut discovery = Discovery::new(
             Selectors::new(&config).unwrap(),
             procfs,
@@ -817,7 +881,7 @@ mod tests {
             selectors(&["python3"], &[]),
             procfs.clone(),
             FakeTargets::default(),
-            ProcessRegistry::new(procfs),
+            ProcessRegistry::new(procfs, Default::default()),
         )
         .with_tls(Box::new(tls.clone()));
         let libssl_of = |pid: u32| SslLibrary {
@@ -857,6 +921,88 @@ mod tests {
         assert!(tls.take().is_empty(), "found once, not looked at again");
     }
 
+    /// Thousands of short-lived selected processes whose exits were never
+    /// seen (a full control ring, or selected just as they exited): pruning
+    /// against /proc leaves only the live ones in the selection, the
+    /// process table and the kernel's target set, and the gauges say so.
+    #[test]
+    fn pruning_forgets_processes_whose_exit_was_missed() {
+        const CHURN: u32 = 3_000;
+        let proc = FakeProc::new("prune-churn");
+        let procfs = Procfs::at(&proc.0);
+        let stats = Stats::default();
+        let registry = ProcessRegistry::new(procfs.clone(), Default::default());
+        let mut discovery = Discovery::new(
+            selectors(&["worker"], &[]),
+            procfs,
+            FakeTargets::default(),
+            registry.clone(),
+        );
+        for pid in 1_000..1_000 + CHURN {
+            proc.add(pid, 1, "/usr/bin/worker", "/", &[]);
+            discovery.on_exec(pid);
+            // Exited, and nobody told discovery or the kernel's set.
+            if pid != 1_000 + CHURN - 1 {
+                std::fs::remove_dir_all(proc.0.join(pid.to_string())).unwrap();
+            }
+        }
+        discovery.publish_gauges(&stats, true);
+        assert_eq!(stats.gauge(Gauge::ProcessesSelected), u64::from(CHURN));
+        assert_eq!(stats.gauge(Gauge::KernelTargets), u64::from(CHURN));
+        discovery.prune();
+        discovery.publish_gauges(&stats, true);
+        let survivor = 1_000 + CHURN - 1;
+        assert_eq!(discovery.selected(), &HashSet::from([survivor]));
+        assert_eq!(registry.len(), 1);
+        for gauge in [
+            Gauge::ProcessesSelected,
+            Gauge::ProcessTableEntries,
+            Gauge::KernelTargets,
+        ] {
+            assert_eq!(stats.gauge(gauge), 1, "{}", gauge.name());
+        }
+        assert_eq!(discovery.targets.0, HashSet::from([survivor]));
+    }
+
+    /// A process that has exited by the time its exec event is handled (a
+    /// zombie: exited, not reaped) is not made a target, and one that was
+    /// still exiting then is removed at the next recheck: no exit event
+    /// would ever remove them.
+    #[test]
+    fn a_process_gone_before_selection_is_not_a_target() {
+        let proc = FakeProc::new("zombie");
+        proc.add(200, 1, "/usr/bin/worker", "/", &[]);
+        proc.add(201, 1, "/usr/bin/worker", "/", &[]);
+        std::fs::write(proc.0.join("201/stat"), "201 (worker) Z 1 1 1 0 -1").unwrap();
+        let procfs = Procfs::at(&proc.0);
+        let registry = ProcessRegistry::new(procfs.clone(), Default::default());
+        let mut discovery = Discovery::new(
+            selectors(&["worker"], &[]),
+            procfs,
+            FakeTargets::default(),
+            registry,
+        );
+        discovery.on_exec(200);
+        discovery.on_exec(201);
+        assert_eq!(discovery.selected(), &HashSet::from([200]));
+        assert_eq!(discovery.targets.0, HashSet::from([200]));
+        proc.add(202, 1, "/usr/bin/worker", "/", &[]);
+        discovery.on_exec(202);
+        // 202 was exiting: past the kernel's exit hook, not yet a zombie.
+        std::fs::write(proc.0.join("202/stat"), "202 (worker) Z 1 1 1 0 -1").unwrap();
+        discovery.recheck_new_targets();
+        assert_eq!(discovery.selected(), &HashSet::from([200]));
+        assert_eq!(discovery.targets.0, HashSet::from([200]));
+        // Only new targets are checked, once.
+        std::fs::write(proc.0.join("200/stat"), "200 (worker) Z 1 1 1 0 -1").unwrap();
+        discovery.recheck_new_targets();
+        assert_eq!(
+            discovery.selected(),
+            &HashSet::from([200]),
+            "the exit hook's job"
+        );
+    }
+
     #[test]
     fn rejects_bad_globs() {
         let config = SelectorConfig {
@@ -871,7 +1017,7 @@ mod tests {
         let me = std::process::id();
         let exe = std::env::current_exe().unwrap();
         let name = exe.file_name().unwrap().to_str().unwrap().to_owned();
-        let registry = ProcessRegistry::new(Procfs::default());
+        let registry = ProcessRegistry::new(Procfs::default(), Default::default());
 
         let mut by_name = Discovery::new(
             selectors(&[&name], &[]),

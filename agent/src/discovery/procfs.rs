@@ -81,6 +81,14 @@ impl Procfs {
             .ok()
     }
 
+    /// True while the process (or thread) runs: its /proc entry exists and
+    /// it is not a zombie, which has exited but keeps its entry until its
+    /// parent reaps it.
+    pub fn is_running(&self, pid: u32) -> bool {
+        self.stat_field::<char>(pid, 3)
+            .is_some_and(|state| !matches!(state, 'Z' | 'X' | 'x'))
+    }
+
     /// Field `n` (1-based, as in proc(5)) of `/proc/<pid>/stat`, `n` > 2.
     fn stat_field<T: std::str::FromStr>(&self, pid: u32, n: usize) -> Option<T> {
         let stat = fs::read_to_string(self.pid_path(pid, "stat")).ok()?;

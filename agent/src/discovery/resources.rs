@@ -4,9 +4,15 @@
 //! from the pod's labels or workload): the cached resource is rebuilt when
 //! the pod store holds a newer version of the pod than the one it was
 //! built from, so metadata that arrives after the first span still lands.
+//!
+//! The table is bounded ([`MAX_PROCESSES`]): exits and a periodic prune
+//! against /proc keep it to live processes, and if that is not enough
+//! (exit events lost, a pid flood) the entry described longest ago makes
+//! room, counted in `sonde_process_metadata_evicted`. An evicted process
+//! that still sends spans is described again from /proc.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, RwLock},
 };
 
@@ -16,6 +22,11 @@ use super::{
     procfs::Procfs,
 };
 use crate::spans::model::{AttributeValue, Resource};
+use crate::telemetry::{Counter, Stats};
+
+/// Processes described at once: far more than a node runs instrumented
+/// (each entry is a few hundred bytes, so the bound is a few MiB).
+pub const MAX_PROCESSES: usize = 16_384;
 
 /// Name and version this agent reports as `telemetry.sdk.*` / `telemetry.distro.*`.
 pub const AGENT_NAME: &str = "sonde";
@@ -40,6 +51,46 @@ struct Entry {
     /// The pod version `resource` was built from.
     pod: Option<PodMatch>,
     resource: Arc<Resource>,
+    /// Insertion order, for eviction.
+    seq: u64,
+}
+
+/// The entries and their age, kept in step.
+#[derive(Debug, Default)]
+struct Table {
+    by_pid: HashMap<u32, Entry>,
+    /// `seq -> pid`, oldest first.
+    by_age: BTreeMap<u64, u32>,
+    next_seq: u64,
+}
+
+impl Table {
+    fn remove(&mut self, pid: u32) -> Option<Entry> {
+        let entry = self.by_pid.remove(&pid)?;
+        self.by_age.remove(&entry.seq);
+        Some(entry)
+    }
+
+    /// Inserts (the pid must not be in the table), evicting the oldest
+    /// entry first if the table holds `max` already.
+    fn insert(&mut self, pid: u32, mut entry: Entry, max: usize, stats: &Stats) {
+        if self.by_pid.len() >= max
+            && let Some((_, oldest)) = self.by_age.pop_first()
+        {
+            self.by_pid.remove(&oldest);
+            stats.add(Counter::ProcessMetadataEvicted, 1);
+        }
+        entry.seq = self.next_seq;
+        self.next_seq += 1;
+        self.by_age.insert(entry.seq, pid);
+        self.by_pid.insert(pid, entry);
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(u32) -> bool) {
+        self.by_pid.retain(|&pid, _| keep(pid));
+        let by_pid = &self.by_pid;
+        self.by_age.retain(|_, pid| by_pid.contains_key(pid));
+    }
 }
 
 /// Resources by pid, shared between discovery (writes) and span building (reads).
@@ -48,18 +99,29 @@ pub struct ProcessRegistry {
     procfs: Procfs,
     pods: Option<Pods>,
     host_name: String,
-    by_pid: Arc<RwLock<HashMap<u32, Entry>>>,
+    max_processes: usize,
+    stats: Arc<Stats>,
+    table: Arc<RwLock<Table>>,
 }
 
 impl ProcessRegistry {
-    /// An empty registry.
-    pub fn new(procfs: Procfs) -> Self {
+    /// An empty registry holding up to [`MAX_PROCESSES`], counting
+    /// evictions in `stats`.
+    pub fn new(procfs: Procfs, stats: Arc<Stats>) -> Self {
         Self {
             procfs,
             pods: None,
             host_name: host_name(),
-            by_pid: Arc::default(),
+            max_processes: MAX_PROCESSES,
+            stats,
+            table: Arc::default(),
         }
+    }
+
+    /// Holds up to `max` processes (at least one) instead.
+    pub fn with_max_processes(mut self, max: usize) -> Self {
+        self.max_processes = max.max(1);
+        self
     }
 
     /// Adds Kubernetes metadata from `pods` to the resources.
@@ -71,8 +133,8 @@ impl ProcessRegistry {
     /// The resource for `pid`, built from /proc on first use. A process that
     /// is already gone still gets a resource (with what is known: the pid).
     pub fn resource(&self, pid: u32) -> Arc<Resource> {
-        if let Some(map) = self.by_pid.read().ok()
-            && let Some(entry) = map.get(&pid)
+        if let Ok(table) = self.table.read()
+            && let Some(entry) = table.by_pid.get(&pid)
         {
             let pod = self.pod_of(&entry.process);
             let unchanged = match (&pod, &entry.pod) {
@@ -84,44 +146,43 @@ impl ProcessRegistry {
                 return Arc::clone(&entry.resource);
             }
         }
-        let Ok(mut map) = self.by_pid.write() else {
+        let Ok(mut table) = self.table.write() else {
             return Arc::new(self.describe(&self.read_process(pid), None));
         };
         // Keep what /proc said the first time: the process may be gone now.
-        let process = match map.remove(&pid) {
+        let process = match table.remove(pid) {
             Some(entry) => entry.process,
             None => self.read_process(pid),
         };
         let pod = self.pod_of(&process);
         let resource = Arc::new(self.describe(&process, pod.as_ref()));
-        map.insert(
-            pid,
-            Entry {
-                process,
-                pod,
-                resource: Arc::clone(&resource),
-            },
-        );
+        let entry = Entry {
+            process,
+            pod,
+            resource: Arc::clone(&resource),
+            seq: 0,
+        };
+        table.insert(pid, entry, self.max_processes, &self.stats);
         resource
     }
 
     /// Forgets an exited process.
     pub fn forget(&self, pid: u32) {
-        if let Ok(mut map) = self.by_pid.write() {
-            map.remove(&pid);
+        if let Ok(mut table) = self.table.write() {
+            table.remove(pid);
         }
     }
 
     /// Keeps only the processes for which `keep` holds.
-    pub fn retain(&self, mut keep: impl FnMut(u32) -> bool) {
-        if let Ok(mut map) = self.by_pid.write() {
-            map.retain(|&pid, _| keep(pid));
+    pub fn retain(&self, keep: impl FnMut(u32) -> bool) {
+        if let Ok(mut table) = self.table.write() {
+            table.retain(keep);
         }
     }
 
     /// Number of processes known (a gauge for the agent's own metrics).
     pub fn len(&self) -> usize {
-        self.by_pid.read().map(|m| m.len()).unwrap_or(0)
+        self.table.read().map_or(0, |table| table.by_pid.len())
     }
 
     /// True if no process is known.
@@ -207,6 +268,33 @@ impl ProcessRegistry {
     }
 }
 
+/// The agent's own resource, for its own telemetry: `service.name`
+/// `sonde`, as a process of this host (and node, on Kubernetes), so a
+/// dashboard finds every agent of a fleet under one service.
+pub fn agent_resource(node_name: Option<&str>) -> Resource {
+    let host_name = host_name();
+    let pid = std::process::id();
+    let start = Procfs::default().start_time(pid).unwrap_or(0);
+    let str_attr = |key: &str, value: &str| (key.to_owned(), AttributeValue::Str(value.to_owned()));
+    let mut attributes = vec![
+        str_attr("service.name", AGENT_NAME),
+        str_attr("service.version", AGENT_VERSION),
+        str_attr("service.instance.id", &format!("{host_name}:{pid}:{start}")),
+        ("process.pid".to_owned(), AttributeValue::Int(pid.into())),
+        str_attr("host.name", &host_name),
+        str_attr("telemetry.sdk.name", AGENT_NAME),
+        str_attr("telemetry.sdk.version", AGENT_VERSION),
+    ];
+    if let Some(node) = node_name {
+        attributes.push(str_attr("k8s.node.name", node));
+    }
+    Resource {
+        key: format!("agent:{pid}:{start}"),
+        service_name: AGENT_NAME.to_owned(),
+        attributes,
+    }
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
@@ -219,7 +307,7 @@ mod tests {
 
     #[test]
     fn describes_this_process_and_caches_it() {
-        let registry = ProcessRegistry::new(Procfs::default());
+        let registry = ProcessRegistry::new(Procfs::default(), Arc::default());
         let me = std::process::id();
         let resource = registry.resource(me);
         assert_eq!(
@@ -249,7 +337,8 @@ mod tests {
         )
         .unwrap();
         let pods = Pods::default();
-        let registry = ProcessRegistry::new(Procfs::at(&root)).with_pods(pods.clone());
+        let registry =
+            ProcessRegistry::new(Procfs::at(&root), Arc::default()).with_pods(pods.clone());
         let before = registry.resource(7);
         std::fs::remove_dir_all(&root).unwrap();
         assert_eq!(before.service_name, "unknown");
@@ -313,8 +402,65 @@ mod tests {
     }
 
     #[test]
+    fn the_agent_is_a_service_of_its_own() {
+        let attributes = |node| -> HashMap<String, AttributeValue> {
+            agent_resource(node).attributes.into_iter().collect()
+        };
+        let plain = attributes(None);
+        assert_eq!(plain["service.name"], AttributeValue::from("sonde"));
+        assert_eq!(
+            plain["process.pid"],
+            AttributeValue::Int(std::process::id().into())
+        );
+        assert_eq!(plain["host.name"], AttributeValue::Str(host_name()));
+        assert!(!plain.contains_key("k8s.node.name"));
+        let on_node = attributes(Some("node-a"));
+        assert_eq!(on_node["k8s.node.name"], AttributeValue::from("node-a"));
+    }
+
+    /// Pids far past the bound (processes whose exits were never seen):
+    /// the table stays at its bound, the oldest entries go first and each
+    /// one is counted; what is left and forgotten leaves no trace in the
+    /// age index either.
+    #[test]
+    fn churn_past_the_bound_evicts_the_oldest_and_counts_them() {
+        const MAX: usize = 64;
+        const CHURN: u32 = 10_000;
+        let stats = Arc::new(Stats::default());
+        let registry = ProcessRegistry::new(Procfs::at("/nonexistent"), Arc::clone(&stats))
+            .with_max_processes(MAX);
+        for pid in 1..=CHURN {
+            registry.resource(pid);
+            assert!(
+                registry.len() <= MAX,
+                "{} entries at pid {pid}",
+                registry.len()
+            );
+        }
+        assert_eq!(registry.len(), MAX);
+        assert_eq!(
+            stats.get(Counter::ProcessMetadataEvicted),
+            u64::from(CHURN) - MAX as u64
+        );
+        let newest = CHURN - MAX as u32 + 1..=CHURN;
+        let table = registry.table.read().unwrap();
+        let kept: Vec<u32> = table.by_age.values().copied().collect();
+        assert_eq!(
+            kept,
+            newest.collect::<Vec<_>>(),
+            "the newest stay, in order"
+        );
+        drop(table);
+        registry.retain(|pid| pid % 2 == 0);
+        registry.forget(CHURN);
+        let table = registry.table.read().unwrap();
+        assert_eq!(table.by_pid.len(), MAX / 2 - 1);
+        assert_eq!(table.by_age.len(), table.by_pid.len());
+    }
+
+    #[test]
     fn a_vanished_process_still_gets_a_resource() {
-        let registry = ProcessRegistry::new(Procfs::at("/nonexistent"));
+        let registry = ProcessRegistry::new(Procfs::at("/nonexistent"), Arc::default());
         let resource = registry.resource(4_000_000);
         assert_eq!(resource.service_name, "unknown");
     }

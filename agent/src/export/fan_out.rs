@@ -46,7 +46,7 @@ pub async fn fan_out(mut rx: mpsc::Receiver<Span>, mut outputs: Vec<FanOutput>, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::test_support::{resource, span};
+    use crate::test_support::{resource, span};
 
     #[tokio::test]
     async fn every_output_gets_every_span_it_has_room_for() {

@@ -5,8 +5,6 @@
 mod fan_out;
 pub mod otlp;
 pub mod print;
-#[cfg(test)]
-mod test_support;
 
 use std::io;
 use std::sync::Arc;
@@ -52,7 +50,11 @@ impl Sinks {
             protocol: config.otlp_protocol.clone(),
         };
         let otlp = if OtlpConfig::endpoint_is_set(&overrides, &lookup) {
-            Some(OtlpConfig::from_lookup(&overrides, &lookup)?)
+            let mut otlp = OtlpConfig::from_lookup(&overrides, &lookup)?;
+            if let Some(bytes) = config.max_queue_bytes {
+                otlp.batch.max_queue_bytes = bytes;
+            }
+            Some(otlp)
         } else {
             None
         };
@@ -138,6 +140,23 @@ mod tests {
         assert_eq!(sinks(None, endpoint), (true, false));
         assert_eq!(sinks(Some(true), endpoint), (true, true));
         assert_eq!(sinks(Some(false), None), (false, false));
+    }
+
+    #[test]
+    fn the_queue_byte_bound_comes_from_the_config_file() {
+        let bound = |max_queue_bytes| {
+            let config = ExportConfig {
+                otlp_endpoint: Some("http://collector:4318".into()),
+                max_queue_bytes,
+                ..ExportConfig::default()
+            };
+            match Sinks::from_lookup(&config, Arc::default(), |_| None) {
+                Ok(sinks) => sinks.otlp.map(|otlp| otlp.batch.max_queue_bytes),
+                Err(error) => panic!("{error}"),
+            }
+        };
+        assert_eq!(bound(Some(4096)), Some(4096));
+        assert_eq!(bound(None), Some(8 << 20), "the default");
     }
 
     #[test]

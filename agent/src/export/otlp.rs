@@ -45,7 +45,8 @@ use crate::telemetry::Stats;
 ///
 /// `rx` is read even while a request is in flight, so senders see it full
 /// only if this task is starved; beyond `config.batch.max_queue_size`
-/// waiting spans the oldest are dropped. Every span ends up in exactly one
+/// waiting spans, or `config.batch.max_queue_bytes` of them (estimated
+/// OTLP encoded size), the oldest are dropped. Every span ends up in exactly one
 /// of the counters `SpansExported`, `SpansExportFailed` or
 /// `SpansDroppedQueueFull`.
 pub async fn run_exporter(rx: mpsc::Receiver<Span>, config: OtlpConfig, stats: Arc<Stats>) {

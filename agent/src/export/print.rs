@@ -154,8 +154,8 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::test_support::{self, resource};
     use crate::spans::model::Attribute;
+    use crate::test_support::{self, resource};
 
     fn span(service: &str, kind: SpanKind, name: &str) -> Span {
         let mut span = test_support::span(&resource(service, service), name);

@@ -21,8 +21,9 @@ use tokio::task::JoinHandle;
 
 use crate::config::{ExportConfig, MetricsConfig};
 use crate::export::otlp::{ConfigError, OtlpConfig, OtlpOverrides, Signal};
+use crate::spans::model::Resource;
 use crate::telemetry::Stats;
-use otlp::{ExportSchedule, run_metrics_exporter};
+use otlp::{AgentTelemetry, ExportSchedule, MetricSources, run_metrics_exporter};
 use prometheus::{PrometheusEndpoint, PrometheusError};
 use red::{RedError, RedMetrics};
 use route::{RouteError, Routes};
@@ -61,21 +62,30 @@ pub struct MetricsStage {
 impl MetricsStage {
     /// Builds the registry and starts the Prometheus endpoint and the OTLP
     /// metrics exporter as configured (the exporter only when an OTLP
-    /// endpoint is set, as for spans).
+    /// endpoint is set, as for spans; it carries the agent's own telemetry,
+    /// under `agent_resource`, even with RED metrics off). Call it before
+    /// anything is counted in `stats`: the agent's cumulative sums start
+    /// here.
     pub async fn start(
         config: &MetricsConfig,
         export: &ExportConfig,
         stats: Arc<Stats>,
+        agent_resource: Resource,
     ) -> Result<Self, MetricsError> {
-        Self::start_with(config, export, stats, |key| std::env::var(key).ok()).await
+        Self::start_with(config, export, stats, agent_resource, |key| {
+            std::env::var(key).ok()
+        })
+        .await
     }
 
     async fn start_with(
         config: &MetricsConfig,
         export: &ExportConfig,
         stats: Arc<Stats>,
+        agent_resource: Resource,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, MetricsError> {
+        let start_unix_ns = red::unix_now_ns();
         let routes = Arc::new(Routes::new(&config.routes, &config.ignore)?);
         let red = if config.enabled {
             Some(Arc::new(RedMetrics::new(
@@ -97,24 +107,27 @@ impl MetricsStage {
             endpoint: export.otlp_endpoint.clone(),
             protocol: export.otlp_protocol.clone(),
         };
-        let exporter = match &red {
-            Some(red) if OtlpConfig::endpoint_is_set_for(Signal::Metrics, &overrides, &lookup) => {
-                let otlp = OtlpConfig::from_lookup_for(Signal::Metrics, &overrides, &lookup)?;
-                let schedule = ExportSchedule {
-                    interval: Duration::from_secs(config.export_interval_secs),
-                    temporality: config.temporality,
-                };
-                let (stop, stopped) = oneshot::channel();
-                let task = tokio::spawn(run_metrics_exporter(
-                    Arc::clone(red),
-                    otlp,
-                    schedule,
-                    stats,
-                    stopped,
-                ));
-                Some((task, stop))
-            }
-            _ => None,
+        let exporter = if OtlpConfig::endpoint_is_set_for(Signal::Metrics, &overrides, &lookup) {
+            let otlp = OtlpConfig::from_lookup_for(Signal::Metrics, &overrides, &lookup)?;
+            let schedule = ExportSchedule {
+                interval: Duration::from_secs(config.export_interval_secs),
+                temporality: config.temporality,
+            };
+            let sources = MetricSources {
+                red: red.clone(),
+                agent: AgentTelemetry {
+                    stats: Arc::clone(&stats),
+                    resource: agent_resource,
+                    start_unix_ns,
+                },
+            };
+            let (stop, stopped) = oneshot::channel();
+            let task = tokio::spawn(run_metrics_exporter(
+                sources, otlp, schedule, stats, stopped,
+            ));
+            Some((task, stop))
+        } else {
+            None
         };
         Ok(Self {
             routes,
@@ -175,19 +188,29 @@ async fn bind_prometheus(
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn stages_follow_the_settings() {
+    async fn start(config: &MetricsConfig, endpoint: Option<&str>) -> MetricsStage {
         let export = ExportConfig {
-            otlp_endpoint: Some("http://127.0.0.1:1".into()),
+            otlp_endpoint: endpoint.map(str::to_owned),
             ..ExportConfig::default()
         };
+        let agent = Resource {
+            key: "agent".into(),
+            service_name: "sonde".into(),
+            attributes: Vec::new(),
+        };
+        MetricsStage::start_with(config, &export, Arc::default(), agent, |_| None)
+            .await
+            .unwrap_or_else(|error| panic!("{config:?}, endpoint {endpoint:?}: {error}"))
+    }
+
+    #[tokio::test]
+    async fn stages_follow_the_settings() {
+        let endpoint = Some("http://127.0.0.1:1");
         let config = MetricsConfig {
             prometheus_port: Some(0),
             ..MetricsConfig::default()
         };
-        let stage = MetricsStage::start_with(&config, &export, Arc::default(), |_| None)
-            .await
-            .unwrap();
+        let stage = start(&config, endpoint).await;
         assert!(stage.red.is_some());
         assert!(stage.exporter.is_some(), "an OTLP endpoint is set");
         assert!(stage.prometheus.is_none(), "port 0 is off");
@@ -195,20 +218,17 @@ mod tests {
 
         let disabled = MetricsConfig {
             enabled: false,
-            prometheus_port: Some(0),
-            ..MetricsConfig::default()
+            ..config.clone()
         };
-        let stage = MetricsStage::start_with(&disabled, &export, Arc::default(), |_| None)
-            .await
-            .unwrap();
+        let stage = start(&disabled, endpoint).await;
         assert!(stage.red.is_none());
-        assert!(stage.exporter.is_none());
+        assert!(
+            stage.exporter.is_some(),
+            "the agent's own metrics are exported without RED metrics"
+        );
         stage.stop().await;
 
-        let no_endpoint =
-            MetricsStage::start_with(&config, &ExportConfig::default(), Arc::default(), |_| None)
-                .await
-                .unwrap();
+        let no_endpoint = start(&config, None).await;
         assert!(
             no_endpoint.exporter.is_none(),
             "no OTLP endpoint, no export"

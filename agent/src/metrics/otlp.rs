@@ -4,6 +4,14 @@
 //! `OTEL_EXPORTER_OTLP_*` settings as the spans (`export::otlp`), with the
 //! same resources and instrumentation scope.
 //!
+//! The same request carries the agent's own telemetry under the agent's
+//! own resource (`service.name` `sonde`, see [`AgentTelemetry`]): every
+//! counter of [`crate::telemetry`] as a monotonic cumulative sum since the
+//! agent started (whatever the RED temporality: these are totals a
+//! collector can always difference) and every gauge as a gauge, under the
+//! names /metrics shows them by (`sonde_spans_exported`, which a
+//! Prometheus translation turns back into `sonde_spans_exported_total`).
+//!
 //! Every exported data point ends up in `sonde_metric_points_exported` or
 //! `sonde_metric_points_export_failed`. A failed cumulative export loses
 //! nothing for good (the next one carries the totals); a failed delta
@@ -14,8 +22,8 @@ use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::metrics::v1::{
-    AggregationTemporality, Histogram, HistogramDataPoint, Metric, ResourceMetrics, ScopeMetrics,
-    metric,
+    AggregationTemporality, Gauge as ProtoGauge, Histogram, HistogramDataPoint, Metric,
+    NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric, number_data_point,
 };
 use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -27,8 +35,8 @@ use crate::export::otlp::{
     ErrorChain, MetricsExport, OtlpConfig, ProtocolTransport, SendError, key_value, proto_resource,
     scope, send_with_retry,
 };
-use crate::spans::model::AttributeValue;
-use crate::telemetry::{Counter, Stats};
+use crate::spans::model::{AttributeValue, Resource};
+use crate::telemetry::{Counter, Gauge, Stats};
 
 /// When and how metrics are exported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,11 +47,81 @@ pub struct ExportSchedule {
     pub temporality: Temporality,
 }
 
+/// What the metrics exporter sends: the RED histograms when they are on,
+/// and always the agent's own telemetry.
+#[derive(Debug)]
+pub struct MetricSources {
+    /// RED metrics; `None` when `metrics.enabled` is off.
+    pub red: Option<Arc<RedMetrics>>,
+    /// The agent's counters and gauges.
+    pub agent: AgentTelemetry,
+}
+
+/// The agent's own counters and gauges, as metrics of its own resource.
+#[derive(Debug)]
+pub struct AgentTelemetry {
+    /// The counters and gauges.
+    pub stats: Arc<Stats>,
+    /// The agent's resource (`service.name` `sonde`, host, node).
+    pub resource: Resource,
+    /// When the counters started from zero: the start of every cumulative
+    /// sum.
+    pub start_unix_ns: u64,
+}
+
+impl AgentTelemetry {
+    /// Every counter and gauge as it is now, one data point each.
+    fn collect(&self, now_unix_ns: u64) -> ResourceMetrics {
+        let point = |value: u64, start_time_unix_nano: u64| NumberDataPoint {
+            start_time_unix_nano,
+            time_unix_nano: now_unix_ns.max(self.start_unix_ns),
+            // Counts never come near i64::MAX; saturate rather than wrap.
+            value: Some(number_data_point::Value::AsInt(
+                i64::try_from(value).unwrap_or(i64::MAX),
+            )),
+            ..Default::default()
+        };
+        let counters = Counter::ALL.iter().map(|&counter| Metric {
+            name: counter.name().to_owned(),
+            description: counter.help().to_owned(),
+            data: Some(metric::Data::Sum(Sum {
+                data_points: vec![point(self.stats.get(counter), self.start_unix_ns)],
+                aggregation_temporality: AggregationTemporality::Cumulative.into(),
+                is_monotonic: true,
+            })),
+            ..Default::default()
+        });
+        // Gauges have no start time: they are levels, not totals.
+        let gauges = Gauge::ALL.iter().map(|&gauge| Metric {
+            name: gauge.name().to_owned(),
+            description: gauge.help().to_owned(),
+            data: Some(metric::Data::Gauge(ProtoGauge {
+                data_points: vec![point(self.stats.gauge(gauge), 0)],
+            })),
+            ..Default::default()
+        });
+        ResourceMetrics {
+            resource: Some(proto_resource(&self.resource)),
+            scope_metrics: vec![ScopeMetrics {
+                scope: Some(scope()),
+                metrics: counters.chain(gauges).collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// Data points in [`Self::collect`]'s answer.
+    fn points() -> u64 {
+        (Counter::ALL.len() + Gauge::ALL.len()) as u64
+    }
+}
+
 /// Exports every `schedule.interval` until `shutdown` resolves (sent or
 /// dropped), then lets an export under way finish and exports once more,
 /// both within `config.shutdown_timeout`.
 pub async fn run_metrics_exporter(
-    red: Arc<RedMetrics>,
+    sources: MetricSources,
     config: OtlpConfig,
     schedule: ExportSchedule,
     stats: Arc<Stats>,
@@ -65,9 +143,7 @@ pub async fn run_metrics_exporter(
             _ = &mut shutdown => break Instant::now() + config.shutdown_timeout,
             _ = tick.tick() => {}
         }
-        let Some(collected) = collect(&red, schedule.temporality) else {
-            continue;
-        };
+        let collected = collect(&sources, schedule.temporality);
         let points = collected.points;
         let sending = export(&transport, collected, &config, &stats);
         tokio::pin!(sending);
@@ -90,16 +166,15 @@ pub async fn run_metrics_exporter(
         }
         break deadline;
     };
-    if let Some(collected) = collect(&red, schedule.temporality) {
-        let points = collected.points;
-        let last = export(&transport, collected, &config, &stats);
-        if tokio::time::timeout_at(deadline, last).await.is_err() {
-            MetricsLost {
-                points,
-                cause: LossCause::Abandoned,
-            }
-            .emit(&stats);
+    let collected = collect(&sources, schedule.temporality);
+    let points = collected.points;
+    let last = export(&transport, collected, &config, &stats);
+    if tokio::time::timeout_at(deadline, last).await.is_err() {
+        MetricsLost {
+            points,
+            cause: LossCause::Abandoned,
         }
+        .emit(&stats);
     }
 }
 
@@ -109,13 +184,21 @@ struct Collected {
     points: u64,
 }
 
-fn collect(red: &RedMetrics, temporality: Temporality) -> Option<Collected> {
-    let collected = red.collect(temporality);
-    let points = collected.iter().map(|r| r.points.len() as u64).sum();
-    (points > 0).then(|| Collected {
-        request: to_request(collected, red.bounds(), temporality, unix_now_ns()),
-        points,
-    })
+/// The RED histograms (if any changed) and the agent's own metrics, which
+/// are always there: an export every interval also says the agent lives.
+fn collect(sources: &MetricSources, temporality: Temporality) -> Collected {
+    let now_unix_ns = unix_now_ns();
+    let mut request = ExportMetricsServiceRequest::default();
+    let mut points = AgentTelemetry::points();
+    if let Some(red) = &sources.red {
+        let collected = red.collect(temporality);
+        points += collected.iter().map(|r| r.points.len() as u64).sum::<u64>();
+        request = to_request(collected, red.bounds(), temporality, now_unix_ns);
+    }
+    request
+        .resource_metrics
+        .push(sources.agent.collect(now_unix_ns));
+    Collected { request, points }
 }
 
 async fn export(
@@ -264,15 +347,8 @@ mod tests {
 
     use super::*;
     use crate::metrics::red::{Call, DEFAULT_BUCKETS, Protocol};
-    use crate::spans::model::{Resource, SpanKind};
-
-    fn resource(key: &str) -> Arc<Resource> {
-        Arc::new(Resource {
-            key: key.to_owned(),
-            service_name: key.to_owned(),
-            attributes: vec![("service.name".to_owned(), AttributeValue::from(key))],
-        })
-    }
+    use crate::spans::model::SpanKind;
+    use crate::test_support::resource;
 
     fn call(kind: SpanKind, status: u16, millis: u64) -> Call<'static> {
         Call {
@@ -289,19 +365,39 @@ mod tests {
         }
     }
 
+    /// RED metrics (none: disabled) and the agent's telemetry from `stats`.
+    fn sources(red: Option<Arc<RedMetrics>>, stats: Arc<Stats>) -> MetricSources {
+        MetricSources {
+            red,
+            agent: AgentTelemetry {
+                stats,
+                resource: Resource {
+                    key: "agent".into(),
+                    service_name: "sonde".into(),
+                    attributes: vec![("service.name".into(), AttributeValue::from("sonde"))],
+                },
+                start_unix_ns: 1_700_000_000_000_000_000,
+            },
+        }
+    }
+
+    fn red_metrics() -> Arc<RedMetrics> {
+        Arc::new(RedMetrics::new(&DEFAULT_BUCKETS, 10, Arc::default()).unwrap())
+    }
+
     #[test]
     fn histograms_become_otlp_metrics() {
-        let red = RedMetrics::new(&DEFAULT_BUCKETS, 10, Arc::default()).unwrap();
-        let api = resource("api");
+        let red = red_metrics();
+        let api = resource("api", "api");
         red.record(&api, &call(SpanKind::Server, 200, 30));
         red.record(&api, &call(SpanKind::Server, 500, 300));
         red.record(&api, &call(SpanKind::Client, 200, 3));
-        red.record(&resource("web"), &call(SpanKind::Server, 200, 3));
+        red.record(&resource("web", "web"), &call(SpanKind::Server, 200, 3));
 
-        let collected = collect(&red, Temporality::Cumulative).unwrap();
-        assert_eq!(collected.points, 4);
+        let collected = collect(&sources(Some(red), Arc::default()), Temporality::Cumulative);
+        assert_eq!(collected.points, 4 + AgentTelemetry::points());
         let request = collected.request;
-        assert_eq!(request.resource_metrics.len(), 2);
+        assert_eq!(request.resource_metrics.len(), 3, "api, web, the agent");
         let api_metrics = &request.resource_metrics[0];
         let resource = api_metrics.resource.as_ref().unwrap();
         assert_eq!(resource.attributes[0].key, "service.name");
@@ -370,15 +466,18 @@ mod tests {
 
     #[test]
     fn delta_requests_carry_only_what_changed() {
-        let red = RedMetrics::new(&DEFAULT_BUCKETS, 10, Arc::default()).unwrap();
-        let api = resource("api");
+        let red = red_metrics();
+        let sources = sources(Some(Arc::clone(&red)), Arc::default());
+        let api = resource("api", "api");
         red.record(&api, &call(SpanKind::Server, 200, 30));
-        let first = collect(&red, Temporality::Delta).unwrap();
-        assert_eq!(first.points, 1);
-        assert!(collect(&red, Temporality::Delta).is_none(), "nothing new");
+        let first = collect(&sources, Temporality::Delta);
+        assert_eq!(first.points, 1 + AgentTelemetry::points());
+        let idle = collect(&sources, Temporality::Delta);
+        assert_eq!(idle.points, AgentTelemetry::points(), "nothing new");
+        assert_eq!(idle.request.resource_metrics.len(), 1, "only the agent's");
         red.record(&api, &call(SpanKind::Server, 200, 30));
         red.record(&api, &call(SpanKind::Server, 200, 30));
-        let second = collect(&red, Temporality::Delta).unwrap();
+        let second = collect(&sources, Temporality::Delta);
         let metric = &second.request.resource_metrics[0].scope_metrics[0].metrics[0];
         let Some(metric::Data::Histogram(histogram)) = &metric.data else {
             panic!("not a histogram: {metric:?}");
@@ -388,5 +487,55 @@ mod tests {
             i32::from(AggregationTemporality::Delta)
         );
         assert_eq!(histogram.data_points[0].count, 2);
+    }
+
+    /// Every counter and gauge of the agent, under its own resource:
+    /// counters as monotonic cumulative sums from the agent's start,
+    /// gauges as gauges, whatever the RED temporality, and also with RED
+    /// metrics off.
+    #[test]
+    fn the_agents_own_telemetry_is_a_resource_of_its_own() {
+        let stats = Arc::new(Stats::default());
+        stats.add(Counter::SpansExported, 7);
+        stats.set_gauge(Gauge::ExportQueueSpans, 3);
+        let collected = collect(&sources(None, Arc::clone(&stats)), Temporality::Delta);
+        assert_eq!(collected.points, AgentTelemetry::points());
+        let [agent] = &collected.request.resource_metrics[..] else {
+            panic!("{:#?}", collected.request);
+        };
+        let resource = agent.resource.as_ref().unwrap();
+        assert_eq!(resource.attributes[0].key, "service.name");
+        let metrics = &agent.scope_metrics[0].metrics;
+        assert_eq!(metrics.len(), Counter::ALL.len() + Gauge::ALL.len());
+        let find = |name: &str| {
+            metrics
+                .iter()
+                .find(|metric| metric.name == name)
+                .unwrap_or_else(|| panic!("no {name} in {metrics:#?}"))
+        };
+        let value = |point: &NumberDataPoint| match point.value {
+            Some(number_data_point::Value::AsInt(value)) => value,
+            other => panic!("not an integer: {other:?}"),
+        };
+        let exported = find("sonde_spans_exported");
+        assert_eq!(exported.description, Counter::SpansExported.help());
+        let Some(metric::Data::Sum(sum)) = &exported.data else {
+            panic!("not a sum: {exported:?}");
+        };
+        assert!(sum.is_monotonic);
+        assert_eq!(
+            sum.aggregation_temporality,
+            i32::from(AggregationTemporality::Cumulative)
+        );
+        let point = &sum.data_points[0];
+        assert_eq!(value(point), 7);
+        assert_eq!(point.start_time_unix_nano, 1_700_000_000_000_000_000);
+        assert!(point.time_unix_nano > point.start_time_unix_nano);
+        let queue = find("sonde_export_queue_spans");
+        let Some(metric::Data::Gauge(gauge)) = &queue.data else {
+            panic!("not a gauge: {queue:?}");
+        };
+        assert_eq!(value(&gauge.data_points[0]), 3);
+        assert_eq!(gauge.data_points[0].start_time_unix_nano, 0);
     }
 }

@@ -633,14 +633,7 @@ pub(super) fn unix_now_ns() -> u64 {
 mod tests {
     use super::*;
     use crate::spans::model::{Attribute, SpanStatus};
-
-    fn resource(key: &str) -> Arc<Resource> {
-        Arc::new(Resource {
-            key: key.to_owned(),
-            service_name: key.to_owned(),
-            attributes: vec![("service.name".to_owned(), AttributeValue::from(key))],
-        })
-    }
+    use crate::test_support::resource;
 
     fn http_server(route: &str, status: u16, millis: u64) -> Call<'_> {
         Call {
@@ -699,7 +692,7 @@ mod tests {
     #[test]
     fn default_buckets_follow_the_conventions() {
         let (red, _) = registry(10);
-        let service = resource("api");
+        let service = resource("api", "api");
         // 3 ms, 40 ms, 300 ms, 12 s.
         for millis in [3, 40, 300, 12_000] {
             red.record(&service, &http_server("/a", 200, millis));
@@ -731,8 +724,8 @@ mod tests {
     #[test]
     fn series_are_split_by_attributes_and_services() {
         let (red, _) = registry(10);
-        let api = resource("api");
-        let web = resource("web");
+        let api = resource("api", "api");
+        let web = resource("web", "web");
         red.record(&api, &http_server("/users/{id}", 200, 10));
         red.record(&api, &http_server("/users/{id}", 200, 20));
         red.record(&api, &http_server("/users/{id}", 503, 20));
@@ -764,7 +757,7 @@ mod tests {
     #[test]
     fn the_budget_folds_new_series_into_one_overflow_series() {
         let (red, stats) = registry(3);
-        let api = resource("api");
+        let api = resource("api", "api");
         for i in 0..10_000 {
             red.record(&api, &http_server(&format!("/unique/{i}"), 200, 1));
         }
@@ -777,7 +770,7 @@ mod tests {
         };
         red.record(&api, &client);
         // Another service has its own budget.
-        red.record(&resource("web"), &http_server("/unique/1", 200, 1));
+        red.record(&resource("web", "web"), &http_server("/unique/1", 200, 1));
 
         let collected = red.collect(Temporality::Cumulative);
         let api_points = &collected[0].points;
@@ -808,7 +801,8 @@ mod tests {
     fn services_beyond_the_limit_are_dropped_and_counted() {
         let (red, stats) = registry(1);
         for i in 0..MAX_SERVICES + 5 {
-            red.record(&resource(&format!("svc{i}")), &http_server("/", 200, 1));
+            let service = format!("svc{i}");
+            red.record(&resource(&service, &service), &http_server("/", 200, 1));
         }
         assert_eq!(red.collect(Temporality::Cumulative).len(), MAX_SERVICES);
         assert_eq!(stats.get(Counter::MetricMeasurementsDropped), 5);
@@ -817,7 +811,7 @@ mod tests {
     #[test]
     fn idle_services_are_forgotten() {
         let (red, _) = registry(10);
-        red.record(&resource("old"), &http_server("/", 200, 1));
+        red.record(&resource("old", "old"), &http_server("/", 200, 1));
         red.lock().sweep(Instant::now() + SERVICE_IDLE_TTL);
         assert!(red.collect(Temporality::Cumulative).is_empty());
     }
@@ -825,7 +819,7 @@ mod tests {
     #[test]
     fn delta_points_cover_the_time_since_the_previous_collection() {
         let (red, _) = registry(10);
-        let api = resource("api");
+        let api = resource("api", "api");
         red.record(&api, &http_server("/a", 200, 1));
         red.record(&api, &http_server("/a", 200, 300));
         let first = red.collect(Temporality::Delta);
@@ -854,7 +848,7 @@ mod tests {
 
     fn span(kind: SpanKind, attributes: Vec<Attribute>) -> Span {
         Span {
-            resource: resource("api"),
+            resource: resource("api", "api"),
             trace_id: [1; 16],
             span_id: [1; 8],
             parent_span_id: None,
@@ -947,7 +941,7 @@ mod tests {
         );
 
         let (red, _) = registry(10);
-        let api = resource("api");
+        let api = resource("api", "api");
         let client = Call {
             kind: SpanKind::Client,
             protocol: Protocol::Rpc {

@@ -53,15 +53,35 @@ pub enum ProbeError {
     #[error("tracefs is not mounted at {TRACEFS} and mounting it failed (the agent needs root)")]
     Tracefs(#[source] io::Error),
     /// The kernel's BTF could not be read or lacks a needed type.
-    #[error("reading kernel BTF (/sys/kernel/btf/vmlinux; needs CONFIG_DEBUG_INFO_BTF)")]
-    Btf(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// Loading the object failed (often: not root).
     #[error(
-        "loading the kernel programs failed; the agent needs root, or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN + CAP_SYS_PTRACE + CAP_DAC_READ_SEARCH"
+        "reading kernel BTF (/sys/kernel/btf/vmlinux; needs CONFIG_DEBUG_INFO_BTF): \
+         the agent reads kernel struct layouts from it and cannot run without it"
     )]
-    Load(#[source] aya::EbpfError),
+    Btf(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A tracepoint's format file could not be read or lacks a field.
+    #[error("reading {path}: the agent follows forked processes with this tracepoint")]
+    TracepointFormat {
+        /// The format file.
+        path: &'static str,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Loading the object failed: missing privileges, or the kernel
+    /// rejected a program.
+    #[error("loading the kernel programs failed; {hint}")]
+    Load {
+        /// What to do about it, from who the agent runs as.
+        hint: LoadHint,
+        /// Cause.
+        #[source]
+        source: aya::EbpfError,
+    },
     /// One program could not be loaded or attached.
-    #[error("attaching {program} to {hook}")]
+    #[error(
+        "attaching {program} to {hook}: the agent needs this kernel hook \
+         (Linux >= 6.2 with BTF-enabled tracepoints)"
+    )]
     Attach {
         /// Program name.
         program: &'static str,
@@ -72,9 +92,7 @@ pub enum ProbeError {
         source: aya::programs::ProgramError,
     },
     /// No cgroup v2 hierarchy is mounted (needed for injection).
-    #[error(
-        "no cgroup v2 mount found in /proc/self/mountinfo: traceparent injection needs one (or disable injection)"
-    )]
+    #[error("no cgroup v2 mount found in /proc/self/mountinfo (injection attaches to a cgroup v2)")]
     NoCgroup2,
     /// The cgroup for injection could not be opened.
     #[error("opening cgroup {path}")]
@@ -89,6 +107,50 @@ pub enum ProbeError {
     #[error("kernel object has no usable map {0}")]
     Map(&'static str),
 }
+
+/// Why loading may have failed, for [`ProbeError::Load`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadHint {
+    /// Not root: most likely the privileges.
+    Privileges,
+    /// Root already: the kernel refused a program.
+    Rejected,
+}
+
+impl LoadHint {
+    /// The hint for this process.
+    fn current() -> Self {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            Self::Rejected
+        } else {
+            Self::Privileges
+        }
+    }
+}
+
+impl std::fmt::Display for LoadHint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Privileges => {
+                "the agent needs root, or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN + \
+                 CAP_SYS_PTRACE + CAP_DAC_READ_SEARCH"
+            }
+            Self::Rejected => {
+                "the kernel rejected a program (SONDE_VERIFIER_LOG=1 puts the verifier's log \
+                 in this error); the agent needs Linux >= 6.2 with BTF"
+            }
+        })
+    }
+}
+
+/// Traceparent injection could not be set up: the agent traces without it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "traceparent injection is off: spans, metrics and incoming trace context are unaffected, \
+     but outgoing requests carry no traceparent (--no-inject silences this)"
+)]
+pub struct InjectionOff(#[source] pub ProbeError);
 
 /// Settings for loading the probes.
 #[derive(Clone, Debug)]
@@ -237,12 +299,24 @@ impl Probes {
             .override_global("CONFIG", &kernel_config, true)
             .map_max_entries("DATA_EVENTS", config.data_ring_bytes)
             .load(EBPF_OBJECT)
-            .map_err(ProbeError::Load)?;
+            .map_err(|source| ProbeError::Load {
+                hint: LoadHint::current(),
+                source,
+            })?;
         for (program, hook) in HOOKS {
             attach(&mut ebpf, program, hook, &btf)?;
         }
         if config.inject_traceparent {
-            inject::attach(&mut ebpf, config.inject_cgroup.clone())?;
+            match inject::attach(&mut ebpf, config.inject_cgroup.clone()) {
+                Ok(()) => {}
+                // Injection is an extra (no cgroup v2, no sock_ops or
+                // sk_msg): without it the agent still traces. A cgroup the
+                // user named is a setting to fix, though.
+                Err(error) if config.inject_cgroup.is_none() => {
+                    warn!("{}", crate::export::otlp::ErrorChain(&InjectionOff(error)))
+                }
+                Err(error) => return Err(error),
+            }
         }
         let inject_stats = PerCpuArray::try_from(take(&mut ebpf, "INJECT_STATS")?)
             .map_err(|_| ProbeError::Map("INJECT_STATS"))?;
@@ -367,7 +441,11 @@ fn kernel_config(config: &ProbeConfig) -> Result<KernelConfig, ProbeError> {
         btf.member_offset(strukt, member)
             .map_err(|e| ProbeError::Btf(Box::new(e)))
     };
-    let format = std::fs::read_to_string(FORK_FORMAT).map_err(|e| ProbeError::Btf(Box::new(e)))?;
+    let format =
+        std::fs::read_to_string(FORK_FORMAT).map_err(|source| ProbeError::TracepointFormat {
+            path: FORK_FORMAT,
+            source,
+        })?;
     Ok(KernelConfig {
         capture_bytes: config.capture_bytes.min(MAX_CALL_CAPTURE_BYTES as u32),
         off_skc_family: offset("sock_common", "skc_family")?,
@@ -379,7 +457,10 @@ fn kernel_config(config: &ProbeConfig) -> Result<KernelConfig, ProbeError> {
         off_skc_v6_rcv_saddr: offset("sock_common", "skc_v6_rcv_saddr")?,
         off_sk_protocol: offset("sock", "sk_protocol")?,
         off_fork_child_pid: field_offset(&format, "child_pid").ok_or_else(|| {
-            ProbeError::Btf("sched_process_fork format has no child_pid field".into())
+            ProbeError::TracepointFormat {
+                path: FORK_FORMAT,
+                source: io::Error::new(io::ErrorKind::InvalidData, "no child_pid field"),
+            }
         })?,
         inject_traceparent: u32::from(config.inject_traceparent),
         reserved: 0,
@@ -401,7 +482,47 @@ fn field_offset(format: &str, field: &str) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
-    use super::field_offset;
+    use super::*;
+    use crate::export::otlp::ErrorChain;
+
+    /// What a user reads for a kernel feature that is missing names the
+    /// feature, what degrades, and what to do.
+    #[test]
+    fn errors_name_the_feature_and_what_degrades() {
+        let no_btf = ProbeError::Btf(Box::new(io::Error::from(io::ErrorKind::NotFound)));
+        let text = ErrorChain(&no_btf).to_string();
+        assert!(text.contains("/sys/kernel/btf/vmlinux"), "{text}");
+        assert!(text.contains("CONFIG_DEBUG_INFO_BTF"), "{text}");
+        assert!(text.contains("cannot run without it"), "{text}");
+
+        let no_cgroup = InjectionOff(ProbeError::NoCgroup2);
+        let text = ErrorChain(&no_cgroup).to_string();
+        assert!(text.starts_with("traceparent injection is off"), "{text}");
+        assert!(text.contains("spans, metrics and incoming trace context are unaffected"));
+        assert!(text.contains("no cgroup v2 mount found"), "{text}");
+
+        let format = ProbeError::TracepointFormat {
+            path: FORK_FORMAT,
+            source: io::Error::from(io::ErrorKind::PermissionDenied),
+        };
+        let text = ErrorChain(&format).to_string();
+        assert!(text.contains("sched_process_fork/format"), "{text}");
+        assert!(text.contains("forked processes"), "{text}");
+        assert!(!text.contains("BTF"), "not blamed on BTF: {text}");
+    }
+
+    /// Root is told about the verifier, anyone else about privileges.
+    #[test]
+    fn load_failures_hint_at_the_likely_cause() {
+        let privileges = LoadHint::Privileges.to_string();
+        assert!(
+            privileges.contains("needs root, or CAP_BPF"),
+            "{privileges}"
+        );
+        let rejected = LoadHint::Rejected.to_string();
+        assert!(rejected.contains("SONDE_VERIFIER_LOG=1"), "{rejected}");
+        assert!(!rejected.contains("root"), "{rejected}");
+    }
 
     #[test]
     fn reads_tracepoint_field_offsets() {

@@ -710,4 +710,33 @@ mod tests {
             "evicted here, not at the peer"
         );
     }
+
+    /// Ten thousand new header fields through a table bounded at 256
+    /// bytes, while the peer allows itself 4096: the table never holds
+    /// more than its bound, and a reference to a field evicted here (but
+    /// not at the peer) decodes as unknown, never as a wrong field. That
+    /// unknown field is what gets counted, as a stream without a span
+    /// (`sonde_http2_streams_unresolved`), when it matters.
+    #[test]
+    fn table_churn_stays_within_the_byte_bound() {
+        const LIMIT: usize = 256;
+        let mut decoder = Decoder::new(LIMIT);
+        let mut huffman = Huffman::default();
+        for i in 0..10_000 {
+            let value = format!("value-{i}");
+            let mut block = vec![0x40, 12];
+            block.extend_from_slice(b"x-request-id");
+            block.push(value.len() as u8);
+            block.extend_from_slice(value.as_bytes());
+            decoder.decode(&block, true, &mut huffman).unwrap();
+            assert!(decoder.table.size <= LIMIT, "{} bytes", decoder.table.size);
+        }
+        let entries = decoder.table.entries.len();
+        assert!(entries <= LIMIT / ENTRY_OVERHEAD, "{entries} entries");
+        // Index 62 is the newest; one past what is kept was evicted here.
+        assert_eq!(
+            decoder.decode(&[0x80 | (62 + entries as u8)], true, &mut huffman),
+            Ok(vec![Field::Unknown])
+        );
+    }
 }

@@ -540,33 +540,87 @@ mod synthetic {
         block(&fields, 0)
     }
 
+    /// One syscall of a server process on connection 1.
+    fn data(client_sent: bool, bytes: &[u8], ms: u64, role: Role) -> SocketData {
+        SocketData {
+            pid: 7,
+            tid: 7,
+            timestamp_ns: ms * 1_000_000,
+            socket_cookie: 1,
+            local: "127.0.0.1:50051".parse().expect("address"),
+            remote: "127.0.0.1:40000".parse().expect("address"),
+            direction: if client_sent {
+                Direction::Ingress
+            } else {
+                Direction::Egress
+            },
+            role,
+            fd: Some(3),
+            total_len: bytes.len() as u32,
+            payload: Bytes::copy_from_slice(bytes),
+            trace: None,
+            tls: false,
+        }
+    }
+
     /// Events of a server process: `(client sent, bytes, at ms)`.
     fn serve(events: &[(bool, Vec<u8>, u64)], role: Role) -> (Vec<HttpExchange>, Arc<Stats>) {
         let stats = Arc::new(Stats::default());
         let mut tracker = ConnTracker::new(TrackerConfig::default(), Arc::clone(&stats));
         let mut out = Vec::new();
         for (client_sent, bytes, ms) in events {
-            out.extend(tracker.on_data(&SocketData {
-                pid: 7,
-                tid: 7,
-                timestamp_ns: ms * 1_000_000,
-                socket_cookie: 1,
-                local: "127.0.0.1:50051".parse().expect("address"),
-                remote: "127.0.0.1:40000".parse().expect("address"),
-                direction: if *client_sent {
-                    Direction::Ingress
-                } else {
-                    Direction::Egress
-                },
-                role,
-                fd: Some(3),
-                total_len: bytes.len() as u32,
-                payload: Bytes::copy_from_slice(bytes),
-                trace: None,
-                tls: false,
-            }));
+            out.extend(tracker.on_data(&data(*client_sent, bytes, *ms, role)));
         }
         (out, stats)
+    }
+
+    /// Ten thousand calls opened on one connection and never answered,
+    /// through a bound of 16 open streams: each one past the bound
+    /// abandons the oldest (counted), and closing the connection ends no
+    /// more than the bound. Every request also inserts a new header into
+    /// the peer's HPACK table, which stays within its own byte bound
+    /// (see `hpack::tests::table_churn_stays_within_the_byte_bound`).
+    #[test]
+    fn stream_churn_stays_within_the_bound() {
+        const MAX: usize = 16;
+        const CHURN: u32 = 10_000;
+        let stats = Arc::new(Stats::default());
+        let config = TrackerConfig {
+            max_streams_per_connection: MAX,
+            ..TrackerConfig::default()
+        };
+        let mut tracker = ConnTracker::new(config, Arc::clone(&stats));
+        let mut hello = PREFACE.to_vec();
+        hello.extend(frame(0x4, 0, 0, &[]));
+        assert!(
+            tracker
+                .on_data(&data(true, &hello, 0, Role::Server))
+                .is_empty()
+        );
+        let mut abandoned = 0;
+        for i in 0..CHURN {
+            let request_id = format!("{i}");
+            let mut fields = grpc_request("/shop.Cart/Add", None);
+            fields.extend(block(&[("x-request-id", &request_id)], 1));
+            let headers = frame(0x1, 0x4, 2 * i + 1, &fields);
+            let out = tracker.on_data(&data(true, &headers, u64::from(i), Role::Server));
+            assert!(
+                out.iter().all(|x| x.outcome == Outcome::Abandoned),
+                "{out:?}"
+            );
+            abandoned += out.len();
+        }
+        let closed = tracker.on_close(&SocketClose {
+            timestamp_ns: u64::from(CHURN) * 1_000_000,
+            socket_cookie: 1,
+        });
+        assert_eq!(abandoned, CHURN as usize - MAX);
+        assert_eq!(closed.len(), MAX, "only the bound was still open");
+        assert_eq!(
+            stats.get(Counter::ExchangesAbandoned),
+            u64::from(CHURN) - MAX as u64
+        );
+        assert_eq!(tracker.connections(), 0);
     }
 
     #[test]

@@ -700,6 +700,70 @@ fn least_recently_used_connection_is_evicted() {
     assert_eq!(wire.tracker.connections(), 2);
 }
 
+/// Ten thousand connections through a table of 64, each left with an
+/// unanswered request: the table never holds more than its bound, and
+/// every eviction and abandoned request is counted.
+#[test]
+fn connection_churn_stays_within_the_bound() {
+    const MAX: usize = 64;
+    const CHURN: u64 = 10_000;
+    let config = TrackerConfig {
+        max_connections: MAX,
+        ..TrackerConfig::default()
+    };
+    let mut wire = Wire::with_config(Role::Server, config);
+    let mut abandoned = 0;
+    for cookie in 1..=CHURN {
+        wire.cookie = cookie;
+        abandoned += wire.recv(GET).len() as u64;
+        assert!(wire.tracker.connections() <= MAX, "at connection {cookie}");
+    }
+    let evicted = CHURN - MAX as u64;
+    assert_eq!(wire.tracker.connections(), MAX);
+    assert_eq!(wire.tracker.by_activity.len(), MAX, "the LRU index too");
+    assert_eq!(wire.count(Counter::ConnectionsEvicted), evicted);
+    assert_eq!(wire.count(Counter::ExchangesAbandoned), evicted);
+    assert_eq!(abandoned, evicted);
+}
+
+/// Ten thousand pipelined requests that are never answered, on one
+/// connection with room for 8: the queue stays at 8, the rest are
+/// abandoned oldest first and counted.
+#[test]
+fn pending_request_churn_stays_within_the_bound() {
+    const MAX: usize = 8;
+    const CHURN: usize = 10_000;
+    let config = TrackerConfig {
+        max_pending_requests: MAX,
+        ..TrackerConfig::default()
+    };
+    let mut wire = Wire::with_config(Role::Server, config);
+    let mut abandoned = 0;
+    for i in 0..CHURN {
+        abandoned += wire
+            .recv(format!("GET /{i} HTTP/1.1\r\n\r\n").as_bytes())
+            .len();
+        let Some(Conn {
+            state: ConnState::Http(http),
+            ..
+        }) = wire.tracker.conns.get(&wire.cookie)
+        else {
+            panic!("connection 1 is not HTTP/1 after request {i}");
+        };
+        assert!(http.pairing.pending.len() <= MAX, "at request {i}");
+    }
+    assert_eq!(abandoned, CHURN - MAX);
+    assert_eq!(
+        wire.count(Counter::ExchangesAbandoned),
+        (CHURN - MAX) as u64
+    );
+    assert_eq!(
+        wire.close().len(),
+        MAX,
+        "the last 8 end with the connection"
+    );
+}
+
 #[test]
 fn pending_requests_are_bounded() {
     let config = TrackerConfig {

@@ -323,4 +323,33 @@ mod tests {
         assert_eq!(pods.len(), MAX_PODS);
         assert!(pods.apply(meta("one-more", "x", None)).is_err());
     }
+
+    /// Pod turnover far past the bound (each pod restarted once with a new
+    /// container, then deleted): both indexes shrink with every delete, so
+    /// a busy node's churn never accumulates, and a flood without deletes
+    /// stops at the bound with each refusal reported.
+    #[test]
+    fn pod_churn_stays_within_the_bound() {
+        const LIVE: usize = 100;
+        let pods = Pods::default();
+        let id = |n: usize| format!("{n:064x}");
+        for i in 0..10 * MAX_PODS {
+            pods.apply(meta(&format!("p{i}"), "web", Some(&id(2 * i))))
+                .unwrap();
+            // Restarted: same pod, new container id.
+            pods.apply(meta(&format!("p{i}"), "web", Some(&id(2 * i + 1))))
+                .unwrap();
+            if i >= LIVE {
+                pods.delete(&format!("p{}", i - LIVE));
+            }
+            let store = pods.store.read().unwrap();
+            assert!(store.by_uid.len() <= LIVE + 1, "at pod {i}");
+            assert_eq!(store.by_container.len(), store.by_uid.len(), "at pod {i}");
+        }
+        let refused = (0..2 * MAX_PODS)
+            .filter(|i| pods.apply(meta(&format!("flood{i}"), "x", None)).is_err())
+            .count();
+        assert_eq!(pods.len(), MAX_PODS);
+        assert_eq!(refused, 2 * MAX_PODS - (MAX_PODS - LIVE));
+    }
 }

@@ -14,8 +14,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::config::OtlpConfig;
-use super::convert::to_request;
+use super::config::{BatchConfig, OtlpConfig};
+use super::convert::{encoded_size_estimate, to_request};
 use super::events::{BatchExported, BatchLost, QueueFull, ShutdownTimedOut};
 use super::retry::send_with_retry;
 use super::transport::Transport;
@@ -31,7 +31,7 @@ pub(super) async fn run_batcher<T: Transport>(
 ) {
     // Zero would never form a batch; the fields are public, so guard here.
     let max_batch = config.batch.max_batch_size.max(1);
-    let mut queue = Queue::new(config.batch.max_queue_size.max(1));
+    let mut queue = Queue::new(&config.batch);
     let mut in_flight: Option<InFlight<'_>> = None;
     loop {
         if in_flight.is_none()
@@ -39,7 +39,7 @@ pub(super) async fn run_batcher<T: Transport>(
         {
             in_flight = Some(InFlight::start(&transport, spans, config, stats));
         }
-        stats.set_gauge(Gauge::ExportQueueSpans, queue.len());
+        queue.publish(stats);
         // While a batch is in flight the delay is moot: the next batch
         // starts when this one is done.
         let deadline = match in_flight {
@@ -76,7 +76,7 @@ pub(super) async fn run_batcher<T: Transport>(
         }
     };
     let flushed = tokio::time::timeout(config.shutdown_timeout, flush).await;
-    stats.set_gauge(Gauge::ExportQueueSpans, queue.len());
+    queue.publish(stats);
     if flushed.is_err() {
         let in_flight = in_flight.map_or(0, |batch| batch.spans);
         ShutdownTimedOut {
@@ -95,22 +95,36 @@ enum Wake {
     Closed,
 }
 
-/// Spans waiting to be sent, each with its arrival time (the batch delay
-/// counts from the oldest).
+/// Spans waiting to be sent, bounded in number and in bytes.
 struct Queue {
-    spans: VecDeque<(Instant, Span)>,
-    capacity: usize,
+    spans: VecDeque<Queued>,
+    max_spans: usize,
+    max_bytes: usize,
+    /// Sum of the queued spans' size estimates.
+    bytes: usize,
     /// Dropping since the last batch was taken; only the first drop of such
     /// an episode is logged.
     overflowing: bool,
 }
 
+/// A queued span with its arrival time (the batch delay counts from the
+/// oldest) and its weight in the byte bound.
+struct Queued {
+    arrived: Instant,
+    bytes: usize,
+    span: Span,
+}
+
 impl Queue {
-    fn new(capacity: usize) -> Self {
+    fn new(batch: &BatchConfig) -> Self {
         Self {
-            // Grows to `capacity` only if the collector falls behind.
+            // Grows to its bounds only if the collector falls behind.
             spans: VecDeque::new(),
-            capacity,
+            // Zero would never hold a span; the fields are public, so
+            // guard here.
+            max_spans: batch.max_queue_size.max(1),
+            max_bytes: batch.max_queue_bytes.max(1),
+            bytes: 0,
             overflowing: false,
         }
     }
@@ -119,22 +133,41 @@ impl Queue {
         self.spans.len() as u64
     }
 
-    /// Drops the oldest span when full: recent spans are the ones people
-    /// are looking for.
+    /// Sets the queue depth gauges.
+    fn publish(&self, stats: &Stats) {
+        stats.set_gauge(Gauge::ExportQueueSpans, self.len());
+        stats.set_gauge(Gauge::ExportQueueBytes, self.bytes as u64);
+    }
+
+    /// Drops the oldest spans until the new one fits both bounds: recent
+    /// spans are the ones people are looking for. A span larger than the
+    /// byte bound on its own still goes in (alone), so it is sent or
+    /// counted like any other.
     fn push(&mut self, span: Span, stats: &Stats) {
-        if self.spans.len() >= self.capacity && self.spans.pop_front().is_some() {
+        let bytes = encoded_size_estimate(&span);
+        while self.spans.len() >= self.max_spans || self.bytes + bytes > self.max_bytes {
+            let Some(oldest) = self.spans.pop_front() else {
+                break;
+            };
+            self.bytes -= oldest.bytes;
             QueueFull {
                 first: !self.overflowing,
-                capacity: self.capacity,
+                max_spans: self.max_spans,
+                max_bytes: self.max_bytes,
             }
             .emit(stats);
             self.overflowing = true;
         }
-        self.spans.push_back((Instant::now(), span));
+        self.bytes += bytes;
+        self.spans.push_back(Queued {
+            arrived: Instant::now(),
+            bytes,
+            span,
+        });
     }
 
     fn deadline(&self, max_delay: Duration) -> Option<Instant> {
-        self.spans.front().map(|(arrived, _)| *arrived + max_delay)
+        self.spans.front().map(|queued| queued.arrived + max_delay)
     }
 
     /// A batch if a full one is waiting or the oldest span waited long enough.
@@ -149,7 +182,13 @@ impl Queue {
     fn take(&mut self, max_batch: usize) -> Vec<Span> {
         self.overflowing = false;
         let count = self.spans.len().min(max_batch);
-        self.spans.drain(..count).map(|(_, span)| span).collect()
+        self.spans
+            .drain(..count)
+            .map(|queued| {
+                self.bytes -= queued.bytes;
+                queued.span
+            })
+            .collect()
     }
 }
 
@@ -225,8 +264,8 @@ mod tests {
     use super::super::transport::SendError;
     use super::*;
     use crate::export::otlp::OtlpOverrides;
-    use crate::export::test_support::{resource, span};
     use crate::telemetry::Counter;
+    use crate::test_support::{resource, span};
 
     /// What the fake transport does with one attempt.
     enum Reply {
@@ -319,6 +358,18 @@ mod tests {
             }
         }
 
+        /// A harness whose collector holds every request until the
+        /// returned gate gives permits.
+        fn gated(configure: impl FnOnce(&mut OtlpConfig)) -> (Self, Arc<Semaphore>) {
+            let gate = Arc::new(Semaphore::new(0));
+            let script_gate = Arc::clone(&gate);
+            let harness = Self::start(
+                move |_| Reply::AcceptWhenReleased(Arc::clone(&script_gate)),
+                configure,
+            );
+            (harness, gate)
+        }
+
         async fn send(&self, names: &[&str]) {
             let resource = resource("pid:1:1", "api");
             for name in names {
@@ -409,16 +460,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_drops_the_oldest_and_counts_them() {
-        let gate = Arc::new(Semaphore::new(0));
-        let script_gate = Arc::clone(&gate);
-        let mut harness = Harness::start(
-            move |_| Reply::AcceptWhenReleased(Arc::clone(&script_gate)),
-            |config| {
-                config.batch.max_batch_size = 2;
-                config.batch.max_queue_size = 4;
-                config.batch.max_delay = Duration::from_secs(3600);
-            },
-        );
+        let (mut harness, gate) = Harness::gated(|config| {
+            config.batch.max_batch_size = 2;
+            config.batch.max_queue_size = 4;
+            config.batch.max_delay = Duration::from_secs(3600);
+        });
         harness.send(&["s0", "s1"]).await;
         // The first batch is now held by the collector...
         assert_eq!(harness.next_request().await.1, names(&["s0", "s1"]));
@@ -431,6 +477,61 @@ mod tests {
         assert_eq!(stats.get(Counter::SpansDroppedQueueFull), 2);
         assert_eq!(stats.get(Counter::SpansExported), 6);
         assert_eq!(stats.get(Counter::SpansExportFailed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_queue_full_in_bytes_drops_the_oldest_and_counts_them() {
+        let resource = resource("pid:1:1", "api");
+        let small = encoded_size_estimate(&span(&resource, "s0"));
+        // The estimate grows with the name: this span weighs two small ones.
+        let big = "b".repeat(small + 2);
+        assert_eq!(encoded_size_estimate(&span(&resource, &big)), 2 * small);
+        let (mut harness, gate) = Harness::gated(|config| {
+            config.batch.max_batch_size = 2;
+            // Only the byte bound can bite.
+            config.batch.max_queue_size = 100;
+            config.batch.max_queue_bytes = 4 * small;
+            config.batch.max_delay = Duration::from_secs(3600);
+        });
+        harness.send(&["s0", "s1"]).await;
+        assert_eq!(harness.next_request().await.1, names(&["s0", "s1"]));
+        // Four small spans fill the bytes: s2 and s3 make room for s6, s7,
+        // then s4 and s5 for the big one.
+        harness.send(&["s2", "s3", "s4", "s5", "s6", "s7"]).await;
+        harness.until_received().await;
+        assert_eq!(
+            harness.stats.gauge(Gauge::ExportQueueBytes),
+            4 * small as u64
+        );
+        harness.send(&[big.as_str()]).await;
+        harness.until_received().await;
+        assert_eq!(harness.stats.gauge(Gauge::ExportQueueSpans), 3);
+        assert_eq!(
+            harness.stats.gauge(Gauge::ExportQueueBytes),
+            4 * small as u64
+        );
+        gate.add_permits(10);
+        let (requests, stats) = harness.shut_down().await;
+        assert_eq!(requests, vec![names(&["s6", "s7"]), vec![big]]);
+        assert_eq!(stats.get(Counter::SpansDroppedQueueFull), 4);
+        assert_eq!(stats.get(Counter::SpansExported), 5);
+        assert_eq!(stats.gauge(Gauge::ExportQueueBytes), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_span_larger_than_the_byte_bound_still_goes_alone() {
+        let harness = Harness::start(
+            |_| Reply::Accept,
+            |config| {
+                config.batch.max_batch_size = 10;
+                config.batch.max_queue_bytes = 1;
+            },
+        );
+        harness.send(&["a", "b"]).await;
+        let (requests, stats) = harness.shut_down().await;
+        assert_eq!(requests, vec![names(&["b"])]);
+        assert_eq!(stats.get(Counter::SpansDroppedQueueFull), 1);
+        assert_eq!(stats.get(Counter::SpansExported), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -142,6 +142,11 @@ pub struct BatchConfig {
     /// Spans waiting beyond this are dropped, oldest first
     /// (`OTEL_BSP_MAX_QUEUE_SIZE`).
     pub max_queue_size: usize,
+    /// Spans waiting beyond this many bytes (their estimated OTLP encoded
+    /// size) are dropped, oldest first (`export.max_queue_bytes`): long
+    /// URLs and many attributes make spans of very different sizes, and
+    /// memory follows bytes, not spans.
+    pub max_queue_bytes: usize,
 }
 
 /// Retries of one batch after retryable failures: exponential backoff with
@@ -259,6 +264,10 @@ const DEFAULT_BATCH: BatchConfig = BatchConfig {
     max_batch_size: 512,
     max_delay: Duration::from_secs(5),
     max_queue_size: 2048,
+    // A full queue of 2,048 typical spans (300-600 bytes) stays far below;
+    // the bound bites when spans carry long URLs or the span bound is
+    // raised.
+    max_queue_bytes: 8 << 20,
 };
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -356,6 +365,7 @@ impl OtlpConfig {
                 .map(|setting| parse_count(&setting))
                 .transpose()?
                 .unwrap_or(DEFAULT_BATCH.max_queue_size),
+            max_queue_bytes: DEFAULT_BATCH.max_queue_bytes,
         };
         if batch.max_batch_size > batch.max_queue_size {
             return Err(ConfigError::BatchLargerThanQueue {
@@ -790,6 +800,7 @@ mod tests {
                 max_batch_size: 100,
                 max_delay: Duration::from_millis(200),
                 max_queue_size: 1000,
+                max_queue_bytes: DEFAULT_BATCH.max_queue_bytes,
             }
         );
     }

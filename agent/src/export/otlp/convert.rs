@@ -104,6 +104,54 @@ fn to_proto_span(span: Span) -> ProtoSpan {
     }
 }
 
+/// Protobuf bytes of a span's fixed fields: trace id (2 + 16), span id
+/// (2 + 8), parent id (2 + 8), flags (5), kind (2), two fixed64 timestamps
+/// (2 x 9), status (6), and the span's own tag and length in `ScopeSpans`
+/// (3).
+const SPAN_FIXED_BYTES: usize = 70;
+/// Framing around one attribute: the `KeyValue` and `AnyValue` tags and
+/// lengths, the key's and a string value's tag and length (one-byte
+/// lengths, two-byte past 127: the slack covers it).
+const ATTRIBUTE_FRAMING_BYTES: usize = 12;
+/// Framing of the span's variable-length strings (name, trace state,
+/// status message): a tag and a length each.
+const STRING_FRAMING_BYTES: usize = 3;
+
+/// Bytes a span adds to an OTLP request, estimated from the lengths of its
+/// fields without encoding it (the queue weighs every span it takes, so
+/// this must be cheap): the fixed fields, then each string's length plus
+/// its framing. Numbers count 9 bytes (the most a fixed64 or 10-byte
+/// varint field costs, give or take). The span's resource is left out: it
+/// is shared by every span of its process and sent once per batch.
+pub(crate) fn encoded_size_estimate(span: &Span) -> usize {
+    let strings = [
+        span.name.len(),
+        span.trace_state.as_ref().map_or(0, String::len),
+        match &span.status {
+            SpanStatus::Unset => 0,
+            SpanStatus::Error(message) => message.len(),
+        },
+    ];
+    let attributes: usize = span
+        .attributes
+        .iter()
+        .map(|attribute| {
+            let value = match &attribute.value {
+                AttributeValue::Str(text) => text.len(),
+                AttributeValue::Int(_) | AttributeValue::Float(_) => 9,
+                AttributeValue::Bool(_) => 1,
+            };
+            ATTRIBUTE_FRAMING_BYTES + attribute.key.len() + value
+        })
+        .sum();
+    SPAN_FIXED_BYTES
+        + strings
+            .iter()
+            .map(|len| len + STRING_FRAMING_BYTES)
+            .sum::<usize>()
+        + attributes
+}
+
 /// One OTLP attribute.
 pub(crate) fn key_value(key: String, value: &AttributeValue) -> KeyValue {
     let value = match value {
@@ -122,8 +170,8 @@ pub(crate) fn key_value(key: String, value: &AttributeValue) -> KeyValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::test_support::{resource, span};
     use crate::spans::model::Attribute;
+    use crate::test_support::{resource, span};
 
     fn value(key_value: &KeyValue) -> &any_value::Value {
         key_value
@@ -270,5 +318,50 @@ mod tests {
             root.status.as_ref().map(|s| s.code),
             Some(i32::from(StatusCode::Unset))
         );
+    }
+
+    /// The estimate never undercounts what the span really costs in a
+    /// request (its encoded length plus its tag and length in the
+    /// `ScopeSpans`), and overcounts by little, for small spans and for
+    /// spans with long strings.
+    #[test]
+    fn size_estimate_is_close_above_the_encoded_size() {
+        use prost::Message;
+
+        let resource = resource("k", "api");
+        let bare = span(&resource, "GET");
+        let mut typical = span(&resource, "GET /api/users/{id}");
+        typical.parent_span_id = Some(*b"parent01");
+        typical.trace_state = Some("vendor=value".into());
+        typical.attributes = vec![
+            Attribute::new("http.request.method", "GET"),
+            Attribute::new("url.path", "/api/users/8812"),
+            Attribute::new("http.route", "/api/users/{id}"),
+            Attribute::new("http.response.status_code", 200_i64),
+            Attribute::new("server.port", 8080_i64),
+            Attribute::new("network.peer.address", "10.1.2.3"),
+            Attribute::new("user_agent.original", "curl/8.5.0"),
+        ];
+        let mut large = typical.clone();
+        large
+            .attributes
+            .push(Attribute::new("url.full", "x".repeat(3000)));
+        large
+            .attributes
+            .push(Attribute::new("sonde.ratio", AttributeValue::Float(0.5)));
+        large
+            .attributes
+            .push(Attribute::new("sonde.flag", AttributeValue::Bool(true)));
+        large.status = SpanStatus::Error("x".repeat(200));
+        for span in [bare, typical, large] {
+            let estimate = encoded_size_estimate(&span);
+            let name = span.name.clone();
+            let encoded = to_proto_span(span).encoded_len();
+            let in_request = encoded + 1 + prost::length_delimiter_len(encoded);
+            assert!(
+                (in_request..=in_request + in_request / 4 + 16).contains(&estimate),
+                "{name}: estimated {estimate} bytes, {in_request} in a request"
+            );
+        }
     }
 }

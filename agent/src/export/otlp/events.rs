@@ -11,12 +11,14 @@ use hyper::Uri;
 use super::transport::SendError;
 use crate::telemetry::{Counter, Stats};
 
-/// A span pushed out of the full queue to make room for a newer one.
+/// A span pushed out of the full queue (full in spans or in bytes) to make
+/// room for a newer one.
 pub(super) struct QueueFull {
     /// First drop since the queue last had room: worth a warning; the
     /// following ones are only counted.
     pub(super) first: bool,
-    pub(super) capacity: usize,
+    pub(super) max_spans: usize,
+    pub(super) max_bytes: usize,
 }
 
 impl QueueFull {
@@ -24,7 +26,8 @@ impl QueueFull {
         stats.add(Counter::SpansDroppedQueueFull, 1);
         if self.first {
             tracing::warn!(
-                capacity = self.capacity,
+                max_spans = self.max_spans,
+                max_bytes = self.max_bytes,
                 "export queue full, dropping the oldest spans (see {})",
                 Counter::SpansDroppedQueueFull.name()
             );

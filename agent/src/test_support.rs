@@ -1,4 +1,5 @@
-//! Spans for the export tests: one place that knows how to fill a `Span`.
+//! Resources and spans for unit tests: one place that knows how to fill
+//! them.
 
 use std::sync::Arc;
 
