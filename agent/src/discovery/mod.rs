@@ -11,8 +11,8 @@
 //! With TLS capture on, each selected process's memory maps are read for
 //! OpenSSL's libssl, and every library file found gets the OpenSSL uprobes
 //! (once per file: see [`crate::probes::openssl`]); so are those of the
-//! targets the kernel added on its own (children forked by a target), at
-//! the next [`RESCAN_INTERVAL`]. A process that maps none yet is looked at
+//! targets the kernel added on its own (children forked by a target),
+//! within four [`RESCAN_INTERVAL`]s. A process that maps none yet is looked at
 //! again every [`RESCAN_INTERVAL`] until it does, since libraries are often
 //! loaded late (Python imports `ssl` on first use, others `dlopen` it);
 //! only such processes' maps are re-read.
@@ -195,6 +195,9 @@ impl Selectors {
 
 /// How many rescan ticks between two prunings of the process registry.
 const PRUNE_EVERY_TICKS: u32 = 20;
+/// How many rescan ticks between two looks at the kernel's target set for
+/// children of targets that may map a libssl of their own.
+const TLS_TARGETS_EVERY_TICKS: u32 = 4;
 /// How far up the process tree an inherited target looks for the target
 /// it descends from.
 const MAX_ANCESTRY: usize = 64;
@@ -319,21 +322,25 @@ impl<T: TargetSet> Discovery<T> {
         self.last_listening = inodes;
     }
 
-    /// Looks for libssl in targets the kernel added on its own (children
+    /// Looks again for libssl in targets that had none and, with
+    /// `kernel_targets`, in targets the kernel added on its own (children
     /// forked by a target, such as a pre-fork server's workers, which may
-    /// import `ssl` after the fork), and again in targets that had none.
-    pub fn rescan_tls(&mut self) {
+    /// import `ssl` after the fork). Reading the kernel's set costs a
+    /// syscall per entry, so the caller does that less often.
+    pub fn rescan_tls(&mut self, kernel_targets: bool) {
         if self.tls.is_none() {
             return;
         }
-        let in_kernel: HashSet<u32> = self.targets.pids().into_iter().collect();
-        self.tls_seen.retain(|pid| in_kernel.contains(pid));
-        self.tls_waiting.retain(|pid| in_kernel.contains(pid));
-        for id in in_kernel {
-            // Thread ids are targets too; their process is looked at under
-            // its own id.
-            if self.tls_seen.insert(id) && self.procfs.tgid(id) == Some(id) {
-                self.find_tls(id);
+        if kernel_targets {
+            let in_kernel: HashSet<u32> = self.targets.pids().into_iter().collect();
+            self.tls_seen.retain(|pid| in_kernel.contains(pid));
+            self.tls_waiting.retain(|pid| in_kernel.contains(pid));
+            for id in in_kernel {
+                // Thread ids are targets too; their process is looked at
+                // under its own id.
+                if self.tls_seen.insert(id) && self.procfs.tgid(id) == Some(id) {
+                    self.find_tls(id);
+                }
             }
         }
         let waiting: Vec<u32> = self.tls_waiting.iter().copied().collect();
@@ -565,7 +572,7 @@ pub async fn run_discovery<T: TargetSet>(
             _ = rescan.tick() => {
                 discovery.recheck_new_targets();
                 discovery.rescan_ports();
-                discovery.rescan_tls();
+                discovery.rescan_tls(ticks.is_multiple_of(TLS_TARGETS_EVERY_TICKS));
                 // From the first tick on, so the kernel gauge has a value
                 // from the start.
                 let prune = ticks.is_multiple_of(PRUNE_EVERY_TICKS);
@@ -868,13 +875,15 @@ mod tests {
         proc.add(202, 1, python, "/user.slice", &[2021]);
         proc.add(203, 1, python, "/user.slice", &[]);
         proc.add(204, 1, "/usr/bin/node", "/user.slice", &[]);
-        // A worker 202 forked: a target only because the kernel made it one.
+        // Workers 202 forked: targets only because the kernel made them so.
         proc.add(205, 202, "/usr/bin/worker", "/user.slice", &[]);
+        proc.add(206, 202, "/usr/bin/worker", "/user.slice", &[]);
         proc.map(201, &[(python, 10), (LIBC, 11), (LIBSSL, 12)]);
         for pid in [202, 203, 205] {
             proc.map(pid, &[(python, 10), (LIBC, 11)]);
         }
         proc.map(204, &[(LIBSSL, 12)]);
+        proc.map(206, &[(LIBSSL, 12)]);
         let procfs = Procfs::at(&proc.0);
         let tls = FakeTls::default();
         let mut discovery = Discovery::new(
@@ -902,14 +911,16 @@ mod tests {
         discovery.targets.0.extend([205, 2021]);
 
         // 202 imports `ssl` late, its worker too; 203 exits before it does.
-        discovery.rescan_tls();
+        discovery.rescan_tls(true);
         assert!(tls.take().is_empty());
         proc.map(202, &[(python, 10), (LIBC, 11), (LIBSSL, 12)]);
         proc.map(205, &[(python, 10), (LIBSSL, 12)]);
         discovery.targets.0.remove(&203);
         discovery.on_exit(203);
         proc.map(203, &[(LIBSSL, 12)]);
-        discovery.rescan_tls();
+        discovery.targets.0.insert(206);
+        // Without the kernel's set, only the processes waiting are read.
+        discovery.rescan_tls(false);
         let mut found = tls.take();
         found.sort_by(|a, b| a.path.cmp(&b.path));
         assert_eq!(
@@ -917,7 +928,9 @@ mod tests {
             [libssl_of(202), libssl_of(205)],
             "the thread 2021 is looked at as its process 202"
         );
-        discovery.rescan_tls();
+        discovery.rescan_tls(true);
+        assert_eq!(tls.take(), [libssl_of(206)], "a new child of a target");
+        discovery.rescan_tls(true);
         assert!(tls.take().is_empty(), "found once, not looked at again");
     }
 
