@@ -686,7 +686,7 @@ impl Streams {
         let reset_status = match (ending, request.grpc_timeout_ns) {
             (Ending::Reset { code: Some(code) }, Some(timeout)) => Some(grpc::status_for_reset(
                 code,
-                end.saturating_sub(first.ns) >= timeout,
+                grpc::deadline_passed(end.saturating_sub(first.ns), timeout),
             )),
             (Ending::Reset { code: Some(code) }, None) if request.unknown == 0 => {
                 Some(grpc::status_for_reset(code, false))

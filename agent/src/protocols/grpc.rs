@@ -63,6 +63,17 @@ pub fn status_for_reset(code: u32, deadline_passed: bool) -> u32 {
     }
 }
 
+/// True if a call whose client reset it `elapsed_ns` after its first
+/// request bytes had reached its `grpc-timeout` of `timeout_ns`. Clients
+/// compute that header from their deadline before the request reaches the
+/// socket or OpenSSL, and may round it up (grpcio sends `201m` for a
+/// 200 ms deadline), so a reset at the deadline can look a little early on
+/// the agent's clock: a tenth of the timeout, at least 5 ms, is allowed.
+pub fn deadline_passed(elapsed_ns: u64, timeout_ns: u64) -> bool {
+    let slack = (timeout_ns / 10).max(5_000_000);
+    elapsed_ns.saturating_add(slack) >= timeout_ns
+}
+
 /// True if `code` marks a server span as an error.
 pub fn is_server_error(code: u32) -> bool {
     SERVER_ERRORS.contains(&code)
@@ -110,6 +121,22 @@ pub fn parse_timeout(value: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reset_near_the_timeout_is_the_deadline() {
+        let ms = 1_000_000;
+        // grpcio's `201m` for a 200 ms deadline, reset when it fired.
+        assert!(deadline_passed(200_935_000, 201 * ms));
+        assert!(deadline_passed(150 * ms, 100 * ms));
+        assert!(deadline_passed(91 * ms, 100 * ms));
+        assert!(!deadline_passed(89 * ms, 100 * ms), "cancelled before");
+        assert!(!deadline_passed(0, 100 * ms));
+        assert!(
+            deadline_passed(0, ms),
+            "a 1 ms deadline is within the clocks' error"
+        );
+        assert!(deadline_passed(u64::MAX, u64::MAX), "no overflow");
+    }
 
     #[test]
     fn status_names_and_error_sets() {
