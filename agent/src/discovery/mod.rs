@@ -278,6 +278,9 @@ impl<T: TargetSet> Discovery<T> {
 
     /// A process exec'd: select it if it matches.
     pub fn on_exec(&mut self, pid: u32) {
+        // A target that execs another program (a shell's `exec`, a
+        // wrapper) is described again, as that program, on its next span.
+        self.registry.forget(pid);
         if !self.selected.contains(&pid) && self.wants(pid, None) {
             self.select(pid);
         }
@@ -846,6 +849,28 @@ mod tests {
             HashSet::from([104]),
             "the pod's processes, their children and threads left the kernel set"
         );
+    }
+
+    #[test]
+    fn a_target_that_execs_is_described_as_its_new_program() {
+        let proc = FakeProc::new("exec");
+        proc.add(301, 1, "/usr/bin/dash", "/", &[]);
+        let procfs = Procfs::at(&proc.0);
+        let registry = ProcessRegistry::new(procfs.clone(), Default::default());
+        let mut discovery = Discovery::new(
+            selectors(&[], &[301]),
+            procfs,
+            FakeTargets::default(),
+            registry.clone(),
+        );
+        discovery.scan_all();
+        assert_eq!(registry.resource(301).service_name, "dash");
+        let exe = proc.0.join("301/exe");
+        std::fs::remove_file(&exe).unwrap();
+        std::os::unix::fs::symlink("/usr/bin/python3", &exe).unwrap();
+        discovery.on_exec(301);
+        assert_eq!(registry.resource(301).service_name, "python3");
+        assert!(discovery.selected().contains(&301));
     }
 
     /// Records the libraries handed to the OpenSSL probes.
