@@ -45,6 +45,21 @@ impl Server {
         )
     }
 
+    /// The same Python server serving HTTPS with `cert` (its `ssl` module:
+    /// the system's OpenSSL).
+    pub fn python_https(cert: &Certificate) -> Self {
+        Self::start(
+            "python3",
+            &[
+                app_path("http_server.py").to_str().expect("utf-8 path"),
+                "--cert",
+                &cert.cert(),
+                "--key",
+                &cert.key(),
+            ],
+        )
+    }
+
     /// The Node.js HTTP server (`tests/apps/http_server.js`).
     pub fn node_http() -> Self {
         Self::start(

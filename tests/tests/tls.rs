@@ -5,6 +5,8 @@
 //! TLS credentials (Debian's python3-grpcio under /usr/bin/python3, which
 //! links the system libssl; PyPI's wheel embeds BoringSSL, out of these
 //! probes' reach). The certificates are made at test time by `openssl req`.
+//! Trace context inside TLS: an incoming `traceparent` joins, in-process
+//! links hold across a TLS call, nothing is injected into TLS.
 //! Needs root; see `sonde_tests::agent::skip_reason`.
 
 use std::{net::TcpListener, process::Command, time::Duration};
@@ -14,7 +16,7 @@ use sonde_tests::{
     OtlpReceiver, ReceivedSpan,
     agent::Agent,
     apps::{Certificate, Held, Server, app_path, raw_exchange},
-    grpc_suite::{SUITE_OUTPUT, assert_suite_traced},
+    grpc_suite::{PARENT_ID, SUITE_OUTPUT, TRACE_ID, assert_suite_traced},
     require_e2e, spans_of,
 };
 
@@ -158,8 +160,15 @@ async fn python_https_server_and_curl_clients() {
         ],
     );
     let url = |path: &str| format!("https://127.0.0.1:{port}{path}");
+    let traceparent = format!("traceparent: 00-{TRACE_ID}-{PARENT_ID}-01");
     let curls = [
-        held_curl(&["-o", "/dev/null", &url("/status/200?sleep=0.2")]),
+        held_curl(&[
+            "-o",
+            "/dev/null",
+            "-H",
+            &traceparent,
+            &url("/status/200?sleep=0.2"),
+        ]),
         held_curl(&[
             "-o",
             "/dev/null",
@@ -243,6 +252,11 @@ async fn python_https_server_and_curl_clients() {
         .find(|s| s.str_attr("url.path") == "/status/200")
         .expect("200 span");
     assert!(slow.duration_ms() >= 200.0, "handler slept: {slow:#?}");
+    assert_eq!(
+        (slow.trace_id.as_str(), slow.parent_span_id.as_str()),
+        (TRACE_ID, PARENT_ID),
+        "the traceparent inside TLS joined: {slow:#?}"
+    );
     assert_eq!(
         spans.iter().filter(|s| s.pid() == server_pid).count(),
         4,
@@ -494,16 +508,7 @@ async fn without_tls_ciphertext_gives_no_spans() {
     require_e2e!();
     let cert = Certificate::new("off");
     let receiver = OtlpReceiver::start().await;
-    let server = Server::start(
-        "python3",
-        &[
-            app_path("http_server.py").to_str().expect("utf-8 path"),
-            "--cert",
-            &cert.cert(),
-            "--key",
-            &cert.key(),
-        ],
-    );
+    let server = Server::python_https(&cert);
     let url = format!("https://127.0.0.1:{}/status/200", server.port);
     let client = held_curl(&["-o", "/dev/null", "-o", "/dev/null", &url, &url]);
     let client_pid = client.pid();
@@ -532,4 +537,71 @@ async fn without_tls_ciphertext_gives_no_spans() {
         .filter(|s| s.pid() == server.pid() || s.pid() == client_pid)
         .collect();
     assert!(ours.is_empty(), "spans from ciphertext: {ours:#?}");
+}
+
+/// Trace context across a TLS hop: a plaintext service (joining curl's
+/// `traceparent`) calls an HTTPS one with urllib. Its client span over TLS
+/// is a child of its server span (in-process link); no `traceparent` can
+/// be inserted into TLS, so the HTTPS service starts a trace of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_context_across_a_tls_hop() {
+    require_e2e!();
+    let cert = Certificate::new("hop");
+    let receiver = OtlpReceiver::start().await;
+    let backend = Server::python_https(&cert);
+    let downstream = format!("https://127.0.0.1:{}/status/200", backend.port);
+    // urllib trusts the test certificate through OpenSSL's SSL_CERT_FILE.
+    let front = Server::start(
+        "env",
+        &[
+            &format!("SSL_CERT_FILE={}", cert.cert()),
+            "python3",
+            app_path("chain_service.py").to_str().expect("utf-8 path"),
+            "--downstream",
+            &downstream,
+        ],
+    );
+    let ports = format!("{},{}", front.port, backend.port);
+    let agent = Agent::start(&["--port", &ports], &receiver.grpc_endpoint(), "grpc");
+    sonde_tests::apps::curl(&[
+        "-o",
+        "/dev/null",
+        "-H",
+        &format!("traceparent: 00-{TRACE_ID}-{PARENT_ID}-01"),
+        &format!("http://127.0.0.1:{}/work", front.port),
+    ]);
+
+    let ours = |spans: &[ReceivedSpan]| {
+        (
+            spans_of(spans, front.pid(), SpanKind::Server),
+            spans_of(spans, front.pid(), SpanKind::Client),
+            spans_of(spans, backend.pid(), SpanKind::Server),
+        )
+    };
+    let spans = receiver
+        .settle(WAIT, SETTLE, |spans| {
+            let (served, called, backend) = ours(spans);
+            !served.is_empty() && !called.is_empty() && !backend.is_empty()
+        })
+        .await;
+    let (served, called, backend_spans) = ours(&spans);
+    let ([served], [called], [backend_span]) = (&served[..], &called[..], &backend_spans[..])
+    else {
+        panic!("one span each: {served:#?} {called:#?} {backend_spans:#?}");
+    };
+    assert_eq!(served.trace_id, TRACE_ID, "{served:#?}");
+    assert_eq!(served.str_attr("url.scheme"), "http");
+    assert_eq!(called.str_attr("url.full"), downstream, "{called:#?}");
+    assert_eq!(
+        (called.trace_id.as_str(), called.parent_span_id.as_str()),
+        (TRACE_ID, served.span_id.as_str()),
+        "the call made while serving is the server span's child: {called:#?}"
+    );
+    assert_eq!(backend_span.str_attr("url.scheme"), "https");
+    assert_ne!(backend_span.trace_id, TRACE_ID, "{backend_span:#?}");
+    assert_eq!(
+        backend_span.parent_span_id, "",
+        "nothing injected into TLS: {backend_span:#?}"
+    );
+    assert_eq!(agent.stop(), 0);
 }
