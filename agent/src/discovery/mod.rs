@@ -272,7 +272,7 @@ impl<T: TargetSet> Discovery<T> {
     pub fn scan_all(&mut self) {
         self.rescan_ports();
         for pid in self.procfs.pids() {
-            self.on_exec(pid);
+            self.consider(pid);
         }
     }
 
@@ -281,6 +281,11 @@ impl<T: TargetSet> Discovery<T> {
         // A target that execs another program (a shell's `exec`, a
         // wrapper) is described again, as that program, on its next span.
         self.registry.forget(pid);
+        self.consider(pid);
+    }
+
+    /// Selects `pid` if it matches and is not selected yet.
+    fn consider(&mut self, pid: u32) {
         if !self.selected.contains(&pid) && self.wants(pid, None) {
             self.select(pid);
         }
@@ -865,6 +870,12 @@ mod tests {
         );
         discovery.scan_all();
         assert_eq!(registry.resource(301).service_name, "dash");
+        discovery.scan_all();
+        assert_eq!(
+            registry.len(),
+            1,
+            "a scan is no exec: the description stays"
+        );
         let exe = proc.0.join("301/exe");
         std::fs::remove_file(&exe).unwrap();
         std::os::unix::fs::symlink("/usr/bin/python3", &exe).unwrap();
