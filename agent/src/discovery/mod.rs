@@ -278,10 +278,16 @@ impl<T: TargetSet> Discovery<T> {
 
     /// A process exec'd: select it if it matches.
     pub fn on_exec(&mut self, pid: u32) {
-        // A target that execs another program (a shell's `exec`, a
-        // wrapper) is described again, as that program, on its next span.
+        // A process that execs another program (a shell's `exec`, a
+        // wrapper) is described again, as that program: a selected one at
+        // once, while it surely runs (a short-lived one may be gone by its
+        // first span), others on their next span.
         self.registry.forget(pid);
-        self.consider(pid);
+        if self.selected.contains(&pid) {
+            self.registry.resource(pid);
+        } else {
+            self.consider(pid);
+        }
     }
 
     /// Selects `pid` if it matches and is not selected yet.
@@ -880,6 +886,8 @@ mod tests {
         std::fs::remove_file(&exe).unwrap();
         std::os::unix::fs::symlink("/usr/bin/python3", &exe).unwrap();
         discovery.on_exec(301);
+        // Described at the exec: still so once the process has gone.
+        std::fs::remove_dir_all(proc.0.join("301")).unwrap();
         assert_eq!(registry.resource(301).service_name, "python3");
         assert!(discovery.selected().contains(&301));
     }
