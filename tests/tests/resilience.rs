@@ -21,7 +21,7 @@ use opentelemetry_proto::tonic::metrics::v1::AggregationTemporality;
 use serde_json::{Value, json};
 use sonde_tests::{
     Failure, NumberKind, OtlpReceiver, ReceivedNumber, ReceivedSpan,
-    agent::{Agent, config_file, memory_kib},
+    agent::{Agent, config_file, memory_kib, strip_colours},
     apps::{Server, curl},
     prometheus::{free_port, http_get},
     require_e2e,
@@ -370,20 +370,6 @@ fn exit_counters(log: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// The log without its ANSI colour sequences (`ESC [ ... m`).
-fn strip_colours(log: &str) -> String {
-    let mut plain = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            chars.by_ref().find(|&c| c == 'm');
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
-}
-
 /// SIGTERM with spans queued (a batch delay far longer than the test): the
 /// agent flushes them to the collector and exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -566,13 +552,7 @@ async fn after_kill_9_a_new_agent_starts_and_nothing_stays_attached() {
         "bpftool lists the running agent's programs {programs:?}"
     );
 
-    let status = Command::new("kill")
-        .args(["-KILL", &killed.pid().to_string()])
-        .status()
-        .expect("running kill");
-    assert!(status.success());
-    // Dropping reaps the dead process: none of its descriptors is left.
-    drop(killed);
+    killed.kill();
 
     let (args, _) = selecting(&server);
     let next = agent_exporting_to(&receiver, &args);
