@@ -91,6 +91,70 @@ impl Counters {
     }
 }
 
+/// Where the agent's spans went, by its own counters: each span produced is
+/// exported, dropped from the full queue, lost to a failed export, or
+/// still queued (the gauge). A batch in flight is in none of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SpanLedger {
+    produced: u64,
+    exported: u64,
+    dropped: u64,
+    failed: u64,
+    queued: u64,
+}
+
+impl SpanLedger {
+    fn read(counters: &Counters) -> Self {
+        let all = counters.all();
+        let get = |name: &str| {
+            *all.get(name)
+                .unwrap_or_else(|| panic!("no {name} on /metrics: {all:?}"))
+        };
+        Self {
+            produced: get("sonde_spans_produced_total"),
+            exported: get("sonde_spans_exported_total"),
+            dropped: get("sonde_spans_dropped_queue_full_total"),
+            failed: get("sonde_spans_export_failed_total"),
+            queued: get("sonde_export_queue_spans"),
+        }
+    }
+
+    fn balanced(&self) -> bool {
+        self.produced == self.exported + self.dropped + self.failed + self.queued
+    }
+
+    /// Polls until no batch is in flight: the ledger balances, and holds
+    /// still between two reads (one read of /metrics is not atomic).
+    fn settled(counters: &Counters) -> Self {
+        let started = Instant::now();
+        let mut last = Self::read(counters);
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = Self::read(counters);
+            if now.balanced() && now == last {
+                return now;
+            }
+            assert!(
+                started.elapsed() < WAIT,
+                "produced != exported + dropped + failed + queued after {WAIT:?}: {now:?}"
+            );
+            last = now;
+        }
+    }
+
+    /// The receiver got exactly the spans counted as exported, each once
+    /// (a retried batch is not delivered twice).
+    fn assert_delivered(&self, received: &[ReceivedSpan]) {
+        assert_eq!(
+            self.exported,
+            received.len() as u64,
+            "exported == received: {self:?}"
+        );
+        let ids: BTreeSet<&str> = received.iter().map(|span| span.span_id.as_str()).collect();
+        assert_eq!(ids.len(), received.len(), "a span received twice");
+    }
+}
+
 /// Sends `count` GETs of `path` on one keep-alive connection.
 fn get_many(server: &Server, path: &str, count: usize) {
     let url = server.url(path);
@@ -210,21 +274,15 @@ async fn spans_made_while_the_collector_is_away_are_delivered() {
     wait_for_path(&second, &server, "/during-gap", PER_PHASE).await;
 
     // Nothing else is in flight: every counter is final.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let all = counters.all();
+    let ledger = SpanLedger::settled(&counters);
     let received: Vec<ReceivedSpan> = delivered_first.into_iter().chain(second.spans()).collect();
-    let produced = all["sonde_spans_produced_total"];
-    let exported = all["sonde_spans_exported_total"];
-    let dropped = all["sonde_spans_dropped_queue_full_total"];
-    let failed = all["sonde_spans_export_failed_total"];
-    assert_eq!(produced, 2 * PER_PHASE as u64, "{all:?}");
-    assert_eq!(produced, exported + dropped + failed, "{all:?}");
-    assert_eq!((dropped, failed), (0, 0), "no loss: {all:?}");
+    assert_eq!(ledger.produced, 2 * PER_PHASE as u64, "{ledger:?}");
     assert_eq!(
-        exported,
-        received.len() as u64,
-        "exported == received: {all:?}"
+        (ledger.dropped, ledger.failed, ledger.queued),
+        (0, 0, 0),
+        "no loss: {ledger:?}"
     );
+    ledger.assert_delivered(&received);
     assert_eq!(
         count_path(&received, server.pid(), "/before-collector"),
         PER_PHASE
@@ -534,6 +592,26 @@ fn describe_pids(pids: &[u32]) -> String {
         .join("\n")
 }
 
+/// Waits until none of `programs` (of `whose`) is loaded any more: the
+/// kernel frees programs asynchronously after their last reference.
+fn wait_unloaded(programs: &BTreeSet<u64>, whose: &str) {
+    let started = Instant::now();
+    loop {
+        let left: BTreeSet<u64> = programs
+            .intersection(&loaded_program_ids())
+            .copied()
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "programs of {whose} still loaded: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// `kill -9`, then a new agent at once: it starts and traces, and none of
 /// the dead agent's programs stays loaded (they were held only by its file
 /// descriptors and links, which died with it).
@@ -563,22 +641,7 @@ async fn after_kill_9_a_new_agent_starts_and_nothing_stays_attached() {
         "the second agent did not trace the first one's request again"
     );
 
-    // The kernel frees programs asynchronously after their last reference.
-    let started = Instant::now();
-    loop {
-        let left: BTreeSet<u64> = programs
-            .intersection(&loaded_program_ids())
-            .copied()
-            .collect();
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "programs of the killed agent still loaded: {left:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_unloaded(&programs, "the killed agent");
     assert_eq!(next.stop(), 0);
 }
 
