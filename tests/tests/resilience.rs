@@ -1,6 +1,7 @@
 //! End-to-end resilience: the real agent against a real OTLP receiver that
-//! is missing, killed, restarted or answering 503; graceful shutdown with
-//! spans still queued; `kill -9` and an immediate restart (no program of the
+//! is missing, killed, restarted, answering 503 or answering slowly (past
+//! the export timeout) under a steady load; graceful shutdown with spans
+//! still queued; `kill -9` and an immediate restart (no program of the
 //! dead agent left attached); a flood of garbage and truncated HTTP; 5,000
 //! short-lived processes that must leave no state behind, in the agent or
 //! in the kernel's target map; clear errors for bad configuration and
@@ -22,7 +23,7 @@ use serde_json::{Value, json};
 use sonde_tests::{
     Failure, NumberKind, OtlpReceiver, ReceivedNumber, ReceivedSpan,
     agent::{Agent, config_file, memory_kib, strip_colours},
-    apps::{Server, curl},
+    apps::{Server, SteadyLoad, curl},
     prometheus::{free_port, http_get},
     require_e2e,
 };
@@ -331,6 +332,146 @@ async fn a_collector_answering_503_loses_nothing() {
         PER_PHASE,
         "each span once: {:#?}",
         receiver.spans()
+    );
+    assert_eq!(agent.stop(), 0);
+}
+
+/// The agent's export timeout in the slow-collector test.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How the slow collector answers, request after request: late, late, and
+/// past the export timeout (the agent gives up and retries).
+const SLOW_ANSWERS: [Duration; 3] = [
+    Duration::from_millis(300),
+    Duration::from_millis(300),
+    Duration::from_millis(2500),
+];
+/// The export queue of that test, in spans, and its batches: small, so
+/// that the stalls fill it (about 32 spans leave per 0.7 s of a cycle of
+/// three requests lasting 2.0 s, while 50 come in a second).
+const SLOW_QUEUE: u64 = 64;
+const SLOW_BATCH: u64 = 32;
+/// Every client of a [`SteadyLoad`] sends one request per period: two
+/// clients, 50 requests a second.
+const LOAD_PERIOD: Duration = Duration::from_millis(40);
+/// How long the slow-collector test keeps its load on.
+const SLOW_LOAD_SECONDS: usize = 12;
+
+/// A collector that answers every export late, and every third one past the
+/// agent's export timeout, while clients keep a steady load on a traced
+/// server: the pipeline upstream of the exporter never waits (spans keep
+/// being produced every second, one for each request, none dropped on the
+/// way), the queue holds its bound and drops its oldest spans, the agent's
+/// memory stays within its bound, every timeout is counted and retried,
+/// and the counters reconcile with what the receiver got. OTLP/gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_collector_never_blocks_the_pipeline() {
+    require_e2e!();
+    let receiver = OtlpReceiver::start().await;
+    receiver.answer_after(&SLOW_ANSWERS);
+    let server = Server::python_http();
+    let (args, counters) = selecting(&server);
+    let timeout = EXPORT_TIMEOUT.as_millis().to_string();
+    let (queue, batch) = (SLOW_QUEUE.to_string(), SLOW_BATCH.to_string());
+    let agent = Agent::start_with_env(
+        &as_strs(&args),
+        &receiver.grpc_endpoint(),
+        "grpc",
+        &[
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", &timeout),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", &queue),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", &batch),
+        ],
+    );
+    agent.wait_instrumented(&[server.pid()], WAIT);
+    let sampler = RssSampler::start(agent.pid());
+    let load = SteadyLoad::start(server.port, "/slow-collector", LOAD_PERIOD);
+    let mut produced = Vec::new();
+    let mut deepest_queue = 0;
+    for _ in 0..SLOW_LOAD_SECONDS {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = SpanLedger::read(&counters);
+        produced.push(now.produced);
+        deepest_queue = deepest_queue.max(now.queued);
+    }
+    let requests = load.stop();
+    // The last stalled request may still be waiting: its retry, and the
+    // rest of the queue, go out at once.
+    receiver.answer_after(&[]);
+    let ledger = SpanLedger::settled(&counters);
+    let samples = sampler.samples();
+    drop(sampler);
+    let peak = memory_kib(agent.pid(), "VmHWM");
+    let all = counters.all();
+    let exchanges = receiver.requests();
+    let given_up = exchanges.iter().filter(|request| !request.accepted).count() as u64;
+    let attempts_failed = all["sonde_export_requests_failed_total"];
+    let log = agent.plain_log();
+    // The deadline ends a stalled request on both sides at once: the
+    // agent's own timeout, or the receiver's (tonic honours the
+    // `grpc-timeout` the agent sends), whichever fires first.
+    let own_timeout = format!("no response within {EXPORT_TIMEOUT:?}");
+    let retried: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("OTLP export attempt failed, retrying"))
+        .collect();
+    let timeouts = retried
+        .iter()
+        .filter(|line| line.contains(&own_timeout) || line.contains("Timeout expired"))
+        .count() as u64;
+    eprintln!(
+        "{} requests in {SLOW_LOAD_SECONDS} s; produced per second {produced:?}; {ledger:?}; \
+         deepest queue {deepest_queue}; {} export requests, {given_up} given up by the agent, \
+         {attempts_failed} failed attempts counted, {timeouts} timeouts logged; agent RSS \
+         {}..{} KiB, peak {peak} KiB",
+        requests.len(),
+        exchanges.len(),
+        samples.iter().min().copied().unwrap_or_default(),
+        samples.iter().max().copied().unwrap_or_default(),
+    );
+
+    let failed: Vec<_> = requests.iter().filter(|r| r.error.is_some()).collect();
+    assert!(failed.is_empty(), "client requests failed: {failed:#?}");
+    // Upstream of the exporter nothing waited and nothing was lost.
+    assert!(
+        produced.windows(2).all(|pair| pair[1] > pair[0]),
+        "spans stopped being produced for a second: {produced:?}"
+    );
+    assert_eq!(
+        ledger.produced,
+        requests.len() as u64,
+        "one span per request: {all:?}"
+    );
+    for name in [
+        "sonde_events_dropped_channel_full_total",
+        "sonde_exchanges_dropped_channel_full_total",
+        "sonde_kernel_data_ringbuf_full_total",
+    ] {
+        assert_eq!(all[name], 0, "{name}: {all:?}");
+    }
+    // Every stalled request was given up on at the timeout, counted as a
+    // failed attempt and retried; nothing else failed.
+    assert!(
+        given_up >= 3,
+        "too few stalls to test anything: {exchanges:#?}"
+    );
+    assert_eq!(attempts_failed, given_up, "{all:?}");
+    assert_eq!(
+        (retried.len() as u64, timeouts),
+        (given_up, given_up),
+        "one retried timeout per stall:\n{log}"
+    );
+    assert_eq!(ledger.failed, 0, "a retry got every stalled batch through");
+    // The queue held its bound by dropping the oldest spans, and counted them.
+    assert!(deepest_queue <= SLOW_QUEUE, "queue at {deepest_queue}");
+    assert!(
+        ledger.dropped > 0,
+        "the stalls never filled the queue: {ledger:?}"
+    );
+    ledger.assert_delivered(&receiver.spans());
+    assert!(
+        peak <= AGENT_MAX_RSS_KIB,
+        "agent peak RSS {peak} KiB > {AGENT_MAX_RSS_KIB} KiB"
     );
     assert_eq!(agent.stop(), 0);
 }
