@@ -2,12 +2,13 @@
 //! is missing, killed, restarted, answering 503 or answering slowly (past
 //! the export timeout) under a steady load; graceful shutdown with spans
 //! still queued; `kill -9` and an immediate restart (no program of the
-//! dead agent left attached); a flood of garbage and truncated HTTP; 5,000
-//! short-lived processes that must leave no state behind, in the agent or
-//! in the kernel's target map; clear errors for bad configuration and
-//! flags. Losses are checked with the agent's own counters (/metrics, its
-//! exit log line, and its OTLP self-metrics), which must reconcile with
-//! what the receiver got.
+//! dead agent left attached); an agent stopped or killed and replaced
+//! under a steady load that never sees a failed request; a flood of
+//! garbage and truncated HTTP; 5,000 short-lived processes that must leave
+//! no state behind, in the agent or in the kernel's target map; clear
+//! errors for bad configuration and flags. Losses are checked with the
+//! agent's own counters (/metrics, its exit log line, and its OTLP
+//! self-metrics), which must reconcile with what the receiver got.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -784,6 +785,144 @@ async fn after_kill_9_a_new_agent_starts_and_nothing_stays_attached() {
 
     wait_unloaded(&programs, "the killed agent");
     assert_eq!(next.stop(), 0);
+}
+
+/// How the first agent goes in the restart-under-load tests.
+#[derive(Clone, Copy, Debug)]
+enum Going {
+    /// SIGTERM: a graceful stop that flushes.
+    Stopped,
+    /// `kill -9`: what it had queued is lost.
+    Killed,
+}
+
+/// How long each agent of the restart-under-load tests sees the load.
+const RESTART_PHASE: Duration = Duration::from_secs(4);
+
+/// The number at the end of a load request's path (`/restart/17`).
+fn load_seq(span: &ReceivedSpan) -> Option<u64> {
+    url_path(span).rsplit_once('/')?.1.parse().ok()
+}
+
+/// A traced server under a steady load; its agent goes (`going`) and a new
+/// one is started while the load continues. The clients never see a failed
+/// request; a stopped agent exports every span it made before it exits;
+/// the new agent traces every request sent after it started instrumenting
+/// the server, each once; and no program of the first agent stays loaded.
+async fn restart_under_load(going: Going) {
+    let first_receiver = OtlpReceiver::start().await;
+    let second_receiver = OtlpReceiver::start().await;
+    let server = Server::python_http();
+    let (args, _) = selecting(&server);
+    let first = agent_exporting_to(&first_receiver, &args);
+    first.wait_instrumented(&[server.pid()], WAIT);
+    let programs = bpf_ids(first.pid(), "prog");
+    assert!(!programs.is_empty(), "the agent holds no BPF program fd");
+
+    let load = SteadyLoad::start(server.port, "/restart", LOAD_PERIOD);
+    tokio::time::sleep(RESTART_PHASE).await;
+    let stopping = Instant::now();
+    let first_exported = match going {
+        Going::Stopped => {
+            let exit = exit_counters(&agent_log_on_exit(first));
+            let produced = exit.get("sonde_spans_produced").copied().unwrap_or(0);
+            assert!(produced > 0, "the first agent traced nothing: {exit:?}");
+            assert_eq!(
+                exit.get("sonde_spans_exported"),
+                Some(&produced),
+                "everything flushed at exit: {exit:?}"
+            );
+            Some(produced)
+        }
+        Going::Killed => {
+            first.kill();
+            None
+        }
+    };
+    let gone_after = stopping.elapsed();
+    let untraced_from = load.next_seq();
+
+    let (args, _) = selecting(&server);
+    let second = agent_exporting_to(&second_receiver, &args);
+    second.wait_instrumented(&[server.pid()], WAIT);
+    let traced_from = load.next_seq();
+    tokio::time::sleep(RESTART_PHASE).await;
+    let requests = load.stop();
+
+    let failed: Vec<_> = requests.iter().filter(|r| r.error.is_some()).collect();
+    assert!(failed.is_empty(), "client requests failed: {failed:#?}");
+    let seqs = |spans: &[ReceivedSpan]| -> BTreeSet<u64> {
+        spans
+            .iter()
+            .filter(|span| span.pid() == server.pid())
+            .filter_map(load_seq)
+            .collect()
+    };
+    let answered_before_stop: BTreeSet<u64> = requests
+        .iter()
+        .filter(|request| request.done < stopping)
+        .map(|request| request.seq)
+        .collect();
+    let first_spans = first_receiver.spans();
+    let first_traced = seqs(&first_spans);
+    assert_eq!(
+        first_traced.len(),
+        first_spans.len(),
+        "one span per request"
+    );
+    if let Some(exported) = first_exported {
+        assert_eq!(first_spans.len() as u64, exported, "{first_spans:#?}");
+        let missing: Vec<_> = answered_before_stop.difference(&first_traced).collect();
+        assert!(
+            missing.is_empty(),
+            "the stopped agent has no span for requests answered before SIGTERM: {missing:?}"
+        );
+    }
+    assert!(
+        first_traced.iter().all(|seq| *seq < untraced_from),
+        "the first agent traced a request sent after it was gone"
+    );
+
+    let expected: BTreeSet<u64> = requests
+        .iter()
+        .map(|request| request.seq)
+        .filter(|seq| *seq >= traced_from)
+        .collect();
+    let second_spans = second_receiver
+        .wait_for(|spans| seqs(spans).is_superset(&expected), WAIT)
+        .await;
+    let traced = seqs(&second_spans);
+    assert_eq!(
+        traced.len(),
+        second_spans.len(),
+        "one span per request from the second agent"
+    );
+    eprintln!(
+        "{going:?}: {} requests, none failed; first agent gone {gone_after:?} after the signal, \
+         {} spans from it ({} requests answered before); second agent traced \
+         {} requests ({} from its start on, #{traced_from}..)",
+        requests.len(),
+        first_spans.len(),
+        answered_before_stop.len(),
+        traced.len(),
+        expected.len()
+    );
+    wait_unloaded(&programs, "the first agent");
+    assert_eq!(second.stop(), 0);
+}
+
+/// SIGTERM under load, then a new agent (see [`restart_under_load`]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_stopped_and_restarted_under_load_breaks_no_request() {
+    require_e2e!();
+    restart_under_load(Going::Stopped).await;
+}
+
+/// `kill -9` under load, then a new agent (see [`restart_under_load`]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_and_restarted_under_load_breaks_no_request() {
+    require_e2e!();
+    restart_under_load(Going::Killed).await;
 }
 
 /// Connections in the garbage flood.
