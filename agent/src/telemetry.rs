@@ -59,7 +59,11 @@ metrics! {
         SpansDroppedQueueFull => "sonde_spans_dropped_queue_full", "Spans dropped because the export queue was full";
         SpansExported => "sonde_spans_exported", "Spans accepted by the OTLP endpoint";
         SpansExportFailed => "sonde_spans_export_failed", "Spans lost because export failed";
-        ExportRequestsFailed => "sonde_export_requests_failed", "OTLP export requests that failed";
+        ExportRequestsFailed => "sonde_export_requests_failed", "OTLP export requests that failed (all kinds; the next four counters break it down)";
+        ExportRequestsTimedOut => "sonde_export_requests_timed_out", "OTLP export requests without an answer within the export timeout (retried)";
+        ExportRequestsUnreachable => "sonde_export_requests_unreachable", "OTLP export requests that could not reach the endpoint (connection failure, UNAVAILABLE; retried)";
+        ExportRequestsThrottled => "sonde_export_requests_throttled", "OTLP export requests the endpoint asked to retry later (429, 502, 503, 504, RESOURCE_EXHAUSTED...)";
+        ExportRequestsRejected => "sonde_export_requests_rejected", "OTLP export requests refused for good (bad request, unauthenticated...; not retried)";
         RequestsIgnored => "sonde_requests_ignored", "Requests matching metrics.ignore: no span, no measurement";
         MetricMeasurementsFolded => "sonde_metric_measurements_folded", "Measurements folded into an overflow series because their service's series budget was spent";
         MetricMeasurementsDropped => "sonde_metric_measurements_dropped", "Measurements dropped because too many services had metrics";

@@ -1,11 +1,13 @@
-//! Runs the real agent binary for a test and stops it with SIGTERM.
+//! Runs the real agent binary for a test, reads its log, and stops it with
+//! SIGTERM or `kill -9`.
 
 use std::{
     io::{BufRead, BufReader},
+    os::unix::process::ExitStatusExt,
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex, mpsc},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// Why an end-to-end test cannot run here; `None` when it can.
@@ -53,6 +55,21 @@ pub fn memory_kib(pid: u32, field: &str) -> u64 {
         .find_map(|line| line.strip_prefix(&format!("{field}:")))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// `log` without its ANSI colour sequences (`ESC [ parameters letter`):
+/// tracing colours field names even when it writes to a pipe.
+pub fn strip_colours(log: &str) -> String {
+    let mut plain = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(char::is_ascii_alphabetic);
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
 }
 
 /// Skips the calling test (returns from it) with a printed reason.
@@ -145,9 +162,54 @@ impl Agent {
         }
     }
 
+    /// [`Agent::log_text`] without colours.
+    pub fn plain_log(&self) -> String {
+        strip_colours(&self.log_text())
+    }
+
+    /// Waits until the agent has put each of `pids` in the kernel's target
+    /// set (it logs "instrumenting process" after that): only then are
+    /// their new connections traced and their requests injected. Panics
+    /// with the log after `timeout`.
+    pub fn wait_instrumented(&self, pids: &[u32], timeout: Duration) {
+        let started = Instant::now();
+        loop {
+            let log = self.plain_log();
+            let missing: Vec<&u32> = pids
+                .iter()
+                .filter(|pid| {
+                    let field = format!(" pid={pid} ");
+                    !log.lines()
+                        .any(|l| l.contains("instrumenting process") && l.contains(&field))
+                })
+                .collect();
+            if missing.is_empty() {
+                return;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "pids {missing:?} never instrumented; agent log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Sends SIGTERM and waits for a clean exit; returns the exit code.
     pub fn stop(mut self) -> i32 {
         self.terminate()
+    }
+
+    /// `kill -9`: the agent gets no chance to clean up. Returns once the
+    /// process is reaped, so none of its file descriptors is left.
+    pub fn kill(mut self) {
+        self.child
+            .kill()
+            .unwrap_or_else(|e| panic!("kill -9 of the agent: {e}"));
+        let status = self
+            .child
+            .wait()
+            .unwrap_or_else(|e| panic!("reaping the agent: {e}"));
+        assert_eq!(status.signal(), Some(9), "{status}");
     }
 
     /// [`Agent::stop`], then everything the agent logged, its last lines

@@ -1,12 +1,18 @@
 //! Real, unmodified programs the tests instrument: servers started from
-//! `tests/apps/`, and helpers to talk to them.
+//! `tests/apps/`, and helpers to talk to them, a steady client load among
+//! them.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, ChildStdout, Command, Stdio},
-    time::Duration,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 /// Path of a file in `tests/apps/`.
@@ -269,4 +275,153 @@ pub fn raw_exchange(port: u16, request: &[u8], timeout: Duration) -> Vec<u8> {
     let mut reply = Vec::new();
     let _ = stream.read_to_end(&mut reply);
     reply
+}
+
+/// One request of a [`SteadyLoad`].
+#[derive(Clone, Debug)]
+pub struct LoadRequest {
+    /// Its number, in the order the requests were sent (the path ends in it).
+    pub seq: u64,
+    /// When its answer was read (or it failed).
+    pub done: Instant,
+    /// Why it failed: not sent, no answer, or not `200 ok`.
+    pub error: Option<String>,
+}
+
+/// A steady client load on a server while a test does other things:
+/// `GET <prefix>/<seq>` every `period` from each of two clients, one on a
+/// keep-alive connection (opened again only after a failure), the other
+/// with a new connection per request, each answer read and checked as
+/// `http_server.py` gives it.
+pub struct SteadyLoad {
+    stop: Arc<AtomicBool>,
+    next: Arc<AtomicU64>,
+    clients: Vec<JoinHandle<Vec<LoadRequest>>>,
+}
+
+/// How long a load request may wait for its answer before it fails.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl SteadyLoad {
+    /// Starts both clients on 127.0.0.1:`port`.
+    pub fn start(port: u16, prefix: &str, period: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let next = Arc::new(AtomicU64::new(0));
+        let clients = [true, false]
+            .into_iter()
+            .map(|keep_alive| {
+                let (stop, next, prefix) =
+                    (Arc::clone(&stop), Arc::clone(&next), prefix.to_owned());
+                std::thread::spawn(move || {
+                    let mut requests = Vec::new();
+                    let mut connection = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        let seq = next.fetch_add(1, Ordering::SeqCst);
+                        let path = format!("{prefix}/{seq}");
+                        let result = match connection.take() {
+                            Some(open) => Ok(open),
+                            None => connect(port),
+                        }
+                        .and_then(|mut open| {
+                            load_get(&mut open, port, &path, keep_alive).map(|()| open)
+                        });
+                        let error = match result {
+                            Ok(open) => {
+                                connection = keep_alive.then_some(open);
+                                None
+                            }
+                            Err(error) => Some(error),
+                        };
+                        requests.push(LoadRequest {
+                            seq,
+                            done: Instant::now(),
+                            error,
+                        });
+                        std::thread::sleep(period);
+                    }
+                    requests
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            next,
+            clients,
+        }
+    }
+
+    /// The number of the next request: every request numbered this or
+    /// more is sent after this call.
+    pub fn next_seq(&self) -> u64 {
+        self.next.load(Ordering::SeqCst)
+    }
+
+    /// Stops the clients; every request they made, in `seq` order.
+    pub fn stop(self) -> Vec<LoadRequest> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut requests: Vec<LoadRequest> = self
+            .clients
+            .into_iter()
+            .flat_map(|client| client.join().expect("load client panicked"))
+            .collect();
+        requests.sort_by_key(|request| request.seq);
+        requests
+    }
+}
+
+fn connect(port: u16) -> Result<BufReader<TcpStream>, String> {
+    let stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(LOAD_TIMEOUT))
+        .map_err(|e| format!("set timeout: {e}"))?;
+    Ok(BufReader::new(stream))
+}
+
+/// One `GET path` on `connection`, its answer read whole: `200` and `ok\n`.
+fn load_get(
+    connection: &mut BufReader<TcpStream>,
+    port: u16,
+    path: &str,
+    keep_alive: bool,
+) -> Result<(), String> {
+    let close = if keep_alive {
+        ""
+    } else {
+        "Connection: close\r\n"
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{close}\r\n");
+    connection
+        .get_mut()
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
+    let mut line = String::new();
+    connection
+        .read_line(&mut line)
+        .map_err(|e| format!("status line: {e}"))?;
+    if !line.starts_with("HTTP/1.1 200 ") {
+        return Err(format!("status line {line:?}"));
+    }
+    let mut length = None;
+    loop {
+        line.clear();
+        match connection.read_line(&mut line) {
+            Ok(0) => return Err("closed in the head".to_owned()),
+            Ok(_) if line == "\r\n" => break,
+            Ok(_) => {}
+            Err(e) => return Err(format!("head: {e}")),
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().ok();
+        }
+    }
+    let mut body = vec![0; length.ok_or("no Content-Length")?];
+    connection
+        .read_exact(&mut body)
+        .map_err(|e| format!("body: {e}"))?;
+    if body != b"ok\n" {
+        return Err(format!("body {:?}", String::from_utf8_lossy(&body)));
+    }
+    Ok(())
 }

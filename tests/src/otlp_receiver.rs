@@ -2,7 +2,9 @@
 //! `TraceService` and `MetricsService` servers) and OTLP/HTTP with protobuf
 //! bodies (hyper, gzip accepted), on 127.0.0.1, storing every span and
 //! metric point (histograms, sums, gauges) flattened with its resource so that tests assert on
-//! exactly what a collector would have got.
+//! exactly what a collector would have got. It can refuse span exports
+//! ([`OtlpReceiver::fail_next`]) or answer them late
+//! ([`OtlpReceiver::answer_after`]), as a sick collector would.
 
 mod flatten;
 mod grpc;
@@ -124,7 +126,9 @@ pub struct ReceivedRequest {
     pub headers: BTreeMap<String, String>,
     /// Spans in the request.
     pub spans: usize,
-    /// False when the receiver answered with an injected failure.
+    /// True once its spans are stored and the answer is on its way; false
+    /// when the receiver answered with an injected failure, and while a
+    /// delayed answer is pending (for good if the client gave up first).
     pub accepted: bool,
 }
 
@@ -144,9 +148,25 @@ struct Store {
     spans: Vec<ReceivedSpan>,
     requests: Vec<ReceivedRequest>,
     failures: VecDeque<Failure>,
+    /// Delays before answering span exports, cycled through (see
+    /// [`OtlpReceiver::answer_after`]); empty: answer at once.
+    delays: Vec<Duration>,
+    /// Span exports received since `delays` was set.
+    delayed: usize,
     /// Metrics are kept apart: requests and failures above are spans'.
     histograms: Vec<ReceivedHistogram>,
     numbers: Vec<ReceivedNumber>,
+}
+
+impl Store {
+    fn next_delay(&mut self) -> Duration {
+        if self.delays.is_empty() {
+            return Duration::ZERO;
+        }
+        let delay = self.delays[self.delayed % self.delays.len()];
+        self.delayed += 1;
+        delay
+    }
 }
 
 /// Shared by the two servers and the test.
@@ -159,30 +179,44 @@ impl Shared {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records a request, then accepts its spans or answers with the next
-    /// injected failure.
-    fn receive(
+    /// Records a request, waits for its delay, then accepts its spans or
+    /// answers with the next injected failure.
+    ///
+    /// A client that gives up during the delay drops this future at the
+    /// `await` (tonic at the request's `grpc-timeout` or on the client's
+    /// RST_STREAM, hyper on the client's hang-up): the request stays
+    /// unaccepted and its spans unstored, as at a collector that never
+    /// finished it, so what the receiver holds is what the exporter saw
+    /// accepted.
+    async fn receive(
         &self,
         protocol: Protocol,
         headers: BTreeMap<String, String>,
         request: &ExportTraceServiceRequest,
     ) -> Result<(), Failure> {
         let spans = flatten::flatten(request);
-        let mut store = self.lock();
-        let failure = store.failures.pop_front();
-        store.requests.push(ReceivedRequest {
-            protocol,
-            headers,
-            spans: spans.len(),
-            accepted: failure.is_none(),
-        });
-        match failure {
-            Some(failure) => Err(failure),
-            None => {
-                store.spans.extend(spans);
-                Ok(())
-            }
+        let (index, failure, delay) = {
+            let mut store = self.lock();
+            let failure = store.failures.pop_front();
+            let delay = store.next_delay();
+            store.requests.push(ReceivedRequest {
+                protocol,
+                headers,
+                spans: spans.len(),
+                accepted: false,
+            });
+            (store.requests.len() - 1, failure, delay)
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
+        if let Some(failure) = failure {
+            return Err(failure);
+        }
+        let mut store = self.lock();
+        store.requests[index].accepted = true;
+        store.spans.extend(spans);
+        Ok(())
     }
 
     /// Records the histogram, sum and gauge points of a metrics request.
@@ -303,6 +337,17 @@ impl OtlpReceiver {
             .extend(std::iter::repeat_n(failure, count));
     }
 
+    /// Answers span exports from now on only after a delay, the n-th one
+    /// after `delays[n % delays.len()]` (empty: at once again): a slow
+    /// collector, and with a delay longer than the exporter's timeout one
+    /// the exporter gives up on (such a request stays unaccepted, its spans
+    /// unstored). The delay of a request is fixed when it arrives.
+    pub fn answer_after(&self, delays: &[Duration]) {
+        let mut store = self.shared.lock();
+        store.delays = delays.to_vec();
+        store.delayed = 0;
+    }
+
     /// Polls until `predicate` holds for the spans received so far and
     /// returns them; panics with everything received if `timeout` passes.
     pub async fn wait_for(
@@ -384,4 +429,76 @@ fn local_addr(listener: &TcpListener) -> SocketAddr {
     listener
         .local_addr()
         .unwrap_or_else(|error| panic!("address of the OTLP receiver's socket: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    use super::*;
+
+    fn one_span() -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![Span {
+                        trace_id: vec![1; 16],
+                        span_id: vec![2; 8],
+                        name: "GET".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    /// As the agent's exporter does: a deadline on the call, sent as
+    /// `grpc-timeout`, and the call dropped when it passes.
+    async fn export_within(
+        client: &mut TraceServiceClient<tonic::transport::Channel>,
+        timeout: Duration,
+    ) -> bool {
+        let mut request = tonic::Request::new(one_span());
+        request.set_timeout(timeout);
+        matches!(
+            tokio::time::timeout(timeout, client.export(request)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// A request whose answer comes after the client gave up is never
+    /// accepted, even once its delay has passed; the next one, answered in
+    /// time, is.
+    #[tokio::test]
+    async fn a_request_answered_after_the_client_gave_up_is_not_accepted() {
+        let receiver = OtlpReceiver::start().await;
+        let stall = Duration::from_millis(800);
+        let slow = Duration::from_millis(100);
+        receiver.answer_after(&[stall, slow]);
+        let mut client = TraceServiceClient::connect(receiver.grpc_endpoint())
+            .await
+            .unwrap_or_else(|error| panic!("connecting to the receiver: {error}"));
+        let timeout = Duration::from_millis(300);
+
+        assert!(!export_within(&mut client, timeout).await, "stalled");
+        tokio::time::sleep(stall).await;
+        assert!(receiver.spans().is_empty(), "{:#?}", receiver.spans());
+        let started = Instant::now();
+        assert!(
+            export_within(&mut client, timeout).await,
+            "slow but in time"
+        );
+        assert!(
+            started.elapsed() >= slow,
+            "answered after {:?}",
+            started.elapsed()
+        );
+
+        let accepted: Vec<bool> = receiver.requests().iter().map(|r| r.accepted).collect();
+        assert_eq!(accepted, [false, true]);
+        assert_eq!(receiver.spans().len(), 1);
+    }
 }

@@ -185,14 +185,9 @@ async fn a_thousand_concurrent_unary_calls_served() {
 }
 
 /// The client side of the same calls: one correct client span each.
-///
-/// Ignored: grpcio's client batches the calls into `sendmsg`s of up to 260
-/// iovecs, and the kernel copies a call's first 128 buffers (see
-/// `MAX_STEPS` in agent-ebpf/src/probes/capture.rs). Header blocks past
-/// them are lost (counted), the client's HPACK table is then untrusted,
-/// and later calls' methods unknown. Measured: about 865 of 1,000 client
-/// spans, most of them without a method.
-#[ignore = "grpcio client sendmsg of 260 iovecs exceeds the kernel's 128-buffer walk"]
+/// grpcio's client batches the calls into `sendmsg`s of up to 260 iovecs,
+/// every one of which the kernel must copy: a header block lost there
+/// would leave the client's HPACK table untrusted and later methods unknown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_unary_calls_made() {
     require_e2e!();

@@ -89,39 +89,19 @@ async fn traffic_until_spans(receiver: &OtlpReceiver, server: &Server, count: us
     }
 }
 
-/// The agent's log without terminal colour codes (tracing colours field
-/// names even when writing to a pipe).
-fn plain_log(agent: &Agent) -> String {
-    let log = agent.log_text();
-    let mut plain = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            // ESC [ parameters final-letter
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
-}
-
 /// Waits until the agent logs that it stopped instrumenting `pid`.
 async fn wait_until_dropped(agent: &Agent, pid: u32, within: Duration, what: &str) {
     let started = Instant::now();
     let line = format!("pid={pid} ");
-    while !plain_log(agent)
+    while !agent
+        .plain_log()
         .lines()
         .any(|l| l.contains("no longer instrumenting") && l.contains(&line))
     {
         assert!(
             started.elapsed() < within,
             "{what}: pid {pid} still instrumented after {within:?}; log:\n{}",
-            plain_log(agent)
+            agent.plain_log()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -1,12 +1,14 @@
 //! End-to-end resilience: the real agent against a real OTLP receiver that
-//! is missing, killed, restarted or answering 503; graceful shutdown with
-//! spans still queued; `kill -9` and an immediate restart (no program of the
-//! dead agent left attached); a flood of garbage and truncated HTTP; 5,000
-//! short-lived processes that must leave no state behind, in the agent or
-//! in the kernel's target map; clear errors for bad configuration and
-//! flags. Losses are checked with the agent's own counters (/metrics, its
-//! exit log line, and its OTLP self-metrics), which must reconcile with
-//! what the receiver got.
+//! is missing, killed, restarted, answering 503 or answering slowly (past
+//! the export timeout) under a steady load; graceful shutdown with spans
+//! still queued; `kill -9` and an immediate restart (no program of the
+//! dead agent left attached); an agent stopped or killed and replaced
+//! under a steady load that never sees a failed request; a flood of
+//! garbage and truncated HTTP; 5,000 short-lived processes that must leave
+//! no state behind, in the agent or in the kernel's target map; clear
+//! errors for bad configuration and flags. Losses are checked with the
+//! agent's own counters (/metrics, its exit log line, and its OTLP
+//! self-metrics), which must reconcile with what the receiver got.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -21,8 +23,8 @@ use opentelemetry_proto::tonic::metrics::v1::AggregationTemporality;
 use serde_json::{Value, json};
 use sonde_tests::{
     Failure, NumberKind, OtlpReceiver, ReceivedNumber, ReceivedSpan,
-    agent::{Agent, config_file, memory_kib},
-    apps::{Server, curl},
+    agent::{Agent, config_file, memory_kib, strip_colours},
+    apps::{Server, SteadyLoad, curl},
     prometheus::{free_port, http_get},
     require_e2e,
 };
@@ -88,6 +90,70 @@ impl Counters {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+/// Where the agent's spans went, by its own counters: each span produced is
+/// exported, dropped from the full queue, lost to a failed export, or
+/// still queued (the gauge). A batch in flight is in none of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SpanLedger {
+    produced: u64,
+    exported: u64,
+    dropped: u64,
+    failed: u64,
+    queued: u64,
+}
+
+impl SpanLedger {
+    fn read(counters: &Counters) -> Self {
+        let all = counters.all();
+        let get = |name: &str| {
+            *all.get(name)
+                .unwrap_or_else(|| panic!("no {name} on /metrics: {all:?}"))
+        };
+        Self {
+            produced: get("sonde_spans_produced_total"),
+            exported: get("sonde_spans_exported_total"),
+            dropped: get("sonde_spans_dropped_queue_full_total"),
+            failed: get("sonde_spans_export_failed_total"),
+            queued: get("sonde_export_queue_spans"),
+        }
+    }
+
+    fn balanced(&self) -> bool {
+        self.produced == self.exported + self.dropped + self.failed + self.queued
+    }
+
+    /// Polls until no batch is in flight: the ledger balances, and holds
+    /// still between two reads (one read of /metrics is not atomic).
+    fn settled(counters: &Counters) -> Self {
+        let started = Instant::now();
+        let mut last = Self::read(counters);
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = Self::read(counters);
+            if now.balanced() && now == last {
+                return now;
+            }
+            assert!(
+                started.elapsed() < WAIT,
+                "produced != exported + dropped + failed + queued after {WAIT:?}: {now:?}"
+            );
+            last = now;
+        }
+    }
+
+    /// The receiver got exactly the spans counted as exported, each once
+    /// (a retried batch is not delivered twice).
+    fn assert_delivered(&self, received: &[ReceivedSpan]) {
+        assert_eq!(
+            self.exported,
+            received.len() as u64,
+            "exported == received: {self:?}"
+        );
+        let ids: BTreeSet<&str> = received.iter().map(|span| span.span_id.as_str()).collect();
+        assert_eq!(ids.len(), received.len(), "a span received twice");
     }
 }
 
@@ -210,21 +276,15 @@ async fn spans_made_while_the_collector_is_away_are_delivered() {
     wait_for_path(&second, &server, "/during-gap", PER_PHASE).await;
 
     // Nothing else is in flight: every counter is final.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let all = counters.all();
+    let ledger = SpanLedger::settled(&counters);
     let received: Vec<ReceivedSpan> = delivered_first.into_iter().chain(second.spans()).collect();
-    let produced = all["sonde_spans_produced_total"];
-    let exported = all["sonde_spans_exported_total"];
-    let dropped = all["sonde_spans_dropped_queue_full_total"];
-    let failed = all["sonde_spans_export_failed_total"];
-    assert_eq!(produced, 2 * PER_PHASE as u64, "{all:?}");
-    assert_eq!(produced, exported + dropped + failed, "{all:?}");
-    assert_eq!((dropped, failed), (0, 0), "no loss: {all:?}");
+    assert_eq!(ledger.produced, 2 * PER_PHASE as u64, "{ledger:?}");
     assert_eq!(
-        exported,
-        received.len() as u64,
-        "exported == received: {all:?}"
+        (ledger.dropped, ledger.failed, ledger.queued),
+        (0, 0, 0),
+        "no loss: {ledger:?}"
     );
+    ledger.assert_delivered(&received);
     assert_eq!(
         count_path(&received, server.pid(), "/before-collector"),
         PER_PHASE
@@ -273,6 +333,146 @@ async fn a_collector_answering_503_loses_nothing() {
         PER_PHASE,
         "each span once: {:#?}",
         receiver.spans()
+    );
+    assert_eq!(agent.stop(), 0);
+}
+
+/// The agent's export timeout in the slow-collector test.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How the slow collector answers, request after request: late, late, and
+/// past the export timeout (the agent gives up and retries).
+const SLOW_ANSWERS: [Duration; 3] = [
+    Duration::from_millis(300),
+    Duration::from_millis(300),
+    Duration::from_millis(2500),
+];
+/// The export queue of that test, in spans, and its batches: small, so
+/// that the stalls fill it (about 32 spans leave per 0.7 s of a cycle of
+/// three requests lasting 2.0 s, while 50 come in a second).
+const SLOW_QUEUE: u64 = 64;
+const SLOW_BATCH: u64 = 32;
+/// Every client of a [`SteadyLoad`] sends one request per period: two
+/// clients, 50 requests a second.
+const LOAD_PERIOD: Duration = Duration::from_millis(40);
+/// How long the slow-collector test keeps its load on.
+const SLOW_LOAD_SECONDS: usize = 12;
+
+/// A collector that answers every export late, and every third one past the
+/// agent's export timeout, while clients keep a steady load on a traced
+/// server: the pipeline upstream of the exporter never waits (spans keep
+/// being produced every second, one for each request, none dropped on the
+/// way), the queue holds its bound and drops its oldest spans, the agent's
+/// memory stays within its bound, every timeout is counted and retried,
+/// and the counters reconcile with what the receiver got. OTLP/gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_collector_never_blocks_the_pipeline() {
+    require_e2e!();
+    let receiver = OtlpReceiver::start().await;
+    receiver.answer_after(&SLOW_ANSWERS);
+    let server = Server::python_http();
+    let (args, counters) = selecting(&server);
+    let timeout = EXPORT_TIMEOUT.as_millis().to_string();
+    let (queue, batch) = (SLOW_QUEUE.to_string(), SLOW_BATCH.to_string());
+    let agent = Agent::start_with_env(
+        &as_strs(&args),
+        &receiver.grpc_endpoint(),
+        "grpc",
+        &[
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", &timeout),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", &queue),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", &batch),
+        ],
+    );
+    agent.wait_instrumented(&[server.pid()], WAIT);
+    let sampler = RssSampler::start(agent.pid());
+    let load = SteadyLoad::start(server.port, "/slow-collector", LOAD_PERIOD);
+    let mut produced = Vec::new();
+    let mut deepest_queue = 0;
+    for _ in 0..SLOW_LOAD_SECONDS {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = SpanLedger::read(&counters);
+        produced.push(now.produced);
+        deepest_queue = deepest_queue.max(now.queued);
+    }
+    let requests = load.stop();
+    // The last stalled request may still be waiting: its retry, and the
+    // rest of the queue, go out at once.
+    receiver.answer_after(&[]);
+    let ledger = SpanLedger::settled(&counters);
+    let samples = sampler.samples();
+    drop(sampler);
+    let peak = memory_kib(agent.pid(), "VmHWM");
+    let all = counters.all();
+    let exchanges = receiver.requests();
+    let given_up = exchanges.iter().filter(|request| !request.accepted).count() as u64;
+    let attempts_failed = all["sonde_export_requests_failed_total"];
+    let log = agent.plain_log();
+    // The deadline ends a stalled request on both sides at once: the
+    // agent's own timeout, or the receiver's (tonic honours the
+    // `grpc-timeout` the agent sends), whichever fires first.
+    let own_timeout = format!("no response within {EXPORT_TIMEOUT:?}");
+    let retried: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("OTLP export attempt failed, retrying"))
+        .collect();
+    let timeouts = retried
+        .iter()
+        .filter(|line| line.contains(&own_timeout) || line.contains("Timeout expired"))
+        .count() as u64;
+    eprintln!(
+        "{} requests in {SLOW_LOAD_SECONDS} s; produced per second {produced:?}; {ledger:?}; \
+         deepest queue {deepest_queue}; {} export requests, {given_up} given up by the agent, \
+         {attempts_failed} failed attempts counted, {timeouts} timeouts logged; agent RSS \
+         {}..{} KiB, peak {peak} KiB",
+        requests.len(),
+        exchanges.len(),
+        samples.iter().min().copied().unwrap_or_default(),
+        samples.iter().max().copied().unwrap_or_default(),
+    );
+
+    let failed: Vec<_> = requests.iter().filter(|r| r.error.is_some()).collect();
+    assert!(failed.is_empty(), "client requests failed: {failed:#?}");
+    // Upstream of the exporter nothing waited and nothing was lost.
+    assert!(
+        produced.windows(2).all(|pair| pair[1] > pair[0]),
+        "spans stopped being produced for a second: {produced:?}"
+    );
+    assert_eq!(
+        ledger.produced,
+        requests.len() as u64,
+        "one span per request: {all:?}"
+    );
+    for name in [
+        "sonde_events_dropped_channel_full_total",
+        "sonde_exchanges_dropped_channel_full_total",
+        "sonde_kernel_data_ringbuf_full_total",
+    ] {
+        assert_eq!(all[name], 0, "{name}: {all:?}");
+    }
+    // Every stalled request was given up on at the timeout, counted as a
+    // failed attempt and retried; nothing else failed.
+    assert!(
+        given_up >= 3,
+        "too few stalls to test anything: {exchanges:#?}"
+    );
+    assert_eq!(attempts_failed, given_up, "{all:?}");
+    assert_eq!(
+        (retried.len() as u64, timeouts),
+        (given_up, given_up),
+        "one retried timeout per stall:\n{log}"
+    );
+    assert_eq!(ledger.failed, 0, "a retry got every stalled batch through");
+    // The queue held its bound by dropping the oldest spans, and counted them.
+    assert!(deepest_queue <= SLOW_QUEUE, "queue at {deepest_queue}");
+    assert!(
+        ledger.dropped > 0,
+        "the stalls never filled the queue: {ledger:?}"
+    );
+    ledger.assert_delivered(&receiver.spans());
+    assert!(
+        peak <= AGENT_MAX_RSS_KIB,
+        "agent peak RSS {peak} KiB > {AGENT_MAX_RSS_KIB} KiB"
     );
     assert_eq!(agent.stop(), 0);
 }
@@ -368,20 +568,6 @@ fn exit_counters(log: &str) -> BTreeMap<String, u64> {
             Some((name.to_owned(), value.trim_matches('"').parse().ok()?))
         })
         .collect()
-}
-
-/// The log without its ANSI colour sequences (`ESC [ ... m`).
-fn strip_colours(log: &str) -> String {
-    let mut plain = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            chars.by_ref().find(|&c| c == 'm');
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
 }
 
 /// SIGTERM with spans queued (a batch delay far longer than the test): the
@@ -548,6 +734,26 @@ fn describe_pids(pids: &[u32]) -> String {
         .join("\n")
 }
 
+/// Waits until none of `programs` (of `whose`) is loaded any more: the
+/// kernel frees programs asynchronously after their last reference.
+fn wait_unloaded(programs: &BTreeSet<u64>, whose: &str) {
+    let started = Instant::now();
+    loop {
+        let left: BTreeSet<u64> = programs
+            .intersection(&loaded_program_ids())
+            .copied()
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "programs of {whose} still loaded: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// `kill -9`, then a new agent at once: it starts and traces, and none of
 /// the dead agent's programs stays loaded (they were held only by its file
 /// descriptors and links, which died with it).
@@ -566,13 +772,7 @@ async fn after_kill_9_a_new_agent_starts_and_nothing_stays_attached() {
         "bpftool lists the running agent's programs {programs:?}"
     );
 
-    let status = Command::new("kill")
-        .args(["-KILL", &killed.pid().to_string()])
-        .status()
-        .expect("running kill");
-    assert!(status.success());
-    // Dropping reaps the dead process: none of its descriptors is left.
-    drop(killed);
+    killed.kill();
 
     let (args, _) = selecting(&server);
     let next = agent_exporting_to(&receiver, &args);
@@ -583,23 +783,146 @@ async fn after_kill_9_a_new_agent_starts_and_nothing_stays_attached() {
         "the second agent did not trace the first one's request again"
     );
 
-    // The kernel frees programs asynchronously after their last reference.
-    let started = Instant::now();
-    loop {
-        let left: BTreeSet<u64> = programs
-            .intersection(&loaded_program_ids())
-            .copied()
-            .collect();
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "programs of the killed agent still loaded: {left:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_unloaded(&programs, "the killed agent");
     assert_eq!(next.stop(), 0);
+}
+
+/// How the first agent goes in the restart-under-load tests.
+#[derive(Clone, Copy, Debug)]
+enum Going {
+    /// SIGTERM: a graceful stop that flushes.
+    Stopped,
+    /// `kill -9`: what it had queued is lost.
+    Killed,
+}
+
+/// How long each agent of the restart-under-load tests sees the load.
+const RESTART_PHASE: Duration = Duration::from_secs(4);
+
+/// The number at the end of a load request's path (`/restart/17`).
+fn load_seq(span: &ReceivedSpan) -> Option<u64> {
+    url_path(span).rsplit_once('/')?.1.parse().ok()
+}
+
+/// A traced server under a steady load; its agent goes (`going`) and a new
+/// one is started while the load continues. The clients never see a failed
+/// request; a stopped agent exports every span it made before it exits;
+/// the new agent traces every request sent after it started instrumenting
+/// the server, each once; and no program of the first agent stays loaded.
+async fn restart_under_load(going: Going) {
+    let first_receiver = OtlpReceiver::start().await;
+    let second_receiver = OtlpReceiver::start().await;
+    let server = Server::python_http();
+    let (args, _) = selecting(&server);
+    let first = agent_exporting_to(&first_receiver, &args);
+    first.wait_instrumented(&[server.pid()], WAIT);
+    let programs = bpf_ids(first.pid(), "prog");
+    assert!(!programs.is_empty(), "the agent holds no BPF program fd");
+
+    let load = SteadyLoad::start(server.port, "/restart", LOAD_PERIOD);
+    tokio::time::sleep(RESTART_PHASE).await;
+    let stopping = Instant::now();
+    let first_exported = match going {
+        Going::Stopped => {
+            let exit = exit_counters(&agent_log_on_exit(first));
+            let produced = exit.get("sonde_spans_produced").copied().unwrap_or(0);
+            assert!(produced > 0, "the first agent traced nothing: {exit:?}");
+            assert_eq!(
+                exit.get("sonde_spans_exported"),
+                Some(&produced),
+                "everything flushed at exit: {exit:?}"
+            );
+            Some(produced)
+        }
+        Going::Killed => {
+            first.kill();
+            None
+        }
+    };
+    let gone_after = stopping.elapsed();
+    let untraced_from = load.next_seq();
+
+    let (args, _) = selecting(&server);
+    let second = agent_exporting_to(&second_receiver, &args);
+    second.wait_instrumented(&[server.pid()], WAIT);
+    let traced_from = load.next_seq();
+    tokio::time::sleep(RESTART_PHASE).await;
+    let requests = load.stop();
+
+    let failed: Vec<_> = requests.iter().filter(|r| r.error.is_some()).collect();
+    assert!(failed.is_empty(), "client requests failed: {failed:#?}");
+    let seqs = |spans: &[ReceivedSpan]| -> BTreeSet<u64> {
+        spans
+            .iter()
+            .filter(|span| span.pid() == server.pid())
+            .filter_map(load_seq)
+            .collect()
+    };
+    let answered_before_stop: BTreeSet<u64> = requests
+        .iter()
+        .filter(|request| request.done < stopping)
+        .map(|request| request.seq)
+        .collect();
+    let first_spans = first_receiver.spans();
+    let first_traced = seqs(&first_spans);
+    assert_eq!(
+        first_traced.len(),
+        first_spans.len(),
+        "one span per request"
+    );
+    if let Some(exported) = first_exported {
+        assert_eq!(first_spans.len() as u64, exported, "{first_spans:#?}");
+        let missing: Vec<_> = answered_before_stop.difference(&first_traced).collect();
+        assert!(
+            missing.is_empty(),
+            "the stopped agent has no span for requests answered before SIGTERM: {missing:?}"
+        );
+    }
+    assert!(
+        first_traced.iter().all(|seq| *seq < untraced_from),
+        "the first agent traced a request sent after it was gone"
+    );
+
+    let expected: BTreeSet<u64> = requests
+        .iter()
+        .map(|request| request.seq)
+        .filter(|seq| *seq >= traced_from)
+        .collect();
+    let second_spans = second_receiver
+        .wait_for(|spans| seqs(spans).is_superset(&expected), WAIT)
+        .await;
+    let traced = seqs(&second_spans);
+    assert_eq!(
+        traced.len(),
+        second_spans.len(),
+        "one span per request from the second agent"
+    );
+    eprintln!(
+        "{going:?}: {} requests, none failed; first agent gone {gone_after:?} after the signal, \
+         {} spans from it ({} requests answered before); second agent traced \
+         {} requests ({} from its start on, #{traced_from}..)",
+        requests.len(),
+        first_spans.len(),
+        answered_before_stop.len(),
+        traced.len(),
+        expected.len()
+    );
+    wait_unloaded(&programs, "the first agent");
+    assert_eq!(second.stop(), 0);
+}
+
+/// SIGTERM under load, then a new agent (see [`restart_under_load`]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_stopped_and_restarted_under_load_breaks_no_request() {
+    require_e2e!();
+    restart_under_load(Going::Stopped).await;
+}
+
+/// `kill -9` under load, then a new agent (see [`restart_under_load`]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_and_restarted_under_load_breaks_no_request() {
+    require_e2e!();
+    restart_under_load(Going::Killed).await;
 }
 
 /// Connections in the garbage flood.

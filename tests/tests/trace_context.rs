@@ -148,47 +148,6 @@ fn node_chain(interpreters: &Interpreters, downstream: &[String]) -> Server {
     Server::start(&interpreters.node(), &args)
 }
 
-/// The agent's log without the terminal colours it writes even to a pipe.
-fn plain_log(agent: &Agent) -> String {
-    let mut plain = String::new();
-    let mut in_escape = false;
-    for c in agent.log_text().chars() {
-        match (in_escape, c) {
-            (false, '\u{1b}') => in_escape = true,
-            (false, c) => plain.push(c),
-            (true, 'm') => in_escape = false,
-            (true, _) => {}
-        }
-    }
-    plain
-}
-
-/// Waits until the agent has put each pid in the kernel's target set (it
-/// logs "instrumenting process" after that): only then are their new
-/// connections traced and their requests injected.
-async fn wait_instrumented(agent: &Agent, pids: &[u32]) {
-    let started = Instant::now();
-    loop {
-        let log = plain_log(agent);
-        let missing: Vec<&u32> = pids
-            .iter()
-            .filter(|pid| {
-                let field = format!(" pid={pid} ");
-                !log.lines()
-                    .any(|l| l.contains("instrumenting process") && l.contains(&field))
-            })
-            .collect();
-        if missing.is_empty() {
-            return;
-        }
-        assert!(
-            started.elapsed() < WAIT,
-            "pids {missing:?} never instrumented; agent log:\n{log}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Sends `requests` GETs to `url` from `concurrency` threads (curl, a new
 /// connection each), checking every answer.
 async fn load(url: &str, requests: usize, concurrency: usize) {
@@ -461,7 +420,7 @@ async fn chain_over_loopback_is_one_trace_per_request() {
         &receiver.grpc_endpoint(),
         "grpc",
     );
-    wait_instrumented(&agent, &pids).await;
+    agent.wait_instrumented(&pids, WAIT);
 
     // One at a time; the last request comes with a trace context of its own.
     let own_context = [
@@ -597,7 +556,7 @@ async fn incoming_traceparent_after_a_split_request_line_joins_the_trace() {
         &receiver.grpc_endpoint(),
         "grpc",
     );
-    wait_instrumented(&agent, &[server.pid()]).await;
+    agent.wait_instrumented(&[server.pid()], WAIT);
 
     let port = server.port;
     let reply = tokio::task::spawn_blocking(move || {
@@ -663,7 +622,7 @@ async fn node_in_the_middle_links_sequential_requests() {
         &receiver.http_endpoint(),
         "http/protobuf",
     );
-    wait_instrumented(&agent, &pids).await;
+    agent.wait_instrumented(&pids, WAIT);
     let services = [
         Service::new("N", &n, true, &[&c]),
         Service::new("C", &c, false, &[]),
@@ -829,7 +788,7 @@ async fn one_hop_across_network_namespaces() {
         &receiver.grpc_endpoint(),
         "grpc",
     );
-    wait_instrumented(&agent, &pids).await;
+    agent.wait_instrumented(&pids, WAIT);
 
     // curl runs next to the caller: its 127.0.0.1 is the caller namespace's.
     let output = Command::new("ip")
@@ -948,7 +907,7 @@ async fn sdk_service_in_the_middle_continues_the_trace() {
         &receiver.grpc_endpoint(),
         "grpc",
     );
-    wait_instrumented(&agent, &[a.pid(), sdk.pid(), c.pid()]).await;
+    agent.wait_instrumented(&[a.pid(), sdk.pid(), c.pid()], WAIT);
 
     const REQUESTS: usize = 3;
     for _ in 0..REQUESTS {
@@ -1151,7 +1110,7 @@ async fn run_raw_client(
         .spawn()
         .expect("starting raw_client.py");
     let pid = client.id();
-    wait_instrumented(agent, &[pid]).await;
+    agent.wait_instrumented(&[pid], WAIT);
     client
         .stdin
         .take()

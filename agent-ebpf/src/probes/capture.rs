@@ -6,7 +6,9 @@
 //! captured by its length only. Userspace sees the pieces as consecutive
 //! calls, so its byte accounting needs nothing new, and protocols that need
 //! every byte of a large write (HTTP/2 frames batched by gRPC into one
-//! `sendmsg` of two dozen iovecs) get them.
+//! `sendmsg` of up to hundreds of iovecs) get them. The copy loop is a
+//! `bpf_loop` (Linux >= 5.17), which needs the object's BTF (see
+//! agent-ebpf/.cargo/config.toml).
 
 use agent_common::{
     drops::{DATA_RINGBUF_FULL, PAYLOAD_READ_FAILED},
@@ -16,7 +18,10 @@ use agent_common::{
     },
     trace_context::TraceContext,
 };
-use aya_ebpf::helpers::generated::{bpf_probe_read_user, bpf_ringbuf_output};
+use aya_ebpf::{
+    cty::c_void,
+    helpers::generated::{bpf_loop, bpf_probe_read_user, bpf_ringbuf_output},
+};
 
 use super::{
     syscall_args::UserData,
@@ -30,14 +35,14 @@ use crate::{
     read,
 };
 
-/// Loop bound: each step copies from one buffer (a piece boundary may cut a
-/// buffer in two). gRPC's `sendmsg`s carry about two dozen iovecs, up to
-/// 260 when it batches hundreds of calls. The verifier walks every step,
-/// so load time grows with this bound (about a second per program at 128,
-/// minutes at 256); what is past the last step is reported by length.
-/// `bpf_loop` would verify one step only, but needs BTF in the object,
-/// which the toolchain does not produce loadable today.
-const MAX_STEPS: u32 = 128;
+/// Most steps a call can need: one per buffer, at most `UIO_MAXIOV`
+/// (the kernel refuses calls with more iovecs), plus one per piece
+/// boundary, which may cut a buffer in two. The loop is `bpf_loop`, whose
+/// callback the verifier checks once whatever the bound, so it covers
+/// every call (gRPC batches up to 260 iovecs into one `sendmsg`).
+const MAX_STEPS: u32 = UIO_MAXIOV + (MAX_CALL_CAPTURE_BYTES / MAX_CAPTURE_BYTES) as u32;
+/// `UIO_MAXIOV` (include/uapi/linux/uio.h).
+const UIO_MAXIOV: u32 = 1024;
 /// Piece offsets are masked with this; `DataScratch` has room past it.
 const PIECE_MASK: u32 = MAX_CAPTURE_BYTES as u32 - 1;
 
@@ -91,15 +96,23 @@ pub fn report_call(scratch: *mut DataScratch, data: Option<&UserData>, total: u3
         set(&mut cursor.base, data.buffer);
         set(&mut cursor.left, if single { u64::from(total) } else { 0 });
         set(&mut cursor.next_iovec, 0);
-        let args = StepArgs {
+        let mut args = StepArgs {
+            scratch,
             iovecs: data.iovecs,
             iovec_count: if single { 0 } else { data.iovec_count },
             limit: core::cmp::min(limit, total),
         };
-        let mut step = 0;
-        while step < MAX_STEPS && capture_step(scratch, &args) {
-            step += 1;
-        }
+        // SAFETY: `capture_step_callback` has bpf_loop's callback signature
+        // and `args` outlives the call. It stops at the end of the
+        // data; MAX_STEPS is never the bound that stops it.
+        unsafe {
+            bpf_loop(
+                MAX_STEPS,
+                capture_step_callback as *mut c_void,
+                core::ptr::from_mut(&mut args).cast(),
+                0,
+            )
+        };
         let filled = get(&cursor.filled);
         if filled > 0 {
             output(scratch, filled, filled);
@@ -113,8 +126,12 @@ pub fn report_call(scratch: *mut DataScratch, data: Option<&UserData>, total: u3
     }
 }
 
-/// What every step of the capture loop needs.
+/// What every step of the capture loop needs, on the stack of
+/// [`report_call`] (`bpf_loop` hands its callback a stack pointer).
+#[repr(C)]
 struct StepArgs {
+    /// The per-CPU scratch slot.
+    scratch: *mut DataScratch,
     /// The iovec array, if the data is in one.
     iovecs: u64,
     /// Entries in it (0 for a single buffer).
@@ -123,17 +140,25 @@ struct StepArgs {
     limit: u32,
 }
 
+/// The `bpf_loop` callback of [`report_call`]: 0 to go on, 1 to stop.
+extern "C" fn capture_step_callback(_index: u64, args: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes the `StepArgs` report_call gave it.
+    let args = unsafe { &*args.cast::<StepArgs>() };
+    if capture_step(args) { 0 } else { 1 }
+}
+
 /// One step of [`report_call`]'s copy loop: copies from the current buffer
 /// (reading the next iovec when it is used up) into the event being
 /// filled, and sends the event when it is full. Returns false to stop.
 ///
-/// Written for the verifier, which walks every iteration of a loop and
-/// every branch in it as its own path: where the data continues lives in
-/// map memory (`DataScratch::cursor`), which the verifier cannot see
-/// through, so every path through a step reaches the next step in the same
-/// state and the next step is walked once.
+/// Written for the verifier, which checks a `bpf_loop` callback again for
+/// as long as the state it starts in differs from one it has seen: where
+/// the data continues lives in map memory (`DataScratch::cursor`), which
+/// the verifier cannot see through, so every path through a step ends in
+/// the state the step started in and one check suffices.
 #[inline(always)]
-fn capture_step(scratch: *mut DataScratch, args: &StepArgs) -> bool {
+fn capture_step(args: &StepArgs) -> bool {
+    let scratch = args.scratch;
     // SAFETY: the per-CPU scratch slot is ours for the duration of the program.
     let (event, cursor) = unsafe { (&mut (*scratch).event, &mut (*scratch).cursor) };
     let reported = get(&cursor.reported);
@@ -212,7 +237,7 @@ fn output(scratch: *mut DataScratch, captured: u32, total: u32) {
     event.trace.flags = 0;
 }
 
-/// Writes a loop variable to map memory (see [`report_call`]).
+/// Writes a loop variable to map memory (see [`capture_step`]).
 #[inline(always)]
 fn set<T>(slot: &mut T, value: T) {
     // SAFETY: `slot` is a valid, exclusive reference.

@@ -39,7 +39,11 @@ impl TraceService for Receiver {
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let headers = text_headers(&request.metadata().clone().into_headers());
-        match self.0.receive(Protocol::Grpc, headers, request.get_ref()) {
+        match self
+            .0
+            .receive(Protocol::Grpc, headers, request.get_ref())
+            .await
+        {
             Ok(()) => Ok(Response::new(ExportTraceServiceResponse::default())),
             Err(Failure::Retryable) => Err(Status::unavailable("injected test failure")),
             Err(Failure::Permanent) => Err(Status::invalid_argument("injected test failure")),

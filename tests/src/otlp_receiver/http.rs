@@ -134,6 +134,7 @@ async fn receive(shared: &Shared, request: Request<Incoming>) -> Result<(), (Sta
         .map_err(|error| bad_request("decoding ExportTraceServiceRequest", &error))?;
     shared
         .receive(Protocol::Http, headers, &export)
+        .await
         .map_err(|failure| match failure {
             Failure::Retryable => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -45,6 +45,7 @@ pub(super) struct AttemptFailed<'a> {
 impl AttemptFailed<'_> {
     pub(super) fn emit(self, stats: &Stats) {
         stats.add(Counter::ExportRequestsFailed, 1);
+        stats.add(self.error.kind(), 1);
         if let Some(retry_in) = self.retry_in {
             tracing::debug!(
                 endpoint = %self.endpoint,

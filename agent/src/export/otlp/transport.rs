@@ -31,6 +31,8 @@ use tonic::codec::CompressionEncoding;
 use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::telemetry::Counter;
+
 use super::config::{Compression, OtlpConfig, Protocol};
 use super::events::ErrorChain;
 
@@ -102,6 +104,21 @@ impl SendError {
             // No response: the collector may be restarting or not up yet.
             Self::HttpRequest { .. } | Self::Timeout { .. } => true,
             Self::Compress { .. } => false,
+        }
+    }
+
+    /// The counter of this kind of failure, next to the total
+    /// [`Counter::ExportRequestsFailed`].
+    pub fn kind(&self) -> Counter {
+        match self {
+            Self::Timeout { .. } => Counter::ExportRequestsTimedOut,
+            Self::HttpRequest { .. }
+            | Self::Grpc {
+                code: tonic::Code::Unavailable,
+                ..
+            } => Counter::ExportRequestsUnreachable,
+            _ if self.is_retryable() => Counter::ExportRequestsThrottled,
+            _ => Counter::ExportRequestsRejected,
         }
     }
 
@@ -439,6 +456,26 @@ mod tests {
         }
         for error in &permanent {
             assert!(!error.is_retryable(), "{error} should not be retried");
+            assert_eq!(error.kind(), Counter::ExportRequestsRejected, "{error}");
+        }
+    }
+
+    #[test]
+    fn failures_are_counted_by_kind() {
+        let timeout = SendError::Timeout {
+            timeout: Duration::from_secs(1),
+        };
+        assert_eq!(timeout.kind(), Counter::ExportRequestsTimedOut);
+        assert_eq!(
+            grpc(tonic::Code::Unavailable).kind(),
+            Counter::ExportRequestsUnreachable
+        );
+        for throttled in [grpc(tonic::Code::ResourceExhausted), http(429), http(503)] {
+            assert_eq!(
+                throttled.kind(),
+                Counter::ExportRequestsThrottled,
+                "{throttled}"
+            );
         }
     }
 
