@@ -42,7 +42,7 @@ struct RunArgs {
     /// Instrument this process id (repeatable, or comma-separated).
     #[arg(long = "pid", value_delimiter = ',')]
     pids: Vec<u32>,
-    /// Bytes of each send/receive the kernel copies (max 65536).
+    /// Bytes of each send/receive the kernel copies on HTTP/1 connections (max 65536; HTTP/2 connections are copied whole).
     #[arg(long)]
     capture_bytes: Option<u32>,
     /// Do not insert `traceparent` into outgoing HTTP/1 requests.
