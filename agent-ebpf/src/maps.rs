@@ -147,6 +147,9 @@ pub struct TraceScratch {
     pub slot: u32,
     /// Likewise, for the case `server_request_context` is handling.
     pub case: u32,
+    /// Where the header scan found a `traceparent` value, 0 for nowhere
+    /// (see `trace_context::scan_head`).
+    pub found: u32,
 }
 
 #[map]

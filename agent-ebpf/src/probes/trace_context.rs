@@ -19,16 +19,17 @@ use agent_common::trace_context::{
     CTX_FROM_HEADER, CTX_HAS_PARENT, CTX_UPDATE, CTX_VALID, TraceContext,
 };
 use aya_ebpf::{
+    cty::c_void,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_socket_cookie,
-        generated::bpf_probe_read_user,
+        generated::{bpf_loop, bpf_probe_read_user},
     },
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
 
 use super::{socket_data::tcp_family, syscall_args::SyscallArgs};
-use crate::maps::{HEAD_OPEN, INJECTED_CTX, SERVER_CTX, TRACE_SCRATCH, is_target};
+use crate::maps::{HEAD_OPEN, INJECTED_CTX, SERVER_CTX, TRACE_SCRATCH, TraceScratch, is_target};
 
 /// Kernel-internal `flags` bit: set by [`server_request_context`], cleared
 /// when the capture program reports the context, so a context is reported
@@ -148,7 +149,7 @@ pub fn scan_received(tid: u32, cookie: u64, buffer: u64, len: u64) -> Option<()>
     // case (see forget_precision).
     // SAFETY: writing our own per-CPU scratch.
     unsafe { core::ptr::write_volatile(&mut scratch.case, u32::from(starts_request)) };
-    let search = scan_head(payload, len);
+    let search = scan_head(scratch, len);
     let parent = parent_from(payload, search, &mut scratch.slot);
     if search == HeadSearch::Open && parent.is_none() {
         let _ = HEAD_OPEN.insert(tid, cookie, 0);
@@ -264,10 +265,10 @@ fn parent_from(payload: *const u8, search: HeadSearch, scratch_slot: &mut u32) -
     let HeadSearch::Found(at) = search else {
         return None;
     };
-    // Every loop iteration that finds the header is a separate verifier
-    // path with a different constant offset; passing the offset through
-    // map memory makes it an unknown scalar, so the paths merge and the
-    // parser below is verified once instead of once per offset.
+    // A header at the very start of the read comes with a constant offset,
+    // one found by the scan loop with an unknown one; passing the offset
+    // through map memory makes both unknown, so the verifier walks the
+    // parser below once, not once per kind of offset.
     let at = forget_precision(scratch_slot, at);
     parse_value(payload, at)
 }
@@ -343,18 +344,17 @@ enum HeadSearch {
 }
 
 /// Looks for `traceparent:` at line starts (any case) in the first
-/// `captured` bytes of `payload`, and whether the head ends there.
+/// `captured` bytes of the scratch, and whether the head ends there.
 /// The read may itself start at a line start (a head written in pieces).
+/// Bytes past `captured` are zero (`zero_tail`).
 ///
-/// Written for the verifier, which walks every iteration of a loop with its
-/// own state and compares each new state with all the earlier ones (so the
-/// cost grows with the square of the iterations), and allows at most 8192
-/// jumps on one path: the scan moves a word (8 bytes) at a time, looks at
-/// the bytes of a word only if it holds a newline, and compares the header
-/// name without branches. Bytes past `captured` are zero (`zero_tail`).
+/// The scan is a `bpf_loop` over the words (8 bytes) of the read: the
+/// verifier checks its callback once, where it walked every iteration of
+/// an inlined loop (up to 128, each a state compared with the earlier ones).
 #[inline(always)]
-fn scan_head(payload: *const u8, captured: u32) -> HeadSearch {
+fn scan_head(scratch: &mut TraceScratch, captured: u32) -> HeadSearch {
     let scanned = core::cmp::min(captured, SCAN_LIMIT);
+    let payload = scratch.bytes.as_ptr();
     // SAFETY: the scratch holds at least 16 bytes.
     let start: [u8; 2] = unsafe { core::ptr::read_unaligned(payload.cast()) };
     if start == *b"\r\n" {
@@ -363,25 +363,25 @@ fn scan_head(payload: *const u8, captured: u32) -> HeadSearch {
     if names_traceparent(payload) {
         return HeadSearch::Found(NAME_LEN);
     }
-    let words = scanned.div_ceil(8);
-    let mut word: u32 = 0;
-    while word < words && word < SCAN_LIMIT / 8 {
-        let base = (word * 8) & MASK;
-        // SAFETY: base < SCAN_LIMIT and TRACE_SCRATCH has room past it.
-        let bytes =
-            unsafe { core::ptr::read_unaligned(payload.wrapping_add(base as usize).cast::<u64>()) };
-        if has_newline(bytes) {
-            let mut k: u32 = 0;
-            while k < 8 {
-                let at = payload.wrapping_add((base + k) as usize);
-                // SAFETY: as above, 13 more bytes are within the buffer.
-                if unsafe { *at } == b'\n' && names_traceparent(at.wrapping_add(1)) {
-                    return HeadSearch::Found(base + k + 1 + NAME_LEN);
-                }
-                k += 1;
-            }
-        }
-        word += 1;
+    // SAFETY: writing our own per-CPU scratch.
+    unsafe { core::ptr::write_volatile(&mut scratch.found, 0) };
+    let mut args = ScanArgs {
+        scratch: core::ptr::from_mut(scratch),
+    };
+    // SAFETY: `scan_step_callback` has bpf_loop's callback signature and
+    // `args` outlives the call.
+    unsafe {
+        bpf_loop(
+            scanned.div_ceil(8),
+            scan_step_callback as *mut c_void,
+            core::ptr::from_mut(&mut args).cast(),
+            0,
+        )
+    };
+    // SAFETY: reading back what the loop stored.
+    let found = unsafe { core::ptr::read_volatile(&scratch.found) };
+    if found != 0 {
+        return HeadSearch::Found(found);
     }
     // Checked once, not at every newline (that doubles the paths the
     // verifier walks): a head that ends exactly where the read ends, the
@@ -397,6 +397,59 @@ fn scan_head(payload: *const u8, captured: u32) -> HeadSearch {
     } else {
         HeadSearch::Open
     }
+}
+
+/// What the steps of [`scan_head`]'s loop need, on its stack (`bpf_loop`
+/// hands its callback a stack pointer).
+#[repr(C)]
+struct ScanArgs {
+    /// The per-CPU scratch holding the read.
+    scratch: *mut TraceScratch,
+}
+
+/// The `bpf_loop` callback of [`scan_head`]: 0 to go on, 1 to stop.
+extern "C" fn scan_step_callback(index: u64, args: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes the `ScanArgs` scan_head gave it.
+    let args = unsafe { &*args.cast::<ScanArgs>() };
+    if scan_step(args.scratch, index as u32) {
+        0
+    } else {
+        1
+    }
+}
+
+/// One step of [`scan_head`]'s loop: looks for `traceparent:` after each
+/// newline of word `index` of the read. Returns false to stop, when found,
+/// with the value's offset (after the colon) in `TraceScratch::found`:
+/// map memory, so that the callback ends in the same state whatever it
+/// found, and the verifier checks it once.
+///
+/// Looks at the bytes of a word only if it holds a newline, and compares
+/// the header name without branches: the callback's paths stay few.
+#[inline(always)]
+fn scan_step(scratch: *mut TraceScratch, index: u32) -> bool {
+    // SAFETY: the per-CPU scratch is ours for this program's run.
+    let scratch = unsafe { &mut *scratch };
+    let payload = scratch.bytes.as_ptr();
+    let base = (index * 8) & MASK;
+    // SAFETY: base < SCAN_LIMIT and the scratch has room past it.
+    let bytes =
+        unsafe { core::ptr::read_unaligned(payload.wrapping_add(base as usize).cast::<u64>()) };
+    if !has_newline(bytes) {
+        return true;
+    }
+    let mut k: u32 = 0;
+    while k < 8 {
+        let at = payload.wrapping_add((base + k) as usize);
+        // SAFETY: as above, 13 more bytes are within the buffer.
+        if unsafe { *at } == b'\n' && names_traceparent(at.wrapping_add(1)) {
+            // SAFETY: writing our own per-CPU scratch.
+            unsafe { core::ptr::write_volatile(&mut scratch.found, base + k + 1 + NAME_LEN) };
+            return false;
+        }
+        k += 1;
+    }
+    true
 }
 
 /// True if any byte of `word` is `\n` (the classic has-zero-byte test on
