@@ -49,12 +49,18 @@ const PIECE_MASK: u32 = MAX_CAPTURE_BYTES as u32 - 1;
 /// First bytes of the HTTP/2 client preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`).
 const HTTP2_PREFACE_START: [u8; 8] = *b"PRI * HT";
 
-/// Bytes to capture per call on connection `cookie`: its own limit (raised
-/// for HTTP/2), else the configured default.
+/// The connection's own capture limit (`TrackedConn::capture_bytes`, 0 if
+/// it has none), for callers that did not look the connection up already.
 #[inline(always)]
-fn capture_limit(cookie: u64) -> u32 {
+pub fn own_capture_bytes(cookie: u64) -> u32 {
     // SAFETY: plain value lookup.
-    let own = unsafe { TRACKED_CONNS.get(cookie) }.map_or(0, |conn| conn.capture_bytes);
+    unsafe { TRACKED_CONNS.get(cookie) }.map_or(0, |conn| conn.capture_bytes)
+}
+
+/// Bytes to capture per call: the connection's own limit (raised for
+/// HTTP/2), else the configured default.
+#[inline(always)]
+fn capture_limit(own: u32) -> u32 {
     let limit = if own != 0 {
         own
     } else {
@@ -74,9 +80,15 @@ fn capture_all(cookie: u64) {
 
 /// Sends the call whose identity is in `scratch.event` (header, cookie,
 /// tuple, fd, direction, role, source): `total` bytes, of which up to the
-/// connection's capture limit are copied from `data`.
+/// connection's capture limit (`own_capture_bytes`, 0 for the default) are
+/// copied from `data`.
 #[inline(always)]
-pub fn report_call(scratch: *mut DataScratch, data: Option<&UserData>, total: u32) {
+pub fn report_call(
+    scratch: *mut DataScratch,
+    data: Option<&UserData>,
+    total: u32,
+    own_capture_bytes: u32,
+) {
     // SAFETY: the per-CPU scratch slot is ours for the duration of the program.
     let (event, cursor) = unsafe { (&mut (*scratch).event, &mut (*scratch).cursor) };
     let (head, head_len) = head_of(data, total);
@@ -86,7 +98,7 @@ pub fn report_call(scratch: *mut DataScratch, data: Option<&UserData>, total: u3
         capture_all(event.socket_cookie);
         MAX_CALL_CAPTURE_BYTES as u32
     } else {
-        capture_limit(event.socket_cookie)
+        capture_limit(own_capture_bytes)
     };
     event.trace = trace_context_of(event, &head, head_len);
     set(&mut cursor.reported, 0);

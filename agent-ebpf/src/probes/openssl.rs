@@ -41,7 +41,11 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 
-use super::{capture::report_call, syscall_args::UserData, trace_context::scan_received};
+use super::{
+    capture::{own_capture_bytes, report_call},
+    syscall_args::UserData,
+    trace_context::scan_received,
+};
 use crate::{
     maps::{
         DATA_SCRATCH, LAST_READ, SSL_CALLS, SSL_PROCESSES, SSL_SOCKETS, SslCall, SslKey, SslSocket,
@@ -202,7 +206,12 @@ fn capture(ctx: &RetProbeContext) -> Option<()> {
     event.direction = call.direction;
     event.role = socket.role;
     event.source = SOURCE_TLS;
-    report_call(scratch, Some(&UserData::single(call.buffer)), len);
+    report_call(
+        scratch,
+        Some(&UserData::single(call.buffer)),
+        len,
+        own_capture_bytes(socket.cookie),
+    );
     Some(())
 }
 

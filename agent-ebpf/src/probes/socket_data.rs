@@ -87,7 +87,13 @@ fn try_socket_data(ctx: &BtfTracePointContext, direction: u32) -> Result<(), i64
         // Ciphertext: the OpenSSL probes report this connection's plaintext.
         return Ok(());
     }
-    report_call(scratch, args.as_ref().map(|a| &a.data), ret as u32);
+    // The connection was just looked up: its capture limit comes with it.
+    report_call(
+        scratch,
+        args.as_ref().map(|a| &a.data),
+        ret as u32,
+        conn.capture_bytes,
+    );
     Ok(())
 }
 
