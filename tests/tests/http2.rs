@@ -71,39 +71,45 @@ fn run_client(program: &str, script: &str, args: &[&str]) -> (u32, Vec<String>) 
 /// deadline, server and client streaming, as server spans (selected by
 /// port) and client spans (selected by executable, started after the
 /// agent).
+///
 /// grpcio writes with `sendmsg` of up to 24 iovecs: every frame of them
 /// must be captured for HPACK to stay in step.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_calls_from_both_sides() {
     require_e2e!();
-    let receiver = OtlpReceiver::start().await;
-    let server = Server::python_grpc();
-    let port = server.port.to_string();
-    let agent = Agent::start(
-        &["--port", &port, "--exe", &executable("python3")],
-        &receiver.grpc_endpoint(),
-        "grpc",
-    );
-    let (client, output) = run_client("python3", "grpc_client.py", &[&port, "suite"]);
-    assert_eq!(output, SUITE_OUTPUT);
-
-    assert_suite_traced(&receiver, (server.pid(), server.port), client, WAIT, SETTLE).await;
-    assert_eq!(agent.stop(), 0);
+    suite_between(Server::python_grpc(), "python3", "grpc_client.py", "grpc").await;
 }
 
 /// The same calls between an @grpc/grpc-js client and server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_js_calls_from_both_sides() {
     require_e2e!();
-    let receiver = OtlpReceiver::start().await;
-    let server = Server::node_grpc();
-    let port = server.port.to_string();
-    let agent = Agent::start(
-        &["--port", &port, "--exe", &executable("node")],
-        &receiver.http_endpoint(),
+    suite_between(
+        Server::node_grpc(),
+        "node",
+        "grpc_client.js",
         "http/protobuf",
+    )
+    .await;
+}
+
+/// Runs the gRPC suite from a `program` client (`script`) against `server`,
+/// both selected, with spans exported over OTLP `protocol`, and asserts
+/// both sides' spans.
+async fn suite_between(server: Server, program: &str, script: &str, protocol: &str) {
+    let receiver = OtlpReceiver::start().await;
+    let port = server.port.to_string();
+    let endpoint = if protocol == "grpc" {
+        receiver.grpc_endpoint()
+    } else {
+        receiver.http_endpoint()
+    };
+    let agent = Agent::start(
+        &["--port", &port, "--exe", &executable(program)],
+        &endpoint,
+        protocol,
     );
-    let (client, output) = run_client("node", "grpc_client.js", &[&port, "suite"]);
+    let (client, output) = run_client(program, script, &[&port, "suite"]);
     assert_eq!(output, SUITE_OUTPUT);
 
     assert_suite_traced(&receiver, (server.pid(), server.port), client, WAIT, SETTLE).await;
