@@ -513,6 +513,13 @@ mod synthetic {
         bytes
     }
 
+    /// A client's first bytes: the preface and an empty SETTINGS frame.
+    fn client_hello() -> Vec<u8> {
+        let mut hello = PREFACE.to_vec();
+        hello.extend(frame(0x4, 0, 0, &[]));
+        hello
+    }
+
     /// A header block of literals, the first ones indexed (inserted into
     /// the table) when `indexed` says so.
     fn block(fields: &[(&str, &str)], indexed: usize) -> Vec<u8> {
@@ -590,8 +597,7 @@ mod synthetic {
             ..TrackerConfig::default()
         };
         let mut tracker = ConnTracker::new(config, Arc::clone(&stats));
-        let mut hello = PREFACE.to_vec();
-        hello.extend(frame(0x4, 0, 0, &[]));
+        let hello = client_hello();
         assert!(
             tracker
                 .on_data(&data(true, &hello, 0, Role::Server))
@@ -625,8 +631,7 @@ mod synthetic {
 
     #[test]
     fn resets_and_refused_streams_end_calls() {
-        let mut hello = PREFACE.to_vec();
-        hello.extend(frame(0x4, 0, 0, &[]));
+        let hello = client_hello();
         let rst_cancel = |stream| frame(0x3, 0, stream, &[0, 0, 0, 8]);
         let events = [
             (true, hello, 0),
@@ -675,8 +680,7 @@ mod synthetic {
 
     #[test]
     fn skipped_stream_ids_degrade_the_table() {
-        let mut hello = PREFACE.to_vec();
-        hello.extend(frame(0x4, 0, 0, &[]));
+        let hello = client_hello();
         // Stream 1 inserts its path; stream 3 (with another path inserted)
         // is missed; stream 5 refers to index 62: "/a.B/Two" at the peer,
         // "/a.B/One" in a table that did not see stream 3.
@@ -704,8 +708,7 @@ mod synthetic {
 
     #[test]
     fn a_preface_decides_an_unknown_role() {
-        let mut hello = PREFACE.to_vec();
-        hello.extend(frame(0x4, 0, 0, &[]));
+        let hello = client_hello();
         let events = [
             (true, hello, 0),
             (
