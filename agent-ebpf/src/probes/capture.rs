@@ -266,7 +266,7 @@ fn get<T: Copy>(slot: &T) -> T {
 /// The first bytes of the call's data, enough to tell a request or a
 /// response start: up to 8 bytes of its first buffer.
 #[inline(always)]
-fn head_of(data: Option<&UserData>, total: u32) -> ([u8; 8], u32) {
+pub fn head_of(data: Option<&UserData>, total: u32) -> ([u8; 8], u32) {
     let mut head = [0u8; 8];
     let Some((start, len)) = data.and_then(UserData::first_segment) else {
         return (head, 0);

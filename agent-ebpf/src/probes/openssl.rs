@@ -15,9 +15,23 @@
 //! same thread do socket I/O inside the call, ties the `SSL *` to that
 //! socket (`SSL_SOCKETS`), marks the connection TLS and drops its
 //! ciphertext ([`is_tls_socket`]). Programs that feed OpenSSL through
-//! memory BIOs (gRPC core) do their socket I/O outside the calls: an
-//! `SSL *` not tied yet when a handshake or read returns is tied to the
-//! connection the thread read from last, if that read was recent.
+//! memory BIOs (gRPC core, Node.js) do their socket I/O outside the calls,
+//! so an `SSL *` is tied by what the thread does next to or right before it:
+//! - a TLS record (by its 5-byte header) the thread writes, within
+//!   [`UNTIED_SSL_MAX_AGE_NS`], on a connection no `SSL *` is tied to, after
+//!   an OpenSSL call on an untied `SSL *` returned: that call made the
+//!   record (Node.js writes what OpenSSL put in its memory BIO at once, in
+//!   the same native call: the ClientHello after the first `SSL_read`, the
+//!   ServerHello after the one that took the ClientHello).
+//! - an untied `SSL *` whose handshake or read returns is tied to the
+//!   connection the thread read from last, if that read was recent
+//!   ([`LAST_READ_MAX_AGE_NS`]): the program hands what it read to OpenSSL
+//!   at once.
+//!
+//! Each clue ties one `SSL *` once and is used up. An `SSL *` no clue ties
+//! stays untied: its plaintext is not reported, and counted
+//! (`TLS_SOCKET_UNKNOWN`). `SSL_free` unties the object, whose address a
+//! later connection's object may get.
 //!
 //! The return probes report the plaintext as `SOURCE_TLS` data events on
 //! the connection's cookie. A read is first scanned for a request's
@@ -42,14 +56,14 @@ use aya_ebpf::{
 };
 
 use super::{
-    capture::{own_capture_bytes, report_call},
+    capture::{head_of, own_capture_bytes, report_call},
     syscall_args::UserData,
     trace_context::scan_received,
 };
 use crate::{
     maps::{
-        DATA_SCRATCH, LAST_READ, SSL_CALLS, SSL_PROCESSES, SSL_SOCKETS, SslCall, SslKey, SslSocket,
-        TLS_TAILS, TRACKED_CONNS, count_drop, is_target,
+        DATA_SCRATCH, LAST_READ, LAST_UNTIED_SSL, SSL_CALLS, SSL_PROCESSES, SSL_SOCKETS, SslCall,
+        SslKey, SslSocket, TLS_TAILS, TRACKED_CONNS, UntiedSsl, count_drop, is_target,
     },
     read,
 };
@@ -57,6 +71,10 @@ use crate::{
 /// How long "the connection the thread read from last" may stand for an
 /// untied `SSL *`: memory-BIO programs hand what they read to OpenSSL at once.
 const LAST_READ_MAX_AGE_NS: u64 = 100_000_000;
+/// How long after an OpenSSL call on an untied `SSL *` a TLS record the
+/// thread writes may be taken for that call's output: memory-BIO programs
+/// write it out in the same native call.
+const UNTIED_SSL_MAX_AGE_NS: u64 = 10_000_000;
 /// [`SslCall::direction`] of a handshake.
 const HANDSHAKE: u32 = 0;
 
@@ -119,6 +137,22 @@ fn enter(ctx: &ProbeContext, direction: u32, ex: bool) -> Option<()> {
     Some(())
 }
 
+/// `SSL_free(SSL *s)`: the object's tie ends with it.
+#[uprobe]
+pub fn ssl_free_enter(ctx: ProbeContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(ssl) = ctx.arg::<u64>(0)
+        && is_target(tgid)
+    {
+        let _ = SSL_SOCKETS.remove(SslKey {
+            tgid,
+            reserved: 0,
+            ssl,
+        });
+    }
+    0
+}
+
 #[uretprobe]
 pub fn ssl_handshake_exit(_ctx: RetProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -128,7 +162,9 @@ pub fn ssl_handshake_exit(_ctx: RetProbeContext) -> u32 {
         && call.direction == HANDSHAKE
     {
         let _ = SSL_CALLS.remove(tid);
-        let _ = socket_of((pid_tgid >> 32) as u32, call.ssl, tid, true);
+        if socket_of((pid_tgid >> 32) as u32, call.ssl, tid, true).is_none() {
+            remember_untied(tid, call.ssl);
+        }
     }
     0
 }
@@ -186,11 +222,26 @@ fn capture(ctx: &RetProbeContext) -> Option<()> {
     if call.direction == HANDSHAKE {
         return None;
     }
-    let len = returned_len(ctx, &call)?;
-    let Some(socket) = socket_of(tgid, call.ssl, tid, call.direction == DIRECTION_INGRESS) else {
-        count_drop(TLS_SOCKET_UNKNOWN);
+    // 0 for none: an `Option` here leaves the verifier an uninitialised
+    // register on the `None` path.
+    let len = returned_len(ctx, &call).unwrap_or(0);
+    let Some(socket) = socket_of(
+        tgid,
+        call.ssl,
+        tid,
+        len != 0 && call.direction == DIRECTION_INGRESS,
+    ) else {
+        // What the call made (a handshake message, the encrypted
+        // plaintext) may be written out next: that ties the object.
+        remember_untied(tid, call.ssl);
+        if len != 0 {
+            count_drop(TLS_SOCKET_UNKNOWN);
+        }
         return None;
     };
+    if len == 0 {
+        return None;
+    }
     let scratch = DATA_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
     let event = unsafe { &mut (*scratch).event };
@@ -250,6 +301,8 @@ fn socket_of(tgid: u32, ssl: u64, tid: u32, may_use_last_read: bool) -> Option<S
         return None;
     }
     let last = unsafe { LAST_READ.get(tid) }.copied()?;
+    // Used up, recent or not: one read ties one object.
+    let _ = LAST_READ.remove(tid);
     // SAFETY: always-safe helper.
     let now = unsafe { bpf_ktime_get_ns() };
     if now.wrapping_sub(last.seen_ns) > LAST_READ_MAX_AGE_NS {
@@ -257,6 +310,25 @@ fn socket_of(tgid: u32, ssl: u64, tid: u32, may_use_last_read: bool) -> Option<S
     }
     tie(&key, &last);
     Some(last)
+}
+
+/// Remembers that thread `tid` last called OpenSSL on `ssl`, not tied yet.
+#[inline(always)]
+fn remember_untied(tid: u32, ssl: u64) {
+    let untied = UntiedSsl {
+        ssl,
+        // SAFETY: always-safe helper.
+        seen_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    let _ = LAST_UNTIED_SSL.insert(tid, untied, 0);
+}
+
+/// True if `head` (`len` bytes) starts a TLS record: content type
+/// change_cipher_spec, alert, handshake or application_data, then version
+/// 3.1 to 3.4 (the record layer of TLS 1.0 to 1.3).
+#[inline(always)]
+fn is_tls_record(head: &[u8; 8], len: u32) -> bool {
+    len >= 5 && (0x14..=0x17).contains(&head[0]) && head[1] == 3 && (1..=4).contains(&head[2])
 }
 
 /// Ties `key` to a connection, which now carries TLS.
@@ -269,12 +341,19 @@ fn tie(key: &SslKey, socket: &SslSocket) {
     }
 }
 
-/// Called by the socket capture program for each call: true if the
-/// connection carries TLS (its ciphertext is not reported). Socket I/O
-/// inside an OpenSSL call ties that call's `SSL *` to the socket; reads by
-/// OpenSSL-using processes are remembered for memory-BIO programs.
+/// Called by the socket capture program for each call, with the call's data
+/// (`total` bytes): true if the connection carries TLS (its ciphertext is
+/// not reported). Socket I/O inside an OpenSSL call ties that call's `SSL
+/// *` to the socket; for memory-BIO programs, a TLS record written right
+/// after a call on an untied `SSL *` ties it, and reads by OpenSSL-using
+/// processes are remembered.
 #[inline(always)]
-pub fn is_tls_socket(event: &SocketDataEvent, conn: &TrackedConn) -> bool {
+pub fn is_tls_socket(
+    event: &SocketDataEvent,
+    conn: &TrackedConn,
+    data: Option<&UserData>,
+    total: u32,
+) -> bool {
     let tid = event.header.tid;
     let tgid = event.header.pid;
     let socket = SslSocket {
@@ -298,8 +377,30 @@ pub fn is_tls_socket(event: &SocketDataEvent, conn: &TrackedConn) -> bool {
         return true;
     }
     // SAFETY: plain value lookup.
-    if event.direction == DIRECTION_INGRESS && unsafe { SSL_PROCESSES.get(tgid) }.is_some() {
-        let _ = LAST_READ.insert(tid, socket, 0);
+    if unsafe { SSL_PROCESSES.get(tgid) }.is_none() {
+        return false;
     }
-    false
+    if event.direction == DIRECTION_INGRESS {
+        let _ = LAST_READ.insert(tid, socket, 0);
+        return false;
+    }
+    // SAFETY: plain value lookup, copied out.
+    let Some(untied) = (unsafe { LAST_UNTIED_SSL.get(tid) }).copied() else {
+        return false;
+    };
+    if event.header.timestamp_ns.wrapping_sub(untied.seen_ns) > UNTIED_SSL_MAX_AGE_NS {
+        return false;
+    }
+    let (head, len) = head_of(data, total);
+    if !is_tls_record(&head, len) {
+        return false;
+    }
+    let _ = LAST_UNTIED_SSL.remove(tid);
+    let key = SslKey {
+        tgid,
+        reserved: 0,
+        ssl: untied.ssl,
+    };
+    tie(&key, &socket);
+    true
 }

@@ -83,7 +83,7 @@ fn try_socket_data(ctx: &BtfTracePointContext, direction: u32) -> Result<(), i64
     event.fd = args.as_ref().map_or(u32::MAX, |a| a.fd);
     let conn = conn_state(event.socket_cookie, tgid, event.fd);
     event.role = conn.role;
-    if is_tls_socket(event, &conn) {
+    if is_tls_socket(event, &conn, args.as_ref().map(|a| &a.data), ret as u32) {
         // Ciphertext: the OpenSSL probes report this connection's plaintext.
         return Ok(());
     }

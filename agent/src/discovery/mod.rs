@@ -363,26 +363,28 @@ impl<T: TargetSet> Discovery<T> {
         }
     }
 
-    /// Hands the libssl files `pid` maps to the OpenSSL probes, or keeps the
-    /// process waiting for one.
+    /// Hands the libssl files `pid` maps, and its executable, to the
+    /// OpenSSL probes; keeps the process waiting for a libssl if it maps
+    /// none and its executable has no OpenSSL of its own.
     fn find_tls(&mut self, pid: u32) {
         let Some(tls) = &mut self.tls else {
             return;
         };
         self.tls_seen.insert(pid);
-        match self.procfs.ssl_libraries(pid) {
-            Some(libraries) if !libraries.is_empty() => {
-                for library in &libraries {
-                    tls.attach(library);
-                }
-                self.tls_waiting.remove(&pid);
-            }
-            Some(_) => {
-                self.tls_waiting.insert(pid);
-            }
-            None => {
-                self.tls_waiting.remove(&pid);
-            }
+        let Some(files) = self.procfs.ssl_libraries(pid) else {
+            self.tls_waiting.remove(&pid);
+            return;
+        };
+        let mut found = false;
+        for file in &files {
+            // Every file is handed over (no short cut): each attaches once.
+            let carries = tls.attach(file);
+            found |= carries || !file.executable;
+        }
+        if found {
+            self.tls_waiting.remove(&pid);
+        } else {
+            self.tls_waiting.insert(pid);
         }
     }
 
@@ -896,9 +898,16 @@ mod tests {
     #[derive(Clone, Default)]
     struct FakeTls(Arc<Mutex<Vec<SslLibrary>>>);
 
+    /// The executable that carries its own OpenSSL in these tests.
+    const NODE: &str = "/usr/bin/node";
+
     impl TlsAttach for FakeTls {
-        fn attach(&mut self, library: &SslLibrary) {
-            self.0.lock().unwrap().push(library.clone());
+        fn attach(&mut self, library: &SslLibrary) -> bool {
+            let carries = !library.executable || library.path.ends_with(&NODE[1..]);
+            if carries {
+                self.0.lock().unwrap().push(library.clone());
+            }
+            carries
         }
     }
 
@@ -922,6 +931,9 @@ mod tests {
         // Workers 202 forked: targets only because the kernel made them so.
         proc.add(205, 202, "/usr/bin/worker", "/user.slice", &[]);
         proc.add(206, 202, "/usr/bin/worker", "/user.slice", &[]);
+        // Selected by pid: Node.js, whose OpenSSL is in its executable.
+        proc.add(207, 1, NODE, "/user.slice", &[]);
+        proc.map(207, &[(NODE, 13), (LIBC, 11)]);
         proc.map(201, &[(python, 10), (LIBC, 11), (LIBSSL, 12)]);
         for pid in [202, 203, 205] {
             proc.map(pid, &[(python, 10), (LIBC, 11)]);
@@ -931,7 +943,7 @@ mod tests {
         let procfs = Procfs::at(&proc.0);
         let tls = FakeTls::default();
         let mut discovery = Discovery::new(
-            selectors(&["python3"], &[]),
+            selectors(&["python3"], &[207]),
             procfs.clone(),
             FakeTargets::default(),
             ProcessRegistry::new(procfs, Default::default()),
@@ -943,12 +955,24 @@ mod tests {
                 dev: libc::makedev(0xfd, 1),
                 ino: 12,
             },
+            executable: false,
         };
         discovery.scan_all();
+        let mut found = tls.take();
+        found.sort_by(|a, b| a.path.cmp(&b.path));
+        let node = SslLibrary {
+            path: proc.0.join("207/root").join(&NODE[1..]),
+            file: FileId {
+                dev: libc::makedev(0xfd, 1),
+                ino: 13,
+            },
+            executable: true,
+        };
         assert_eq!(
-            tls.take(),
-            [libssl_of(201)],
-            "opened through the process's root; the unselected node is not looked at"
+            found,
+            [libssl_of(201), node],
+            "opened through the process's root; the executable with its own OpenSSL \
+             too; the unselected node is not looked at"
         );
         discovery.targets.0.remove(&201);
         discovery.on_exit(201);
@@ -975,7 +999,11 @@ mod tests {
         discovery.rescan_tls(true);
         assert_eq!(tls.take(), [libssl_of(206)], "a new child of a target");
         discovery.rescan_tls(true);
-        assert!(tls.take().is_empty(), "found once, not looked at again");
+        discovery.rescan_tls(false);
+        assert!(
+            tls.take().is_empty(),
+            "found once, not looked at again (nor Node.js, which maps no libssl)"
+        );
     }
 
     /// Thousands of short-lived selected processes whose exits were never

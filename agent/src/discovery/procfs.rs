@@ -1,5 +1,7 @@
 //! What discovery reads from /proc: executables, environment, which
-//! processes own listening TCP sockets, and which libssl they map. `root`
+//! processes own listening TCP sockets, and which OpenSSL they may use (the
+//! libssl files they map, and their executable, which may carry its own,
+//! as Node.js does). `root`
 //! is a parameter so tests can point it at a fake tree.
 
 use std::{
@@ -127,13 +129,19 @@ impl Procfs {
             .collect()
     }
 
-    /// The OpenSSL libssl files (`libssl.so*`) the process maps, as paths
-    /// through its root directory, so that a container's own library (in
-    /// another mount namespace) is the one opened. `None` if the maps
+    /// The files of the process that may define OpenSSL's functions: the
+    /// libssl files (`libssl.so*`) it maps and its executable, as paths
+    /// through its root directory, so that a container's own files (in
+    /// another mount namespace) are the ones opened. `None` if the maps
     /// cannot be read (the process is gone).
     pub fn ssl_libraries(&self, pid: u32) -> Option<Vec<SslLibrary>> {
         let maps = fs::read_to_string(self.pid_path(pid, "maps")).ok()?;
-        Some(parse_ssl_libraries(&maps, &self.pid_path(pid, "root")))
+        let exe = self.exe(pid);
+        Some(parse_ssl_libraries(
+            &maps,
+            &self.pid_path(pid, "root"),
+            exe.as_deref(),
+        ))
     }
 
     /// Socket inodes listening on any of `ports`, with their port, across
@@ -180,9 +188,10 @@ impl Procfs {
     }
 }
 
-/// libssl mappings in a `/proc/PID/maps` text, one per file, with paths
+/// libssl mappings in a `/proc/PID/maps` text, and the mapping of the
+/// executable `exe` (as `/proc/PID/exe` names it), one per file, with paths
 /// under `root`.
-fn parse_ssl_libraries(maps: &str, root: &Path) -> Vec<SslLibrary> {
+fn parse_ssl_libraries(maps: &str, root: &Path, exe: Option<&Path>) -> Vec<SslLibrary> {
     let mut found: Vec<SslLibrary> = Vec::new();
     for line in maps.lines() {
         // "start-end perms offset major:minor inode      /path", the path
@@ -205,13 +214,18 @@ fn parse_ssl_libraries(maps: &str, root: &Path) -> Vec<SslLibrary> {
             .file_name()
             .and_then(|name| name.to_str())
             .is_some_and(|name| name.starts_with("libssl.so"));
-        let Some(file) = is_libssl.then(|| file_id(dev, inode)).flatten() else {
+        let executable = exe == Some(Path::new(path));
+        let Some(file) = (is_libssl || executable)
+            .then(|| file_id(dev, inode))
+            .flatten()
+        else {
             continue;
         };
         if found.iter().all(|library| library.file != file) {
             found.push(SslLibrary {
                 path: root.join(path.trim_start_matches('/')),
                 file,
+                executable,
             });
         }
     }
@@ -289,27 +303,41 @@ mod tests {
 7ffd1c000000-7ffd1c021000 rw-p 00000000 00:00 0                          [stack]
 ";
         let root = Path::new("/proc/42/root");
+        let libssl = SslLibrary {
+            path: "/proc/42/root/usr/lib/x86_64-linux-gnu/libssl.so.3".into(),
+            file: FileId {
+                dev: libc::makedev(0xfd, 1),
+                ino: 2049,
+            },
+            executable: false,
+        };
+        let old_libssl = SslLibrary {
+            path: "/proc/42/root/opt/app dir/lib/libssl.so.1.1".into(),
+            file: FileId {
+                dev: libc::makedev(0, 0x2e),
+                ino: 77,
+            },
+            executable: false,
+        };
         assert_eq!(
-            parse_ssl_libraries(maps, root),
-            [
-                SslLibrary {
-                    path: "/proc/42/root/usr/lib/x86_64-linux-gnu/libssl.so.3".into(),
-                    file: FileId {
-                        dev: libc::makedev(0xfd, 1),
-                        ino: 2049
-                    },
-                },
-                SslLibrary {
-                    path: "/proc/42/root/opt/app dir/lib/libssl.so.1.1".into(),
-                    file: FileId {
-                        dev: libc::makedev(0, 0x2e),
-                        ino: 77
-                    },
-                },
-            ],
+            parse_ssl_libraries(maps, root, None),
+            [libssl.clone(), old_libssl.clone()],
             "one entry per file; NSS's libssl3.so, deleted files and anonymous maps left out"
         );
-        assert!(parse_ssl_libraries("garbage\n\n", root).is_empty());
+        let python = SslLibrary {
+            path: "/proc/42/root/usr/bin/python3.11".into(),
+            file: FileId {
+                dev: libc::makedev(0xfd, 1),
+                ino: 1311,
+            },
+            executable: true,
+        };
+        assert_eq!(
+            parse_ssl_libraries(maps, root, Some(Path::new("/usr/bin/python3.11"))),
+            [python, libssl, old_libssl],
+            "the executable too, which may carry its own OpenSSL"
+        );
+        assert!(parse_ssl_libraries("garbage\n\n", root, None).is_empty());
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! Userspace side of `agent-ebpf/src/probes/openssl.rs`: uprobes and
 //! uretprobes on OpenSSL's `SSL_read`, `SSL_read_ex`, `SSL_write`,
-//! `SSL_write_ex` and `SSL_do_handshake` (OpenSSL 1.1.x and 3.x, shared
-//! libssl), whose programs report TLS plaintext as socket data events
-//! (`source = SOURCE_TLS`; the read return probe tail-calls `tls_capture`
-//! for that, through `TLS_TAILS`). Needs uprobes (`CONFIG_UPROBE_EVENTS`);
-//! the programs are loaded once, with the others, and attached here to each
-//! libssl file the selected processes map.
+//! `SSL_write_ex` and `SSL_do_handshake`, and a uprobe on `SSL_free`
+//! (OpenSSL 1.1.x and 3.x), whose
+//! programs report TLS plaintext as socket data events (`source =
+//! SOURCE_TLS`; the read return probe tail-calls `tls_capture` for that,
+//! through `TLS_TAILS`). Needs uprobes (`CONFIG_UPROBE_EVENTS`); the
+//! programs are loaded once, with the others, and attached here to each
+//! libssl file the selected processes map, and to each of their executables
+//! that exports the functions itself from a statically linked OpenSSL
+//! (Node.js does).
 //!
 //! A uprobe is set on a file, not on a process: once a libssl is attached,
 //! every process that maps it, now or later, runs the programs, which keep
@@ -16,7 +19,8 @@
 //! one attachment and their calls are not reported twice.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
+    fs::File,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
 };
@@ -27,8 +31,8 @@ use aya::{
     maps::{MapError, ProgramArray},
     programs::{ProgramError, UProbe, uprobe::UProbeScope},
 };
-use object::{Object as _, ObjectSymbol as _};
-use tracing::{info, warn};
+use object::{Object as _, ObjectSymbol as _, read::ReadCache};
+use tracing::{debug, info, warn};
 
 use crate::{
     export::otlp::ErrorChain,
@@ -39,7 +43,14 @@ use crate::{
 struct Hook {
     function: &'static str,
     entry: &'static str,
-    exit: &'static str,
+    exit: Option<&'static str>,
+}
+
+impl Hook {
+    /// The programs attached to the function.
+    fn programs(&self) -> impl Iterator<Item = &'static str> {
+        std::iter::once(self.entry).chain(self.exit)
+    }
 }
 
 /// What is attached to each library. `SSL_read_ex` and `SSL_write_ex`
@@ -49,27 +60,34 @@ const HOOKS: &[Hook] = &[
     Hook {
         function: "SSL_read",
         entry: "ssl_read_enter",
-        exit: "ssl_read_exit",
+        exit: Some("ssl_read_exit"),
     },
     Hook {
         function: "SSL_read_ex",
         entry: "ssl_read_ex_enter",
-        exit: "ssl_read_exit",
+        exit: Some("ssl_read_exit"),
     },
     Hook {
         function: "SSL_write",
         entry: "ssl_write_enter",
-        exit: "ssl_write_exit",
+        exit: Some("ssl_write_exit"),
     },
     Hook {
         function: "SSL_write_ex",
         entry: "ssl_write_ex_enter",
-        exit: "ssl_write_exit",
+        exit: Some("ssl_write_exit"),
     },
     Hook {
         function: "SSL_do_handshake",
         entry: "ssl_handshake_enter",
-        exit: "ssl_handshake_exit",
+        exit: Some("ssl_handshake_exit"),
+    },
+    // Unties the freed object (memory-BIO programs tie it by clues that
+    // a reused address would not give again).
+    Hook {
+        function: "SSL_free",
+        entry: "ssl_free_enter",
+        exit: None,
     },
 ];
 
@@ -124,8 +142,9 @@ pub enum OpensslError {
         #[source]
         source: object::Error,
     },
-    /// The library exports none of the hooked functions (not OpenSSL's
-    /// libssl, or one built without them).
+    /// The library exports none of the traced functions (not OpenSSL's
+    /// libssl, or one built without them; for an executable, the common
+    /// case, not a failure).
     #[error("{path} defines none of SSL_read, SSL_write, SSL_do_handshake")]
     NoFunctions {
         /// The library.
@@ -154,7 +173,8 @@ pub struct FileId {
     pub ino: u64,
 }
 
-/// A libssl file some process maps.
+/// A file some process maps that may define OpenSSL's functions: a
+/// libssl, or the process's executable.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SslLibrary {
     /// Where the agent opens it: through the process's root
@@ -162,15 +182,19 @@ pub struct SslLibrary {
     pub path: PathBuf,
     /// The mapped file, as `/proc/PID/maps` identifies it.
     pub file: FileId,
+    /// The process's executable: most define no OpenSSL function, which is
+    /// then no failure.
+    pub executable: bool,
 }
 
 /// Puts the TLS probes on library files (a trait so that discovery can be
 /// tested without a kernel).
 pub trait TlsAttach: Send {
     /// Attaches the probes to `library` for every process, unless its file
-    /// was handled already. Failures are logged and counted: they cost TLS
+    /// was handled already; returns whether the file carries them (now or
+    /// from before). Failures are logged and counted: they cost TLS
     /// visibility for that library's users, nothing else.
-    fn attach(&mut self, library: &SslLibrary);
+    fn attach(&mut self, library: &SslLibrary) -> bool;
 }
 
 /// The loaded OpenSSL programs and the libraries they are attached to.
@@ -179,9 +203,10 @@ pub struct OpensslProbes {
     /// locked only to attach, as libraries are found.
     ebpf: Arc<Mutex<Ebpf>>,
     stats: Arc<Stats>,
-    /// Files attached or tried: each is handled once, so a library that
-    /// failed is not retried for every process that maps it.
-    seen: HashSet<FileId>,
+    /// Files attached or tried, and whether they carry the probes: each is
+    /// handled once, so a library that failed is not retried for every
+    /// process that maps it.
+    seen: HashMap<FileId, bool>,
     attached: u64,
 }
 
@@ -191,7 +216,7 @@ impl OpensslProbes {
         {
             let mut guard = ebpf.lock().unwrap_or_else(PoisonError::into_inner);
             let mut loaded = HashSet::new();
-            for program in HOOKS.iter().flat_map(|hook| [hook.entry, hook.exit]) {
+            for program in HOOKS.iter().flat_map(Hook::programs) {
                 if loaded.insert(program) {
                     uprobe(&mut guard, program)?
                         .load()
@@ -203,7 +228,7 @@ impl OpensslProbes {
         Ok(Self {
             ebpf,
             stats,
-            seen: HashSet::new(),
+            seen: HashMap::new(),
             attached: 0,
         })
     }
@@ -219,13 +244,14 @@ impl OpensslProbes {
             .iter()
             .filter(|hook| defined.contains(hook.function))
             .collect();
-        if hooks.is_empty() {
+        // `SSL_free` alone is no OpenSSL to trace.
+        if hooks.iter().all(|hook| hook.exit.is_none()) {
             return Err(OpensslError::NoFunctions { path: path.clone() });
         }
         let mut ebpf = self.ebpf.lock().unwrap_or_else(PoisonError::into_inner);
         let mut links = Vec::new();
         for hook in &hooks {
-            for program in [hook.entry, hook.exit] {
+            for program in hook.programs() {
                 let attached = uprobe(&mut ebpf, program).and_then(|probe| {
                     probe
                         .attach(hook.function, path, UProbeScope::AllProcesses)
@@ -255,16 +281,23 @@ impl OpensslProbes {
 }
 
 impl TlsAttach for OpensslProbes {
-    fn attach(&mut self, library: &SslLibrary) {
-        if !self.seen.insert(library.file) {
-            return;
+    fn attach(&mut self, library: &SslLibrary) -> bool {
+        if let Some(&carries) = self.seen.get(&library.file) {
+            return carries;
         }
-        match self.try_attach(library) {
+        let result = self.try_attach(library);
+        self.seen.insert(library.file, result.is_ok());
+        match result {
             Ok(functions) => {
                 self.attached += 1;
                 self.stats
                     .set_gauge(Gauge::TlsLibrariesAttached, self.attached);
                 info!(library = %library.path.display(), functions, "TLS probes attached");
+                true
+            }
+            Err(OpensslError::NoFunctions { .. }) if library.executable => {
+                debug!(executable = %library.path.display(), "no OpenSSL of its own");
+                false
             }
             Err(error) => {
                 self.stats.add(Counter::TlsAttachFailed, 1);
@@ -273,6 +306,7 @@ impl TlsAttach for OpensslProbes {
                     error = %ErrorChain(&error),
                     "TLS traffic of the processes using this library is not traced"
                 );
+                false
             }
         }
     }
@@ -311,13 +345,16 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut UProb
 }
 
 /// The hooked functions `path` defines in its dynamic symbol table (what
-/// the dynamic linker, and so every caller, resolves them to).
+/// the dynamic linker, and so every caller, resolves them to). Read
+/// through a cache of the parts parsed: an executable such as `node` is a
+/// hundred megabytes, of which the symbols are a small part.
 fn defined_functions(path: &Path) -> Result<HashSet<&'static str>, OpensslError> {
-    let data = std::fs::read(path).map_err(|source| OpensslError::Read {
+    let file = File::open(path).map_err(|source| OpensslError::Read {
         path: path.to_owned(),
         source,
     })?;
-    let elf = object::File::parse(&*data).map_err(|source| OpensslError::Symbols {
+    let data = ReadCache::new(file);
+    let elf = object::File::parse(&data).map_err(|source| OpensslError::Symbols {
         path: path.to_owned(),
         source,
     })?;
@@ -344,6 +381,9 @@ mod tests {
             .expect("libssl symbols");
         let all: HashSet<&str> = HOOKS.iter().map(|hook| hook.function).collect();
         assert_eq!(libssl, all, "OpenSSL 3 defines every hooked function");
+        // Node.js (which `cargo xtask setup` installs) carries its own.
+        let node = defined_functions(Path::new("/usr/bin/node")).expect("node symbols");
+        assert_eq!(node, all, "node exports every hooked function");
         let libc = defined_functions(Path::new("/usr/lib/x86_64-linux-gnu/libc.so.6"))
             .expect("libc symbols");
         assert!(libc.is_empty(), "{libc:?}");
