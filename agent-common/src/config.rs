@@ -29,8 +29,11 @@ pub struct KernelConfig {
     pub off_fork_child_pid: u32,
     /// Non-zero: insert `traceparent` into outgoing HTTP/1 requests.
     pub inject_traceparent: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// Head sampler: `crate::sampling::PARENT_BASED` or 0.
+    pub sampler: u32,
+    /// Rejection threshold for traces without a (honoured) parent, see
+    /// `crate::sampling`; per-process values in `SAMPLING_THRESHOLDS` win.
+    pub sample_threshold: u64,
 }
 
 impl KernelConfig {
@@ -48,7 +51,8 @@ impl KernelConfig {
         off_sk_protocol: 532,
         off_fork_child_pid: 20,
         inject_traceparent: 1,
-        reserved: 0,
+        sampler: crate::sampling::PARENT_BASED,
+        sample_threshold: 0,
     };
 }
 

@@ -11,6 +11,7 @@ pub mod config;
 pub mod drops;
 pub mod event;
 pub mod process;
+pub mod sampling;
 pub mod socket_data;
 pub mod socket_state;
 pub mod trace_context;

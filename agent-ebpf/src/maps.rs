@@ -29,6 +29,11 @@ pub fn config() -> KernelConfig {
 #[map]
 pub static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(65_536, 0);
 
+/// Head sampling rejection thresholds by process (tgid), for processes whose
+/// service has its own ratio (`sampling.rules`); others use `CONFIG`'s.
+#[map]
+pub static SAMPLING_THRESHOLDS: HashMap<u32, u64> = HashMap::with_max_entries(16_384, 0);
+
 /// Socket data and close events. Size set by the agent at load time.
 #[map]
 pub static DATA_EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use crate::discovery::{SelectorConfig, k8s::KubernetesConfig};
 use crate::metrics::red::{DEFAULT_BUCKETS, RedMetrics, Temporality};
 use crate::metrics::route::Routes;
+use crate::sampling::{HeadSampler, SamplingConfig};
 
 /// Errors reading the configuration, naming the file, line and field.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +76,9 @@ pub struct AgentConfig {
     /// RED metrics, routes and the Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Head sampling (over `OTEL_TRACES_SAMPLER` / `_ARG`) and the span rate cap.
+    #[serde(default)]
+    pub sampling: SamplingConfig,
 }
 
 /// Kernel capture settings.
@@ -299,6 +303,11 @@ impl AgentConfig {
                 reason: "must be > 0".into(),
             });
         }
+        // The environment's samplers are only warned about, never errors.
+        HeadSampler::new(&self.sampling, |_| None).map_err(|error| ConfigError::Invalid {
+            field: "sampling",
+            reason: error.to_string(),
+        })?;
         self.metrics.validate()
     }
 }
@@ -438,6 +447,25 @@ mod tests {
         assert!(invalid(|m| m.routes = vec!["users/{id}".into()]).contains("users/{id}"));
         assert!(invalid(|m| m.ignore = vec!["/a[".into()]).contains("/a["));
         assert!(AgentConfig::from_yaml("metrics:\n  temporality: sometimes\n").is_err());
+    }
+
+    #[test]
+    fn reads_the_sampling_section() {
+        let config = AgentConfig::from_yaml(
+            "sampling:\n  sampler: parentbased_traceidratio\n  ratio: 0.1\n  rules:\n\
+             \x20 - {service: 'checkout*', ratio: 1.0}\n  max_spans_per_second: 500\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.sampling.sampler,
+            Some(crate::sampling::SamplerName::ParentBasedTraceIdRatio)
+        );
+        assert_eq!(config.sampling.rules[0].service, "checkout*");
+        assert_eq!(config.sampling.max_spans_per_second, Some(500));
+        assert!(AgentConfig::from_yaml("sampling:\n  sampler: sometimes\n").is_err());
+        let bad = AgentConfig::from_yaml("sampling:\n  ratio: 2\n").unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("ratio 2"));
     }
 
     #[test]

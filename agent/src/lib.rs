@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod probes;
 pub mod protocols;
+pub mod sampling;
 pub mod spans;
 pub mod telemetry;
 #[cfg(test)]

@@ -58,6 +58,7 @@ use crate::{
         ConnCapture, ProbeConfig, ProbeError, ProbeHandle, Probes, ReaderChannels,
         decode::KernelEvent, run_reader,
     },
+    sampling::{HeadSampler, SamplingError},
     spans::{
         clock::Clock,
         http::{HttpSpanOptions, build_span},
@@ -98,6 +99,9 @@ pub enum PipelineError {
     /// Metrics settings or endpoint.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    /// Sampling settings.
+    #[error(transparent)]
+    Sampling(#[from] SamplingError),
     /// Signal handlers or the ring-buffer poller.
     #[error("setting up {what}")]
     Io {
@@ -119,6 +123,11 @@ pub async fn run(config: AgentConfig) -> Result<(), PipelineError> {
             .and_then(|text| cgroup::container_of(&text)?.pod_uid),
     );
     let sinks = export::Sinks::new(&config.export, Arc::clone(&stats))?;
+    let (sampler, warnings) = HeadSampler::new(&config.sampling, |key| std::env::var(key).ok())?;
+    for warning in warnings {
+        warn!("{warning}");
+    }
+    info!(sampler = %sampler.describe(), "head sampling");
     let node_name = config
         .kubernetes
         .node_name
@@ -139,6 +148,7 @@ pub async fn run(config: AgentConfig) -> Result<(), PipelineError> {
             inject_traceparent: config.trace_context.inject,
             inject_cgroup: config.trace_context.inject_cgroup.clone(),
             tls: config.tls.enabled,
+            sampling: sampler.kernel_settings(),
         },
         Arc::clone(&stats),
     )?;
@@ -183,7 +193,8 @@ pub async fn run(config: AgentConfig) -> Result<(), PipelineError> {
     let (conn_to_spans_tx, conn_to_spans_rx) = mpsc::channel(CONN_TO_SPANS);
     let (spans_to_export_tx, spans_to_export_rx) = mpsc::channel(SPANS_TO_EXPORT);
 
-    let mut discovery = Discovery::new(selectors, Procfs::default(), targets, registry.clone());
+    let mut discovery = Discovery::new(selectors, Procfs::default(), targets, registry.clone())
+        .with_sampler(sampler.clone());
     if let Some((pods, _)) = &pods {
         discovery = discovery.with_pods(pods.clone());
     }

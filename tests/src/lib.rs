@@ -1,12 +1,14 @@
 //! Helpers for Sonde's end-to-end tests: running the real agent
 //! ([`agent`]), the real programs it instruments ([`apps`]), a real OTLP
-//! receiver that records what the agent exports ([`otlp_receiver`]), and a
+//! receiver that records what the agent exports ([`otlp_receiver`]), chains
+//! of services for trace-context tests ([`chain`]), and a
 //! real Prometheus server that scrapes it ([`prometheus`]), and for
 //! Kubernetes a stand-in API server ([`kube_api`]) and pod-like cgroups
 //! ([`pod_cgroup`]).
 
 pub mod agent;
 pub mod apps;
+pub mod chain;
 pub mod grpc_suite;
 pub mod kube_api;
 pub mod otlp_receiver;

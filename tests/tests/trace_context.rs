@@ -12,12 +12,9 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    fs,
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -27,6 +24,7 @@ use sonde_tests::{
     OtlpReceiver, ReceivedSpan,
     agent::Agent,
     apps::{Server, app_path, curl},
+    chain::{CaptureServer, DONE, Interpreters, load, node_chain, python_chain},
     hex,
     prometheus::{free_port, http_get},
     require_e2e,
@@ -38,8 +36,6 @@ const SETTLE: Duration = Duration::from_millis(1500);
 /// Requests of each measured run, and how many of them are in flight at once.
 const LOAD_REQUESTS: usize = 100;
 const LOAD_CONCURRENCY: usize = 8;
-/// What `chain_service.{py,js}` answer to `GET /work`.
-const DONE: &str = "done\n";
 /// A trace context of the caller's own (W3C's example values).
 const OWN_TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 const OWN_PARENT_ID: &str = "b7ad6b7169203331";
@@ -55,117 +51,6 @@ fn service_name(span: &ReceivedSpan) -> &str {
 /// The peer port a client span called.
 fn called_port(span: &ReceivedSpan) -> u16 {
     u16::try_from(span.int_attr("server.port")).expect("server.port is a port")
-}
-
-/// Hard links to this machine's python3 and node, in a directory of the
-/// test's own, to run the services from.
-///
-/// Other tests on the machine select the usual interpreters by path
-/// (`--exe`). An agent of theirs that selected our services would add their
-/// client sockets to its own sk_msg map, and a socket runs the sk_msg
-/// program of the first map it joins only (the kernel refuses a second one
-/// with EBUSY): the ids on the wire would then be another agent's. Nobody
-/// else selects a path that exists only here, and a hard link keeps
-/// `/proc/PID/exe` at this path (it names the link that was executed).
-struct Interpreters {
-    dir: PathBuf,
-}
-
-impl Interpreters {
-    fn new(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("sonde-tc-{}-{test}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-        let python = real_path_of("python3", "import sys; print(sys.executable)");
-        let node = real_path_of("node", "console.log(process.execPath)");
-        // A second python link, selected alone by `--exe` in the byte-level test.
-        for (name, real) in [
-            ("python", &python),
-            ("client-python", &python),
-            ("node", &node),
-        ] {
-            let link = dir.join(name);
-            // A copy where a hard link cannot be made (another filesystem).
-            if fs::hard_link(real, &link).is_err() {
-                fs::copy(real, &link).unwrap_or_else(|e| {
-                    panic!("copying {} to {}: {e}", real.display(), link.display())
-                });
-            }
-        }
-        Self { dir }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).to_str().expect("utf-8 path").to_owned()
-    }
-
-    fn python(&self) -> String {
-        self.path("python")
-    }
-
-    fn client_python(&self) -> String {
-        self.path("client-python")
-    }
-
-    fn node(&self) -> String {
-        self.path("node")
-    }
-}
-
-impl Drop for Interpreters {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The real file behind `program` (pyenv's `python3` is a shim script), as
-/// the program itself reports it.
-fn real_path_of(program: &str, script: &str) -> PathBuf {
-    let flag = if program == "node" { "-e" } else { "-c" };
-    let output = Command::new(program)
-        .args([flag, script])
-        .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"));
-    let path = String::from_utf8(output.stdout).expect("utf-8 path");
-    fs::canonicalize(path.trim()).unwrap_or_else(|e| panic!("{program} at {path:?}: {e}"))
-}
-
-/// `chain_service.py`: answers `GET /work` after calling each of `downstream`.
-fn python_chain(interpreters: &Interpreters, downstream: &[String]) -> Server {
-    let script = app_path("chain_service.py");
-    let mut args = vec![script.to_str().expect("utf-8 path")];
-    for url in downstream {
-        args.extend(["--downstream", url]);
-    }
-    Server::start(&interpreters.python(), &args)
-}
-
-/// `chain_service.js`, the Node.js version (one event loop thread).
-fn node_chain(interpreters: &Interpreters, downstream: &[String]) -> Server {
-    let script = app_path("chain_service.js");
-    let mut args = vec![script.to_str().expect("utf-8 path"), "0"];
-    args.extend(downstream.iter().map(String::as_str));
-    Server::start(&interpreters.node(), &args)
-}
-
-/// Sends `requests` GETs to `url` from `concurrency` threads (curl, a new
-/// connection each), checking every answer.
-async fn load(url: &str, requests: usize, concurrency: usize) {
-    let url = url.to_owned();
-    tokio::task::spawn_blocking(move || {
-        std::thread::scope(|scope| {
-            for worker in 0..concurrency {
-                let url = &url;
-                scope.spawn(move || {
-                    for _ in (worker..requests).step_by(concurrency) {
-                        assert_eq!(curl(&[url]), DONE, "answer of {url}");
-                    }
-                });
-            }
-        });
-    })
-    .await
-    .expect("load threads");
 }
 
 /// Waits for `count` spans of `pids` received after the first `skip` spans,
@@ -999,63 +884,6 @@ async fn sdk_service_in_the_middle_continues_the_trace() {
     assert_eq!(counters[2], 0);
     assert_ids_well_formed(&spans);
     assert_eq!(agent.stop(), 0);
-}
-
-/// `capture_server.py`: prints each request it receives, byte for byte.
-struct CaptureServer {
-    child: Child,
-    port: u16,
-    requests: mpsc::Receiver<String>,
-}
-
-impl CaptureServer {
-    fn start(python: &str) -> Self {
-        let mut child = Command::new(python)
-            .arg(app_path("capture_server.py"))
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting capture_server.py");
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().expect("piped stdout");
-        // Kept reading for the server's whole life: it prints a line per
-        // request, and a closed pipe would kill it.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let first = rx.recv_timeout(WAIT).expect("capture server output");
-        let port = first
-            .strip_prefix("listening on ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("capture_server.py printed {first:?}"));
-        Self {
-            child,
-            port,
-            requests: rx,
-        }
-    }
-
-    /// The bytes of the next request it received.
-    fn next_request(&self) -> Vec<u8> {
-        let line = self
-            .requests
-            .recv_timeout(WAIT)
-            .expect("a captured request");
-        (0..line.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&line[i..i + 2], 16).expect("hex from capture_server.py"))
-            .collect()
-    }
-}
-
-impl Drop for CaptureServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The requests of the byte-level test, by path.

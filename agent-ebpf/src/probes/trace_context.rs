@@ -14,9 +14,15 @@
 //! - A request sent by a target gets a client span id, parented to the
 //!   thread's server context if one is active (thread-per-request servers),
 //!   or the ids `inject.rs` already put on the wire.
+//! - Each new context gets its sampled flag here, from the configured head
+//!   sampler (`agent_common::sampling`): what the agent exports and what
+//!   `inject.rs` writes downstream are the same decision. A client span
+//!   inherits its server span's flag (same trace id, same process: the
+//!   same decision under every sampler).
 
-use agent_common::trace_context::{
-    CTX_FROM_HEADER, CTX_HAS_PARENT, CTX_UPDATE, CTX_VALID, TraceContext,
+use agent_common::{
+    sampling,
+    trace_context::{CTX_FROM_HEADER, CTX_HAS_PARENT, CTX_UPDATE, CTX_VALID, TraceContext},
 };
 use aya_ebpf::{
     cty::c_void,
@@ -29,7 +35,10 @@ use aya_ebpf::{
 };
 
 use super::{socket_data::tcp_family, syscall_args::SyscallArgs};
-use crate::maps::{HEAD_OPEN, INJECTED_CTX, SERVER_CTX, TRACE_SCRATCH, TraceScratch, is_target};
+use crate::maps::{
+    HEAD_OPEN, INJECTED_CTX, SAMPLING_THRESHOLDS, SERVER_CTX, TRACE_SCRATCH, TraceScratch, config,
+    is_target,
+};
 
 /// Kernel-internal `flags` bit: set by [`server_request_context`], cleared
 /// when the capture program reports the context, so a context is reported
@@ -176,7 +185,7 @@ fn update_server_request(tid: u32, parent: &Parent) {
     let ctx = unsafe { &mut *ctx };
     ctx.trace_id = parent.trace_id;
     ctx.parent_span_id = parent.span_id;
-    ctx.trace_flags = parent.trace_flags;
+    ctx.trace_flags = sampled_flags(&parent.trace_id, Some(parent.trace_flags));
     ctx.flags |= CTX_HAS_PARENT | CTX_FROM_HEADER | CTX_UPDATE | CTX_FRESH;
 }
 
@@ -225,35 +234,50 @@ pub fn take_server_request(tid: u32) -> TraceContext {
             return *ctx;
         }
     }
-    let ctx = new_server_context(random_id::<16>());
+    let ctx = new_server_context(random_id::<16>(), None);
     let _ = SERVER_CTX.insert(tid, ctx, 0);
     ctx
 }
 
+/// A server span on trace `trace_id`, sampled as the configured sampler
+/// says given the parent's flags (`None`: a new trace).
 #[inline(always)]
-fn new_server_context(trace_id: [u8; 16]) -> TraceContext {
+fn new_server_context(trace_id: [u8; 16], parent_flags: Option<u32>) -> TraceContext {
     TraceContext {
         trace_id,
         span_id: random_id::<8>(),
         parent_span_id: [0; 8],
         flags: CTX_VALID,
-        trace_flags: 1,
+        trace_flags: sampled_flags(&trace_id, parent_flags),
     }
+}
+
+/// The head sampler's trace flags for a span of this process on trace
+/// `trace_id` (see `agent_common::sampling`): the process's own threshold
+/// (per-service rules) if the agent set one, else the global one.
+#[inline(always)]
+fn sampled_flags(trace_id: &[u8; 16], parent_flags: Option<u32>) -> u32 {
+    let config = config();
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: plain value lookup.
+    let threshold = unsafe { SAMPLING_THRESHOLDS.get(tgid) }
+        .copied()
+        .unwrap_or(config.sample_threshold);
+    sampling::trace_flags(config.sampler, threshold, trace_id, parent_flags)
 }
 
 /// A server request starts on thread `tid`: keeps its context for the
 /// thread's outgoing calls and for the capture program to report.
 #[inline(always)]
 fn start_server_request(tid: u32, parent: Option<Parent>) {
-    let mut ctx = new_server_context([0; 16]);
-    match parent {
-        Some(parent) => {
-            ctx.trace_id = parent.trace_id;
-            ctx.parent_span_id = parent.span_id;
-            ctx.trace_flags = parent.trace_flags;
-            ctx.flags |= CTX_HAS_PARENT | CTX_FROM_HEADER;
-        }
-        None => ctx.trace_id = random_id::<16>(),
+    let (trace_id, parent_flags) = match &parent {
+        Some(parent) => (parent.trace_id, Some(parent.trace_flags)),
+        None => (random_id::<16>(), None),
+    };
+    let mut ctx = new_server_context(trace_id, parent_flags);
+    if let Some(parent) = parent {
+        ctx.parent_span_id = parent.span_id;
+        ctx.flags |= CTX_HAS_PARENT | CTX_FROM_HEADER;
     }
     ctx.flags |= CTX_FRESH;
     let _ = SERVER_CTX.insert(tid, ctx, 0);
@@ -309,7 +333,8 @@ pub fn start_client_request(tid: u32) -> TraceContext {
     client_context(tid)
 }
 
-/// A new client span: child of the thread's server request, if any.
+/// A new client span: child of the thread's server request (and sampled
+/// as it is), if any; else the root of a new trace.
 #[inline(always)]
 pub fn client_context(tid: u32) -> TraceContext {
     let mut ctx = TraceContext {
@@ -327,7 +352,10 @@ pub fn client_context(tid: u32) -> TraceContext {
             ctx.trace_flags = server.trace_flags;
             ctx.flags |= CTX_HAS_PARENT;
         }
-        None => ctx.trace_id = random_id::<16>(),
+        None => {
+            ctx.trace_id = random_id::<16>();
+            ctx.trace_flags = sampled_flags(&ctx.trace_id, None);
+        }
     }
     ctx
 }

@@ -47,6 +47,7 @@ use self::{
     rules::{Candidate, ExeGlobs, Rule, RuleConfig},
 };
 use crate::probes::{TargetSet, TlsAttach, decode::KernelEvent};
+use crate::sampling::HeadSampler;
 use crate::telemetry::{Gauge, Stats};
 
 /// How often listening ports are re-checked: a server started after the
@@ -225,6 +226,8 @@ pub struct Discovery<T: TargetSet> {
     tls_waiting: HashSet<u32>,
     /// Processes selected since the last [`Discovery::recheck_new_targets`].
     new_targets: Vec<u32>,
+    /// Gives selected processes their service's sampling rule, if any.
+    sampler: Option<HeadSampler>,
 }
 
 impl<T: TargetSet> Discovery<T> {
@@ -248,12 +251,20 @@ impl<T: TargetSet> Discovery<T> {
             tls_seen: HashSet::new(),
             tls_waiting: HashSet::new(),
             new_targets: Vec::new(),
+            sampler: None,
         }
     }
 
     /// Matches processes against their pods in `pods` (Kubernetes).
     pub fn with_pods(mut self, pods: Pods) -> Self {
         self.pods = Some(pods);
+        self
+    }
+
+    /// Hands each selected process's head sampling threshold to the kernel
+    /// when a `sampling.rules` entry matches its service.
+    pub fn with_sampler(mut self, sampler: HeadSampler) -> Self {
+        self.sampler = Some(sampler);
         self
     }
 
@@ -522,6 +533,15 @@ impl<T: TargetSet> Discovery<T> {
             Ok(()) => {
                 let resource = self.registry.resource(pid);
                 info!(pid, service = %resource.service_name, "instrumenting process");
+                let threshold = self
+                    .sampler
+                    .as_ref()
+                    .and_then(|sampler| sampler.service_threshold(&resource.service_name));
+                if let Some(threshold) = threshold
+                    && let Err(error) = self.targets.sample_at(pid, threshold)
+                {
+                    warn!(pid, %error, "could not set the service's sampling ratio (global ratio used)");
+                }
                 self.selected.insert(pid);
                 self.find_tls(pid);
                 self.new_targets.push(pid);
@@ -616,15 +636,20 @@ mod tests {
     use crate::probes::{SslLibrary, openssl::FileId};
 
     #[derive(Default)]
-    struct FakeTargets(HashSet<u32>);
+    struct FakeTargets(HashSet<u32>, HashMap<u32, u64>);
 
     impl TargetSet for FakeTargets {
         fn add(&mut self, pid: u32) -> Result<(), MapError> {
             self.0.insert(pid);
             Ok(())
         }
+        fn sample_at(&mut self, pid: u32, threshold: u64) -> Result<(), MapError> {
+            self.1.insert(pid, threshold);
+            Ok(())
+        }
         fn remove(&mut self, pid: u32) -> Result<(), MapError> {
             self.0.remove(&pid);
+            self.1.remove(&pid);
             Ok(())
         }
         fn pids(&self) -> Vec<u32> {
@@ -1004,6 +1029,37 @@ mod tests {
             tls.take().is_empty(),
             "found once, not looked at again (nor Node.js, which maps no libssl)"
         );
+    }
+
+    /// A selected process whose service has a sampling rule gets the
+    /// rule's threshold in the kernel; others keep the global one. (On exit
+    /// the kernel removes the entry itself, as it does the target's.)
+    #[test]
+    fn selected_processes_get_their_service_sampling_rule() {
+        let proc = FakeProc::new("sampling-rules");
+        let procfs = Procfs::at(&proc.0);
+        let registry = ProcessRegistry::new(procfs.clone(), Default::default());
+        let config = crate::sampling::SamplingConfig {
+            rules: vec![crate::sampling::SamplingRule {
+                service: "work*".into(),
+                ratio: 0.25,
+            }],
+            ..Default::default()
+        };
+        let (sampler, _) = HeadSampler::new(&config, |_| None).unwrap();
+        let mut discovery = Discovery::new(
+            selectors(&["worker", "other"], &[]),
+            procfs,
+            FakeTargets::default(),
+            registry,
+        )
+        .with_sampler(sampler);
+        proc.add(500, 1, "/usr/bin/worker", "/", &[]);
+        proc.add(501, 1, "/usr/bin/other", "/", &[]);
+        discovery.on_exec(500);
+        discovery.on_exec(501);
+        let quarter = crate::sampling::ratio_threshold(0.25);
+        assert_eq!(discovery.targets.1, HashMap::from([(500, quarter)]));
     }
 
     /// Thousands of short-lived selected processes whose exits were never

@@ -166,6 +166,8 @@ pub struct ProbeConfig {
     pub inject_cgroup: Option<std::path::PathBuf>,
     /// Load the OpenSSL uprobe programs (TLS plaintext).
     pub tls: bool,
+    /// Head sampler bits and rejection threshold (`HeadSampler::kernel_settings`).
+    pub sampling: (u32, u64),
 }
 
 /// Loaded and attached probes, in the parts the pipeline hands to its
@@ -320,8 +322,11 @@ impl Probes {
         }
         let inject_stats = PerCpuArray::try_from(take(&mut ebpf, "INJECT_STATS")?)
             .map_err(|_| ProbeError::Map("INJECT_STATS"))?;
-        let targets =
-            TargetMap::new(take(&mut ebpf, "TARGETS")?).map_err(|_| ProbeError::Map("TARGETS"))?;
+        let targets = TargetMap::new(
+            take(&mut ebpf, "TARGETS")?,
+            take(&mut ebpf, "SAMPLING_THRESHOLDS")?,
+        )
+        .map_err(|_| ProbeError::Map("TARGETS"))?;
         let data_ring = RingBuf::try_from(take(&mut ebpf, "DATA_EVENTS")?)
             .map_err(|_| ProbeError::Map("DATA_EVENTS"))?;
         let control_ring = RingBuf::try_from(take(&mut ebpf, "CONTROL_EVENTS")?)
@@ -463,7 +468,8 @@ fn kernel_config(config: &ProbeConfig) -> Result<KernelConfig, ProbeError> {
             }
         })?,
         inject_traceparent: u32::from(config.inject_traceparent),
-        reserved: 0,
+        sampler: config.sampling.0,
+        sample_threshold: config.sampling.1,
     })
 }
 
