@@ -449,8 +449,8 @@ fn wait_until_listening(port: u16) {
 /// A grpcio server with TLS credentials (selected by port) and a grpcio
 /// client (held, selected by pid) on one TLS channel: the suite's calls as
 /// server and client spans. gRPC core encrypts into memory buffers, so its
-/// `SSL_read`/`SSL_write` make no syscall: the kernel ties the SSL object to
-/// its socket at `SSL_do_handshake`.
+/// `SSL_read`/`SSL_write` make no syscall: the kernel ties each SSL object to
+/// its socket by the handshake record gRPC writes right after the call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_over_tls() {
     require_e2e!();

@@ -23,7 +23,7 @@
 //!   record (Node.js writes what OpenSSL put in its memory BIO at once, in
 //!   the same native call: the ClientHello after the first `SSL_read`, the
 //!   ServerHello after the one that took the ClientHello).
-//! - an untied `SSL *` whose handshake or read returns is tied to the
+//! - an untied `SSL *` whose read returns plaintext is tied to the
 //!   connection the thread read from last, if that read was recent
 //!   ([`LAST_READ_MAX_AGE_NS`]): the program hands what it read to OpenSSL
 //!   at once.
@@ -162,7 +162,10 @@ pub fn ssl_handshake_exit(_ctx: RetProbeContext) -> u32 {
         && call.direction == HANDSHAKE
     {
         let _ = SSL_CALLS.remove(tid);
-        if socket_of((pid_tgid >> 32) as u32, call.ssl, tid, true).is_none() {
+        // Not by the last read: a client's first handshake step reads
+        // nothing of its own connection, and the thread may just have read
+        // another. The handshake message it made, written next, ties it.
+        if socket_of((pid_tgid >> 32) as u32, call.ssl, tid, false).is_none() {
             remember_untied(tid, call.ssl);
         }
     }
