@@ -21,6 +21,11 @@ pub const CTX_FROM_HEADER: u32 = 8;
 /// this replaces the trace id and parent reported for the same span id.
 pub const CTX_UPDATE: u32 = 16;
 
+/// `flags`: a client request sent while its thread had more than one
+/// server request in flight: which one caused it is unknown, so it has no
+/// parent (a new trace) rather than a guessed one.
+pub const CTX_AMBIGUOUS: u32 = 32;
+
 /// Span identity attached to the first event of a request.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -37,10 +42,8 @@ pub struct TraceContext {
     pub trace_flags: u32,
 }
 
-/// Per-thread context of the request being served (kernel map `SERVER_CTX`).
-pub type ServerContext = TraceContext;
-
-/// An injection attempt's outcome, counted in the `INJECT_STATS` array.
+/// An injection attempt's outcome, counted in the `INJECT_STATS` array,
+/// next to the other trace context counters.
 pub mod inject {
     /// A `traceparent` was inserted.
     pub const INJECTED: u32 = 0;
@@ -52,6 +55,10 @@ pub mod inject {
     pub const NOT_A_REQUEST: u32 = 3;
     /// Failed: pulling or pushing message data failed.
     pub const FAILED: u32 = 4;
+    /// Not an injection outcome: client requests left without a parent
+    /// because their thread had several server requests in flight
+    /// (`CTX_AMBIGUOUS`), injected or not.
+    pub const AMBIGUOUS_PARENT: u32 = 5;
     /// Number of counters.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
 }

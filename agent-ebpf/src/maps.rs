@@ -5,7 +5,7 @@ use agent_common::{
     KernelConfig,
     socket_data::{ConnTuple, MAX_CAPTURE_BYTES, SocketDataEvent},
     socket_state::TrackedConn,
-    trace_context::{ServerContext, TraceContext},
+    trace_context::TraceContext,
 };
 use aya_ebpf::{
     macros::map,
@@ -50,9 +50,40 @@ pub static TRACKED_CONNS: LruHashMap<u64, TrackedConn> = LruHashMap::with_max_en
 #[map]
 pub static ACCEPTED_FDS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16_384, 0);
 
-/// The request each thread is serving, by tid (see `probes::trace_context`).
+/// A server request in flight: read, its response not started yet.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ServerRequest {
+    /// Its span identity.
+    pub ctx: TraceContext,
+    /// The thread that read it, whose in-flight count it is in.
+    pub tid: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+}
+
+/// The server requests in flight, by connection (socket cookie; see
+/// `probes::trace_context`).
 #[map]
-pub static SERVER_CTX: LruHashMap<u32, ServerContext> = LruHashMap::with_max_entries(65_536, 0);
+pub static SERVER_CTX: LruHashMap<u64, ServerRequest> = LruHashMap::with_max_entries(65_536, 0);
+
+/// The server requests a thread has in flight: how many, and the XOR of
+/// their connections' cookies (which is the one connection when there is
+/// one).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct InFlight {
+    /// Requests in flight.
+    pub count: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// XOR of their socket cookies.
+    pub cookies: u64,
+}
+
+/// In-flight server requests by tid (see `probes::trace_context`).
+#[map]
+pub static IN_FLIGHT: LruHashMap<u32, InFlight> = LruHashMap::with_max_entries(65_536, 0);
 
 /// Threads whose request head (on this socket cookie) is still arriving
 /// without a `traceparent` so far (see `probes::trace_context`).
@@ -68,7 +99,8 @@ pub static INJECTED_CTX: LruHashMap<u32, TraceContext> = LruHashMap::with_max_en
 #[map]
 pub static CLIENT_SOCKETS: SockHash<u64> = SockHash::with_max_entries(65_536, 0);
 
-/// Injection outcomes, indexed by `agent_common::trace_context::inject::*`.
+/// Injection outcomes and other trace context counters, indexed by
+/// `agent_common::trace_context::inject::*`.
 #[map]
 pub static INJECT_STATS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(agent_common::trace_context::inject::COUNT, 0);

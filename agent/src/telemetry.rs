@@ -44,6 +44,7 @@ metrics! {
         TraceparentAlreadyPresent => "sonde_traceparent_already_present", "Outgoing requests left alone because they carried a traceparent";
         TraceparentHeadTooLong => "sonde_traceparent_head_too_long", "Outgoing requests not injected because their head did not fit the inspected bytes";
         TraceparentInjectFailed => "sonde_traceparent_inject_failed", "Outgoing requests whose injection failed (sent unchanged)";
+        LinksAmbiguous => "sonde_links_ambiguous", "Outgoing HTTP/1 requests sent while their thread had several server requests in flight: given a trace of their own, not a guessed parent";
         EventsReceived => "sonde_events_received", "Kernel events read from the ring buffers";
         EventsUndecodable => "sonde_events_undecodable", "Kernel records rejected by the decoder";
         EventsDroppedChannelFull => "sonde_events_dropped_channel_full", "Events dropped because the connection tracker was behind";

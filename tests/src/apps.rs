@@ -425,3 +425,74 @@ fn load_get(
     }
     Ok(())
 }
+
+/// nginx in the foreground (`daemon off`), its master and workers, with a
+/// prefix directory of its own (logs, pid, temp files; removed on drop).
+/// Stopped with SIGQUIT (graceful, its workers too) on drop.
+pub struct Nginx {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    /// Starts nginx with one worker and `servers` (`server` and `upstream`
+    /// blocks) in its `http` block, and waits until something accepts on
+    /// 127.0.0.1:`port`. `name` tells tests' directories apart.
+    pub fn start(name: &str, servers: &str, port: u16) -> Self {
+        let dir = std::env::temp_dir().join(format!("sonde-nginx-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("nginx directory");
+        let d = dir.display();
+        let config = format!(
+            "worker_processes 1;
+error_log {d}/error.log;
+pid {d}/nginx.pid;
+events {{}}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    {servers}
+}}
+"
+        );
+        let config_path = dir.join("nginx.conf");
+        std::fs::write(&config_path, config).expect("nginx.conf");
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(&config_path)
+            .args(["-g", "daemon off;"])
+            .spawn()
+            .expect("starting nginx");
+        let nginx = Self { child, dir };
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "nginx does not listen on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        nginx
+    }
+
+    /// The master's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-QUIT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -115,13 +115,23 @@ pub fn node_chain(interpreters: &Interpreters, downstream: &[String]) -> Server 
 /// connection each), checking every answer.
 pub async fn load(url: &str, requests: usize, concurrency: usize) {
     let url = url.to_owned();
+    load_each(requests, concurrency, move |_| url.clone()).await;
+}
+
+/// Like [`load`], request `i` going to `url_of(i)`.
+pub async fn load_each(
+    requests: usize,
+    concurrency: usize,
+    url_of: impl Fn(usize) -> String + Send + Sync + 'static,
+) {
     tokio::task::spawn_blocking(move || {
         std::thread::scope(|scope| {
             for worker in 0..concurrency {
-                let url = &url;
+                let url_of = &url_of;
                 scope.spawn(move || {
-                    for _ in (worker..requests).step_by(concurrency) {
-                        assert_eq!(curl(&[url]), DONE, "answer of {url}");
+                    for request in (worker..requests).step_by(concurrency) {
+                        let url = url_of(request);
+                        assert_eq!(curl(&[&url]), DONE, "answer of {url}");
                     }
                 });
             }

@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use sonde_tests::{
     OtlpReceiver, ReceivedSpan,
     agent::Agent,
-    apps::{Certificate, Held, Server, app_path, raw_exchange},
+    apps::{Certificate, Held, Nginx, Server, app_path, raw_exchange},
     grpc_suite::{PARENT_ID, SUITE_OUTPUT, TRACE_ID, assert_suite_traced},
     require_e2e, spans_of,
 };
@@ -286,45 +286,22 @@ async fn nginx_https_over_http1_and_http2() {
     require_e2e!();
     let cert = Certificate::new("nginx");
     let port = free_port();
-    let dir = cert.dir.display();
-    let config = format!(
-        "worker_processes 1;
-error_log {dir}/error.log;
-pid {dir}/nginx.pid;
-events {{}}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    server {{
+    let nginx = Nginx::start(
+        "tls",
+        &format!(
+            "server {{
         listen 127.0.0.1:{port} ssl http2;
         ssl_certificate {cert};
         ssl_certificate_key {key};
         location / {{ return 200 \"hello\\n\"; }}
         location /missing {{ return 404; }}
         location /fail {{ return 503; }}
-    }}
-}}
-",
-        cert = cert.cert(),
-        key = cert.key(),
+    }}",
+            cert = cert.cert(),
+            key = cert.key(),
+        ),
+        port,
     );
-    let config_path = cert.dir.join("nginx.conf");
-    std::fs::write(&config_path, config).expect("nginx.conf");
-    let nginx = NginxProcess(
-        Command::new("nginx")
-            .arg("-p")
-            .arg(&cert.dir)
-            .arg("-c")
-            .arg(&config_path)
-            .args(["-g", "daemon off;"])
-            .spawn()
-            .expect("starting nginx"),
-    );
-    wait_until_listening(port);
 
     let receiver = OtlpReceiver::start().await;
     let url = |path: &str| format!("https://127.0.0.1:{port}{path}");
@@ -423,27 +400,6 @@ http {{
     );
     assert_eq!(agent.stop(), 0);
     drop(nginx);
-}
-
-/// nginx, stopped (SIGQUIT: graceful, its workers too) when the test ends.
-struct NginxProcess(std::process::Child);
-
-impl Drop for NginxProcess {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-QUIT", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-/// Waits until something accepts connections on 127.0.0.1:`port`.
-fn wait_until_listening(port: u16) {
-    let started = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < WAIT, "nothing listens on port {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A grpcio server with TLS credentials (selected by port) and a grpcio

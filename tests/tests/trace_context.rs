@@ -23,8 +23,8 @@ use serde_json::Value;
 use sonde_tests::{
     OtlpReceiver, ReceivedSpan,
     agent::Agent,
-    apps::{Server, app_path, curl},
-    chain::{CaptureServer, DONE, Interpreters, load, node_chain, python_chain},
+    apps::{Nginx, Server, app_path, curl},
+    chain::{CaptureServer, DONE, Interpreters, load, load_each, node_chain, python_chain},
     hex,
     prometheus::{free_port, http_get},
     require_e2e,
@@ -485,66 +485,464 @@ async fn incoming_traceparent_after_a_split_request_line_joins_the_trace() {
     assert_eq!(agent.stop(), 0);
 }
 
-/// curl -> N (Node.js, one event loop thread) -> C (Python). One request at
-/// a time every span is linked; with 8 at a time a call can be given to
-/// another request the loop received meanwhile, so the fraction is only
-/// measured and printed (README, "Limits today"). Exported over OTLP/HTTP.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_in_the_middle_links_sequential_requests() {
-    require_e2e!();
-    let interpreters = Interpreters::new("node");
-    let receiver = OtlpReceiver::start().await;
-    let c = python_chain(&interpreters, &[]);
-    let n = node_chain(&interpreters, &[c.url("/work")]);
-    let pids = [n.pid(), c.pid()];
+/// Requests of each event-loop run, and how many of them are in flight at once.
+const LOOP_REQUESTS: usize = 200;
+
+/// What the spans of one run through a gateway say about each call it
+/// made, scored by the request id every URL carries (`/work/<id>` in,
+/// `/leaf/<id>/<call>` out): see [`attribution`].
+#[derive(Debug, Default)]
+struct Attribution {
+    /// Calls the gateway's requests should have made.
+    expected: usize,
+    /// The gateway's client spans: right parent, none (a trace of their
+    /// own), or another request's.
+    calls: Scores,
+    /// The downstream server spans of those calls, likewise.
+    downstream: Scores,
+    /// What was wrong, one line each (wrong parents first).
+    problems: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Scores {
+    right: usize,
+    unlinked: usize,
+    wrong: usize,
+}
+
+impl Scores {
+    fn total(self) -> usize {
+        self.right + self.unlinked + self.wrong
+    }
+}
+
+impl Attribution {
+    fn summary(&self) -> String {
+        let percent = |n: usize| 100.0 * n as f64 / self.expected.max(1) as f64;
+        let line = |what: &str, s: Scores| {
+            format!(
+                "{what}: {}/{} right parent ({:.1}%), {} unlinked, {} in another request's trace",
+                s.right,
+                self.expected,
+                percent(s.right),
+                s.unlinked,
+                s.wrong
+            )
+        };
+        format!(
+            "{}; {}",
+            line("downstream spans", self.downstream),
+            line("gateway calls", self.calls)
+        )
+    }
+}
+
+/// The request id in a path: the number after `/work/` or `/leaf/`.
+fn request_id_in(path: &str) -> Option<u64> {
+    let mut parts = path.split('/');
+    parts.find(|&p| p == "work" || p == "leaf")?;
+    parts.next()?.parse().ok()
+}
+
+/// The request id a span's URL carries.
+fn request_id(span: &ReceivedSpan) -> Option<u64> {
+    match span.kind {
+        SpanKind::Server => request_id_in(span.str_attr("url.path")),
+        SpanKind::Client => {
+            let url = span.str_attr("url.full");
+            // Past `scheme://host:port`.
+            request_id_in(url.splitn(4, '/').nth(3)?)
+        }
+        _ => None,
+    }
+}
+
+/// Scores each call of a gateway (spans `is_gateway` picks) to the leaf
+/// service `leaf_pid`, by request id: a gateway client span is right when
+/// its parent is the server span of the request with its id (same trace);
+/// a downstream server span is right when its parent is such a right call
+/// of the same id. Either is wrong when it sits in the trace of another
+/// request or under its span, and unlinked when it is in a trace of its
+/// own (the agent could not tell which request caused it).
+fn attribution(
+    spans: &[ReceivedSpan],
+    is_gateway: impl Fn(&ReceivedSpan) -> bool,
+    leaf_pid: u32,
+    expected: usize,
+) -> Attribution {
+    let gateway_servers: HashMap<u64, &ReceivedSpan> = spans
+        .iter()
+        .filter(|s| is_gateway(s) && s.kind == SpanKind::Server)
+        .filter_map(|s| Some((request_id(s)?, s)))
+        .collect();
+    // Which request a trace or a server span belongs to.
+    let request_of_trace: HashMap<&str, u64> = gateway_servers
+        .iter()
+        .map(|(&id, s)| (s.trace_id.as_str(), id))
+        .collect();
+    let request_of_span: HashMap<&str, u64> = gateway_servers
+        .iter()
+        .map(|(&id, s)| (s.span_id.as_str(), id))
+        .collect();
+    let calls: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| is_gateway(s) && s.kind == SpanKind::Client)
+        .collect();
+    let mut scored = Attribution {
+        expected,
+        ..Attribution::default()
+    };
+    // The verdict on each call, by span id, for the downstream spans.
+    let mut call_verdicts: HashMap<&str, (u64, bool)> = HashMap::new();
+    let judge = |scores: &mut Scores,
+                 problems: &mut Vec<String>,
+                 span: &ReceivedSpan,
+                 id: u64,
+                 parent_right: bool,
+                 parent_request: Option<u64>| {
+        let other = |found: Option<u64>| found.is_some_and(|found| found != id);
+        let in_other_trace = other(request_of_trace.get(span.trace_id.as_str()).copied());
+        if parent_right && !in_other_trace {
+            scores.right += 1;
+            true
+        } else if in_other_trace || other(parent_request) {
+            scores.wrong += 1;
+            problems.insert(0, format!("request {id}: WRONG parent {span:?}"));
+            false
+        } else {
+            scores.unlinked += 1;
+            problems.push(format!(
+                "request {id}: unlinked {:?} span {}",
+                span.kind, span.span_id
+            ));
+            false
+        }
+    };
+    for call in &calls {
+        let Some(id) = request_id(call) else {
+            scored
+                .problems
+                .push(format!("call without a request id: {call:?}"));
+            continue;
+        };
+        let right = gateway_servers.get(&id).is_some_and(|server| {
+            call.parent_span_id == server.span_id && call.trace_id == server.trace_id
+        });
+        let parent_request = request_of_span.get(call.parent_span_id.as_str()).copied();
+        let verdict = judge(
+            &mut scored.calls,
+            &mut scored.problems,
+            call,
+            id,
+            right,
+            parent_request,
+        );
+        call_verdicts.insert(call.span_id.as_str(), (id, verdict));
+    }
+    for span in spans
+        .iter()
+        .filter(|s| s.pid() == leaf_pid && s.kind == SpanKind::Server)
+    {
+        let Some(id) = request_id(span) else {
+            continue;
+        };
+        let parent_call = call_verdicts.get(span.parent_span_id.as_str()).copied();
+        let right = parent_call == Some((id, true))
+            && calls
+                .iter()
+                .any(|c| c.span_id == span.parent_span_id && c.trace_id == span.trace_id);
+        let parent_request = parent_call.map(|(call_id, _)| call_id);
+        judge(
+            &mut scored.downstream,
+            &mut scored.problems,
+            span,
+            id,
+            right,
+            parent_request,
+        );
+    }
+    scored
+}
+
+/// A gateway under test: how to tell its spans, and what to wait for.
+struct GatewayRun<'a> {
+    label: &'a str,
+    /// Base URL; request `i` goes to `<base>/work/<i>`.
+    base: String,
+    /// Processes whose spans to wait for (the gateway's and the leaf's).
+    pids: Vec<u32>,
+    is_gateway: &'a dyn Fn(&ReceivedSpan) -> bool,
+    leaf_pid: u32,
+    /// Calls the gateway makes per request.
+    calls: usize,
+}
+
+/// Runs `requests` requests through a gateway, `concurrency` at a time,
+/// each with an id of its own (from `first_id` on), and scores the calls
+/// it made. Also returns the agent's `sonde_links_ambiguous` growth.
+async fn measure_gateway(
+    run: &GatewayRun<'_>,
+    receiver: &OtlpReceiver,
+    metrics: SocketAddr,
+    first_id: usize,
+    requests: usize,
+    concurrency: usize,
+) -> (Attribution, u64) {
+    let ambiguous_before = agent_counter(metrics, "sonde_links_ambiguous").unwrap_or(0);
+    let before = receiver.spans().len();
+    let base = run.base.clone();
+    load_each(requests, concurrency, move |i| {
+        format!("{base}/work/{}", first_id + i)
+    })
+    .await;
+    // Gateway server spans, its calls and the leaf's spans.
+    let expected_spans = requests * (1 + 2 * run.calls);
+    let spans = receiver
+        .settle(WAIT, SETTLE, |spans| {
+            spans[before.min(spans.len())..]
+                .iter()
+                .filter(|s| run.pids.contains(&s.pid()) || (run.is_gateway)(s))
+                .count()
+                >= expected_spans
+        })
+        .await;
+    let spans = &spans[before..];
+    let scored = attribution(spans, run.is_gateway, run.leaf_pid, requests * run.calls);
+    // Published every second: wait until it holds the last calls' counts.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let ambiguous = agent_counter(metrics, "sonde_links_ambiguous").unwrap_or(0) - ambiguous_before;
+    println!(
+        "{}, {requests} requests, concurrency {concurrency}: {}; sonde_links_ambiguous +{ambiguous}",
+        run.label,
+        scored.summary()
+    );
+    for problem in scored.problems.iter().take(5) {
+        println!("  {problem}");
+    }
+    (scored, ambiguous)
+}
+
+/// The checks every gateway passes: one request at a time, every call is
+/// the child of its request; 8 at a time, no call and no downstream span
+/// is ever in another request's trace, and every call left without a
+/// parent is counted in `sonde_links_ambiguous`. Returns the concurrent
+/// run's scores.
+async fn never_a_wrong_parent(
+    run: &GatewayRun<'_>,
+    receiver: &OtlpReceiver,
+    metrics: SocketAddr,
+) -> Attribution {
+    let (serial, ambiguous) = measure_gateway(run, receiver, metrics, 0, 20, 1).await;
+    let all_right = Scores {
+        right: 20 * run.calls,
+        ..Scores::default()
+    };
+    assert_eq!(
+        (serial.calls, serial.downstream, ambiguous),
+        (all_right, all_right, 0),
+        "{}, one at a time: {serial:#?}",
+        run.label
+    );
+    let (concurrent, ambiguous) = measure_gateway(
+        run,
+        receiver,
+        metrics,
+        1000,
+        LOOP_REQUESTS,
+        LOAD_CONCURRENCY,
+    )
+    .await;
+    let expected = LOOP_REQUESTS * run.calls;
+    assert_eq!(
+        (concurrent.calls.total(), concurrent.downstream.total()),
+        (expected, expected),
+        "{}: every call gives its spans: {concurrent:#?}",
+        run.label
+    );
+    assert_eq!(
+        (concurrent.calls.wrong, concurrent.downstream.wrong),
+        (0, 0),
+        "{}: no span in another request's trace: {concurrent:#?}",
+        run.label
+    );
+    assert_eq!(
+        ambiguous, concurrent.calls.unlinked as u64,
+        "{}: every unlinked call counted: {concurrent:#?}",
+        run.label
+    );
+    // The injected traceparent carries the call's own ids, linked or not.
+    assert_eq!(
+        concurrent.downstream, concurrent.calls,
+        "{}: downstream spans follow their calls: {concurrent:#?}",
+        run.label
+    );
+    concurrent
+}
+
+/// Starts the agent on the gateway's and leaf's ports, with /metrics.
+fn agent_for(ports: &[u16], receiver: &OtlpReceiver) -> (Agent, SocketAddr) {
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
     let agent = Agent::start(
         &[
             "--port",
-            &format!("{},{}", n.port, c.port),
+            &ports.join(","),
             "--prometheus-port",
-            "0",
+            &metrics.port().to_string(),
         ],
-        &receiver.http_endpoint(),
-        "http/protobuf",
+        &receiver.grpc_endpoint(),
+        "grpc",
     );
-    agent.wait_instrumented(&pids, WAIT);
-    let services = [
-        Service::new("N", &n, true, &[&c]),
-        Service::new("C", &c, false, &[]),
-    ];
+    (agent, metrics)
+}
 
-    let mut fractions = Vec::new();
-    for concurrency in [1, LOAD_CONCURRENCY] {
-        let before = receiver.spans().len();
-        load(&n.url("/work"), LOAD_REQUESTS, concurrency).await;
-        let spans = wait_for_spans(&receiver, &pids, before, 3 * LOAD_REQUESTS).await;
-        let linkage = linkage(&spans, &services, LOAD_REQUESTS, 3);
-        println!(
-            "node in the middle, {LOAD_REQUESTS} requests, concurrency {concurrency}: {}",
-            linkage.summary()
-        );
-        for problem in linkage.problems.iter().take(5) {
-            println!("  {problem}");
-        }
-        assert_eq!(
-            linkage.received, linkage.expected,
-            "every request still gives its spans: {linkage:#?}"
-        );
-        fractions.push(linkage.fraction());
-        if concurrency == 1 {
-            assert_eq!(
-                linkage.linked, linkage.expected,
-                "one at a time: {linkage:#?}"
-            );
-            assert_eq!(linkage.complete_traces, LOAD_REQUESTS, "{linkage:#?}");
-        }
-    }
+/// A gateway on a runtime with no special support: one thread, a plain
+/// Python `selectors` loop, two calls per request at once. The kernel
+/// cannot tell which request a call belongs to while several are in
+/// flight: those calls get no parent, counted, never a wrong one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selectors_event_loop_never_misparents() {
+    require_e2e!();
+    let interpreters = Interpreters::new("selectors");
+    let receiver = OtlpReceiver::start().await;
+    let leaf = python_chain(&interpreters, &[]);
+    let script = app_path("selectors_gateway.py");
+    let gateway = Server::start(
+        &interpreters.python(),
+        &[
+            script.to_str().expect("utf-8 path"),
+            "--downstream",
+            &leaf.port.to_string(),
+        ],
+    );
+    let (agent, metrics) = agent_for(&[gateway.port, leaf.port], &receiver);
+    agent.wait_instrumented(&[gateway.pid(), leaf.pid()], WAIT);
+    let gateway_pid = gateway.pid();
+    let run = GatewayRun {
+        label: "python selectors loop",
+        base: gateway.url(""),
+        pids: vec![gateway_pid, leaf.pid()],
+        is_gateway: &|s| s.pid() == gateway_pid,
+        leaf_pid: leaf.pid(),
+        calls: 2,
+    };
+    let concurrent = never_a_wrong_parent(&run, &receiver, metrics).await;
     assert!(
-        fractions[1] > 0.0,
-        "concurrent requests are linked at all: {fractions:?}"
+        concurrent.calls.unlinked > 0,
+        "8 clients at a time keep several requests in flight: {concurrent:#?}"
     );
     assert_ids_well_formed(&receiver.spans());
     assert_eq!(agent.stop(), 0);
+}
+
+/// FastAPI under uvicorn (asyncio), two concurrent httpx calls per request
+/// (`asyncio.gather`) over one keep-alive pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fastapi_gather_never_misparents() {
+    require_e2e!();
+    let interpreters = Interpreters::new("fastapi");
+    let receiver = OtlpReceiver::start().await;
+    let leaf = python_chain(&interpreters, &[]);
+    let script = app_path("fastapi_gateway.py");
+    let gateway = Server::start(
+        &interpreters.python(),
+        &[
+            script.to_str().expect("utf-8 path"),
+            "--downstream",
+            &leaf.url(""),
+        ],
+    );
+    let (agent, metrics) = agent_for(&[gateway.port, leaf.port], &receiver);
+    agent.wait_instrumented(&[gateway.pid(), leaf.pid()], WAIT);
+    let gateway_pid = gateway.pid();
+    let run = GatewayRun {
+        label: "fastapi/uvicorn + httpx gather",
+        base: gateway.url(""),
+        pids: vec![gateway_pid, leaf.pid()],
+        is_gateway: &|s| s.pid() == gateway_pid,
+        leaf_pid: leaf.pid(),
+        calls: 2,
+    };
+    never_a_wrong_parent(&run, &receiver, metrics).await;
+    assert_ids_well_formed(&receiver.spans());
+    assert_eq!(agent.stop(), 0);
+}
+
+/// Node.js `http` server, two sequential calls per request with a timer
+/// between, through one keep-alive `http.Agent`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_keep_alive_never_misparents() {
+    require_e2e!();
+    let interpreters = Interpreters::new("node");
+    let receiver = OtlpReceiver::start().await;
+    let leaf = python_chain(&interpreters, &[]);
+    let script = app_path("loop_gateway.js");
+    let gateway = Server::start(
+        &interpreters.node(),
+        &[script.to_str().expect("utf-8 path"), "0", &leaf.url("")],
+    );
+    let (agent, metrics) = agent_for(&[gateway.port, leaf.port], &receiver);
+    agent.wait_instrumented(&[gateway.pid(), leaf.pid()], WAIT);
+    let gateway_pid = gateway.pid();
+    let run = GatewayRun {
+        label: "node http + keep-alive agent",
+        base: gateway.url(""),
+        pids: vec![gateway_pid, leaf.pid()],
+        is_gateway: &|s| s.pid() == gateway_pid,
+        leaf_pid: leaf.pid(),
+        calls: 2,
+    };
+    never_a_wrong_parent(&run, &receiver, metrics).await;
+    assert_ids_well_formed(&receiver.spans());
+    assert_eq!(agent.stop(), 0);
+}
+
+/// nginx `proxy_pass` to an upstream with `keepalive`: its worker serves
+/// many requests at once on one thread, one upstream call each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_keepalive_upstream_never_misparents() {
+    require_e2e!();
+    let interpreters = Interpreters::new("nginx");
+    let receiver = OtlpReceiver::start().await;
+    let leaf = python_chain(&interpreters, &[]);
+    let port = free_port();
+    let nginx = Nginx::start(
+        "proxy",
+        &format!(
+            "upstream leaf {{ server 127.0.0.1:{leaf}; keepalive 4; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location /work/ {{
+            proxy_pass http://leaf/leaf/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }}
+    }}",
+            leaf = leaf.port
+        ),
+        port,
+    );
+    let (agent, metrics) = agent_for(&[port, leaf.port], &receiver);
+    agent.wait_instrumented(&[nginx.pid(), leaf.pid()], WAIT);
+    let is_nginx = |s: &ReceivedSpan| {
+        s.resource
+            .get("process.executable.name")
+            .and_then(Value::as_str)
+            == Some("nginx")
+    };
+    let run = GatewayRun {
+        label: "nginx proxy_pass, upstream keepalive",
+        base: format!("http://127.0.0.1:{port}"),
+        pids: vec![leaf.pid()],
+        is_gateway: &is_nginx,
+        leaf_pid: leaf.pid(),
+        calls: 1,
+    };
+    never_a_wrong_parent(&run, &receiver, metrics).await;
+    assert_ids_well_formed(&receiver.spans());
+    assert_eq!(agent.stop(), 0);
+    drop(nginx);
 }
 
 /// Two network namespaces made by the test, deleted on drop (panics

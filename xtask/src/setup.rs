@@ -251,6 +251,28 @@ fn check(groups: &[Group]) -> Vec<Checked> {
                 "opentelemetry-exporter-otlp-proto-http==1.45.2",
             ),
         });
+        // The event-loop trace-context tests run a FastAPI gateway under
+        // uvicorn that calls downstream with httpx (tests/apps/fastapi_gateway.py).
+        for (name, module, pip, apt) in [
+            (
+                "python fastapi",
+                "fastapi",
+                "fastapi==0.165.0",
+                "python3-fastapi",
+            ),
+            (
+                "python uvicorn",
+                "uvicorn",
+                "uvicorn==0.55.0",
+                "python3-uvicorn",
+            ),
+            ("python httpx", "httpx", "httpx==0.29.0", "python3-httpx"),
+        ] {
+            out.push(Checked {
+                name,
+                status: python_module(module, pip, apt),
+            });
+        }
         out.push(executable("npm", "npm", "npm"));
         out.push(Checked {
             name: "tests/apps node_modules",

@@ -282,14 +282,15 @@ pub fn head_of(data: Option<&UserData>, total: u32) -> ([u8; 8], u32) {
 #[inline(always)]
 fn trace_context_of(event: &SocketDataEvent, head: &[u8; 8], captured: u32) -> TraceContext {
     let tid = event.header.tid;
+    let cookie = event.socket_cookie;
     let role = event.role;
     let payload = head.as_ptr();
     if event.direction == DIRECTION_INGRESS {
         if role != ROLE_CLIENT {
             return if is_request_start(payload, captured) {
-                take_server_request(tid)
+                take_server_request(tid, cookie)
             } else {
-                take_server_request_update(tid)
+                take_server_request_update(cookie)
             };
         }
     } else {
@@ -297,7 +298,7 @@ fn trace_context_of(event: &SocketDataEvent, head: &[u8; 8], captured: u32) -> T
         if role != ROLE_SERVER && is_request_start(payload, captured) {
             return start_client_request(tid);
         } else if role != ROLE_CLIENT && is_response_start(payload, captured) {
-            end_server_request(tid);
+            end_server_request(cookie);
         }
     }
     TraceContext::default()

@@ -6,7 +6,7 @@
 //!   CLOSE -> SYN_SENT runs inside `connect()` in the caller's thread: a target
 //!   connecting marks the socket as client. Any -> CLOSE of a tracked socket
 //!   emits a close event (on the data ring, so it stays ordered after the
-//!   connection's last data). Fires on TCP state changes only, a few per
+//!   connection's last data) and ends a server request left in flight on it. Fires on TCP state changes only, a few per
 //!   connection.
 //! - `syscalls:sys_exit_accept` / `sys_exit_accept4`: the returned fd is an
 //!   accepted (server side) socket; resolved to its cookie at first data.
@@ -23,6 +23,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 
+use super::trace_context::end_server_request;
 use crate::maps::{ACCEPTED_FDS, DATA_EVENTS, TRACKED_CONNS, count_drop, is_target};
 
 const TCP_SYN_SENT: i32 = 2;
@@ -47,6 +48,8 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
         // SAFETY: plain value lookup.
         if unsafe { TRACKED_CONNS.get(cookie) }.is_some() {
             let _ = TRACKED_CONNS.remove(cookie);
+            // A request never answered is no longer in flight.
+            end_server_request(cookie);
             emit_close(cookie);
         }
     }

@@ -2,18 +2,23 @@
 //! injected into outgoing requests (`inject.rs`) are the ids the agent
 //! reports.
 //!
-//! - A request received by a target starts a server context on the calling
-//!   thread: the `traceparent` found in the head (W3C rules), else a new
-//!   trace; a new span id either way. Kept in `SERVER_CTX` until the thread
-//!   starts sending the response. The header scan runs in its own program,
+//! - A request received by a target starts a server context: the
+//!   `traceparent` found in the head (W3C rules), else a new trace; a new
+//!   span id either way. Kept in `SERVER_CTX`, by connection, until the
+//!   response starts (or the connection closes); meanwhile the request is
+//!   in flight on the thread that read it (`IN_FLIGHT`: a count and the XOR
+//!   of the connections). The header scan runs in its own program,
 //!   [`server_request_context`] on tp_btf `sock:sock_recv_length`, attached
 //!   before the capture program on the same tracepoint (programs on one
 //!   tracepoint run in attach order), which then reports the context with
 //!   the data. Kept apart because the verifier explores each program's
 //!   paths as a product: scan and capture together exceed its limits.
 //! - A request sent by a target gets a client span id, parented to the
-//!   thread's server context if one is active (thread-per-request servers),
-//!   or the ids `inject.rs` already put on the wire.
+//!   thread's server request if it has exactly one in flight
+//!   (thread-per-request servers), or the ids `inject.rs` already put on
+//!   the wire. With several in flight (an event loop) the cause is unknown:
+//!   the call starts a trace of its own, flagged `CTX_AMBIGUOUS` and
+//!   counted, never a guessed parent.
 //! - Each new context gets its sampled flag here, from the configured head
 //!   sampler (`agent_common::sampling`): what the agent exports and what
 //!   `inject.rs` writes downstream are the same decision. A client span
@@ -22,7 +27,9 @@
 
 use agent_common::{
     sampling,
-    trace_context::{CTX_FROM_HEADER, CTX_HAS_PARENT, CTX_UPDATE, CTX_VALID, TraceContext},
+    trace_context::{
+        CTX_AMBIGUOUS, CTX_FROM_HEADER, CTX_HAS_PARENT, CTX_UPDATE, CTX_VALID, TraceContext, inject,
+    },
 };
 use aya_ebpf::{
     cty::c_void,
@@ -36,8 +43,8 @@ use aya_ebpf::{
 
 use super::{socket_data::tcp_family, syscall_args::SyscallArgs};
 use crate::maps::{
-    HEAD_OPEN, INJECTED_CTX, SAMPLING_THRESHOLDS, SERVER_CTX, TRACE_SCRATCH, TraceScratch, config,
-    is_target,
+    HEAD_OPEN, IN_FLIGHT, INJECT_STATS, INJECTED_CTX, InFlight, SAMPLING_THRESHOLDS, SERVER_CTX,
+    ServerRequest, TRACE_SCRATCH, TraceScratch, config, is_target,
 };
 
 /// Kernel-internal `flags` bit: set by [`server_request_context`], cleared
@@ -168,21 +175,21 @@ pub fn scan_received(tid: u32, cookie: u64, buffer: u64, len: u64) -> Option<()>
     // SAFETY: reading back the value stored above.
     let starts_request = unsafe { core::ptr::read_volatile(&scratch.case) } == 1;
     if starts_request {
-        start_server_request(tid, parent);
+        start_server_request(tid, cookie, parent);
     } else if let Some(parent) = parent {
-        update_server_request(tid, &parent);
+        update_server_request(cookie, &parent);
     }
     Some(())
 }
 
-/// The rest of the head brought the parent: the thread's request joins it.
+/// The rest of the head brought the parent: the connection's request joins it.
 #[inline(always)]
-fn update_server_request(tid: u32, parent: &Parent) {
-    let Some(ctx) = SERVER_CTX.get_ptr_mut(tid) else {
+fn update_server_request(cookie: u64, parent: &Parent) {
+    let Some(request) = SERVER_CTX.get_ptr_mut(cookie) else {
         return;
     };
     // SAFETY: a valid map value pointer.
-    let ctx = unsafe { &mut *ctx };
+    let ctx = unsafe { &mut (*request).ctx };
     ctx.trace_id = parent.trace_id;
     ctx.parent_span_id = parent.span_id;
     ctx.trace_flags = sampled_flags(&parent.trace_id, Some(parent.trace_flags));
@@ -192,10 +199,10 @@ fn update_server_request(tid: u32, parent: &Parent) {
 /// The context update [`update_server_request`] made, reported once with
 /// the read that brought it.
 #[inline(always)]
-pub fn take_server_request_update(tid: u32) -> TraceContext {
-    if let Some(ctx) = SERVER_CTX.get_ptr_mut(tid) {
+pub fn take_server_request_update(cookie: u64) -> TraceContext {
+    if let Some(request) = SERVER_CTX.get_ptr_mut(cookie) {
         // SAFETY: a valid map value pointer.
-        let ctx = unsafe { &mut *ctx };
+        let ctx = unsafe { &mut (*request).ctx };
         if ctx.flags & (CTX_FRESH | CTX_UPDATE) == CTX_FRESH | CTX_UPDATE {
             ctx.flags &= !(CTX_FRESH | CTX_UPDATE);
             let mut update = *ctx;
@@ -221,21 +228,21 @@ pub fn zero_tail(bytes: &mut [u8; 2048], len: u32) {
     };
 }
 
-/// The context [`server_request_context`] made for the request this thread
-/// just received, reported once; a new one if it made none (e.g. the bytes
-/// could not be read).
+/// The context [`server_request_context`] made for the request thread
+/// `tid` just received on connection `cookie`, reported once; a new one if
+/// it made none (e.g. the bytes could not be read).
 #[inline(always)]
-pub fn take_server_request(tid: u32) -> TraceContext {
-    if let Some(ctx) = SERVER_CTX.get_ptr_mut(tid) {
+pub fn take_server_request(tid: u32, cookie: u64) -> TraceContext {
+    if let Some(request) = SERVER_CTX.get_ptr_mut(cookie) {
         // SAFETY: a valid map value pointer; LRU entries stay valid while used.
-        let ctx = unsafe { &mut *ctx };
+        let ctx = unsafe { &mut (*request).ctx };
         if ctx.flags & CTX_FRESH != 0 {
             ctx.flags &= !CTX_FRESH;
             return *ctx;
         }
     }
     let ctx = new_server_context(random_id::<16>(), None);
-    let _ = SERVER_CTX.insert(tid, ctx, 0);
+    track_server_request(tid, cookie, ctx);
     ctx
 }
 
@@ -266,10 +273,11 @@ fn sampled_flags(trace_id: &[u8; 16], parent_flags: Option<u32>) -> u32 {
     sampling::trace_flags(config.sampler, threshold, trace_id, parent_flags)
 }
 
-/// A server request starts on thread `tid`: keeps its context for the
-/// thread's outgoing calls and for the capture program to report.
+/// A server request starts on connection `cookie`, read by thread `tid`:
+/// keeps its context for the thread's outgoing calls and for the capture
+/// program to report.
 #[inline(always)]
-fn start_server_request(tid: u32, parent: Option<Parent>) {
+fn start_server_request(tid: u32, cookie: u64, parent: Option<Parent>) {
     let (trace_id, parent_flags) = match &parent {
         Some(parent) => (parent.trace_id, Some(parent.trace_flags)),
         None => (random_id::<16>(), None),
@@ -280,7 +288,62 @@ fn start_server_request(tid: u32, parent: Option<Parent>) {
         ctx.flags |= CTX_HAS_PARENT | CTX_FROM_HEADER;
     }
     ctx.flags |= CTX_FRESH;
-    let _ = SERVER_CTX.insert(tid, ctx, 0);
+    track_server_request(tid, cookie, ctx);
+}
+
+/// Keeps `ctx` as the request in flight on connection `cookie`, counted on
+/// thread `tid`. A connection has one request in flight at a time: a new
+/// one (pipelined, or after a response the kernel did not recognise)
+/// replaces the old in its thread's count.
+#[inline(always)]
+fn track_server_request(tid: u32, cookie: u64, ctx: TraceContext) {
+    // SAFETY: plain value lookup, copied out.
+    let previous = unsafe { SERVER_CTX.get(cookie) }.map(|request| request.tid);
+    if previous != Some(tid) {
+        if let Some(owner) = previous {
+            leave_in_flight(owner, cookie);
+        }
+        match IN_FLIGHT.get_ptr_mut(tid) {
+            // SAFETY: a valid map value pointer. Only the thread itself
+            // adds to its entry; see `leave_in_flight` for the rest.
+            Some(in_flight) => unsafe {
+                (*in_flight).count += 1;
+                (*in_flight).cookies ^= cookie;
+            },
+            None => {
+                let in_flight = InFlight {
+                    count: 1,
+                    reserved: 0,
+                    cookies: cookie,
+                };
+                let _ = IN_FLIGHT.insert(tid, in_flight, 0);
+            }
+        }
+    }
+    let request = ServerRequest {
+        ctx,
+        tid,
+        reserved: 0,
+    };
+    let _ = SERVER_CTX.insert(cookie, request, 0);
+}
+
+/// Takes connection `cookie`'s request out of thread `tid`'s count.
+///
+/// Usually the thread itself (it sends the response); a close may come
+/// from another CPU. Plain read-modify-write, not atomic: the programs
+/// are built for BPF v1, without atomic XOR, and the window is a few
+/// instructions. A count left too high only unlinks calls, never misparents
+/// them.
+#[inline(always)]
+fn leave_in_flight(tid: u32, cookie: u64) {
+    if let Some(in_flight) = IN_FLIGHT.get_ptr_mut(tid) {
+        // SAFETY: a valid map value pointer.
+        unsafe {
+            (*in_flight).count = (*in_flight).count.saturating_sub(1);
+            (*in_flight).cookies ^= cookie;
+        }
+    }
 }
 
 /// The parent a head search found, parsed.
@@ -308,10 +371,20 @@ pub fn forget_precision(slot: &mut u32, value: u32) -> u32 {
     }
 }
 
-/// The thread starts answering: its outgoing calls no longer belong to it.
+/// The response on connection `cookie` starts, or the connection closes:
+/// its request is no longer in flight, and calls made from now on are not
+/// its own.
 #[inline(always)]
-pub fn end_server_request(tid: u32) {
-    let _ = SERVER_CTX.remove(tid);
+pub fn end_server_request(cookie: u64) {
+    // SAFETY: plain value lookup, copied out.
+    let Some(owner) = (unsafe { SERVER_CTX.get(cookie) }).map(|request| request.tid) else {
+        return;
+    };
+    // Only the program that removes the entry counts it out: a response
+    // and a close on two CPUs end it once.
+    if SERVER_CTX.remove(cookie).is_ok() {
+        leave_in_flight(owner, cookie);
+    }
 }
 
 /// The thread sends something: the head it was reading is complete.
@@ -325,16 +398,27 @@ pub fn close_request_head(tid: u32) {
 #[inline(always)]
 pub fn start_client_request(tid: u32) -> TraceContext {
     // SAFETY: plain value lookups.
-    if let Some(injected) = unsafe { INJECTED_CTX.get(tid) } {
-        let ctx = *injected;
-        let _ = INJECTED_CTX.remove(tid);
-        return ctx;
+    let ctx = match unsafe { INJECTED_CTX.get(tid) } {
+        Some(injected) => {
+            let ctx = *injected;
+            let _ = INJECTED_CTX.remove(tid);
+            ctx
+        }
+        None => client_context(tid),
+    };
+    // Counted here, once per request, injected or not.
+    if ctx.flags & CTX_AMBIGUOUS != 0
+        && let Some(counter) = INJECT_STATS.get_ptr_mut(inject::AMBIGUOUS_PARENT)
+    {
+        // SAFETY: per-CPU slot.
+        unsafe { *counter += 1 };
     }
-    client_context(tid)
+    ctx
 }
 
 /// A new client span: child of the thread's server request (and sampled
-/// as it is), if any; else the root of a new trace.
+/// as it is) if it has exactly one in flight; else the root of a new
+/// trace, flagged `CTX_AMBIGUOUS` when it had any.
 #[inline(always)]
 pub fn client_context(tid: u32) -> TraceContext {
     let mut ctx = TraceContext {
@@ -344,9 +428,18 @@ pub fn client_context(tid: u32) -> TraceContext {
         flags: CTX_VALID,
         trace_flags: 1,
     };
-    // SAFETY: plain value lookup.
-    match unsafe { SERVER_CTX.get(tid) } {
-        Some(server) => {
+    // SAFETY: plain value lookups, copied out.
+    let in_flight = unsafe { IN_FLIGHT.get(tid) }.copied();
+    let server = match in_flight {
+        Some(InFlight {
+            count: 1, cookies, ..
+        }) => unsafe { SERVER_CTX.get(cookies) }
+            .copied()
+            .filter(|request| request.tid == tid),
+        _ => None,
+    };
+    match server {
+        Some(ServerRequest { ctx: server, .. }) => {
             ctx.trace_id = server.trace_id;
             ctx.parent_span_id = server.span_id;
             ctx.trace_flags = server.trace_flags;
@@ -355,6 +448,10 @@ pub fn client_context(tid: u32) -> TraceContext {
         None => {
             ctx.trace_id = random_id::<16>();
             ctx.trace_flags = sampled_flags(&ctx.trace_id, None);
+            // Several in flight, or one that cannot be found: unknown cause.
+            if in_flight.is_some_and(|f| f.count > 0) {
+                ctx.flags |= CTX_AMBIGUOUS;
+            }
         }
     }
     ctx

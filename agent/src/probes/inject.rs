@@ -89,7 +89,8 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: Option<PathBuf>) -> Result<(), ProbeError
     Ok(())
 }
 
-/// Copies injection outcomes (summed over CPUs) into `stats`.
+/// Copies injection outcomes and the other trace context counters (summed
+/// over CPUs) into `stats`.
 pub fn publish_stats(map: &PerCpuArray<MapData, u64>, stats: &Stats) {
     let read = |index: u32| -> u64 { map.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0) };
     stats.set(Counter::TraceparentInjected, read(inject::INJECTED));
@@ -99,6 +100,7 @@ pub fn publish_stats(map: &PerCpuArray<MapData, u64>, stats: &Stats) {
     );
     stats.set(Counter::TraceparentHeadTooLong, read(inject::HEAD_TOO_LONG));
     stats.set(Counter::TraceparentInjectFailed, read(inject::FAILED));
+    stats.set(Counter::LinksAmbiguous, read(inject::AMBIGUOUS_PARENT));
 }
 
 #[cfg(test)]
