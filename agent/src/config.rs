@@ -223,8 +223,28 @@ pub struct ExportConfig {
     pub otlp_protocol: Option<String>,
     /// Bytes of spans (estimated OTLP encoded size) the export queue holds
     /// before dropping the oldest, on top of `OTEL_BSP_MAX_QUEUE_SIZE`
-    /// spans. Default 8 MiB.
+    /// spans. Default 8 MiB. Also bounds the queue of unsent metrics
+    /// exports, in encoded bytes.
     pub max_queue_bytes: Option<usize>,
+    /// Span export requests in flight at once. Default 4; 1 keeps spans in
+    /// queue order at the collector.
+    pub max_in_flight: Option<usize>,
+    /// Retries while the collector is unreachable or busy.
+    pub retry: RetrySettings,
+}
+
+/// Backoff and age limit of the OTLP exporters (the OpenTelemetry
+/// Collector's `retry_on_failure`: `initial_interval`, `max_interval`,
+/// `max_elapsed_time`). Unset: 5 s, 30 s, 300 s.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySettings {
+    /// Wait after the first failure, seconds (doubles at each failure).
+    pub initial_interval_secs: Option<u64>,
+    /// Longest wait between attempts, seconds.
+    pub max_interval_secs: Option<u64>,
+    /// Data queued longer than this is dropped unsent, seconds.
+    pub max_elapsed_secs: Option<u64>,
 }
 
 impl AgentConfig {
@@ -294,6 +314,27 @@ impl AgentConfig {
         if self.export.max_queue_bytes == Some(0) {
             return Err(ConfigError::Invalid {
                 field: "export.max_queue_bytes",
+                reason: "must be > 0".into(),
+            });
+        }
+        if self.export.max_in_flight == Some(0) {
+            return Err(ConfigError::Invalid {
+                field: "export.max_in_flight",
+                reason: "must be > 0".into(),
+            });
+        }
+        let retry = &self.export.retry;
+        let intervals = [
+            (
+                "export.retry.initial_interval_secs",
+                retry.initial_interval_secs,
+            ),
+            ("export.retry.max_interval_secs", retry.max_interval_secs),
+            ("export.retry.max_elapsed_secs", retry.max_elapsed_secs),
+        ];
+        if let Some((field, _)) = intervals.iter().find(|(_, value)| *value == Some(0)) {
+            return Err(ConfigError::Invalid {
+                field,
                 reason: "must be > 0".into(),
             });
         }

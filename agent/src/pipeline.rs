@@ -426,8 +426,13 @@ const LOSS_COUNTERS: &[Counter] = &[
     Counter::Http2StreamsUnresolved,
     Counter::SpansDroppedQueueFull,
     Counter::SpansExportFailed,
+    Counter::SpansDroppedExpired,
+    Counter::SpansDroppedShutdown,
     Counter::MetricMeasurementsDropped,
     Counter::MetricPointsExportFailed,
+    Counter::MetricPointsDroppedQueueFull,
+    Counter::MetricPointsDroppedExpired,
+    Counter::MetricPointsDroppedShutdown,
     Counter::K8sPodsDroppedStoreFull,
     Counter::ProcessMetadataEvicted,
 ];

@@ -59,7 +59,9 @@ metrics! {
         SpansProduced => "sonde_spans_produced", "Spans built";
         SpansDroppedQueueFull => "sonde_spans_dropped_queue_full", "Spans dropped because the export queue was full";
         SpansExported => "sonde_spans_exported", "Spans accepted by the OTLP endpoint";
-        SpansExportFailed => "sonde_spans_export_failed", "Spans lost because export failed";
+        SpansExportFailed => "sonde_spans_export_failed", "Spans the OTLP endpoint refused for good (permanent error or partial rejection; not retried)";
+        SpansDroppedExpired => "sonde_spans_dropped_expired", "Spans dropped unsent because they waited longer than the retry budget (export.retry.max_elapsed_secs)";
+        SpansDroppedShutdown => "sonde_spans_dropped_shutdown", "Spans still unsent when the exporter's shutdown deadline passed";
         ExportRequestsFailed => "sonde_export_requests_failed", "OTLP export requests that failed (all kinds; the next four counters break it down)";
         ExportRequestsTimedOut => "sonde_export_requests_timed_out", "OTLP export requests without an answer within the export timeout (retried)";
         ExportRequestsUnreachable => "sonde_export_requests_unreachable", "OTLP export requests that could not reach the endpoint (connection failure, UNAVAILABLE; retried)";
@@ -68,8 +70,12 @@ metrics! {
         RequestsIgnored => "sonde_requests_ignored", "Requests matching metrics.ignore: no span, no measurement";
         MetricMeasurementsFolded => "sonde_metric_measurements_folded", "Measurements folded into an overflow series because their service's series budget was spent";
         MetricMeasurementsDropped => "sonde_metric_measurements_dropped", "Measurements dropped because too many services had metrics";
+        MetricPointsCollected => "sonde_metric_points_collected", "Metric data points collected for OTLP export (each ends up exported, refused or dropped by one of the reasons below)";
         MetricPointsExported => "sonde_metric_points_exported", "Metric data points accepted by the OTLP endpoint";
-        MetricPointsExportFailed => "sonde_metric_points_export_failed", "Metric data points lost because export failed";
+        MetricPointsExportFailed => "sonde_metric_points_export_failed", "Metric data points the OTLP endpoint refused for good (permanent error or partial rejection; not retried)";
+        MetricPointsDroppedQueueFull => "sonde_metric_points_dropped_queue_full", "Metric data points dropped, oldest export first, because the metrics export queue was full";
+        MetricPointsDroppedExpired => "sonde_metric_points_dropped_expired", "Metric data points dropped unsent because they waited longer than the retry budget";
+        MetricPointsDroppedShutdown => "sonde_metric_points_dropped_shutdown", "Metric data points still unsent when the exporter's shutdown deadline passed";
         TlsCiphertextIgnored => "sonde_tls_ciphertext_ignored", "Socket events dropped because their connection's plaintext comes from the OpenSSL probes (the socket bytes are ciphertext)";
         TlsAttachFailed => "sonde_tls_attach_failed", "OpenSSL libraries whose uprobes could not be attached (their processes' TLS traffic is not traced)";
         K8sWatchErrors => "sonde_k8s_watch_errors", "Failed list or watch requests to the Kubernetes API (retried with backoff)";
@@ -82,7 +88,7 @@ metrics! {
     /// A level the agent reports as it is now, not as a total.
     Gauge {
         ConnectionsTracked => "sonde_connections_tracked", "Connections the connection tracker holds now (bounded by tracking.max_connections)";
-        ExportQueueSpans => "sonde_export_queue_spans", "Spans waiting in the OTLP export queue now, the batch in flight not included (bounded by OTEL_BSP_MAX_QUEUE_SIZE)";
+        ExportQueueSpans => "sonde_export_queue_spans", "Spans waiting in the OTLP export queue now, new or waiting for a retry, the requests in flight not included (bounded by OTEL_BSP_MAX_QUEUE_SIZE)";
         ExportQueueBytes => "sonde_export_queue_bytes", "Estimated OTLP encoded size of the spans waiting in the export queue, bytes (bounded by export.max_queue_bytes)";
         ProcessesSelected => "sonde_processes_selected", "Processes the selectors chose that are running now";
         ProcessTableEntries => "sonde_process_table_entries", "Processes described in the process table now (live targets and recent senders; bounded)";

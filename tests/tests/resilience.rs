@@ -29,8 +29,11 @@ use sonde_tests::{
     require_e2e,
 };
 
-/// Longest wait for spans or counters; the retry budget is 30 s too.
+/// Longest wait for spans or counters.
 const WAIT: Duration = Duration::from_secs(30);
+/// Retries after 0.5-1 s, doubling up to 2 s (the defaults, 5 s up to 30 s,
+/// would make each phase wait tens of seconds), one request at a time.
+const FAST_RETRIES: &str = "export:\n  max_in_flight: 1\n  retry:\n    initial_interval_secs: 1\n    max_interval_secs: 2\n";
 /// Batches leave 200 ms after their first span, so each phase is short.
 const FAST_BATCHES: &[(&str, &str)] = &[("OTEL_BSP_SCHEDULE_DELAY", "200")];
 /// The exporter's shutdown deadline (`DEFAULT_SHUTDOWN_TIMEOUT`).
@@ -94,13 +97,15 @@ impl Counters {
 }
 
 /// Where the agent's spans went, by its own counters: each span produced is
-/// exported, dropped from the full queue, lost to a failed export, or
-/// still queued (the gauge). A batch in flight is in none of these.
+/// exported, dropped from the full queue, dropped for waiting longer than
+/// the retry budget, refused for good by the collector, or still queued
+/// (the gauge). A batch in flight is in none of these.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct SpanLedger {
     produced: u64,
     exported: u64,
     dropped: u64,
+    expired: u64,
     failed: u64,
     queued: u64,
 }
@@ -116,13 +121,14 @@ impl SpanLedger {
             produced: get("sonde_spans_produced_total"),
             exported: get("sonde_spans_exported_total"),
             dropped: get("sonde_spans_dropped_queue_full_total"),
+            expired: get("sonde_spans_dropped_expired_total"),
             failed: get("sonde_spans_export_failed_total"),
             queued: get("sonde_export_queue_spans"),
         }
     }
 
     fn balanced(&self) -> bool {
-        self.produced == self.exported + self.dropped + self.failed + self.queued
+        self.produced == self.exported + self.dropped + self.expired + self.failed + self.queued
     }
 
     /// Polls until no batch is in flight: the ledger balances, and holds
@@ -138,7 +144,7 @@ impl SpanLedger {
             }
             assert!(
                 started.elapsed() < WAIT,
-                "produced != exported + dropped + failed + queued after {WAIT:?}: {now:?}"
+                "produced != exported + dropped + expired + failed + queued after {WAIT:?}: {now:?}"
             );
             last = now;
         }
@@ -198,6 +204,14 @@ fn selecting(server: &Server) -> (Vec<String>, Counters) {
     )
 }
 
+/// [`selecting`] with a configuration file holding `yaml`.
+fn selecting_with(server: &Server, test: &str, yaml: &str) -> (Vec<String>, Counters) {
+    let (mut args, counters) = selecting(server);
+    let config = config_file(test, yaml);
+    args.extend(["--config".to_owned(), config.display().to_string()]);
+    (args, counters)
+}
+
 fn as_strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
@@ -248,7 +262,7 @@ async fn spans_made_while_the_collector_is_away_are_delivered() {
     let server = Server::python_http();
     let grpc_port = free_port();
     let http_port = free_port();
-    let (args, counters) = selecting(&server);
+    let (args, counters) = selecting_with(&server, "collector-away", FAST_RETRIES);
     let agent = Agent::start_with_env(
         &as_strs(&args),
         &format!("http://127.0.0.1:{http_port}"),
@@ -280,8 +294,8 @@ async fn spans_made_while_the_collector_is_away_are_delivered() {
     let received: Vec<ReceivedSpan> = delivered_first.into_iter().chain(second.spans()).collect();
     assert_eq!(ledger.produced, 2 * PER_PHASE as u64, "{ledger:?}");
     assert_eq!(
-        (ledger.dropped, ledger.failed, ledger.queued),
-        (0, 0, 0),
+        (ledger.dropped, ledger.expired, ledger.failed, ledger.queued),
+        (0, 0, 0, 0),
         "no loss: {ledger:?}"
     );
     ledger.assert_delivered(&received);
@@ -302,11 +316,11 @@ async fn spans_made_while_the_collector_is_away_are_delivered() {
 async fn a_collector_answering_503_loses_nothing() {
     require_e2e!();
     let receiver = OtlpReceiver::start().await;
-    // Backoff 0.5 + 1 + 2 s: well inside the 30 s retry budget.
+    // Backoff at most 1 + 2 + 2 s.
     const REFUSALS: usize = 3;
     receiver.fail_next(REFUSALS, Failure::Retryable);
     let server = Server::python_http();
-    let (args, counters) = selecting(&server);
+    let (args, counters) = selecting_with(&server, "through-503", FAST_RETRIES);
     let agent = Agent::start_with_env(
         &as_strs(&args),
         &receiver.http_endpoint(),
@@ -335,6 +349,130 @@ async fn a_collector_answering_503_loses_nothing() {
         receiver.spans()
     );
     assert_eq!(agent.stop(), 0);
+}
+
+/// How long the collector stays down in the outage test, and its load:
+/// two clients, one request every 10 ms each (200 a second).
+const OUTAGE: Duration = Duration::from_secs(60);
+const OUTAGE_PERIOD: Duration = Duration::from_millis(10);
+/// Longest wait for the backlog once the collector is back: the next retry
+/// is at most 30 s away (the default maximum backoff).
+const OUTAGE_CATCH_UP: Duration = Duration::from_secs(90);
+/// Room for the minute's spans (about 12,000) in spans and bytes, and a
+/// metrics export every 5 s.
+const OUTAGE_CONFIG: &str =
+    "export:\n  max_queue_bytes: 134217728\nmetrics:\n  export_interval_secs: 5\n";
+
+/// The collector is down for a minute while clients keep 200 requests a
+/// second on a traced server, then comes back. With the default retry
+/// settings and a queue that holds the minute, every span and every
+/// metrics export made during the outage arrives, and the counters
+/// reconcile: spans produced = exported, metric points collected =
+/// exported, nothing dropped for any reason. OTLP/gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_down_for_a_minute_under_load_loses_nothing_that_fit() {
+    require_e2e!();
+    let server = Server::python_http();
+    let (grpc_port, http_port) = (free_port(), free_port());
+    let (args, counters) = selecting_with(&server, "outage", OUTAGE_CONFIG);
+    let agent = Agent::start_with_env(
+        &as_strs(&args),
+        &format!("http://127.0.0.1:{grpc_port}"),
+        "grpc",
+        &[
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "40000"),
+        ],
+    );
+    agent.wait_instrumented(&[server.pid()], WAIT);
+    let outage_started = std::time::SystemTime::now();
+    let load = SteadyLoad::start(server.port, "/outage", OUTAGE_PERIOD);
+    tokio::time::sleep(OUTAGE).await;
+    let requests = load.stop();
+    let during = SpanLedger::read(&counters);
+    let receiver = OtlpReceiver::start_on(grpc_port, http_port).await;
+
+    let started = Instant::now();
+    let ledger = loop {
+        let now = SpanLedger::read(&counters);
+        if now.produced == requests.len() as u64 && now.exported == now.produced {
+            break now;
+        }
+        assert!(
+            started.elapsed() < OUTAGE_CATCH_UP,
+            "not caught up after {OUTAGE_CATCH_UP:?}: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let failed: Vec<_> = requests.iter().filter(|r| r.error.is_some()).collect();
+    assert!(failed.is_empty(), "client requests failed: {failed:#?}");
+    assert!(
+        requests.len() >= 9_000,
+        "the load was too light: {}",
+        requests.len()
+    );
+    assert_eq!(
+        during.exported, 0,
+        "nothing got through the outage: {during:?}"
+    );
+    assert!(
+        counters.get("sonde_export_requests_unreachable_total") > 0,
+        "{:?}",
+        counters.all()
+    );
+    assert_eq!(
+        (ledger.dropped, ledger.expired, ledger.failed, ledger.queued),
+        (0, 0, 0, 0),
+        "{ledger:?}"
+    );
+    ledger.assert_delivered(&receiver.spans());
+
+    // Metrics: the exports collected every 5 s during the outage arrive
+    // (the agent's own counter under its resource, one point per export),
+    // and after the last export at shutdown every collected point is
+    // counted as exported.
+    let agent_pid = json!(agent.pid());
+    let outage_ns = outage_started
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64);
+    let exports_during_outage = || {
+        receiver
+            .numbers()
+            .iter()
+            .filter(|n| n.name == "sonde_spans_produced")
+            .filter(|n| n.resource.get("process.pid") == Some(&agent_pid))
+            .filter(|n| n.time_unix_ns >= outage_ns)
+            .map(|n| n.time_unix_ns)
+            .collect::<BTreeSet<u64>>()
+    };
+    let log = agent_log_on_exit(agent);
+    let collected_during_outage = exports_during_outage();
+    assert!(
+        collected_during_outage.len() >= (OUTAGE.as_secs() / 5 - 1) as usize,
+        "metrics exports made during the outage: {}",
+        collected_during_outage.len()
+    );
+    let exit = exit_counters(&log);
+    let received_points = (receiver.numbers().len() + receiver.histograms().len()) as u64;
+    assert_eq!(
+        exit.get("sonde_metric_points_exported"),
+        Some(&received_points),
+        "{exit:?}"
+    );
+    assert_eq!(
+        exit.get("sonde_metric_points_collected"),
+        Some(&received_points),
+        "every collected point exported: {exit:?}"
+    );
+    for lost in [
+        "sonde_metric_points_export_failed",
+        "sonde_metric_points_dropped_queue_full",
+        "sonde_metric_points_dropped_expired",
+        "sonde_metric_points_dropped_shutdown",
+        "sonde_spans_dropped_shutdown",
+    ] {
+        assert_eq!(exit.get(lost), None, "{lost}: {exit:?}");
+    }
 }
 
 /// The agent's export timeout in the slow-collector test.
@@ -370,7 +508,8 @@ async fn a_slow_collector_never_blocks_the_pipeline() {
     let receiver = OtlpReceiver::start().await;
     receiver.answer_after(&SLOW_ANSWERS);
     let server = Server::python_http();
-    let (args, counters) = selecting(&server);
+    // One request at a time, so that a stall holds up the queue.
+    let (args, counters) = selecting_with(&server, "slow-collector", FAST_RETRIES);
     let timeout = EXPORT_TIMEOUT.as_millis().to_string();
     let (queue, batch) = (SLOW_QUEUE.to_string(), SLOW_BATCH.to_string());
     let agent = Agent::start_with_env(
@@ -608,7 +747,8 @@ async fn sigterm_flushes_queued_spans() {
 }
 
 /// SIGTERM while the collector is down: the agent exits 0 within the
-/// shutdown deadline and counts the spans it could not deliver as failed.
+/// shutdown deadline and counts the spans it could not deliver as dropped
+/// at shutdown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_the_collector_down_counts_the_loss() {
     require_e2e!();
@@ -634,10 +774,11 @@ async fn sigterm_with_the_collector_down_counts_the_loss() {
     let exit = exit_counters(&log);
     assert_eq!(exit.get("sonde_spans_produced"), Some(&(PER_PHASE as u64)));
     assert_eq!(
-        exit.get("sonde_spans_export_failed"),
+        exit.get("sonde_spans_dropped_shutdown"),
         Some(&(PER_PHASE as u64)),
-        "every undelivered span counted as failed: {exit:?}\n{log}"
+        "every undelivered span counted: {exit:?}\n{log}"
     );
+    assert_eq!(exit.get("sonde_spans_export_failed"), None, "{exit:?}");
     assert_eq!(exit.get("sonde_spans_exported"), None, "{exit:?}");
 }
 

@@ -8,6 +8,7 @@ pub mod print;
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
@@ -51,9 +52,7 @@ impl Sinks {
         };
         let otlp = if OtlpConfig::endpoint_is_set(&overrides, &lookup) {
             let mut otlp = OtlpConfig::from_lookup(&overrides, &lookup)?;
-            if let Some(bytes) = config.max_queue_bytes {
-                otlp.batch.max_queue_bytes = bytes;
-            }
+            apply_file_settings(config, &mut otlp);
             Some(otlp)
         } else {
             None
@@ -99,6 +98,28 @@ impl Sinks {
     }
 }
 
+/// The configuration file's queue and retry settings, on top of what the
+/// environment gave, for either signal.
+pub fn apply_file_settings(config: &ExportConfig, otlp: &mut OtlpConfig) {
+    if let Some(bytes) = config.max_queue_bytes {
+        otlp.batch.max_queue_bytes = bytes;
+    }
+    if let Some(requests) = config.max_in_flight {
+        otlp.batch.max_in_flight = requests;
+    }
+    let retry = &config.retry;
+    let settings = [
+        (retry.initial_interval_secs, &mut otlp.retry.initial_backoff),
+        (retry.max_interval_secs, &mut otlp.retry.max_backoff),
+        (retry.max_elapsed_secs, &mut otlp.retry.max_elapsed),
+    ];
+    for (secs, field) in settings {
+        if let Some(secs) = secs {
+            *field = Duration::from_secs(secs);
+        }
+    }
+}
+
 /// The printer on a blocking thread, since terminal writes can block.
 async fn print_to_stdout(spans: mpsc::Receiver<Span>) {
     let colour = print::use_colour(&io::stdout());
@@ -114,6 +135,7 @@ async fn print_to_stdout(spans: mpsc::Receiver<Span>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RetrySettings;
 
     fn sinks(print: Option<bool>, endpoint_env: Option<&str>) -> (bool, bool) {
         let config = ExportConfig {
@@ -157,6 +179,54 @@ mod tests {
         };
         assert_eq!(bound(Some(4096)), Some(4096));
         assert_eq!(bound(None), Some(8 << 20), "the default");
+    }
+
+    #[test]
+    fn retry_settings_come_from_the_config_file() {
+        let retry = |settings: RetrySettings| {
+            let config = ExportConfig {
+                otlp_endpoint: Some("http://collector:4318".into()),
+                retry: settings,
+                max_in_flight: Some(1),
+                ..ExportConfig::default()
+            };
+            match Sinks::from_lookup(&config, Arc::default(), |_| None) {
+                Ok(Sinks {
+                    otlp: Some(otlp), ..
+                }) => {
+                    assert_eq!(otlp.batch.max_in_flight, 1);
+                    otlp.retry
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        let defaults = retry(RetrySettings::default());
+        assert_eq!(
+            (
+                defaults.initial_backoff,
+                defaults.max_backoff,
+                defaults.max_elapsed
+            ),
+            (
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+                Duration::from_secs(300)
+            ),
+            "the OpenTelemetry Collector's defaults"
+        );
+        let set = retry(RetrySettings {
+            initial_interval_secs: Some(1),
+            max_interval_secs: Some(2),
+            max_elapsed_secs: Some(60),
+        });
+        assert_eq!(
+            (set.initial_backoff, set.max_backoff, set.max_elapsed),
+            (
+                Duration::from_secs(1),
+                Duration::from_secs(2),
+                Duration::from_secs(60)
+            )
+        );
     }
 
     #[test]

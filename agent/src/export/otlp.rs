@@ -34,7 +34,7 @@ pub use config::{
 // For the metrics exporter, which shares the transports and retries.
 pub(crate) use convert::{key_value, proto_resource, scope};
 pub(crate) use events::ErrorChain;
-pub(crate) use retry::send_with_retry;
+pub(crate) use retry::{Backoff, attempt, sleep_until};
 pub(crate) use transport::{MetricsExport, ProtocolTransport, SendError};
 
 use crate::spans::model::Span;
@@ -46,9 +46,11 @@ use crate::telemetry::Stats;
 /// `rx` is read even while a request is in flight, so senders see it full
 /// only if this task is starved; beyond `config.batch.max_queue_size`
 /// waiting spans, or `config.batch.max_queue_bytes` of them (estimated
-/// OTLP encoded size), the oldest are dropped. Every span ends up in exactly one
-/// of the counters `SpansExported`, `SpansExportFailed` or
-/// `SpansDroppedQueueFull`.
+/// OTLP encoded size), the oldest are dropped. Retryable failures are
+/// retried until the data is older than `config.retry.max_elapsed`. Every
+/// span ends up in exactly one of the counters `SpansExported`,
+/// `SpansExportFailed` (refused for good), `SpansDroppedQueueFull`,
+/// `SpansDroppedExpired` or `SpansDroppedShutdown`.
 pub async fn run_exporter(rx: mpsc::Receiver<Span>, config: OtlpConfig, stats: Arc<Stats>) {
     tracing::info!(
         endpoint = %config.endpoint,

@@ -108,7 +108,8 @@ impl MetricsStage {
             protocol: export.otlp_protocol.clone(),
         };
         let exporter = if OtlpConfig::endpoint_is_set_for(Signal::Metrics, &overrides, &lookup) {
-            let otlp = OtlpConfig::from_lookup_for(Signal::Metrics, &overrides, &lookup)?;
+            let mut otlp = OtlpConfig::from_lookup_for(Signal::Metrics, &overrides, &lookup)?;
+            crate::export::apply_file_settings(export, &mut otlp);
             let schedule = ExportSchedule {
                 interval: Duration::from_secs(config.export_interval_secs),
                 temporality: config.temporality,

@@ -12,19 +12,25 @@
 //! names /metrics shows them by (`sonde_spans_exported`, which a
 //! Prometheus translation turns back into `sonde_spans_exported_total`).
 //!
-//! Every exported data point ends up in `sonde_metric_points_exported` or
-//! `sonde_metric_points_export_failed`. A failed cumulative export loses
-//! nothing for good (the next one carries the totals); a failed delta
-//! export loses its interval.
+//! Every collected data point ends up in `sonde_metric_points_exported`,
+//! `sonde_metric_points_export_failed` (refused for good) or one of the
+//! `sonde_metric_points_dropped_*` counters (queue full, aged out, shutdown).
+//! Exports that fail with a retryable error are kept and retried, like
+//! spans, so a delta interval survives a collector restart.
 
+use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, Gauge as ProtoGauge, Histogram, HistogramDataPoint, Metric,
     NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric, number_data_point,
 };
+use prost::Message as _;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -32,8 +38,8 @@ use super::red::{
     Instrument, LabelValue, Point, RedMetrics, ResourcePoints, Temporality, unix_now_ns,
 };
 use crate::export::otlp::{
-    ErrorChain, MetricsExport, OtlpConfig, ProtocolTransport, SendError, key_value, proto_resource,
-    scope, send_with_retry,
+    Backoff, ErrorChain, MetricsExport, OtlpConfig, ProtocolTransport, SendError, attempt,
+    key_value, proto_resource, scope, sleep_until,
 };
 use crate::spans::model::{AttributeValue, Resource};
 use crate::telemetry::{Counter, Gauge, Stats};
@@ -118,8 +124,15 @@ impl AgentTelemetry {
 }
 
 /// Exports every `schedule.interval` until `shutdown` resolves (sent or
-/// dropped), then lets an export under way finish and exports once more,
-/// both within `config.shutdown_timeout`.
+/// dropped), then collects once more and sends what is still queued, within
+/// `config.shutdown_timeout`.
+///
+/// Each interval's request joins a queue bounded by
+/// `config.batch.max_queue_bytes` (encoded size), sent oldest first, one at
+/// a time. A retryable failure leaves it at the front and closes the
+/// backoff gate shared with nothing else ([`Backoff`]); the queue's bound
+/// (oldest first) and the retry budget's age are the only ways a request
+/// is dropped unsent, each counted.
 pub async fn run_metrics_exporter(
     sources: MetricSources,
     config: OtlpConfig,
@@ -136,52 +149,205 @@ pub async fn run_metrics_exporter(
     );
     let transport = ProtocolTransport::<MetricsExport>::new(&config);
     let mut tick = tokio::time::interval_at(Instant::now() + schedule.interval, schedule.interval);
-    // A slow collector delays the next export instead of bunching them.
+    // A slow collector delays the next collection instead of bunching them.
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let deadline = loop {
-        tokio::select! {
-            _ = &mut shutdown => break Instant::now() + config.shutdown_timeout,
-            _ = tick.tick() => {}
-        }
-        let collected = collect(&sources, schedule.temporality);
-        let points = collected.points;
-        let sending = export(&transport, collected, &config, &stats);
-        tokio::pin!(sending);
-        tokio::select! {
-            () = &mut sending => continue,
-            _ = &mut shutdown => {}
-        }
-        // Shutdown during an export: it may still finish, within the
-        // deadline the last export below shares.
-        let deadline = Instant::now() + config.shutdown_timeout;
-        if tokio::time::timeout_at(deadline, sending).await.is_err()
-            && schedule.temporality == Temporality::Delta
+    let mut queue = Pending::new(config.batch.max_queue_bytes);
+    let mut backoff = Backoff::new(&config.retry);
+    let mut in_flight: Option<InFlight<'_>> = None;
+    let mut closing: Option<Instant> = None;
+    loop {
+        queue.expire(backoff.max_age(), &stats);
+        if in_flight.is_none()
+            && backoff.is_open()
+            && let Some(next) = queue.requests.pop_front()
         {
-            // The cumulative totals go out below; a delta interval is lost.
-            MetricsLost {
-                points,
-                cause: LossCause::Abandoned,
+            queue.bytes -= next.bytes;
+            queue.on_wire = next.points;
+            let transport = &transport;
+            let config = &config;
+            in_flight = Some(Box::pin(async move {
+                let result = attempt(transport, &next.request, config).await;
+                (next, result)
+            }));
+        }
+        if closing.is_some() && in_flight.is_none() && queue.requests.is_empty() {
+            break;
+        }
+        let wake_at = [
+            closing,
+            backoff.opens_at().filter(|_| !queue.requests.is_empty()),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        tokio::select! {
+            _ = &mut shutdown, if closing.is_none() => {
+                closing = Some(Instant::now() + config.shutdown_timeout);
+                queue.push(collect(&sources, schedule.temporality), &stats);
             }
-            .emit(&stats);
+            _ = tick.tick(), if closing.is_none() => {
+                queue.push(collect(&sources, schedule.temporality), &stats);
+            }
+            (sent, result) = finish(&mut in_flight) => {
+                in_flight = None;
+                settle(sent, result, &mut backoff, &mut queue, &config, &stats);
+            }
+            () = sleep_until(wake_at) => {
+                if closing.is_some_and(|deadline| deadline <= Instant::now()) {
+                    break;
+                }
+            }
         }
-        break deadline;
-    };
-    let collected = collect(&sources, schedule.temporality);
-    let points = collected.points;
-    let last = export(&transport, collected, &config, &stats);
-    if tokio::time::timeout_at(deadline, last).await.is_err() {
-        MetricsLost {
-            points,
-            cause: LossCause::Abandoned,
-        }
-        .emit(&stats);
+    }
+    let unsent = queue
+        .requests
+        .iter()
+        .map(|pending| pending.points)
+        .sum::<u64>()
+        + in_flight.map_or(0, |_| queue.on_wire);
+    if unsent > 0 {
+        stats.add(Counter::MetricPointsDroppedShutdown, unsent);
+        tracing::warn!(
+            points = unsent,
+            timeout = ?config.shutdown_timeout,
+            "OTLP metrics exporter shut down before sending every export"
+        );
     }
 }
 
-/// A request and the number of data points in it.
+/// The request in flight; it comes back with its outcome.
+type InFlight<'a> = Pin<
+    Box<
+        dyn Future<Output = (Collected, Result<ExportMetricsServiceResponse, SendError>)>
+            + Send
+            + 'a,
+    >,
+>;
+
+async fn finish(
+    in_flight: &mut Option<InFlight<'_>>,
+) -> (Collected, Result<ExportMetricsServiceResponse, SendError>) {
+    match in_flight {
+        Some(request) => request.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Counts a finished attempt, or puts its request back for a retry.
+fn settle(
+    sent: Collected,
+    result: Result<ExportMetricsServiceResponse, SendError>,
+    backoff: &mut Backoff,
+    queue: &mut Pending,
+    config: &OtlpConfig,
+    stats: &Stats,
+) {
+    match result {
+        Ok(response) => {
+            backoff.succeeded();
+            let partial = response.partial_success.unwrap_or_default();
+            // A confused server's negative or oversized count must not make
+            // the counters lie the other way.
+            let rejected = u64::try_from(partial.rejected_data_points)
+                .unwrap_or(0)
+                .min(sent.points);
+            stats.add(Counter::MetricPointsExported, sent.points - rejected);
+            if rejected > 0 || !partial.error_message.is_empty() {
+                stats.add(Counter::MetricPointsExportFailed, rejected);
+                tracing::warn!(
+                    rejected,
+                    message = partial.error_message,
+                    "OTLP collector rejected part of the metrics"
+                );
+            }
+        }
+        Err(error) if backoff.failed(&error, &config.endpoint, stats) => queue.retry(sent),
+        Err(error) => {
+            stats.add(Counter::MetricPointsExportFailed, sent.points);
+            tracing::warn!(
+                endpoint = %config.endpoint,
+                points = sent.points,
+                error = %ErrorChain(&error),
+                "OTLP metrics export refused, not retried"
+            );
+        }
+    }
+}
+
+/// A request, the number of data points in it, its encoded size and when
+/// it was collected.
 struct Collected {
     request: ExportMetricsServiceRequest,
     points: u64,
+    bytes: usize,
+    at: Instant,
+}
+
+/// Collected requests not sent yet, oldest first, bounded in bytes.
+struct Pending {
+    requests: VecDeque<Collected>,
+    bytes: usize,
+    max_bytes: usize,
+    /// Points of the request in flight, for the shutdown count.
+    on_wire: u64,
+}
+
+impl Pending {
+    fn new(max_bytes: usize) -> Self {
+        Self {
+            requests: VecDeque::new(),
+            bytes: 0,
+            max_bytes: max_bytes.max(1),
+            on_wire: 0,
+        }
+    }
+
+    /// Queues a request, dropping the oldest until it fits (a request
+    /// larger than the bound on its own still goes in, alone).
+    fn push(&mut self, collected: Collected, stats: &Stats) {
+        stats.add(Counter::MetricPointsCollected, collected.points);
+        while self.bytes + collected.bytes > self.max_bytes
+            && let Some(oldest) = self.requests.pop_front()
+        {
+            self.bytes -= oldest.bytes;
+            stats.add(Counter::MetricPointsDroppedQueueFull, oldest.points);
+            tracing::warn!(
+                points = oldest.points,
+                max_bytes = self.max_bytes,
+                "metrics export queue full, dropping the oldest export (see {})",
+                Counter::MetricPointsDroppedQueueFull.name()
+            );
+        }
+        self.bytes += collected.bytes;
+        self.requests.push_back(collected);
+    }
+
+    /// A request that failed with a retryable error goes back first.
+    fn retry(&mut self, collected: Collected) {
+        self.bytes += collected.bytes;
+        self.requests.push_front(collected);
+    }
+
+    /// Drops requests collected longer than `max_age` ago.
+    fn expire(&mut self, max_age: Duration, stats: &Stats) {
+        let Some(cutoff) = Instant::now().checked_sub(max_age) else {
+            return;
+        };
+        while let Some(oldest) = self.requests.front()
+            && oldest.at <= cutoff
+        {
+            let points = oldest.points;
+            self.bytes -= oldest.bytes;
+            self.requests.pop_front();
+            stats.add(Counter::MetricPointsDroppedExpired, points);
+            tracing::warn!(
+                points,
+                ?max_age,
+                "OTLP endpoint unreachable for too long, dropping the oldest metrics export (see {})",
+                Counter::MetricPointsDroppedExpired.name()
+            );
+        }
+    }
 }
 
 /// The RED histograms (if any changed) and the agent's own metrics, which
@@ -198,73 +364,11 @@ fn collect(sources: &MetricSources, temporality: Temporality) -> Collected {
     request
         .resource_metrics
         .push(sources.agent.collect(now_unix_ns));
-    Collected { request, points }
-}
-
-async fn export(
-    transport: &ProtocolTransport<MetricsExport>,
-    collected: Collected,
-    config: &OtlpConfig,
-    stats: &Stats,
-) {
-    match send_with_retry(transport, &collected.request, config, stats).await {
-        Ok(response) => {
-            let partial = response.partial_success.unwrap_or_default();
-            // A confused server's negative or oversized count must not make
-            // the counters lie the other way.
-            let rejected = u64::try_from(partial.rejected_data_points)
-                .unwrap_or(0)
-                .min(collected.points);
-            stats.add(Counter::MetricPointsExported, collected.points - rejected);
-            if rejected > 0 || !partial.error_message.is_empty() {
-                stats.add(Counter::MetricPointsExportFailed, rejected);
-                tracing::warn!(
-                    rejected,
-                    message = partial.error_message,
-                    "OTLP collector rejected part of the metrics"
-                );
-            }
-        }
-        Err(error) => MetricsLost {
-            points: collected.points,
-            cause: LossCause::Failed {
-                endpoint: &config.endpoint,
-                error: &error,
-            },
-        }
-        .emit(stats),
-    }
-}
-
-/// Data points given up on.
-struct MetricsLost<'a> {
-    points: u64,
-    cause: LossCause<'a>,
-}
-
-enum LossCause<'a> {
-    Failed {
-        endpoint: &'a hyper::Uri,
-        error: &'a SendError,
-    },
-    Abandoned,
-}
-
-impl MetricsLost<'_> {
-    fn emit(self, stats: &Stats) {
-        stats.add(Counter::MetricPointsExportFailed, self.points);
-        match self.cause {
-            LossCause::Failed { endpoint, error } => tracing::warn!(
-                %endpoint,
-                points = self.points,
-                error = %ErrorChain(error),
-                "OTLP metrics export failed"
-            ),
-            LossCause::Abandoned => tracing::warn!(
-                points = self.points,
-                "a metrics export did not finish before shutdown"
-            ),
-        }
+    Collected {
+        bytes: request.encoded_len(),
+        request,
+        points,
+        at: Instant::now(),
     }
 }
 

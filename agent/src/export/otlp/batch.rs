@@ -1,24 +1,41 @@
-//! The exporter task's engine: a bounded queue filled from the span channel,
-//! one batch in flight at a time with its retries, and the flush when the
-//! channel closes. Generic over the transport so the tests drive it with a
-//! scripted fake on tokio's paused clock.
+//! The exporter task's engine: a bounded queue filled from the span
+//! channel, a few requests in flight at a time, retries until the data
+//! ages out, and the flush when the channel closes. Generic over the
+//! transport so the tests drive it with a scripted fake on tokio's paused
+//! clock.
 //!
-//! The channel is read even while a batch is in flight, so upstream never
-//! waits on the network: when the collector is slow the queue fills and the
-//! oldest spans make room for new ones, each one counted.
+//! The channel is read even while requests are in flight, so upstream
+//! never waits on the network. A batch that fails with a retryable error
+//! goes back to the front of the queue (it holds the oldest spans) and the
+//! endpoint is left alone for a backoff ([`Backoff`]); nothing is given up
+//! for a try count. Spans leave the queue only by being sent, by the
+//! queue's bounds (oldest first: once a batch has been tried, it is
+//! dropped whole), or by age (`RetryConfig::max_elapsed` since they were
+//! queued), each way counted.
+//!
+//! Ordering: with one request in flight, spans reach the collector in the
+//! order they were queued. With more (`BatchConfig::max_in_flight`), a
+//! round trip no longer caps throughput, but batches may land out of
+//! order and a retried batch lands after newer ones. Spans carry their own
+//! timestamps and OTLP requires no order, so only the first is a default.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::config::{BatchConfig, OtlpConfig};
 use super::convert::{encoded_size_estimate, to_request};
-use super::events::{BatchExported, BatchLost, QueueFull, ShutdownTimedOut};
-use super::retry::send_with_retry;
-use super::transport::Transport;
+use super::events::{BatchExported, BatchLost, Expired, QueueFull, ShutdownTimedOut};
+use super::retry::{Backoff, attempt, sleep_until};
+use super::transport::{SendError, Transport};
 use crate::spans::model::Span;
 use crate::telemetry::{Gauge, Stats};
 
@@ -29,86 +46,144 @@ pub(super) async fn run_batcher<T: Transport>(
     config: &OtlpConfig,
     stats: &Stats,
 ) {
-    // Zero would never form a batch; the fields are public, so guard here.
+    // Zero would never form a batch or send it; the fields are public, so
+    // guard here.
     let max_batch = config.batch.max_batch_size.max(1);
+    let max_in_flight = config.batch.max_in_flight.max(1);
     let mut queue = Queue::new(&config.batch);
-    let mut in_flight: Option<InFlight<'_>> = None;
+    let mut backoff = Backoff::new(&config.retry);
+    let mut in_flight: FuturesUnordered<Attempt<'_>> = FuturesUnordered::new();
+    // Spans of the requests in flight.
+    let mut on_wire = 0;
+    // Set once the channel closed: partial batches go at once, and what is
+    // not sent by then is given up.
+    let mut closing: Option<Instant> = None;
     loop {
-        if in_flight.is_none()
-            && let Some(spans) = queue.take_ready(max_batch, config.batch.max_delay)
-        {
-            in_flight = Some(InFlight::start(&transport, spans, config, stats));
+        queue.expire(backoff.max_age(), stats);
+        while in_flight.len() < max_in_flight && backoff.is_open() {
+            let Some(batch) =
+                queue.take_ready(max_batch, config.batch.max_delay, closing.is_some())
+            else {
+                break;
+            };
+            on_wire += batch.spans;
+            in_flight.push(start(&transport, batch, config));
         }
         queue.publish(stats);
-        // While a batch is in flight the delay is moot: the next batch
-        // starts when this one is done.
-        let deadline = match in_flight {
-            None => queue.deadline(config.batch.max_delay),
-            Some(_) => None,
-        };
-        let wake = tokio::select! {
-            received = rx.recv() => match received {
-                Some(span) => Wake::Span(span),
-                None => Wake::Closed,
+        if closing.is_some() && in_flight.is_empty() && queue.is_empty() {
+            break;
+        }
+        let wake_at = [
+            closing,
+            backoff.opens_at().filter(|_| !queue.is_empty()),
+            (in_flight.len() < max_in_flight && backoff.is_open())
+                .then(|| queue.deadline(config.batch.max_delay))
+                .flatten(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        tokio::select! {
+            received = rx.recv(), if closing.is_none() => match received {
+                Some(span) => queue.push(span, stats),
+                None => closing = Some(Instant::now() + config.shutdown_timeout),
             },
-            () = finish(&mut in_flight) => Wake::BatchDone,
-            () = sleep_until(deadline) => Wake::DelayElapsed,
-        };
-        match wake {
-            Wake::Span(span) => queue.push(span, stats),
-            Wake::BatchDone => in_flight = None,
-            Wake::DelayElapsed => {}
-            Wake::Closed => break,
+            Some((batch, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                on_wire -= batch.spans;
+                settle(batch, result, &mut backoff, &mut queue, config, stats);
+            }
+            () = sleep_until(wake_at) => {
+                if closing.is_some_and(|deadline| deadline <= Instant::now()) {
+                    break;
+                }
+            }
         }
     }
-
-    let flush = async {
-        loop {
-            if in_flight.is_some() {
-                finish(&mut in_flight).await;
-                in_flight = None;
-            }
-            let spans = queue.take(max_batch);
-            if spans.is_empty() {
-                break;
-            }
-            in_flight = Some(InFlight::start(&transport, spans, config, stats));
-        }
-    };
-    let flushed = tokio::time::timeout(config.shutdown_timeout, flush).await;
     queue.publish(stats);
-    if flushed.is_err() {
-        let in_flight = in_flight.map_or(0, |batch| batch.spans);
+    let unsent = on_wire + queue.len();
+    if unsent > 0 {
         ShutdownTimedOut {
-            spans: in_flight + queue.len(),
+            spans: unsent,
             timeout: config.shutdown_timeout,
         }
         .emit(stats);
     }
 }
 
-/// What woke the loop.
-enum Wake {
-    Span(Span),
-    BatchDone,
-    DelayElapsed,
-    Closed,
+/// One attempt at sending a batch; it comes back with its outcome.
+type Attempt<'a> = Pin<
+    Box<dyn Future<Output = (Batch, Result<ExportTraceServiceResponse, SendError>)> + Send + 'a>,
+>;
+
+fn start<'a, T: Transport>(transport: &'a T, batch: Batch, config: &'a OtlpConfig) -> Attempt<'a> {
+    Box::pin(async move {
+        let result = attempt(transport, &batch.request, config).await;
+        (batch, result)
+    })
 }
 
-/// Spans waiting to be sent, bounded in number and in bytes.
+/// Counts a finished attempt, or puts its batch back for a retry.
+fn settle(
+    batch: Batch,
+    result: Result<ExportTraceServiceResponse, SendError>,
+    backoff: &mut Backoff,
+    queue: &mut Queue,
+    config: &OtlpConfig,
+    stats: &Stats,
+) {
+    match result {
+        Ok(response) => {
+            backoff.succeeded();
+            let partial = response.partial_success.unwrap_or_default();
+            BatchExported {
+                spans: batch.spans,
+                rejected: partial.rejected_spans,
+                message: &partial.error_message,
+            }
+            .emit(stats);
+        }
+        Err(error) => {
+            if backoff.failed(&error, &config.endpoint, stats) {
+                queue.requeue(batch, stats);
+            } else {
+                BatchLost {
+                    endpoint: &config.endpoint,
+                    spans: batch.spans,
+                    error: &error,
+                }
+                .emit(stats);
+            }
+        }
+    }
+}
+
+/// Spans on their way: encoded once, kept for the retries.
+struct Batch {
+    request: ExportTraceServiceRequest,
+    spans: u64,
+    bytes: usize,
+    /// When its oldest span was queued: the batch ages out with it.
+    oldest: Instant,
+}
+
+/// Spans not on the wire, bounded in number and in bytes: batches waiting
+/// for a retry (the oldest) and spans not yet in a batch.
 struct Queue {
+    retries: VecDeque<Batch>,
     spans: VecDeque<Queued>,
     max_spans: usize,
     max_bytes: usize,
-    /// Sum of the queued spans' size estimates.
+    /// Spans in both parts.
+    count: usize,
+    /// Sum of the size estimates in both parts.
     bytes: usize,
     /// Dropping since the last batch was taken; only the first drop of such
     /// an episode is logged.
     overflowing: bool,
 }
 
-/// A queued span with its arrival time (the batch delay counts from the
-/// oldest) and its weight in the byte bound.
+/// A queued span with its arrival time (the batch delay and the age limit
+/// count from it) and its weight in the byte bound.
 struct Queued {
     arrived: Instant,
     bytes: usize,
@@ -118,19 +193,25 @@ struct Queued {
 impl Queue {
     fn new(batch: &BatchConfig) -> Self {
         Self {
+            retries: VecDeque::new(),
             // Grows to its bounds only if the collector falls behind.
             spans: VecDeque::new(),
             // Zero would never hold a span; the fields are public, so
             // guard here.
             max_spans: batch.max_queue_size.max(1),
             max_bytes: batch.max_queue_bytes.max(1),
+            count: 0,
             bytes: 0,
             overflowing: false,
         }
     }
 
     fn len(&self) -> u64 {
-        self.spans.len() as u64
+        self.count as u64
+    }
+
+    fn is_empty(&self) -> bool {
+        self.count == 0
     }
 
     /// Sets the queue depth gauges.
@@ -145,19 +226,8 @@ impl Queue {
     /// counted like any other.
     fn push(&mut self, span: Span, stats: &Stats) {
         let bytes = encoded_size_estimate(&span);
-        while self.spans.len() >= self.max_spans || self.bytes + bytes > self.max_bytes {
-            let Some(oldest) = self.spans.pop_front() else {
-                break;
-            };
-            self.bytes -= oldest.bytes;
-            QueueFull {
-                first: !self.overflowing,
-                max_spans: self.max_spans,
-                max_bytes: self.max_bytes,
-            }
-            .emit(stats);
-            self.overflowing = true;
-        }
+        self.make_room(1, bytes, stats);
+        self.count += 1;
         self.bytes += bytes;
         self.spans.push_back(Queued {
             arrived: Instant::now(),
@@ -166,86 +236,124 @@ impl Queue {
         });
     }
 
+    /// A batch that failed with a retryable error goes back before the
+    /// spans queued after it; then the bounds apply as to any span.
+    fn requeue(&mut self, batch: Batch, stats: &Stats) {
+        let at = self
+            .retries
+            .partition_point(|queued| queued.oldest <= batch.oldest);
+        self.count += batch.spans as usize;
+        self.bytes += batch.bytes;
+        self.retries.insert(at, batch);
+        self.make_room(0, 0, stats);
+    }
+
+    /// Drops the oldest until `spans` more spans of `bytes` fit.
+    fn make_room(&mut self, spans: usize, bytes: usize, stats: &Stats) {
+        while self.count + spans > self.max_spans || self.bytes + bytes > self.max_bytes {
+            let dropped = match self.drop_oldest() {
+                Some(dropped) => dropped,
+                None => break,
+            };
+            QueueFull {
+                spans: dropped,
+                first: !self.overflowing,
+                max_spans: self.max_spans,
+                max_bytes: self.max_bytes,
+            }
+            .emit(stats);
+            self.overflowing = true;
+        }
+    }
+
+    /// Removes the oldest batch waiting for a retry, or else the oldest
+    /// span; returns how many spans went.
+    fn drop_oldest(&mut self) -> Option<u64> {
+        // Every batch was formed from the front of `spans`, so retries are
+        // older than any span still there.
+        if let Some(batch) = self.retries.pop_front() {
+            self.count -= batch.spans as usize;
+            self.bytes -= batch.bytes;
+            return Some(batch.spans);
+        }
+        let oldest = self.spans.pop_front()?;
+        self.count -= 1;
+        self.bytes -= oldest.bytes;
+        Some(1)
+    }
+
+    /// Drops what has waited longer than `max_age`: a collector away that
+    /// long gets the recent data when it is back, not a backlog it would
+    /// mostly reject as too old.
+    fn expire(&mut self, max_age: Duration, stats: &Stats) {
+        let Some(cutoff) = Instant::now().checked_sub(max_age) else {
+            return;
+        };
+        let mut expired = 0;
+        while let Some(batch) = self.retries.front()
+            && batch.oldest <= cutoff
+        {
+            expired += batch.spans;
+            self.drop_oldest();
+        }
+        while let Some(queued) = self.spans.front()
+            && queued.arrived <= cutoff
+            && self.retries.is_empty()
+        {
+            expired += 1;
+            self.drop_oldest();
+        }
+        if expired > 0 {
+            Expired {
+                spans: expired,
+                max_age,
+            }
+            .emit(stats);
+        }
+    }
+
     fn deadline(&self, max_delay: Duration) -> Option<Instant> {
         self.spans.front().map(|queued| queued.arrived + max_delay)
     }
 
-    /// A batch if a full one is waiting or the oldest span waited long enough.
-    fn take_ready(&mut self, max_batch: usize, max_delay: Duration) -> Option<Vec<Span>> {
+    /// The next batch to send: a retry first, else new spans if a full
+    /// batch is waiting, the oldest waited long enough, or `flush` is set.
+    fn take_ready(&mut self, max_batch: usize, max_delay: Duration, flush: bool) -> Option<Batch> {
+        if let Some(batch) = self.retries.pop_front() {
+            self.count -= batch.spans as usize;
+            self.bytes -= batch.bytes;
+            return Some(batch);
+        }
         let ready = self.spans.len() >= max_batch
+            || (flush && !self.spans.is_empty())
             || self
                 .deadline(max_delay)
                 .is_some_and(|deadline| deadline <= Instant::now());
         ready.then(|| self.take(max_batch))
     }
 
-    fn take(&mut self, max_batch: usize) -> Vec<Span> {
+    fn take(&mut self, max_batch: usize) -> Batch {
         self.overflowing = false;
         let count = self.spans.len().min(max_batch);
-        self.spans
+        let mut bytes = 0;
+        let mut oldest = None;
+        let spans: Vec<Span> = self
+            .spans
             .drain(..count)
             .map(|queued| {
-                self.bytes -= queued.bytes;
+                bytes += queued.bytes;
+                oldest.get_or_insert(queued.arrived);
                 queued.span
             })
-            .collect()
-    }
-}
-
-/// A batch being exported, retries included. Its outcome is counted inside
-/// the future; `spans` is kept for counting it if shutdown abandons it.
-struct InFlight<'a> {
-    spans: u64,
-    future: Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
-}
-
-impl<'a> InFlight<'a> {
-    fn start<T: Transport>(
-        transport: &'a T,
-        spans: Vec<Span>,
-        config: &'a OtlpConfig,
-        stats: &'a Stats,
-    ) -> Self {
-        let count = spans.len() as u64;
-        let future = Box::pin(async move {
-            let request = to_request(spans);
-            match send_with_retry(transport, &request, config, stats).await {
-                Ok(response) => {
-                    let partial = response.partial_success.unwrap_or_default();
-                    BatchExported {
-                        spans: count,
-                        rejected: partial.rejected_spans,
-                        message: &partial.error_message,
-                    }
-                    .emit(stats);
-                }
-                Err(error) => BatchLost {
-                    endpoint: &config.endpoint,
-                    spans: count,
-                    error: &error,
-                }
-                .emit(stats),
-            }
-        });
-        Self {
-            spans: count,
-            future,
+            .collect();
+        self.count -= count;
+        self.bytes -= bytes;
+        Batch {
+            request: to_request(spans),
+            spans: count as u64,
+            bytes,
+            oldest: oldest.unwrap_or_else(Instant::now),
         }
-    }
-}
-
-/// Completes when the batch in flight is done; never if there is none.
-async fn finish(in_flight: &mut Option<InFlight<'_>>) {
-    match in_flight {
-        Some(batch) => batch.future.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -336,6 +444,9 @@ mod tests {
         ) -> Self {
             let mut config = OtlpConfig::from_lookup(&OtlpOverrides::default(), |_| None)
                 .unwrap_or_else(|error| panic!("default config: {error}"));
+            // One request at a time unless a test says otherwise: the order
+            // of the requests is then the order of the spans.
+            config.batch.max_in_flight = 1;
             configure(&mut config);
             let (tx, rx) = mpsc::channel(64);
             let (requests_tx, requests) = mpsc::unbounded_channel();
@@ -599,7 +710,47 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn retries_stop_within_the_time_budget() {
+    async fn a_collector_away_for_minutes_gets_everything_once_back() {
+        // Down for the first 8 attempts (about 2.5 minutes with the default
+        // backoff), then up.
+        let mut harness = Harness::start(
+            |attempt| {
+                if attempt < 8 {
+                    Reply::Fail(unavailable())
+                } else {
+                    Reply::Accept
+                }
+            },
+            |config| config.batch.max_batch_size = 2,
+        );
+        harness.send(&["a", "b"]).await;
+        let mut attempts = Vec::new();
+        for _ in 0..9 {
+            attempts.push(harness.next_request().await.0);
+        }
+        let gaps: Vec<Duration> = attempts.windows(2).map(|pair| pair[1] - pair[0]).collect();
+        // 5 s doubling, jittered to half or more, capped at 30 s.
+        assert!(
+            (Duration::from_millis(2500)..=Duration::from_secs(5)).contains(&gaps[0]),
+            "{gaps:?}"
+        );
+        assert!(
+            gaps.iter().all(|gap| *gap <= Duration::from_secs(30)),
+            "{gaps:?}"
+        );
+        assert!(
+            (Duration::from_secs(15)..=Duration::from_secs(30)).contains(&gaps[7]),
+            "{gaps:?}"
+        );
+        let (_, stats) = harness.shut_down().await;
+        assert_eq!(stats.get(Counter::SpansExported), 2);
+        assert_eq!(stats.get(Counter::ExportRequestsFailed), 8);
+        assert_eq!(stats.get(Counter::SpansExportFailed), 0);
+        assert_eq!(stats.get(Counter::SpansDroppedExpired), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spans_older_than_the_retry_budget_are_dropped_and_counted() {
         let mut harness = Harness::start(
             |_| Reply::Fail(unavailable()),
             |config| {
@@ -608,17 +759,91 @@ mod tests {
             },
         );
         harness.send(&["a", "b"]).await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
         let mut last = Duration::ZERO;
-        while harness.stats.get(Counter::SpansExportFailed) == 0 {
-            last = harness.next_request().await.0;
+        while let Ok((at, _)) = harness.requests.try_recv() {
+            last = at - harness.started;
         }
-        assert!(last <= Duration::from_secs(20), "attempt at {last:?}");
-        let attempts = harness.stats.get(Counter::ExportRequestsFailed);
-        // 0.5 s doubling to 5 s, jittered: between 5 and 15 attempts in 20 s.
-        assert!((5..=15).contains(&attempts), "{attempts} attempts");
-        let (_, stats) = harness.shut_down().await;
-        assert_eq!(stats.get(Counter::SpansExportFailed), 2);
+        assert!(last < Duration::from_secs(20), "attempt at {last:?}");
+        assert_eq!(harness.stats.get(Counter::SpansDroppedExpired), 2);
+        assert_eq!(harness.stats.gauge(Gauge::ExportQueueSpans), 0);
+        let attempts = harness.stats.get(Counter::ExportRequestsFailed); // 5 s doubling, jittered: between 2 and 7 attempts in 20 s.
+        assert!((2..=7).contains(&attempts), "{attempts} attempts");
+        harness.send(&["c"]).await;
+        let (requests, stats) = harness.shut_down().await;
+        assert_eq!(
+            requests.last(),
+            Some(&names(&["c"])),
+            "newer spans still go"
+        );
+        assert_eq!(stats.get(Counter::SpansDroppedExpired), 2);
+        assert_eq!(stats.get(Counter::SpansExportFailed), 0);
         assert_eq!(stats.get(Counter::SpansExported), 0);
+        assert_eq!(stats.get(Counter::SpansDroppedShutdown), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_awaiting_its_retry_is_the_first_the_bounds_drop() {
+        let mut harness = Harness::start(
+            |attempt| {
+                if attempt == 0 {
+                    Reply::Fail(unavailable())
+                } else {
+                    Reply::Accept
+                }
+            },
+            |config| {
+                config.batch.max_batch_size = 2;
+                config.batch.max_queue_size = 4;
+                config.batch.max_delay = Duration::from_secs(3600);
+            },
+        );
+        harness.send(&["s0", "s1"]).await;
+        assert_eq!(harness.next_request().await.1, names(&["s0", "s1"]));
+        // s0 and s1 are back in the queue for a retry, the endpoint left
+        // alone for the backoff: s4 pushes the whole tried batch out.
+        harness.send(&["s2", "s3", "s4", "s5"]).await;
+        harness.until_received().await;
+        assert_eq!(harness.stats.gauge(Gauge::ExportQueueSpans), 4);
+        let (retry_at, retried) = harness.next_request().await;
+        assert!(retry_at >= Duration::from_millis(2500), "{retry_at:?}");
+        assert_eq!(retried, names(&["s2", "s3"]));
+        let (requests, stats) = harness.shut_down().await;
+        assert_eq!(requests, vec![names(&["s4", "s5"])]);
+        assert_eq!(stats.get(Counter::SpansDroppedQueueFull), 2);
+        assert_eq!(stats.get(Counter::SpansExported), 4);
+    }
+
+    #[tokio::test]
+    async fn several_requests_go_at_once_up_to_the_bound() {
+        let (mut harness, gate) = Harness::gated(|config| {
+            config.batch.max_batch_size = 2;
+            config.batch.max_in_flight = 3;
+            config.batch.max_delay = Duration::from_secs(3600);
+        });
+        harness
+            .send(&["s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7"])
+            .await;
+        // Three requests held by the collector at once; the fourth waits.
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(harness.next_request().await.1);
+        }
+        assert_eq!(
+            held,
+            vec![
+                names(&["s0", "s1"]),
+                names(&["s2", "s3"]),
+                names(&["s4", "s5"])
+            ]
+        );
+        harness.until_received().await;
+        assert_eq!(harness.stats.gauge(Gauge::ExportQueueSpans), 2);
+        assert!(harness.requests.try_recv().is_err(), "a fourth request");
+        gate.add_permits(10);
+        let (requests, stats) = harness.shut_down().await;
+        assert_eq!(requests, vec![names(&["s6", "s7"])]);
+        assert_eq!(stats.get(Counter::SpansExported), 8);
     }
 
     #[tokio::test(start_paused = true)]
@@ -669,7 +894,8 @@ mod tests {
         let (requests, stats) = harness.shut_down().await;
         assert_eq!(started.elapsed(), Duration::from_secs(1));
         assert_eq!(requests, vec![names(&["a", "b"])]);
-        assert_eq!(stats.get(Counter::SpansExportFailed), 5);
+        assert_eq!(stats.get(Counter::SpansDroppedShutdown), 5);
+        assert_eq!(stats.get(Counter::SpansExportFailed), 0);
         assert_eq!(stats.get(Counter::SpansExported), 0);
         // The batch in flight is not in the queue.
         assert_eq!(stats.gauge(Gauge::ExportQueueSpans), 3);

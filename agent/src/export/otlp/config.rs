@@ -145,29 +145,36 @@ pub struct BatchConfig {
     /// Spans waiting beyond this many bytes (their estimated OTLP encoded
     /// size) are dropped, oldest first (`export.max_queue_bytes`): long
     /// URLs and many attributes make spans of very different sizes, and
-    /// memory follows bytes, not spans.
+    /// memory follows bytes, not spans. The metrics exporter bounds its
+    /// queue of unsent exports by the same number of encoded bytes.
     pub max_queue_bytes: usize,
+    /// Export requests in flight at once (`export.max_in_flight`): a slow
+    /// round trip does not cap throughput. Above 1, batches may reach the
+    /// collector out of order.
+    pub max_in_flight: usize,
 }
 
-/// Retries of one batch after retryable failures: exponential backoff with
-/// jitter, bounded in total time so a dead collector costs bounded memory
-/// and the queue keeps moving.
+/// Retries after retryable failures: exponential backoff with jitter, and
+/// an age past which queued data is dropped instead of sent. The defaults
+/// are the OpenTelemetry Collector exporters' `retry_on_failure` ones; the
+/// OTLP exporter specification defines no environment variables for them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryConfig {
     /// Wait before the first retry (before jitter).
     pub initial_backoff: Duration,
     /// Upper bound of the wait between attempts (before jitter).
     pub max_backoff: Duration,
-    /// No retry starts later than this after the first attempt.
+    /// Queued data older than this (since it entered the queue) is
+    /// dropped unsent.
     pub max_elapsed: Duration,
 }
 
 impl Default for RetryConfig {
     fn default() -> Self {
         Self {
-            initial_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(5),
-            max_elapsed: Duration::from_secs(30),
+            initial_backoff: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(30),
+            max_elapsed: Duration::from_secs(300),
         }
     }
 }
@@ -268,6 +275,9 @@ const DEFAULT_BATCH: BatchConfig = BatchConfig {
     // the bound bites when spans carry long URLs or the span bound is
     // raised.
     max_queue_bytes: 8 << 20,
+    // Enough to hide a round trip of a few milliseconds at thousands of
+    // spans a second; the OpenTelemetry Collector's default is 10.
+    max_in_flight: 4,
 };
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -366,6 +376,7 @@ impl OtlpConfig {
                 .transpose()?
                 .unwrap_or(DEFAULT_BATCH.max_queue_size),
             max_queue_bytes: DEFAULT_BATCH.max_queue_bytes,
+            max_in_flight: DEFAULT_BATCH.max_in_flight,
         };
         if batch.max_batch_size > batch.max_queue_size {
             return Err(ConfigError::BatchLargerThanQueue {
@@ -801,6 +812,7 @@ mod tests {
                 max_delay: Duration::from_millis(200),
                 max_queue_size: 1000,
                 max_queue_bytes: DEFAULT_BATCH.max_queue_bytes,
+                max_in_flight: DEFAULT_BATCH.max_in_flight,
             }
         );
     }

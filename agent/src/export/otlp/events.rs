@@ -14,6 +14,8 @@ use crate::telemetry::{Counter, Stats};
 /// A span pushed out of the full queue (full in spans or in bytes) to make
 /// room for a newer one.
 pub(super) struct QueueFull {
+    /// Spans dropped at once (a whole batch once it has been tried).
+    pub(super) spans: u64,
     /// First drop since the queue last had room: worth a warning; the
     /// following ones are only counted.
     pub(super) first: bool,
@@ -23,7 +25,7 @@ pub(super) struct QueueFull {
 
 impl QueueFull {
     pub(super) fn emit(self, stats: &Stats) {
-        stats.add(Counter::SpansDroppedQueueFull, 1);
+        stats.add(Counter::SpansDroppedQueueFull, self.spans);
         if self.first {
             tracing::warn!(
                 max_spans = self.max_spans,
@@ -84,7 +86,26 @@ impl BatchExported<'_> {
     }
 }
 
-/// The batch is given up on: permanent error or retries exhausted.
+/// Spans that waited in the queue longer than the retry budget
+/// (`RetryConfig::max_elapsed`).
+pub(super) struct Expired {
+    pub(super) spans: u64,
+    pub(super) max_age: Duration,
+}
+
+impl Expired {
+    pub(super) fn emit(self, stats: &Stats) {
+        stats.add(Counter::SpansDroppedExpired, self.spans);
+        tracing::warn!(
+            spans = self.spans,
+            max_age = ?self.max_age,
+            "OTLP endpoint unreachable for too long, dropping the oldest spans (see {})",
+            Counter::SpansDroppedExpired.name()
+        );
+    }
+}
+
+/// The batch is given up on: the endpoint refused it for good.
 pub(super) struct BatchLost<'a> {
     pub(super) endpoint: &'a Uri,
     pub(super) spans: u64,
@@ -111,7 +132,7 @@ pub(super) struct ShutdownTimedOut {
 
 impl ShutdownTimedOut {
     pub(super) fn emit(self, stats: &Stats) {
-        stats.add(Counter::SpansExportFailed, self.spans);
+        stats.add(Counter::SpansDroppedShutdown, self.spans);
         tracing::warn!(
             spans = self.spans,
             timeout = ?self.timeout,

@@ -1,49 +1,97 @@
-//! Retries of one export request, shared by every signal: exponential
-//! backoff with jitter, the server's `Retry-After` when it gives one, and a
-//! bound on the total time so a dead collector costs bounded memory.
+//! When the next export attempt may start, shared by every signal:
+//! exponential backoff with jitter after a retryable failure, the server's
+//! `Retry-After` when it gives one. There is no try count: a failed batch
+//! goes back to its queue and stays there until it is sent, pushed out by
+//! the queue's bounds, or older than `RetryConfig::max_elapsed` (see the
+//! span queue in `batch` and the metrics exporter).
 
 use std::time::Duration;
 
+use hyper::Uri;
 use tokio::time::Instant;
 
-use super::config::OtlpConfig;
+use super::config::{OtlpConfig, RetryConfig};
 use super::events::AttemptFailed;
 use super::transport::{ExportService, SendError, Transport};
 use crate::telemetry::Stats;
 
-/// Attempts until success, a permanent error, or the retry budget would be
-/// exceeded by the next wait.
-pub(crate) async fn send_with_retry<S: ExportService, T: Transport<S>>(
+/// One attempt, bounded by the export timeout.
+pub(crate) async fn attempt<S: ExportService, T: Transport<S>>(
     transport: &T,
     request: &S::Request,
     config: &OtlpConfig,
-    stats: &Stats,
 ) -> Result<S::Response, SendError> {
-    let started = Instant::now();
-    let mut backoff = config.retry.initial_backoff;
-    loop {
-        let error = match tokio::time::timeout(config.timeout, transport.export(request)).await {
-            Ok(Ok(response)) => return Ok(response),
-            Ok(Err(error)) => error,
-            Err(_elapsed) => SendError::Timeout {
-                timeout: config.timeout,
-            },
-        };
+    match tokio::time::timeout(config.timeout, transport.export(request)).await {
+        Ok(result) => result,
+        Err(_elapsed) => Err(SendError::Timeout {
+            timeout: config.timeout,
+        }),
+    }
+}
+
+/// The gate in front of the endpoint: closed for a backoff after a
+/// retryable failure, open again when it elapses; the backoff doubles at
+/// each failure up to its maximum and starts over after a success.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    config: RetryConfig,
+    /// The wait after the next failure, before jitter.
+    next: Duration,
+    /// No attempt starts before this.
+    closed_until: Option<Instant>,
+}
+
+impl Backoff {
+    pub(crate) fn new(config: &RetryConfig) -> Self {
+        Self {
+            config: config.clone(),
+            next: config.initial_backoff,
+            closed_until: None,
+        }
+    }
+
+    /// Whether an attempt may start now.
+    pub(crate) fn is_open(&self) -> bool {
+        self.closed_until
+            .is_none_or(|until| until <= Instant::now())
+    }
+
+    /// When the gate opens, if it is closed.
+    pub(crate) fn opens_at(&self) -> Option<Instant> {
+        self.closed_until.filter(|until| *until > Instant::now())
+    }
+
+    pub(crate) fn succeeded(&mut self) {
+        self.next = self.config.initial_backoff;
+        self.closed_until = None;
+    }
+
+    /// Counts and logs a failed attempt; a retryable one closes the gate
+    /// for the backoff (or the server's `Retry-After`). Returns whether the
+    /// request should be tried again.
+    pub(crate) fn failed(&mut self, error: &SendError, endpoint: &Uri, stats: &Stats) -> bool {
         let retry_in = error
             .is_retryable()
-            .then(|| error.retry_after().unwrap_or_else(|| jittered(backoff)))
-            .filter(|delay| started.elapsed() + *delay <= config.retry.max_elapsed);
+            .then(|| error.retry_after().unwrap_or_else(|| jittered(self.next)));
         AttemptFailed {
-            endpoint: &config.endpoint,
-            error: &error,
+            endpoint,
+            error,
             retry_in,
         }
         .emit(stats);
         let Some(delay) = retry_in else {
-            return Err(error);
+            return false;
         };
-        tokio::time::sleep(delay).await;
-        backoff = backoff.saturating_mul(2).min(config.retry.max_backoff);
+        let until = Instant::now() + delay;
+        // Several requests in flight may fail together: the latest wait wins.
+        self.closed_until = Some(self.closed_until.map_or(until, |closed| closed.max(until)));
+        self.next = self.next.saturating_mul(2).min(self.config.max_backoff);
+        true
+    }
+
+    /// Data older than this is dropped instead of sent.
+    pub(crate) fn max_age(&self) -> Duration {
+        self.config.max_elapsed
     }
 }
 
@@ -51,4 +99,12 @@ pub(crate) async fn send_with_retry<S: ExportService, T: Transport<S>>(
 /// collector do not all come back at the same instant.
 fn jittered(backoff: Duration) -> Duration {
     backoff.mul_f64(rand::random_range(0.5..=1.0))
+}
+
+/// Sleeps until `deadline`; forever if there is none.
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
