@@ -39,6 +39,8 @@ const EVENT_LOSS_COUNTERS: &[&str] = &[
 const SPAN_LOSS_COUNTERS: &[&str] = &[
     "sonde_exchanges_dropped_channel_full",
     "sonde_spans_dropped_queue_full",
+    "sonde_spans_dropped_expired",
+    "sonde_spans_dropped_shutdown",
     "sonde_spans_export_failed",
 ];
 
