@@ -81,6 +81,17 @@ pub struct InFlight {
     pub cookies: u64,
 }
 
+/// The connection (socket cookie) each server socket's last request came
+/// in on, by `(tgid << 32) | fd`: how `probes::nginx` finds the request
+/// nginx names by its file descriptor.
+#[map]
+pub static SERVER_FDS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65_536, 0);
+
+/// The request (its connection's cookie) an nginx thread is writing
+/// upstream for right now (see `probes::nginx`).
+#[map]
+pub static NGINX_REQUEST: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16_384, 0);
+
 /// In-flight server requests by tid (see `probes::trace_context`).
 #[map]
 pub static IN_FLIGHT: LruHashMap<u32, InFlight> = LruHashMap::with_max_entries(65_536, 0);

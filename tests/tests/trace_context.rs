@@ -898,8 +898,10 @@ async fn node_keep_alive_never_misparents() {
     assert_eq!(agent.stop(), 0);
 }
 
-/// nginx `proxy_pass` to an upstream with `keepalive`: its worker serves
-/// many requests at once on one thread, one upstream call each.
+/// nginx `proxy_pass` to an upstream with `keepalive` (4 kept, 8 clients:
+/// new and reused upstream connections): its worker serves many requests
+/// at once on one thread, one upstream call each, and the nginx probes
+/// give each call its request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_keepalive_upstream_never_misparents() {
     require_e2e!();
@@ -939,7 +941,18 @@ async fn nginx_keepalive_upstream_never_misparents() {
         leaf_pid: leaf.pid(),
         calls: 1,
     };
-    never_a_wrong_parent(&run, &receiver, metrics).await;
+    assert!(
+        agent.log_text().contains("nginx upstream probes attached"),
+        "{}",
+        agent.log_text()
+    );
+    let concurrent = never_a_wrong_parent(&run, &receiver, metrics).await;
+    // nginx names the request of each upstream send (`ngx_chain_writer`):
+    // exact parents, new and kept-alive upstream connections alike.
+    assert!(
+        concurrent.downstream.right * 100 >= 99 * LOOP_REQUESTS,
+        "nginx: at least 99% right parents: {concurrent:#?}"
+    );
     assert_ids_well_formed(&receiver.spans());
     assert_eq!(agent.stop(), 0);
     drop(nginx);

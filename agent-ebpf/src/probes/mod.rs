@@ -2,6 +2,7 @@
 
 pub mod capture;
 pub mod inject;
+pub mod nginx;
 pub mod openssl;
 pub mod process;
 pub mod socket_data;

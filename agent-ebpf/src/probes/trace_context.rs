@@ -18,7 +18,8 @@
 //!   (thread-per-request servers), or the ids `inject.rs` already put on
 //!   the wire. With several in flight (an event loop) the cause is unknown:
 //!   the call starts a trace of its own, flagged `CTX_AMBIGUOUS` and
-//!   counted, never a guessed parent.
+//!   counted, never a guessed parent. A runtime that names the request a
+//!   send is for (`nginx`) overrides both.
 //! - Each new context gets its sampled flag here, from the configured head
 //!   sampler (`agent_common::sampling`): what the agent exports and what
 //!   `inject.rs` writes downstream are the same decision. A client span
@@ -43,8 +44,8 @@ use aya_ebpf::{
 
 use super::{socket_data::tcp_family, syscall_args::SyscallArgs};
 use crate::maps::{
-    HEAD_OPEN, IN_FLIGHT, INJECT_STATS, INJECTED_CTX, InFlight, SAMPLING_THRESHOLDS, SERVER_CTX,
-    ServerRequest, TRACE_SCRATCH, TraceScratch, config, is_target,
+    HEAD_OPEN, IN_FLIGHT, INJECT_STATS, INJECTED_CTX, InFlight, NGINX_REQUEST, SAMPLING_THRESHOLDS,
+    SERVER_CTX, SERVER_FDS, ServerRequest, TRACE_SCRATCH, TraceScratch, config, is_target,
 };
 
 /// Kernel-internal `flags` bit: set by [`server_request_context`], cleared
@@ -121,7 +122,8 @@ fn try_server_request_context(ctx: &BtfTracePointContext) -> Option<()> {
     if ret < 4 || flags & MSG_PEEK != 0 || tcp_family(sk).is_none() {
         return None;
     }
-    let (buffer, buffer_len) = SyscallArgs::current()?.data.first_segment()?;
+    let args = SyscallArgs::current()?;
+    let (buffer, buffer_len) = args.data.first_segment()?;
     // SAFETY: `sk` is the tracepoint's typed socket argument.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
     scan_received(
@@ -129,7 +131,10 @@ fn try_server_request_context(ctx: &BtfTracePointContext) -> Option<()> {
         cookie,
         buffer,
         core::cmp::min(ret as u64, buffer_len),
-    )
+    )?;
+    // A request head came in on this descriptor: what `nginx` looks up.
+    let _ = SERVER_FDS.insert((pid_tgid & !0xffff_ffff) | u64::from(args.fd), cookie, 0);
+    Some(())
 }
 
 /// Looks at `len` bytes thread `tid` just received on connection `cookie`
@@ -430,10 +435,16 @@ pub fn client_context(tid: u32) -> TraceContext {
     };
     // SAFETY: plain value lookups, copied out.
     let in_flight = unsafe { IN_FLIGHT.get(tid) }.copied();
-    let server = match in_flight {
-        Some(InFlight {
-            count: 1, cookies, ..
-        }) => unsafe { SERVER_CTX.get(cookies) }
+    // The runtime named the request (`nginx`), else the only one in flight.
+    let named = unsafe { NGINX_REQUEST.get(tid) }.copied();
+    let server = match (named, in_flight) {
+        (Some(cookie), _) => unsafe { SERVER_CTX.get(cookie) }.copied(),
+        (
+            None,
+            Some(InFlight {
+                count: 1, cookies, ..
+            }),
+        ) => unsafe { SERVER_CTX.get(cookies) }
             .copied()
             .filter(|request| request.tid == tid),
         _ => None,

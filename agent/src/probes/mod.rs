@@ -9,6 +9,7 @@
 pub mod btf;
 pub mod decode;
 pub mod inject;
+pub mod nginx;
 pub mod openssl;
 mod reader;
 mod targets;

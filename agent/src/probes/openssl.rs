@@ -17,6 +17,8 @@
 //! are the identity the kernel's uprobe uses too (for a file on overlayfs,
 //! the underlying file's), so two containers sharing an image layer share
 //! one attachment and their calls are not reported twice.
+//!
+//! The same pass puts the `nginx` probes on executables that are nginx.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -34,6 +36,7 @@ use aya::{
 use object::{Object as _, ObjectSymbol as _, read::ReadCache};
 use tracing::{debug, info, warn};
 
+use super::nginx;
 use crate::{
     export::otlp::ErrorChain,
     telemetry::{Counter, Gauge, Stats},
@@ -208,11 +211,14 @@ pub struct OpensslProbes {
     /// process that maps it.
     seen: HashMap<FileId, bool>,
     attached: u64,
+    /// The nginx programs loaded (else nginx executables are left alone).
+    nginx: bool,
 }
 
 impl OpensslProbes {
     /// Loads the programs (not attached to anything yet).
     pub fn load(ebpf: Arc<Mutex<Ebpf>>, stats: Arc<Stats>) -> Result<Self, OpensslError> {
+        let nginx;
         {
             let mut guard = ebpf.lock().unwrap_or_else(PoisonError::into_inner);
             let mut loaded = HashSet::new();
@@ -224,12 +230,18 @@ impl OpensslProbes {
                 }
             }
             link_capture_tail(&mut guard)?;
+            nginx = nginx::load(&mut guard)
+                .inspect_err(|error| {
+                    warn!(error = %ErrorChain(error), "nginx upstream calls will not get exact parents");
+                })
+                .is_ok();
         }
         Ok(Self {
             ebpf,
             stats,
             seen: HashMap::new(),
             attached: 0,
+            nginx,
         })
     }
 
@@ -240,6 +252,9 @@ impl OpensslProbes {
     fn try_attach(&mut self, library: &SslLibrary) -> Result<usize, OpensslError> {
         let path = &library.path;
         let defined = defined_functions(path)?;
+        if library.executable && self.nginx && defined.contains(nginx::FUNCTION) {
+            self.attach_nginx(path);
+        }
         let hooks: Vec<&Hook> = HOOKS
             .iter()
             .filter(|hook| defined.contains(hook.function))
@@ -277,6 +292,22 @@ impl OpensslProbes {
             }
         }
         Ok(hooks.len())
+    }
+}
+
+impl OpensslProbes {
+    /// Puts the nginx probes on the nginx executable at `path`; a failure
+    /// costs exact parents for its upstream calls (they stay never wrong).
+    fn attach_nginx(&self, path: &Path) {
+        let mut ebpf = self.ebpf.lock().unwrap_or_else(PoisonError::into_inner);
+        match nginx::attach(&mut ebpf, path) {
+            Ok(()) => info!(executable = %path.display(), "nginx upstream probes attached"),
+            Err(error) => warn!(
+                executable = %path.display(),
+                error = %ErrorChain(&error),
+                "nginx upstream calls of this executable will not get exact parents"
+            ),
+        }
     }
 }
 
@@ -344,7 +375,7 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut UProb
         .map_err(|source| OpensslError::Load { program, source })
 }
 
-/// The hooked functions `path` defines in its dynamic symbol table (what
+/// The hooked functions (and nginx's) `path` defines in its dynamic symbol table (what
 /// the dynamic linker, and so every caller, resolves them to). Read
 /// through a cache of the parts parsed: an executable such as `node` is a
 /// hundred megabytes, of which the symbols are a small part.
@@ -366,6 +397,7 @@ fn defined_functions(path: &Path) -> Result<HashSet<&'static str>, OpensslError>
     Ok(HOOKS
         .iter()
         .map(|hook| hook.function)
+        .chain([nginx::FUNCTION])
         .filter(|function| exported.contains(function))
         .collect())
 }
@@ -380,6 +412,12 @@ mod tests {
         let libssl = defined_functions(Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3"))
             .expect("libssl symbols");
         let all: HashSet<&str> = HOOKS.iter().map(|hook| hook.function).collect();
+        let nginx = defined_functions(Path::new("/usr/sbin/nginx")).expect("nginx symbols");
+        assert_eq!(
+            nginx,
+            HashSet::from([nginx::FUNCTION]),
+            "nginx links libssl"
+        );
         assert_eq!(libssl, all, "OpenSSL 3 defines every hooked function");
         // Node.js (which `cargo xtask setup` installs) carries its own.
         let node = defined_functions(Path::new("/usr/bin/node")).expect("node symbols");
