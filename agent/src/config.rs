@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::discovery::{SelectorConfig, k8s::KubernetesConfig};
 use crate::metrics::red::{DEFAULT_BUCKETS, RedMetrics, Temporality};
-use crate::metrics::route::Routes;
+use crate::model::route::Routes;
 use crate::sampling::{HeadSampler, SamplingConfig};
 
 /// Errors reading the configuration, naming the file, line and field.
@@ -208,7 +208,7 @@ pub struct SpansConfig {
     pub capture_query: bool,
     /// gRPC attribute names: `current` (default), `legacy` (`rpc.system`,
     /// `rpc.service`, `rpc.grpc.status_code`...) or `both`.
-    pub rpc_conventions: crate::spans::grpc::RpcConventions,
+    pub rpc_conventions: crate::protocols::grpc::RpcConventions,
 }
 
 /// Export settings; unset OTLP fields fall back to `OTEL_EXPORTER_OTLP_*`.

@@ -6,6 +6,7 @@ pub mod conn;
 pub mod discovery;
 pub mod export;
 pub mod metrics;
+pub mod model;
 pub mod pipeline;
 pub mod probes;
 pub mod protocols;

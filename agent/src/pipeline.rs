@@ -10,7 +10,8 @@
 //! sender drops the newest item and counts it when full (`try_send`), so no
 //! stage can stall the ring-buffer reader. The exporter keeps its own
 //! bounded queue (drop oldest, counted). Metrics take no channel: the span
-//! builder records each span into the shared registry (`Arc`, one short
+//! builder records each call's measurement (derived with its span from the
+//! call record by the protocol slice) into the shared registry (`Arc`, one short
 //! mutex hold), which never waits on export (exporters copy a snapshot
 //! under the same mutex); past a service's series budget measurements fold
 //! into its overflow series (counted), and beyond the service limit they
@@ -38,10 +39,7 @@ use tracing::{info, warn};
 
 use crate::{
     config::AgentConfig,
-    conn::{
-        exchange::HttpExchange,
-        tracker::{ConnTracker, TrackerConfig},
-    },
+    conn::tracker::{ConnTracker, TrackerConfig},
     discovery::{
         Discovery, SelectorError, Selectors, cgroup,
         k8s::{KubernetesError, PodWatcher, Pods},
@@ -50,20 +48,15 @@ use crate::{
         run_discovery,
     },
     export,
-    metrics::{
-        MetricsError, MetricsStage,
-        red::{Call, RedMetrics},
-    },
+    metrics::{MetricsError, MetricsStage, red::RedMetrics},
+    model::{call::Call, span::Span},
     probes::{
         ConnCapture, ProbeConfig, ProbeError, ProbeHandle, Probes, ReaderChannels,
         decode::KernelEvent, run_reader,
     },
+    protocols::{DescribeOptions, describe},
     sampling::{HeadSampler, SamplingError},
-    spans::{
-        clock::Clock,
-        http::{HttpSpanOptions, build_span},
-        model::Span,
-    },
+    spans::{assemble::assemble, clock::Clock},
     telemetry::{Counter, Gauge, Stats},
 };
 
@@ -231,7 +224,7 @@ pub async fn run(config: AgentConfig) -> Result<(), PipelineError> {
         SpanBuilder {
             registry,
             clock: Arc::clone(&clock),
-            options: HttpSpanOptions {
+            options: DescribeOptions {
                 capture_query: config.spans.capture_query,
                 routes: Arc::clone(&metrics.routes),
                 rpc_conventions: config.spans.rpc_conventions,
@@ -300,10 +293,10 @@ fn forward<T>(tx: &mpsc::Sender<T>, item: T, stats: &Stats, when_full: Counter) 
     }
 }
 
-/// Connection tracker stage: socket events in, finished exchanges out.
+/// Connection tracker stage: socket events in, finished calls out.
 async fn run_conn_tracker(
     mut reader_to_conn: mpsc::Receiver<KernelEvent>,
-    conn_to_spans: mpsc::Sender<HttpExchange>,
+    conn_to_spans: mpsc::Sender<Call>,
     mut tracker: ConnTracker,
     mut conn_capture: ConnCapture,
     stats: Arc<Stats>,
@@ -314,7 +307,7 @@ async fn run_conn_tracker(
     // a process is forgotten only after a grace period.
     let mut exited: Vec<(u32, u64)> = Vec::new();
     loop {
-        let exchanges = tokio::select! {
+        let calls = tokio::select! {
             event = reader_to_conn.recv() => match event {
                 Some(KernelEvent::Data(data)) => tracker.on_data(&data),
                 Some(KernelEvent::Close(close)) => tracker.on_close(&close),
@@ -339,13 +332,13 @@ async fn run_conn_tracker(
             }
         };
         stats.set_gauge(Gauge::ConnectionsTracked, tracker.connections() as u64);
-        for cookie in tracker.take_new_http2() {
+        for cookie in tracker.take_capture_all() {
             conn_capture.capture_all(cookie);
         }
-        for exchange in exchanges {
+        for call in calls {
             forward(
                 &conn_to_spans,
-                exchange,
+                call,
                 &stats,
                 Counter::ExchangesDroppedChannelFull,
             );
@@ -353,39 +346,39 @@ async fn run_conn_tracker(
     }
 }
 
-/// What span building needs besides the exchange.
+/// What span building needs besides the call.
 struct SpanBuilder {
     registry: ProcessRegistry,
     clock: Arc<Clock>,
-    options: HttpSpanOptions,
+    options: DescribeOptions,
     /// RED metrics, when enabled.
     red: Option<Arc<RedMetrics>>,
 }
 
-/// Span building stage.
+/// Span building stage: each call's protocol slice describes it, and the
+/// span and the RED measurement both come from that description.
 async fn run_span_builder(
-    mut conn_to_spans: mpsc::Receiver<HttpExchange>,
+    mut conn_to_spans: mpsc::Receiver<Call>,
     spans_to_export: mpsc::Sender<Span>,
     builder: SpanBuilder,
     stats: Arc<Stats>,
 ) {
-    while let Some(exchange) = conn_to_spans.recv().await {
-        let resource = builder.registry.resource(exchange.conn.pid);
-        let Some(span) = build_span(
-            &exchange,
-            resource,
-            builder.clock.to_unix_ns(exchange.start_ns),
-            builder.clock.to_unix_ns(exchange.end_ns),
-            &builder.options,
-        ) else {
+    while let Some(call) = conn_to_spans.recv().await {
+        let resource = builder.registry.resource(call.conn.pid);
+        let Some(description) = describe(&call, &builder.options) else {
             stats.add(Counter::RequestsIgnored, 1);
             continue;
         };
-        if let Some(red) = &builder.red
-            && let Some(call) = Call::from_span(&span)
-        {
-            red.record(&span.resource, &call);
+        if let Some(red) = &builder.red {
+            red.record(&resource, &description.measurement);
         }
+        let span = assemble(
+            &call,
+            description.span,
+            resource,
+            builder.clock.to_unix_ns(call.start_ns),
+            builder.clock.to_unix_ns(call.end_ns),
+        );
         stats.add(Counter::SpansProduced, 1);
         forward(
             &spans_to_export,

@@ -1,9 +1,12 @@
-//! Resources and spans for unit tests: one place that knows how to fill
-//! them.
+//! Resources, spans and call records for unit tests: one place that knows
+//! how to fill them.
 
 use std::sync::Arc;
 
-use crate::spans::model::{AttributeValue, Resource, Span, SpanKind, SpanStatus};
+use crate::model::{
+    call::{Call, ConnInfo, Detail, HttpVersion, Outcome, RequestInfo, Side},
+    span::{AttributeValue, Resource, Span, SpanKind, SpanStatus},
+};
 
 /// A process resource with `service.name` first, then `process.pid`.
 pub(crate) fn resource(key: &str, service: &str) -> Arc<Resource> {
@@ -35,5 +38,45 @@ pub(crate) fn span(resource: &Arc<Resource>, name: &str) -> Span {
         end_unix_ns: 1_012_345_678,
         attributes: Vec::new(),
         status: SpanStatus::Unset,
+    }
+}
+
+/// A finished HTTP/1.1 call to `api.local:8080` from `127.0.0.1:50000`,
+/// as the connection tracker would record it.
+pub(crate) fn http_call(side: Side, method: &str, target: &str, outcome: Outcome) -> Call {
+    Call {
+        conn: ConnInfo {
+            pid: 10,
+            socket_cookie: 1,
+            local: "127.0.0.1:8080".parse().expect("an address"),
+            remote: "127.0.0.1:50000".parse().expect("an address"),
+            side,
+            tls: false,
+        },
+        detail: Detail::Http(RequestInfo {
+            method: method.into(),
+            target: target.into(),
+            version: HttpVersion::Http11,
+            host: Some("api.local:8080".into()),
+            user_agent: Some("curl/8".into()),
+            traceparent: None,
+            tracestate: None,
+        }),
+        outcome,
+        start_ns: 0,
+        end_ns: 0,
+        request_tid: 10,
+        response_tid: Some(10),
+        trace: None,
+    }
+}
+
+impl Call {
+    /// The HTTP request of an HTTP or gRPC call (panics on others: tests
+    /// know what they recorded).
+    pub(crate) fn request(&self) -> &RequestInfo {
+        self.detail
+            .http_request()
+            .unwrap_or_else(|| panic!("not an HTTP call: {self:?}"))
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent::export::otlp::{OtlpConfig, OtlpOverrides, run_exporter};
-use agent::spans::model::{Attribute, AttributeValue, Resource, Span, SpanKind, SpanStatus};
+use agent::model::span::{Attribute, AttributeValue, Resource, Span, SpanKind, SpanStatus};
 use agent::telemetry::{Counter, Stats};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind as ProtoSpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use agent::export::otlp::{OtlpConfig, OtlpOverrides, Signal};
 use agent::metrics::otlp::{AgentTelemetry, ExportSchedule, MetricSources, run_metrics_exporter};
-use agent::metrics::red::{Call, Protocol as CallProtocol, RedMetrics, Temporality};
-use agent::spans::model::{AttributeValue, Resource, SpanKind};
+use agent::metrics::red::{RedMetrics, Temporality};
+use agent::model::measure::{Measurement, Protocol as CallProtocol};
+use agent::model::span::{AttributeValue, Resource, SpanKind};
 use agent::telemetry::{Counter, Stats};
 use opentelemetry_proto::tonic::metrics::v1::AggregationTemporality;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind as ProtoSpanKind;
@@ -524,11 +525,11 @@ async fn otlp_metrics_export_over_both_protocols() {
             Arc::clone(&stats),
             stopped,
         ));
-        let call = |millis| Call {
+        let call = |millis| Measurement {
             kind: SpanKind::Server,
             protocol: CallProtocol::Http {
                 method: "GET",
-                route: Some("/users/{id}"),
+                route: Some("/users/{id}".into()),
                 scheme: Some("http"),
                 status_code: Some(200),
             },

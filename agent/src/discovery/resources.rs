@@ -21,7 +21,7 @@ use super::{
     k8s::{PodMatch, Pods},
     procfs::Procfs,
 };
-use crate::spans::model::{AttributeValue, Resource};
+use crate::model::span::{AttributeValue, Resource};
 use crate::telemetry::{Counter, Stats};
 
 /// Processes described at once: far more than a node runs instrumented

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
-use crate::spans::model::Span;
+use crate::model::span::Span;
 use crate::telemetry::{Counter, Stats};
 
 /// One consumer of the fan-out.

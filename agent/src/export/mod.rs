@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 pub use fan_out::{FanOutput, fan_out};
 
 use crate::config::ExportConfig;
-use crate::spans::model::Span;
+use crate::model::span::Span;
 use crate::telemetry::{Counter, Stats};
 use otlp::{ConfigError, OtlpConfig, OtlpOverrides, run_exporter};
 

@@ -37,7 +37,7 @@ pub(crate) use events::ErrorChain;
 pub(crate) use retry::{Backoff, attempt, sleep_until};
 pub(crate) use transport::{MetricsExport, ProtocolTransport, SendError};
 
-use crate::spans::model::Span;
+use crate::model::span::Span;
 use crate::telemetry::Stats;
 
 /// Exports every span received on `rx` until the channel closes, then sends

@@ -13,7 +13,7 @@ use std::io::{self, IsTerminal, Write};
 
 use tokio::sync::mpsc;
 
-use crate::spans::model::{AttributeValue, Span, SpanKind, SpanStatus};
+use crate::model::span::{AttributeValue, Span, SpanKind, SpanStatus};
 
 /// The printer could not write (e.g. the reading end of a pipe closed).
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +154,7 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spans::model::Attribute;
+    use crate::model::span::Attribute;
     use crate::test_support::{self, resource};
 
     fn span(service: &str, kind: SpanKind, name: &str) -> Span {

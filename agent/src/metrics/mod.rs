@@ -1,16 +1,17 @@
 //! RED metrics (rate, errors, duration) from every finished request, with
-//! bounded cardinality: routes ([`route`]) keep raw paths out of the
+//! bounded cardinality: routes (`crate::model::route`) keep raw paths out of the
 //! attributes, the registry ([`red`]) keeps a per-service series budget,
 //! and the histograms leave as OTLP metrics ([`otlp`]) and on a Prometheus
 //! endpoint ([`prometheus`]) that also shows the agent's own counters.
 //!
 //! [`MetricsStage::start`] builds all of it from the configuration; the
-//! span-building stage records each span through [`MetricsStage::red`].
+//! span-building stage records the measurement a protocol slice derived
+//! from each call record (`crate::model::measure`) through
+//! [`MetricsStage::red`]: metrics never read span attributes.
 
 pub mod otlp;
 pub mod prometheus;
 pub mod red;
-pub mod route;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -21,12 +22,12 @@ use tokio::task::JoinHandle;
 
 use crate::config::{ExportConfig, MetricsConfig};
 use crate::export::otlp::{ConfigError, OtlpConfig, OtlpOverrides, Signal};
-use crate::spans::model::Resource;
+use crate::model::route::{RouteError, Routes};
+use crate::model::span::Resource;
 use crate::telemetry::Stats;
 use otlp::{AgentTelemetry, ExportSchedule, MetricSources, run_metrics_exporter};
 use prometheus::{PrometheusEndpoint, PrometheusError};
 use red::{RedError, RedMetrics};
-use route::{RouteError, Routes};
 
 /// The Prometheus port when none is configured (the OpenTelemetry
 /// Prometheus exporter's default).

@@ -34,14 +34,13 @@ use prost::Message as _;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::red::{
-    Instrument, LabelValue, Point, RedMetrics, ResourcePoints, Temporality, unix_now_ns,
-};
+use super::red::{Point, RedMetrics, ResourcePoints, Temporality, unix_now_ns};
 use crate::export::otlp::{
     Backoff, ErrorChain, MetricsExport, OtlpConfig, ProtocolTransport, SendError, attempt,
     key_value, proto_resource, scope, sleep_until,
 };
-use crate::spans::model::{AttributeValue, Resource};
+use crate::model::measure::{Instrument, LabelValue};
+use crate::model::span::{AttributeValue, Resource};
 use crate::telemetry::{Counter, Gauge, Stats};
 
 /// When and how metrics are exported.
@@ -450,20 +449,21 @@ mod tests {
     use opentelemetry_proto::tonic::common::v1::any_value;
 
     use super::*;
-    use crate::metrics::red::{Call, DEFAULT_BUCKETS, Protocol};
-    use crate::spans::model::SpanKind;
+    use crate::metrics::red::DEFAULT_BUCKETS;
+    use crate::model::measure::{Measurement, Protocol};
+    use crate::model::span::SpanKind;
     use crate::test_support::resource;
 
-    fn call(kind: SpanKind, status: u16, millis: u64) -> Call<'static> {
-        Call {
+    fn call(kind: SpanKind, status: u16, millis: u64) -> Measurement<'static> {
+        Measurement {
             kind,
             protocol: Protocol::Http {
                 method: "GET",
-                route: (kind == SpanKind::Server).then_some("/users/{id}"),
+                route: (kind == SpanKind::Server).then_some("/users/{id}".into()),
                 scheme: None,
                 status_code: Some(status),
             },
-            error_type: (status >= 500).then_some("500"),
+            error_type: (status >= 500).then_some("500".into()),
             server: None,
             duration: Duration::from_millis(millis),
         }

@@ -31,8 +31,9 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use super::red::{Instrument, Point, RedMetrics, Temporality};
-use crate::spans::model::{AttributeValue, Resource};
+use super::red::{Point, RedMetrics, Temporality};
+use crate::model::measure::Instrument;
+use crate::model::span::{AttributeValue, Resource};
 use crate::telemetry::{Counter, Gauge, Stats};
 
 /// Scrapes served at once; further connections are closed at once, so a
@@ -297,8 +298,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::metrics::red::{Call, DEFAULT_BUCKETS, Protocol};
-    use crate::spans::model::SpanKind;
+    use crate::metrics::red::DEFAULT_BUCKETS;
+    use crate::model::measure::{Measurement, Protocol};
+    use crate::model::span::SpanKind;
 
     fn resource() -> Arc<Resource> {
         Arc::new(Resource {
@@ -325,11 +327,11 @@ mod tests {
         let stats = Arc::new(Stats::default());
         stats.add(Counter::SpansProduced, 7);
         let red = Arc::new(RedMetrics::new(&DEFAULT_BUCKETS, 1, Arc::clone(&stats)).unwrap());
-        let call = |route, millis| Call {
+        let call = |route: &'static str, millis| Measurement {
             kind: SpanKind::Server,
             protocol: Protocol::Http {
                 method: "GET",
-                route: Some(route),
+                route: Some(route.into()),
                 scheme: Some("http"),
                 status_code: Some(200),
             },

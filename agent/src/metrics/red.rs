@@ -18,15 +18,14 @@
 //! temporality for OTLP is computed at collection time against what the
 //! previous delta collection returned.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, hash_map::Entry};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
-use crate::protocols::grpc;
-use crate::spans::model::{AttributeValue, Resource, Span, SpanKind};
+use crate::model::measure::{Instrument, LabelValue, Measurement};
+use crate::model::span::Resource;
 use crate::telemetry::{Counter, Stats};
 
 /// Explicit bucket bounds, in seconds, from the HTTP and RPC semantic
@@ -44,52 +43,6 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// The attribute OpenTelemetry SDKs put on their overflow series.
 pub const OVERFLOW_ATTRIBUTE: &str = "otel.metric.overflow";
 
-/// The four duration histograms.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Instrument {
-    /// `http.server.request.duration`
-    HttpServer,
-    /// `http.client.request.duration`
-    HttpClient,
-    /// `rpc.server.call.duration`
-    RpcServer,
-    /// `rpc.client.call.duration`
-    RpcClient,
-}
-
-impl Instrument {
-    /// Every instrument, in export order.
-    pub const ALL: [Instrument; 4] = [
-        Instrument::HttpServer,
-        Instrument::HttpClient,
-        Instrument::RpcServer,
-        Instrument::RpcClient,
-    ];
-
-    /// Semantic-convention name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::HttpServer => "http.server.request.duration",
-            Self::HttpClient => "http.client.request.duration",
-            Self::RpcServer => "rpc.server.call.duration",
-            Self::RpcClient => "rpc.client.call.duration",
-        }
-    }
-
-    /// Description, as the conventions word it.
-    pub fn description(self) -> &'static str {
-        match self {
-            Self::HttpServer => "Duration of HTTP server requests.",
-            Self::HttpClient => "Duration of HTTP client requests.",
-            Self::RpcServer => "Measures the duration of inbound remote procedure calls.",
-            Self::RpcClient => "Measures the duration of outgoing remote procedure calls.",
-        }
-    }
-
-    /// Every instrument records seconds.
-    pub const UNIT: &'static str = "s";
-}
-
 /// How OTLP data points relate to each other over time.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -100,199 +53,6 @@ pub enum Temporality {
     Cumulative,
     /// Each point covers the time since the previous export.
     Delta,
-}
-
-/// Where a client call went (`server.address`, `server.port`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ServerAddress<'a> {
-    /// Host name or IP the client asked for.
-    pub address: &'a str,
-    /// Port.
-    pub port: u16,
-}
-
-/// Protocol-specific facts of a call.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Protocol<'a> {
-    /// HTTP.
-    Http {
-        /// `http.request.method`, normalized (`_OTHER` for unknown ones).
-        method: &'a str,
-        /// `http.route` (server side), templated: never a raw path.
-        route: Option<&'a str>,
-        /// `url.scheme`.
-        scheme: Option<&'a str>,
-        /// `http.response.status_code`; `None` when no response came.
-        status_code: Option<u16>,
-    },
-    /// An RPC system such as gRPC.
-    Rpc {
-        /// `rpc.system.name`, e.g. `grpc`.
-        system: &'a str,
-        /// `rpc.method`, e.g. `package.Service/Method`.
-        method: Cow<'a, str>,
-        /// `rpc.response.status_code` as the status name (`OK`,
-        /// `DEADLINE_EXCEEDED`); `None` when no status came.
-        status_code: Option<Cow<'a, str>>,
-    },
-}
-
-/// One finished call, in the terms every protocol shares. Build it with
-/// [`Call::from_span`] from a span that follows the conventions, or field
-/// by field.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Call<'a> {
-    /// Server or client side.
-    pub kind: SpanKind,
-    /// Protocol facts.
-    pub protocol: Protocol<'a>,
-    /// `error.type` when the call failed (same value as on its span).
-    pub error_type: Option<&'a str>,
-    /// The server a client called; ignored on the server side, where the
-    /// conventions leave it off (it would multiply series by host names).
-    pub server: Option<ServerAddress<'a>>,
-    /// Duration of the call.
-    pub duration: Duration,
-}
-
-impl<'a> Call<'a> {
-    /// The call a span describes: an RPC span when it has `rpc.system.name`
-    /// (or only the pre-v1.38 `rpc.system`, `rpc.service`, `rpc.method` and
-    /// `rpc.grpc.status_code`), an HTTP span when it has
-    /// `http.request.method`; `None` otherwise. Metrics use the current
-    /// names whichever names the span carries.
-    pub fn from_span(span: &'a Span) -> Option<Self> {
-        let text = |key| match span.attribute(key) {
-            Some(AttributeValue::Str(text)) => Some(text.as_str()),
-            _ => None,
-        };
-        let int = |key| match span.attribute(key) {
-            Some(AttributeValue::Int(number)) => Some(*number),
-            _ => None,
-        };
-        let protocol = if let Some(system) = text("rpc.system.name") {
-            Protocol::Rpc {
-                system,
-                method: text("rpc.method")?.into(),
-                status_code: text("rpc.response.status_code").map(Cow::Borrowed),
-            }
-        } else if let Some(system) = text("rpc.system") {
-            let method = match (text("rpc.service"), text("rpc.method")?) {
-                (Some(service), method) => Cow::Owned(format!("{service}/{method}")),
-                (None, method) => Cow::Borrowed(method),
-            };
-            Protocol::Rpc {
-                system,
-                method,
-                status_code: int("rpc.grpc.status_code")
-                    .and_then(|code| u32::try_from(code).ok())
-                    .map(grpc::status_name),
-            }
-        } else {
-            Protocol::Http {
-                method: text("http.request.method")?,
-                route: text("http.route"),
-                scheme: text("url.scheme"),
-                status_code: int("http.response.status_code").and_then(|c| u16::try_from(c).ok()),
-            }
-        };
-        let server = match (text("server.address"), int("server.port")) {
-            (Some(address), Some(port)) => u16::try_from(port)
-                .ok()
-                .map(|port| ServerAddress { address, port }),
-            _ => None,
-        };
-        Some(Self {
-            kind: span.kind,
-            protocol,
-            error_type: text("error.type"),
-            server,
-            duration: Duration::from_nanos(span.duration_ns()),
-        })
-    }
-
-    /// The histogram this call goes to.
-    pub fn instrument(&self) -> Instrument {
-        match (&self.protocol, self.kind) {
-            (Protocol::Http { .. }, SpanKind::Server) => Instrument::HttpServer,
-            (Protocol::Http { .. }, SpanKind::Client) => Instrument::HttpClient,
-            (Protocol::Rpc { .. }, SpanKind::Server) => Instrument::RpcServer,
-            (Protocol::Rpc { .. }, SpanKind::Client) => Instrument::RpcClient,
-        }
-    }
-
-    /// The series attributes, in a fixed order.
-    fn attributes(&self) -> Vec<(&'static str, LabelValue)> {
-        let mut attributes = Vec::with_capacity(6);
-        let mut push = |key, value: Option<LabelValue>| {
-            if let Some(value) = value {
-                attributes.push((key, value));
-            }
-        };
-        match &self.protocol {
-            Protocol::Http {
-                method,
-                route,
-                scheme,
-                status_code,
-            } => {
-                push("http.request.method", Some((*method).into()));
-                push("http.route", route.map(LabelValue::from));
-                push(
-                    "http.response.status_code",
-                    status_code.map(|code| LabelValue::Int(code.into())),
-                );
-                push("url.scheme", scheme.map(LabelValue::from));
-            }
-            Protocol::Rpc {
-                system,
-                method,
-                status_code,
-            } => {
-                push("rpc.system.name", Some((*system).into()));
-                push("rpc.method", Some(method.as_ref().into()));
-                push(
-                    "rpc.response.status_code",
-                    status_code.as_deref().map(LabelValue::from),
-                );
-            }
-        }
-        push("error.type", self.error_type.map(LabelValue::from));
-        if self.kind == SpanKind::Client
-            && let Some(server) = self.server
-        {
-            push("server.address", Some(server.address.into()));
-            push("server.port", Some(LabelValue::Int(server.port.into())));
-        }
-        attributes
-    }
-}
-
-/// A metric attribute value (hashable, unlike span attribute values).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum LabelValue {
-    /// String.
-    Str(Box<str>),
-    /// Integer.
-    Int(i64),
-    /// Boolean.
-    Bool(bool),
-}
-
-impl From<&str> for LabelValue {
-    fn from(value: &str) -> Self {
-        Self::Str(value.into())
-    }
-}
-
-impl std::fmt::Display for LabelValue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Str(text) => f.write_str(text),
-            Self::Int(number) => write!(f, "{number}"),
-            Self::Bool(flag) => write!(f, "{flag}"),
-        }
-    }
 }
 
 /// Invalid metrics settings.
@@ -443,7 +203,7 @@ impl RedMetrics {
     }
 
     /// Records one finished call of `resource`.
-    pub fn record(&self, resource: &Arc<Resource>, call: &Call<'_>) {
+    pub fn record(&self, resource: &Arc<Resource>, call: &Measurement<'_>) {
         let key = SeriesKey {
             instrument: call.instrument(),
             attributes: call.attributes(),
@@ -632,15 +392,16 @@ pub(super) fn unix_now_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spans::model::{Attribute, SpanStatus};
+    use crate::model::measure::{Protocol, ServerAddress};
+    use crate::model::span::SpanKind;
     use crate::test_support::resource;
 
-    fn http_server(route: &str, status: u16, millis: u64) -> Call<'_> {
-        Call {
+    fn http_server(route: &str, status: u16, millis: u64) -> Measurement<'_> {
+        Measurement {
             kind: SpanKind::Server,
             protocol: Protocol::Http {
                 method: "GET",
-                route: Some(route),
+                route: Some(route.into()),
                 scheme: Some("http"),
                 status_code: Some(status),
             },
@@ -764,7 +525,7 @@ mod tests {
         // An existing series keeps counting after the budget is spent.
         red.record(&api, &http_server("/unique/0", 200, 1));
         // Another instrument of the same service: its own overflow series.
-        let client = Call {
+        let client = Measurement {
             kind: SpanKind::Client,
             ..http_server("/x", 200, 1)
         };
@@ -846,89 +607,19 @@ mod tests {
         assert_eq!(cumulative[0].points[0].count, 3);
     }
 
-    fn span(kind: SpanKind, attributes: Vec<Attribute>) -> Span {
-        Span {
-            resource: resource("api", "api"),
-            trace_id: [1; 16],
-            span_id: [1; 8],
-            parent_span_id: None,
-            trace_flags: 1,
-            trace_state: None,
-            kind,
-            name: "x".into(),
-            start_unix_ns: 1_000_000_000,
-            end_unix_ns: 1_250_000_000,
-            attributes,
-            status: SpanStatus::Unset,
-        }
-    }
-
-    #[test]
-    fn calls_from_http_spans() {
-        let server = span(
-            SpanKind::Server,
-            vec![
-                Attribute::new("http.request.method", "GET"),
-                Attribute::new("url.path", "/users/7"),
-                Attribute::new("url.scheme", "http"),
-                Attribute::new("http.route", "/users/{id}"),
-                Attribute::new("server.address", "api.local"),
-                Attribute::new("server.port", 8080_i64),
-                Attribute::new("http.response.status_code", 503_i64),
-                Attribute::new("error.type", "503"),
-            ],
-        );
-        let call = Call::from_span(&server).unwrap();
-        assert_eq!(call.instrument(), Instrument::HttpServer);
-        assert_eq!(call.duration, Duration::from_millis(250));
-        assert_eq!(
-            call.attributes(),
-            vec![
-                ("http.request.method", LabelValue::from("GET")),
-                ("http.route", LabelValue::from("/users/{id}")),
-                ("http.response.status_code", LabelValue::Int(503)),
-                ("url.scheme", LabelValue::from("http")),
-                ("error.type", LabelValue::from("503")),
-            ],
-            "no raw path, no server address on server metrics"
-        );
-
-        let client = span(
-            SpanKind::Client,
-            vec![
-                Attribute::new("http.request.method", "POST"),
-                Attribute::new("url.full", "http://db:5984/x"),
-                Attribute::new("server.address", "db"),
-                Attribute::new("server.port", 5984_i64),
-                Attribute::new("error.type", "connection_closed"),
-            ],
-        );
-        let call = Call::from_span(&client).unwrap();
-        assert_eq!(call.instrument(), Instrument::HttpClient);
-        assert_eq!(
-            call.attributes(),
-            vec![
-                ("http.request.method", LabelValue::from("POST")),
-                ("error.type", LabelValue::from("connection_closed")),
-                ("server.address", LabelValue::from("db")),
-                ("server.port", LabelValue::Int(5984)),
-            ]
-        );
-        assert!(Call::from_span(&span(SpanKind::Server, vec![])).is_none());
-    }
-
     #[test]
     fn rpc_instruments() {
-        let server = span(
-            SpanKind::Server,
-            vec![
-                Attribute::new("rpc.system.name", "grpc"),
-                Attribute::new("rpc.method", "shop.Cart/Add"),
-                Attribute::new("rpc.response.status_code", "UNAVAILABLE"),
-                Attribute::new("error.type", "UNAVAILABLE"),
-            ],
-        );
-        let call = Call::from_span(&server).unwrap();
+        let call = Measurement {
+            kind: SpanKind::Server,
+            protocol: Protocol::Rpc {
+                system: "grpc",
+                method: "shop.Cart/Add".into(),
+                status_code: Some("UNAVAILABLE".into()),
+            },
+            error_type: Some("UNAVAILABLE".into()),
+            server: None,
+            duration: Duration::from_millis(250),
+        };
         assert_eq!(call.instrument(), Instrument::RpcServer);
         assert_eq!(
             call.attributes(),
@@ -942,7 +633,7 @@ mod tests {
 
         let (red, _) = registry(10);
         let api = resource("api", "api");
-        let client = Call {
+        let client = Measurement {
             kind: SpanKind::Client,
             protocol: Protocol::Rpc {
                 system: "grpc",
@@ -951,7 +642,7 @@ mod tests {
             },
             error_type: None,
             server: Some(ServerAddress {
-                address: "cart",
+                address: "cart".into(),
                 port: 50051,
             }),
             duration: Duration::from_millis(7),
@@ -971,21 +662,5 @@ mod tests {
         );
         assert_eq!(points[1].bucket_counts[1], 2, "7 ms is in (0.005, 0.01]");
         assert_eq!(Instrument::RpcClient.name(), "rpc.client.call.duration");
-
-        // A span with only the older attribute names gives the same call.
-        let legacy = span(
-            SpanKind::Server,
-            vec![
-                Attribute::new("rpc.system", "grpc"),
-                Attribute::new("rpc.service", "shop.Cart"),
-                Attribute::new("rpc.method", "Add"),
-                Attribute::new("rpc.grpc.status_code", 14_i64),
-                Attribute::new("error.type", "UNAVAILABLE"),
-            ],
-        );
-        assert_eq!(
-            Call::from_span(&legacy).unwrap().attributes(),
-            call.attributes()
-        );
     }
 }

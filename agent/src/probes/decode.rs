@@ -19,6 +19,8 @@ use agent_common::{
 };
 use bytes::Bytes;
 
+use crate::model::call::KernelTrace;
+
 /// Which way the bytes went, from the instrumented process's point of view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Direction {
@@ -39,29 +41,9 @@ pub enum Role {
     Server,
 }
 
-/// Span identity the kernel gave a request (see `agent_common::trace_context`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KernelTrace {
-    /// Trace id.
-    pub trace_id: [u8; 16],
-    /// The request's span id.
-    pub span_id: [u8; 8],
-    /// Parent span id: the caller's (from `traceparent`) for a server
-    /// request, the serving thread's server span for a client request.
-    pub parent_span_id: Option<[u8; 8]>,
-    /// W3C trace flags.
-    pub trace_flags: u8,
-    /// The ids were injected into the request on the wire.
-    pub injected: bool,
-    /// The trace id and parent came from the request's own `traceparent`.
-    pub from_header: bool,
-    /// Not a request start: the rest of a head brought the `traceparent`,
-    /// and this replaces the trace id and parent of the request whose span
-    /// id is `span_id`.
-    pub update: bool,
-}
-
 impl KernelTrace {
+    /// The trace context of a record (see `agent_common::trace_context`),
+    /// if the kernel gave the request one.
     fn from_raw(raw: &TraceContext) -> Option<Self> {
         if raw.flags & CTX_VALID == 0 {
             return None;

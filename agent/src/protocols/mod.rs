@@ -1,9 +1,239 @@
-//! Application protocol parsers. Each module is a pure API over byte slices
-//! (no I/O, no globals, no connection state): the connection tracker in
-//! [`crate::conn`] owns the state and asks these modules what the bytes it
-//! saw mean.
+//! Protocol slices: each application protocol in one folder that detects
+//! it, parses it, keeps its per-connection state and turns each finished
+//! call into a typed record ([`Call`]), and says what span and measurement
+//! that record gives.
+//!
+//! How a slice plugs in:
+//! - **Detection**: a [`Detector`] looks at a connection's first payload
+//!   (and the side the kernel saw, if any) and, if the bytes are its
+//!   protocol, returns the connection's state. [`DETECTORS`] lists them in
+//!   the order they are asked; the connection tracker (`crate::conn`) asks
+//!   them and owns nothing protocol-specific.
+//! - **Per-connection state**: a [`ProtocolConn`] reads every later event
+//!   of its connection and pushes finished calls into [`Ctx::out`].
+//! - **Parsing**: a pure module (`parse.rs`: bytes in, typed result out, no
+//!   I/O, no state) tested on recorded bytes under `agent/tests/fixtures/`.
+//! - **Call record**: [`Call`] with the protocol's facts in a
+//!   [`Detail`] variant (types on the floor, `crate::model::call`).
+//! - **Span and metric**: [`describe`] maps a record to the span's name,
+//!   attributes and status and to the RED measurement, both from the same
+//!   typed facts; the span stage adds identity, resource and times.
+//!
+//! A new protocol is a new folder here, a line in [`DETECTORS`], its
+//! [`Detail`] variant and its arm in [`describe`].
+//!
+//! HTTP/1 ([`http1`]) and HTTP/2 ([`http2`]) are wire slices; both give
+//! HTTP calls, described by [`http`]. gRPC ([`grpc`]) rides on HTTP/2: the
+//! HTTP/2 slice recognises it by content type and records a gRPC call.
 
 pub mod grpc;
-pub mod hpack;
+pub mod http;
 pub mod http1;
 pub mod http2;
+
+use std::{fmt::Debug, sync::Arc};
+
+use crate::{
+    model::{
+        call::{Call, Detail, KernelTrace, Outcome, Side},
+        measure::Measurement,
+        route::Routes,
+        span::{Attribute, AttributeValue, SpanKind, SpanStatus},
+    },
+    probes::decode::{Direction, SocketData},
+    telemetry::Stats,
+};
+
+/// Bounds and timeouts of connection tracking: the table's, and those each
+/// slice applies to its own state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrackerConfig {
+    /// Connections tracked at once (at least one); the least recently used
+    /// is evicted to make room.
+    pub max_connections: usize,
+    /// A connection without traffic for this many nanoseconds is dropped on
+    /// the tracker's tick, its unanswered requests abandoned.
+    pub idle_timeout_ns: u64,
+    /// Requests waiting for a response on one connection (at least one);
+    /// the oldest is abandoned to make room.
+    pub max_pending_requests: usize,
+    /// Bytes buffered for a head split over syscalls.
+    pub max_head_bytes: usize,
+    /// Events with payload a connection of unknown role may carry before
+    /// one looks like a protocol: it may have been caught mid-message, so
+    /// its first bytes do not decide.
+    pub unknown_role_probe_events: u32,
+    /// Open HTTP/2 streams on one connection (at least one); the oldest is
+    /// abandoned to make room.
+    pub max_streams_per_connection: usize,
+    /// Memory for each HPACK dynamic table (RFC 7541 entry sizes); a peer
+    /// that uses more gets unknown fields, never wrong ones.
+    pub max_header_table_bytes: usize,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 16_384,
+            idle_timeout_ns: 300 * 1_000_000_000,
+            max_pending_requests: 32,
+            max_head_bytes: 16 * 1024,
+            unknown_role_probe_events: 8,
+            max_streams_per_connection: 4096,
+            max_header_table_bytes: http2::hpack::DEFAULT_TABLE_SIZE,
+        }
+    }
+}
+
+/// What the tracker lends a connection while it reads an event.
+pub struct Ctx<'a> {
+    /// Bounds.
+    pub config: &'a TrackerConfig,
+    /// Where losses are counted.
+    pub stats: &'a Stats,
+    /// Huffman decoding table shared by every HTTP/2 connection's HPACK
+    /// decoders (built once: it is the largest part of a decoder).
+    pub huffman: &'a mut http2::hpack::Huffman,
+    /// Calls finished by the event.
+    pub out: &'a mut Vec<Call>,
+}
+
+/// When and by which thread bytes moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub ns: u64,
+    /// Thread id.
+    pub tid: u32,
+    /// Span identity the kernel gave the request this call started, if any.
+    pub trace: Option<KernelTrace>,
+}
+
+/// The bytes one syscall moved in one direction.
+pub struct Segment<'a> {
+    /// The captured prefix.
+    pub payload: &'a [u8],
+    /// Bytes moved in all.
+    pub len: u64,
+    /// When.
+    pub at: Stamp,
+}
+
+/// What became of a connection after an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep reading it.
+    Continue,
+    /// It no longer carries the protocol (a tunnel, or it turned out not to
+    /// be the protocol): everything in flight was ended, ignore the rest.
+    Stop,
+}
+
+/// One connection's state, owned by the protocol that claimed it.
+pub trait ProtocolConn: Debug + Send {
+    /// Reads one syscall's bytes; finished calls go to `ctx.out`.
+    fn on_data(&mut self, ev: &SocketData, ctx: &mut Ctx<'_>) -> Flow;
+
+    /// Ends everything in flight: the connection closed
+    /// ([`Outcome::ConnectionClosed`]) or was dropped
+    /// ([`Outcome::Abandoned`], counted by the slice).
+    fn finish(&mut self, unanswered: &Outcome, at_ns: u64, ctx: &mut Ctx<'_>);
+
+    /// The kernel must copy every byte of the connection, not only the
+    /// start of each write (HTTP/2 frame headers sit anywhere in a write).
+    fn needs_all_bytes(&self) -> bool {
+        false
+    }
+}
+
+/// Claims a connection from its first payload. `side` is the process's
+/// side when the kernel saw the connection set up (these are then its very
+/// first bytes), `None` when it was caught mid-way.
+pub type Detector = fn(&SocketData, Option<Side>, &TrackerConfig) -> Option<Box<dyn ProtocolConn>>;
+
+/// Detectors in the order they are asked; the first to claim the bytes
+/// wins. The HTTP/2 preface reads as an HTTP/1 request line, so it is
+/// asked first; HTTP/2 frames found mid-connection are the weakest sign,
+/// so they come last.
+pub const DETECTORS: &[Detector] = &[http2::detect_preface, http1::detect, http2::detect_frames];
+
+/// The state of the protocol the first payload shows, if any detector
+/// claims it.
+pub fn detect(
+    ev: &SocketData,
+    side: Option<Side>,
+    config: &TrackerConfig,
+) -> Option<Box<dyn ProtocolConn>> {
+    DETECTORS.iter().find_map(|detect| detect(ev, side, config))
+}
+
+/// Which way requests go for a side.
+pub fn request_direction(side: Side) -> Direction {
+    match side {
+        Side::Client => Direction::Egress,
+        Side::Server => Direction::Ingress,
+    }
+}
+
+/// Span options users can set.
+#[derive(Clone, Debug, Default)]
+pub struct DescribeOptions {
+    /// Record `url.query` (off by default: queries often carry secrets).
+    pub capture_query: bool,
+    /// Route patterns, heuristic and ignored paths.
+    pub routes: Arc<Routes>,
+    /// Which gRPC attribute names to emit.
+    pub rpc_conventions: grpc::RpcConventions,
+}
+
+/// What a span says about its call; the span stage adds identity, resource
+/// and times.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpanParts {
+    /// Server or client.
+    pub kind: SpanKind,
+    /// Name per the semantic conventions (never a raw path).
+    pub name: String,
+    /// Attributes.
+    pub attributes: Vec<Attribute>,
+    /// Status.
+    pub status: SpanStatus,
+}
+
+impl SpanParts {
+    /// The attribute with that key, if present.
+    pub fn attribute(&self, key: &str) -> Option<&AttributeValue> {
+        self.attributes
+            .iter()
+            .find(|a| a.key == key)
+            .map(|a| &a.value)
+    }
+}
+
+/// A call's span and measurement, derived together from its record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Description<'a> {
+    /// The span's protocol part.
+    pub span: SpanParts,
+    /// What RED metrics record.
+    pub measurement: Measurement<'a>,
+}
+
+/// Describes a call; `None` when it should give neither span nor metric (an
+/// ignored path).
+pub fn describe<'a>(call: &'a Call, options: &'a DescribeOptions) -> Option<Description<'a>> {
+    match &call.detail {
+        Detail::Http(request) => http::describe(call, request, options),
+        Detail::Grpc { request, rpc } => {
+            Some(grpc::describe(call, request, rpc, options.rpc_conventions))
+        }
+    }
+}
+
+/// The span kind of a side.
+pub fn span_kind(side: Side) -> SpanKind {
+    match side {
+        Side::Server => SpanKind::Server,
+        Side::Client => SpanKind::Client,
+    }
+}

@@ -1,9 +1,7 @@
-//! Span building: exchanges from the connection tracker become OpenTelemetry
-//! HTTP or gRPC spans with semantic-convention names and attributes, kernel
-//! timestamps converted to Unix time, and trace context.
+//! Span building: a call record and its protocol slice's description
+//! (`crate::protocols::describe`) become an OpenTelemetry span, with
+//! kernel timestamps converted to Unix time and trace context.
 
+pub mod assemble;
 pub mod clock;
-pub mod grpc;
-pub mod http;
-pub mod model;
 pub mod trace_context;

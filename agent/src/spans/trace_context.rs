@@ -3,7 +3,7 @@
 
 use rand::Rng;
 
-use super::model::{SpanId, TraceId};
+use crate::model::span::{SpanId, TraceId};
 
 /// A valid parent context taken from a `traceparent` header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -36,7 +36,7 @@ use super::convert::{encoded_size_estimate, to_request};
 use super::events::{BatchExported, BatchLost, Expired, QueueFull, ShutdownTimedOut};
 use super::retry::{Backoff, attempt, sleep_until};
 use super::transport::{SendError, Transport};
-use crate::spans::model::Span;
+use crate::model::span::Span;
 use crate::telemetry::{Gauge, Stats};
 
 /// Runs until `rx` closes, then flushes within `config.shutdown_timeout`.

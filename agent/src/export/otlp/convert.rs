@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::trace::v1::{
     status::StatusCode,
 };
 
-use crate::spans::model::{AttributeValue, Resource, Span, SpanKind, SpanStatus};
+use crate::model::span::{AttributeValue, Resource, Span, SpanKind, SpanStatus};
 
 /// Instrumentation scope name: the agent, not a library inside the target.
 pub(crate) const SCOPE_NAME: &str = "sonde";
@@ -170,7 +170,7 @@ pub(crate) fn key_value(key: String, value: &AttributeValue) -> KeyValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spans::model::Attribute;
+    use crate::model::span::Attribute;
     use crate::test_support::{resource, span};
 
     fn value(key_value: &KeyValue) -> &any_value::Value {

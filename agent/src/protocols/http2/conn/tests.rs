@@ -9,10 +9,8 @@ use std::{path::PathBuf, sync::Arc};
 use bytes::Bytes;
 
 use crate::{
-    conn::{
-        exchange::{HttpExchange, HttpVersion, Outcome, Side},
-        tracker::{ConnTracker, TrackerConfig},
-    },
+    conn::tracker::{ConnTracker, TrackerConfig},
+    model::call::{Call, HttpVersion, Outcome, Side},
     probes::decode::{Direction, Role, SocketClose, SocketData},
     telemetry::{Counter, Stats},
 };
@@ -77,13 +75,13 @@ impl Replay {
     /// Exchanges and counters after replaying `records` and closing. Event
     /// times count syscalls from the start of the recording, missed ones
     /// included, so exchanges of different replays can be compared.
-    fn run(self, records: &[Record]) -> (Vec<HttpExchange>, Arc<Stats>) {
+    fn run(self, records: &[Record]) -> (Vec<Call>, Arc<Stats>) {
         let (_, out, stats) = self.run_tracker(records);
         (out, stats)
     }
 
     /// [`Replay::run`], also returning the tracker.
-    fn run_tracker(self, records: &[Record]) -> (ConnTracker, Vec<HttpExchange>, Arc<Stats>) {
+    fn run_tracker(self, records: &[Record]) -> (ConnTracker, Vec<Call>, Arc<Stats>) {
         let stats = Arc::new(Stats::default());
         let mut tracker = ConnTracker::new(TrackerConfig::default(), Arc::clone(&stats));
         let role = match (self.skip, self.side) {
@@ -152,8 +150,8 @@ impl Replay {
 fn asks_once_for_full_capture_of_each_http2_connection() {
     for name in ["curl_get", "grpcio_calls"] {
         let (mut tracker, _, _) = Replay::server().run_tracker(&fixture(name));
-        assert_eq!(tracker.take_new_http2(), vec![1], "{name}");
-        assert!(tracker.take_new_http2().is_empty(), "{name}");
+        assert_eq!(tracker.take_capture_all(), vec![1], "{name}");
+        assert!(tracker.take_capture_all().is_empty(), "{name}");
     }
 }
 
@@ -172,20 +170,20 @@ struct Brief {
     grpc_status: Option<u32>,
 }
 
-fn brief(exchanges: &[HttpExchange]) -> Vec<Brief> {
+fn brief(exchanges: &[Call]) -> Vec<Brief> {
     let mut briefs: Vec<Brief> = exchanges
         .iter()
         .map(|x| Brief {
             start_ns: x.start_ns,
-            method: x.request.method.clone(),
-            target: x.request.target.clone(),
+            method: x.request().method.clone(),
+            target: x.request().target.clone(),
             outcome: x.outcome.clone(),
             rpc_method: x
-                .rpc
-                .as_ref()
+                .detail
+                .rpc()
                 .and_then(|r| r.method.as_ref())
                 .map(|m| m.full_name()),
-            grpc_status: x.rpc.as_ref().and_then(|r| r.status_code),
+            grpc_status: x.detail.rpc().and_then(|r| r.status_code),
         })
         .collect();
     briefs.sort_by_key(|b| b.start_ns);
@@ -193,7 +191,7 @@ fn brief(exchanges: &[HttpExchange]) -> Vec<Brief> {
 }
 
 /// `(rpc method, grpc status)` of each exchange, in request order.
-fn calls(exchanges: &[HttpExchange]) -> Vec<(String, u32)> {
+fn calls(exchanges: &[Call]) -> Vec<(String, u32)> {
     brief(exchanges)
         .into_iter()
         .map(|b| match (&b.rpc_method, b.grpc_status) {
@@ -225,35 +223,38 @@ fn curl_requests_from_both_sides() {
         let [get] = &out[..] else { panic!("{out:#?}") };
         assert_eq!(get.conn.side, replay.side);
         assert_eq!(
-            (get.request.method.as_str(), get.request.target.as_str()),
+            (get.request().method.as_str(), get.request().target.as_str()),
             ("GET", "/status/200")
         );
         assert_eq!(get.outcome, Outcome::Response { status: 200 });
-        assert_eq!(get.request.version, HttpVersion::Http2);
+        assert_eq!(get.request().version, HttpVersion::Http2);
         assert!(
-            get.request
+            get.request()
                 .host
                 .as_deref()
                 .is_some_and(|h| h.starts_with("127.0.0.1:"))
         );
         assert!(
-            get.request
+            get.request()
                 .user_agent
                 .as_deref()
                 .is_some_and(|u| u.starts_with("curl/"))
         );
         assert_eq!(
-            get.request.traceparent.as_deref(),
+            get.request().traceparent.as_deref(),
             Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
         );
-        assert_eq!(get.rpc, None);
+        assert_eq!(get.detail.rpc(), None);
         assert!(get.start_ns < get.end_ns);
         assert!(stats.nonzero().is_empty(), "{:?}", stats.nonzero());
 
         let (out, _) = replay.run(&fixture("curl_post"));
         let [post] = &out[..] else { panic!("{out:#?}") };
         assert_eq!(
-            (post.request.method.as_str(), post.request.target.as_str()),
+            (
+                post.request().method.as_str(),
+                post.request().target.as_str()
+            ),
             ("POST", "/status/404?q=1")
         );
         assert_eq!(post.outcome, Outcome::Response { status: 404 });
@@ -272,10 +273,10 @@ fn grpc_calls_of_python_and_node_from_both_sides() {
             assert!(stats.nonzero().is_empty(), "{name}: {:?}", stats.nonzero());
             for exchange in &out {
                 assert_eq!(exchange.outcome, Outcome::Response { status: 200 });
-                assert_eq!(exchange.request.method, "POST");
+                assert_eq!(exchange.request().method, "POST");
                 assert!(
                     exchange
-                        .request
+                        .request()
                         .user_agent
                         .as_deref()
                         .is_some_and(|u| u.starts_with(user_agent)),
@@ -288,7 +289,7 @@ fn grpc_calls_of_python_and_node_from_both_sides() {
                 .find(|x| x.start_ns == first)
                 .expect("first call");
             assert_eq!(
-                traced.request.traceparent.as_deref(),
+                traced.request().traceparent.as_deref(),
                 Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
             );
         }
@@ -503,7 +504,7 @@ fn connections_caught_mid_way() {
 /// Hand-built traffic for what the recordings do not show.
 mod synthetic {
     use super::*;
-    use crate::protocols::http2::PREFACE;
+    use crate::protocols::http2::parse::PREFACE;
 
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let len = (payload.len() as u32).to_be_bytes();
@@ -571,7 +572,7 @@ mod synthetic {
     }
 
     /// Events of a server process: `(client sent, bytes, at ms)`.
-    fn serve(events: &[(bool, Vec<u8>, u64)], role: Role) -> (Vec<HttpExchange>, Arc<Stats>) {
+    fn serve(events: &[(bool, Vec<u8>, u64)], role: Role) -> (Vec<Call>, Arc<Stats>) {
         let stats = Arc::new(Stats::default());
         let mut tracker = ConnTracker::new(TrackerConfig::default(), Arc::clone(&stats));
         let mut out = Vec::new();
@@ -729,6 +730,6 @@ mod synthetic {
         };
         assert_eq!(exchange.conn.side, Side::Server);
         assert_eq!(exchange.outcome, Outcome::Response { status: 404 });
-        assert_eq!(exchange.rpc, None);
+        assert_eq!(exchange.detail.rpc(), None);
     }
 }

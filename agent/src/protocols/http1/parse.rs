@@ -15,7 +15,7 @@
 //! observes traffic, it does not enforce the RFC): whatever a real server
 //! would answer is worth a span.
 
-use crate::conn::exchange::{HttpVersion, RequestInfo};
+use crate::model::call::{HttpVersion, RequestInfo};
 
 /// Most header lines a head may have; more is [`Http1Error::Malformed`].
 pub const MAX_HEADERS: usize = 128;
@@ -1167,12 +1167,12 @@ mod tests {
             ($name:literal) => {
                 (
                     &include_bytes!(concat!(
-                        "../../tests/fixtures/http1/",
+                        "../../../tests/fixtures/http1/",
                         $name,
                         ".request.bin"
                     ))[..],
                     &include_bytes!(concat!(
-                        "../../tests/fixtures/http1/",
+                        "../../../tests/fixtures/http1/",
                         $name,
                         ".response.bin"
                     ))[..],

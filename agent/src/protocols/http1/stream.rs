@@ -12,34 +12,11 @@
 //! message. The kernel reports syscall boundaries, and messages usually
 //! start at one, so that is where resynchronising is worth trying.
 
-use crate::{
-    probes::decode::KernelTrace,
-    protocols::http1::{Body, ChunkProgress, ChunkedScanner, Http1Error, Parsed},
-};
-
-/// When and by which thread bytes moved.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Stamp {
-    /// CLOCK_MONOTONIC nanoseconds.
-    pub ns: u64,
-    /// Thread id.
-    pub tid: u32,
-    /// Span identity the kernel gave the request this call started, if any.
-    pub trace: Option<KernelTrace>,
-}
-
-/// The bytes one syscall moved in this direction.
-pub(crate) struct Segment<'a> {
-    /// The captured prefix.
-    pub payload: &'a [u8],
-    /// Bytes moved in all.
-    pub len: u64,
-    /// When.
-    pub at: Stamp,
-}
+use super::parse::{Body, ChunkProgress, ChunkedScanner, Http1Error, Parsed};
+use crate::protocols::{Segment, Stamp};
 
 /// What a message means, for one direction.
-pub(crate) trait MessageSink {
+pub(super) trait MessageSink {
     /// True if `bytes` may start a message in this direction.
     fn is_start(&self, bytes: &[u8]) -> bool;
 
@@ -86,7 +63,7 @@ enum State {
 
 /// One direction's progress through its messages.
 #[derive(Debug)]
-pub(crate) struct MessageStream {
+pub(super) struct MessageStream {
     state: State,
     /// `"request"` or `"response"`, for errors.
     message: &'static str,

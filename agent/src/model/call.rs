@@ -1,12 +1,35 @@
-//! What the connection tracker hands to span building: one request and its
-//! response (or what became of it), protocol-neutral enough that HTTP/2 and
-//! gRPC can produce the same record.
+//! The call record: what a protocol slice hands to span building and
+//! metrics. One request and its response (or what became of it): the parts
+//! every protocol shares (connection, side, times, threads, kernel trace
+//! context, outcome) plus the protocol's own typed facts in [`Detail`].
+//! Spans and RED metrics are both derived from it, never from each other.
 
 use std::net::SocketAddr;
 
-use crate::probes::decode::KernelTrace;
+/// Span identity the kernel assigned to a request it saw start (and may
+/// have written on the wire as a `traceparent`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelTrace {
+    /// Trace id.
+    pub trace_id: [u8; 16],
+    /// The request's span id.
+    pub span_id: [u8; 8],
+    /// Parent span id: the caller's (from `traceparent`) for a server
+    /// request, the serving thread's server span for a client request.
+    pub parent_span_id: Option<[u8; 8]>,
+    /// W3C trace flags.
+    pub trace_flags: u8,
+    /// The ids were injected into the request on the wire.
+    pub injected: bool,
+    /// The trace id and parent came from the request's own `traceparent`.
+    pub from_header: bool,
+    /// Not a request start: the rest of a head brought the `traceparent`,
+    /// and this replaces the trace id and parent of the request whose span
+    /// id is `span_id`.
+    pub update: bool,
+}
 
-/// The process's side of the exchange.
+/// The process's side of the call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Side {
     /// The process sent the request.
@@ -15,7 +38,7 @@ pub enum Side {
     Server,
 }
 
-/// Connection the exchange happened on.
+/// Connection the call happened on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnInfo {
     /// Process id.
@@ -28,11 +51,11 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     /// Client or server.
     pub side: Side,
-    /// The exchange was read as TLS plaintext (`url.scheme` `https`).
+    /// The call was read as TLS plaintext (`url.scheme` `https`).
     pub tls: bool,
 }
 
-/// HTTP protocol version of an exchange.
+/// HTTP protocol version of a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HttpVersion {
     /// HTTP/1.0
@@ -76,7 +99,7 @@ pub struct RequestInfo {
     pub tracestate: Option<String>,
 }
 
-/// How the exchange ended.
+/// How the call ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// A final response was seen.
@@ -96,15 +119,15 @@ pub enum Outcome {
     Abandoned,
 }
 
-/// One request/response pair. Times are CLOCK_MONOTONIC nanoseconds from
+/// One finished call. Times are CLOCK_MONOTONIC nanoseconds from
 /// the kernel: `start_ns` when the first request byte moved, `end_ns` when
 /// the last response byte seen moved (or the close/timeout time).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HttpExchange {
+pub struct Call {
     /// Connection.
     pub conn: ConnInfo,
-    /// Request.
-    pub request: RequestInfo,
+    /// What the protocol says about the call.
+    pub detail: Detail,
     /// Response or failure.
     pub outcome: Outcome,
     /// Start, monotonic ns.
@@ -117,8 +140,56 @@ pub struct HttpExchange {
     pub response_tid: Option<u32>,
     /// Span identity the kernel assigned (HTTP/1 request starts it saw).
     pub trace: Option<KernelTrace>,
-    /// gRPC facts, when the exchange was a gRPC call.
-    pub rpc: Option<RpcInfo>,
+}
+
+impl Call {
+    /// Duration in nanoseconds (0 if the end came before the start).
+    pub fn duration_ns(&self) -> u64 {
+        self.end_ns.saturating_sub(self.start_ns)
+    }
+
+    /// The W3C `traceparent` and `tracestate` the request carried, raw.
+    pub fn propagated(&self) -> (Option<&str>, Option<&str>) {
+        match &self.detail {
+            Detail::Http(request) | Detail::Grpc { request, .. } => (
+                request.traceparent.as_deref(),
+                request.tracestate.as_deref(),
+            ),
+        }
+    }
+}
+
+/// The protocol's own facts about a call: one variant per protocol slice
+/// (`crate::protocols`), which also says how it becomes a span and a
+/// measurement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Detail {
+    /// An HTTP request, over HTTP/1.x or HTTP/2.
+    Http(RequestInfo),
+    /// A gRPC call: its HTTP/2 request and the RPC facts.
+    Grpc {
+        /// The HTTP/2 request that carried the call.
+        request: RequestInfo,
+        /// Method and status.
+        rpc: RpcInfo,
+    },
+}
+
+impl Detail {
+    /// The HTTP request, for HTTP and gRPC calls.
+    pub fn http_request(&self) -> Option<&RequestInfo> {
+        match self {
+            Self::Http(request) | Self::Grpc { request, .. } => Some(request),
+        }
+    }
+
+    /// The RPC facts of a gRPC call.
+    pub fn rpc(&self) -> Option<&RpcInfo> {
+        match self {
+            Self::Grpc { rpc, .. } => Some(rpc),
+            Self::Http(_) => None,
+        }
+    }
 }
 
 /// A gRPC call (HTTP/2, `content-type: application/grpc`).
@@ -129,10 +200,10 @@ pub struct RpcInfo {
     pub method: Option<RpcMethod>,
     /// gRPC status code: `grpc-status` from the trailers (or a
     /// trailers-only response), or, for a reset stream, the code its client
-    /// reports ([`crate::protocols::grpc::status_for_reset`]: `CANCELLED`,
+    /// reports (`protocols::grpc::status_for_reset`: `CANCELLED`,
     /// `DEADLINE_EXCEEDED` once its `grpc-timeout` had passed,
     /// `UNAVAILABLE` for a refused stream...). `None` when neither was
-    /// seen. Names: [`crate::protocols::grpc::status_name`].
+    /// seen. Names: `protocols::grpc::status_name`.
     pub status_code: Option<u32>,
 }
 

@@ -3,7 +3,7 @@
 //! Each direction has a [`FrameReader`] and its own HPACK decoder (each
 //! peer's encoder keeps its own table). Every stream is followed from its
 //! request HEADERS to the response's END_STREAM, a RST_STREAM or a GOAWAY
-//! that refuses it, and then becomes one [`HttpExchange`]: the span covers
+//! that refuses it, and then becomes one [`Call`]: the span covers
 //! the whole stream, so unary and streaming gRPC calls alike. gRPC calls
 //! (`content-type: application/grpc`) carry their method and status in
 //! [`RpcInfo`]; a reset stream gets the status a client reports for it.
@@ -29,26 +29,25 @@ use std::{collections::BTreeMap, net::SocketAddr};
 use tracing::debug;
 
 use self::frames::{FrameReader, ReaderEvent};
+use super::{
+    hpack::{self, Field},
+    parse::{self as http2, FrameHeader, FrameType, Http2Error, flags},
+};
 use crate::{
-    conn::{
-        exchange::{
-            ConnInfo, HttpExchange, HttpVersion, Outcome, RequestInfo, RpcInfo, RpcMethod, Side,
-        },
-        stream::{Segment, Stamp},
-        tracker::{TrackerConfig, request_direction},
+    model::call::{
+        Call, ConnInfo, Detail, HttpVersion, Outcome, RequestInfo, RpcInfo, RpcMethod, Side,
     },
     probes::decode::{Direction, SocketData},
     protocols::{
-        grpc,
-        hpack::{self, Field, Huffman},
-        http2::{self, FrameHeader, FrameType, Http2Error, flags},
+        Ctx, Flow, ProtocolConn, Segment, Stamp, TrackerConfig, grpc::parse as grpc,
+        request_direction,
     },
     telemetry::{Counter, Stats},
 };
 
 /// How the agent came upon the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Start {
+pub(super) enum Start {
     /// From its first bytes: the preface comes (or came) from the client.
     Fresh {
         /// The process's side.
@@ -62,17 +61,9 @@ pub(crate) enum Start {
     },
 }
 
-/// What the tracker lends a connection while it reads an event.
-pub(crate) struct Ctx<'a> {
-    pub config: &'a TrackerConfig,
-    pub stats: &'a Stats,
-    pub huffman: &'a mut Huffman,
-    pub out: &'a mut Vec<HttpExchange>,
-}
-
 /// An HTTP/2 connection.
 #[derive(Debug)]
-pub(crate) struct Http2Conn {
+pub(super) struct Http2Conn {
     /// Frame readers, by [`index`] of direction.
     readers: [FrameReader; 2],
     streams: Streams,
@@ -117,9 +108,10 @@ impl Http2Conn {
             },
         }
     }
+}
 
-    /// Reads one syscall's bytes.
-    pub fn on_data(&mut self, ev: &SocketData, ctx: &mut Ctx<'_>) {
+impl ProtocolConn for Http2Conn {
+    fn on_data(&mut self, ev: &SocketData, ctx: &mut Ctx<'_>) -> Flow {
         let segment = Segment {
             payload: &ev.payload,
             len: u64::from(ev.total_len),
@@ -134,11 +126,16 @@ impl Http2Conn {
         self.readers[index(direction)].feed(&segment, ctx.config.max_head_bytes, &mut |event| {
             streams.on_event(direction, event, segment.at, ctx)
         });
+        Flow::Continue
+    }
+
+    fn needs_all_bytes(&self) -> bool {
+        true
     }
 
     /// Ends every open stream with `unanswered`: the connection closed or
     /// was dropped.
-    pub fn finish(&mut self, unanswered: &Outcome, at_ns: u64, ctx: &mut Ctx<'_>) {
+    fn finish(&mut self, unanswered: &Outcome, at_ns: u64, ctx: &mut Ctx<'_>) {
         let at = Stamp {
             ns: at_ns,
             tid: 0,
@@ -694,17 +691,28 @@ impl Streams {
             _ => None,
         };
         let is_grpc = request.grpc_content_type || grpc_response || grpc_status.is_some();
-        let rpc =
-            is_grpc.then(|| RpcInfo {
-                method: request.path.as_deref().and_then(grpc::split_path).map(
-                    |(service, method)| RpcMethod {
-                        service: service.to_owned(),
-                        method: method.to_owned(),
-                    },
-                ),
+        let request = RequestInfo {
+            method,
+            target: request.path.unwrap_or_default(),
+            version: HttpVersion::Http2,
+            host: request.authority,
+            user_agent: request.user_agent,
+            traceparent: request.traceparent,
+            tracestate: request.tracestate,
+        };
+        let detail = if is_grpc {
+            let rpc = RpcInfo {
+                method: grpc::split_path(&request.target).map(|(service, method)| RpcMethod {
+                    service: service.to_owned(),
+                    method: method.to_owned(),
+                }),
                 status_code: grpc_status.or(reset_status),
-            });
-        ctx.out.push(HttpExchange {
+            };
+            Detail::Grpc { request, rpc }
+        } else {
+            Detail::Http(request)
+        };
+        ctx.out.push(Call {
             conn: ConnInfo {
                 pid: self.pid,
                 socket_cookie: self.cookie,
@@ -713,22 +721,13 @@ impl Streams {
                 side,
                 tls: self.tls,
             },
-            request: RequestInfo {
-                method,
-                target: request.path.unwrap_or_default(),
-                version: HttpVersion::Http2,
-                host: request.authority,
-                user_agent: request.user_agent,
-                traceparent: request.traceparent,
-                tracestate: request.tracestate,
-            },
+            detail,
             outcome,
             start_ns: first.ns,
             end_ns: end.max(first.ns),
             request_tid: first.tid,
             response_tid: last_response.map(|stamp| stamp.tid),
             trace: None,
-            rpc,
         });
     }
 

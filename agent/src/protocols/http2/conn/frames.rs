@@ -8,9 +8,9 @@
 //! with bytes that pass [`http2::starts_with_frames`] (senders write whole
 //! frames, and syscalls usually start at one).
 
-use crate::{
-    conn::stream::Segment,
-    protocols::http2::{self, FRAME_HEADER_LEN, FrameHeader, FrameType, Http2Error, PREFACE},
+use crate::protocols::{
+    Segment,
+    http2::parse::{self as http2, FRAME_HEADER_LEN, FrameHeader, FrameType, Http2Error, PREFACE},
 };
 
 /// Payload bytes kept of frames whose content matters (RST_STREAM's error
@@ -231,7 +231,7 @@ fn clamp(n: u64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conn::stream::Stamp;
+    use crate::protocols::Stamp;
 
     /// Feeds `(captured, total_len)` segments and lists what came out as
     /// `(type, stream, kept payload, complete)`, `"lost"` or `"resynced"`.

@@ -1,55 +1,31 @@
-//! HTTP spans from exchanges, per the OpenTelemetry HTTP semantic
-//! conventions (stable, v1.26+): names, attributes and status rules.
-//! Server spans carry `http.route` from the route patterns or heuristic
-//! (`metrics::route`) and are named `{method} {route}`.
+//! HTTP semantics shared by the HTTP/1 and HTTP/2 slices: the span and
+//! the RED measurement of an HTTP call record, per the OpenTelemetry HTTP
+//! semantic conventions (stable, v1.26+): names, attributes and status
+//! rules. Server spans carry `http.route` from the route patterns or
+//! heuristic (`crate::model::route`) and are named `{method} {route}`;
+//! the measurement carries the same method, route, status and
+//! `error.type`.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{borrow::Cow, net::SocketAddr, time::Duration};
 
-use super::{
-    model::{Attribute, Resource, Span, SpanKind, SpanStatus},
-    trace_context::{new_span_id, new_trace_id, parse_traceparent},
+use super::{DescribeOptions, Description, SpanParts, http2::parse as http2, span_kind};
+use crate::model::{
+    call::{Call, Outcome, RequestInfo},
+    measure::{Measurement, Protocol, ServerAddress},
+    span::{Attribute, SpanKind, SpanStatus},
 };
-use crate::conn::exchange::{HttpExchange, Outcome, Side};
-use crate::metrics::route::Routes;
-use crate::protocols::http2;
 
 /// Methods the conventions know; anything else is reported as `_OTHER`.
 const KNOWN_METHODS: &[&str] = &[
     "CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE",
 ];
 
-/// Span options users can set.
-#[derive(Clone, Debug, Default)]
-pub struct HttpSpanOptions {
-    /// Record `url.query` (off by default: queries often carry secrets).
-    pub capture_query: bool,
-    /// Route patterns, heuristic and ignored paths.
-    pub routes: Arc<Routes>,
-    /// Which gRPC attribute names to emit.
-    pub rpc_conventions: super::grpc::RpcConventions,
-}
-
-/// Builds the span for one exchange, `None` if its path is ignored.
-/// `start_unix_ns`/`end_unix_ns` are the exchange's kernel times already
-/// converted to Unix time.
-pub fn build_span(
-    exchange: &HttpExchange,
-    resource: Arc<Resource>,
-    start_unix_ns: u64,
-    end_unix_ns: u64,
-    options: &HttpSpanOptions,
-) -> Option<Span> {
-    if let Some(rpc) = &exchange.rpc {
-        return Some(super::grpc::build_span(
-            exchange,
-            rpc,
-            resource,
-            start_unix_ns,
-            end_unix_ns,
-            options.rpc_conventions,
-        ));
-    }
-    let request = &exchange.request;
+/// Describes an HTTP call, `None` if its path is ignored.
+pub fn describe<'a>(
+    call: &'a Call,
+    request: &'a RequestInfo,
+    options: &'a DescribeOptions,
+) -> Option<Description<'a>> {
     let (method, original_method) = normalize_method(&request.method);
     let (path, query) = split_target(&request.target);
     // An HTTP/2 `:path` that could not be decoded: no path is made up.
@@ -57,10 +33,7 @@ pub fn build_span(
     if path_known && options.routes.is_ignored(path) {
         return None;
     }
-    let kind = match exchange.conn.side {
-        Side::Server => SpanKind::Server,
-        Side::Client => SpanKind::Client,
-    };
+    let kind = span_kind(call.conn.side);
     let mut attributes = vec![Attribute::new("http.request.method", method)];
     if let Some(original) = original_method {
         attributes.push(Attribute::new("http.request.method_original", original));
@@ -68,12 +41,12 @@ pub fn build_span(
     let (host, port) = authority(
         request.host.as_deref(),
         match kind {
-            SpanKind::Server => exchange.conn.local,
-            SpanKind::Client => exchange.conn.remote,
+            SpanKind::Server => call.conn.local,
+            SpanKind::Client => call.conn.remote,
         },
     );
-    let peer = exchange.conn.remote;
-    let (scheme, default_port) = if exchange.conn.tls {
+    let peer = call.conn.remote;
+    let (scheme, default_port) = if call.conn.tls {
         ("https", 443)
     } else {
         ("http", 80)
@@ -114,6 +87,12 @@ pub fn build_span(
         }
         SpanKind::Client => {}
     }
+    // Metrics keep the server of client calls only (see
+    // `Measurement::server`).
+    let server = (kind == SpanKind::Client).then(|| ServerAddress {
+        address: Cow::Owned(host.clone()),
+        port,
+    });
     attributes.push(Attribute::new("server.address", host));
     attributes.push(Attribute::new("server.port", i64::from(port)));
     attributes.push(Attribute::new(
@@ -130,7 +109,7 @@ pub fn build_span(
     {
         attributes.push(Attribute::new("user_agent.original", user_agent.as_str()));
     }
-    let status = match exchange.outcome {
+    let (status_code, error_type, status) = match call.outcome {
         Outcome::Response { status } => {
             attributes.push(Attribute::new(
                 "http.response.status_code",
@@ -138,47 +117,60 @@ pub fn build_span(
             ));
             let is_error = status >= 500 || (kind == SpanKind::Client && status >= 400);
             if is_error {
-                attributes.push(Attribute::new("error.type", status.to_string()));
-                SpanStatus::Error(format!("HTTP {status}"))
+                let error_type = status.to_string();
+                attributes.push(Attribute::new("error.type", error_type.clone()));
+                (
+                    Some(status),
+                    Some(Cow::Owned(error_type)),
+                    SpanStatus::Error(format!("HTTP {status}")),
+                )
             } else {
-                SpanStatus::Unset
+                (Some(status), None, SpanStatus::Unset)
             }
         }
         Outcome::ConnectionClosed | Outcome::Abandoned | Outcome::Reset { .. } => {
-            let (error_type, message) = unanswered(&exchange.outcome);
+            let (error_type, message) = unanswered(&call.outcome);
             attributes.push(Attribute::new("error.type", error_type));
-            SpanStatus::Error(message.into())
+            (
+                None,
+                Some(Cow::Borrowed(error_type)),
+                SpanStatus::Error(message.into()),
+            )
         }
     };
 
-    let identity = identity(exchange);
     let name_method = if method == "_OTHER" { "HTTP" } else { method };
     let name = match &route {
         Some(route) => format!("{name_method} {route}"),
         None => name_method.to_owned(),
     };
-    Some(Span {
-        resource,
-        trace_id: identity.trace_id,
-        span_id: identity.span_id,
-        parent_span_id: identity.parent_span_id,
-        trace_flags: identity.trace_flags,
-        trace_state: identity
-            .joined_header
-            .then(|| request.tracestate.clone())
-            .flatten(),
+    let measurement = Measurement {
         kind,
-        name,
-        start_unix_ns,
-        end_unix_ns: end_unix_ns.max(start_unix_ns),
-        attributes,
-        status,
+        protocol: Protocol::Http {
+            method,
+            // `url.scheme` is a server span attribute only.
+            scheme: (kind == SpanKind::Server).then_some(scheme),
+            route,
+            status_code,
+        },
+        error_type,
+        server,
+        duration: Duration::from_nanos(call.duration_ns()),
+    };
+    Some(Description {
+        span: SpanParts {
+            kind,
+            name,
+            attributes,
+            status,
+        },
+        measurement,
     })
 }
 
 /// `error.type` and status message of an exchange without a final
 /// response.
-pub(super) fn unanswered(outcome: &Outcome) -> (&'static str, &'static str) {
+pub(crate) fn unanswered(outcome: &Outcome) -> (&'static str, &'static str) {
     match outcome {
         Outcome::Response { .. } | Outcome::Abandoned => ("no_response", "no response seen"),
         Outcome::ConnectionClosed => ("connection_closed", "connection closed before a response"),
@@ -188,59 +180,6 @@ pub(super) fn unanswered(outcome: &Outcome) -> (&'static str, &'static str) {
             "stream reset before a response",
         ),
     }
-}
-
-/// Where a span sits in its trace.
-pub(super) struct Identity {
-    pub(super) trace_id: [u8; 16],
-    pub(super) span_id: [u8; 8],
-    pub(super) parent_span_id: Option<[u8; 8]>,
-    pub(super) trace_flags: u8,
-    /// The trace came from the request's own `traceparent` (so its
-    /// `tracestate` belongs to it too).
-    pub(super) joined_header: bool,
-}
-
-/// The kernel's ids when it assigned them (they may be on the wire already),
-/// overridden by the request's own `traceparent` on a client request the
-/// application itself propagated; otherwise the header, or a new trace.
-pub(super) fn identity(exchange: &HttpExchange) -> Identity {
-    let header = exchange
-        .request
-        .traceparent
-        .as_deref()
-        .and_then(parse_traceparent);
-    let from_header = |span_id| {
-        header.map(|parent| Identity {
-            trace_id: parent.trace_id,
-            span_id,
-            parent_span_id: Some(parent.span_id),
-            trace_flags: parent.flags,
-            joined_header: true,
-        })
-    };
-    match exchange.trace {
-        Some(kernel)
-            if exchange.conn.side == Side::Client && !kernel.injected && header.is_some() =>
-        {
-            from_header(kernel.span_id)
-        }
-        Some(kernel) => Some(Identity {
-            trace_id: kernel.trace_id,
-            span_id: kernel.span_id,
-            parent_span_id: kernel.parent_span_id,
-            trace_flags: kernel.trace_flags,
-            joined_header: kernel.from_header,
-        }),
-        None => from_header(new_span_id()),
-    }
-    .unwrap_or_else(|| Identity {
-        trace_id: new_trace_id(),
-        span_id: new_span_id(),
-        parent_span_id: None,
-        trace_flags: 1,
-        joined_header: false,
-    })
 }
 
 /// `(method attribute, original method if it was not a known one)`.
@@ -269,7 +208,7 @@ fn split_target(target: &str) -> (&str, Option<&str>) {
 
 /// Server name and port: from the Host header when present (what the client
 /// asked for), else the socket address.
-pub(super) fn authority(host_header: Option<&str>, socket: SocketAddr) -> (String, u16) {
+pub(crate) fn authority(host_header: Option<&str>, socket: SocketAddr) -> (String, u16) {
     let Some(host) = host_header.map(str::trim).filter(|h| !h.is_empty()) else {
         return (socket.ip().to_string(), socket.port());
     };
@@ -293,54 +232,73 @@ pub(super) fn authority(host_header: Option<&str>, socket: SocketAddr) -> (Strin
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::{
-        conn::exchange::{ConnInfo, HttpVersion, RequestInfo},
-        spans::model::AttributeValue,
+        model::{
+            call::{Detail, Side},
+            measure::{Instrument, LabelValue},
+            route::Routes,
+            span::AttributeValue,
+        },
+        test_support::http_call as exchange,
     };
 
-    fn exchange(side: Side, method: &str, target: &str, outcome: Outcome) -> HttpExchange {
-        HttpExchange {
-            conn: ConnInfo {
-                pid: 10,
-                socket_cookie: 1,
-                local: "127.0.0.1:8080".parse().unwrap(),
-                remote: "127.0.0.1:50000".parse().unwrap(),
-                side,
-                tls: false,
-            },
-            request: RequestInfo {
-                method: method.into(),
-                target: target.into(),
-                version: HttpVersion::Http11,
-                host: Some("api.local:8080".into()),
-                user_agent: Some("curl/8".into()),
-                traceparent: None,
-                tracestate: None,
-            },
-            outcome,
-            start_ns: 0,
-            end_ns: 0,
-            request_tid: 10,
-            response_tid: Some(10),
-            trace: None,
-            rpc: None,
-        }
+    /// The span part of a call's description; `None` if it is ignored.
+    fn span_of(call: &Call, options: &DescribeOptions) -> Option<SpanParts> {
+        describe(call, call.detail.http_request()?, options).map(|d| d.span)
     }
 
-    fn resource() -> Arc<Resource> {
-        Arc::new(Resource {
-            key: "k".into(),
-            service_name: "svc".into(),
-            attributes: vec![],
-        })
-    }
-
-    fn str_attr<'a>(span: &'a Span, key: &str) -> Option<&'a str> {
+    fn str_attr<'a>(span: &'a SpanParts, key: &str) -> Option<&'a str> {
         match span.attribute(key) {
             Some(AttributeValue::Str(s)) => Some(s),
             _ => None,
         }
+    }
+
+    #[test]
+    fn measurements_carry_what_spans_say() {
+        let options = DescribeOptions::default();
+        let mut server = exchange(
+            Side::Server,
+            "GET",
+            "/users/7",
+            Outcome::Response { status: 503 },
+        );
+        server.end_ns = 250_000_000;
+        let request = server.detail.http_request().expect("HTTP");
+        let described = describe(&server, request, &options).expect("not ignored");
+        let measurement = described.measurement;
+        assert_eq!(measurement.instrument(), Instrument::HttpServer);
+        assert_eq!(measurement.duration, Duration::from_millis(250));
+        assert_eq!(
+            measurement.attributes(),
+            vec![
+                ("http.request.method", LabelValue::from("GET")),
+                ("http.route", LabelValue::from("/users/{id}")),
+                ("http.response.status_code", LabelValue::Int(503)),
+                ("url.scheme", LabelValue::from("http")),
+                ("error.type", LabelValue::from("503")),
+            ],
+            "no raw path, no server address on server metrics"
+        );
+
+        let client = exchange(Side::Client, "POST", "/x", Outcome::ConnectionClosed);
+        let request = client.detail.http_request().expect("HTTP");
+        let measurement = describe(&client, request, &options)
+            .expect("not ignored")
+            .measurement;
+        assert_eq!(measurement.instrument(), Instrument::HttpClient);
+        assert_eq!(
+            measurement.attributes(),
+            vec![
+                ("http.request.method", LabelValue::from("POST")),
+                ("error.type", LabelValue::from("connection_closed")),
+                ("server.address", LabelValue::from("api.local")),
+                ("server.port", LabelValue::Int(8080)),
+            ]
+        );
     }
 
     #[test]
@@ -351,8 +309,7 @@ mod tests {
             "/users/1?token=secret",
             Outcome::Response { status: 200 },
         );
-        let span =
-            build_span(&ex, resource(), 100, 50, &HttpSpanOptions::default()).expect("not ignored");
+        let span = span_of(&ex, &DescribeOptions::default()).expect("not ignored");
         assert_eq!(span.kind, SpanKind::Server);
         assert_eq!(span.name, "GET /users/{id}");
         assert_eq!(str_attr(&span, "http.route"), Some("/users/{id}"));
@@ -371,19 +328,14 @@ mod tests {
         assert_eq!(str_attr(&span, "network.protocol.version"), Some("1.1"));
         assert_eq!(str_attr(&span, "user_agent.original"), Some("curl/8"));
         assert_eq!(span.status, SpanStatus::Unset);
-        assert_eq!(span.end_unix_ns, 100, "end never before start");
-        assert_eq!(span.parent_span_id, None);
     }
 
     #[test]
     fn status_rules_differ_by_kind() {
         let check = |side, status, error: bool| {
-            let span = build_span(
+            let span = span_of(
                 &exchange(side, "GET", "/", Outcome::Response { status }),
-                resource(),
-                0,
-                1,
-                &HttpSpanOptions::default(),
+                &DescribeOptions::default(),
             )
             .expect("not ignored");
             assert_eq!(
@@ -397,12 +349,9 @@ mod tests {
         check(Side::Client, 404, true);
         check(Side::Server, 503, true);
         check(Side::Client, 302, false);
-        let closed = build_span(
+        let closed = span_of(
             &exchange(Side::Client, "POST", "/", Outcome::ConnectionClosed),
-            resource(),
-            0,
-            1,
-            &HttpSpanOptions::default(),
+            &DescribeOptions::default(),
         )
         .expect("not ignored");
         assert_eq!(str_attr(&closed, "error.type"), Some("connection_closed"));
@@ -417,8 +366,7 @@ mod tests {
             "/orders?card=1",
             Outcome::Response { status: 201 },
         );
-        let span =
-            build_span(&ex, resource(), 0, 1, &HttpSpanOptions::default()).expect("not ignored");
+        let span = span_of(&ex, &DescribeOptions::default()).expect("not ignored");
         assert_eq!(span.kind, SpanKind::Client);
         assert_eq!(span.name, "POST", "clients do not know the route");
         assert_eq!(span.attribute("http.route"), None);
@@ -427,14 +375,11 @@ mod tests {
             Some("http://api.local:8080/orders")
         );
         assert_eq!(span.attribute("url.path"), None);
-        let with_query = build_span(
+        let with_query = span_of(
             &ex,
-            resource(),
-            0,
-            1,
-            &HttpSpanOptions {
+            &DescribeOptions {
                 capture_query: true,
-                ..HttpSpanOptions::default()
+                ..DescribeOptions::default()
             },
         )
         .expect("not ignored");
@@ -449,8 +394,10 @@ mod tests {
         let build = |side, host: &str| {
             let mut ex = exchange(side, "GET", "/a", Outcome::Response { status: 200 });
             ex.conn.tls = true;
-            ex.request.host = Some(host.into());
-            build_span(&ex, resource(), 0, 1, &HttpSpanOptions::default()).expect("not ignored")
+            if let Detail::Http(request) = &mut ex.detail {
+                request.host = Some(host.into());
+            }
+            span_of(&ex, &DescribeOptions::default()).expect("not ignored")
         };
         let server = build(Side::Server, "api.local:8443");
         assert_eq!(str_attr(&server, "url.scheme"), Some("https"));
@@ -465,12 +412,9 @@ mod tests {
             Some("https://api.local/a"),
             "443 is https's default port"
         );
-        let plain = build_span(
+        let plain = span_of(
             &exchange(Side::Server, "GET", "/a", Outcome::Response { status: 200 }),
-            resource(),
-            0,
-            1,
-            &HttpSpanOptions::default(),
+            &DescribeOptions::default(),
         )
         .expect("not ignored");
         assert_eq!(str_attr(&plain, "url.scheme"), Some("http"));
@@ -478,16 +422,16 @@ mod tests {
 
     #[test]
     fn routes_name_server_spans_and_ignored_paths_give_none() {
-        let options = HttpSpanOptions {
+        let options = DescribeOptions {
             routes: Arc::new(
                 Routes::new(&["/files/{name}".into()], &["/health*".into()])
                     .unwrap_or_else(|error| panic!("{error}")),
             ),
-            ..HttpSpanOptions::default()
+            ..DescribeOptions::default()
         };
         let build = |side, target: &str| {
             let ex = exchange(side, "GET", target, Outcome::Response { status: 200 });
-            build_span(&ex, resource(), 0, 1, &options)
+            span_of(&ex, &options)
         };
         let span = build(Side::Server, "/files/report.pdf?x=1").expect("not ignored");
         assert_eq!(span.name, "GET /files/{name}", "the user's pattern wins");
@@ -501,17 +445,14 @@ mod tests {
 
     #[test]
     fn unknown_methods_are_other() {
-        let span = build_span(
+        let span = span_of(
             &exchange(
                 Side::Server,
                 "PURGE",
                 "/",
                 Outcome::Response { status: 200 },
             ),
-            resource(),
-            0,
-            1,
-            &HttpSpanOptions::default(),
+            &DescribeOptions::default(),
         )
         .expect("not ignored");
         assert_eq!(span.name, "HTTP /");
@@ -520,22 +461,6 @@ mod tests {
             str_attr(&span, "http.request.method_original"),
             Some("PURGE")
         );
-    }
-
-    #[test]
-    fn incoming_traceparent_is_joined() {
-        let mut ex = exchange(Side::Server, "GET", "/", Outcome::Response { status: 200 });
-        ex.request.traceparent =
-            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
-        ex.request.tracestate = Some("vendor=x".into());
-        let span =
-            build_span(&ex, resource(), 0, 1, &HttpSpanOptions::default()).expect("not ignored");
-        assert_eq!(span.trace_id[0], 0x4b);
-        assert_eq!(
-            span.parent_span_id,
-            Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])
-        );
-        assert_eq!(span.trace_state.as_deref(), Some("vendor=x"));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! gRPC spans from exchanges, per the OpenTelemetry RPC and gRPC semantic
+//! gRPC spans and measurements from call records, per the OpenTelemetry RPC and gRPC semantic
 //! conventions: span name `{rpc.method}` (`package.Service/Method`),
 //! `rpc.system.name = "grpc"`, `rpc.response.status_code` as the status
 //! name. Server spans are errors for `UNKNOWN`, `DEADLINE_EXCEEDED`,
@@ -8,21 +8,30 @@
 //! `rpc.grpc.status_code` as an integer) get them with
 //! [`RpcConventions::Legacy`] or [`RpcConventions::Both`].
 
-use std::sync::Arc;
+use std::{borrow::Cow, time::Duration};
 
 use serde::Deserialize;
 
-use super::{
-    http::{authority, identity, unanswered},
-    model::{Attribute, Resource, Span, SpanKind, SpanStatus},
-};
+use super::parse as grpc;
 use crate::{
-    conn::exchange::{HttpExchange, Outcome, RpcInfo, Side},
-    protocols::grpc,
+    model::{
+        call::{Call, Outcome, RequestInfo, RpcInfo},
+        measure::{Measurement, Protocol, ServerAddress},
+        span::{Attribute, SpanKind, SpanStatus},
+    },
+    protocols::{
+        Description, SpanParts,
+        http::{authority, unanswered},
+        span_kind,
+    },
 };
 
-/// `rpc.method` and span name when the method could not be decoded.
+/// `rpc.method` when the method could not be decoded.
 const UNKNOWN_METHOD: &str = "_OTHER";
+/// The span name when the method could not be decoded.
+const UNSPECIFIED_NAME: &str = "grpc";
+/// `rpc.system.name` (and the older `rpc.system`).
+const SYSTEM: &str = "grpc";
 
 /// Which RPC attribute names gRPC spans carry (`spans.rpc_conventions`).
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -39,25 +48,20 @@ pub enum RpcConventions {
     Both,
 }
 
-/// Builds the span of one gRPC call. `start_unix_ns`/`end_unix_ns` are the
-/// exchange's kernel times already converted to Unix time.
-pub fn build_span(
-    exchange: &HttpExchange,
-    rpc: &RpcInfo,
-    resource: Arc<Resource>,
-    start_unix_ns: u64,
-    end_unix_ns: u64,
+/// Describes one gRPC call. Its measurement follows the current
+/// conventions whichever names the span carries.
+pub fn describe<'a>(
+    call: &'a Call,
+    request: &'a RequestInfo,
+    rpc: &'a RpcInfo,
     conventions: RpcConventions,
-) -> Span {
-    let kind = match exchange.conn.side {
-        Side::Server => SpanKind::Server,
-        Side::Client => SpanKind::Client,
-    };
+) -> Description<'a> {
+    let kind = span_kind(call.conn.side);
     let full_name = rpc.method.as_ref().map(|method| method.full_name());
     let status_name = rpc.status_code.map(grpc::status_name);
     let mut attributes = Vec::new();
     if conventions != RpcConventions::Legacy {
-        attributes.push(Attribute::new("rpc.system.name", "grpc"));
+        attributes.push(Attribute::new("rpc.system.name", SYSTEM));
         attributes.push(Attribute::new(
             "rpc.method",
             full_name.as_deref().unwrap_or(UNKNOWN_METHOD),
@@ -67,7 +71,7 @@ pub fn build_span(
         }
     }
     if conventions != RpcConventions::Current {
-        attributes.push(Attribute::new("rpc.system", "grpc"));
+        attributes.push(Attribute::new("rpc.system", SYSTEM));
         if let Some(method) = &rpc.method {
             attributes.push(Attribute::new("rpc.service", method.service.as_str()));
             if conventions == RpcConventions::Legacy {
@@ -78,15 +82,20 @@ pub fn build_span(
             attributes.push(Attribute::new("rpc.grpc.status_code", i64::from(code)));
         }
     }
-    let request = &exchange.request;
     let (host, port) = authority(
         request.host.as_deref(),
         match kind {
-            SpanKind::Server => exchange.conn.local,
-            SpanKind::Client => exchange.conn.remote,
+            SpanKind::Server => call.conn.local,
+            SpanKind::Client => call.conn.remote,
         },
     );
-    let peer = exchange.conn.remote;
+    let peer = call.conn.remote;
+    // Metrics keep the server of client calls only (see
+    // `Measurement::server`).
+    let server = (kind == SpanKind::Client).then(|| ServerAddress {
+        address: Cow::Owned(host.clone()),
+        port,
+    });
     attributes.push(Attribute::new("server.address", host));
     attributes.push(Attribute::new("server.port", i64::from(port)));
     if kind == SpanKind::Server {
@@ -101,7 +110,7 @@ pub fn build_span(
         "network.protocol.version",
         request.version.as_str(),
     ));
-    let status = match (rpc.status_code, &status_name, &exchange.outcome) {
+    let (error_type, status) = match (rpc.status_code, &status_name, &call.outcome) {
         (Some(code), Some(name), _) => {
             let is_error = match kind {
                 SpanKind::Server => grpc::is_server_error(code),
@@ -109,49 +118,61 @@ pub fn build_span(
             };
             if is_error {
                 attributes.push(Attribute::new("error.type", name.as_ref()));
-                SpanStatus::Error(format!("gRPC {name}"))
+                (
+                    Some(name.clone()),
+                    SpanStatus::Error(format!("gRPC {name}")),
+                )
             } else {
-                SpanStatus::Unset
+                (None, SpanStatus::Unset)
             }
         }
         // A response whose status the agent could not decode.
-        (_, _, Outcome::Response { .. }) => SpanStatus::Unset,
+        (_, _, Outcome::Response { .. }) => (None, SpanStatus::Unset),
         (_, _, outcome) => {
             let (error_type, message) = unanswered(outcome);
             attributes.push(Attribute::new("error.type", error_type));
-            SpanStatus::Error(message.into())
+            (
+                Some(Cow::Borrowed(error_type)),
+                SpanStatus::Error(message.into()),
+            )
         }
     };
-    let identity = identity(exchange);
-    Span {
-        resource,
-        trace_id: identity.trace_id,
-        span_id: identity.span_id,
-        parent_span_id: identity.parent_span_id,
-        trace_flags: identity.trace_flags,
-        trace_state: identity
-            .joined_header
-            .then(|| request.tracestate.clone())
-            .flatten(),
+    let name = full_name
+        .clone()
+        .unwrap_or_else(|| UNSPECIFIED_NAME.to_owned());
+    let measurement = Measurement {
         kind,
-        name: full_name.unwrap_or_else(|| "grpc".to_owned()),
-        start_unix_ns,
-        end_unix_ns: end_unix_ns.max(start_unix_ns),
-        attributes,
-        status,
+        protocol: Protocol::Rpc {
+            system: SYSTEM,
+            method: full_name.map_or(Cow::Borrowed(UNKNOWN_METHOD), Cow::Owned),
+            status_code: status_name,
+        },
+        error_type,
+        server,
+        duration: Duration::from_nanos(call.duration_ns()),
+    };
+    Description {
+        span: SpanParts {
+            kind,
+            name,
+            attributes,
+            status,
+        },
+        measurement,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        conn::exchange::{ConnInfo, HttpVersion, RequestInfo, RpcMethod},
-        spans::model::AttributeValue,
+    use crate::model::{
+        call::{ConnInfo, Detail, HttpVersion, RpcMethod, Side},
+        measure::{Instrument, LabelValue},
+        span::AttributeValue,
     };
 
-    fn call(side: Side, status_code: Option<u32>, outcome: Outcome) -> HttpExchange {
-        HttpExchange {
+    fn call(side: Side, status_code: Option<u32>, outcome: Outcome) -> Call {
+        Call {
             conn: ConnInfo {
                 pid: 10,
                 socket_cookie: 1,
@@ -160,14 +181,25 @@ mod tests {
                 side,
                 tls: false,
             },
-            request: RequestInfo {
-                method: "POST".into(),
-                target: "/sonde.test.Echo/Unary".into(),
-                version: HttpVersion::Http2,
-                host: Some("echo.local:50051".into()),
-                user_agent: Some("grpc-python/1.85".into()),
-                traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
-                tracestate: None,
+            detail: Detail::Grpc {
+                request: RequestInfo {
+                    method: "POST".into(),
+                    target: "/sonde.test.Echo/Unary".into(),
+                    version: HttpVersion::Http2,
+                    host: Some("echo.local:50051".into()),
+                    user_agent: Some("grpc-python/1.85".into()),
+                    traceparent: Some(
+                        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+                    ),
+                    tracestate: None,
+                },
+                rpc: RpcInfo {
+                    method: Some(RpcMethod {
+                        service: "sonde.test.Echo".into(),
+                        method: "Unary".into(),
+                    }),
+                    status_code,
+                },
             },
             outcome,
             start_ns: 0,
@@ -175,27 +207,21 @@ mod tests {
             request_tid: 1,
             response_tid: Some(1),
             trace: None,
-            rpc: Some(RpcInfo {
-                method: Some(RpcMethod {
-                    service: "sonde.test.Echo".into(),
-                    method: "Unary".into(),
-                }),
-                status_code,
-            }),
         }
     }
 
-    fn span(exchange: &HttpExchange, conventions: RpcConventions) -> Span {
-        let resource = Arc::new(Resource {
-            key: "k".into(),
-            service_name: "svc".into(),
-            attributes: vec![],
-        });
-        let rpc = exchange.rpc.as_ref().expect("a gRPC exchange");
-        build_span(exchange, rpc, resource, 5, 9, conventions)
+    fn describe_call(call: &Call, conventions: RpcConventions) -> Description<'_> {
+        let Detail::Grpc { request, rpc } = &call.detail else {
+            panic!("a gRPC call: {call:?}");
+        };
+        describe(call, request, rpc, conventions)
     }
 
-    fn str_attr<'a>(span: &'a Span, key: &str) -> Option<&'a str> {
+    fn span(call: &Call, conventions: RpcConventions) -> SpanParts {
+        describe_call(call, conventions).span
+    }
+
+    fn str_attr<'a>(span: &'a SpanParts, key: &str) -> Option<&'a str> {
         match span.attribute(key) {
             Some(AttributeValue::Str(s)) => Some(s),
             _ => None,
@@ -216,8 +242,39 @@ mod tests {
         assert_eq!(str_attr(&span, "network.protocol.version"), Some("2"));
         assert_eq!(span.attribute("rpc.system"), None);
         assert_eq!(span.status, SpanStatus::Unset);
-        assert_eq!(span.trace_id[0], 0x4b, "incoming traceparent joined");
-        assert!(span.parent_span_id.is_some());
+    }
+
+    #[test]
+    fn measurements_follow_the_current_conventions_whatever_the_span_carries() {
+        let failed = call(Side::Server, Some(14), Outcome::Response { status: 200 });
+        let expected = vec![
+            ("rpc.system.name", LabelValue::from("grpc")),
+            ("rpc.method", LabelValue::from("sonde.test.Echo/Unary")),
+            ("rpc.response.status_code", LabelValue::from("UNAVAILABLE")),
+            ("error.type", LabelValue::from("UNAVAILABLE")),
+        ];
+        for conventions in [
+            RpcConventions::Current,
+            RpcConventions::Legacy,
+            RpcConventions::Both,
+        ] {
+            let measurement = describe_call(&failed, conventions).measurement;
+            assert_eq!(measurement.instrument(), Instrument::RpcServer);
+            assert_eq!(measurement.attributes(), expected, "{conventions:?}");
+        }
+        let client = call(Side::Client, Some(0), Outcome::Response { status: 200 });
+        let measurement = describe_call(&client, RpcConventions::Current).measurement;
+        assert_eq!(measurement.instrument(), Instrument::RpcClient);
+        assert_eq!(
+            measurement.attributes(),
+            vec![
+                ("rpc.system.name", LabelValue::from("grpc")),
+                ("rpc.method", LabelValue::from("sonde.test.Echo/Unary")),
+                ("rpc.response.status_code", LabelValue::from("OK")),
+                ("server.address", LabelValue::from("echo.local")),
+                ("server.port", LabelValue::Int(50051)),
+            ]
+        );
     }
 
     #[test]
@@ -311,7 +368,7 @@ mod tests {
     #[test]
     fn unknown_method_is_other() {
         let mut unknown = call(Side::Server, Some(0), Outcome::Response { status: 200 });
-        if let Some(rpc) = &mut unknown.rpc {
+        if let Detail::Grpc { rpc, .. } = &mut unknown.detail {
             rpc.method = None;
         }
         let span = span(&unknown, RpcConventions::Current);

@@ -1,0 +1,194 @@
+//! What RED metrics record of a finished call: the instrument, the typed
+//! facts its series attributes come from, and the duration. A protocol
+//! slice derives it from the call record (`crate::protocols`), alongside
+//! the span, with the same values (`error.type`, status, route).
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use super::span::SpanKind;
+
+/// The four duration histograms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Instrument {
+    /// `http.server.request.duration`
+    HttpServer,
+    /// `http.client.request.duration`
+    HttpClient,
+    /// `rpc.server.call.duration`
+    RpcServer,
+    /// `rpc.client.call.duration`
+    RpcClient,
+}
+
+impl Instrument {
+    /// Every instrument, in export order.
+    pub const ALL: [Instrument; 4] = [
+        Instrument::HttpServer,
+        Instrument::HttpClient,
+        Instrument::RpcServer,
+        Instrument::RpcClient,
+    ];
+
+    /// Semantic-convention name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::HttpServer => "http.server.request.duration",
+            Self::HttpClient => "http.client.request.duration",
+            Self::RpcServer => "rpc.server.call.duration",
+            Self::RpcClient => "rpc.client.call.duration",
+        }
+    }
+
+    /// Description, as the conventions word it.
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::HttpServer => "Duration of HTTP server requests.",
+            Self::HttpClient => "Duration of HTTP client requests.",
+            Self::RpcServer => "Measures the duration of inbound remote procedure calls.",
+            Self::RpcClient => "Measures the duration of outgoing remote procedure calls.",
+        }
+    }
+
+    /// Every instrument records seconds.
+    pub const UNIT: &'static str = "s";
+}
+
+/// Where a client call went (`server.address`, `server.port`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerAddress<'a> {
+    /// Host name or IP the client asked for.
+    pub address: Cow<'a, str>,
+    /// Port.
+    pub port: u16,
+}
+
+/// Protocol-specific facts of a call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Protocol<'a> {
+    /// HTTP.
+    Http {
+        /// `http.request.method`, normalized (`_OTHER` for unknown ones).
+        method: &'a str,
+        /// `http.route` (server side), templated: never a raw path.
+        route: Option<Cow<'a, str>>,
+        /// `url.scheme`.
+        scheme: Option<&'a str>,
+        /// `http.response.status_code`; `None` when no response came.
+        status_code: Option<u16>,
+    },
+    /// An RPC system such as gRPC.
+    Rpc {
+        /// `rpc.system.name`, e.g. `grpc`.
+        system: &'a str,
+        /// `rpc.method`, e.g. `package.Service/Method`.
+        method: Cow<'a, str>,
+        /// `rpc.response.status_code` as the status name (`OK`,
+        /// `DEADLINE_EXCEEDED`); `None` when no status came.
+        status_code: Option<Cow<'a, str>>,
+    },
+}
+
+/// One finished call, in the terms every protocol shares.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Measurement<'a> {
+    /// Server or client side.
+    pub kind: SpanKind,
+    /// Protocol facts.
+    pub protocol: Protocol<'a>,
+    /// `error.type` when the call failed (same value as on its span).
+    pub error_type: Option<Cow<'a, str>>,
+    /// The server a client called; ignored on the server side, where the
+    /// conventions leave it off (it would multiply series by host names).
+    pub server: Option<ServerAddress<'a>>,
+    /// Duration of the call.
+    pub duration: Duration,
+}
+
+impl Measurement<'_> {
+    /// The histogram this call goes to.
+    pub fn instrument(&self) -> Instrument {
+        match (&self.protocol, self.kind) {
+            (Protocol::Http { .. }, SpanKind::Server) => Instrument::HttpServer,
+            (Protocol::Http { .. }, SpanKind::Client) => Instrument::HttpClient,
+            (Protocol::Rpc { .. }, SpanKind::Server) => Instrument::RpcServer,
+            (Protocol::Rpc { .. }, SpanKind::Client) => Instrument::RpcClient,
+        }
+    }
+
+    /// The series attributes, in a fixed order.
+    pub(crate) fn attributes(&self) -> Vec<(&'static str, LabelValue)> {
+        let mut attributes = Vec::with_capacity(6);
+        let mut push = |key, value: Option<LabelValue>| {
+            if let Some(value) = value {
+                attributes.push((key, value));
+            }
+        };
+        match &self.protocol {
+            Protocol::Http {
+                method,
+                route,
+                scheme,
+                status_code,
+            } => {
+                push("http.request.method", Some((*method).into()));
+                push("http.route", route.as_deref().map(LabelValue::from));
+                push(
+                    "http.response.status_code",
+                    status_code.map(|code| LabelValue::Int(code.into())),
+                );
+                push("url.scheme", scheme.map(LabelValue::from));
+            }
+            Protocol::Rpc {
+                system,
+                method,
+                status_code,
+            } => {
+                push("rpc.system.name", Some((*system).into()));
+                push("rpc.method", Some(method.as_ref().into()));
+                push(
+                    "rpc.response.status_code",
+                    status_code.as_deref().map(LabelValue::from),
+                );
+            }
+        }
+        push(
+            "error.type",
+            self.error_type.as_deref().map(LabelValue::from),
+        );
+        if self.kind == SpanKind::Client
+            && let Some(server) = &self.server
+        {
+            push("server.address", Some(server.address.as_ref().into()));
+            push("server.port", Some(LabelValue::Int(server.port.into())));
+        }
+        attributes
+    }
+}
+
+/// A metric attribute value (hashable, unlike span attribute values).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LabelValue {
+    /// String.
+    Str(Box<str>),
+    /// Integer.
+    Int(i64),
+    /// Boolean.
+    Bool(bool),
+}
+
+impl From<&str> for LabelValue {
+    fn from(value: &str) -> Self {
+        Self::Str(value.into())
+    }
+}
+
+impl std::fmt::Display for LabelValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Str(text) => f.write_str(text),
+            Self::Int(number) => write!(f, "{number}"),
+            Self::Bool(flag) => write!(f, "{flag}"),
+        }
+    }
+}
