@@ -33,7 +33,6 @@ pub use config::{
 };
 // For the metrics exporter, which shares the transports and retries.
 pub(crate) use convert::{key_value, proto_resource, scope};
-pub(crate) use events::ErrorChain;
 pub(crate) use retry::{Backoff, attempt, sleep_until};
 pub(crate) use transport::{MetricsExport, ProtocolTransport, SendError};
 

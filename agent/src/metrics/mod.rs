@@ -176,7 +176,7 @@ async fn bind_prometheus(
                 Ok(endpoint) => Ok(Some(endpoint)),
                 Err(error) => {
                     tracing::warn!(
-                        error = %crate::export::otlp::ErrorChain(&error),
+                        error = %crate::model::error::ErrorChain(&error),
                         "no Prometheus endpoint: the default port is taken; set metrics.prometheus_port"
                     );
                     Ok(None)

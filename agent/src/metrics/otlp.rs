@@ -36,9 +36,10 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::red::{Point, RedMetrics, ResourcePoints, Temporality, unix_now_ns};
 use crate::export::otlp::{
-    Backoff, ErrorChain, MetricsExport, OtlpConfig, ProtocolTransport, SendError, attempt,
-    key_value, proto_resource, scope, sleep_until,
+    Backoff, MetricsExport, OtlpConfig, ProtocolTransport, SendError, attempt, key_value,
+    proto_resource, scope, sleep_until,
 };
+use crate::model::error::ErrorChain;
 use crate::model::measure::{Instrument, LabelValue};
 use crate::model::span::{AttributeValue, Resource};
 use crate::telemetry::{Counter, Gauge, Stats};

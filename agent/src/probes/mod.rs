@@ -32,7 +32,7 @@ pub use targets::{TargetMap, TargetSet};
 use tracing::{debug, info, warn};
 
 use crate::{
-    export::otlp::ErrorChain,
+    model::error::ErrorChain,
     telemetry::{Counter, Stats},
 };
 
@@ -316,7 +316,7 @@ impl Probes {
                 // sk_msg): without it the agent still traces. A cgroup the
                 // user named is a setting to fix, though.
                 Err(error) if config.inject_cgroup.is_none() => {
-                    warn!("{}", crate::export::otlp::ErrorChain(&InjectionOff(error)))
+                    warn!("{}", crate::model::error::ErrorChain(&InjectionOff(error)))
                 }
                 Err(error) => return Err(error),
             }
@@ -490,7 +490,7 @@ fn field_offset(format: &str, field: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::otlp::ErrorChain;
+    use crate::model::error::ErrorChain;
 
     /// What a user reads for a kernel feature that is missing names the
     /// feature, what degrades, and what to do.

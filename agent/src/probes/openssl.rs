@@ -38,7 +38,7 @@ use tracing::{debug, info, warn};
 
 use super::nginx;
 use crate::{
-    export::otlp::ErrorChain,
+    model::error::ErrorChain,
     telemetry::{Counter, Gauge, Stats},
 };
 

@@ -2,13 +2,12 @@
 //! counting and logging together so that the counters in
 //! [`crate::telemetry`] and the logs always agree.
 
-use std::error::Error;
-use std::fmt;
 use std::time::Duration;
 
 use hyper::Uri;
 
 use super::transport::SendError;
+use crate::model::error::ErrorChain;
 use crate::telemetry::{Counter, Stats};
 
 /// A span pushed out of the full queue (full in spans or in bytes) to make
@@ -138,21 +137,5 @@ impl ShutdownTimedOut {
             timeout = ?self.timeout,
             "OTLP exporter shut down before sending every span"
         );
-    }
-}
-
-/// An error and its causes on one line: the cause of a failed export
-/// ("connection refused") is usually in the source chain.
-pub(crate) struct ErrorChain<'a>(pub(crate) &'a dyn Error);
-
-impl fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut cause = self.0.source();
-        while let Some(error) = cause {
-            write!(f, ": {error}")?;
-            cause = error.source();
-        }
-        Ok(())
     }
 }

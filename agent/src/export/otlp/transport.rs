@@ -34,7 +34,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::telemetry::Counter;
 
 use super::config::{Compression, OtlpConfig, Protocol};
-use super::events::ErrorChain;
+use crate::model::error::ErrorChain;
 
 /// Why one export attempt failed.
 #[derive(Debug, thiserror::Error)]
