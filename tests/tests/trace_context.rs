@@ -797,6 +797,42 @@ fn agent_for(ports: &[u16], receiver: &OtlpReceiver) -> (Agent, SocketAddr) {
     (agent, metrics)
 }
 
+/// Runs the gateway `tests/apps/<script>` (under `program`, given the
+/// leaf's port and base URL to build its arguments) in front of a threaded
+/// Python leaf service, through [`never_a_wrong_parent`]; returns the
+/// concurrent run's scores.
+async fn loop_gateway(
+    label: &str,
+    program: fn(&Interpreters) -> String,
+    script: &str,
+    args: fn(u16, String) -> Vec<String>,
+    calls: usize,
+) -> Attribution {
+    let interpreters = Interpreters::new(script);
+    let receiver = OtlpReceiver::start().await;
+    let leaf = python_chain(&interpreters, &[]);
+    let script = app_path(script);
+    let mut argv = vec![script.to_str().expect("utf-8 path").to_owned()];
+    argv.extend(args(leaf.port, leaf.url("")));
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let gateway = Server::start(&program(&interpreters), &argv);
+    let (agent, metrics) = agent_for(&[gateway.port, leaf.port], &receiver);
+    agent.wait_instrumented(&[gateway.pid(), leaf.pid()], WAIT);
+    let gateway_pid = gateway.pid();
+    let run = GatewayRun {
+        label,
+        base: gateway.url(""),
+        pids: vec![gateway_pid, leaf.pid()],
+        is_gateway: &|s| s.pid() == gateway_pid,
+        leaf_pid: leaf.pid(),
+        calls,
+    };
+    let concurrent = never_a_wrong_parent(&run, &receiver, metrics).await;
+    assert_ids_well_formed(&receiver.spans());
+    assert_eq!(agent.stop(), 0);
+    concurrent
+}
+
 /// A gateway on a runtime with no special support: one thread, a plain
 /// Python `selectors` loop, two calls per request at once. The kernel
 /// cannot tell which request a call belongs to while several are in
@@ -804,36 +840,18 @@ fn agent_for(ports: &[u16], receiver: &OtlpReceiver) -> (Agent, SocketAddr) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn selectors_event_loop_never_misparents() {
     require_e2e!();
-    let interpreters = Interpreters::new("selectors");
-    let receiver = OtlpReceiver::start().await;
-    let leaf = python_chain(&interpreters, &[]);
-    let script = app_path("selectors_gateway.py");
-    let gateway = Server::start(
-        &interpreters.python(),
-        &[
-            script.to_str().expect("utf-8 path"),
-            "--downstream",
-            &leaf.port.to_string(),
-        ],
-    );
-    let (agent, metrics) = agent_for(&[gateway.port, leaf.port], &receiver);
-    agent.wait_instrumented(&[gateway.pid(), leaf.pid()], WAIT);
-    let gateway_pid = gateway.pid();
-    let run = GatewayRun {
-        label: "python selectors loop",
-        base: gateway.url(""),
-        pids: vec![gateway_pid, leaf.pid()],
-        is_gateway: &|s| s.pid() == gateway_pid,
-        leaf_pid: leaf.pid(),
-        calls: 2,
-    };
-    let concurrent = never_a_wrong_parent(&run, &receiver, metrics).await;
+    let concurrent = loop_gateway(
+        "python selectors loop",
+        Interpreters::python,
+        "selectors_gateway.py",
+        |port, _| vec!["--downstream".to_owned(), port.to_string()],
+        2,
+    )
+    .await;
     assert!(
         concurrent.calls.unlinked > 0,
         "8 clients at a time keep several requests in flight: {concurrent:#?}"
     );
-    assert_ids_well_formed(&receiver.spans());
-    assert_eq!(agent.stop(), 0);
 }
 
 /// FastAPI under uvicorn (asyncio), two concurrent httpx calls per request
@@ -841,32 +859,14 @@ async fn selectors_event_loop_never_misparents() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fastapi_gather_never_misparents() {
     require_e2e!();
-    let interpreters = Interpreters::new("fastapi");
-    let receiver = OtlpReceiver::start().await;
-    let leaf = python_chain(&interpreters, &[]);
-    let script = app_path("fastapi_gateway.py");
-    let gateway = Server::start(
-        &interpreters.python(),
-        &[
-            script.to_str().expect("utf-8 path"),
-            "--downstream",
-            &leaf.url(""),
-        ],
-    );
-    let (agent, metrics) = agent_for(&[gateway.port, leaf.port], &receiver);
-    agent.wait_instrumented(&[gateway.pid(), leaf.pid()], WAIT);
-    let gateway_pid = gateway.pid();
-    let run = GatewayRun {
-        label: "fastapi/uvicorn + httpx gather",
-        base: gateway.url(""),
-        pids: vec![gateway_pid, leaf.pid()],
-        is_gateway: &|s| s.pid() == gateway_pid,
-        leaf_pid: leaf.pid(),
-        calls: 2,
-    };
-    never_a_wrong_parent(&run, &receiver, metrics).await;
-    assert_ids_well_formed(&receiver.spans());
-    assert_eq!(agent.stop(), 0);
+    loop_gateway(
+        "fastapi/uvicorn + httpx gather",
+        Interpreters::python,
+        "fastapi_gateway.py",
+        |_, url| vec!["--downstream".to_owned(), url],
+        2,
+    )
+    .await;
 }
 
 /// Node.js `http` server, two sequential calls per request with a timer
@@ -874,28 +874,14 @@ async fn fastapi_gather_never_misparents() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_keep_alive_never_misparents() {
     require_e2e!();
-    let interpreters = Interpreters::new("node");
-    let receiver = OtlpReceiver::start().await;
-    let leaf = python_chain(&interpreters, &[]);
-    let script = app_path("loop_gateway.js");
-    let gateway = Server::start(
-        &interpreters.node(),
-        &[script.to_str().expect("utf-8 path"), "0", &leaf.url("")],
-    );
-    let (agent, metrics) = agent_for(&[gateway.port, leaf.port], &receiver);
-    agent.wait_instrumented(&[gateway.pid(), leaf.pid()], WAIT);
-    let gateway_pid = gateway.pid();
-    let run = GatewayRun {
-        label: "node http + keep-alive agent",
-        base: gateway.url(""),
-        pids: vec![gateway_pid, leaf.pid()],
-        is_gateway: &|s| s.pid() == gateway_pid,
-        leaf_pid: leaf.pid(),
-        calls: 2,
-    };
-    never_a_wrong_parent(&run, &receiver, metrics).await;
-    assert_ids_well_formed(&receiver.spans());
-    assert_eq!(agent.stop(), 0);
+    loop_gateway(
+        "node http + keep-alive agent",
+        Interpreters::node,
+        "loop_gateway.js",
+        |_, url| vec!["0".to_owned(), url],
+        2,
+    )
+    .await;
 }
 
 /// nginx `proxy_pass` to an upstream with `keepalive` (4 kept, 8 clients:
