@@ -1,6 +1,7 @@
 //! End-to-end: HTTP/2 and gRPC spans from real unmodified programs (a
 //! grpcio server and client, an @grpc/grpc-js server and client, curl
-//! --http2-prior-knowledge against a Node.js h2c server), the real agent and
+//! --http2-prior-knowledge against a Node.js h2c server, curl --http2
+//! upgrading to h2c with hypercorn), the real agent and
 //! kernel programs, and a real OTLP receiver. Needs root; see
 //! `sonde_tests::agent::skip_reason`.
 
@@ -14,7 +15,7 @@ use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use sonde_tests::{
     OtlpReceiver, ReceivedSpan,
     agent::Agent,
-    apps::{Server, app_path, curl},
+    apps::{Held, Server, app_path, curl},
     grpc_suite::{PARENT_ID, SUITE_OUTPUT, TRACE_ID, assert_suite_traced},
     require_e2e, spans_of,
 };
@@ -176,6 +177,100 @@ async fn curl_h2c_requests() {
     assert_eq!(spans[0].parent_span_id, PARENT_ID);
     assert_eq!(spans[1].status_code, StatusCode::Unset, "4xx on a server");
     assert_eq!(spans[2].status_code, StatusCode::Error);
+    assert_eq!(agent.stop(), 0);
+}
+
+/// curl --http2 asks hypercorn to switch from HTTP/1.1 to h2c (`Upgrade:
+/// h2c`); hypercorn agrees (`101`) and answers the upgraded request as
+/// HTTP/2 stream 1, the second on stream 3 of the same connection. One
+/// server span and one client span per request, each with its real status
+/// and version "2": the connection is followed across the switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_upgrades_to_h2c() {
+    require_e2e!();
+    let receiver = OtlpReceiver::start().await;
+    let server = Server::start(
+        "python3",
+        &[app_path("h2c_upgrade_server.py")
+            .to_str()
+            .expect("utf-8 path")],
+    );
+    let client = Held::new(
+        "curl",
+        &[
+            "-sS",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}\\n",
+            &server.url("/status/503"),
+            &server.url("/status/404"),
+        ],
+    );
+    let client_pid = client.pid();
+    let agent = Agent::start(
+        &[
+            "--port",
+            &server.port.to_string(),
+            "--pid",
+            &client_pid.to_string(),
+        ],
+        &receiver.grpc_endpoint(),
+        "grpc",
+    );
+    assert_eq!(client.run(), "503 2\n404 2\n", "upgraded: both over HTTP/2");
+
+    let ours = |spans: &[ReceivedSpan]| {
+        (
+            spans_of(spans, server.pid(), SpanKind::Server),
+            spans_of(spans, client_pid, SpanKind::Client),
+        )
+    };
+    let spans = receiver
+        .settle(WAIT, SETTLE, |spans| {
+            let (served, made) = ours(spans);
+            served.len() >= 2 && made.len() >= 2
+        })
+        .await;
+    let (served, made) = ours(&spans);
+    let requests = |spans: &[ReceivedSpan], url: &str| -> Vec<(String, String, i64, String)> {
+        spans
+            .iter()
+            .map(|s| {
+                (
+                    s.str_attr("http.request.method").to_owned(),
+                    s.str_attr(url).to_owned(),
+                    s.int_attr("http.response.status_code"),
+                    s.str_attr("network.protocol.version").to_owned(),
+                )
+            })
+            .collect()
+    };
+    let expected = |prefix: &str| {
+        [("/status/503", 503), ("/status/404", 404)].map(|(path, status)| {
+            (
+                "GET".to_owned(),
+                format!("{prefix}{path}"),
+                status,
+                "2".to_owned(),
+            )
+        })
+    };
+    assert_eq!(requests(&served, "url.path"), expected(""), "{served:#?}");
+    assert_eq!(
+        requests(&made, "url.full"),
+        expected(&server.url("")),
+        "{made:#?}"
+    );
+    // The upgraded request carried the kernel's traceparent over HTTP/1.1.
+    assert_eq!(
+        served[0].trace_id, made[0].trace_id,
+        "{served:#?} {made:#?}"
+    );
+    assert_eq!(served[0].parent_span_id, made[0].span_id);
     assert_eq!(agent.stop(), 0);
 }
 

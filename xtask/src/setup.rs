@@ -238,6 +238,12 @@ fn check(groups: &[Group]) -> Vec<Checked> {
             name: "python grpcio",
             status: python_module("grpc", "grpcio==1.85.3", "python3-grpcio"),
         });
+        // The HTTP/2 tests follow h2c reached by `Upgrade` from HTTP/1.1,
+        // which hypercorn accepts.
+        out.push(Checked {
+            name: "python hypercorn",
+            status: python_module("hypercorn", "hypercorn==0.18.0", "python3-hypercorn"),
+        });
         // The trace-context tests run a service instrumented with the
         // OpenTelemetry SDK (tests/apps/sdk_service.py) next to the agent.
         out.push(Checked {

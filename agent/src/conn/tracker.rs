@@ -314,10 +314,17 @@ impl Conn {
                 }
             }
         }
-        if let ConnState::Protocol(protocol) = &mut self.state
-            && protocol.on_data(ev, ctx) == Flow::Stop
-        {
-            self.state = ConnState::Ignored;
+        if let ConnState::Protocol(protocol) = &mut self.state {
+            match protocol.on_data(ev, ctx) {
+                Flow::Continue => {}
+                Flow::Stop => self.state = ConnState::Ignored,
+                Flow::Switch => {
+                    self.state = match protocol.take_successor() {
+                        Some(next) => ConnState::Protocol(next),
+                        None => ConnState::Ignored,
+                    }
+                }
+            }
         }
     }
 

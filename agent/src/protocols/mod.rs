@@ -127,6 +127,9 @@ pub enum Flow {
     /// It no longer carries the protocol (a tunnel, or it turned out not to
     /// be the protocol): everything in flight was ended, ignore the rest.
     Stop,
+    /// It switched to another protocol this agent reads (HTTP/1.1 to h2c by
+    /// `Upgrade`): [`ProtocolConn::take_successor`] follows it from here.
+    Switch,
 }
 
 /// One connection's state, owned by the protocol that claimed it.
@@ -143,6 +146,12 @@ pub trait ProtocolConn: Debug + Send {
     /// start of each write (HTTP/2 frame headers sit anywhere in a write).
     fn needs_all_bytes(&self) -> bool {
         false
+    }
+
+    /// After [`Flow::Switch`]: the state of the protocol the connection
+    /// switched to, which already read the rest of the event.
+    fn take_successor(&mut self) -> Option<Box<dyn ProtocolConn>> {
+        None
     }
 }
 

@@ -1017,3 +1017,64 @@ fn a_traceparent_in_a_later_read_of_the_head_updates_the_request() {
         })
     );
 }
+
+/// An HTTP/2 frame.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("small").to_be_bytes();
+    let mut frame = vec![len[1], len[2], len[3], kind, flags];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+#[test]
+fn an_upgrade_to_h2c_is_followed_with_the_request_as_stream_1() {
+    const HEADERS: u8 = 1;
+    const SETTINGS: u8 = 4;
+    const END_STREAM_HEADERS: u8 = 0x1 | 0x4;
+    let mut wire = Wire::new(Role::Client);
+    let kernel = KernelTrace {
+        trace_id: [7; 16],
+        span_id: [8; 8],
+        parent_span_id: None,
+        trace_flags: 1,
+        injected: true,
+        from_header: false,
+        update: false,
+    };
+    wire.next_trace = Some(kernel);
+    assert!(
+        wire.send(
+            b"GET /up HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+              Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n"
+        )
+        .is_empty()
+    );
+    // The 101, the server's SETTINGS and the answer on stream 1 (`:status
+    // 503`: a literal with the static table's name) in one read.
+    let mut reply =
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n".to_vec();
+    reply.extend(h2_frame(SETTINGS, 0, 0, &[]));
+    reply.extend(h2_frame(HEADERS, END_STREAM_HEADERS, 1, b"\x08\x03503"));
+    let upgraded = wire.recv(&reply);
+    assert_eq!(
+        brief(&upgraded),
+        [("/up", ok(503), 1000, 2000)],
+        "the upgraded request, answered over HTTP/2"
+    );
+    assert_eq!(upgraded[0].request().version, HttpVersion::Http2);
+    assert_eq!(
+        upgraded[0].trace,
+        Some(kernel),
+        "the kernel's ids of the HTTP/1.1 request"
+    );
+    // The client's preface, then a request on stream 3 (`GET`, `http`, `/`).
+    let mut next = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    next.extend(h2_frame(SETTINGS, 0, 0, &[]));
+    next.extend(h2_frame(HEADERS, END_STREAM_HEADERS, 3, b"\x82\x86\x84"));
+    assert!(wire.send(&next).is_empty());
+    let second = wire.recv(&h2_frame(HEADERS, END_STREAM_HEADERS, 3, b"\x8d"));
+    assert_eq!(brief(&second), [("/", ok(404), 3000, 4000)]);
+    assert_eq!(second[0].trace, None);
+    assert_eq!(wire.count(Counter::ParseFailedHttp1), 0);
+}

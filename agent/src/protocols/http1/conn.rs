@@ -2,7 +2,9 @@
 //! are queued as their heads arrive and responses pair with them first in,
 //! first out, which covers keep-alive and pipelining. Interim (1xx)
 //! responses are skipped; `101` and 2xx answers to `CONNECT` end HTTP on
-//! the connection.
+//! the connection, except a `101` to `h2c`: the request it answers is
+//! handed to an HTTP/2 connection as its stream 1, which reads on from the
+//! byte after the `101` head (RFC 7540 §3.2).
 //!
 //! Captures are prefixes, so framing is sometimes lost (a head or chunk line
 //! not copied, a body that runs until close). The response in flight then
@@ -23,7 +25,7 @@ use super::{
 use crate::{
     model::call::{Call, ConnInfo, Detail, KernelTrace, Outcome, RequestInfo, Side},
     probes::decode::SocketData,
-    protocols::{Ctx, Flow, ProtocolConn, Segment, Stamp, TrackerConfig, request_direction},
+    protocols::{Ctx, Flow, ProtocolConn, Segment, Stamp, TrackerConfig, http2, request_direction},
     telemetry::{Counter, Stats},
 };
 
@@ -33,6 +35,8 @@ pub(super) struct HttpConn {
     requests: MessageStream,
     responses: MessageStream,
     pairing: Pairing,
+    /// The HTTP/2 connection an `Upgrade: h2c` switched to.
+    successor: Option<Box<dyn ProtocolConn>>,
 }
 
 impl HttpConn {
@@ -56,7 +60,30 @@ impl HttpConn {
                 trace_update: None,
                 last_kernel_span: None,
             },
+            successor: None,
         }
+    }
+
+    /// After a `101` to h2c in `ev`: the HTTP/2 connection that carries on,
+    /// with the upgraded request as its stream 1, having read the bytes of
+    /// `ev` past the `101` head. `None` if it is not such a switch.
+    fn upgrade(&mut self, ev: &SocketData, ctx: &mut Ctx<'_>) -> Option<Box<dyn ProtocolConn>> {
+        let in_flight = self.pairing.in_flight.as_ref()?;
+        if !in_flight.upgrade_h2c || in_flight.request.is_none() {
+            return None;
+        }
+        let request = self.pairing.in_flight.take()?.request?;
+        // The 101 came in this event (the response direction just read);
+        // `None` if the end of its head was not captured.
+        let rest = self.responses.switched_at();
+        Some(http2::upgraded(
+            ev,
+            self.pairing.info.side,
+            request.info,
+            request.first,
+            rest,
+            ctx,
+        ))
     }
 
     fn read(
@@ -104,6 +131,14 @@ impl HttpConn {
 impl ProtocolConn for HttpConn {
     fn on_data(&mut self, ev: &SocketData, ctx: &mut Ctx<'_>) -> Flow {
         self.read(ev, ctx.config, ctx.stats, ctx.out);
+        if self.responses.is_tunnel()
+            && let Some(successor) = self.upgrade(ev, ctx)
+        {
+            self.successor = Some(successor);
+            self.pairing
+                .finish(Outcome::Abandoned, ev.timestamp_ns, ctx.stats, ctx.out);
+            return Flow::Switch;
+        }
         if self.pairing.not_http || self.responses.is_tunnel() {
             self.pairing
                 .finish(Outcome::Abandoned, ev.timestamp_ns, ctx.stats, ctx.out);
@@ -115,6 +150,10 @@ impl ProtocolConn for HttpConn {
     fn finish(&mut self, unanswered: &Outcome, at_ns: u64, ctx: &mut Ctx<'_>) {
         self.pairing
             .finish(unanswered.clone(), at_ns, ctx.stats, ctx.out);
+    }
+
+    fn take_successor(&mut self) -> Option<Box<dyn ProtocolConn>> {
+        self.successor.take()
     }
 }
 
@@ -132,6 +171,8 @@ struct InFlight {
     /// The request it answers; `None` if that was never seen.
     request: Option<PendingRequest>,
     status: u16,
+    /// A `101` to h2c: the request is answered over HTTP/2.
+    upgrade_h2c: bool,
     /// When its last bytes seen moved.
     last: Stamp,
 }
@@ -244,6 +285,7 @@ impl Pairing {
         self.in_flight = Some(InFlight {
             request,
             status: head.status,
+            upgrade_h2c: head.upgrade_h2c,
             last: first,
         });
         body
@@ -255,6 +297,7 @@ impl Pairing {
             request: Some(request),
             status,
             last,
+            ..
         }) = self.in_flight.take()
         {
             out.push(self.exchange(
@@ -386,7 +429,15 @@ impl MessageSink for ResponseSink<'_> {
 
     fn message_end(&mut self, at: Stamp) {
         self.progress(at);
-        self.pairing.complete_in_flight(self.out);
+        // A `101` to h2c: the request's answer comes over HTTP/2.
+        if !self
+            .pairing
+            .in_flight
+            .as_ref()
+            .is_some_and(|in_flight| in_flight.upgrade_h2c)
+        {
+            self.pairing.complete_in_flight(self.out);
+        }
     }
 
     fn failed(&mut self, error: Http1Error) {

@@ -194,6 +194,9 @@ pub struct ResponseHead {
     pub status: u16,
     /// Body framing headers.
     pub framing: Framing,
+    /// A `101` whose `Upgrade` names `h2c`: HTTP/2 follows on the
+    /// connection, and answers the request as its stream 1 (RFC 7540 §3.2).
+    pub upgrade_h2c: bool,
 }
 
 impl ResponseHead {
@@ -318,10 +321,17 @@ pub fn parse_response(buf: &[u8]) -> Result<Parsed<ResponseHead>, Http1Error> {
     };
     // httparse sets version and code before it reports a complete head.
     let version = version(response.version.unwrap_or(1));
+    let status = response.code.unwrap_or_default();
     let head = ResponseHead {
         version,
-        status: response.code.unwrap_or_default(),
+        status,
         framing: framing(response.headers, version)?,
+        upgrade_h2c: status == 101
+            && response.headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("upgrade")
+                    && std::str::from_utf8(h.value)
+                        .is_ok_and(|v| v.trim().eq_ignore_ascii_case("h2c"))
+            }),
     };
     Ok(Parsed::Complete { head, len })
 }

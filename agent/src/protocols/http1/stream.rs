@@ -67,6 +67,8 @@ pub(super) struct MessageStream {
     state: State,
     /// `"request"` or `"response"`, for errors.
     message: &'static str,
+    /// See [`MessageStream::switched_at`].
+    switched_at: Option<u64>,
 }
 
 impl MessageStream {
@@ -75,6 +77,7 @@ impl MessageStream {
         Self {
             state: State::Idle,
             message,
+            switched_at: None,
         }
     }
 
@@ -89,8 +92,16 @@ impl MessageStream {
         matches!(self.state, State::Tunnel)
     }
 
+    /// Where, in the segment last fed, the head that switched protocols
+    /// ended: the other protocol's bytes start there. `None` if the switch
+    /// was not in that segment or its head's end was not captured.
+    pub fn switched_at(&self) -> Option<u64> {
+        self.switched_at
+    }
+
     /// Walks one segment. Heads are buffered up to `max_head` bytes.
     pub fn feed(&mut self, segment: &Segment<'_>, max_head: usize, sink: &mut impl MessageSink) {
+        self.switched_at = None;
         let mut pos = 0u64;
         while pos < segment.len {
             let rest = segment.len - pos;
@@ -131,7 +142,12 @@ impl MessageStream {
                 }
                 State::Head { .. } => {
                     match self.read_head(captured, rest, segment.at, max_head, sink) {
-                        Some(consumed) => pos += consumed,
+                        Some(consumed) => {
+                            pos += consumed;
+                            if self.is_tunnel() {
+                                self.switched_at = Some(pos);
+                            }
+                        }
                         None => return,
                     }
                 }

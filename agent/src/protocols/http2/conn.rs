@@ -110,6 +110,42 @@ impl Http2Conn {
     }
 }
 
+impl Http2Conn {
+    /// See [`super::upgraded`]: a fresh connection whose stream 1 is
+    /// `request`, already sent; `response_framed` false when the server's
+    /// first frame boundary is not known.
+    pub fn upgraded(
+        ev: &SocketData,
+        side: Side,
+        request: RequestInfo,
+        first: Stamp,
+        response_framed: bool,
+        config: &TrackerConfig,
+    ) -> Self {
+        let mut conn = Self::new(ev, Start::Fresh { side }, config);
+        if !response_framed {
+            let responses = 1 - index(request_direction(side));
+            conn.readers[responses] = FrameReader::lost();
+            conn.streams.blind[responses] = true;
+        }
+        let request = Heads {
+            method: Some(request.method),
+            path: Some(request.target),
+            authority: request.host,
+            user_agent: request.user_agent,
+            traceparent: request.traceparent,
+            tracestate: request.tracestate,
+            request_pseudo: true,
+            ..Heads::default()
+        };
+        conn.streams
+            .open
+            .insert(1, Stream::new(request, first, first, !response_framed));
+        conn.streams.last_request_stream = Some(1);
+        conn
+    }
+}
+
 impl ProtocolConn for Http2Conn {
     fn on_data(&mut self, ev: &SocketData, ctx: &mut Ctx<'_>) -> Flow {
         let segment = Segment {
@@ -268,6 +304,24 @@ struct Stream {
     status: Option<u16>,
     grpc_response: bool,
     grpc_status: Option<u32>,
+}
+
+impl Stream {
+    /// A stream whose request headers came at `first`, its last frame at
+    /// `last`.
+    fn new(request: Heads, first: Stamp, last: Stamp, blind: bool) -> Self {
+        Self {
+            request,
+            first,
+            last,
+            last_response: None,
+            responded: false,
+            blind,
+            status: None,
+            grpc_response: false,
+            grpc_status: None,
+        }
+    }
 }
 
 /// Everything but the frame readers, so that their events can change it.
@@ -546,17 +600,7 @@ impl Streams {
         }
         self.open.insert(
             id,
-            Stream {
-                request: heads,
-                first: block.first,
-                last: at,
-                last_response: None,
-                responded: false,
-                blind: self.blind.contains(&true),
-                status: None,
-                grpc_response: false,
-                grpc_status: None,
-            },
+            Stream::new(heads, block.first, at, self.blind.contains(&true)),
         );
     }
 
@@ -727,7 +771,9 @@ impl Streams {
             end_ns: end.max(first.ns),
             request_tid: first.tid,
             response_tid: last_response.map(|stamp| stamp.tid),
-            trace: None,
+            // Only a request that came over HTTP/1.1 before an upgrade has
+            // the kernel's span identity.
+            trace: first.trace,
         });
     }
 

@@ -10,9 +10,9 @@ pub mod hpack;
 pub mod parse;
 
 use crate::{
-    model::call::Side,
+    model::call::{RequestInfo, Side},
     probes::decode::{Direction, SocketData},
-    protocols::{ProtocolConn, TrackerConfig, request_direction},
+    protocols::{Ctx, ProtocolConn, Stamp, TrackerConfig, request_direction},
 };
 
 /// Claims a connection whose first payload is the client preface.
@@ -38,6 +38,35 @@ pub fn detect_preface(
         conn::Start::Fresh { side },
         config,
     )))
+}
+
+/// Follows a connection that HTTP/1.1 switched to h2c by `Upgrade` in `ev`
+/// (RFC 7540 §3.2): `request`, whose bytes first moved at `first`, is stream
+/// 1; the client's preface comes next, the server's frames start right after
+/// the `101` head, at `rest` in `ev` (`None`: not captured, so the
+/// response direction's frame boundaries are unknown until found again).
+pub fn upgraded(
+    ev: &SocketData,
+    side: Side,
+    request: RequestInfo,
+    first: Stamp,
+    rest: Option<u64>,
+    ctx: &mut Ctx<'_>,
+) -> Box<dyn ProtocolConn> {
+    let mut conn = conn::Http2Conn::upgraded(ev, side, request, first, rest.is_some(), ctx.config);
+    if let Some(rest) = rest
+        && let Some(left) = u64::from(ev.total_len).checked_sub(rest).filter(|&n| n > 0)
+    {
+        let captured = usize::try_from(rest).map_or(ev.payload.len(), |r| r.min(ev.payload.len()));
+        let tail = SocketData {
+            payload: ev.payload.slice(captured..),
+            total_len: left as u32,
+            trace: None,
+            ..ev.clone()
+        };
+        conn.on_data(&tail, ctx);
+    }
+    Box::new(conn)
 }
 
 /// Claims a connection whose first payload reads as HTTP/2 frames: a
