@@ -14,6 +14,7 @@ pub mod kube_api;
 pub mod otlp_receiver;
 pub mod pod_cgroup;
 pub mod prometheus;
+pub mod tls_ca;
 
 pub use otlp_receiver::{
     Failure, NumberKind, OtlpReceiver, Protocol, ReceivedHistogram, ReceivedNumber,

@@ -10,6 +10,7 @@ mod flatten;
 mod grpc;
 mod http;
 mod metrics;
+mod tls;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -235,6 +236,8 @@ impl Shared {
 pub struct OtlpReceiver {
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
+    /// Serving TLS.
+    tls: bool,
     shared: Arc<Shared>,
     servers: [JoinHandle<()>; 2],
 }
@@ -248,32 +251,54 @@ impl OtlpReceiver {
     /// Serves on the given ports (0: any free port), for tests where the
     /// exporter is pointed at the receiver before it exists.
     pub async fn start_on(grpc_port: u16, http_port: u16) -> Self {
+        Self::serve(grpc_port, http_port, None).await
+    }
+
+    /// Serves both protocols over TLS with `config` (see
+    /// [`crate::tls_ca::TestCa::server_config`]); the endpoints are then
+    /// `https://localhost:PORT`, the name the server certificate carries.
+    pub async fn start_tls(config: Arc<rustls::ServerConfig>) -> Self {
+        Self::serve(0, 0, Some(config)).await
+    }
+
+    async fn serve(grpc_port: u16, http_port: u16, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let grpc_listener = bind(grpc_port).await;
         let http_listener = bind(http_port).await;
         let grpc_addr = local_addr(&grpc_listener);
         let http_addr = local_addr(&http_listener);
         let shared = Arc::new(Shared::default());
         let servers = [
-            tokio::spawn(grpc::serve(grpc_listener, Arc::clone(&shared))),
-            tokio::spawn(http::serve(http_listener, Arc::clone(&shared))),
+            tokio::spawn(grpc::serve(grpc_listener, Arc::clone(&shared), tls.clone())),
+            tokio::spawn(http::serve(http_listener, Arc::clone(&shared), tls.clone())),
         ];
         Self {
             grpc_addr,
             http_addr,
+            tls: tls.is_some(),
             shared,
             servers,
         }
     }
 
-    /// `http://127.0.0.1:PORT` for `OTEL_EXPORTER_OTLP_ENDPOINT` with `grpc`.
+    /// `http://127.0.0.1:PORT` (`https://localhost:PORT` over TLS) for
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` with `grpc`.
     pub fn grpc_endpoint(&self) -> String {
-        format!("http://{}", self.grpc_addr)
+        self.endpoint(self.grpc_addr)
     }
 
-    /// `http://127.0.0.1:PORT` for `OTEL_EXPORTER_OTLP_ENDPOINT` with
-    /// `http/protobuf` (the exporter appends `/v1/traces`).
+    /// `http://127.0.0.1:PORT` (`https://localhost:PORT` over TLS) for
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` with `http/protobuf` (the exporter
+    /// appends `/v1/traces`).
     pub fn http_endpoint(&self) -> String {
-        format!("http://{}", self.http_addr)
+        self.endpoint(self.http_addr)
+    }
+
+    fn endpoint(&self, addr: SocketAddr) -> String {
+        if self.tls {
+            format!("https://localhost:{}", addr.port())
+        } else {
+            format!("http://{addr}")
+        }
     }
 
     /// Every span accepted so far, in arrival order.

@@ -22,6 +22,7 @@ mod config;
 mod convert;
 mod events;
 mod retry;
+mod tls;
 mod transport;
 
 use std::sync::Arc;

@@ -244,7 +244,7 @@ fn settle(
 ) {
     match result {
         Ok(response) => {
-            backoff.succeeded();
+            backoff.succeeded(&config.endpoint);
             let partial = response.partial_success.unwrap_or_default();
             // A confused server's negative or oversized count must not make
             // the counters lie the other way.

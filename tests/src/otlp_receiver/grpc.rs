@@ -62,16 +62,29 @@ impl MetricsService for Receiver {
     }
 }
 
-pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub(super) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     let service = Signals {
         traces: TraceServiceServer::new(Receiver(Arc::clone(&shared)))
             .accept_compressed(CompressionEncoding::Gzip),
         metrics: MetricsServiceServer::new(Receiver(shared))
             .accept_compressed(CompressionEncoding::Gzip),
     };
-    let served = Server::builder()
-        .serve_with_incoming(service, TcpIncoming::from(listener))
-        .await;
+    let served = match tls {
+        None => {
+            Server::builder()
+                .serve_with_incoming(service, TcpIncoming::from(listener))
+                .await
+        }
+        Some(config) => {
+            Server::builder()
+                .serve_with_incoming(service, super::tls::incoming(listener, config))
+                .await
+        }
+    };
     if let Err(error) = served {
         panic!("OTLP/gRPC test receiver failed: {error}");
     }

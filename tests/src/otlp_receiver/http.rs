@@ -22,6 +22,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message as _;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 
 use super::{Failure, Protocol, Shared, text_headers};
 
@@ -30,7 +31,12 @@ const PROTOBUF: &str = "application/x-protobuf";
 /// Serves until dropped. Connections are tasks of a `JoinSet` owned here,
 /// so dropping the receiver closes them too, as a killed collector would:
 /// a client's keep-alive connection must not outlive it.
-pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub(super) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    let acceptor = tls.map(TlsAcceptor::from);
     let mut connections = JoinSet::new();
     loop {
         let stream = tokio::select! {
@@ -42,14 +48,27 @@ pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             Some(_) = connections.join_next() => continue,
         };
         let shared = Arc::clone(&shared);
+        let acceptor = acceptor.clone();
         connections.spawn(async move {
-            let service = service_fn(move |request| handle(Arc::clone(&shared), request));
-            // A client that hangs up mid-request is the client's problem.
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            match acceptor {
+                None => serve_connection(TokioIo::new(stream), shared).await,
+                Some(acceptor) => {
+                    if let Some(tls) = super::tls::accept(&acceptor, stream).await {
+                        serve_connection(TokioIo::new(tls), shared).await;
+                    }
+                }
+            }
         });
     }
+}
+
+async fn serve_connection<IO>(io: IO, shared: Arc<Shared>)
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| handle(Arc::clone(&shared), request));
+    // A client that hangs up mid-request is the client's problem.
+    let _ = http1::Builder::new().serve_connection(io, service).await;
 }
 
 async fn handle(

@@ -133,7 +133,7 @@ fn settle(
 ) {
     match result {
         Ok(response) => {
-            backoff.succeeded();
+            backoff.succeeded(&config.endpoint);
             let partial = response.partial_success.unwrap_or_default();
             BatchExported {
                 spans: batch.spans,

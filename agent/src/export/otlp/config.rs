@@ -8,11 +8,15 @@
 //! [`OtlpConfig`] cannot fail.
 
 use std::num::{NonZeroU64, NonZeroUsize, ParseIntError};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::Uri;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, InvalidHeaderName, InvalidHeaderValue};
 use hyper::http::uri::InvalidUri;
+
+use super::tls::{TlsFiles, client_config};
 
 /// Errors in the export settings. They name the variable (or configuration
 /// field) that holds the bad value. Header values are never printed: they
@@ -80,6 +84,33 @@ pub enum ConfigError {
         /// Cause.
         #[source]
         source: InvalidHeaderValue,
+    },
+    /// A TLS file that cannot be read.
+    #[error("{setting}={path}: cannot read it")]
+    TlsFile {
+        /// Variable.
+        setting: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A TLS file without the PEM content its variable asks for.
+    #[error("{setting}={path}: {reason}")]
+    TlsPem {
+        /// Variable.
+        setting: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// TLS settings that do not fit together, or no trusted roots.
+    #[error("TLS to the OTLP endpoint: {reason}")]
+    Tls {
+        /// What is wrong.
+        reason: String,
     },
     /// The batch size exceeds the queue, so a full batch could never form.
     #[error(
@@ -198,6 +229,8 @@ pub struct OtlpConfig {
     pub batch: BatchConfig,
     /// Retries.
     pub retry: RetryConfig,
+    /// TLS client settings, for an `https://` endpoint only.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// On shutdown, queued spans are sent within this time, then counted
     /// as lost.
     pub shutdown_timeout: Duration,
@@ -256,6 +289,26 @@ const COMPRESSION: SignalVar = SignalVar {
     metrics: "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
     generic: "OTEL_EXPORTER_OTLP_COMPRESSION",
 };
+const CERTIFICATE: SignalVar = SignalVar {
+    traces: "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+    metrics: "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE",
+    generic: "OTEL_EXPORTER_OTLP_CERTIFICATE",
+};
+const CLIENT_CERTIFICATE: SignalVar = SignalVar {
+    traces: "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+    metrics: "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
+    generic: "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+};
+const CLIENT_KEY: SignalVar = SignalVar {
+    traces: "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+    metrics: "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY",
+    generic: "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+};
+const INSECURE: SignalVar = SignalVar {
+    traces: "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
+    metrics: "OTEL_EXPORTER_OTLP_METRICS_INSECURE",
+    generic: "OTEL_EXPORTER_OTLP_INSECURE",
+};
 const BSP_MAX_EXPORT_BATCH_SIZE: &str = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE";
 const BSP_SCHEDULE_DELAY: &str = "OTEL_BSP_SCHEDULE_DELAY";
 const BSP_MAX_QUEUE_SIZE: &str = "OTEL_BSP_MAX_QUEUE_SIZE";
@@ -282,9 +335,9 @@ const DEFAULT_BATCH: BatchConfig = BatchConfig {
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A value and the variable or field it came from.
-struct Setting {
-    name: &'static str,
-    value: String,
+pub(super) struct Setting {
+    pub(super) name: &'static str,
+    pub(super) value: String,
 }
 
 /// The lookup, with the specification's rule that an empty value is unset,
@@ -384,8 +437,18 @@ impl OtlpConfig {
                 queue: batch.max_queue_size,
             });
         }
+        let endpoint = resolve_endpoint(overrides, &env, protocol)?;
+        let tls = if endpoint.scheme_str() == Some("https") {
+            Some(client_config(TlsFiles {
+                ca: env.signal(&CERTIFICATE),
+                client_certificate: env.signal(&CLIENT_CERTIFICATE),
+                client_key: env.signal(&CLIENT_KEY),
+            })?)
+        } else {
+            None
+        };
         Ok(Self {
-            endpoint: resolve_endpoint(overrides, &env, protocol)?,
+            endpoint,
             protocol,
             headers: env
                 .signal(&HEADERS)
@@ -404,6 +467,7 @@ impl OtlpConfig {
                 .unwrap_or(Compression::None),
             batch,
             retry: RetryConfig::default(),
+            tls,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         })
     }
@@ -451,7 +515,7 @@ fn resolve_endpoint<F: Fn(&str) -> Option<String>>(
             }
         },
     };
-    let url = if is_base && protocol == Protocol::HttpProtobuf {
+    let mut url = if is_base && protocol == Protocol::HttpProtobuf {
         format!(
             "{}/{}",
             setting.value.trim_end_matches('/'),
@@ -460,6 +524,14 @@ fn resolve_endpoint<F: Fn(&str) -> Option<String>>(
     } else {
         setting.value.clone()
     };
+    // The specification's one use of `_INSECURE`: a gRPC endpoint given
+    // without a scheme is secure unless it is set to true.
+    if protocol == Protocol::Grpc && !url.contains("://") {
+        let insecure = env
+            .signal(&INSECURE)
+            .is_some_and(|setting| setting.value.eq_ignore_ascii_case("true"));
+        url = format!("{}://{url}", if insecure { "http" } else { "https" });
+    }
     let uri = url
         .parse::<Uri>()
         .map_err(|source| ConfigError::InvalidEndpoint {
@@ -467,13 +539,11 @@ fn resolve_endpoint<F: Fn(&str) -> Option<String>>(
             value: setting.value.clone(),
             source,
         })?;
-    // TLS would need a rustls stack for both transports; until then an
-    // https:// endpoint is refused here rather than failing on every export.
-    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
         return Err(ConfigError::Unsupported {
             setting: setting.name,
             value: setting.value,
-            expected: "an http://host:port URL; TLS is not supported, use a local collector",
+            expected: "an http:// or https:// URL with a host",
         });
     }
     Ok(uri)
@@ -830,11 +900,32 @@ mod tests {
                 "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
             ),
             (
-                &[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318")],
-                "TLS is not supported",
+                &[("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://collector:4318")],
+                "an http:// or https:// URL",
             ),
             (
-                &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "collector:4318")],
+                &[
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318"),
+                    ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"),
+                ],
+                "OTEL_EXPORTER_OTLP_CERTIFICATE=/nonexistent/ca.pem: cannot read it",
+            ),
+            (
+                &[
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318"),
+                    ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/hostname"),
+                ],
+                "OTEL_EXPORTER_OTLP_CERTIFICATE=/etc/hostname: no PEM certificate",
+            ),
+            (
+                &[
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318"),
+                    ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", "/etc/hostname"),
+                ],
+                "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY is set without its pair",
+            ),
+            (
+                &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "/v1/traces")],
                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
             ),
             (
@@ -868,6 +959,31 @@ mod tests {
                 "{vars:?}: {message:?} lacks {expected:?}"
             );
         }
+    }
+
+    #[test]
+    fn https_endpoints_get_tls_and_insecure_applies_to_schemeless_grpc() {
+        let https = config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318")]);
+        assert!(https.tls.is_some(), "system roots");
+        assert!(config(&[]).tls.is_none());
+        let grpc = |insecure: Option<&str>| {
+            let mut vars = vec![
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
+            ];
+            vars.extend(insecure.map(|value| ("OTEL_EXPORTER_OTLP_TRACES_INSECURE", value)));
+            let config = config(&vars);
+            (config.endpoint.to_string(), config.tls.is_some())
+        };
+        assert_eq!(grpc(None), ("https://collector:4317/".to_owned(), true));
+        assert_eq!(
+            grpc(Some("true")),
+            ("http://collector:4317/".to_owned(), false)
+        );
+        assert_eq!(
+            grpc(Some("false")),
+            ("https://collector:4317/".to_owned(), true)
+        );
     }
 
     #[test]

@@ -41,13 +41,27 @@ pub(super) struct AttemptFailed<'a> {
     pub(super) endpoint: &'a Uri,
     pub(super) error: &'a SendError,
     pub(super) retry_in: Option<Duration>,
+    /// First failure since the last success: worth a warning (a wrong CA
+    /// or a collector down shows at the default log level); the retries
+    /// that follow are debug lines.
+    pub(super) first: bool,
 }
 
 impl AttemptFailed<'_> {
     pub(super) fn emit(self, stats: &Stats) {
         stats.add(Counter::ExportRequestsFailed, 1);
         stats.add(self.error.kind(), 1);
-        if let Some(retry_in) = self.retry_in {
+        let Some(retry_in) = self.retry_in else {
+            return;
+        };
+        if self.first {
+            tracing::warn!(
+                endpoint = %self.endpoint,
+                error = %ErrorChain(self.error),
+                ?retry_in,
+                "OTLP export attempt failed, retrying (data stays queued until it ages out)"
+            );
+        } else {
             tracing::debug!(
                 endpoint = %self.endpoint,
                 error = %ErrorChain(self.error),

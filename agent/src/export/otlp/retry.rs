@@ -39,6 +39,8 @@ pub(crate) struct Backoff {
     next: Duration,
     /// No attempt starts before this.
     closed_until: Option<Instant>,
+    /// The last attempt failed.
+    failing: bool,
 }
 
 impl Backoff {
@@ -47,6 +49,7 @@ impl Backoff {
             config: config.clone(),
             next: config.initial_backoff,
             closed_until: None,
+            failing: false,
         }
     }
 
@@ -61,7 +64,11 @@ impl Backoff {
         self.closed_until.filter(|until| *until > Instant::now())
     }
 
-    pub(crate) fn succeeded(&mut self) {
+    pub(crate) fn succeeded(&mut self, endpoint: &Uri) {
+        if self.failing {
+            tracing::info!(%endpoint, "OTLP export succeeded again");
+        }
+        self.failing = false;
         self.next = self.config.initial_backoff;
         self.closed_until = None;
     }
@@ -77,8 +84,10 @@ impl Backoff {
             endpoint,
             error,
             retry_in,
+            first: !self.failing,
         }
         .emit(stats);
+        self.failing = true;
         let Some(delay) = retry_in else {
             return false;
         };

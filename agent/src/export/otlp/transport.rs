@@ -6,6 +6,7 @@
 use std::error::Error as _;
 use std::io::Write as _;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +16,7 @@ use hyper::header::{
     CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER, USER_AGENT,
 };
 use hyper::{Method, StatusCode, Uri};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -27,6 +29,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message as _;
+use rustls::{ClientConfig, RootCertStore};
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, Endpoint};
@@ -44,6 +47,18 @@ pub enum SendError {
     #[error("gRPC status {code:?}: {message}")]
     Grpc {
         /// Status code.
+        code: tonic::Code,
+        /// Status message and its causes.
+        message: String,
+    },
+    /// The gRPC call failed in our client's transport before the server
+    /// answered: connecting, the TLS handshake (a refused client
+    /// certificate shows as `Unknown`), a reset connection. Retried like an
+    /// HTTP request without a response, whatever the status code tonic
+    /// gave it.
+    #[error("gRPC status {code:?}: {message}")]
+    GrpcTransport {
+        /// Status code tonic chose.
         code: tonic::Code,
         /// Status message and its causes.
         message: String,
@@ -102,7 +117,7 @@ impl SendError {
                     | StatusCode::GATEWAY_TIMEOUT
             ),
             // No response: the collector may be restarting or not up yet.
-            Self::HttpRequest { .. } | Self::Timeout { .. } => true,
+            Self::GrpcTransport { .. } | Self::HttpRequest { .. } | Self::Timeout { .. } => true,
             Self::Compress { .. } => false,
         }
     }
@@ -113,6 +128,7 @@ impl SendError {
         match self {
             Self::Timeout { .. } => Counter::ExportRequestsTimedOut,
             Self::HttpRequest { .. }
+            | Self::GrpcTransport { .. }
             | Self::Grpc {
                 code: tonic::Code::Unavailable,
                 ..
@@ -132,14 +148,17 @@ impl SendError {
 
     fn from_status(status: &tonic::Status) -> Self {
         // The cause of a transport failure ("connection refused") is in the
-        // source chain, not in the message.
-        let message = match status.source() {
-            Some(cause) => format!("{}: {}", status.message(), ErrorChain(cause)),
-            None => status.message().to_owned(),
-        };
-        Self::Grpc {
-            code: status.code(),
-            message,
+        // source chain, not in the message; a status with a source was made
+        // by our own client, not sent by the server.
+        match status.source() {
+            Some(cause) => Self::GrpcTransport {
+                code: status.code(),
+                message: format!("{}: {}", status.message(), ErrorChain(cause)),
+            },
+            None => Self::Grpc {
+                code: status.code(),
+                message: status.message().to_owned(),
+            },
         }
     }
 }
@@ -263,9 +282,19 @@ pub(crate) struct GrpcTransport<S> {
 
 impl<S: ExportService> GrpcTransport<S> {
     pub(crate) fn new(config: &OtlpConfig) -> Self {
-        let channel = Endpoint::from(config.endpoint.clone())
-            .connect_timeout(config.timeout)
-            .connect_lazy();
+        let endpoint = Endpoint::from(config.endpoint.clone()).connect_timeout(config.timeout);
+        // tonic's own TLS would be a second rustls setup; its custom
+        // connector takes the one the HTTP transport uses.
+        let channel = match &config.tls {
+            Some(tls) => endpoint.connect_with_connector_lazy(
+                HttpsConnectorBuilder::new()
+                    .with_tls_config(ClientConfig::clone(tls))
+                    .https_only()
+                    .enable_http2()
+                    .wrap_connector(http_connector(config)),
+            ),
+            None => endpoint.connect_lazy(),
+        };
         Self {
             channel,
             compression: config.compression,
@@ -289,9 +318,18 @@ impl<S: ExportService> Transport<S> for GrpcTransport<S> {
     }
 }
 
+/// TCP with the export timeout on connecting, `https://` URLs allowed
+/// (the TLS layer above it handles them).
+fn http_connector(config: &OtlpConfig) -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.timeout));
+    connector.enforce_http(false);
+    connector
+}
+
 /// OTLP/HTTP with binary protobuf bodies, `POST`ed to the signal's URL.
 pub(crate) struct HttpTransport<S> {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     endpoint: Uri,
     headers: HeaderMap,
     compression: Compression,
@@ -300,8 +338,23 @@ pub(crate) struct HttpTransport<S> {
 
 impl<S: ExportService> HttpTransport<S> {
     pub(crate) fn new(config: &OtlpConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.timeout));
+        // http:// endpoints never touch the TLS settings, so they need no
+        // trusted roots.
+        let tls = config.tls.as_deref().cloned().unwrap_or_else(|| {
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map(|builder| {
+                    builder
+                        .with_root_certificates(RootCertStore::empty())
+                        .with_no_client_auth()
+                })
+                .unwrap_or_else(|error| panic!("ring supports the default TLS versions: {error}"))
+        });
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http_connector(config));
         let mut headers = request_headers(config);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(PROTOBUF));
         if config.compression == Compression::Gzip {
@@ -434,6 +487,12 @@ mod tests {
             SendError::Timeout {
                 timeout: Duration::from_secs(1),
             },
+            // Our client failed (here a refused client certificate), not
+            // the server: retried whatever code tonic chose.
+            SendError::GrpcTransport {
+                code: tonic::Code::Unknown,
+                message: "received fatal alert: CertificateRequired".into(),
+            },
         ];
         let permanent = [
             grpc(tonic::Code::InvalidArgument),
@@ -470,6 +529,11 @@ mod tests {
             grpc(tonic::Code::Unavailable).kind(),
             Counter::ExportRequestsUnreachable
         );
+        let transport = SendError::GrpcTransport {
+            code: tonic::Code::Unknown,
+            message: String::new(),
+        };
+        assert_eq!(transport.kind(), Counter::ExportRequestsUnreachable);
         for throttled in [grpc(tonic::Code::ResourceExhausted), http(429), http(503)] {
             assert_eq!(
                 throttled.kind(),
