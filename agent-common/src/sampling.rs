@@ -12,6 +12,11 @@
 /// W3C trace flags bit 0: the trace is sampled.
 pub const FLAG_SAMPLED: u32 = 1;
 
+/// W3C Trace Context Level 2 trace flags bit 1: the trace id's 56 rightmost
+/// bits are random. Set on the traces Sonde starts (its ids are random), as
+/// the specification asks of SDKs.
+pub const FLAG_RANDOM: u32 = 2;
+
 /// `sampler` bit: a parent's sampled flag decides (the `parentbased_*` samplers).
 pub const PARENT_BASED: u32 = 1;
 
@@ -28,8 +33,8 @@ pub fn randomness(trace_id: &[u8; 16]) -> u64 {
 
 /// The trace flags of a span on trace `trace_id`: the parent's flags under a
 /// parent-based sampler (`parent_flags`, if the span has a parent), else the
-/// parent's other bits (or none) with the sampled bit set iff the trace id's
-/// randomness reaches `threshold`.
+/// parent's other bits (for a new trace: [`FLAG_RANDOM`]) with the sampled
+/// bit set iff the trace id's randomness reaches `threshold`.
 #[inline(always)]
 pub fn trace_flags(
     sampler: u32,
@@ -45,7 +50,7 @@ pub fn trace_flags(
             } else {
                 0
             };
-            (parent_flags.unwrap_or(0) & !FLAG_SAMPLED) | sampled
+            (parent_flags.unwrap_or(FLAG_RANDOM) & !FLAG_SAMPLED) | sampled
         }
     }
 }
@@ -71,14 +76,15 @@ mod tests {
     #[test]
     fn threshold_compares_at_or_above() {
         let t = 0x00c0_0000_0000_0000; // ratio 0.25
-        assert_eq!(trace_flags(0, t, &id_with_randomness(t), None), 1);
-        assert_eq!(trace_flags(0, t, &id_with_randomness(t - 1), None), 0);
-        assert_eq!(trace_flags(0, 0, &id_with_randomness(0), None), 1);
+        assert_eq!(trace_flags(0, t, &id_with_randomness(t), Some(0)), 1);
+        assert_eq!(trace_flags(0, t, &id_with_randomness(t - 1), Some(0)), 0);
+        assert_eq!(trace_flags(0, 0, &id_with_randomness(0), Some(0)), 1);
         let max = THRESHOLD_NEVER - 1;
-        assert_eq!(
-            trace_flags(0, THRESHOLD_NEVER, &id_with_randomness(max), None),
-            0
-        );
+        let never = trace_flags(0, THRESHOLD_NEVER, &id_with_randomness(max), Some(0));
+        assert_eq!(never, 0);
+        // A new trace says its id is random.
+        assert_eq!(trace_flags(0, t, &id_with_randomness(t), None), 3);
+        assert_eq!(trace_flags(0, t, &id_with_randomness(t - 1), None), 2);
     }
 
     #[test]
@@ -86,7 +92,7 @@ mod tests {
         let id = id_with_randomness(0);
         assert_eq!(trace_flags(PARENT_BASED, 0, &id, Some(0)), 0);
         assert_eq!(trace_flags(PARENT_BASED, THRESHOLD_NEVER, &id, Some(3)), 3);
-        assert_eq!(trace_flags(PARENT_BASED, THRESHOLD_NEVER, &id, None), 0);
+        assert_eq!(trace_flags(PARENT_BASED, THRESHOLD_NEVER, &id, None), 2);
         // Not parent-based: the ratio decides, the parent's other bits stay.
         assert_eq!(trace_flags(0, 0, &id, Some(2)), 3);
         assert_eq!(trace_flags(0, THRESHOLD_NEVER, &id, Some(3)), 2);
