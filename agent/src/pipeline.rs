@@ -55,8 +55,11 @@ use crate::{
         decode::KernelEvent, run_reader,
     },
     protocols::{DescribeOptions, describe},
-    sampling::{HeadSampler, SamplingError},
-    spans::{assemble::assemble, clock::Clock},
+    sampling::{HeadSampler, SamplingError, rate::RateCap},
+    spans::{
+        assemble::{assemble, identity},
+        clock::Clock,
+    },
     telemetry::{Counter, Gauge, Stats},
 };
 
@@ -230,6 +233,8 @@ pub async fn run(config: AgentConfig) -> Result<(), PipelineError> {
                 rpc_conventions: config.spans.rpc_conventions,
             },
             red: metrics.red.clone(),
+            rate_cap: config.sampling.max_spans_per_second.map(RateCap::new),
+            sampler,
         },
         Arc::clone(&stats),
     ));
@@ -353,14 +358,20 @@ struct SpanBuilder {
     options: DescribeOptions,
     /// RED metrics, when enabled.
     red: Option<Arc<RedMetrics>>,
+    /// Decides for the spans whose ids the kernel did not make.
+    sampler: HeadSampler,
+    /// `sampling.max_spans_per_second`, when set.
+    rate_cap: Option<RateCap>,
 }
 
 /// Span building stage: each call's protocol slice describes it, and the
-/// span and the RED measurement both come from that description.
+/// span and the RED measurement both come from that description. Every
+/// call is measured; only those of sampled traces (within the rate cap)
+/// become spans.
 async fn run_span_builder(
     mut conn_to_spans: mpsc::Receiver<Call>,
     spans_to_export: mpsc::Sender<Span>,
-    builder: SpanBuilder,
+    mut builder: SpanBuilder,
     stats: Arc<Stats>,
 ) {
     while let Some(call) = conn_to_spans.recv().await {
@@ -372,8 +383,20 @@ async fn run_span_builder(
         if let Some(red) = &builder.red {
             red.record(&resource, &description.measurement);
         }
+        let identity = identity(&call, &builder.sampler, &resource.service_name);
+        if !identity.sampled() {
+            stats.add(Counter::SpansNotSampled, 1);
+            continue;
+        }
+        if let Some(cap) = &mut builder.rate_cap
+            && !cap.allow(&resource.service_name, std::time::Instant::now())
+        {
+            stats.add(Counter::SpansDroppedRateCap, 1);
+            continue;
+        }
         let span = assemble(
             &call,
+            identity,
             description.span,
             resource,
             builder.clock.to_unix_ns(call.start_ns),
@@ -418,6 +441,7 @@ const LOSS_COUNTERS: &[Counter] = &[
     Counter::ExchangesDroppedChannelFull,
     Counter::Http2StreamsUnresolved,
     Counter::SpansDroppedQueueFull,
+    Counter::SpansDroppedRateCap,
     Counter::SpansExportFailed,
     Counter::SpansDroppedExpired,
     Counter::SpansDroppedShutdown,

@@ -58,6 +58,8 @@ metrics! {
         ExchangesDroppedChannelFull => "sonde_exchanges_dropped_channel_full", "Finished requests dropped because span building was behind";
         SpansProduced => "sonde_spans_produced", "Spans built";
         SpansDroppedQueueFull => "sonde_spans_dropped_queue_full", "Spans dropped because the export queue was full";
+        SpansNotSampled => "sonde_spans_not_sampled", "Spans not built because the head sampler did not sample their trace (their requests still count in the RED metrics)";
+        SpansDroppedRateCap => "sonde_spans_dropped_rate_cap", "Spans dropped by the per-service rate cap (sampling.max_spans_per_second)";
         SpansExported => "sonde_spans_exported", "Spans accepted by the OTLP endpoint";
         SpansExportFailed => "sonde_spans_export_failed", "Spans the OTLP endpoint refused for good (permanent error or partial rejection; not retried)";
         SpansDroppedExpired => "sonde_spans_dropped_expired", "Spans dropped unsent because they waited longer than the retry budget (export.retry.max_elapsed_secs)";
