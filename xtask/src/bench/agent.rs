@@ -120,8 +120,13 @@ pub struct Agent {
 
 impl Agent {
     /// Starts `sonde run --port PORT` exporting over OTLP/HTTP to
-    /// `endpoint`, and waits until it reports running.
-    pub fn start(binary: &AgentBinary, port: u16, endpoint: &str) -> Result<Self> {
+    /// `endpoint`, with `env` set too, and waits until it reports running.
+    pub fn start(
+        binary: &AgentBinary,
+        port: u16,
+        endpoint: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let mut command = Command::new(&binary.path);
         command.arg("run").arg("--port").arg(port.to_string());
         if binary.has_prometheus_port {
@@ -136,6 +141,7 @@ impl Agent {
             .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
             .env("SONDE_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stderr(Stdio::piped());
         let mut process = Process::spawn("the agent", &mut command, false)?;
         let stderr = process.take_stderr().context("the agent's stderr")?;

@@ -113,6 +113,9 @@ pub enum Variant {
     /// The agent, selecting a port nobody listens on: what every other
     /// process on the node pays.
     AgentIdle,
+    /// The agent, selecting the service, sampling 10% of traces
+    /// (`traceidratio` 0.1): what head sampling saves.
+    AgentSampled,
     /// The service instrumented with the OpenTelemetry SDK.
     Sdk,
 }
@@ -126,6 +129,7 @@ impl Variant {
             (Workload::Python, Variant::Baseline) => "plain",
             (Workload::Python, Variant::AgentTracing) => "plain + agent",
             (_, Variant::AgentIdle) => "agent on, tracing nothing",
+            (_, Variant::AgentSampled) => "agent tracing, 10% sampled",
             (_, Variant::Sdk) => "OpenTelemetry SDK",
         }
     }
@@ -141,7 +145,12 @@ struct Plan {
 const PLANS: &[Plan] = &[
     Plan {
         workload: Workload::Nginx,
-        variants: &[Variant::Baseline, Variant::AgentTracing, Variant::AgentIdle],
+        variants: &[
+            Variant::Baseline,
+            Variant::AgentTracing,
+            Variant::AgentSampled,
+            Variant::AgentIdle,
+        ],
         loads: &[Load::Saturation, Load::Rate(5_000), Load::Rate(20_000)],
     },
     Plan {
@@ -384,8 +393,24 @@ impl Bench {
             (None, None) => bail!("no service to load"),
         };
         let agent = match variant {
-            Variant::AgentTracing => Some(Agent::start(&self.agent, addr.port(), &sink.endpoint)?),
-            Variant::AgentIdle => Some(Agent::start(&self.agent, free_port()?, &sink.endpoint)?),
+            Variant::AgentTracing => {
+                Some(Agent::start(&self.agent, addr.port(), &sink.endpoint, &[])?)
+            }
+            Variant::AgentSampled => Some(Agent::start(
+                &self.agent,
+                addr.port(),
+                &sink.endpoint,
+                &[
+                    ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                    ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
+                ],
+            )?),
+            Variant::AgentIdle => Some(Agent::start(
+                &self.agent,
+                free_port()?,
+                &sink.endpoint,
+                &[],
+            )?),
             Variant::Baseline | Variant::Sdk => None,
         };
         let warmup = self.generator.run(load, addr, WARMUP)?;

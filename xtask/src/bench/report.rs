@@ -424,7 +424,12 @@ impl Report {
         else {
             return;
         };
-        let columns: Vec<(Variant, &AgentFigure)> = [Variant::AgentTracing, Variant::AgentIdle]
+        let agents = [
+            Variant::AgentTracing,
+            Variant::AgentSampled,
+            Variant::AgentIdle,
+        ];
+        let columns: Vec<(Variant, &AgentFigure)> = agents
             .into_iter()
             .filter_map(|v| Some((v, self.find(workload, v, load)?.agent.as_ref()?)))
             .collect();
