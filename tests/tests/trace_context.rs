@@ -1388,7 +1388,9 @@ fn inserted_ids(sent: &[u8], captured: &[u8]) -> (String, String) {
     let line = show(&captured[line_end..line_end + 70]);
     let value = line
         .strip_prefix("traceparent: 00-")
-        .and_then(|v| v.strip_suffix("-01\r\n"))
+        // A new trace: sampled (the default sampler) and a random id (W3C
+        // Level 2 flag 02).
+        .and_then(|v| v.strip_suffix("-03\r\n"))
         .unwrap_or_else(|| panic!("inserted line {line:?}"));
     let (trace_id, span_id) = value.split_once('-').unwrap_or_else(|| panic!("{line:?}"));
     let lower_hex = |id: &str| {
