@@ -26,10 +26,13 @@
 //! HTTP calls, described by [`http`]. gRPC ([`grpc`]) rides on HTTP/2: the
 //! HTTP/2 slice recognises it by content type and records a gRPC call.
 
+pub mod db;
 pub mod grpc;
 pub mod http;
 pub mod http1;
 pub mod http2;
+pub mod redis;
+pub mod sql;
 
 use std::{fmt::Debug, sync::Arc};
 
