@@ -211,7 +211,11 @@ pub(crate) mod fixture {
         let mut events = Vec::new();
         for (i, (from_client, bytes)) in chunks(name).iter().enumerate() {
             let tid = if *from_client { 1 } else { 2 };
-            feed(*from_client, &Chunk::whole(bytes, i as u64, tid), &mut events);
+            feed(
+                *from_client,
+                &Chunk::whole(bytes, i as u64, tid),
+                &mut events,
+            );
         }
         split(events)
     }

@@ -142,7 +142,9 @@ impl Reader {
             return Ok(&data[n..]);
         }
         let inline_ok = self.requests && self.stack.is_empty();
-        if self.line.is_empty() && !(is_type_byte(data[0]) || inline_ok && data[0].is_ascii_alphabetic()) {
+        if self.line.is_empty()
+            && !(is_type_byte(data[0]) || inline_ok && data[0].is_ascii_alphabetic())
+        {
             return Err(Lost);
         }
         let Some(nl) = data.iter().position(|b| *b == b'\n') else {
@@ -425,7 +427,9 @@ impl RedisConn {
 
     fn drop_pending(&mut self, out: &mut Vec<DbEvent>) {
         if !self.pending.is_empty() {
-            out.push(DbEvent::Degraded(Degraded::RequestsDropped(self.pending.len())));
+            out.push(DbEvent::Degraded(Degraded::RequestsDropped(
+                self.pending.len(),
+            )));
             self.pending.clear();
         }
     }
@@ -536,7 +540,12 @@ mod tests {
 
     #[test]
     fn table() {
-        type Case<'a> = (&'a str, Vec<(bool, &'a [u8], usize)>, Vec<(&'a str, Option<&'a str>)>, Vec<DbEvent>);
+        type Case<'a> = (
+            &'a str,
+            Vec<(bool, &'a [u8], usize)>,
+            Vec<(&'a str, Option<&'a str>)>,
+            Vec<DbEvent>,
+        );
         let cases: Vec<Case<'_>> = vec![
             (
                 "value cut by the capture is skipped by length",
@@ -566,12 +575,21 @@ mod tests {
             (
                 "RESP3 push, attribute, blob error, null, inline command",
                 vec![
-                    (true, b"PING\r\n*1\r\n$3\r\nGET\r\n*1\r\n$4\r\nEVAL\r\n*1\r\n$3\r\nDEL\r\n", 0),
+                    (
+                        true,
+                        b"PING\r\n*1\r\n$3\r\nGET\r\n*1\r\n$4\r\nEVAL\r\n*1\r\n$3\r\nDEL\r\n",
+                        0,
+                    ),
                     (false, b">2\r\n$7\r\nmessage\r\n$1\r\nx\r\n+PONG\r\n", 0),
                     (false, b"|1\r\n+key-popularity\r\n%0\r\n_\r\n", 0),
                     (false, b"!21\r\nSYNTAX invalid syntax\r\n$-1\r\n", 0),
                 ],
-                vec![("PING", None), ("GET", None), ("EVAL", Some("SYNTAX")), ("DEL", None)],
+                vec![
+                    ("PING", None),
+                    ("GET", None),
+                    ("EVAL", Some("SYNTAX")),
+                    ("DEL", None),
+                ],
                 vec![],
             ),
             (
@@ -585,7 +603,10 @@ mod tests {
             ),
             (
                 "not RESP at all",
-                vec![(true, b"\x16\x03\x01\x02\x00", 0), (false, b"\x16\x03\x03", 0)],
+                vec![
+                    (true, b"\x16\x03\x01\x02\x00", 0),
+                    (false, b"\x16\x03\x03", 0),
+                ],
                 vec![],
                 vec![DbEvent::Degraded(Degraded::LostSync)],
             ),

@@ -40,18 +40,20 @@ enum Token<'a> {
 /// driver sent (`$1`, `?`) stay. A statement cut inside a literal ends with
 /// that literal's `?`: nothing of a value survives.
 pub fn sanitize(sql: &str, dialect: Dialect) -> String {
-    let tokens = tokenize(sql, dialect);
+    let spaced_tokens = tokenize(sql, dialect);
+    let tokens: Vec<Token<'_>> = spaced_tokens.iter().map(|t| t.0.clone()).collect();
     let mut out = String::with_capacity(sql.len().min(1024));
     let mut i = 0;
     while i < tokens.len() {
-        let token = &tokens[i];
+        let spaced = spaced_tokens[i].1 && !out.is_empty();
         if let Some(end) = literal_list_after_in(&tokens, i) {
-            push_token(&mut out, &Token::Word(word_of(token)));
-            out.push_str(" (?)");
+            push_token(&mut out, &tokens[i], spaced);
+            push_token(&mut out, &Token::Punct("("), spaced_tokens[i + 1].1);
+            out.push_str("?)");
             i = end;
             continue;
         }
-        push_token(&mut out, token);
+        push_token(&mut out, &tokens[i], spaced);
         i += 1;
     }
     out
@@ -79,24 +81,14 @@ fn literal_list_after_in(tokens: &[Token<'_>], i: usize) -> Option<usize> {
     }
 }
 
-fn word_of<'a>(token: &Token<'a>) -> &'a str {
-    match token {
-        Token::Word(w) => w,
-        _ => "",
-    }
-}
-
-fn push_token(out: &mut String, token: &Token<'_>) {
+/// Appends a token, with one space where the statement had whitespace or
+/// a comment.
+fn push_token(out: &mut String, token: &Token<'_>, spaced: bool) {
     let text = match token {
         Token::Word(s) | Token::Quoted(s) | Token::Placeholder(s) | Token::Punct(s) => s,
         Token::Literal => "?",
     };
-    let glue = matches!(token, Token::Punct(p) if [",", ")", ".", ";", "::"].contains(p))
-        || out.ends_with('(')
-        || out.ends_with('.')
-        || out.ends_with("::")
-        || out.is_empty();
-    if !glue {
+    if spaced {
         out.push(' ');
     }
     out.push_str(text);
@@ -132,8 +124,7 @@ impl Summary {
 /// is the whole statement: from a cut one, the table is read only if the
 /// tokens after it were captured too (a cut `FROM a` might go on `, b`).
 pub fn summarize(sql: &str, dialect: Dialect, complete: bool) -> Summary {
-    let tokens = tokenize(sql, dialect);
-    let mut tokens: Vec<Token<'_>> = tokens;
+    let mut tokens: Vec<Token<'_>> = tokenize(sql, dialect).into_iter().map(|t| t.0).collect();
     // A trailing `;` ends the one statement; anything after it is a second.
     if tokens.last() == Some(&Token::Punct(";")) {
         tokens.pop();
@@ -207,7 +198,9 @@ fn table_at(tokens: &[Token<'_>], at: usize, complete: bool) -> Option<String> {
         // `FROM a, b` is not one table, nor `FROM f(...)` a table (but
         // `INTO t (a, b)` is).
         Some(Token::Punct(",")) => None,
-        Some(Token::Punct("(")) if !matches!(tokens.get(at - 1), Some(Token::Word(w)) if w.eq_ignore_ascii_case("into")) => None,
+        Some(Token::Punct("(")) if !matches!(tokens.get(at - 1), Some(Token::Word(w)) if w.eq_ignore_ascii_case("into")) => {
+            None
+        }
         // A cut statement may go on with `, b`.
         None if !complete => None,
         _ if name.is_empty() => None,
@@ -225,56 +218,74 @@ fn is_reserved(word: &str) -> bool {
 
 /// Splits `sql` into tokens, literals replaced. Never fails: a byte it
 /// does not know is punctuation, a cut literal is still a literal.
-fn tokenize(sql: &str, dialect: Dialect) -> Vec<Token<'_>> {
+fn tokenize(sql: &str, dialect: Dialect) -> Vec<(Token<'_>, bool)> {
     let bytes = sql.as_bytes();
     let mut tokens = Vec::new();
+    // Whether whitespace or a comment came before the next token.
+    let mut spaced = false;
+    macro_rules! emit {
+        ($token:expr) => {{
+            tokens.push(($token, spaced));
+            spaced = false;
+        }};
+    }
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
         let start = i;
         match b {
-            b' ' | b'\t' | b'\r' | b'\n' | b'\x0c' => i += 1,
-            b'-' if bytes.get(i + 1) == Some(&b'-') => i = line_end(bytes, i),
-            b'#' if dialect == Dialect::MySql => i = line_end(bytes, i),
+            b' ' | b'\t' | b'\r' | b'\n' | b'\x0c' => {
+                i += 1;
+                spaced = true;
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                i = line_end(bytes, i);
+                spaced = true;
+            }
+            b'#' if dialect == Dialect::MySql => {
+                i = line_end(bytes, i);
+                spaced = true;
+            }
             b'/' if bytes.get(i + 1) == Some(&b'*') => {
                 i = find(bytes, i + 2, b"*/").map_or(bytes.len(), |e| e + 2);
+                spaced = true;
             }
             b'\'' => {
                 i = quoted_end(bytes, i, b'\'', dialect == Dialect::MySql);
-                tokens.push(Token::Literal);
+                emit!(Token::Literal);
             }
             b'"' if dialect == Dialect::MySql => {
                 i = quoted_end(bytes, i, b'"', true);
-                tokens.push(Token::Literal);
+                emit!(Token::Literal);
             }
             b'"' | b'`' => {
                 i = quoted_end(bytes, i, b, false);
-                tokens.push(Token::Quoted(&sql[start..i]));
+                emit!(Token::Quoted(&sql[start..i]));
             }
             b'$' if dialect == Dialect::Postgres => {
                 let digits = run(bytes, i + 1, |c| c.is_ascii_digit());
                 if digits > i + 1 {
                     i = digits;
-                    tokens.push(Token::Placeholder(&sql[start..i]));
+                    emit!(Token::Placeholder(&sql[start..i]));
                 } else if let Some(end) = dollar_quoted_end(bytes, i) {
                     i = end;
-                    tokens.push(Token::Literal);
+                    emit!(Token::Literal);
                 } else {
                     i += 1;
-                    tokens.push(Token::Punct("$"));
+                    emit!(Token::Punct("$"));
                 }
             }
             b'?' => {
                 i += 1;
-                tokens.push(Token::Placeholder("?"));
+                emit!(Token::Placeholder("?"));
             }
             b'0'..=b'9' => {
                 i = number_end(bytes, i);
-                tokens.push(Token::Literal);
+                emit!(Token::Literal);
             }
             b'.' if bytes.get(i + 1).is_some_and(u8::is_ascii_digit) => {
                 i = number_end(bytes, i + 1);
-                tokens.push(Token::Literal);
+                emit!(Token::Literal);
             }
             _ if is_word_byte(b) => {
                 i = run(bytes, i, is_word_byte);
@@ -282,19 +293,24 @@ fn tokenize(sql: &str, dialect: Dialect) -> Vec<Token<'_>> {
                 // is part of the literal.
                 let word = &sql[start..i];
                 let prefixed = bytes.get(i) == Some(&b'\'')
-                    && ["e", "b", "x", "n"].iter().any(|p| word.eq_ignore_ascii_case(p));
+                    && ["e", "b", "x", "n"]
+                        .iter()
+                        .any(|p| word.eq_ignore_ascii_case(p));
                 if prefixed {
                     let escapes = dialect == Dialect::MySql || word.eq_ignore_ascii_case("e");
                     i = quoted_end(bytes, i, b'\'', escapes);
-                    tokens.push(Token::Literal);
+                    emit!(Token::Literal);
                 } else {
-                    tokens.push(Token::Word(word));
+                    emit!(Token::Word(word));
                 }
             }
             _ => {
                 // Two-character operators as one token, else one character
                 // at a time, UTF-8 aware.
-                let len = if TWO_CHAR_OPERATORS.iter().any(|op| bytes[i..].starts_with(op)) {
+                let len = if TWO_CHAR_OPERATORS
+                    .iter()
+                    .any(|op| bytes[i..].starts_with(op))
+                {
                     2
                 } else {
                     sql[i..].chars().next().map_or(1, char::len_utf8)
@@ -303,13 +319,13 @@ fn tokenize(sql: &str, dialect: Dialect) -> Vec<Token<'_>> {
                 let punct = &sql[start..i];
                 if punct == ":"
                     && bytes.get(i).is_some_and(|c| c.is_ascii_alphabetic())
-                    && tokens.last() != Some(&Token::Punct(":"))
+                    && tokens.last().map(|t| &t.0) != Some(&Token::Punct(":"))
                 {
                     // `:name` placeholder (not a `::type` cast).
                     i = run(bytes, i, is_word_byte);
-                    tokens.push(Token::Placeholder(&sql[start..i]));
+                    emit!(Token::Placeholder(&sql[start..i]));
                 } else {
-                    tokens.push(Token::Punct(punct));
+                    emit!(Token::Punct(punct));
                 }
             }
         }
@@ -375,7 +391,9 @@ fn dollar_quoted_end(bytes: &[u8], i: usize) -> Option<usize> {
 
 /// End of a number: digits, one fraction, an exponent, hex `0x..`.
 fn number_end(bytes: &[u8], i: usize) -> usize {
-    let mut j = run(bytes, i, |c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_');
+    let mut j = run(bytes, i, |c| {
+        c.is_ascii_alphanumeric() || c == b'.' || c == b'_'
+    });
     // `1e-5`: the sign belongs to the exponent.
     while matches!(bytes.get(j), Some(b'-' | b'+'))
         && matches!(bytes.get(j - 1), Some(b'e' | b'E'))
@@ -394,21 +412,74 @@ mod tests {
     fn sanitize_table() {
         use Dialect::{MySql, Postgres};
         let cases: &[(Dialect, &str, &str)] = &[
-            (Postgres, "SELECT * FROM users WHERE id = 42", "SELECT * FROM users WHERE id = ?"),
-            (Postgres, "select name from t where n = 'O''Brien' and x=-1.5e-3", "select name from t where n = ? and x = - ?"),
+            (
+                Postgres,
+                "SELECT * FROM users WHERE id = 42",
+                "SELECT * FROM users WHERE id = ?",
+            ),
+            (
+                Postgres,
+                "select name from t where n = 'O''Brien' and x=-1.5e-3",
+                "select name from t where n = ? and x=-?",
+            ),
             (Postgres, "SELECT $1::int, $2", "SELECT $1::int, $2"),
             (Postgres, "SELECT E'a\\'b', 'c'", "SELECT ?, ?"),
-            (Postgres, "SELECT $f$ secret ' $f$ FROM t", "SELECT ? FROM t"),
-            (Postgres, "SELECT \"Weird Col\" FROM \"Tab\"", "SELECT \"Weird Col\" FROM \"Tab\""),
-            (Postgres, "SELECT 1 -- password=hunter2\n, 2 /* 3 */", "SELECT ?, ?"),
-            (Postgres, "DELETE FROM t WHERE id IN (1, 2, 3) AND k IN ('a','b')", "DELETE FROM t WHERE id IN (?) AND k IN (?)"),
-            (Postgres, "INSERT INTO t (a, b) VALUES (1, 'x')", "INSERT INTO t (a, b) VALUES (?, ?)"),
-            (Postgres, "SELECT x'ff', b'01', 0xdead, .5", "SELECT ?, ?, ?, ?"),
-            (Postgres, "SELECT * FROM t WHERE s = 'cut in the mid", "SELECT * FROM t WHERE s = ?"),
-            (Postgres, "SELECT * FROM t1 WHERE c2 = 7", "SELECT * FROM t1 WHERE c2 = ?"),
-            (MySql, "SELECT \"str\", `col` FROM db.t WHERE a='x\\'y' # c", "SELECT ?, `col` FROM db.t WHERE a = ?"),
-            (MySql, "UPDATE t SET v = ? WHERE id = 9", "UPDATE t SET v = ? WHERE id = ?"),
-            (Postgres, "SELECT 'é' || nom FROM café", "SELECT ? || nom FROM café"),
+            (
+                Postgres,
+                "SELECT $f$ secret ' $f$ FROM t",
+                "SELECT ? FROM t",
+            ),
+            (
+                Postgres,
+                "SELECT \"Weird Col\" FROM \"Tab\"",
+                "SELECT \"Weird Col\" FROM \"Tab\"",
+            ),
+            (
+                Postgres,
+                "SELECT 1 -- password=hunter2\n, 2 /* 3 */",
+                "SELECT ? , ?",
+            ),
+            (
+                Postgres,
+                "DELETE FROM t WHERE id IN (1, 2, 3) AND k IN('a','b')",
+                "DELETE FROM t WHERE id IN (?) AND k IN(?)",
+            ),
+            (Postgres, "SELECT count(*) FROM t", "SELECT count(*) FROM t"),
+            (
+                Postgres,
+                "INSERT INTO t (a, b) VALUES (1, 'x')",
+                "INSERT INTO t (a, b) VALUES (?, ?)",
+            ),
+            (
+                Postgres,
+                "SELECT x'ff', b'01', 0xdead, .5",
+                "SELECT ?, ?, ?, ?",
+            ),
+            (
+                Postgres,
+                "SELECT * FROM t WHERE s = 'cut in the mid",
+                "SELECT * FROM t WHERE s = ?",
+            ),
+            (
+                Postgres,
+                "SELECT * FROM t1 WHERE c2 = 7",
+                "SELECT * FROM t1 WHERE c2 = ?",
+            ),
+            (
+                MySql,
+                "SELECT \"str\", `col` FROM db.t WHERE a='x\\'y' # c",
+                "SELECT ?, `col` FROM db.t WHERE a=?",
+            ),
+            (
+                MySql,
+                "UPDATE t SET v = ? WHERE id = 9",
+                "UPDATE t SET v = ? WHERE id = ?",
+            ),
+            (
+                Postgres,
+                "SELECT 'é' || nom FROM café",
+                "SELECT ? || nom FROM café",
+            ),
         ];
         for (dialect, sql, want) in cases {
             assert_eq!(sanitize(sql, *dialect), *want, "{sql}");
@@ -425,20 +496,70 @@ mod tests {
     #[test]
     fn summary_table() {
         let cases: &[(&str, bool, Option<&str>, Option<&str>)] = &[
-            ("SELECT * FROM orders WHERE id = $1", true, Some("SELECT"), Some("orders")),
-            ("select a from public.orders o", true, Some("SELECT"), Some("public.orders")),
-            ("SELECT * FROM \"Orders\";", true, Some("SELECT"), Some("Orders")),
-            ("SELECT * FROM a JOIN b ON a.id = b.id", true, Some("SELECT"), None),
+            (
+                "SELECT * FROM orders WHERE id = $1",
+                true,
+                Some("SELECT"),
+                Some("orders"),
+            ),
+            (
+                "select a from public.orders o",
+                true,
+                Some("SELECT"),
+                Some("public.orders"),
+            ),
+            (
+                "SELECT * FROM \"Orders\";",
+                true,
+                Some("SELECT"),
+                Some("Orders"),
+            ),
+            (
+                "SELECT * FROM a JOIN b ON a.id = b.id",
+                true,
+                Some("SELECT"),
+                None,
+            ),
             ("SELECT * FROM a, b", true, Some("SELECT"), None),
             ("SELECT * FROM (SELECT 1) s", true, Some("SELECT"), None),
-            ("SELECT (SELECT max(x) FROM b) FROM a", true, Some("SELECT"), None),
-            ("SELECT * FROM generate_series(1, 3)", true, Some("SELECT"), None),
+            (
+                "SELECT (SELECT max(x) FROM b) FROM a",
+                true,
+                Some("SELECT"),
+                None,
+            ),
+            (
+                "SELECT * FROM generate_series(1, 3)",
+                true,
+                Some("SELECT"),
+                None,
+            ),
             ("SELECT 1", true, Some("SELECT"), None),
-            ("INSERT INTO items (a) VALUES (1)", true, Some("INSERT"), Some("items")),
-            ("UPDATE items SET a = 1", true, Some("UPDATE"), Some("items")),
-            ("DELETE FROM items WHERE a = 1", true, Some("DELETE"), Some("items")),
+            (
+                "INSERT INTO items (a) VALUES (1)",
+                true,
+                Some("INSERT"),
+                Some("items"),
+            ),
+            (
+                "UPDATE items SET a = 1",
+                true,
+                Some("UPDATE"),
+                Some("items"),
+            ),
+            (
+                "DELETE FROM items WHERE a = 1",
+                true,
+                Some("DELETE"),
+                Some("items"),
+            ),
             ("SELECT * FROM items", false, Some("SELECT"), None),
-            ("SELECT * FROM items WHERE a", false, Some("SELECT"), Some("items")),
+            (
+                "SELECT * FROM items WHERE a",
+                false,
+                Some("SELECT"),
+                Some("items"),
+            ),
             ("BEGIN", true, Some("BEGIN"), None),
             ("SELECT 1; SELECT 2", true, None, None),
             ("  (SELECT 1)", true, None, None),
