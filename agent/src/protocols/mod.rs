@@ -31,6 +31,7 @@ pub mod grpc;
 pub mod http;
 pub mod http1;
 pub mod http2;
+pub mod memcached;
 pub mod postgres;
 pub mod redis;
 pub mod sql;
