@@ -209,6 +209,9 @@ pub struct SpansConfig {
     /// gRPC attribute names: `current` (default), `legacy` (`rpc.system`,
     /// `rpc.service`, `rpc.grpc.status_code`...) or `both`.
     pub rpc_conventions: crate::protocols::grpc::RpcConventions,
+    /// Leave `db.query.text` off database spans (it is always sanitized:
+    /// literals and arguments replaced by `?`).
+    pub omit_db_query_text: bool,
 }
 
 /// Export settings; unset OTLP fields fall back to `OTEL_EXPORTER_OTLP_*`.

@@ -231,6 +231,7 @@ pub async fn run(config: AgentConfig) -> Result<(), PipelineError> {
                 capture_query: config.spans.capture_query,
                 routes: Arc::clone(&metrics.routes),
                 rpc_conventions: config.spans.rpc_conventions,
+                db_query_text: !config.spans.omit_db_query_text,
             },
             red: metrics.red.clone(),
             rate_cap: config.sampling.max_spans_per_second.map(RateCap::new),

@@ -53,6 +53,8 @@ metrics! {
         Http2FramingLost => "sonde_http2_framing_lost", "Times HTTP/2 frame boundaries were lost to bytes the capture did not copy (found again at a later syscall)";
         Http2TableDegraded => "sonde_http2_table_degraded", "Times an HTTP/2 header decoder stopped trusting its dynamic table because bytes were missed";
         Http2StreamsUnresolved => "sonde_http2_streams_unresolved", "HTTP/2 streams without a span because their method or status could not be decoded";
+        DbSyncLost => "sonde_db_sync_lost", "Times a database or cache connection lost its message boundaries to bytes the capture did not copy or that did not parse (found again at a later call)";
+        DbRequestsDropped => "sonde_db_requests_dropped", "Database or cache requests without a span: their answers could no longer be told apart, or the server skipped them after an earlier error in a pipeline";
         ConnectionsEvicted => "sonde_connections_evicted", "Connections dropped from the tracker (table full or idle)";
         ExchangesAbandoned => "sonde_exchanges_abandoned", "Requests given up on without a response";
         ExchangesDroppedChannelFull => "sonde_exchanges_dropped_channel_full", "Finished requests dropped because span building was behind";

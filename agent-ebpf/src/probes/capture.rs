@@ -26,8 +26,9 @@ use aya_ebpf::{
 use super::{
     syscall_args::UserData,
     trace_context::{
-        close_request_head, end_server_request, is_request_start, is_response_start,
-        start_client_request, take_server_request, take_server_request_update,
+        client_context, close_request_head, end_server_request, is_db_request_start,
+        is_request_start, is_response_start, start_client_request, take_server_request,
+        take_server_request_update,
     },
 };
 use crate::{
@@ -297,6 +298,8 @@ fn trace_context_of(event: &SocketDataEvent, head: &[u8; 8], captured: u32) -> T
         close_request_head(tid);
         if role != ROLE_SERVER && is_request_start(payload, captured) {
             return start_client_request(tid);
+        } else if role == ROLE_CLIENT && is_db_request_start(head, captured) {
+            return client_context(tid);
         } else if role != ROLE_CLIENT && is_response_start(payload, captured) {
             end_server_request(cookie);
         }

@@ -79,6 +79,32 @@ pub fn is_request_start(payload: *const u8, len: u32) -> bool {
     METHOD_PREFIXES.iter().any(|m| **m == head)
 }
 
+/// True if `head` (the first 8 bytes of a write, `len` of them real)
+/// starts a database or cache request the agent reads: a Redis command
+/// (`*<digit>`), a PostgreSQL `Query`, `Parse` or `Bind` (type byte, then a
+/// length under 64 KiB), a MySQL `COM_QUERY`, `COM_STMT_PREPARE` or
+/// `COM_STMT_EXECUTE` (3-byte length under 64 KiB, sequence 0, command),
+/// or a memcached text command. Such a request on a client connection gets
+/// a client span id like an HTTP one, parented to the thread's server
+/// request.
+#[inline(always)]
+pub fn is_db_request_start(head: &[u8; 8], len: u32) -> bool {
+    if len < 5 {
+        return false;
+    }
+    let redis = head[0] == b'*' && head[1].is_ascii_digit();
+    let postgres = matches!(head[0], b'Q' | b'P' | b'B') && head[1] == 0 && head[2] == 0;
+    let mysql = head[2] == 0 && head[3] == 0 && matches!(head[4], 0x03 | 0x16 | 0x17);
+    let word = [head[0], head[1], head[2], head[3]];
+    let memcached = MEMCACHED_PREFIXES.iter().any(|m| **m == word);
+    redis || postgres || mysql || memcached
+}
+
+/// First bytes of the memcached text commands that start a request.
+const MEMCACHED_PREFIXES: [&[u8; 4]; 8] = [
+    b"get ", b"gets", b"set ", b"add ", b"dele", b"incr", b"decr", b"touc",
+];
+
 /// True if `payload` starts like a response status line (`HTTP/1.`).
 #[inline(always)]
 pub fn is_response_start(payload: *const u8, len: u32) -> bool {

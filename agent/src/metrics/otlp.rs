@@ -34,7 +34,7 @@ use prost::Message as _;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::red::{Point, RedMetrics, ResourcePoints, Temporality, unix_now_ns};
+use super::red::{Point, RedMetrics, ResourcePoints, Temporality, bounds_for, unix_now_ns};
 use crate::export::otlp::{
     Backoff, MetricsExport, OtlpConfig, ProtocolTransport, SendError, attempt, key_value,
     proto_resource, scope, sleep_until,
@@ -440,7 +440,7 @@ fn data_point(point: &Point, bounds: &[f64], now_unix_ns: u64) -> HistogramDataP
         count: point.count,
         sum: Some(point.sum),
         bucket_counts: point.bucket_counts.clone(),
-        explicit_bounds: bounds.to_vec(),
+        explicit_bounds: bounds_for(point.instrument, bounds).to_vec(),
         ..Default::default()
     }
 }

@@ -31,7 +31,7 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use super::red::{Point, RedMetrics, Temporality};
+use super::red::{Point, RedMetrics, Temporality, bounds_for};
 use crate::model::measure::Instrument;
 use crate::model::span::{AttributeValue, Resource};
 use crate::telemetry::{Counter, Gauge, Stats};
@@ -207,7 +207,7 @@ fn encode_red(red: &RedMetrics, encoder: &mut DescriptorEncoder) -> Result<(), s
         )?;
         for (resource, point) in std::iter::once(first).chain(points) {
             let labels = series_labels(resource, point);
-            let buckets: Vec<(f64, u64)> = bounds
+            let buckets: Vec<(f64, u64)> = bounds_for(instrument, bounds)
                 .iter()
                 .copied()
                 .zip(point.bucket_counts.iter().copied())

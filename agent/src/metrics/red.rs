@@ -33,6 +33,19 @@ use crate::telemetry::{Counter, Stats};
 pub const DEFAULT_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
+/// Bucket bounds of `db.client.operation.duration`, from the database
+/// conventions (fixed: `metrics.buckets` configures the HTTP and RPC ones).
+pub const DB_BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
+
+/// The bounds an instrument's histograms use: `configured` (the HTTP and
+/// RPC ones), or the database conventions' own.
+pub fn bounds_for(instrument: Instrument, configured: &[f64]) -> &[f64] {
+    match instrument {
+        Instrument::DbClient => &DB_BUCKETS,
+        _ => configured,
+    }
+}
+
 /// Services (resources) with series at once; measurements of further ones
 /// are dropped and counted.
 pub const MAX_SERVICES: usize = 1024;
@@ -197,15 +210,17 @@ impl RedMetrics {
         Ok(())
     }
 
-    /// The explicit bucket bounds, seconds.
+    /// The configured explicit bucket bounds, seconds (see [`bounds_for`]).
     pub fn bounds(&self) -> &[f64] {
         &self.bounds
     }
 
     /// Records one finished call of `resource`.
     pub fn record(&self, resource: &Arc<Resource>, call: &Measurement<'_>) {
+        let instrument = call.instrument();
+        let bounds = bounds_for(instrument, &self.bounds);
         let key = SeriesKey {
-            instrument: call.instrument(),
+            instrument,
             attributes: call.attributes(),
         };
         let seconds = call.duration.as_secs_f64();
@@ -239,7 +254,7 @@ impl RedMetrics {
         if !Arc::ptr_eq(&service.resource, resource) {
             service.resource = Arc::clone(resource);
         }
-        let buckets = self.bounds.len() + 1;
+        let buckets = bounds.len() + 1;
         let series = service.series.len();
         let histogram = match service.series.entry(key) {
             Entry::Occupied(entry) => entry.into_mut(),
@@ -254,7 +269,7 @@ impl RedMetrics {
                     .or_insert_with(|| Histogram::new(buckets))
             }
         };
-        histogram.observe(seconds, &self.bounds);
+        histogram.observe(seconds, bounds);
     }
 
     /// Every series' cumulative value, or with [`Temporality::Delta`] what

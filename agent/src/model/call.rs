@@ -117,6 +117,14 @@ pub enum Outcome {
     },
     /// The tracker gave up waiting (idle timeout or eviction).
     Abandoned,
+    /// A database or cache server answered without an error.
+    Succeeded,
+    /// A database or cache server answered with an error.
+    Failed {
+        /// Its code (`db.response.status_code`): SQLSTATE, MySQL error
+        /// number, Redis error prefix...
+        code: Option<String>,
+    },
 }
 
 /// One finished call. Times are CLOCK_MONOTONIC nanoseconds from
@@ -155,6 +163,7 @@ impl Call {
                 request.traceparent.as_deref(),
                 request.tracestate.as_deref(),
             ),
+            Detail::Db(_) => (None, None),
         }
     }
 }
@@ -164,6 +173,8 @@ impl Call {
 /// measurement.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Detail {
+    /// A database or cache call.
+    Db(super::db::DbCall),
     /// An HTTP request, over HTTP/1.x or HTTP/2.
     Http(RequestInfo),
     /// A gRPC call: its HTTP/2 request and the RPC facts.
@@ -180,6 +191,7 @@ impl Detail {
     pub fn http_request(&self) -> Option<&RequestInfo> {
         match self {
             Self::Http(request) | Self::Grpc { request, .. } => Some(request),
+            Self::Db(_) => None,
         }
     }
 
@@ -187,7 +199,7 @@ impl Detail {
     pub fn rpc(&self) -> Option<&RpcInfo> {
         match self {
             Self::Grpc { rpc, .. } => Some(rpc),
-            Self::Http(_) => None,
+            Self::Http(_) | Self::Db(_) => None,
         }
     }
 }

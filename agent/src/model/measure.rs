@@ -19,15 +19,18 @@ pub enum Instrument {
     RpcServer,
     /// `rpc.client.call.duration`
     RpcClient,
+    /// `db.client.operation.duration`
+    DbClient,
 }
 
 impl Instrument {
     /// Every instrument, in export order.
-    pub const ALL: [Instrument; 4] = [
+    pub const ALL: [Instrument; 5] = [
         Instrument::HttpServer,
         Instrument::HttpClient,
         Instrument::RpcServer,
         Instrument::RpcClient,
+        Instrument::DbClient,
     ];
 
     /// Semantic-convention name.
@@ -37,6 +40,7 @@ impl Instrument {
             Self::HttpClient => "http.client.request.duration",
             Self::RpcServer => "rpc.server.call.duration",
             Self::RpcClient => "rpc.client.call.duration",
+            Self::DbClient => "db.client.operation.duration",
         }
     }
 
@@ -47,6 +51,7 @@ impl Instrument {
             Self::HttpClient => "Duration of HTTP client requests.",
             Self::RpcServer => "Measures the duration of inbound remote procedure calls.",
             Self::RpcClient => "Measures the duration of outgoing remote procedure calls.",
+            Self::DbClient => "Duration of database client operations.",
         }
     }
 
@@ -87,6 +92,19 @@ pub enum Protocol<'a> {
         /// `DEADLINE_EXCEEDED`); `None` when no status came.
         status_code: Option<Cow<'a, str>>,
     },
+    /// A database or cache client operation.
+    Db {
+        /// `db.system.name`.
+        system: &'a str,
+        /// `db.operation.name`.
+        operation: Option<&'a str>,
+        /// `db.collection.name`.
+        collection: Option<&'a str>,
+        /// `db.namespace`.
+        namespace: Option<&'a str>,
+        /// `db.response.status_code`.
+        status_code: Option<&'a str>,
+    },
 }
 
 /// One finished call, in the terms every protocol shares.
@@ -113,6 +131,8 @@ impl Measurement<'_> {
             (Protocol::Http { .. }, SpanKind::Client) => Instrument::HttpClient,
             (Protocol::Rpc { .. }, SpanKind::Server) => Instrument::RpcServer,
             (Protocol::Rpc { .. }, SpanKind::Client) => Instrument::RpcClient,
+            // Database calls are client calls only.
+            (Protocol::Db { .. }, _) => Instrument::DbClient,
         }
     }
 
@@ -150,6 +170,19 @@ impl Measurement<'_> {
                     "rpc.response.status_code",
                     status_code.as_deref().map(LabelValue::from),
                 );
+            }
+            Protocol::Db {
+                system,
+                operation,
+                collection,
+                namespace,
+                status_code,
+            } => {
+                push("db.system.name", Some((*system).into()));
+                push("db.operation.name", operation.map(LabelValue::from));
+                push("db.collection.name", collection.map(LabelValue::from));
+                push("db.namespace", namespace.map(LabelValue::from));
+                push("db.response.status_code", status_code.map(LabelValue::from));
             }
         }
         push(

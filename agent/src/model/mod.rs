@@ -6,6 +6,7 @@
 //! stages import them.
 
 pub mod call;
+pub mod db;
 pub mod error;
 pub mod measure;
 pub mod route;

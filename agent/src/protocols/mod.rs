@@ -34,7 +34,6 @@ pub mod http2;
 pub mod memcached;
 pub mod postgres;
 pub mod redis;
-pub mod sql;
 
 use std::{fmt::Debug, sync::Arc};
 
@@ -104,7 +103,7 @@ pub struct Ctx<'a> {
 }
 
 /// When and by which thread bytes moved.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stamp {
     /// CLOCK_MONOTONIC nanoseconds.
     pub ns: u64,
@@ -169,7 +168,14 @@ pub type Detector = fn(&SocketData, Option<Side>, &TrackerConfig) -> Option<Box<
 /// wins. The HTTP/2 preface reads as an HTTP/1 request line, so it is
 /// asked first; HTTP/2 frames found mid-connection are the weakest sign,
 /// so they come last.
-pub const DETECTORS: &[Detector] = &[http2::detect_preface, http1::detect, http2::detect_frames];
+pub const DETECTORS: &[Detector] = &[
+    http2::detect_preface,
+    http1::detect,
+    redis::detect,
+    postgres::detect,
+    memcached::detect,
+    http2::detect_frames,
+];
 
 /// The state of the protocol the first payload shows, if any detector
 /// claims it.
@@ -190,7 +196,7 @@ pub fn request_direction(side: Side) -> Direction {
 }
 
 /// Span options users can set.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct DescribeOptions {
     /// Record `url.query` (off by default: queries often carry secrets).
     pub capture_query: bool,
@@ -198,6 +204,19 @@ pub struct DescribeOptions {
     pub routes: Arc<Routes>,
     /// Which gRPC attribute names to emit.
     pub rpc_conventions: grpc::RpcConventions,
+    /// Record `db.query.text` (sanitized) on database spans.
+    pub db_query_text: bool,
+}
+
+impl Default for DescribeOptions {
+    fn default() -> Self {
+        Self {
+            capture_query: false,
+            routes: Arc::default(),
+            rpc_conventions: grpc::RpcConventions::default(),
+            db_query_text: true,
+        }
+    }
 }
 
 /// What a span says about its call; the span stage adds identity, resource
@@ -241,6 +260,7 @@ pub fn describe<'a>(call: &'a Call, options: &'a DescribeOptions) -> Option<Desc
         Detail::Grpc { request, rpc } => {
             Some(grpc::describe(call, request, rpc, options.rpc_conventions))
         }
+        Detail::Db(db) => Some(db::describe(call, db, options)),
     }
 }
 

@@ -128,7 +128,11 @@ pub fn describe<'a>(
                 (Some(status), None, SpanStatus::Unset)
             }
         }
-        Outcome::ConnectionClosed | Outcome::Abandoned | Outcome::Reset { .. } => {
+        Outcome::ConnectionClosed
+        | Outcome::Abandoned
+        | Outcome::Reset { .. }
+        | Outcome::Succeeded
+        | Outcome::Failed { .. } => {
             let (error_type, message) = unanswered(&call.outcome);
             attributes.push(Attribute::new("error.type", error_type));
             (
@@ -172,7 +176,11 @@ pub fn describe<'a>(
 /// response.
 pub(crate) fn unanswered(outcome: &Outcome) -> (&'static str, &'static str) {
     match outcome {
-        Outcome::Response { .. } | Outcome::Abandoned => ("no_response", "no response seen"),
+        // (`Succeeded` and `Failed` are database answers, never HTTP ones.)
+        Outcome::Response { .. }
+        | Outcome::Abandoned
+        | Outcome::Succeeded
+        | Outcome::Failed { .. } => ("no_response", "no response seen"),
         Outcome::ConnectionClosed => ("connection_closed", "connection closed before a response"),
         Outcome::Reset { code } => (
             code.and_then(http2::error_code_name)

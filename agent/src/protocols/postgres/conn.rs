@@ -8,16 +8,19 @@
 //! `Execute` (ended by `CommandComplete`, `EmptyQueryResponse`,
 //! `PortalSuspended` or `ErrorResponse`); an `Execute` the server skipped
 //! after an earlier error in the same pipeline gets no span (counted).
-//! Query text is sanitized here ([`super::sql`]): parameter values (Bind),
+//! Query text is sanitized here ([`crate::protocols::db::sql`]): parameter values (Bind),
 //! rows and error messages are skipped by length, never copied out.
 //! Messages cut by the capture are skipped by length; a cut where a
 //! message header was loses sync until a call starts with a message.
 
 use std::collections::{HashMap, VecDeque};
 
-use super::{
-    db::{Chunk, DbEvent, DbOutcome, DbRequest, DbSystem, Degraded, Pending},
-    sql::{self, Dialect},
+use crate::protocols::{
+    Stamp,
+    db::{
+        Chunk, DbEvent, DbOutcome, DbRequest, DbSystem, Degraded, Pending,
+        sql::{self, Dialect},
+    },
 };
 
 /// Most body bytes kept of a message the parser reads (query text).
@@ -45,7 +48,7 @@ struct Message {
     /// The whole body was captured.
     complete: bool,
     /// Time and thread of the call the message started in.
-    start: (u64, u32),
+    start: Stamp,
 }
 
 /// Streaming message reader for one direction.
@@ -59,7 +62,7 @@ struct Reader {
     untyped_next: bool,
     /// Message boundaries are unknown: wait for a call that starts one.
     lost: bool,
-    now: (u64, u32),
+    now: Stamp,
 }
 
 /// Why a reader lost sync.
@@ -73,7 +76,7 @@ impl Reader {
             }
             self.lost = false;
         }
-        self.now = (chunk.ts_ns, chunk.tid);
+        self.now = chunk.at();
         let mut data = chunk.data;
         while !data.is_empty() {
             data = self.step(data, out)?;
@@ -316,8 +319,7 @@ impl PostgresConn {
         let body = &message.body;
         let pending = |request: DbRequest| Pending {
             request,
-            start_ns: message.start.0,
-            tid: message.start.1,
+            at: message.start,
         };
         match message.kind {
             0 => self.startup(body),
@@ -680,6 +682,7 @@ mod tests {
             uncaptured: query.len() - 40,
             ts_ns: 1,
             tid: 1,
+            trace: None,
         };
         conn.on_request(&chunk, &mut out);
         let mut reply = msg(b'C', b"SELECT 1\0");
@@ -707,6 +710,7 @@ mod tests {
                 uncaptured: 30,
                 ts_ns: 2,
                 tid: 2,
+                trace: None,
             },
             &mut out,
         );

@@ -11,7 +11,10 @@
 
 use std::collections::VecDeque;
 
-use super::db::{Chunk, DbEvent, DbOutcome, DbRequest, DbSystem, Degraded, Pending, token};
+use crate::protocols::Stamp;
+use crate::protocols::db::{
+    Chunk, DbEvent, DbOutcome, DbRequest, DbSystem, Degraded, Pending, token,
+};
 
 /// Longest command or reply line read; longer means not memcached.
 const MAX_LINE: usize = 2048;
@@ -33,7 +36,7 @@ struct Lines {
     /// Bytes of a data block (with its CRLF) still to skip.
     skip: u64,
     lost: bool,
-    now: (u64, u32),
+    now: Stamp,
 }
 
 struct Lost;
@@ -45,7 +48,7 @@ impl Lines {
     fn feed(
         &mut self,
         chunk: &Chunk<'_>,
-        mut line: impl FnMut(&[u8], (u64, u32)) -> Result<Option<u64>, Lost>,
+        mut line: impl FnMut(&[u8], Stamp) -> Result<Option<u64>, Lost>,
     ) -> Result<(), Lost> {
         if self.lost {
             if !chunk.data.first().is_some_and(u8::is_ascii_alphanumeric) {
@@ -54,7 +57,7 @@ impl Lines {
             *self = Self::default();
         }
         if self.line.is_empty() {
-            self.now = (chunk.ts_ns, chunk.tid);
+            self.now = chunk.at();
         }
         let mut data = chunk.data;
         while !data.is_empty() {
@@ -78,7 +81,7 @@ impl Lines {
             if let Some(block) = line(text, self.now)? {
                 self.skip = block + 2;
             }
-            self.now = (chunk.ts_ns, chunk.tid);
+            self.now = chunk.at();
         }
         if chunk.uncaptured > 0 {
             if self.skip < chunk.uncaptured as u64 || !self.line.is_empty() {
@@ -134,8 +137,7 @@ impl MemcachedConn {
                     until_end: UNTIL_END.contains(&name.as_str()),
                     pending: Pending {
                         request: request_of(name, args.len()),
-                        start_ns: start.0,
-                        tid: start.1,
+                        at: start,
                     },
                 });
             }
@@ -318,6 +320,7 @@ mod tests {
             uncaptured,
             ts_ns,
             tid: 1,
+            trace: None,
         };
         conn.on_request(&chunk(b"set k 0 0 100\r\n0123", 98, 1), &mut out);
         conn.on_reply(&chunk(b"STORED\r\n", 0, 2), &mut out);

@@ -7,33 +7,17 @@
 //! the calls the kernel saw on one connection, in order, and pushes
 //! [`DbEvent`]s.
 
-/// Database or cache product, as `db.system.name` spells it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DbSystem {
-    /// PostgreSQL.
-    Postgresql,
-    /// MySQL.
-    Mysql,
-    /// MariaDB (told from MySQL by its server greeting).
-    Mariadb,
-    /// Redis (or a RESP-compatible server).
-    Redis,
-    /// memcached.
-    Memcached,
-}
+mod describe;
+mod slice;
+pub mod sql;
 
-impl DbSystem {
-    /// `db.system.name` value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Postgresql => "postgresql",
-            Self::Mysql => "mysql",
-            Self::Mariadb => "mariadb",
-            Self::Redis => "redis",
-            Self::Memcached => "memcached",
-        }
-    }
-}
+pub use describe::describe;
+pub use slice::{DbConn, DbProtocol, client_sent};
+
+pub use crate::model::db::{DbRequest, DbSystem};
+
+use super::Stamp;
+use crate::model::call::KernelTrace;
 
 /// One syscall's worth of bytes in one direction: the captured head, and
 /// how many bytes after it moved but were not copied.
@@ -47,6 +31,8 @@ pub struct Chunk<'a> {
     pub ts_ns: u64,
     /// Thread that moved them.
     pub tid: u32,
+    /// Span identity the kernel gave a request starting in these bytes.
+    pub trace: Option<KernelTrace>,
 }
 
 impl<'a> Chunk<'a> {
@@ -57,24 +43,18 @@ impl<'a> Chunk<'a> {
             uncaptured: 0,
             ts_ns,
             tid,
+            trace: None,
         }
     }
-}
 
-/// What a request asked for, with nothing of its values.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DbRequest {
-    /// `db.operation.name` (`SELECT`, `GET`...).
-    pub operation: Option<String>,
-    /// `db.collection.name`: the one table, when it reads plainly.
-    pub collection: Option<String>,
-    /// `db.query.summary` (`SELECT orders`).
-    pub summary: Option<String>,
-    /// `db.query.text`, literals and arguments replaced by `?`. `None` when
-    /// the text was not wholly captured.
-    pub query_text: Option<String>,
-    /// `db.namespace` (database name; Redis: the db index).
-    pub namespace: Option<String>,
+    /// When, by which thread, with which kernel span identity.
+    pub fn at(&self) -> Stamp {
+        Stamp {
+            ns: self.ts_ns,
+            tid: self.tid,
+            trace: self.trace,
+        }
+    }
 }
 
 /// How an operation ended.
@@ -110,6 +90,8 @@ pub struct DbOp {
     pub request_tid: u32,
     /// Thread that read the answer.
     pub response_tid: Option<u32>,
+    /// Span identity the kernel gave the call that carried the request.
+    pub trace: Option<KernelTrace>,
 }
 
 /// Why bytes or operations were given up on (counted by the caller).
@@ -136,8 +118,8 @@ pub enum DbEvent {
 #[derive(Clone, Debug)]
 pub(crate) struct Pending {
     pub request: DbRequest,
-    pub start_ns: u64,
-    pub tid: u32,
+    /// When the request's first bytes moved.
+    pub at: Stamp,
 }
 
 impl Pending {
@@ -147,10 +129,11 @@ impl Pending {
             system,
             request: self.request,
             outcome,
-            start_ns: self.start_ns,
+            start_ns: self.at.ns,
             end_ns: chunk.ts_ns,
-            request_tid: self.tid,
+            request_tid: self.at.tid,
             response_tid: Some(chunk.tid),
+            trace: self.at.trace,
         })
     }
 
@@ -160,10 +143,11 @@ impl Pending {
             system,
             request: self.request,
             outcome: DbOutcome::ConnectionClosed,
-            start_ns: self.start_ns,
+            start_ns: self.at.ns,
             end_ns: ts_ns,
-            request_tid: self.tid,
+            request_tid: self.at.tid,
             response_tid: None,
+            trace: self.at.trace,
         })
     }
 }

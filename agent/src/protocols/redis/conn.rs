@@ -11,7 +11,10 @@
 
 use std::collections::VecDeque;
 
-use super::db::{Chunk, DbEvent, DbOutcome, DbRequest, DbSystem, Degraded, Pending, token};
+use crate::protocols::Stamp;
+use crate::protocols::db::{
+    Chunk, DbEvent, DbOutcome, DbRequest, DbSystem, Degraded, Pending, token,
+};
 
 /// Longest header line (`*<count>`, `+OK`, `-ERR ...`) kept while it
 /// arrives; longer simple strings and errors are read up to this and the
@@ -30,7 +33,7 @@ enum Message {
     Command {
         name: Option<String>,
         args: usize,
-        start: (u64, u32),
+        start: Stamp,
     },
     /// A reply; `Some(prefix)` for an error (`-ERR ...`, `!..`).
     Reply { error: Option<Option<String>> },
@@ -69,14 +72,14 @@ struct Reader {
     /// Reads the client's commands (else the server's replies).
     requests: bool,
     /// Time and thread of the call being read.
-    now: (u64, u32),
+    now: Stamp,
 }
 
 /// What is known of the top-level message under way.
 #[derive(Clone, Debug, Default)]
 struct Top {
     kind: u8,
-    start: (u64, u32),
+    start: Stamp,
     name: Option<String>,
     elements: u64,
     error: Option<String>,
@@ -94,7 +97,7 @@ impl Reader {
             }
             *self = Self::new(self.requests);
         }
-        self.now = (chunk.ts_ns, chunk.tid);
+        self.now = chunk.at();
         let mut data = chunk.data;
         while !data.is_empty() {
             data = self.step(data, out)?;
@@ -374,8 +377,7 @@ impl RedisConn {
             }
             self.pending.push_back(Pending {
                 request: request_of(name, args),
-                start_ns: start.0,
-                tid: start.1,
+                at: start,
             });
         }
         if result.is_err() {
@@ -461,7 +463,7 @@ mod tests {
     use super::*;
     use crate::protocols::db::fixture::{brief, replay, split};
 
-    fn replay_redis(name: &str) -> (Vec<super::super::db::DbOp>, Vec<DbEvent>) {
+    fn replay_redis(name: &str) -> (Vec<crate::protocols::db::DbOp>, Vec<DbEvent>) {
         let mut conn = RedisConn::default();
         replay(name, |from_client, chunk, out| {
             if from_client {
@@ -526,6 +528,7 @@ mod tests {
                 uncaptured: *uncaptured,
                 ts_ns: i as u64,
                 tid: 7,
+                trace: None,
             };
             if *from_client {
                 conn.on_request(&chunk, &mut out);
