@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod apps;
 pub mod chain;
+pub mod db_servers;
 pub mod grpc_suite;
 pub mod kube_api;
 pub mod otlp_receiver;

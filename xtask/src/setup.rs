@@ -13,7 +13,11 @@
 //! take well under a second when everything is present; `apt-get update`
 //! runs only if an apt package is missing.
 
-use std::{env, fmt, path::PathBuf, process::Command};
+use std::{
+    env, fmt,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Result, bail};
 
@@ -209,6 +213,9 @@ fn check(groups: &[Group]) -> Vec<Checked> {
             // time.
             ("nginx", "nginx", "nginx"),
             ("openssl", "openssl", "openssl"),
+            // The database tests (tests/tests/db.rs) start real servers.
+            ("redis-server", "redis-server", "redis-server"),
+            ("memcached", "memcached", "memcached"),
         ] {
             out.push(executable(name, exe, pkg));
         }
@@ -257,8 +264,19 @@ fn check(groups: &[Group]) -> Vec<Checked> {
                 "opentelemetry-exporter-otlp-proto-http==1.45.2",
             ),
         });
+        // PostgreSQL's server programs are off PATH in Debian's package.
+        out.push(Checked {
+            name: "postgresql",
+            status: if Path::new(POSTGRES_INITDB).exists() {
+                Status::Present(POSTGRES_INITDB.to_owned())
+            } else {
+                Status::Missing(Fix::Apt("postgresql"))
+            },
+        });
         // The event-loop trace-context tests run a FastAPI gateway under
         // uvicorn that calls downstream with httpx (tests/apps/fastapi_gateway.py).
+        // The database tests (tests/tests/db.rs) run redis-py, psycopg,
+        // asyncpg, pymemcache and PyMySQL.
         for (name, module, pip, apt) in [
             (
                 "python fastapi",
@@ -273,6 +291,25 @@ fn check(groups: &[Group]) -> Vec<Checked> {
                 "python3-uvicorn",
             ),
             ("python httpx", "httpx", "httpx==0.29.0", "python3-httpx"),
+            ("python redis", "redis", "redis==8.1.0", "python3-redis"),
+            (
+                "python psycopg",
+                "psycopg",
+                "psycopg[binary]==3.3.6",
+                "python3-psycopg",
+            ),
+            (
+                "python asyncpg",
+                "asyncpg",
+                "asyncpg==0.32.0",
+                "python3-asyncpg",
+            ),
+            (
+                "python pymemcache",
+                "pymemcache",
+                "pymemcache==4.0.0",
+                "python3-pymemcache",
+            ),
         ] {
             out.push(Checked {
                 name,
@@ -304,6 +341,10 @@ fn check(groups: &[Group]) -> Vec<Checked> {
     }
     out
 }
+
+/// `initdb` of the PostgreSQL major version Debian 12 ships (the database
+/// tests run it from here: tests/src/db_servers.rs).
+const POSTGRES_INITDB: &str = "/usr/lib/postgresql/15/bin/initdb";
 
 /// An executable on PATH, from the Debian package `pkg` when missing.
 fn executable(name: &'static str, exe: &str, pkg: &'static str) -> Checked {

@@ -12,6 +12,7 @@ mod slice;
 pub mod sql;
 
 pub use describe::describe;
+pub(crate) use slice::db_protocol;
 pub use slice::{DbConn, DbProtocol, client_sent};
 
 pub use crate::model::db::{DbRequest, DbSystem};

@@ -26,6 +26,34 @@ pub trait DbProtocol: Debug + Send {
     fn on_close(&mut self, ts_ns: u64, out: &mut Vec<DbEvent>);
 }
 
+/// Implements [`DbProtocol`] for a connection type with inherent
+/// `on_request`, `on_reply` and `on_close` of the same signatures (which
+/// the pure tests call directly).
+macro_rules! db_protocol {
+    ($conn:ty) => {
+        impl $crate::protocols::db::DbProtocol for $conn {
+            fn on_request(
+                &mut self,
+                chunk: &$crate::protocols::db::Chunk<'_>,
+                out: &mut Vec<$crate::protocols::db::DbEvent>,
+            ) {
+                <$conn>::on_request(self, chunk, out);
+            }
+            fn on_reply(
+                &mut self,
+                chunk: &$crate::protocols::db::Chunk<'_>,
+                out: &mut Vec<$crate::protocols::db::DbEvent>,
+            ) {
+                <$conn>::on_reply(self, chunk, out);
+            }
+            fn on_close(&mut self, ts_ns: u64, out: &mut Vec<$crate::protocols::db::DbEvent>) {
+                <$conn>::on_close(self, ts_ns, out);
+            }
+        }
+    };
+}
+pub(crate) use db_protocol;
+
 /// A client connection of a database protocol.
 #[derive(Debug)]
 pub struct DbConn<P> {

@@ -12,7 +12,7 @@ use crate::{
     probes::decode::SocketData,
     protocols::{
         ProtocolConn, TrackerConfig,
-        db::{Chunk, DbConn, DbEvent, DbProtocol, client_sent},
+        db::{DbConn, client_sent},
     },
 };
 
@@ -28,14 +28,4 @@ pub fn detect(
         .then(|| DbConn::boxed(ev, PostgresConn::new(true)))
 }
 
-impl DbProtocol for PostgresConn {
-    fn on_request(&mut self, chunk: &Chunk<'_>, out: &mut Vec<DbEvent>) {
-        PostgresConn::on_request(self, chunk, out);
-    }
-    fn on_reply(&mut self, chunk: &Chunk<'_>, out: &mut Vec<DbEvent>) {
-        PostgresConn::on_reply(self, chunk, out);
-    }
-    fn on_close(&mut self, ts_ns: u64, out: &mut Vec<DbEvent>) {
-        PostgresConn::on_close(self, ts_ns, out);
-    }
-}
+crate::protocols::db::db_protocol!(PostgresConn);

@@ -11,7 +11,7 @@ use crate::{
     probes::decode::SocketData,
     protocols::{
         ProtocolConn, TrackerConfig,
-        db::{Chunk, DbConn, DbEvent, DbProtocol, client_sent},
+        db::{DbConn, client_sent},
     },
 };
 
@@ -26,14 +26,4 @@ pub fn detect(
         .then(|| DbConn::boxed(ev, RedisConn::default()))
 }
 
-impl DbProtocol for RedisConn {
-    fn on_request(&mut self, chunk: &Chunk<'_>, out: &mut Vec<DbEvent>) {
-        RedisConn::on_request(self, chunk, out);
-    }
-    fn on_reply(&mut self, chunk: &Chunk<'_>, out: &mut Vec<DbEvent>) {
-        RedisConn::on_reply(self, chunk, out);
-    }
-    fn on_close(&mut self, ts_ns: u64, out: &mut Vec<DbEvent>) {
-        RedisConn::on_close(self, ts_ns, out);
-    }
-}
+crate::protocols::db::db_protocol!(RedisConn);
