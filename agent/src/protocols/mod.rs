@@ -32,6 +32,7 @@ pub mod http;
 pub mod http1;
 pub mod http2;
 pub mod memcached;
+pub mod mysql;
 pub mod postgres;
 pub mod redis;
 
@@ -174,6 +175,7 @@ pub const DETECTORS: &[Detector] = &[
     redis::detect,
     postgres::detect,
     memcached::detect,
+    mysql::detect,
     http2::detect_frames,
 ];
 
