@@ -37,13 +37,24 @@ def main():
     if os.geteuid() != 0:
         sys.exit("the demo needs root: the agent loads eBPF programs")
 
-    backend_port, frontend_port = free_port(), free_port()
+    backend_port, frontend_port, redis_port = free_port(), free_port(), free_port()
     env = dict(os.environ)
+    # The cart store: a throwaway redis-server (installed by `cargo xtask setup`).
+    redis = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port), "--save", "",
+                              "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", redis_port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
     backend = start(["node", os.path.join(ROOT, "tests/apps/http_server.js"), str(backend_port)],
                     env={**env, "OTEL_SERVICE_NAME": "backend"})
     frontend = start([sys.executable, os.path.join(HERE, "frontend.py"), "--port", str(frontend_port),
-                      "--backend", f"http://127.0.0.1:{backend_port}"], env={**env, "OTEL_SERVICE_NAME": "frontend"})
-    print(f"frontend (python) on :{frontend_port}, backend (node) on :{backend_port}", flush=True)
+                      "--backend", f"http://127.0.0.1:{backend_port}", "--redis", str(redis_port)], env={**env, "OTEL_SERVICE_NAME": "frontend"})
+    print(f"frontend (python) on :{frontend_port}, backend (node) on :{backend_port}, "
+          f"redis on :{redis_port}", flush=True)
 
     agent = subprocess.Popen([args.agent, "run", "--port", f"{frontend_port},{backend_port}", "--print"],
                              stderr=subprocess.PIPE, text=True)
@@ -70,11 +81,12 @@ def main():
             agent.wait(timeout=15)
         except subprocess.TimeoutExpired:
             agent.kill()
-        for proc in (frontend, backend):
+        for proc in (frontend, backend, redis):
             proc.terminate()
             proc.wait()
-    print(f"\nsent {sent} checkout requests; each is one trace: 1 frontend SERVER span, its 2 CLIENT "
-          "spans, and under each a backend SERVER span (same TRACE ID, PARENT = the caller's SPAN ID)",
+    print(f"\nsent {sent} checkout requests; each is one trace: 1 frontend SERVER span, its 2 Redis CLIENT "
+          "spans (HGETALL, INCRBY: db.system.name=redis, arguments as ?) and 2 HTTP CLIENT spans, and under "
+          "each HTTP one a backend SERVER span (same TRACE ID, PARENT = the caller's SPAN ID)",
           flush=True)
     return agent.returncode or 0
 
