@@ -26,9 +26,8 @@ use aya_ebpf::{
 use super::{
     syscall_args::UserData,
     trace_context::{
-        client_context, close_request_head, end_server_request, is_db_request_start,
-        is_request_start, is_response_start, start_client_request, take_server_request,
-        take_server_request_update,
+        close_request_head, end_server_request, is_db_request_start, is_request_start,
+        is_response_start, start_client_request, take_server_request, take_server_request_update,
     },
 };
 use crate::{
@@ -296,10 +295,10 @@ fn trace_context_of(event: &SocketDataEvent, head: &[u8; 8], captured: u32) -> T
         }
     } else {
         close_request_head(tid);
-        if role != ROLE_SERVER && is_request_start(payload, captured) {
+        let http = role != ROLE_SERVER && is_request_start(payload, captured);
+        let db = role == ROLE_CLIENT && is_db_request_start(head, captured);
+        if http || db {
             return start_client_request(tid);
-        } else if role == ROLE_CLIENT && is_db_request_start(head, captured) {
-            return client_context(tid);
         } else if role != ROLE_CLIENT && is_response_start(payload, captured) {
             end_server_request(cookie);
         }
