@@ -34,9 +34,16 @@ struct Client {
 }
 
 impl Client {
+    /// `db_client.js` for the Node.js scenarios (`node-*`, `ioredis`),
+    /// `db_client.py` for the others.
     fn start(scenario: &str, port: u16) -> Self {
-        let mut child = Command::new("python3")
-            .arg(app_path("db_client.py"))
+        let (program, app) = if scenario.starts_with("node-") || scenario == "ioredis" {
+            ("node", "db_client.js")
+        } else {
+            ("python3", "db_client.py")
+        };
+        let mut child = Command::new(program)
+            .arg(app_path(app))
             .args([scenario, &port.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -239,6 +246,48 @@ async fn postgres_psycopg_and_asyncpg() {
             ),
         ]
     );
+}
+
+/// Node.js clients: `pg` (a named statement executed by name three times,
+/// an error) and `ioredis` (a pipeline, an error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_pg_and_ioredis() {
+    require_e2e!();
+    let pg = DbServer::start(Kind::Postgres);
+    let spans = client_spans("node-pg", &pg, &[("SELECT * FROM missing_table", 1)]).await;
+    let counts = count_by_text(&spans);
+    assert_eq!(
+        counts.get("SELECT note FROM orders WHERE id = $1"),
+        Some(&3),
+        "{counts:#?}"
+    );
+    assert_eq!(
+        counts.get("SELECT count(*) FROM orders WHERE note = ?"),
+        Some(&1),
+        "{counts:#?}"
+    );
+    let missing = spans
+        .iter()
+        .find(|s| s.str_attr("db.query.text") == "SELECT * FROM missing_table")
+        .expect("the failed query");
+    assert_error(missing, "42P01");
+
+    let redis = DbServer::start(Kind::Redis);
+    let spans = client_spans("ioredis", &redis, &[("LPUSH ? ?", 1)]).await;
+    let counts = count_by_text(&spans);
+    for (text, n) in [
+        ("SET ? ?", 2),
+        ("GET ?", 2),
+        ("INCR ?", 1),
+        ("LPUSH ? ?", 1),
+    ] {
+        assert_eq!(counts.get(text), Some(&n), "{text}: {counts:#?}");
+    }
+    let lpush = spans
+        .iter()
+        .find(|s| s.str_attr("db.query.text") == "LPUSH ? ?")
+        .expect("LPUSH");
+    assert_error(lpush, "WRONGTYPE");
 }
 
 /// pymemcache: commands with their arguments as `?`, an unknown command
