@@ -92,11 +92,32 @@ def pymemcache_client(port):
     c.close()
 
 
+def pymysql_client(port):
+    import pymysql
+
+    c = pymysql.connect(host="127.0.0.1", port=port, user="root", autocommit=True)
+    cur = c.cursor()
+    cur.execute("CREATE DATABASE IF NOT EXISTS shop")
+    c.select_db("shop")
+    cur.execute("CREATE TABLE IF NOT EXISTS orders (id int, note text)")
+    # PyMySQL interpolates parameters client side: the literals reach the
+    # wire and must not reach the spans.
+    cur.execute("INSERT INTO orders VALUES (%s, %s)", (1, "card " + SECRET))
+    cur.execute("SELECT note FROM orders WHERE id = %s", (1,))
+    cur.fetchall()
+    try:
+        cur.execute("SELECT * FROM missing_table")
+    except pymysql.err.ProgrammingError:
+        pass
+    c.close()
+
+
 SCENARIOS = {
     "redis-py": redis_py,
     "psycopg": psycopg_client,
     "asyncpg": asyncpg_client,
     "pymemcache": pymemcache_client,
+    "pymysql": pymysql_client,
 }
 
 if __name__ == "__main__":

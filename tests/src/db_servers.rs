@@ -27,6 +27,9 @@ pub enum Kind {
     Postgres,
     /// memcached.
     Memcached,
+    /// MariaDB (`mariadb-install-db` then `mariadbd`, as the `mysql` user;
+    /// `root` without a password).
+    Mariadb,
 }
 
 /// A running server on 127.0.0.1.
@@ -71,6 +74,7 @@ impl DbServer {
                 c
             }
             Kind::Postgres => postgres_command(&dir, &port_text),
+            Kind::Mariadb => mariadb_command(&dir, &port_text),
         };
         let child = command
             .stdout(Stdio::null())
@@ -132,9 +136,37 @@ fn postgres_command(dir: &Path, port: &str) -> Command {
     c
 }
 
+/// `mariadb-install-db` into `dir`, then the server command, both as the
+/// `mysql` user Debian's package creates.
+fn mariadb_command(dir: &Path, port: &str) -> Command {
+    let data = dir.join("data");
+    let chown = Command::new("chown")
+        .args(["-R", "mysql"])
+        .arg(dir)
+        .status()
+        .expect("chown");
+    assert!(chown.success(), "chown {}", dir.display());
+    let install = Command::new("runuser")
+        .args(["-u", "mysql", "--", "mariadb-install-db", "--no-defaults"])
+        .arg(format!("--datadir={}", data.display()))
+        .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("mariadb-install-db: {e} (run `cargo xtask setup`)"));
+    assert!(install.success(), "mariadb-install-db failed");
+    let mut c = Command::new("runuser");
+    c.args(["-u", "mysql", "--", "mariadbd", "--no-defaults"])
+        .arg(format!("--datadir={}", data.display()))
+        .arg(format!("--socket={}", dir.join("sock").display()))
+        .arg(format!("--port={port}"))
+        .args(["--bind-address=127.0.0.1", "--innodb-buffer-pool-size=16M"]);
+    c
+}
+
 impl Drop for DbServer {
     fn drop(&mut self) {
-        // `runuser` passes the signal on to postgres, which then stops.
+        // `runuser` passes the signal on to the server, which then stops.
         let _ = Command::new("kill")
             .args(["-INT", &self.child.id().to_string()])
             .status();

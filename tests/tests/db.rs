@@ -290,6 +290,29 @@ async fn node_pg_and_ioredis() {
     assert_error(lpush, "WRONGTYPE");
 }
 
+/// PyMySQL against MariaDB: `db.system.name` `mariadb` from the greeting,
+/// the database `COM_INIT_DB` selected as `db.namespace`, literals
+/// sanitized, an ERR packet's number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_pymysql() {
+    require_e2e!();
+    let server = DbServer::start(Kind::Mariadb);
+    let spans = client_spans("pymysql", &server, &[("SELECT * FROM missing_table", 1)]).await;
+    let by_text = |text: &str| {
+        spans
+            .iter()
+            .find(|s| s.str_attr("db.query.text") == text)
+            .unwrap_or_else(|| panic!("{text}: {spans:#?}"))
+    };
+    let insert = by_text("INSERT INTO orders VALUES (?, ?)");
+    assert_eq!(insert.str_attr("db.system.name"), "mariadb");
+    assert_eq!(insert.str_attr("db.namespace"), "shop");
+    assert_eq!(insert.name, "INSERT orders");
+    let select = by_text("SELECT note FROM orders WHERE id = ?");
+    assert_eq!(select.str_attr("db.collection.name"), "orders");
+    assert_error(by_text("SELECT * FROM missing_table"), "1146");
+}
+
 /// pymemcache: commands with their arguments as `?`, an unknown command
 /// as an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -216,6 +216,7 @@ fn check(groups: &[Group]) -> Vec<Checked> {
             // The database tests (tests/tests/db.rs) start real servers.
             ("redis-server", "redis-server", "redis-server"),
             ("memcached", "memcached", "memcached"),
+            ("mariadb-server", "mariadbd", "mariadb-server"),
         ] {
             out.push(executable(name, exe, pkg));
         }
