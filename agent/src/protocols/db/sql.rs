@@ -163,11 +163,12 @@ fn single_table_after(tokens: &[Token<'_>], keyword: &str, complete: bool) -> Op
                 }
                 found = Some(i + 1);
             }
-            Token::Word(w) if w.eq_ignore_ascii_case("join") || w.eq_ignore_ascii_case("from") => {
-                // A second source table (or a `FROM` in a subquery).
-                if found.is_some() || depth != 0 {
-                    return None;
-                }
+            // A second source table (or a `FROM` in a subquery).
+            Token::Word(w)
+                if (w.eq_ignore_ascii_case("join") || w.eq_ignore_ascii_case("from"))
+                    && (found.is_some() || depth != 0) =>
+            {
+                return None;
             }
             _ => {}
         }

@@ -130,7 +130,7 @@ impl Reader {
             (self.header[0], &self.header[1..5])
         };
         let len = u32::from_be_bytes(len_bytes.try_into().expect("four bytes"));
-        if len < 4 || len > MAX_MESSAGE || !(kind == 0 || kind.is_ascii_alphanumeric()) {
+        if !(4..=MAX_MESSAGE).contains(&len) || !(kind == 0 || kind.is_ascii_alphanumeric()) {
             return Err(Lost);
         }
         self.header.clear();
