@@ -311,6 +311,12 @@ fn check(groups: &[Group]) -> Vec<Checked> {
                 "pymemcache==4.0.0",
                 "python3-pymemcache",
             ),
+            (
+                "python pymysql",
+                "pymysql",
+                "pymysql==1.2.3",
+                "python3-pymysql",
+            ),
         ] {
             out.push(Checked {
                 name,
