@@ -34,6 +34,12 @@ pub struct KernelConfig {
     /// Rejection threshold for traces without a (honoured) parent, see
     /// `crate::sampling`; per-process values in `SAMPLING_THRESHOLDS` win.
     pub sample_threshold: u64,
+    /// Bytes waiting in the data ring past which a program wakes the
+    /// reader; below it records are written without a wakeup and the
+    /// reader drains on its timer (see `agent::probes::reader`).
+    pub wakeup_bytes: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
 }
 
 impl KernelConfig {
@@ -53,6 +59,8 @@ impl KernelConfig {
         inject_traceparent: 1,
         sampler: crate::sampling::PARENT_BASED,
         sample_threshold: 0,
+        wakeup_bytes: 0,
+        reserved: 0,
     };
 }
 

@@ -8,8 +8,9 @@ use agent_common::{
     trace_context::TraceContext,
 };
 use aya_ebpf::{
+    bindings::{BPF_F_MMAPABLE, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
 };
 
 /// Set by the agent at load time (`EbpfLoader::override_global`).
@@ -34,9 +35,32 @@ pub static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(65_536, 0);
 #[map]
 pub static SAMPLING_THRESHOLDS: HashMap<u32, u64> = HashMap::with_max_entries(16_384, 0);
 
+/// The same set as one byte per pid (8 pids per entry), read by every
+/// hook's first check: an array lookup the verifier inlines, where a hash
+/// lookup hashes the key and walks a bucket. Sized by the agent from
+/// `kernel.pid_max` at load time and written by it through a shared
+/// mapping (byte stores: no read-modify-write that could lose the kernel's
+/// concurrent writes); pids past its end fall back to `TARGETS`.
+#[map]
+pub static TARGET_FLAGS: Array<[u8; 8]> = Array::with_max_entries(4096, BPF_F_MMAPABLE);
+
 /// Socket data and close events. Size set by the agent at load time.
 #[map]
 pub static DATA_EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Flags for a record written to `DATA_EVENTS`: no wakeup (the reader
+/// drains on a short timer), unless the backlog passed
+/// `KernelConfig::wakeup_bytes`. A wakeup per record costs the writing
+/// thread an irq_work and the reader a context switch, ~1 us at any rate.
+#[inline(always)]
+pub fn data_ring_flags() -> u64 {
+    let waiting = DATA_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    if waiting > u64::from(config().wakeup_bytes) {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    }
+}
 
 /// Process exec/exit events, apart from data so a data flood cannot starve them.
 #[map]
@@ -260,6 +284,27 @@ pub fn count_drop(index: u32) {
 /// True if the current process is a target.
 #[inline(always)]
 pub fn is_target(tgid: u32) -> bool {
-    // SAFETY: read-only lookup of a plain value.
-    unsafe { TARGETS.get(tgid) }.is_some()
+    match TARGET_FLAGS.get(tgid >> 3) {
+        Some(flags) => flags[(tgid & 7) as usize] != 0,
+        // SAFETY: read-only lookup of a plain value.
+        None => unsafe { TARGETS.get(tgid) }.is_some(),
+    }
+}
+
+/// Adds `pid` to the targets (`value`: see `probes::process`) or removes it.
+#[inline(always)]
+pub fn set_target(pid: u32, value: Option<u32>) {
+    match value {
+        Some(value) => {
+            let _ = TARGETS.insert(pid, value, 0);
+        }
+        None => {
+            let _ = TARGETS.remove(pid);
+        }
+    }
+    if let Some(flags) = TARGET_FLAGS.get_ptr_mut(pid >> 3) {
+        // SAFETY: a valid map value pointer; one byte, so no other pid's
+        // flag is rewritten.
+        unsafe { (*flags)[(pid & 7) as usize] = u8::from(value.is_some()) };
+    }
 }

@@ -51,8 +51,8 @@ use crate::{
     metrics::{MetricsError, MetricsStage, red::RedMetrics},
     model::{call::Call, span::Span},
     probes::{
-        ConnCapture, ProbeConfig, ProbeError, ProbeHandle, Probes, ReaderChannels,
-        decode::KernelEvent, run_reader,
+        ConnCapture, EventBatch, MAX_BATCH, ProbeConfig, ProbeError, ProbeHandle, Probes,
+        ReaderChannels, decode::KernelEvent, run_reader,
     },
     protocols::{DescribeOptions, describe},
     sampling::{HeadSampler, SamplingError, rate::RateCap},
@@ -64,7 +64,9 @@ use crate::{
 };
 
 /// Channel sizes. Big enough to absorb bursts; past them, loss is counted.
-const READER_TO_CONN: usize = 65_536;
+/// `reader_to_conn` carries batches of up to `MAX_BATCH` events (one per
+/// drain of the ring, every few ms): at most 65,536 events.
+const READER_TO_CONN: usize = 65_536 / MAX_BATCH;
 const READER_TO_DISCOVERY: usize = 4_096;
 const CONN_TO_SPANS: usize = 16_384;
 const SPANS_TO_EXPORT: usize = 16_384;
@@ -299,9 +301,10 @@ fn forward<T>(tx: &mpsc::Sender<T>, item: T, stats: &Stats, when_full: Counter) 
     }
 }
 
-/// Connection tracker stage: socket events in, finished calls out.
+/// Connection tracker stage: batches of socket events in, finished calls
+/// out.
 async fn run_conn_tracker(
-    mut reader_to_conn: mpsc::Receiver<KernelEvent>,
+    mut reader_to_conn: mpsc::Receiver<EventBatch>,
     conn_to_spans: mpsc::Sender<Call>,
     mut tracker: ConnTracker,
     mut conn_capture: ConnCapture,
@@ -312,36 +315,38 @@ async fn run_conn_tracker(
     // last data (a client that exits right after reading its response), so
     // a process is forgotten only after a grace period.
     let mut exited: Vec<(u32, u64)> = Vec::new();
+    let mut calls = Vec::new();
     loop {
-        let calls = tokio::select! {
-            event = reader_to_conn.recv() => match event {
-                Some(KernelEvent::Data(data)) => tracker.on_data(&data),
-                Some(KernelEvent::Close(close)) => tracker.on_close(&close),
-                Some(KernelEvent::Exit { pid }) => {
-                    exited.push((pid, Clock::monotonic_now_ns() + EXIT_GRACE.as_nanos() as u64));
-                    Vec::new()
+        tokio::select! {
+            batch = reader_to_conn.recv() => {
+                let Some(batch) = batch else { break };
+                for event in batch {
+                    match event {
+                        KernelEvent::Data(data) => calls.extend(tracker.on_data(&data)),
+                        KernelEvent::Close(close) => calls.extend(tracker.on_close(&close)),
+                        KernelEvent::Exit { pid } => exited
+                            .push((pid, Clock::monotonic_now_ns() + EXIT_GRACE.as_nanos() as u64)),
+                        KernelEvent::Exec { .. } => {}
+                    }
                 }
-                Some(KernelEvent::Exec { .. }) => Vec::new(),
-                None => break,
-            },
+            }
             _ = tick.tick() => {
                 let now = Clock::monotonic_now_ns();
-                let mut out = tracker.on_tick(now);
+                calls.extend(tracker.on_tick(now));
                 exited.retain(|&(pid, forget_at)| {
                     let due = forget_at <= now;
                     if due {
-                        out.extend(tracker.forget_pid(pid));
+                        calls.extend(tracker.forget_pid(pid));
                     }
                     !due
                 });
-                out
             }
         };
         stats.set_gauge(Gauge::ConnectionsTracked, tracker.connections() as u64);
         for cookie in tracker.take_capture_all() {
             conn_capture.capture_all(cookie);
         }
-        for call in calls {
+        for call in calls.drain(..) {
             forward(
                 &conn_to_spans,
                 call,

@@ -31,7 +31,7 @@ use super::{
     },
 };
 use crate::{
-    maps::{DATA_EVENTS, DataScratch, TRACKED_CONNS, config, count_drop},
+    maps::{DATA_EVENTS, DataScratch, TRACKED_CONNS, config, count_drop, data_ring_flags},
     read,
 };
 
@@ -238,7 +238,7 @@ fn output(scratch: *mut DataScratch, captured: u32, total: u32) {
             core::ptr::addr_of!(DATA_EVENTS).cast_mut().cast(),
             core::ptr::from_mut(event).cast(),
             size,
-            0,
+            data_ring_flags(),
         )
     };
     if rc != 0 {

@@ -13,7 +13,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::maps::{CONTROL_EVENTS, SAMPLING_THRESHOLDS, TARGETS, config, count_drop, is_target};
+use crate::maps::{CONTROL_EVENTS, SAMPLING_THRESHOLDS, config, count_drop, is_target, set_target};
 
 /// Marks a target inherited from its parent (the agent's selectors use 1).
 const TARGET_INHERITED: u32 = 2;
@@ -29,8 +29,8 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     // Threads forked by a target are in the map by tid (see fork below).
-    if unsafe { TARGETS.get(tid) }.is_some() {
-        let _ = TARGETS.remove(tid);
+    if is_target(tid) {
+        set_target(tid, None);
         let _ = SAMPLING_THRESHOLDS.remove(tid);
         if tid == (pid_tgid >> 32) as u32 {
             emit(EventKind::ProcessExit, pid_tgid);
@@ -52,7 +52,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     if let Ok(child) = unsafe { ctx.read_at::<u32>(offset) } {
         // The child may be a thread: then its tid never equals a live tgid
         // and the entry is removed when the thread exits.
-        let _ = TARGETS.insert(child, TARGET_INHERITED, 0);
+        set_target(child, Some(TARGET_INHERITED));
         // Workers of a pre-fork server sample as their parent's service.
         // SAFETY: plain value lookup.
         if let Some(threshold) = unsafe { SAMPLING_THRESHOLDS.get(parent) } {

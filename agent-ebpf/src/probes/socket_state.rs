@@ -24,7 +24,9 @@ use aya_ebpf::{
 };
 
 use super::trace_context::end_server_request;
-use crate::maps::{ACCEPTED_FDS, DATA_EVENTS, TRACKED_CONNS, count_drop, is_target};
+use crate::maps::{
+    ACCEPTED_FDS, DATA_EVENTS, TRACKED_CONNS, count_drop, data_ring_flags, is_target,
+};
 
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
@@ -69,7 +71,7 @@ fn emit_close(socket_cookie: u64) {
         },
         socket_cookie,
     };
-    if DATA_EVENTS.output::<SocketCloseEvent>(&event, 0).is_err() {
+    if DATA_EVENTS.output::<SocketCloseEvent>(&event, data_ring_flags()).is_err() {
         count_drop(agent_common::drops::DATA_RINGBUF_FULL);
     }
 }

@@ -522,28 +522,32 @@ fn scan_head(scratch: &mut TraceScratch, captured: u32) -> HeadSearch {
     if start == *b"\r\n" {
         return HeadSearch::Ended;
     }
-    if names_traceparent(payload) {
-        return HeadSearch::Found(NAME_LEN);
-    }
-    // SAFETY: writing our own per-CPU scratch.
-    unsafe { core::ptr::write_volatile(&mut scratch.found, 0) };
-    let mut args = ScanArgs {
-        scratch: core::ptr::from_mut(scratch),
-    };
-    // SAFETY: `scan_step_callback` has bpf_loop's callback signature and
-    // `args` outlives the call.
-    unsafe {
-        bpf_loop(
-            scanned.div_ceil(8),
-            scan_step_callback as *mut c_void,
-            core::ptr::from_mut(&mut args).cast(),
-            0,
-        )
-    };
-    // SAFETY: reading back what the loop stored.
-    let found = unsafe { core::ptr::read_volatile(&scratch.found) };
-    if found != 0 {
-        return HeadSearch::Found(found);
+    // A read too short to hold the header (most requests without one) needs
+    // only the end-of-head check below.
+    if scanned >= NAME_LEN + VALUE_LEN as u32 {
+        if names_traceparent(payload) {
+            return HeadSearch::Found(NAME_LEN);
+        }
+        // SAFETY: writing our own per-CPU scratch.
+        unsafe { core::ptr::write_volatile(&mut scratch.found, 0) };
+        let mut args = ScanArgs {
+            scratch: core::ptr::from_mut(scratch),
+        };
+        // SAFETY: `scan_step_callback` has bpf_loop's callback signature and
+        // `args` outlives the call.
+        unsafe {
+            bpf_loop(
+                scanned.div_ceil(8),
+                scan_step_callback as *mut c_void,
+                core::ptr::from_mut(&mut args).cast(),
+                0,
+            )
+        };
+        // SAFETY: reading back what the loop stored.
+        let found = unsafe { core::ptr::read_volatile(&scratch.found) };
+        if found != 0 {
+            return HeadSearch::Found(found);
+        }
     }
     // Checked once, not at every newline (that doubles the paths the
     // verifier walks): a head that ends exactly where the read ends, the

@@ -46,7 +46,7 @@ use self::{
     resources::ProcessRegistry,
     rules::{Candidate, ExeGlobs, Rule, RuleConfig},
 };
-use crate::probes::{TargetSet, TlsAttach, decode::KernelEvent};
+use crate::probes::{EventBatch, TargetSet, TlsAttach, decode::KernelEvent};
 use crate::sampling::HeadSampler;
 use crate::telemetry::{Gauge, Stats};
 
@@ -586,7 +586,7 @@ async fn pods_changed(changes: &mut Option<watch::Receiver<()>>) {
 pub async fn run_discovery<T: TargetSet>(
     mut discovery: Discovery<T>,
     mut reader_to_discovery: mpsc::Receiver<KernelEvent>,
-    discovery_to_conn: mpsc::Sender<KernelEvent>,
+    discovery_to_conn: mpsc::Sender<EventBatch>,
     stats: Arc<Stats>,
 ) {
     let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
@@ -600,7 +600,7 @@ pub async fn run_discovery<T: TargetSet>(
                     discovery.on_exit(pid);
                     // The tracker frees the process's connections; if it is
                     // behind, its idle timeout will.
-                    let _ = discovery_to_conn.try_send(KernelEvent::Exit { pid });
+                    let _ = discovery_to_conn.try_send(vec![KernelEvent::Exit { pid }]);
                 }
                 Some(_) => {}
                 None => break,

@@ -27,7 +27,7 @@ use aya::{
     programs::{BtfTracePoint, TracePoint},
 };
 pub use openssl::{OpensslProbes, SslLibrary, TlsAttach};
-pub use reader::{ReaderChannels, run_reader};
+pub use reader::{EventBatch, MAX_BATCH, ReaderChannels, run_reader};
 pub use targets::{TargetMap, TargetSet};
 use tracing::{debug, info, warn};
 
@@ -301,6 +301,7 @@ impl Probes {
             .btf(Some(&btf))
             .override_global("CONFIG", &kernel_config, true)
             .map_max_entries("DATA_EVENTS", config.data_ring_bytes)
+            .map_max_entries("TARGET_FLAGS", targets::flag_entries())
             .load(EBPF_OBJECT)
             .map_err(|source| ProbeError::Load {
                 hint: LoadHint::current(),
@@ -325,6 +326,7 @@ impl Probes {
             .map_err(|_| ProbeError::Map("INJECT_STATS"))?;
         let targets = TargetMap::new(
             take(&mut ebpf, "TARGETS")?,
+            take(&mut ebpf, "TARGET_FLAGS")?,
             take(&mut ebpf, "SAMPLING_THRESHOLDS")?,
         )
         .map_err(|_| ProbeError::Map("TARGETS"))?;
@@ -471,6 +473,8 @@ fn kernel_config(config: &ProbeConfig) -> Result<KernelConfig, ProbeError> {
         inject_traceparent: u32::from(config.inject_traceparent),
         sampler: config.sampling.0,
         sample_threshold: config.sampling.1,
+        wakeup_bytes: reader::wakeup_bytes(config.data_ring_bytes),
+        reserved: 0,
     })
 }
 
