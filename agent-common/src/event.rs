@@ -12,6 +12,9 @@ pub enum EventKind {
     ProcessExec = 3,
     /// A [`crate::process::ProcessEvent`]: a targeted process exited.
     ProcessExit = 4,
+    /// A [`crate::socket_state::ListenEvent`]: a process started listening
+    /// on a TCP port.
+    SocketListen = 5,
 }
 
 impl EventKind {
@@ -22,6 +25,7 @@ impl EventKind {
             2 => Some(Self::SocketClose),
             3 => Some(Self::ProcessExec),
             4 => Some(Self::ProcessExit),
+            5 => Some(Self::SocketListen),
             _ => None,
         }
     }

@@ -13,6 +13,20 @@ pub struct SocketCloseEvent {
     pub socket_cookie: u64,
 }
 
+/// A TCP socket of any process went to LISTEN (inside `listen()`, in the
+/// caller's thread): discovery looks for new listeners on the selected
+/// ports when this happens rather than polling the node's sockets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ListenEvent {
+    /// `kind` is [`crate::EventKind::SocketListen`]; pid/tid are the caller.
+    pub header: EventHeader,
+    /// Local port, host byte order.
+    pub port: u16,
+    /// Reserved, zero.
+    pub reserved: [u8; 6],
+}
+
 /// [`TrackedConn::flags`]: the connection carries TLS. Its socket bytes
 /// (ciphertext) are not reported; the OpenSSL probes report its plaintext.
 pub const CONN_TLS: u32 = 1;

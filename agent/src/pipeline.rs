@@ -326,7 +326,7 @@ async fn run_conn_tracker(
                         KernelEvent::Close(close) => calls.extend(tracker.on_close(&close)),
                         KernelEvent::Exit { pid } => exited
                             .push((pid, Clock::monotonic_now_ns() + EXIT_GRACE.as_nanos() as u64)),
-                        KernelEvent::Exec { .. } => {}
+                        KernelEvent::Exec { .. } | KernelEvent::Listen { .. } => {}
                     }
                 }
             }

@@ -15,7 +15,7 @@
 use agent_common::{
     EventHeader, EventKind,
     socket_data::ROLE_CLIENT,
-    socket_state::{SocketCloseEvent, TrackedConn},
+    socket_state::{ListenEvent, SocketCloseEvent, TrackedConn},
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns},
@@ -24,12 +24,17 @@ use aya_ebpf::{
 };
 
 use super::trace_context::end_server_request;
-use crate::maps::{
-    ACCEPTED_FDS, DATA_EVENTS, TRACKED_CONNS, count_drop, data_ring_flags, is_target,
+use crate::{
+    maps::{
+        ACCEPTED_FDS, CONTROL_EVENTS, DATA_EVENTS, TRACKED_CONNS, config, count_drop,
+        data_ring_flags, is_target,
+    },
+    read,
 };
 
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
+const TCP_LISTEN: i32 = 10;
 /// Offset of `long ret` in the sys_exit_* tracepoint record.
 const SYS_EXIT_RET: usize = 16;
 
@@ -45,6 +50,8 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
         if is_target(tgid) {
             let _ = TRACKED_CONNS.insert(cookie(), TrackedConn::new(ROLE_CLIENT), 0);
         }
+    } else if new_state == TCP_LISTEN {
+        emit_listen(sk);
     } else if new_state == TCP_CLOSE {
         let cookie = cookie();
         // SAFETY: plain value lookup.
@@ -71,8 +78,35 @@ fn emit_close(socket_cookie: u64) {
         },
         socket_cookie,
     };
-    if DATA_EVENTS.output::<SocketCloseEvent>(&event, data_ring_flags()).is_err() {
+    if DATA_EVENTS
+        .output::<SocketCloseEvent>(&event, data_ring_flags())
+        .is_err()
+    {
         count_drop(agent_common::drops::DATA_RINGBUF_FULL);
+    }
+}
+
+/// Any process, on the control ring: listen() is rare, and discovery
+/// matches the port against its selectors.
+fn emit_listen(sk: *const u8) {
+    let Ok(port) = read::kernel::<u16>(sk, config().off_skc_num) else {
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let event = ListenEvent {
+        header: EventHeader {
+            kind: EventKind::SocketListen as u32,
+            pid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
+            reserved: 0,
+            // SAFETY: always-safe helper.
+            timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        },
+        port,
+        reserved: [0; 6],
+    };
+    if CONTROL_EVENTS.output::<ListenEvent>(&event, 0).is_err() {
+        count_drop(agent_common::drops::CONTROL_RINGBUF_FULL);
     }
 }
 

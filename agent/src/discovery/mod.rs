@@ -4,9 +4,12 @@
 //! Kubernetes the pod's namespace, labels, annotations, owners and
 //! container) are resolved here in userspace; the kernel only sees the
 //! resulting pid set. Selection is live: exec events are matched as they
-//! arrive, listening ports are re-checked every [`RESCAN_INTERVAL`], exits
-//! remove the process, and every change of the node's pods re-evaluates
-//! the processes in containers, adding and removing targets.
+//! arrive, listening ports are re-checked when the kernel reports a
+//! `listen()` on a selected port (and every [`PORT_RESCAN_EVERY_TICKS`]
+//! ticks as a safety net: walking the node's sockets and file descriptors
+//! is the costly part of discovery, so it is not done on a short timer),
+//! exits remove the process, and every change of the node's pods
+//! re-evaluates the processes in containers, adding and removing targets.
 //!
 //! With TLS capture on, each selected process's memory maps are read for
 //! OpenSSL's libssl, and every library file found gets the OpenSSL uprobes
@@ -50,9 +53,15 @@ use crate::probes::{EventBatch, TargetSet, TlsAttach, decode::KernelEvent};
 use crate::sampling::HeadSampler;
 use crate::telemetry::{Gauge, Stats};
 
-/// How often listening ports are re-checked: a server started after the
-/// agent is picked up within this time of opening its port.
+/// How often discovery's periodic chores run.
 pub const RESCAN_INTERVAL: Duration = Duration::from_millis(500);
+/// Listening ports are looked at again this many ticks after a listen
+/// event on a selected port (the socket may not be listed yet when the
+/// event is read) ...
+const PORT_RESCANS_AFTER_LISTEN: u32 = 2;
+/// ... and every this many ticks (30 s) in case a listen event was lost
+/// (a full control ring, counted).
+const PORT_RESCAN_EVERY_TICKS: u32 = 60;
 
 /// What to instrument, as written in the config file or on the command line.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -228,6 +237,8 @@ pub struct Discovery<T: TargetSet> {
     new_targets: Vec<u32>,
     /// Gives selected processes their service's sampling rule, if any.
     sampler: Option<HeadSampler>,
+    /// Port rescans still due after a listen event.
+    port_rescans_due: u32,
 }
 
 impl<T: TargetSet> Discovery<T> {
@@ -252,6 +263,7 @@ impl<T: TargetSet> Discovery<T> {
             tls_waiting: HashSet::new(),
             new_targets: Vec::new(),
             sampler: None,
+            port_rescans_due: 0,
         }
     }
 
@@ -317,6 +329,24 @@ impl<T: TargetSet> Discovery<T> {
         self.tls_seen.remove(&pid);
         self.tls_waiting.remove(&pid);
         self.registry.forget(pid);
+    }
+
+    /// A process started listening on `port`: if it is a selected port,
+    /// its owners are looked for now and at the next ticks.
+    pub fn on_listen(&mut self, port: u16) {
+        if self.selectors.all_ports.contains(&port) {
+            self.port_rescans_due = PORT_RESCANS_AFTER_LISTEN;
+            self.rescan_ports();
+        }
+    }
+
+    /// The port rescan of a tick: one still due after a listen event, or
+    /// the periodic safety net (`periodic`).
+    pub fn tick_ports(&mut self, periodic: bool) {
+        if self.port_rescans_due > 0 || periodic {
+            self.port_rescans_due = self.port_rescans_due.saturating_sub(1);
+            self.rescan_ports();
+        }
     }
 
     /// Selects owners of listening sockets on the selected ports.
@@ -602,12 +632,14 @@ pub async fn run_discovery<T: TargetSet>(
                     // behind, its idle timeout will.
                     let _ = discovery_to_conn.try_send(vec![KernelEvent::Exit { pid }]);
                 }
+                Some(KernelEvent::Listen { port, .. }) => discovery.on_listen(port),
                 Some(_) => {}
                 None => break,
             },
             _ = rescan.tick() => {
                 discovery.recheck_new_targets();
-                discovery.rescan_ports();
+                // Not at the first tick: `scan_all` just did it.
+                discovery.tick_ports(ticks > 0 && ticks.is_multiple_of(PORT_RESCAN_EVERY_TICKS));
                 discovery.rescan_tls(ticks.is_multiple_of(TLS_TARGETS_EVERY_TICKS));
                 // From the first tick on, so the kernel gauge has a value
                 // from the start.
@@ -1186,6 +1218,24 @@ mod tests {
         );
         by_port.rescan_ports();
         assert!(by_port.selected().contains(&me), "owner of port {port}");
+
+        // A listen event on another port looks at nothing; one on a
+        // selected port finds the new listener, and looks again at the
+        // next two ticks only.
+        let mut by_event = Discovery::new(
+            Selectors::new(&config).unwrap(),
+            Procfs::default(),
+            FakeTargets::default(),
+            registry.clone(),
+        );
+        by_event.on_listen(port.wrapping_add(1));
+        assert!(!by_event.selected().contains(&me));
+        by_event.on_listen(port);
+        assert!(by_event.selected().contains(&me), "listener on {port}");
+        assert_eq!(by_event.port_rescans_due, PORT_RESCANS_AFTER_LISTEN);
+        by_event.tick_ports(false);
+        by_event.tick_ports(false);
+        assert_eq!(by_event.port_rescans_due, 0);
 
         // In a rule, port and executable must both hold.
         for (exe, selected) in [(name.as_str(), true), ("no-such-program", false)] {

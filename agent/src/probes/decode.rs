@@ -12,7 +12,7 @@ use agent_common::{
         MAX_CAPTURE_BYTES, ROLE_CLIENT, ROLE_SERVER, SOCKET_DATA_HEADER_LEN, SOURCE_TLS,
         SocketDataEvent,
     },
-    socket_state::SocketCloseEvent,
+    socket_state::{ListenEvent, SocketCloseEvent},
     trace_context::{
         CTX_FROM_HEADER, CTX_HAS_PARENT, CTX_INJECTED, CTX_UPDATE, CTX_VALID, TraceContext,
     },
@@ -124,6 +124,13 @@ pub enum KernelEvent {
         /// The process.
         pid: u32,
     },
+    /// A process started listening on a TCP port.
+    Listen {
+        /// The process that called `listen()`.
+        pid: u32,
+        /// The local port.
+        port: u16,
+    },
 }
 
 /// Why a ring-buffer record was rejected.
@@ -189,6 +196,13 @@ pub fn decode(record: &[u8]) -> Result<KernelEvent, DecodeError> {
             let event: ProcessEvent = read_struct(record, "process event")?;
             Ok(KernelEvent::Exit {
                 pid: event.header.pid,
+            })
+        }
+        Some(EventKind::SocketListen) => {
+            let event: ListenEvent = read_struct(record, "listen event")?;
+            Ok(KernelEvent::Listen {
+                pid: event.header.pid,
+                port: event.port,
             })
         }
         None => Err(DecodeError::UnknownKind(header.kind)),

@@ -57,7 +57,7 @@ pub fn wakeup_bytes(ring_bytes: u32) -> u32 {
 pub struct ReaderChannels {
     /// Socket data and close events, to the connection tracker.
     pub reader_to_conn: mpsc::Sender<EventBatch>,
-    /// Exec and exit events, to discovery.
+    /// Exec, exit and listen events, to discovery.
     pub reader_to_discovery: mpsc::Sender<KernelEvent>,
 }
 
@@ -128,7 +128,7 @@ fn drain(ring: &mut RingBuf<MapData>, channels: &ReaderChannels, stats: &Stats) 
                     dropped += send(&channels.reader_to_conn, std::mem::take(&mut batch));
                 }
             }
-            KernelEvent::Exec { .. } | KernelEvent::Exit { .. } => {
+            KernelEvent::Exec { .. } | KernelEvent::Exit { .. } | KernelEvent::Listen { .. } => {
                 if channels.reader_to_discovery.try_send(event).is_err() {
                     dropped += 1;
                 }
