@@ -1,6 +1,6 @@
 //! TCP connection life cycle, from `agent-ebpf/src/probes/socket_state.rs`.
 
-use crate::EventHeader;
+use crate::{EventHeader, socket_data::ConnTuple};
 
 /// A connection the agent had seen data on reached TCP_CLOSE.
 #[repr(C)]
@@ -45,6 +45,10 @@ pub struct TrackedConn {
     pub capture_bytes: u32,
     /// Reserved, zero.
     pub reserved: u32,
+    /// Addresses and ports, read from the socket at the first data (zero
+    /// `family` until then): later calls take them from here instead of
+    /// reading the socket again.
+    pub tuple: ConnTuple,
 }
 
 impl TrackedConn {
@@ -55,6 +59,14 @@ impl TrackedConn {
             flags: 0,
             capture_bytes: 0,
             reserved: 0,
+            tuple: ConnTuple {
+                local_addr: [0; 16],
+                remote_addr: [0; 16],
+                local_port: 0,
+                remote_port: 0,
+                family: 0,
+                reserved: 0,
+            },
         }
     }
 }

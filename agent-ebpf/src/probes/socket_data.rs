@@ -61,27 +61,41 @@ fn try_socket_data(ctx: &BtfTracePointContext, direction: u32) -> Result<(), i64
     if ret <= 0 || (direction == DIRECTION_INGRESS && flags & MSG_PEEK != 0) {
         return Ok(());
     }
-    let Some(family) = tcp_family(sk) else {
-        return Ok(());
+    // SAFETY: `sk` is the tracepoint's typed socket argument.
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
+    // SAFETY: plain value lookup.
+    let known = unsafe { TRACKED_CONNS.get(cookie) }.copied();
+    // Only TCP sockets are ever tracked, with their tuple from the first
+    // data on: known connections skip reading the socket.
+    let tuple = match known {
+        Some(conn) if conn.tuple.family != 0 => conn.tuple,
+        _ => {
+            let Some(family) = tcp_family(sk) else {
+                return Ok(());
+            };
+            read_tuple(sk, family)?
+        }
     };
 
     let scratch = DATA_SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
     // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
     let event = unsafe { &mut (*scratch).event };
-    // SAFETY: `sk` is the tracepoint's typed socket argument.
-    event.socket_cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
+    event.socket_cookie = cookie;
     event.header.kind = EventKind::SocketData as u32;
     event.header.pid = tgid;
     event.header.tid = pid_tgid as u32;
     event.header.reserved = 0;
     event.header.timestamp_ns = unsafe { bpf_ktime_get_ns() };
-    event.tuple = read_tuple(sk, family)?;
+    event.tuple = tuple;
     event.direction = direction;
     event.source = SOURCE_SOCKET;
 
     let args = SyscallArgs::current();
     event.fd = args.as_ref().map_or(u32::MAX, |a| a.fd);
-    let conn = conn_state(event.socket_cookie, tgid, event.fd);
+    let conn = match known {
+        Some(conn) if conn.tuple.family != 0 => conn,
+        _ => conn_state(cookie, known, tgid, event.fd, &tuple),
+    };
     event.role = conn.role;
     if is_tls_socket(event, &conn, args.as_ref().map(|a| &a.data), ret as u32) {
         // Ciphertext: the OpenSSL probes report this connection's plaintext.
@@ -108,22 +122,41 @@ pub fn tcp_family(sk: *const u8) -> Option<u16> {
     is_tcp.then_some(family)
 }
 
-/// The connection's state: its side, learnt at connect (see `socket_state`)
-/// or accept, and what is known about its protocol.
-fn conn_state(cookie: u64, tgid: u32, fd: u32) -> TrackedConn {
-    // SAFETY: plain value lookups.
-    if let Some(conn) = unsafe { TRACKED_CONNS.get(cookie) } {
-        return *conn;
-    }
-    let fd_key = ((tgid as u64) << 32) | fd as u64;
-    let role = if unsafe { ACCEPTED_FDS.get(fd_key) }.is_some() {
-        let _ = ACCEPTED_FDS.remove(fd_key);
-        ROLE_SERVER
-    } else {
-        ROLE_UNKNOWN
+/// The state of a connection seen for the first time, or tracked without
+/// its tuple yet (marked client at connect, before its port was bound):
+/// its side, learnt at connect (see `socket_state`) or accept, stored with
+/// the tuple.
+fn conn_state(
+    cookie: u64,
+    known: Option<TrackedConn>,
+    tgid: u32,
+    fd: u32,
+    tuple: &ConnTuple,
+) -> TrackedConn {
+    let mut conn = match known {
+        Some(conn) => conn,
+        None => {
+            let fd_key = ((tgid as u64) << 32) | fd as u64;
+            // SAFETY: plain value lookup.
+            let role = if unsafe { ACCEPTED_FDS.get(fd_key) }.is_some() {
+                let _ = ACCEPTED_FDS.remove(fd_key);
+                ROLE_SERVER
+            } else {
+                ROLE_UNKNOWN
+            };
+            TrackedConn::new(role)
+        }
     };
-    let conn = TrackedConn::new(role);
-    let _ = TRACKED_CONNS.insert(cookie, conn, 0);
+    conn.tuple = *tuple;
+    match TRACKED_CONNS.get_ptr_mut(cookie) {
+        // Only the tuple: the agent or the TLS probes may have changed the
+        // rest since it was read.
+        // SAFETY: a valid map value pointer.
+        Some(entry) if known.is_some() => unsafe { (*entry).tuple = *tuple },
+        _ => {
+            let _ = TRACKED_CONNS.insert(cookie, conn, 0);
+        }
+    }
     conn
 }
 
