@@ -179,6 +179,11 @@ impl Agent {
         })
     }
 
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// Stops the agent (it flushes its export queue) and reports.
     pub fn stop(self) -> Result<AgentReport> {
         let peak_rss_kib = self.process.peak_rss_kib()?;
@@ -258,9 +263,9 @@ fn program_stats(pid: u32) -> Result<Vec<ProgramStats>> {
             continue;
         };
         if fields.contains_key("link_id") {
-            // Tracepoint links name their tracepoint, cgroup links their
-            // attach type.
-            if let Some(hook) = fields.get("tp_name").or(fields.get("attach_type")) {
+            // Tracepoint links name their tracepoint; the others (cgroup,
+            // uprobe) are named after their program below.
+            if let Some(hook) = fields.get("tp_name") {
                 hooks.insert(prog_id, (*hook).to_owned());
             }
         } else if let (Some(cnt), Some(ns)) = (number("run_cnt"), number("run_time_ns")) {
@@ -269,6 +274,14 @@ fn program_stats(pid: u32) -> Result<Vec<ProgramStats>> {
     }
     if programs.is_empty() {
         bail!("no BPF programs among the fds of the agent (pid {pid})");
+    }
+    let unnamed: Vec<u64> = programs
+        .keys()
+        .filter(|id| !hooks.contains_key(id))
+        .copied()
+        .collect();
+    if !unnamed.is_empty() {
+        hooks.extend(program_names(&unnamed));
     }
     let mut by_hook: BTreeMap<String, ProgramStats> = BTreeMap::new();
     for (id, (run_cnt, run_time_ns)) in programs {
@@ -285,6 +298,37 @@ fn program_stats(pid: u32) -> Result<Vec<ProgramStats>> {
         entry.run_time_ns += run_time_ns;
     }
     Ok(by_hook.into_values().collect())
+}
+
+/// Programs attached without a tracepoint (sock_ops, sk_msg, uprobes, tail
+/// calls), named `name (type)` from `bpftool prog show`, which reads the
+/// full function name from the program's BTF.
+fn program_names(ids: &[u64]) -> BTreeMap<u64, String> {
+    #[derive(serde::Deserialize)]
+    struct Program {
+        id: u64,
+        name: Option<String>,
+        #[serde(rename = "type")]
+        kind: Option<String>,
+    }
+    let listed = Command::new("bpftool")
+        .args(["--json", "prog", "show"])
+        .output()
+        .ok()
+        .and_then(|out| serde_json::from_slice::<Vec<Program>>(&out.stdout).ok())
+        .unwrap_or_default();
+    listed
+        .into_iter()
+        .filter(|program| ids.contains(&program.id))
+        .filter_map(|program| {
+            let kind = match program.kind.as_deref()? {
+                // uprobes are kprobe-type programs; Sonde attaches no kprobes.
+                "kprobe" => "uprobe",
+                other => other,
+            };
+            Some((program.id, format!("{} ({kind})", program.name?)))
+        })
+        .collect()
 }
 
 /// `key:\tvalue` lines.

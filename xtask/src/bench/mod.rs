@@ -17,9 +17,11 @@
 //! the orchestrator never limits the load.
 
 mod agent;
+mod floor;
 mod load;
 mod nginx;
 mod process;
+mod profile;
 mod python;
 mod report;
 mod sink;
@@ -188,6 +190,9 @@ pub struct RunRecord {
     /// Other agents (`sonde*` processes) on the machine when the run
     /// started: their kernel programs run during it too.
     pub other_agents: usize,
+    /// ns per run of an empty program on the socket hooks during the
+    /// warm-up (see `floor`): what bpf_stats adds to every ns/run figure.
+    pub stats_floor_ns: Option<f64>,
 }
 
 /// Everything a run needs.
@@ -238,6 +243,11 @@ pub fn run(args: &Args) -> Result<()> {
     for plan in &plans {
         bench.run_plan(plan, total, &mut records)?;
     }
+    let profile = if plans.iter().any(|p| p.workload == Workload::Nginx) {
+        bench.profile_agent()?
+    } else {
+        None
+    };
     drop(stats);
 
     let settings = report::Settings {
@@ -256,7 +266,7 @@ pub fn run(args: &Args) -> Result<()> {
         load_before,
         started.elapsed(),
     );
-    bench.write(&report::Report::new(meta, records))
+    bench.write(&report::Report::new(meta, records, profile))
 }
 
 impl Bench {
@@ -413,7 +423,14 @@ impl Bench {
             )?),
             Variant::Baseline | Variant::Sdk => None,
         };
+        // The floor is measured during the warm-up only, so the empty
+        // program adds nothing to the measured window.
+        let floor = agent.as_ref().and_then(|_| floor::Floor::attach().ok());
+        let floor_start = floor.as_ref().map(floor::Floor::count);
         let warmup = self.generator.run(load, addr, WARMUP)?;
+        let stats_floor_ns = floor
+            .zip(floor_start)
+            .and_then(|(floor, start)| floor.count().ns_per_run_since(start));
         let result = self.generator.run(load, addr, self.duration)?;
         let agent = agent.map(Agent::stop).transpose()?;
         let service_cpu_ms = uvicorn
@@ -431,7 +448,32 @@ impl Bench {
             service_cpu_ms,
             sink: sink.stop()?,
             other_agents,
+            stats_floor_ns,
         })
+    }
+}
+
+impl Bench {
+    /// One more run of the agent tracing nginx at saturation, not measured,
+    /// under `perf record`: the agent's profile, as folded stacks
+    /// (target/bench/agent.folded) and its top functions in the report.
+    fn profile_agent(&self) -> Result<Option<profile::Profile>> {
+        if cmd::which("perf").is_none() {
+            eprintln!("xtask: perf not found, no agent profile");
+            return Ok(None);
+        }
+        let nginx = Nginx::start(&self.work.join("nginx"))?;
+        let sink = Sink::start(&self.helper)?;
+        let agent = Agent::start(&self.agent, nginx.addr.port(), &sink.endpoint)?;
+        self.generator.run(Load::Saturation, nginx.addr, WARMUP)?;
+        let recording = profile::Recording::start(agent.pid(), &self.out, self.duration)?;
+        self.generator
+            .run(Load::Saturation, nginx.addr, self.duration)?;
+        let profile = recording.finish(&self.out)?;
+        agent.stop()?;
+        sink.stop()?;
+        nginx.stop()?;
+        Ok(Some(profile))
     }
 }
 

@@ -109,6 +109,24 @@ impl Process {
         }
     }
 
+    /// Waits up to `timeout` for the process to exit on its own.
+    pub fn wait(mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self
+                .child
+                .try_wait()
+                .with_context(|| format!("waiting for {}", self.name))?
+            {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not exit within {timeout:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// User + system CPU time used so far.
     pub fn cpu(&self) -> Result<Duration> {
         Ok(read_stat(self.pid())?.cpu)
