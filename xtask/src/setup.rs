@@ -336,6 +336,9 @@ fn check(groups: &[Group]) -> Vec<Checked> {
     if groups.contains(&Group::Bench) {
         out.push(executable("wrk", "wrk", "wrk"));
         out.push(executable("nginx", "nginx", "nginx"));
+        // The agent's profile and the names of its unlinked programs.
+        out.push(executable("perf", "perf", "linux-perf"));
+        out.push(executable("bpftool", "bpftool", "bpftool"));
         // Debian's python3 needs python3-venv for `python3 -m venv`.
         let venv = cmd::probe(Command::new("python3").args(["-c", "import ensurepip, venv"]));
         out.push(Checked {
