@@ -2,13 +2,14 @@
 //! contract with `agent/src/probes/`.
 
 use agent_common::{
-    KernelConfig,
+    EventHeader, EventKind, KernelConfig,
     socket_data::{ConnTuple, MAX_CAPTURE_BYTES, SocketDataEvent},
     socket_state::TrackedConn,
     trace_context::TraceContext,
 };
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
 };
@@ -271,6 +272,20 @@ pub struct DataScratch {
 /// Per-CPU staging area: a 4 KiB event does not fit on the 512-byte BPF stack.
 #[map]
 pub static DATA_SCRATCH: PerCpuArray<DataScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The header of an event about the current thread, happening now.
+#[inline(always)]
+pub fn event_header(kind: EventKind) -> EventHeader {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    EventHeader {
+        kind: kind as u32,
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        reserved: 0,
+        // SAFETY: always-safe helper.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+    }
+}
 
 /// Counts one loss of the given kind.
 #[inline(always)]

@@ -13,12 +13,12 @@
 //!   Accept is rare next to read/write, so hooking it costs the node little.
 
 use agent_common::{
-    EventHeader, EventKind,
+    EventKind,
     socket_data::ROLE_CLIENT,
     socket_state::{ListenEvent, SocketCloseEvent, TrackedConn},
 };
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_socket_cookie},
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
@@ -27,7 +27,7 @@ use super::trace_context::end_server_request;
 use crate::{
     maps::{
         ACCEPTED_FDS, CONTROL_EVENTS, DATA_EVENTS, TRACKED_CONNS, config, count_drop,
-        data_ring_flags, is_target,
+        data_ring_flags, event_header, is_target,
     },
     read,
 };
@@ -66,16 +66,8 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
 }
 
 fn emit_close(socket_cookie: u64) {
-    let pid_tgid = bpf_get_current_pid_tgid();
     let event = SocketCloseEvent {
-        header: EventHeader {
-            kind: EventKind::SocketClose as u32,
-            pid: (pid_tgid >> 32) as u32,
-            tid: pid_tgid as u32,
-            reserved: 0,
-            // SAFETY: always-safe helper.
-            timestamp_ns: unsafe { bpf_ktime_get_ns() },
-        },
+        header: event_header(EventKind::SocketClose),
         socket_cookie,
     };
     if DATA_EVENTS
@@ -92,16 +84,8 @@ fn emit_listen(sk: *const u8) {
     let Ok(port) = read::kernel::<u16>(sk, config().off_skc_num) else {
         return;
     };
-    let pid_tgid = bpf_get_current_pid_tgid();
     let event = ListenEvent {
-        header: EventHeader {
-            kind: EventKind::SocketListen as u32,
-            pid: (pid_tgid >> 32) as u32,
-            tid: pid_tgid as u32,
-            reserved: 0,
-            // SAFETY: always-safe helper.
-            timestamp_ns: unsafe { bpf_ktime_get_ns() },
-        },
+        header: event_header(EventKind::SocketListen),
         port,
         reserved: [0; 6],
     };
