@@ -7,8 +7,12 @@
 //! woken. A wakeup per record costs the traced thread an irq_work and the
 //! agent a context switch per event; this way the agent wakes ~250 times a
 //! second at most under load, and a burst still wakes it well before the
-//! ring fills. Records wait at most [`DRAIN_INTERVAL`] (spans are exported
-//! later anyway; the traced process never waits on the reader). Process
+//! ring fills. Records wait at most [`DRAIN_INTERVAL`] while data flows;
+//! when drains find nothing the interval doubles up to
+//! [`IDLE_DRAIN_INTERVAL`], so an idle agent wakes a few times a second
+//! (the first record after a quiet spell waits that long at most: spans
+//! are exported later anyway, and the traced process never waits on the
+//! reader). Process
 //! events (control ring) keep one wakeup per record: they are rare and
 //! selection should not wait.
 //!
@@ -26,7 +30,7 @@ use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     sync::mpsc,
-    time::MissedTickBehavior,
+    time::Instant,
 };
 use tracing::debug;
 
@@ -36,6 +40,9 @@ use crate::telemetry::{Counter, Stats};
 /// How often the data ring is drained when the kernel does not wake the
 /// reader: how long a record waits at most.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(4);
+/// The longest interval between two drains, reached after drains that
+/// found nothing.
+pub const IDLE_DRAIN_INTERVAL: Duration = Duration::from_millis(256);
 
 /// Events per batch at most: a drain of a full ring is cut into batches of
 /// this size, so the tracker starts on the first while the reader decodes
@@ -71,18 +78,25 @@ pub async fn run_reader(
 ) -> std::io::Result<()> {
     let mut data = watch(data_ring)?;
     let mut control = watch(control_ring)?;
-    let mut drain_timer = tokio::time::interval(DRAIN_INTERVAL);
-    // After a stall, one drain reads everything: no burst of catch-up ticks.
-    drain_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut interval = DRAIN_INTERVAL;
+    // A deadline, not a sleep restarted at every loop: control events must
+    // not postpone the data drain.
+    let mut next_drain = Instant::now() + interval;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            _ = drain_timer.tick() => drain(data.get_mut(), &channels, &stats),
+            () = tokio::time::sleep_until(next_drain) => {
+                let drained = drain(data.get_mut(), &channels, &stats);
+                interval = next_interval(interval, drained);
+                next_drain = Instant::now() + interval;
+            }
             guard = data.readable_mut() => {
                 let mut guard = guard?;
                 drain(guard.get_inner_mut(), &channels, &stats);
                 guard.clear_ready();
+                interval = DRAIN_INTERVAL;
+                next_drain = Instant::now() + interval;
             }
             guard = control.readable_mut() => {
                 let mut guard = guard?;
@@ -104,8 +118,19 @@ fn watch(ring: RingBuf<MapData>) -> std::io::Result<AsyncFd<RingBuf<MapData>>> {
         .map_err(|e| e.into_parts().1)
 }
 
+/// The interval after a timer drain that read `drained` records: the
+/// shortest while data flows, doubling while there is none.
+fn next_interval(interval: Duration, drained: u64) -> Duration {
+    if drained > 0 {
+        DRAIN_INTERVAL
+    } else {
+        (interval * 2).min(IDLE_DRAIN_INTERVAL)
+    }
+}
+
 /// Reads every record in `ring`; counters are added once per drain.
-fn drain(ring: &mut RingBuf<MapData>, channels: &ReaderChannels, stats: &Stats) {
+/// Returns how many records it read.
+fn drain(ring: &mut RingBuf<MapData>, channels: &ReaderChannels, stats: &Stats) -> u64 {
     let mut batch = EventBatch::new();
     let (mut received, mut undecodable, mut dropped) = (0, 0, 0);
     while let Some(record) = ring.next() {
@@ -147,6 +172,7 @@ fn drain(ring: &mut RingBuf<MapData>, channels: &ReaderChannels, stats: &Stats) 
             stats.add(counter, value);
         }
     }
+    received
 }
 
 /// Sends a batch; returns how many events were lost (all, if the channel
@@ -162,11 +188,24 @@ fn send(channel: &mpsc::Sender<EventBatch>, batch: EventBatch) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::wakeup_bytes;
+    use std::time::Duration;
+
+    use super::{DRAIN_INTERVAL, IDLE_DRAIN_INTERVAL, next_interval, wakeup_bytes};
 
     #[test]
     fn wakeup_threshold_scales_with_the_ring_and_is_capped() {
         assert_eq!(wakeup_bytes(64 * 1024), 8 * 1024);
         assert_eq!(wakeup_bytes(8 * 1024 * 1024), 256 * 1024);
+    }
+
+    #[test]
+    fn drain_interval_backs_off_when_idle_and_resets_on_data() {
+        let mut interval = DRAIN_INTERVAL;
+        for _ in 0..20 {
+            interval = next_interval(interval, 0);
+        }
+        assert_eq!(interval, IDLE_DRAIN_INTERVAL);
+        assert_eq!(next_interval(interval, 3), DRAIN_INTERVAL);
+        assert_eq!(next_interval(DRAIN_INTERVAL, 0), Duration::from_millis(8));
     }
 }
