@@ -77,10 +77,16 @@ impl TargetMap {
     }
 }
 
-/// `KeyNotFound` is success for a removal.
+/// A missing key is success for a removal: aya reports it as the
+/// syscall's ENOENT.
 fn removed(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {
         Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(error))
+            if error.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
         other => other,
     }
 }
@@ -97,9 +103,11 @@ impl TargetSet for TargetMap {
     }
 
     fn remove(&mut self, pid: u32) -> Result<(), MapError> {
+        // The target first: a threshold left behind costs a map entry, a
+        // target left behind would trace a reused pid.
         self.flags.set(pid, false);
-        removed(self.thresholds.remove(&pid))?;
-        removed(self.targets.remove(&pid))
+        removed(self.targets.remove(&pid))?;
+        removed(self.thresholds.remove(&pid))
     }
 
     fn pids(&self) -> Vec<u32> {
@@ -166,5 +174,26 @@ impl Drop for FlagBytes {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what `map` mapped, used no more.
         unsafe { libc::munmap(self.bytes.as_ptr().cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aya::{maps::MapError, sys::SyscallError};
+
+    use super::removed;
+
+    fn syscall_error(errno: i32) -> MapError {
+        MapError::SyscallError(SyscallError {
+            call: "bpf_map_delete_elem",
+            io_error: std::io::Error::from_raw_os_error(errno),
+        })
+    }
+
+    #[test]
+    fn removing_a_missing_key_succeeds_and_other_errors_stay() {
+        assert!(removed(Err(MapError::KeyNotFound)).is_ok());
+        assert!(removed(Err(syscall_error(libc::ENOENT))).is_ok());
+        assert!(removed(Err(syscall_error(libc::EPERM))).is_err());
     }
 }
