@@ -464,7 +464,7 @@ impl Bench {
         }
         let nginx = Nginx::start(&self.work.join("nginx"))?;
         let sink = Sink::start(&self.helper)?;
-        let agent = Agent::start(&self.agent, nginx.addr.port(), &sink.endpoint)?;
+        let agent = Agent::start(&self.agent, nginx.addr.port(), &sink.endpoint, &[])?;
         self.generator.run(Load::Saturation, nginx.addr, WARMUP)?;
         let recording = profile::Recording::start(agent.pid(), &self.out, self.duration)?;
         self.generator
