@@ -436,7 +436,8 @@ import os, sysconfig
 managed = os.path.exists(os.path.join(sysconfig.get_path('stdlib'), 'EXTERNALLY-MANAGED'))
 try:
     import {module}
-    print('ok', {module}.__version__)
+    # Not every module has __version__ (hypercorn has none).
+    print('ok', getattr({module}, '__version__', 'installed'))
 except ImportError:
     print('managed' if managed else 'pip')
 "
