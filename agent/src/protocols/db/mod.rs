@@ -205,6 +205,24 @@ pub(crate) mod fixture {
         split(events)
     }
 
+    /// [`replay`] through a protocol's own request and reply readers.
+    pub fn replay_conn(name: &str, conn: &mut impl super::DbProtocol) -> (Vec<DbOp>, Vec<DbEvent>) {
+        replay(name, |from_client, chunk, out| {
+            if from_client {
+                conn.on_request(chunk, out)
+            } else {
+                conn.on_reply(chunk, out)
+            }
+        })
+    }
+
+    /// Expectations in the shape [`brief`] returns.
+    pub fn expect(list: &[(&str, Option<&str>)]) -> Vec<(String, Option<String>)> {
+        list.iter()
+            .map(|(t, c)| (t.to_string(), c.map(str::to_owned)))
+            .collect()
+    }
+
     /// Operations apart from the rest.
     pub fn split(events: Vec<DbEvent>) -> (Vec<DbOp>, Vec<DbEvent>) {
         let mut ops = Vec::new();

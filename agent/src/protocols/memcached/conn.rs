@@ -271,26 +271,14 @@ pub fn looks_like_command(head: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocols::db::fixture::{brief, replay, split};
-
-    fn expect(list: &[(&str, Option<&str>)]) -> Vec<(String, Option<String>)> {
-        list.iter()
-            .map(|(t, c)| (t.to_string(), c.map(str::to_owned)))
-            .collect()
-    }
+    use crate::protocols::db::fixture::{brief, expect, replay_conn, split};
 
     /// pymemcache 4 against memcached 1.6: storage, multi-get, incr,
     /// delete, a `noreply` set, an unknown command.
     #[test]
     fn pymemcache_fixture() {
         let mut conn = MemcachedConn::default();
-        let (ops, other) = replay("memcached/pymemcache.trace", |from_client, chunk, out| {
-            if from_client {
-                conn.on_request(chunk, out)
-            } else {
-                conn.on_reply(chunk, out)
-            }
-        });
+        let (ops, other) = replay_conn("memcached/pymemcache.trace", &mut conn);
         assert_eq!(
             brief(&ops),
             expect(&[

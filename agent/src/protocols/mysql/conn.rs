@@ -564,26 +564,14 @@ pub fn looks_like_greeting(head: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocols::db::fixture::{brief, replay, split};
-
-    fn expect(list: &[(&str, Option<&str>)]) -> Vec<(String, Option<String>)> {
-        list.iter()
-            .map(|(t, c)| (t.to_string(), c.map(str::to_owned)))
-            .collect()
-    }
+    use crate::protocols::db::fixture::{brief, expect, replay_conn, split};
 
     /// PyMySQL 1.2 against MariaDB 10.11: greeting, handshake, `COM_QUERY`
     /// with result sets (EOF framing), `COM_INIT_DB`, an ERR packet.
     #[test]
     fn pymysql_fixture() {
         let mut conn = MysqlConn::default();
-        let (ops, other) = replay("mysql/pymysql.trace", |from_client, chunk, out| {
-            if from_client {
-                conn.on_request(chunk, out)
-            } else {
-                conn.on_reply(chunk, out)
-            }
-        });
+        let (ops, other) = replay_conn("mysql/pymysql.trace", &mut conn);
         assert_eq!(
             brief(&ops),
             expect(&[

@@ -551,24 +551,12 @@ mod tests {
     use super::*;
     use crate::protocols::db::{
         DbOp,
-        fixture::{brief, replay, split},
+        fixture::{brief, expect, replay_conn, split},
     };
 
     fn replay_pg(name: &str) -> (Vec<DbOp>, Vec<DbEvent>) {
         let mut conn = PostgresConn::new(true);
-        replay(name, |from_client, chunk, out| {
-            if from_client {
-                conn.on_request(chunk, out)
-            } else {
-                conn.on_reply(chunk, out)
-            }
-        })
-    }
-
-    fn expect(list: &[(&str, Option<&str>)]) -> Vec<(String, Option<String>)> {
-        list.iter()
-            .map(|(t, c)| (t.to_string(), c.map(str::to_owned)))
-            .collect()
+        replay_conn(name, &mut conn)
     }
 
     /// psycopg 3 (libpq) against PostgreSQL 15: SSLRequest refused, simple

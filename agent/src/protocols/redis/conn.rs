@@ -461,23 +461,11 @@ fn request_of(name: Option<String>, args: usize) -> DbRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocols::db::fixture::{brief, replay, split};
+    use crate::protocols::db::fixture::{brief, expect, replay_conn, split};
 
     fn replay_redis(name: &str) -> (Vec<crate::protocols::db::DbOp>, Vec<DbEvent>) {
         let mut conn = RedisConn::default();
-        replay(name, |from_client, chunk, out| {
-            if from_client {
-                conn.on_request(chunk, out)
-            } else {
-                conn.on_reply(chunk, out)
-            }
-        })
-    }
-
-    fn expect(list: &[(&str, Option<&str>)]) -> Vec<(String, Option<String>)> {
-        list.iter()
-            .map(|(t, c)| (t.to_string(), c.map(str::to_owned)))
-            .collect()
+        replay_conn(name, &mut conn)
     }
 
     /// redis-py 8 over RESP2 and RESP3 (`HELLO 3`), recorded from
