@@ -155,10 +155,14 @@ pub async fn run_metrics_exporter(
     let mut backoff = Backoff::new(&config.retry);
     let mut in_flight: Option<InFlight<'_>> = None;
     let mut closing: Option<Instant> = None;
+    // At shutdown the queue gets one pass past a closed backoff: a
+    // collector that came back during the wait would otherwise see nothing
+    // of an outage's exports. The first failure ends that pass.
+    let mut flush_on_close = false;
     loop {
         queue.expire(backoff.max_age(), &stats);
         if in_flight.is_none()
-            && backoff.is_open()
+            && (backoff.is_open() || flush_on_close)
             && let Some(next) = queue.requests.pop_front()
         {
             queue.bytes -= next.bytes;
@@ -183,6 +187,7 @@ pub async fn run_metrics_exporter(
         tokio::select! {
             _ = &mut shutdown, if closing.is_none() => {
                 closing = Some(Instant::now() + config.shutdown_timeout);
+                flush_on_close = true;
                 queue.push(collect(&sources, schedule.temporality), &stats);
             }
             _ = tick.tick(), if closing.is_none() => {
@@ -190,6 +195,7 @@ pub async fn run_metrics_exporter(
             }
             (sent, result) = finish(&mut in_flight) => {
                 in_flight = None;
+                flush_on_close &= result.is_ok();
                 settle(sent, result, &mut backoff, &mut queue, &config, &stats);
             }
             () = sleep_until(wake_at) => {
