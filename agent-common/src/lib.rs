@@ -12,6 +12,7 @@ pub mod drops;
 pub mod event;
 pub mod process;
 pub mod sampling;
+pub mod scan;
 pub mod socket_data;
 pub mod socket_state;
 pub mod trace_context;

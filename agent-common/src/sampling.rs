@@ -1,4 +1,4 @@
-//! Head sampling as the kernel decides it (`agent-ebpf/src/probes/trace_context.rs`)
+//! Head sampling as the kernel decides it (`agent-ebpf/src/context.rs`)
 //! and the agent repeats it for the traces it starts itself
 //! (`agent::sampling`): one function, so both reach the same decision.
 //!

@@ -1,5 +1,5 @@
 //! W3C trace context as the kernel assigns it, mirrored by
-//! `agent-ebpf/src/probes/trace_context.rs` and `inject.rs`.
+//! `agent-ebpf/src/context.rs` and `probes/inject.rs`.
 //!
 //! The kernel owns span identity for HTTP/1 requests: it gives a server
 //! request its span id when the request arrives (joining an incoming

@@ -8,12 +8,21 @@
 //! - `probes::socket_state`: tp_btf `sock:inet_sock_set_state` (connect, close)
 //!   and `syscalls:sys_exit_accept{,4}` (accepted sockets).
 //! - `probes::process`: `sched:sched_process_{exec,exit,fork}` for live selection.
+//!
+//! Layout: `probes/` holds the hooks, one leaf file per event; the code
+//! they share sits beside it, layered so nothing imports in a circle:
+//! `read`, `maps` < `syscall_args`, `sock` < `context`, `tls` < `capture`.
 #![no_std]
 #![no_main]
 
+mod capture;
+mod context;
 mod maps;
 mod probes;
 mod read;
+mod sock;
+mod syscall_args;
+mod tls;
 
 #[cfg(not(test))]
 #[panic_handler]

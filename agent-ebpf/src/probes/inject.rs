@@ -3,18 +3,19 @@
 //! `bpf_probe_write_user`).
 //!
 //! - `sockops` on the cgroup v2 root (Linux >= 4.13): when a connection a
-//!   target opened (marked client in `TRACKED_CONNS` by `socket_state.rs`)
+//!   target opened (marked client in `TRACKED_CONNS` by `probes::socket_state`)
 //!   becomes established, its socket joins `CLIENT_SOCKETS`.
 //! - `sk_msg` on `CLIENT_SOCKETS` (Linux >= 4.17; push_data 4.20): runs on
 //!   each send before the data is queued. If the message starts with a
 //!   request line whose whole head is in the first bytes and carries no
 //!   `traceparent`, a 70-byte header line is pushed in right after the
 //!   request line, carrying the client span's ids; those ids are left in
-//!   `INJECTED_CTX` for `socket_data.rs` to report with the same send.
+//!   `INJECTED_CTX` for `probes::socket_data` to report with the same send.
 //!   Anything else passes untouched. Content-Length is unaffected (the
 //!   header is not body).
 
 use agent_common::{
+    scan::{HEX, has_newline},
     socket_data::ROLE_CLIENT,
     trace_context::{CTX_INJECTED, TraceContext, inject},
 };
@@ -27,12 +28,11 @@ use aya_ebpf::{
     programs::{SkMsgContext, SockOpsContext},
 };
 
-use super::trace_context::{
-    HEX, client_context, forget_precision, has_newline, is_request_start, names_traceparent,
-    zero_tail,
-};
-use crate::maps::{
-    CLIENT_SOCKETS, INJECT_STATS, INJECTED_CTX, TRACE_SCRATCH, TRACKED_CONNS, config, is_target,
+use crate::{
+    context::{client_context, forget_precision, is_request_start, names_traceparent, zero_tail},
+    maps::{
+        CLIENT_SOCKETS, INJECT_STATS, INJECTED_CTX, TRACE_SCRATCH, TRACKED_CONNS, config, is_target,
+    },
 };
 
 const SK_PASS: u32 = 1;
@@ -157,7 +157,7 @@ enum HeadScan {
 }
 
 /// Two passes over the copied head, a word at a time (verifier-friendly,
-/// see `trace_context::find_traceparent`): the first newline ends the
+/// see `context::scan_head`): the first newline ends the
 /// request line; in the second, each newline either starts a `traceparent`
 /// header or ends the head (it is followed by an empty line).
 fn scan_head(head: *const u8, len: u32, slot: &mut u32) -> HeadScan {

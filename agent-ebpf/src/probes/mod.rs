@@ -1,11 +1,13 @@
-//! One module per hooked kernel event, mirrored by `agent-common/src/<event>.rs`.
+//! The programs: one leaf module per hooked kernel or library event, each
+//! holding only its hooks. Code several hooks share lives beside this
+//! directory (`capture`, `context`, `tls`, `sock`, `syscall_args`); hooks
+//! never import each other. Pure byte scanners are in
+//! `agent_common::scan`, unit-tested on the host.
 
-pub mod capture;
 pub mod inject;
 pub mod nginx;
 pub mod openssl;
 pub mod process;
 pub mod socket_data;
 pub mod socket_state;
-pub mod syscall_args;
 pub mod trace_context;

@@ -9,44 +9,26 @@
 //! /// int SSL_write_ex(SSL *s, const void *buf, size_t num, size_t *written);
 //! /// int SSL_do_handshake(SSL *s);
 //!
-//! Which connection an `SSL *` runs over: OpenSSL's structs differ between
-//! versions and builds, so nothing reads them. The entry probes record the
-//! call per thread (`SSL_CALLS`); the socket capture program, seeing the
-//! same thread do socket I/O inside the call, ties the `SSL *` to that
-//! socket (`SSL_SOCKETS`), marks the connection TLS and drops its
-//! ciphertext ([`is_tls_socket`]). Programs that feed OpenSSL through
-//! memory BIOs (gRPC core, Node.js) do their socket I/O outside the calls,
-//! so an `SSL *` is tied by what the thread does next to or right before it:
-//! - a TLS record (by its 5-byte header) the thread writes, within
-//!   [`UNTIED_SSL_MAX_AGE_NS`], on a connection no `SSL *` is tied to, after
-//!   an OpenSSL call on an untied `SSL *` returned: that call made the
-//!   record (Node.js writes what OpenSSL put in its memory BIO at once, in
-//!   the same native call: the ClientHello after the first `SSL_read`, the
-//!   ServerHello after the one that took the ClientHello).
-//! - an untied `SSL *` whose read returns plaintext is tied to the
-//!   connection the thread read from last, if that read was recent
-//!   ([`LAST_READ_MAX_AGE_NS`]): the program hands what it read to OpenSSL
-//!   at once.
-//!
-//! Each clue ties one `SSL *` once and is used up. An `SSL *` no clue ties
-//! stays untied: its plaintext is not reported, and counted
-//! (`TLS_SOCKET_UNKNOWN`). `SSL_free` unties the object, whose address a
-//! later connection's object may get.
+//! The entry probes record the call per thread (`SSL_CALLS`), which ties
+//! the `SSL *` to a connection (see `crate::tls`). Return probes without a
+//! tie use the clues left there: an untied `SSL *` whose read returns
+//! plaintext is tied to the connection the thread read from last, if that
+//! read was recent ([`LAST_READ_MAX_AGE_NS`]): memory-BIO programs hand
+//! what they read to OpenSSL at once. An `SSL *` no clue ties stays untied:
+//! its plaintext is not reported, and counted (`TLS_SOCKET_UNKNOWN`).
+//! `SSL_free` unties the object, whose address a later connection's object
+//! may get.
 //!
 //! The return probes report the plaintext as `SOURCE_TLS` data events on
 //! the connection's cookie. A read is first scanned for a request's
-//! `traceparent`, as `trace_context::server_request_context` does for
+//! `traceparent`, as `probes::trace_context` does for
 //! sockets, then reported by [`tls_capture`] through a tail call: scan and
 //! capture in one program are more than the verifier accepts.
 
 use agent_common::{
     EventKind,
     drops::TLS_SOCKET_UNKNOWN,
-    socket_data::{
-        DIRECTION_EGRESS, DIRECTION_INGRESS, ROLE_CLIENT, SOURCE_TLS, SocketDataEvent,
-        TLS_CAPTURE_TAIL,
-    },
-    socket_state::{CONN_TLS, TrackedConn},
+    socket_data::{DIRECTION_EGRESS, DIRECTION_INGRESS, ROLE_CLIENT, SOURCE_TLS, TLS_CAPTURE_TAIL},
 };
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
@@ -55,26 +37,21 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 
-use super::{
-    capture::{head_of, own_capture_bytes, report_call},
-    syscall_args::UserData,
-    trace_context::scan_received,
-};
 use crate::{
+    capture::{own_capture_bytes, report_call},
+    context::scan_received,
     maps::{
         DATA_SCRATCH, LAST_READ, LAST_UNTIED_SSL, SSL_CALLS, SSL_PROCESSES, SSL_SOCKETS, SslCall,
-        SslKey, SslSocket, TLS_TAILS, TRACKED_CONNS, UntiedSsl, count_drop, is_target,
+        SslKey, SslSocket, TLS_TAILS, UntiedSsl, count_drop, is_target,
     },
     read,
+    syscall_args::UserData,
+    tls::tie,
 };
 
 /// How long "the connection the thread read from last" may stand for an
 /// untied `SSL *`: memory-BIO programs hand what they read to OpenSSL at once.
 const LAST_READ_MAX_AGE_NS: u64 = 100_000_000;
-/// How long after an OpenSSL call on an untied `SSL *` a TLS record the
-/// thread writes may be taken for that call's output: memory-BIO programs
-/// write it out in the same native call.
-const UNTIED_SSL_MAX_AGE_NS: u64 = 10_000_000;
 /// [`SslCall::direction`] of a handshake.
 const HANDSHAKE: u32 = 0;
 
@@ -324,86 +301,4 @@ fn remember_untied(tid: u32, ssl: u64) {
         seen_ns: unsafe { bpf_ktime_get_ns() },
     };
     let _ = LAST_UNTIED_SSL.insert(tid, untied, 0);
-}
-
-/// True if `head` (`len` bytes) starts a TLS record: content type
-/// change_cipher_spec, alert, handshake or application_data, then version
-/// 3.1 to 3.4 (the record layer of TLS 1.0 to 1.3).
-#[inline(always)]
-fn is_tls_record(head: &[u8; 8], len: u32) -> bool {
-    len >= 5 && (0x14..=0x17).contains(&head[0]) && head[1] == 3 && (1..=4).contains(&head[2])
-}
-
-/// Ties `key` to a connection, which now carries TLS.
-#[inline(always)]
-fn tie(key: &SslKey, socket: &SslSocket) {
-    let _ = SSL_SOCKETS.insert(key, socket, 0);
-    if let Some(conn) = TRACKED_CONNS.get_ptr_mut(socket.cookie) {
-        // SAFETY: a valid map value pointer.
-        unsafe { (*conn).flags |= CONN_TLS };
-    }
-}
-
-/// Called by the socket capture program for each call, with the call's data
-/// (`total` bytes): true if the connection carries TLS (its ciphertext is
-/// not reported). Socket I/O inside an OpenSSL call ties that call's `SSL
-/// *` to the socket; for memory-BIO programs, a TLS record written right
-/// after a call on an untied `SSL *` ties it, and reads by OpenSSL-using
-/// processes are remembered.
-#[inline(always)]
-pub fn is_tls_socket(
-    event: &SocketDataEvent,
-    conn: &TrackedConn,
-    data: Option<&UserData>,
-    total: u32,
-) -> bool {
-    let tid = event.header.tid;
-    let tgid = event.header.pid;
-    let socket = SslSocket {
-        cookie: event.socket_cookie,
-        seen_ns: event.header.timestamp_ns,
-        tuple: event.tuple,
-        role: event.role,
-        reserved: 0,
-    };
-    // SAFETY: plain value lookup.
-    if let Some(call) = unsafe { SSL_CALLS.get(tid) } {
-        let key = SslKey {
-            tgid,
-            reserved: 0,
-            ssl: call.ssl,
-        };
-        tie(&key, &socket);
-        return true;
-    }
-    if conn.flags & CONN_TLS != 0 {
-        return true;
-    }
-    // SAFETY: plain value lookup.
-    if unsafe { SSL_PROCESSES.get(tgid) }.is_none() {
-        return false;
-    }
-    if event.direction == DIRECTION_INGRESS {
-        let _ = LAST_READ.insert(tid, socket, 0);
-        return false;
-    }
-    // SAFETY: plain value lookup, copied out.
-    let Some(untied) = (unsafe { LAST_UNTIED_SSL.get(tid) }).copied() else {
-        return false;
-    };
-    if event.header.timestamp_ns.wrapping_sub(untied.seen_ns) > UNTIED_SSL_MAX_AGE_NS {
-        return false;
-    }
-    let (head, len) = head_of(data, total);
-    if !is_tls_record(&head, len) {
-        return false;
-    }
-    let _ = LAST_UNTIED_SSL.remove(tid);
-    let key = SslKey {
-        tgid,
-        reserved: 0,
-        ssl: untied.ssl,
-    };
-    tie(&key, &socket);
-    true
 }

@@ -17,8 +17,7 @@
 use agent_common::{
     EventKind,
     socket_data::{
-        ConnTuple, DIRECTION_EGRESS, DIRECTION_INGRESS, FAMILY_INET, FAMILY_INET6, ROLE_SERVER,
-        ROLE_UNKNOWN, SOURCE_SOCKET,
+        ConnTuple, DIRECTION_EGRESS, DIRECTION_INGRESS, ROLE_SERVER, ROLE_UNKNOWN, SOURCE_SOCKET,
     },
     socket_state::TrackedConn,
 };
@@ -28,14 +27,13 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 
-use super::{capture::report_call, openssl::is_tls_socket, syscall_args::SyscallArgs};
 use crate::{
-    maps::{ACCEPTED_FDS, DATA_SCRATCH, TRACKED_CONNS, config, is_target},
-    read,
+    capture::report_call,
+    maps::{ACCEPTED_FDS, DATA_SCRATCH, TRACKED_CONNS, is_target},
+    sock::{MSG_PEEK, read_tuple, tcp_family},
+    syscall_args::SyscallArgs,
+    tls::is_tls_socket,
 };
-
-const IPPROTO_TCP: u16 = 6;
-const MSG_PEEK: i32 = 2;
 
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
@@ -111,20 +109,9 @@ fn try_socket_data(ctx: &BtfTracePointContext, direction: u32) -> Result<(), i64
     Ok(())
 }
 
-/// The address family of a TCP socket over IPv4 or IPv6; `None` for any
-/// other socket.
-#[inline(always)]
-pub fn tcp_family(sk: *const u8) -> Option<u16> {
-    let cfg = config();
-    let family = read::kernel::<u16>(sk, cfg.off_skc_family).ok()?;
-    let is_tcp = (family == FAMILY_INET || family == FAMILY_INET6)
-        && read::kernel::<u16>(sk, cfg.off_sk_protocol).ok()? == IPPROTO_TCP;
-    is_tcp.then_some(family)
-}
-
 /// The state of a connection seen for the first time, or tracked without
 /// its tuple yet (marked client at connect, before its port was bound):
-/// its side, learnt at connect (see `socket_state`) or accept, stored with
+/// its side, learnt at connect (see `probes::socket_state`) or accept, stored with
 /// the tuple.
 fn conn_state(
     cookie: u64,
@@ -158,26 +145,4 @@ fn conn_state(
         }
     }
     conn
-}
-
-fn read_tuple(sk: *const u8, family: u16) -> Result<ConnTuple, i64> {
-    let cfg = config();
-    let mut tuple = ConnTuple {
-        local_addr: [0; 16],
-        remote_addr: [0; 16],
-        local_port: read::kernel(sk, cfg.off_skc_num)?,
-        remote_port: u16::from_be(read::kernel(sk, cfg.off_skc_dport)?),
-        family,
-        reserved: 0,
-    };
-    if family == FAMILY_INET {
-        let local: [u8; 4] = read::kernel(sk, cfg.off_skc_rcv_saddr)?;
-        let remote: [u8; 4] = read::kernel(sk, cfg.off_skc_daddr)?;
-        tuple.local_addr[..4].copy_from_slice(&local);
-        tuple.remote_addr[..4].copy_from_slice(&remote);
-    } else {
-        tuple.local_addr = read::kernel(sk, cfg.off_skc_v6_rcv_saddr)?;
-        tuple.remote_addr = read::kernel(sk, cfg.off_skc_v6_daddr)?;
-    }
-    Ok(tuple)
 }

@@ -23,8 +23,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 
-use super::trace_context::end_server_request;
 use crate::{
+    context::end_server_request,
     maps::{
         ACCEPTED_FDS, CONTROL_EVENTS, DATA_EVENTS, TRACKED_CONNS, config, count_drop,
         data_ring_flags, event_header, is_target,

@@ -1,5 +1,5 @@
-//! Reports the data of one call, a socket syscall (`socket_data`) or an
-//! OpenSSL read or write (`openssl`), as data events.
+//! Reports the data of one call, a socket syscall (`probes::socket_data`)
+//! or an OpenSSL read or write (`probes::openssl`), as data events.
 //!
 //! A call is cut into pieces of at most `MAX_CAPTURE_BYTES`, one event
 //! each, up to the call's capture limit; a last event reports what was not
@@ -12,6 +12,7 @@
 
 use agent_common::{
     drops::{DATA_RINGBUF_FULL, PAYLOAD_READ_FAILED},
+    scan::is_db_request_start,
     socket_data::{
         DIRECTION_INGRESS, MAX_CALL_CAPTURE_BYTES, MAX_CAPTURE_BYTES, ROLE_CLIENT, ROLE_SERVER,
         SOCKET_DATA_HEADER_LEN, SocketDataEvent,
@@ -23,16 +24,14 @@ use aya_ebpf::{
     helpers::generated::{bpf_loop, bpf_probe_read_user, bpf_ringbuf_output},
 };
 
-use super::{
-    syscall_args::UserData,
-    trace_context::{
-        close_request_head, end_server_request, is_db_request_start, is_request_start,
-        is_response_start, start_client_request, take_server_request, take_server_request_update,
-    },
-};
 use crate::{
+    context::{
+        close_request_head, end_server_request, is_request_start, is_response_start,
+        start_client_request, take_server_request, take_server_request_update,
+    },
     maps::{DATA_EVENTS, DataScratch, TRACKED_CONNS, config, count_drop, data_ring_flags},
     read,
+    syscall_args::{UserData, head_of},
 };
 
 /// Most steps a call can need: one per buffer, at most `UIO_MAXIOV`
@@ -261,20 +260,6 @@ fn set<T>(slot: &mut T, value: T) {
 fn get<T: Copy>(slot: &T) -> T {
     // SAFETY: `slot` is a valid reference.
     unsafe { core::ptr::read_volatile(slot) }
-}
-
-/// The first bytes of the call's data, enough to tell a request or a
-/// response start: up to 8 bytes of its first buffer.
-#[inline(always)]
-pub fn head_of(data: Option<&UserData>, total: u32) -> ([u8; 8], u32) {
-    let mut head = [0u8; 8];
-    let Some((start, len)) = data.and_then(UserData::first_segment) else {
-        return (head, 0);
-    };
-    let len = core::cmp::min(core::cmp::min(len, u64::from(total)), 8) as u32;
-    // SAFETY: `head` holds 8 >= len bytes.
-    let rc = unsafe { bpf_probe_read_user(head.as_mut_ptr().cast(), len, start as *const _) };
-    (head, if rc == 0 { len } else { 0 })
 }
 
 /// Span identity when this call starts a request, and the end of a served

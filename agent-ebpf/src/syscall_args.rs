@@ -3,7 +3,9 @@
 //! `sock_*_length` tracepoints carry the byte count but not the buffer.
 //! x86_64 only: syscall numbers and the `pt_regs` layout are its user ABI.
 
-use aya_ebpf::helpers::{bpf_get_current_task_btf, bpf_task_pt_regs};
+use aya_ebpf::helpers::{
+    bpf_get_current_task_btf, bpf_task_pt_regs, generated::bpf_probe_read_user,
+};
 
 use crate::read;
 
@@ -100,4 +102,18 @@ impl SyscallArgs {
             _ => None,
         }
     }
+}
+
+/// The first bytes of the call's data, enough to tell a request or a
+/// response start: up to 8 bytes of its first buffer.
+#[inline(always)]
+pub fn head_of(data: Option<&UserData>, total: u32) -> ([u8; 8], u32) {
+    let mut head = [0u8; 8];
+    let Some((start, len)) = data.and_then(UserData::first_segment) else {
+        return (head, 0);
+    };
+    let len = core::cmp::min(core::cmp::min(len, u64::from(total)), 8) as u32;
+    // SAFETY: `head` holds 8 >= len bytes.
+    let rc = unsafe { bpf_probe_read_user(head.as_mut_ptr().cast(), len, start as *const _) };
+    (head, if rc == 0 { len } else { 0 })
 }

@@ -1,0 +1,591 @@
+//! Span identity for HTTP/1 requests, assigned in the kernel so that the ids
+//! injected into outgoing requests (`probes::inject`) are the ids the agent
+//! reports. Shared by the hooks that see requests: socket and TLS capture
+//! (`capture`), the header scan (`probes::trace_context`), injection and
+//! connection close (`probes::socket_state`).
+//!
+//! - A request received by a target starts a server context: the
+//!   `traceparent` found in the head (W3C rules), else a new trace; a new
+//!   span id either way. Kept in `SERVER_CTX`, by connection, until the
+//!   response starts (or the connection closes); meanwhile the request is
+//!   in flight on the thread that read it (`IN_FLIGHT`: a count and the XOR
+//!   of the connections). The header scan ([`scan_received`]) runs in its
+//!   own program, `probes::trace_context`, attached
+//!   before the capture program on the same tracepoint (programs on one
+//!   tracepoint run in attach order), which then reports the context with
+//!   the data. Kept apart because the verifier explores each program's
+//!   paths as a product: scan and capture together exceed its limits.
+//! - A request sent by a target gets a client span id, parented to the
+//!   thread's server request if it has exactly one in flight
+//!   (thread-per-request servers), or the ids `probes::inject` already put on
+//!   the wire. With several in flight (an event loop) the cause is unknown:
+//!   the call starts a trace of its own, flagged `CTX_AMBIGUOUS` and
+//!   counted, never a guessed parent. A runtime that names the request a
+//!   send is for (`nginx`) overrides both.
+//! - Each new context gets its sampled flag here, from the configured head
+//!   sampler (`agent_common::sampling`): what the agent exports and what
+//!   `probes::inject` writes downstream are the same decision. A client span
+//!   inherits its server span's flag (same trace id, same process: the
+//!   same decision under every sampler).
+
+use agent_common::{
+    sampling,
+    scan::{self, TRACEPARENT_VALUE_LEN, TraceParent, has_newline},
+    trace_context::{
+        CTX_AMBIGUOUS, CTX_FROM_HEADER, CTX_HAS_PARENT, CTX_UPDATE, CTX_VALID, TraceContext, inject,
+    },
+};
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_prandom_u32,
+        generated::{bpf_loop, bpf_probe_read_user},
+    },
+};
+
+use crate::maps::{
+    HEAD_OPEN, IN_FLIGHT, INJECT_STATS, INJECTED_CTX, InFlight, NGINX_REQUEST, SAMPLING_THRESHOLDS,
+    SERVER_CTX, ServerRequest, TRACE_SCRATCH, TraceScratch, config,
+};
+
+/// Kernel-internal `flags` bit: set by [`scan_received`], cleared
+/// when the capture program reports the context, so a context is reported
+/// with the request that created it only.
+const CTX_FRESH: u32 = 1 << 31;
+
+/// How far into a captured head the `traceparent` header is looked for.
+const SCAN_LIMIT: u32 = 1024;
+/// Scan offsets are masked with this; `TRACE_SCRATCH` has room past it.
+const MASK: u32 = SCAN_LIMIT - 1;
+/// Length of `traceparent:`.
+const NAME_LEN: u32 = 12;
+
+/// True if `payload` (at least 4 readable bytes) starts like a request line.
+#[inline(always)]
+pub fn is_request_start(payload: *const u8, len: u32) -> bool {
+    if len < 4 {
+        return false;
+    }
+    // SAFETY: the caller guarantees 4 readable bytes.
+    scan::is_request_start(unsafe { core::ptr::read_unaligned(payload.cast::<[u8; 4]>()) })
+}
+
+/// True if `payload` starts like a response status line (`HTTP/1.`).
+#[inline(always)]
+pub fn is_response_start(payload: *const u8, len: u32) -> bool {
+    if len < 7 {
+        return false;
+    }
+    // SAFETY: the caller guarantees 7 readable bytes.
+    scan::is_response_start(unsafe { core::ptr::read_unaligned(payload.cast::<[u8; 7]>()) })
+}
+
+/// A random, non-zero id of N bytes (N a multiple of 4).
+#[inline(always)]
+pub fn random_id<const N: usize>() -> [u8; N] {
+    let mut id = [0u8; N];
+    let mut i = 0;
+    while i < N {
+        // SAFETY: always-safe helper.
+        let word = unsafe { bpf_get_prandom_u32() };
+        id[i..i + 4].copy_from_slice(&word.to_le_bytes());
+        i += 4;
+    }
+    id[0] |= 1;
+    id
+}
+
+/// Looks at `len` bytes thread `tid` just received on connection `cookie`
+/// at user address `buffer`: a request start gets a server context, the
+/// rest of a head may bring its `traceparent`. Shared by the socket path
+/// (`probes::trace_context`) and the TLS plaintext path (`probes::openssl`).
+#[inline(always)]
+pub fn scan_received(tid: u32, cookie: u64, buffer: u64, len: u64) -> Option<()> {
+    let len = core::cmp::min(len, u64::from(SCAN_LIMIT)) as u32;
+    let scratch = TRACE_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch, ours for this program's run.
+    let scratch = unsafe { &mut *scratch };
+    let len = core::cmp::min(len, SCAN_LIMIT);
+    // SAFETY: the destination holds SCAN_LIMIT bytes at least.
+    if unsafe { bpf_probe_read_user(scratch.bytes.as_mut_ptr().cast(), len, buffer as *const _) }
+        != 0
+    {
+        return None;
+    }
+    zero_tail(&mut scratch.bytes, len);
+    let payload = scratch.bytes.as_ptr();
+    let starts_request = is_request_start(payload, len);
+    // A later read of a head whose first read had no traceparent: clients
+    // may write the request line and the headers separately.
+    // SAFETY: plain value lookup.
+    let continues_head = !starts_request && unsafe { HEAD_OPEN.get(tid) } == Some(&cookie);
+    if !starts_request && !continues_head {
+        return None;
+    }
+    // One scan and one parse, shared by both cases: each inlined copy would
+    // multiply what the verifier walks. Which case this is waits in map
+    // memory meanwhile, so the verifier walks the scan once, not once per
+    // case (see forget_precision).
+    // SAFETY: writing our own per-CPU scratch.
+    unsafe { core::ptr::write_volatile(&mut scratch.case, u32::from(starts_request)) };
+    let search = scan_head(scratch, len);
+    let parent = parent_from(payload, search, &mut scratch.slot);
+    if search == HeadSearch::Open && parent.is_none() {
+        let _ = HEAD_OPEN.insert(tid, cookie, 0);
+    } else {
+        let _ = HEAD_OPEN.remove(tid);
+    }
+    // SAFETY: reading back the value stored above.
+    let starts_request = unsafe { core::ptr::read_volatile(&scratch.case) } == 1;
+    if starts_request {
+        start_server_request(tid, cookie, parent);
+    } else if let Some(parent) = parent {
+        update_server_request(cookie, &parent);
+    }
+    Some(())
+}
+
+/// The rest of the head brought the parent: the connection's request joins it.
+#[inline(always)]
+fn update_server_request(cookie: u64, parent: &TraceParent) {
+    let Some(request) = SERVER_CTX.get_ptr_mut(cookie) else {
+        return;
+    };
+    // SAFETY: a valid map value pointer.
+    let ctx = unsafe { &mut (*request).ctx };
+    ctx.trace_id = parent.trace_id;
+    ctx.parent_span_id = parent.span_id;
+    ctx.trace_flags = sampled_flags(&parent.trace_id, Some(parent.trace_flags));
+    ctx.flags |= CTX_HAS_PARENT | CTX_FROM_HEADER | CTX_UPDATE | CTX_FRESH;
+}
+
+/// The context update [`update_server_request`] made, reported once with
+/// the read that brought it.
+#[inline(always)]
+pub fn take_server_request_update(cookie: u64) -> TraceContext {
+    if let Some(request) = SERVER_CTX.get_ptr_mut(cookie) {
+        // SAFETY: a valid map value pointer.
+        let ctx = unsafe { &mut (*request).ctx };
+        if ctx.flags & (CTX_FRESH | CTX_UPDATE) == CTX_FRESH | CTX_UPDATE {
+            ctx.flags &= !(CTX_FRESH | CTX_UPDATE);
+            let mut update = *ctx;
+            update.flags |= CTX_UPDATE;
+            return update;
+        }
+    }
+    TraceContext::default()
+}
+
+/// Zeroes the 64 bytes after `len` in a scratch buffer: scans read whole
+/// words and fixed-size values past the end, which must not see bytes left
+/// by an earlier message.
+#[inline(always)]
+pub fn zero_tail(bytes: &mut [u8; 2048], len: u32) {
+    let start = (len & (SCAN_LIMIT - 1)) as usize;
+    // SAFETY: start < 1024, so start + 64 <= 2048.
+    unsafe {
+        core::ptr::write_unaligned(
+            bytes.as_mut_ptr().wrapping_add(start).cast::<[u8; 64]>(),
+            [0; 64],
+        )
+    };
+}
+
+/// The context [`scan_received`] made for the request thread
+/// `tid` just received on connection `cookie`, reported once; a new one if
+/// it made none (e.g. the bytes could not be read).
+#[inline(always)]
+pub fn take_server_request(tid: u32, cookie: u64) -> TraceContext {
+    if let Some(request) = SERVER_CTX.get_ptr_mut(cookie) {
+        // SAFETY: a valid map value pointer; LRU entries stay valid while used.
+        let ctx = unsafe { &mut (*request).ctx };
+        if ctx.flags & CTX_FRESH != 0 {
+            ctx.flags &= !CTX_FRESH;
+            return *ctx;
+        }
+    }
+    let ctx = new_server_context(random_id::<16>(), None);
+    track_server_request(tid, cookie, ctx);
+    ctx
+}
+
+/// A server span on trace `trace_id`, sampled as the configured sampler
+/// says given the parent's flags (`None`: a new trace).
+#[inline(always)]
+fn new_server_context(trace_id: [u8; 16], parent_flags: Option<u32>) -> TraceContext {
+    TraceContext {
+        trace_id,
+        span_id: random_id::<8>(),
+        parent_span_id: [0; 8],
+        flags: CTX_VALID,
+        trace_flags: sampled_flags(&trace_id, parent_flags),
+    }
+}
+
+/// The head sampler's trace flags for a span of this process on trace
+/// `trace_id` (see `agent_common::sampling`): the process's own threshold
+/// (per-service rules) if the agent set one, else the global one.
+#[inline(always)]
+fn sampled_flags(trace_id: &[u8; 16], parent_flags: Option<u32>) -> u32 {
+    let config = config();
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: plain value lookup.
+    let threshold = unsafe { SAMPLING_THRESHOLDS.get(tgid) }
+        .copied()
+        .unwrap_or(config.sample_threshold);
+    sampling::trace_flags(config.sampler, threshold, trace_id, parent_flags)
+}
+
+/// A server request starts on connection `cookie`, read by thread `tid`:
+/// keeps its context for the thread's outgoing calls and for the capture
+/// program to report.
+#[inline(always)]
+fn start_server_request(tid: u32, cookie: u64, parent: Option<TraceParent>) {
+    let (trace_id, parent_flags) = match &parent {
+        Some(parent) => (parent.trace_id, Some(parent.trace_flags)),
+        None => (random_id::<16>(), None),
+    };
+    let mut ctx = new_server_context(trace_id, parent_flags);
+    if let Some(parent) = parent {
+        ctx.parent_span_id = parent.span_id;
+        ctx.flags |= CTX_HAS_PARENT | CTX_FROM_HEADER;
+    }
+    ctx.flags |= CTX_FRESH;
+    track_server_request(tid, cookie, ctx);
+}
+
+/// Keeps `ctx` as the request in flight on connection `cookie`, counted on
+/// thread `tid`. A connection has one request in flight at a time: a new
+/// one (pipelined, or after a response the kernel did not recognise)
+/// replaces the old in its thread's count.
+#[inline(always)]
+fn track_server_request(tid: u32, cookie: u64, ctx: TraceContext) {
+    // SAFETY: plain value lookup, copied out.
+    let previous = unsafe { SERVER_CTX.get(cookie) }.map(|request| request.tid);
+    if previous != Some(tid) {
+        if let Some(owner) = previous {
+            leave_in_flight(owner, cookie);
+        }
+        match IN_FLIGHT.get_ptr_mut(tid) {
+            // SAFETY: a valid map value pointer. Only the thread itself
+            // adds to its entry; see `leave_in_flight` for the rest.
+            Some(in_flight) => unsafe {
+                (*in_flight).count += 1;
+                (*in_flight).cookies ^= cookie;
+            },
+            None => {
+                let in_flight = InFlight {
+                    count: 1,
+                    reserved: 0,
+                    cookies: cookie,
+                };
+                let _ = IN_FLIGHT.insert(tid, in_flight, 0);
+            }
+        }
+    }
+    let request = ServerRequest {
+        ctx,
+        tid,
+        reserved: 0,
+    };
+    let _ = SERVER_CTX.insert(cookie, request, 0);
+}
+
+/// Takes connection `cookie`'s request out of thread `tid`'s count.
+///
+/// Usually the thread itself (it sends the response); a close may come
+/// from another CPU. Plain read-modify-write, not atomic: the programs
+/// are built for BPF v1, without atomic XOR, and the window is a few
+/// instructions. A count left too high only unlinks calls, never misparents
+/// them.
+#[inline(always)]
+fn leave_in_flight(tid: u32, cookie: u64) {
+    if let Some(in_flight) = IN_FLIGHT.get_ptr_mut(tid) {
+        // SAFETY: a valid map value pointer.
+        unsafe {
+            (*in_flight).count = (*in_flight).count.saturating_sub(1);
+            (*in_flight).cookies ^= cookie;
+        }
+    }
+}
+
+/// The parent a head search found, parsed.
+#[inline(always)]
+fn parent_from(
+    payload: *const u8,
+    search: HeadSearch,
+    scratch_slot: &mut u32,
+) -> Option<TraceParent> {
+    let HeadSearch::Found(at) = search else {
+        return None;
+    };
+    // A header at the very start of the read comes with a constant offset,
+    // one found by the scan loop with an unknown one; passing the offset
+    // through map memory makes both unknown, so the verifier walks the
+    // parser below once, not once per kind of offset.
+    let at = forget_precision(scratch_slot, at);
+    parse_value(payload, at)
+}
+
+/// Returns `value` after a round trip through map memory, which the verifier
+/// cannot see through (see `start_server_request`).
+#[inline(always)]
+pub fn forget_precision(slot: &mut u32, value: u32) -> u32 {
+    // SAFETY: `slot` is a valid, exclusive reference.
+    unsafe {
+        core::ptr::write_volatile(slot, value);
+        core::ptr::read_volatile(slot)
+    }
+}
+
+/// The response on connection `cookie` starts, or the connection closes:
+/// its request is no longer in flight, and calls made from now on are not
+/// its own.
+#[inline(always)]
+pub fn end_server_request(cookie: u64) {
+    // SAFETY: plain value lookup, copied out.
+    let Some(owner) = (unsafe { SERVER_CTX.get(cookie) }).map(|request| request.tid) else {
+        return;
+    };
+    // Only the program that removes the entry counts it out: a response
+    // and a close on two CPUs end it once.
+    if SERVER_CTX.remove(cookie).is_ok() {
+        leave_in_flight(owner, cookie);
+    }
+}
+
+/// The thread sends something: the head it was reading is complete.
+#[inline(always)]
+pub fn close_request_head(tid: u32) {
+    let _ = HEAD_OPEN.remove(tid);
+}
+
+/// A client request leaves on thread `tid`: the ids `probes::inject` just put
+/// on the wire for this send, else new ones.
+#[inline(always)]
+pub fn start_client_request(tid: u32) -> TraceContext {
+    // SAFETY: plain value lookups.
+    let ctx = match unsafe { INJECTED_CTX.get(tid) } {
+        Some(injected) => {
+            let ctx = *injected;
+            let _ = INJECTED_CTX.remove(tid);
+            ctx
+        }
+        None => client_context(tid),
+    };
+    // Counted here, once per request, injected or not.
+    if ctx.flags & CTX_AMBIGUOUS != 0
+        && let Some(counter) = INJECT_STATS.get_ptr_mut(inject::AMBIGUOUS_PARENT)
+    {
+        // SAFETY: per-CPU slot.
+        unsafe { *counter += 1 };
+    }
+    ctx
+}
+
+/// A new client span: child of the thread's server request (and sampled
+/// as it is) if it has exactly one in flight; else the root of a new
+/// trace, flagged `CTX_AMBIGUOUS` when it had any.
+#[inline(always)]
+pub fn client_context(tid: u32) -> TraceContext {
+    let mut ctx = TraceContext {
+        trace_id: [0; 16],
+        span_id: random_id::<8>(),
+        parent_span_id: [0; 8],
+        flags: CTX_VALID,
+        trace_flags: 1,
+    };
+    // SAFETY: plain value lookups, copied out.
+    let in_flight = unsafe { IN_FLIGHT.get(tid) }.copied();
+    // The runtime named the request (`nginx`), else the only one in flight.
+    let named = unsafe { NGINX_REQUEST.get(tid) }.copied();
+    let server = match (named, in_flight) {
+        (Some(cookie), _) => unsafe { SERVER_CTX.get(cookie) }.copied(),
+        (
+            None,
+            Some(InFlight {
+                count: 1, cookies, ..
+            }),
+        ) => unsafe { SERVER_CTX.get(cookies) }
+            .copied()
+            .filter(|request| request.tid == tid),
+        _ => None,
+    };
+    match server {
+        Some(ServerRequest { ctx: server, .. }) => {
+            ctx.trace_id = server.trace_id;
+            ctx.parent_span_id = server.span_id;
+            ctx.trace_flags = server.trace_flags;
+            ctx.flags |= CTX_HAS_PARENT;
+        }
+        None => {
+            ctx.trace_id = random_id::<16>();
+            ctx.trace_flags = sampled_flags(&ctx.trace_id, None);
+            // Several in flight, or one that cannot be found: unknown cause.
+            if in_flight.is_some_and(|f| f.count > 0) {
+                ctx.flags |= CTX_AMBIGUOUS;
+            }
+        }
+    }
+    ctx
+}
+
+/// What a read of a request head says about `traceparent`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HeadSearch {
+    /// Found: its value starts at this offset (after the colon).
+    Found(u32),
+    /// The head ended (empty line) without one.
+    Ended,
+    /// Not in this read, and the head goes on.
+    Open,
+}
+
+/// Looks for `traceparent:` at line starts (any case) in the first
+/// `captured` bytes of the scratch, and whether the head ends there.
+/// The read may itself start at a line start (a head written in pieces).
+/// Bytes past `captured` are zero (`zero_tail`).
+///
+/// The scan is a `bpf_loop` over the words (8 bytes) of the read: the
+/// verifier checks its callback once, where it walked every iteration of
+/// an inlined loop (up to 128, each a state compared with the earlier ones).
+#[inline(always)]
+fn scan_head(scratch: &mut TraceScratch, captured: u32) -> HeadSearch {
+    let scanned = core::cmp::min(captured, SCAN_LIMIT);
+    let payload = scratch.bytes.as_ptr();
+    // SAFETY: the scratch holds at least 16 bytes.
+    let start: [u8; 2] = unsafe { core::ptr::read_unaligned(payload.cast()) };
+    if start == *b"\r\n" {
+        return HeadSearch::Ended;
+    }
+    // A read too short to hold the header (most requests without one) needs
+    // only the end-of-head check below.
+    if scanned >= NAME_LEN + TRACEPARENT_VALUE_LEN as u32 {
+        if names_traceparent(payload) {
+            return HeadSearch::Found(NAME_LEN);
+        }
+        // SAFETY: writing our own per-CPU scratch.
+        unsafe { core::ptr::write_volatile(&mut scratch.found, 0) };
+        let mut args = ScanArgs {
+            scratch: core::ptr::from_mut(scratch),
+        };
+        // SAFETY: `scan_step_callback` has bpf_loop's callback signature and
+        // `args` outlives the call.
+        unsafe {
+            bpf_loop(
+                scanned.div_ceil(8),
+                scan_step_callback as *mut c_void,
+                core::ptr::from_mut(&mut args).cast(),
+                0,
+            )
+        };
+        // SAFETY: reading back what the loop stored.
+        let found = unsafe { core::ptr::read_volatile(&scratch.found) };
+        if found != 0 {
+            return HeadSearch::Found(found);
+        }
+    }
+    // Checked once, not at every newline (that doubles the paths the
+    // verifier walks): a head that ends exactly where the read ends, the
+    // usual case. A head that ends mid-read stays "open" until the thread
+    // sends something (see `capture::trace_context_of`).
+    // Masked after the subtraction: the verifier must see a bounded index.
+    let end = scanned.wrapping_sub(4) & MASK;
+    // SAFETY: end < SCAN_LIMIT; the scratch has room past it.
+    let tail: [u8; 4] =
+        unsafe { core::ptr::read_unaligned(payload.wrapping_add(end as usize).cast()) };
+    if tail == *b"\r\n\r\n" {
+        HeadSearch::Ended
+    } else {
+        HeadSearch::Open
+    }
+}
+
+/// What the steps of [`scan_head`]'s loop need, on its stack (`bpf_loop`
+/// hands its callback a stack pointer).
+#[repr(C)]
+struct ScanArgs {
+    /// The per-CPU scratch holding the read.
+    scratch: *mut TraceScratch,
+}
+
+/// The `bpf_loop` callback of [`scan_head`]: 0 to go on, 1 to stop.
+extern "C" fn scan_step_callback(index: u64, args: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes the `ScanArgs` scan_head gave it.
+    let args = unsafe { &*args.cast::<ScanArgs>() };
+    if scan_step(args.scratch, index as u32) {
+        0
+    } else {
+        1
+    }
+}
+
+/// One step of [`scan_head`]'s loop: looks for `traceparent:` after each
+/// newline of word `index` of the read. Returns false to stop, when found,
+/// with the value's offset (after the colon) in `TraceScratch::found`:
+/// map memory, so that the callback ends in the same state whatever it
+/// found, and the verifier checks it once.
+///
+/// Looks at the bytes of a word only if it holds a newline, and compares
+/// the header name without branches: the callback's paths stay few.
+#[inline(always)]
+fn scan_step(scratch: *mut TraceScratch, index: u32) -> bool {
+    // SAFETY: the per-CPU scratch is ours for this program's run.
+    let scratch = unsafe { &mut *scratch };
+    let payload = scratch.bytes.as_ptr();
+    let base = (index * 8) & MASK;
+    // SAFETY: base < SCAN_LIMIT and the scratch has room past it.
+    let bytes =
+        unsafe { core::ptr::read_unaligned(payload.wrapping_add(base as usize).cast::<u64>()) };
+    if !has_newline(bytes) {
+        return true;
+    }
+    let mut k: u32 = 0;
+    while k < 8 {
+        let at = payload.wrapping_add((base + k) as usize);
+        // SAFETY: as above, 13 more bytes are within the buffer.
+        if unsafe { *at } == b'\n' && names_traceparent(at.wrapping_add(1)) {
+            // SAFETY: writing our own per-CPU scratch.
+            unsafe { core::ptr::write_volatile(&mut scratch.found, base + k + 1 + NAME_LEN) };
+            return false;
+        }
+        k += 1;
+    }
+    true
+}
+
+/// True if the 12 bytes at `at` are `traceparent:` in any case.
+#[inline(always)]
+pub fn names_traceparent(at: *const u8) -> bool {
+    // SAFETY: the caller guarantees 12 readable bytes.
+    let (head, tail) = unsafe {
+        (
+            core::ptr::read_unaligned(at.cast::<u64>()),
+            core::ptr::read_unaligned(at.wrapping_add(8).cast::<u32>()),
+        )
+    };
+    scan::names_traceparent(head, tail)
+}
+
+/// Parses the header value starting at `at` (after the colon and up to
+/// two blanks; see `agent_common::scan::parse_traceparent_value`).
+#[inline(always)]
+fn parse_value(payload: *const u8, at: u32) -> Option<TraceParent> {
+    let mut start = at & MASK;
+    // Optional whitespace after the colon (at most two).
+    let mut skipped = 0;
+    while skipped < 2 {
+        // SAFETY: in the scratch buffer (start < MAX, +2).
+        let byte = unsafe { *payload.wrapping_add(start as usize) };
+        if byte != b' ' && byte != b'\t' {
+            break;
+        }
+        start = (start + 1) & MASK;
+        skipped += 1;
+    }
+    // SAFETY: start < MAX and the value's bytes follow within the buffer.
+    let text: [u8; TRACEPARENT_VALUE_LEN + 1] =
+        unsafe { core::ptr::read_unaligned(payload.wrapping_add(start as usize).cast()) };
+
+    scan::parse_traceparent_value(&text)
+}
