@@ -1,23 +1,29 @@
 //! The one place the stages are wired together.
 //!
 //! ```text
-//! kernel rings --reader--> reader_to_conn ----> conn tracker --> conn_to_spans --> span builder --> spans_to_export --> exporter / printer
-//!                     \--> reader_to_discovery --> discovery --(exits)--^                |
-//!                                                      RED metrics registry <--(record)--+--> OTLP metrics exporter, /metrics
+//! kernel rings --reader--> reader_to_conn --> conn tracker + span builder --> spans_to_export --> exporter / printer
+//!                     \--> reader_to_discovery --> discovery --(exits)--^              |
+//!                                                  RED metrics registry <--(record)--+--> OTLP metrics exporter, /metrics
 //! ```
 //!
+//! Items cross threads in batches: the reader sends what one drain of the
+//! ring read, and the tracker stage sends the spans that batch finished.
+//! Connection tracking and span building share one task: handing each
+//! finished call to another task cost a wakeup per call, more than
+//! building its span.
+//!
 //! Overflow policy: every channel up to the exporter is bounded and its
-//! sender drops the newest item and counts it when full (`try_send`), so no
-//! stage can stall the ring-buffer reader. The exporter keeps its own
-//! bounded queue (drop oldest, counted). Metrics take no channel: the span
-//! builder records each call's measurement (derived with its span from the
-//! call record by the protocol slice) into the shared registry (`Arc`, one short
-//! mutex hold), which never waits on export (exporters copy a snapshot
-//! under the same mutex); past a service's series budget measurements fold
-//! into its overflow series (counted), and beyond the service limit they
-//! are dropped (counted). Shutdown cascades: the reader stops
-//! on SIGINT/SIGTERM, each stage ends when its input closes, the exporter
-//! flushes within its deadline.
+//! sender drops the newest batch and counts its items when full
+//! (`try_send`), so no stage can stall the ring-buffer reader. The exporter
+//! keeps its own bounded queue (drop oldest, counted). Metrics take no
+//! channel: the tracker stage records each call's measurement (derived
+//! from the call record by the protocol slice) into the shared registry
+//! (`Arc`, one short mutex hold), which never waits on export (exporters
+//! copy a snapshot under the same mutex); past a service's series budget
+//! measurements fold into its overflow series (counted), and beyond the
+//! service limit they are dropped (counted). Shutdown cascades: the reader
+//! stops on SIGINT/SIGTERM, each stage ends when its input closes, the
+//! exporter flushes within its deadline.
 //!
 //! On Kubernetes a pod watcher task keeps the node's pod store current
 //! (bounded, counted refusals); discovery and the span builder's resources
@@ -49,7 +55,10 @@ use crate::{
     },
     export,
     metrics::{MetricsError, MetricsStage, red::RedMetrics},
-    model::{call::Call, span::Span},
+    model::{
+        call::Call,
+        span::{Span, SpanBatch},
+    },
     probes::{
         ConnCapture, EventBatch, MAX_BATCH, ProbeConfig, ProbeError, ProbeHandle, Probes,
         ReaderChannels, decode::KernelEvent, run_reader,
@@ -66,10 +75,11 @@ use crate::{
 /// Channel sizes. Big enough to absorb bursts; past them, loss is counted.
 /// `reader_to_conn` carries batches of up to `MAX_BATCH` events (one per
 /// drain of the ring, every few ms): at most 65,536 events.
+/// `spans_to_export` carries the spans of one such batch each; the
+/// exporter moves them to its own bounded queue as they come.
 const READER_TO_CONN: usize = 65_536 / MAX_BATCH;
 const READER_TO_DISCOVERY: usize = 4_096;
-const CONN_TO_SPANS: usize = 16_384;
-const SPANS_TO_EXPORT: usize = 16_384;
+const SPANS_TO_EXPORT: usize = 128;
 /// How often kernel loss counters are read and the tracker's timers run.
 const TICK: Duration = Duration::from_secs(1);
 /// How long after a process exits its connections are dropped.
@@ -188,7 +198,6 @@ pub async fn run(config: AgentConfig) -> Result<(), PipelineError> {
 
     let (reader_to_conn_tx, reader_to_conn_rx) = mpsc::channel(READER_TO_CONN);
     let (reader_to_discovery_tx, reader_to_discovery_rx) = mpsc::channel(READER_TO_DISCOVERY);
-    let (conn_to_spans_tx, conn_to_spans_rx) = mpsc::channel(CONN_TO_SPANS);
     let (spans_to_export_tx, spans_to_export_rx) = mpsc::channel(SPANS_TO_EXPORT);
 
     let mut discovery = Discovery::new(selectors, Procfs::default(), targets, registry.clone())
@@ -218,14 +227,9 @@ pub async fn run(config: AgentConfig) -> Result<(), PipelineError> {
     );
     let conn_task = tokio::spawn(run_conn_tracker(
         reader_to_conn_rx,
-        conn_to_spans_tx,
+        spans_to_export_tx,
         tracker,
         conn_capture,
-        Arc::clone(&stats),
-    ));
-    let span_task = tokio::spawn(run_span_builder(
-        conn_to_spans_rx,
-        spans_to_export_tx,
         SpanBuilder {
             registry,
             clock: Arc::clone(&clock),
@@ -274,7 +278,6 @@ pub async fn run(config: AgentConfig) -> Result<(), PipelineError> {
         pod_watcher.abort();
     }
     join_logged(conn_task, "connection tracker").await;
-    join_logged(span_task, "span builder").await;
     tokio::join!(join_logged(export_task, "export"), metrics.stop());
     // Dropping the handle detaches the kernel programs.
     housekeeping.abort();
@@ -294,20 +297,15 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-/// Sends on a bounded channel without waiting; counts the item if it is lost.
-fn forward<T>(tx: &mpsc::Sender<T>, item: T, stats: &Stats, when_full: Counter) {
-    if tx.try_send(item).is_err() {
-        stats.add(when_full, 1);
-    }
-}
-
-/// Connection tracker stage: batches of socket events in, finished calls
-/// out.
+/// Connection tracker stage: batches of socket events in; the calls they
+/// finish are measured and, when sampled, built into spans on the spot;
+/// the spans of each batch go out together.
 async fn run_conn_tracker(
     mut reader_to_conn: mpsc::Receiver<EventBatch>,
-    conn_to_spans: mpsc::Sender<Call>,
+    spans_to_export: mpsc::Sender<SpanBatch>,
     mut tracker: ConnTracker,
     mut conn_capture: ConnCapture,
+    mut builder: SpanBuilder,
     stats: Arc<Stats>,
 ) {
     let mut tick = tokio::time::interval(TICK);
@@ -322,8 +320,8 @@ async fn run_conn_tracker(
                 let Some(batch) = batch else { break };
                 for event in batch {
                     match event {
-                        KernelEvent::Data(data) => calls.extend(tracker.on_data(&data)),
-                        KernelEvent::Close(close) => calls.extend(tracker.on_close(&close)),
+                        KernelEvent::Data(data) => tracker.on_data(&data, &mut calls),
+                        KernelEvent::Close(close) => tracker.on_close(&close, &mut calls),
                         KernelEvent::Exit { pid } => exited
                             .push((pid, Clock::monotonic_now_ns() + EXIT_GRACE.as_nanos() as u64)),
                         KernelEvent::Exec { .. } | KernelEvent::Listen { .. } => {}
@@ -332,11 +330,11 @@ async fn run_conn_tracker(
             }
             _ = tick.tick() => {
                 let now = Clock::monotonic_now_ns();
-                calls.extend(tracker.on_tick(now));
+                tracker.on_tick(now, &mut calls);
                 exited.retain(|&(pid, forget_at)| {
                     let due = forget_at <= now;
                     if due {
-                        calls.extend(tracker.forget_pid(pid));
+                        tracker.forget_pid(pid, &mut calls);
                     }
                     !due
                 });
@@ -346,13 +344,15 @@ async fn run_conn_tracker(
         for cookie in tracker.take_capture_all() {
             conn_capture.capture_all(cookie);
         }
-        for call in calls.drain(..) {
-            forward(
-                &conn_to_spans,
-                call,
-                &stats,
-                Counter::ExchangesDroppedChannelFull,
-            );
+        let spans: SpanBatch = calls
+            .drain(..)
+            .filter_map(|call| builder.build(&call, &stats))
+            .collect();
+        if !spans.is_empty() {
+            let count = spans.len() as u64;
+            if spans_to_export.try_send(spans).is_err() {
+                stats.add(Counter::SpansDroppedQueueFull, count);
+            }
         }
     }
 }
@@ -370,51 +370,41 @@ struct SpanBuilder {
     rate_cap: Option<RateCap>,
 }
 
-/// Span building stage: each call's protocol slice describes it, and the
-/// span and the RED measurement both come from that description. Every
-/// call is measured; only those of sampled traces (within the rate cap)
-/// become spans.
-async fn run_span_builder(
-    mut conn_to_spans: mpsc::Receiver<Call>,
-    spans_to_export: mpsc::Sender<Span>,
-    mut builder: SpanBuilder,
-    stats: Arc<Stats>,
-) {
-    while let Some(call) = conn_to_spans.recv().await {
-        let resource = builder.registry.resource(call.conn.pid);
-        let Some(description) = describe(&call, &builder.options) else {
+impl SpanBuilder {
+    /// Each call's protocol slice describes it, and the span and the RED
+    /// measurement both come from that description. Every call is
+    /// measured; only those of sampled traces (within the rate cap) become
+    /// spans, and only theirs get span attributes built.
+    fn build(&mut self, call: &Call, stats: &Stats) -> Option<Span> {
+        let resource = self.registry.resource(call.conn.pid);
+        let identity = identity(call, &self.sampler, &resource.service_name);
+        let Some(description) = describe(call, &self.options, identity.sampled()) else {
             stats.add(Counter::RequestsIgnored, 1);
-            continue;
+            return None;
         };
-        if let Some(red) = &builder.red {
+        if let Some(red) = &self.red {
             red.record(&resource, &description.measurement);
         }
-        let identity = identity(&call, &builder.sampler, &resource.service_name);
-        if !identity.sampled() {
+        let Some(parts) = description.span else {
             stats.add(Counter::SpansNotSampled, 1);
-            continue;
-        }
-        if let Some(cap) = &mut builder.rate_cap
+            return None;
+        };
+        if let Some(cap) = &mut self.rate_cap
             && !cap.allow(&resource.service_name, std::time::Instant::now())
         {
             stats.add(Counter::SpansDroppedRateCap, 1);
-            continue;
+            return None;
         }
         let span = assemble(
-            &call,
+            call,
             identity,
-            description.span,
+            parts,
             resource,
-            builder.clock.to_unix_ns(call.start_ns),
-            builder.clock.to_unix_ns(call.end_ns),
+            self.clock.to_unix_ns(call.start_ns),
+            self.clock.to_unix_ns(call.end_ns),
         );
         stats.add(Counter::SpansProduced, 1);
-        forward(
-            &spans_to_export,
-            span,
-            &stats,
-            Counter::SpansDroppedQueueFull,
-        );
+        Some(span)
     }
 }
 
@@ -444,7 +434,6 @@ const LOSS_COUNTERS: &[Counter] = &[
     Counter::EventsUndecodable,
     Counter::EventsDroppedChannelFull,
     Counter::ConnectionsEvicted,
-    Counter::ExchangesDroppedChannelFull,
     Counter::Http2StreamsUnresolved,
     Counter::SpansDroppedQueueFull,
     Counter::SpansDroppedRateCap,

@@ -47,7 +47,7 @@ metrics! {
         LinksAmbiguous => "sonde_links_ambiguous", "Outgoing HTTP/1 requests sent while their thread had several server requests in flight: given a trace of their own, not a guessed parent";
         EventsReceived => "sonde_events_received", "Kernel events read from the ring buffers";
         EventsUndecodable => "sonde_events_undecodable", "Kernel records rejected by the decoder";
-        EventsDroppedChannelFull => "sonde_events_dropped_channel_full", "Events dropped because the connection tracker was behind";
+        EventsDroppedChannelFull => "sonde_events_dropped_channel_full", "Events dropped because connection tracking and span building were behind";
         ParseFailedHttp1 => "sonde_parse_failed_http1", "HTTP/1 messages that could not be parsed";
         ParseFailedHttp2 => "sonde_parse_failed_http2", "HTTP/2 frames or header blocks that could not be parsed";
         Http2FramingLost => "sonde_http2_framing_lost", "Times HTTP/2 frame boundaries were lost to bytes the capture did not copy (found again at a later syscall)";
@@ -57,7 +57,6 @@ metrics! {
         DbRequestsDropped => "sonde_db_requests_dropped", "Database or cache requests without a span: their answers could no longer be told apart, or the server skipped them after an earlier error in a pipeline";
         ConnectionsEvicted => "sonde_connections_evicted", "Connections dropped from the tracker (table full or idle)";
         ExchangesAbandoned => "sonde_exchanges_abandoned", "Requests given up on without a response";
-        ExchangesDroppedChannelFull => "sonde_exchanges_dropped_channel_full", "Finished requests dropped because span building was behind";
         SpansProduced => "sonde_spans_produced", "Spans built";
         SpansDroppedQueueFull => "sonde_spans_dropped_queue_full", "Spans dropped because the export queue was full";
         SpansNotSampled => "sonde_spans_not_sampled", "Spans not built because the head sampler did not sample their trace (their requests still count in the RED metrics)";

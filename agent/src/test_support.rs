@@ -3,9 +3,13 @@
 
 use std::sync::Arc;
 
-use crate::model::{
-    call::{Call, ConnInfo, Detail, HttpVersion, Outcome, RequestInfo, Side},
-    span::{AttributeValue, Resource, Span, SpanKind, SpanStatus},
+use crate::{
+    conn::tracker::ConnTracker,
+    model::{
+        call::{Call, ConnInfo, Detail, HttpVersion, Outcome, RequestInfo, Side},
+        span::{AttributeValue, Resource, Span, SpanKind, SpanStatus},
+    },
+    probes::decode::{SocketClose, SocketData},
 };
 
 /// A process resource with `service.name` first, then `process.pid`.
@@ -78,5 +82,44 @@ impl Call {
         self.detail
             .http_request()
             .unwrap_or_else(|| panic!("not an HTTP call: {self:?}"))
+    }
+}
+
+/// The tracker's entry points returning the calls they finish, as tests
+/// read them (the agent passes one vector through a whole batch).
+pub(crate) trait FinishedCalls {
+    /// [`ConnTracker::on_data`].
+    fn data(&mut self, ev: &SocketData) -> Vec<Call>;
+    /// [`ConnTracker::on_close`].
+    fn close(&mut self, ev: &SocketClose) -> Vec<Call>;
+    /// [`ConnTracker::on_tick`].
+    fn tick(&mut self, now_ns: u64) -> Vec<Call>;
+    /// [`ConnTracker::forget_pid`].
+    fn forget(&mut self, pid: u32) -> Vec<Call>;
+}
+
+impl FinishedCalls for ConnTracker {
+    fn data(&mut self, ev: &SocketData) -> Vec<Call> {
+        let mut out = Vec::new();
+        self.on_data(ev, &mut out);
+        out
+    }
+
+    fn close(&mut self, ev: &SocketClose) -> Vec<Call> {
+        let mut out = Vec::new();
+        self.on_close(ev, &mut out);
+        out
+    }
+
+    fn tick(&mut self, now_ns: u64) -> Vec<Call> {
+        let mut out = Vec::new();
+        self.on_tick(now_ns, &mut out);
+        out
+    }
+
+    fn forget(&mut self, pid: u32) -> Vec<Call> {
+        let mut out = Vec::new();
+        self.forget_pid(pid, &mut out);
+        out
     }
 }

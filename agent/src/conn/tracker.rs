@@ -79,11 +79,10 @@ impl ConnTracker {
         self.conns.len()
     }
 
-    /// Reads one syscall's bytes; returns the calls they complete.
-    pub fn on_data(&mut self, ev: &SocketData) -> Vec<Call> {
-        let mut out = Vec::new();
+    /// Reads one syscall's bytes; the calls they complete go to `out`.
+    pub fn on_data(&mut self, ev: &SocketData, out: &mut Vec<Call>) {
         if ev.total_len == 0 {
-            return out;
+            return;
         }
         let cookie = ev.socket_cookie;
         let mut conn = match self.remove(cookie) {
@@ -92,7 +91,7 @@ impl ConnTracker {
                 if self.conns.len() >= self.config.max_connections
                     && let Some(&(_, oldest)) = self.by_activity.first()
                 {
-                    self.drop_conn(oldest, "table full", ev.timestamp_ns, &mut out);
+                    self.drop_conn(oldest, "table full", ev.timestamp_ns, out);
                 }
                 Conn::new(
                     ev.pid,
@@ -103,58 +102,51 @@ impl ConnTracker {
         };
         conn.last_ns = conn.last_ns.max(ev.timestamp_ns);
         let needed_all = conn.needs_all_bytes();
-        conn.on_data(ev, &mut self.ctx(&mut out));
+        conn.on_data(ev, &mut self.ctx(out));
         if !needed_all && conn.needs_all_bytes() {
             self.capture_all.push(cookie);
         }
         self.by_activity.insert((conn.last_ns, cookie));
         self.conns.insert(cookie, conn);
-        out
     }
 
     /// The connection closed: a response running until close ends, requests
-    /// still unanswered end with [`Outcome::ConnectionClosed`].
-    pub fn on_close(&mut self, ev: &SocketClose) -> Vec<Call> {
-        let mut out = Vec::new();
+    /// still unanswered end with [`Outcome::ConnectionClosed`] (to `out`).
+    pub fn on_close(&mut self, ev: &SocketClose, out: &mut Vec<Call>) {
         if let Some(mut conn) = self.remove(ev.socket_cookie) {
             conn.finish(
                 Outcome::ConnectionClosed,
                 ev.timestamp_ns,
-                &mut self.ctx(&mut out),
+                &mut self.ctx(out),
             );
         }
-        out
     }
 
     /// Drops connections idle since before `now_ns - idle_timeout_ns`; their
-    /// unanswered requests are abandoned.
-    pub fn on_tick(&mut self, now_ns: u64) -> Vec<Call> {
-        let mut out = Vec::new();
+    /// unanswered requests are abandoned (to `out`).
+    pub fn on_tick(&mut self, now_ns: u64, out: &mut Vec<Call>) {
         while let Some(&(last_ns, cookie)) = self.by_activity.first()
             && last_ns.saturating_add(self.config.idle_timeout_ns) <= now_ns
         {
-            self.drop_conn(cookie, "idle", now_ns, &mut out);
+            self.drop_conn(cookie, "idle", now_ns, out);
         }
-        out
     }
 
     /// The process exited: its connections end as if closed, at their last
-    /// activity.
-    pub fn forget_pid(&mut self, pid: u32) -> Vec<Call> {
+    /// activity (to `out`).
+    pub fn forget_pid(&mut self, pid: u32, out: &mut Vec<Call>) {
         let cookies: Vec<u64> = self
             .conns
             .iter()
             .filter(|(_, conn)| conn.pid == pid)
             .map(|(&cookie, _)| cookie)
             .collect();
-        let mut out = Vec::new();
         for cookie in cookies {
             if let Some(mut conn) = self.remove(cookie) {
                 let at = conn.last_ns;
-                conn.finish(Outcome::ConnectionClosed, at, &mut self.ctx(&mut out));
+                conn.finish(Outcome::ConnectionClosed, at, &mut self.ctx(out));
             }
         }
-        out
     }
 
     /// What a connection needs to read an event.

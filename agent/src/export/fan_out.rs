@@ -6,33 +6,37 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
-use crate::model::span::Span;
+use crate::model::span::SpanBatch;
 use crate::telemetry::{Counter, Stats};
 
 /// One consumer of the fan-out.
 #[derive(Debug)]
 pub struct FanOutput {
     /// Its channel.
-    pub tx: mpsc::Sender<Span>,
+    pub tx: mpsc::Sender<SpanBatch>,
     /// Counted for each span dropped because that channel was full.
     pub when_full: Counter,
 }
 
-/// Copies every span from `rx` to each output.
+/// Copies every batch of spans from `rx` to each output.
 ///
-/// Overflow policy: drop newest, per output. A full output loses the span
-/// (counted under its `when_full`) while the others still get it; nothing
+/// Overflow policy: drop newest, per output. A full output loses the batch
+/// (its spans counted under its `when_full`) while the others still get it; nothing
 /// upstream ever waits. An output whose receiver is gone is removed; the
 /// task ends when `rx` closes or no output is left.
-pub async fn fan_out(mut rx: mpsc::Receiver<Span>, mut outputs: Vec<FanOutput>, stats: Arc<Stats>) {
+pub async fn fan_out(
+    mut rx: mpsc::Receiver<SpanBatch>,
+    mut outputs: Vec<FanOutput>,
+    stats: Arc<Stats>,
+) {
     while !outputs.is_empty() {
-        let Some(span) = rx.recv().await else {
+        let Some(spans) = rx.recv().await else {
             return;
         };
-        outputs.retain(|output| match output.tx.try_send(span.clone()) {
+        outputs.retain(|output| match output.tx.try_send(spans.clone()) {
             Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                stats.add(output.when_full, 1);
+            Err(TrySendError::Full(lost)) => {
+                stats.add(output.when_full, lost.len() as u64);
                 true
             }
             Err(TrySendError::Closed(_)) => {
@@ -61,31 +65,36 @@ mod tests {
                     tx: roomy_tx,
                     when_full: Counter::SpansDroppedQueueFull,
                 },
+                // Another counter than the first output's, to tell them apart.
                 FanOutput {
                     tx: tight_tx,
-                    when_full: Counter::ExchangesDroppedChannelFull,
+                    when_full: Counter::SpansDroppedRateCap,
                 },
             ],
             Arc::clone(&stats),
         ));
-        for name in ["a", "b", "c"] {
-            let sent = tx.send(span(&resource("pid:1:1", "api"), name)).await;
+        for names in [&["a", "b"][..], &["c"], &["d"]] {
+            let spans = names
+                .iter()
+                .map(|name| span(&resource("pid:1:1", "api"), name))
+                .collect();
+            let sent = tx.send(spans).await;
             assert!(sent.is_ok(), "{sent:?}");
         }
         drop(tx);
         let joined = task.await;
         assert!(joined.is_ok(), "{joined:?}");
 
-        let names = |rx: &mut mpsc::Receiver<Span>| {
+        let names = |rx: &mut mpsc::Receiver<SpanBatch>| {
             let mut names = Vec::new();
-            while let Ok(span) = rx.try_recv() {
-                names.push(span.name);
+            while let Ok(spans) = rx.try_recv() {
+                names.extend(spans.into_iter().map(|span| span.name));
             }
             names
         };
-        assert_eq!(names(&mut roomy), ["a", "b", "c"]);
-        assert_eq!(names(&mut tight), ["a"], "newest dropped when full");
-        assert_eq!(stats.get(Counter::ExchangesDroppedChannelFull), 2);
+        assert_eq!(names(&mut roomy), ["a", "b", "c", "d"]);
+        assert_eq!(names(&mut tight), ["a", "b"], "newest dropped when full");
+        assert_eq!(stats.get(Counter::SpansDroppedRateCap), 2);
         assert_eq!(stats.get(Counter::SpansDroppedQueueFull), 0);
     }
 
@@ -103,7 +112,7 @@ mod tests {
             }],
             stats,
         ));
-        let sent = tx.send(span(&resource("pid:1:1", "api"), "a")).await;
+        let sent = tx.send(vec![span(&resource("pid:1:1", "api"), "a")]).await;
         assert!(sent.is_ok(), "{sent:?}");
         let joined = task.await;
         assert!(joined.is_ok(), "{joined:?}");

@@ -15,15 +15,15 @@ use tokio::sync::mpsc;
 pub use fan_out::{FanOutput, fan_out};
 
 use crate::config::ExportConfig;
-use crate::model::span::Span;
+use crate::model::span::SpanBatch;
 use crate::telemetry::{Counter, Stats};
 use otlp::{ConfigError, OtlpConfig, OtlpOverrides, run_exporter};
 
-/// Fan-out channel sizes when both sinks run. The exporter drains its
-/// channel into its own queue at once, so it needs little; the printer
-/// gets room for a burst while the terminal catches up.
-const FAN_OUT_TO_EXPORTER: usize = 1024;
-const FAN_OUT_TO_PRINTER: usize = 4096;
+/// Fan-out channel sizes (in batches of spans) when both sinks run. The
+/// exporter drains its channel into its own queue at once, so it needs
+/// little; the printer gets room for a burst while the terminal catches up.
+const FAN_OUT_TO_EXPORTER: usize = 64;
+const FAN_OUT_TO_PRINTER: usize = 256;
 
 /// The sinks chosen by the export settings.
 #[derive(Debug)]
@@ -63,7 +63,7 @@ impl Sinks {
 
     /// Runs until `spans_to_export` closes and every sink has finished
     /// (the exporter flushes within its shutdown deadline).
-    pub async fn run(self, spans_to_export: mpsc::Receiver<Span>) {
+    pub async fn run(self, spans_to_export: mpsc::Receiver<SpanBatch>) {
         let Self { otlp, print, stats } = self;
         match (otlp, print) {
             (Some(config), false) => run_exporter(spans_to_export, config, stats).await,
@@ -121,7 +121,7 @@ pub fn apply_file_settings(config: &ExportConfig, otlp: &mut OtlpConfig) {
 }
 
 /// The printer on a blocking thread, since terminal writes can block.
-async fn print_to_stdout(spans: mpsc::Receiver<Span>) {
+async fn print_to_stdout(spans: mpsc::Receiver<SpanBatch>) {
     let colour = print::use_colour(&io::stdout());
     let printer =
         tokio::task::spawn_blocking(move || print::run_printer(spans, io::stdout(), colour));

@@ -37,7 +37,7 @@ pub(crate) use convert::{key_value, proto_resource, scope};
 pub(crate) use retry::{Backoff, attempt, sleep_until};
 pub(crate) use transport::{MetricsExport, ProtocolTransport, SendError};
 
-use crate::model::span::Span;
+use crate::model::span::SpanBatch;
 use crate::telemetry::Stats;
 
 /// Exports every span received on `rx` until the channel closes, then sends
@@ -51,7 +51,7 @@ use crate::telemetry::Stats;
 /// span ends up in exactly one of the counters `SpansExported`,
 /// `SpansExportFailed` (refused for good), `SpansDroppedQueueFull`,
 /// `SpansDroppedExpired` or `SpansDroppedShutdown`.
-pub async fn run_exporter(rx: mpsc::Receiver<Span>, config: OtlpConfig, stats: Arc<Stats>) {
+pub async fn run_exporter(rx: mpsc::Receiver<SpanBatch>, config: OtlpConfig, stats: Arc<Stats>) {
     tracing::info!(
         endpoint = %config.endpoint,
         protocol = ?config.protocol,

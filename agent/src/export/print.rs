@@ -13,7 +13,7 @@ use std::io::{self, IsTerminal, Write};
 
 use tokio::sync::mpsc;
 
-use crate::model::span::{AttributeValue, Span, SpanKind, SpanStatus};
+use crate::model::span::{AttributeValue, Span, SpanBatch, SpanKind, SpanStatus};
 
 /// The printer could not write (e.g. the reading end of a pipe closed).
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +35,7 @@ pub enum PrintError {
 /// Spans that arrive while it is stalled wait in `rx`; the sender decides
 /// what happens when that is full (see [`super::fan_out`]).
 pub fn run_printer<W: Write>(
-    mut rx: mpsc::Receiver<Span>,
+    mut rx: mpsc::Receiver<SpanBatch>,
     mut writer: W,
     colour: bool,
 ) -> Result<(), PrintError> {
@@ -47,8 +47,10 @@ pub fn run_printer<W: Write>(
             .map_err(|source| PrintError::Write { source })
     };
     write(&header())?;
-    while let Some(span) = rx.blocking_recv() {
-        write(&format_line(&span, colour))?;
+    while let Some(spans) = rx.blocking_recv() {
+        for span in &spans {
+            write(&format_line(span, colour))?;
+        }
     }
     Ok(())
 }
@@ -256,10 +258,11 @@ mod tests {
     #[test]
     fn prints_a_header_then_a_line_per_span() {
         let (tx, rx) = mpsc::channel(4);
-        for name in ["GET /a", "GET /b"] {
-            let sent = tx.try_send(span("api", SpanKind::Server, name));
-            assert!(sent.is_ok(), "{sent:?}");
-        }
+        let sent = tx.try_send(vec![
+            span("api", SpanKind::Server, "GET /a"),
+            span("api", SpanKind::Server, "GET /b"),
+        ]);
+        assert!(sent.is_ok(), "{sent:?}");
         drop(tx);
         let mut output = Vec::new();
         let printed = run_printer(rx, &mut output, false);

@@ -115,6 +115,10 @@ pub struct Span {
     pub status: SpanStatus,
 }
 
+/// Spans that travel together between stages: those finished by one
+/// batch of kernel events (one send and one wakeup for all of them).
+pub type SpanBatch = Vec<Span>;
+
 impl Span {
     /// Duration in nanoseconds (0 if the clock went backwards).
     pub fn duration_ns(&self) -> u64 {

@@ -248,21 +248,31 @@ impl SpanParts {
 /// A call's span and measurement, derived together from its record.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Description<'a> {
-    /// The span's protocol part.
-    pub span: SpanParts,
+    /// The span's protocol part, when it was asked for.
+    pub span: Option<SpanParts>,
     /// What RED metrics record.
     pub measurement: Measurement<'a>,
 }
 
 /// Describes a call; `None` when it should give neither span nor metric (an
-/// ignored path).
-pub fn describe<'a>(call: &'a Call, options: &'a DescribeOptions) -> Option<Description<'a>> {
+/// ignored path). The span part is built only `with_span`: every call is
+/// measured, but most calls of a sampled-down service give no span, and
+/// its attributes cost more than the measurement.
+pub fn describe<'a>(
+    call: &'a Call,
+    options: &'a DescribeOptions,
+    with_span: bool,
+) -> Option<Description<'a>> {
     match &call.detail {
-        Detail::Http(request) => http::describe(call, request, options),
-        Detail::Grpc { request, rpc } => {
-            Some(grpc::describe(call, request, rpc, options.rpc_conventions))
-        }
-        Detail::Db(db) => Some(db::describe(call, db, options)),
+        Detail::Http(request) => http::describe(call, request, options, with_span),
+        Detail::Grpc { request, rpc } => Some(grpc::describe(
+            call,
+            request,
+            rpc,
+            options.rpc_conventions,
+            with_span,
+        )),
+        Detail::Db(db) => Some(db::describe(call, db, options, with_span)),
     }
 }
 

@@ -37,7 +37,6 @@ const EVENT_LOSS_COUNTERS: &[&str] = &[
 ];
 /// Counters that mean a finished request did not reach the OTLP endpoint.
 const SPAN_LOSS_COUNTERS: &[&str] = &[
-    "sonde_exchanges_dropped_channel_full",
     "sonde_spans_dropped_queue_full",
     "sonde_spans_dropped_expired",
     "sonde_spans_dropped_shutdown",

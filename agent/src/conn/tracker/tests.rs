@@ -11,6 +11,7 @@ use crate::{
     model::call::{HttpVersion, KernelTrace},
     probes::decode::Direction,
     protocols::{Stamp, request_direction},
+    test_support::FinishedCalls,
 };
 
 const PID: u32 = 42;
@@ -62,7 +63,7 @@ impl Wire {
         let at = self.next_stamp();
         let local: SocketAddr = "10.0.0.1:8080".parse().expect("address");
         let remote: SocketAddr = "10.0.0.2:50000".parse().expect("address");
-        self.tracker.on_data(&SocketData {
+        self.tracker.data(&SocketData {
             pid: self.pid,
             tid: at.tid,
             timestamp_ns: at.ns,
@@ -98,7 +99,7 @@ impl Wire {
 
     fn close(&mut self) -> Vec<Call> {
         let at = self.next_stamp();
-        self.tracker.on_close(&SocketClose {
+        self.tracker.close(&SocketClose {
             timestamp_ns: at.ns,
             socket_cookie: self.cookie,
         })
@@ -659,8 +660,8 @@ fn idle_connections_are_dropped() {
     wire.recv(b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n");
     // A response running until close, whose close was never seen.
     wire.send(b"HTTP/1.1 200 OK\r\n\r\nbody");
-    assert!(wire.tracker.on_tick(11_999).is_empty());
-    let done = wire.tracker.on_tick(12_000);
+    assert!(wire.tracker.tick(11_999).is_empty());
+    let done = wire.tracker.tick(12_000);
     assert_eq!(
         brief(&done),
         [
@@ -786,7 +787,7 @@ fn forgetting_a_process_closes_its_connections() {
     wire.cookie = 3;
     wire.pid = PID + 1;
     wire.send(b"GET /other HTTP/1.1\r\n\r\n");
-    let done = wire.tracker.forget_pid(PID);
+    let done = wire.tracker.forget(PID);
     let mut done = brief(&done);
     done.sort_by_key(|&(target, ..)| target);
     assert_eq!(
@@ -918,8 +919,8 @@ fn arbitrary_events_never_panic() {
         };
         let mut out = match next(50) {
             0 => wire.close(),
-            1 => wire.tracker.on_tick(wire.events * 1000),
-            2 => wire.tracker.forget_pid(PID),
+            1 => wire.tracker.tick(wire.events * 1000),
+            2 => wire.tracker.forget(PID),
             _ => wire.event(direction, captured, total),
         };
         for exchange in out.drain(..) {

@@ -36,12 +36,12 @@ use super::convert::{encoded_size_estimate, to_request};
 use super::events::{BatchExported, BatchLost, Expired, QueueFull, ShutdownTimedOut};
 use super::retry::{Backoff, attempt, sleep_until};
 use super::transport::{SendError, Transport};
-use crate::model::span::Span;
+use crate::model::span::{Span, SpanBatch};
 use crate::telemetry::{Gauge, Stats};
 
 /// Runs until `rx` closes, then flushes within `config.shutdown_timeout`.
 pub(super) async fn run_batcher<T: Transport>(
-    mut rx: mpsc::Receiver<Span>,
+    mut rx: mpsc::Receiver<SpanBatch>,
     transport: T,
     config: &OtlpConfig,
     stats: &Stats,
@@ -85,7 +85,12 @@ pub(super) async fn run_batcher<T: Transport>(
         .min();
         tokio::select! {
             received = rx.recv(), if closing.is_none() => match received {
-                Some(span) => queue.push(span, stats),
+                Some(spans) => {
+                    let now = Instant::now();
+                    for span in spans {
+                        queue.push(span, now, stats);
+                    }
+                }
                 None => closing = Some(Instant::now() + config.shutdown_timeout),
             },
             Some((batch, result)) = in_flight.next(), if !in_flight.is_empty() => {
@@ -224,13 +229,13 @@ impl Queue {
     /// spans are the ones people are looking for. A span larger than the
     /// byte bound on its own still goes in (alone), so it is sent or
     /// counted like any other.
-    fn push(&mut self, span: Span, stats: &Stats) {
+    fn push(&mut self, span: Span, arrived: Instant, stats: &Stats) {
         let bytes = encoded_size_estimate(&span);
         self.make_room(1, bytes, stats);
         self.count += 1;
         self.bytes += bytes;
         self.spans.push_back(Queued {
-            arrived: Instant::now(),
+            arrived,
             bytes,
             span,
         });
@@ -430,7 +435,7 @@ mod tests {
     }
 
     struct Harness {
-        tx: mpsc::Sender<Span>,
+        tx: mpsc::Sender<SpanBatch>,
         requests: mpsc::UnboundedReceiver<(Instant, Vec<String>)>,
         stats: Arc<Stats>,
         task: JoinHandle<()>,
@@ -484,7 +489,7 @@ mod tests {
         async fn send(&self, names: &[&str]) {
             let resource = resource("pid:1:1", "api");
             for name in names {
-                let sent = self.tx.send(span(&resource, name)).await;
+                let sent = self.tx.send(vec![span(&resource, name)]).await;
                 assert!(sent.is_ok(), "exporter stopped before receiving {name}");
             }
         }

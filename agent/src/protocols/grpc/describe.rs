@@ -48,40 +48,19 @@ pub enum RpcConventions {
     Both,
 }
 
-/// Describes one gRPC call. Its measurement follows the current
-/// conventions whichever names the span carries.
+/// Describes one gRPC call; the span part only when `with_span`. Its
+/// measurement follows the current conventions whichever names the span
+/// carries.
 pub fn describe<'a>(
     call: &'a Call,
     request: &'a RequestInfo,
     rpc: &'a RpcInfo,
     conventions: RpcConventions,
+    with_span: bool,
 ) -> Description<'a> {
     let kind = span_kind(call.conn.side);
     let full_name = rpc.method.as_ref().map(|method| method.full_name());
     let status_name = rpc.status_code.map(grpc::status_name);
-    let mut attributes = Vec::new();
-    if conventions != RpcConventions::Legacy {
-        attributes.push(Attribute::new("rpc.system.name", SYSTEM));
-        attributes.push(Attribute::new(
-            "rpc.method",
-            full_name.as_deref().unwrap_or(UNKNOWN_METHOD),
-        ));
-        if let Some(name) = &status_name {
-            attributes.push(Attribute::new("rpc.response.status_code", name.as_ref()));
-        }
-    }
-    if conventions != RpcConventions::Current {
-        attributes.push(Attribute::new("rpc.system", SYSTEM));
-        if let Some(method) = &rpc.method {
-            attributes.push(Attribute::new("rpc.service", method.service.as_str()));
-            if conventions == RpcConventions::Legacy {
-                attributes.push(Attribute::new("rpc.method", method.method.as_str()));
-            }
-        }
-        if let Some(code) = rpc.status_code {
-            attributes.push(Attribute::new("rpc.grpc.status_code", i64::from(code)));
-        }
-    }
     let (host, port) = authority(
         request.host.as_deref(),
         match kind {
@@ -89,57 +68,81 @@ pub fn describe<'a>(
             SpanKind::Client => call.conn.remote,
         },
     );
-    let peer = call.conn.remote;
-    // Metrics keep the server of client calls only (see
-    // `Measurement::server`).
-    let server = (kind == SpanKind::Client).then(|| ServerAddress {
-        address: Cow::Owned(host.clone()),
-        port,
-    });
-    attributes.push(Attribute::new("server.address", host));
-    attributes.push(Attribute::new("server.port", i64::from(port)));
-    if kind == SpanKind::Server {
-        attributes.push(Attribute::new("client.address", peer.ip().to_string()));
-    }
-    attributes.push(Attribute::new(
-        "network.peer.address",
-        peer.ip().to_string(),
-    ));
-    attributes.push(Attribute::new("network.peer.port", i64::from(peer.port())));
-    attributes.push(Attribute::new(
-        "network.protocol.version",
-        request.version.as_str(),
-    ));
-    let (error_type, status) = match (rpc.status_code, &status_name, &call.outcome) {
+    // (`error.type`, span status message) of a failed call.
+    let (error_type, message) = match (rpc.status_code, &status_name, &call.outcome) {
         (Some(code), Some(name), _) => {
             let is_error = match kind {
                 SpanKind::Server => grpc::is_server_error(code),
                 SpanKind::Client => code != grpc::OK,
             };
             if is_error {
-                attributes.push(Attribute::new("error.type", name.as_ref()));
-                (
-                    Some(name.clone()),
-                    SpanStatus::Error(format!("gRPC {name}")),
-                )
+                (Some(name.clone()), Some(Cow::Owned(format!("gRPC {name}"))))
             } else {
-                (None, SpanStatus::Unset)
+                (None, None)
             }
         }
         // A response whose status the agent could not decode.
-        (_, _, Outcome::Response { .. }) => (None, SpanStatus::Unset),
+        (_, _, Outcome::Response { .. }) => (None, None),
         (_, _, outcome) => {
             let (error_type, message) = unanswered(outcome);
-            attributes.push(Attribute::new("error.type", error_type));
             (
                 Some(Cow::Borrowed(error_type)),
-                SpanStatus::Error(message.into()),
+                Some(Cow::Borrowed(message)),
             )
         }
     };
-    let name = full_name
-        .clone()
-        .unwrap_or_else(|| UNSPECIFIED_NAME.to_owned());
+    let span = with_span.then(|| {
+        let mut attributes = Vec::new();
+        if conventions != RpcConventions::Legacy {
+            attributes.push(Attribute::new("rpc.system.name", SYSTEM));
+            attributes.push(Attribute::new(
+                "rpc.method",
+                full_name.as_deref().unwrap_or(UNKNOWN_METHOD),
+            ));
+            if let Some(name) = &status_name {
+                attributes.push(Attribute::new("rpc.response.status_code", name.as_ref()));
+            }
+        }
+        if conventions != RpcConventions::Current {
+            attributes.push(Attribute::new("rpc.system", SYSTEM));
+            if let Some(method) = &rpc.method {
+                attributes.push(Attribute::new("rpc.service", method.service.as_str()));
+                if conventions == RpcConventions::Legacy {
+                    attributes.push(Attribute::new("rpc.method", method.method.as_str()));
+                }
+            }
+            if let Some(code) = rpc.status_code {
+                attributes.push(Attribute::new("rpc.grpc.status_code", i64::from(code)));
+            }
+        }
+        let peer = call.conn.remote;
+        let peer_address = peer.ip().to_string();
+        attributes.push(Attribute::new("server.address", host.as_ref()));
+        attributes.push(Attribute::new("server.port", i64::from(port)));
+        if kind == SpanKind::Server {
+            attributes.push(Attribute::new("client.address", peer_address.clone()));
+        }
+        attributes.push(Attribute::new("network.peer.address", peer_address));
+        attributes.push(Attribute::new("network.peer.port", i64::from(peer.port())));
+        attributes.push(Attribute::new(
+            "network.protocol.version",
+            request.version.as_str(),
+        ));
+        if let Some(error_type) = &error_type {
+            attributes.push(Attribute::new("error.type", error_type.as_ref()));
+        }
+        SpanParts {
+            kind,
+            name: full_name
+                .clone()
+                .unwrap_or_else(|| UNSPECIFIED_NAME.to_owned()),
+            attributes,
+            status: match message {
+                Some(message) => SpanStatus::Error(message.into_owned()),
+                None => SpanStatus::Unset,
+            },
+        }
+    });
     let measurement = Measurement {
         kind,
         protocol: Protocol::Rpc {
@@ -148,18 +151,15 @@ pub fn describe<'a>(
             status_code: status_name,
         },
         error_type,
-        server,
+        // Metrics keep the server of client calls only (see
+        // `Measurement::server`).
+        server: (kind == SpanKind::Client).then_some(ServerAddress {
+            address: host,
+            port,
+        }),
         duration: Duration::from_nanos(call.duration_ns()),
     };
-    Description {
-        span: SpanParts {
-            kind,
-            name,
-            attributes,
-            status,
-        },
-        measurement,
-    }
+    Description { span, measurement }
 }
 
 #[cfg(test)]
@@ -214,11 +214,13 @@ mod tests {
         let Detail::Grpc { request, rpc } = &call.detail else {
             panic!("a gRPC call: {call:?}");
         };
-        describe(call, request, rpc, conventions)
+        describe(call, request, rpc, conventions, true)
     }
 
     fn span(call: &Call, conventions: RpcConventions) -> SpanParts {
-        describe_call(call, conventions).span
+        describe_call(call, conventions)
+            .span
+            .expect("asked for the span")
     }
 
     fn str_attr<'a>(span: &'a SpanParts, key: &str) -> Option<&'a str> {

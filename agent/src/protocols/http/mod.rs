@@ -20,11 +20,13 @@ const KNOWN_METHODS: &[&str] = &[
     "CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE",
 ];
 
-/// Describes an HTTP call, `None` if its path is ignored.
+/// Describes an HTTP call, `None` if its path is ignored; the span part
+/// only when `with_span` (the measurement needs far less).
 pub fn describe<'a>(
     call: &'a Call,
     request: &'a RequestInfo,
     options: &'a DescribeOptions,
+    with_span: bool,
 ) -> Option<Description<'a>> {
     let (method, original_method) = normalize_method(&request.method);
     let (path, query) = split_target(&request.target);
@@ -34,18 +36,6 @@ pub fn describe<'a>(
         return None;
     }
     let kind = span_kind(call.conn.side);
-    let mut attributes = vec![Attribute::new("http.request.method", method)];
-    if let Some(original) = original_method {
-        attributes.push(Attribute::new("http.request.method_original", original));
-    }
-    let (host, port) = authority(
-        request.host.as_deref(),
-        match kind {
-            SpanKind::Server => call.conn.local,
-            SpanKind::Client => call.conn.remote,
-        },
-    );
-    let peer = call.conn.remote;
     let (scheme, default_port) = if call.conn.tls {
         ("https", 443)
     } else {
@@ -54,100 +44,108 @@ pub fn describe<'a>(
     // The conventions give clients no route (a client cannot know the
     // server's routing).
     let route = (kind == SpanKind::Server && path_known).then(|| options.routes.route(path));
-    match kind {
-        SpanKind::Server => {
-            if path_known {
-                attributes.push(Attribute::new("url.path", path));
-            }
-            if let Some(route) = &route {
-                attributes.push(Attribute::new("http.route", route.as_ref()));
-            }
-            if options.capture_query
-                && let Some(query) = query
-            {
-                attributes.push(Attribute::new("url.query", query));
-            }
-            attributes.push(Attribute::new("url.scheme", scheme));
-            attributes.push(Attribute::new("client.address", peer.ip().to_string()));
-        }
-        SpanKind::Client if path_known => {
-            let shown_port = if port == default_port {
-                String::new()
-            } else {
-                format!(":{port}")
-            };
-            let shown_query = match (options.capture_query, query) {
-                (true, Some(query)) => format!("?{query}"),
-                _ => String::new(),
-            };
-            attributes.push(Attribute::new(
-                "url.full",
-                format!("{scheme}://{host}{shown_port}{path}{shown_query}"),
-            ));
-        }
-        SpanKind::Client => {}
-    }
-    // Metrics keep the server of client calls only (see
-    // `Measurement::server`).
-    let server = (kind == SpanKind::Client).then(|| ServerAddress {
-        address: Cow::Owned(host.clone()),
-        port,
-    });
-    attributes.push(Attribute::new("server.address", host));
-    attributes.push(Attribute::new("server.port", i64::from(port)));
-    attributes.push(Attribute::new(
-        "network.peer.address",
-        peer.ip().to_string(),
-    ));
-    attributes.push(Attribute::new("network.peer.port", i64::from(peer.port())));
-    attributes.push(Attribute::new(
-        "network.protocol.version",
-        request.version.as_str(),
-    ));
-    if kind == SpanKind::Server
-        && let Some(user_agent) = &request.user_agent
-    {
-        attributes.push(Attribute::new("user_agent.original", user_agent.as_str()));
-    }
-    let (status_code, error_type, status) = match call.outcome {
+    // What the client asked for: the span's `server.address`, and the
+    // measurement's for client calls (see `Measurement::server`).
+    let (host, port) = authority(
+        request.host.as_deref(),
+        match kind {
+            SpanKind::Server => call.conn.local,
+            SpanKind::Client => call.conn.remote,
+        },
+    );
+    let (status_code, error_type) = match call.outcome {
         Outcome::Response { status } => {
-            attributes.push(Attribute::new(
-                "http.response.status_code",
-                i64::from(status),
-            ));
             let is_error = status >= 500 || (kind == SpanKind::Client && status >= 400);
-            if is_error {
-                let error_type = status.to_string();
-                attributes.push(Attribute::new("error.type", error_type.clone()));
-                (
-                    Some(status),
-                    Some(Cow::Owned(error_type)),
-                    SpanStatus::Error(format!("HTTP {status}")),
-                )
-            } else {
-                (Some(status), None, SpanStatus::Unset)
-            }
+            (
+                Some(status),
+                is_error.then(|| Cow::Owned(status.to_string())),
+            )
         }
         Outcome::ConnectionClosed
         | Outcome::Abandoned
         | Outcome::Reset { .. }
         | Outcome::Succeeded
-        | Outcome::Failed { .. } => {
-            let (error_type, message) = unanswered(&call.outcome);
-            attributes.push(Attribute::new("error.type", error_type));
-            (
-                None,
-                Some(Cow::Borrowed(error_type)),
-                SpanStatus::Error(message.into()),
-            )
+        | Outcome::Failed { .. } => (None, Some(Cow::Borrowed(unanswered(&call.outcome).0))),
+    };
+    let span = with_span.then(|| {
+        let mut attributes = vec![Attribute::new("http.request.method", method)];
+        if let Some(original) = original_method {
+            attributes.push(Attribute::new("http.request.method_original", original));
         }
-    };
-
-    let name_method = if method == "_OTHER" { "HTTP" } else { method };
-    let name = match &route {
-        Some(route) => format!("{name_method} {route}"),
-        None => name_method.to_owned(),
-    };
+        let peer = call.conn.remote;
+        let peer_address = peer.ip().to_string();
+        match kind {
+            SpanKind::Server => {
+                if path_known {
+                    attributes.push(Attribute::new("url.path", path));
+                }
+                if let Some(route) = &route {
+                    attributes.push(Attribute::new("http.route", route.as_ref()));
+                }
+                if options.capture_query
+                    && let Some(query) = query
+                {
+                    attributes.push(Attribute::new("url.query", query));
+                }
+                attributes.push(Attribute::new("url.scheme", scheme));
+                attributes.push(Attribute::new("client.address", peer_address.clone()));
+            }
+            SpanKind::Client if path_known => {
+                let shown_port = if port == default_port {
+                    String::new()
+                } else {
+                    format!(":{port}")
+                };
+                let shown_query = match (options.capture_query, query) {
+                    (true, Some(query)) => format!("?{query}"),
+                    _ => String::new(),
+                };
+                attributes.push(Attribute::new(
+                    "url.full",
+                    format!("{scheme}://{host}{shown_port}{path}{shown_query}"),
+                ));
+            }
+            SpanKind::Client => {}
+        }
+        attributes.push(Attribute::new("server.address", host.as_ref()));
+        attributes.push(Attribute::new("server.port", i64::from(port)));
+        attributes.push(Attribute::new("network.peer.address", peer_address));
+        attributes.push(Attribute::new("network.peer.port", i64::from(peer.port())));
+        attributes.push(Attribute::new(
+            "network.protocol.version",
+            request.version.as_str(),
+        ));
+        if kind == SpanKind::Server
+            && let Some(user_agent) = &request.user_agent
+        {
+            attributes.push(Attribute::new("user_agent.original", user_agent.as_str()));
+        }
+        if let Some(status) = status_code {
+            attributes.push(Attribute::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
+        }
+        if let Some(error_type) = &error_type {
+            attributes.push(Attribute::new("error.type", error_type.as_ref()));
+        }
+        let status = match (status_code, &error_type) {
+            (_, None) => SpanStatus::Unset,
+            (Some(status), Some(_)) => SpanStatus::Error(format!("HTTP {status}")),
+            (None, Some(_)) => SpanStatus::Error(unanswered(&call.outcome).1.into()),
+        };
+        let name_method = if method == "_OTHER" { "HTTP" } else { method };
+        let name = match &route {
+            Some(route) => format!("{name_method} {route}"),
+            None => name_method.to_owned(),
+        };
+        SpanParts {
+            kind,
+            name,
+            attributes,
+            status,
+        }
+    });
     let measurement = Measurement {
         kind,
         protocol: Protocol::Http {
@@ -158,18 +156,13 @@ pub fn describe<'a>(
             status_code,
         },
         error_type,
-        server,
+        server: (kind == SpanKind::Client).then_some(ServerAddress {
+            address: host,
+            port,
+        }),
         duration: Duration::from_nanos(call.duration_ns()),
     };
-    Some(Description {
-        span: SpanParts {
-            kind,
-            name,
-            attributes,
-            status,
-        },
-        measurement,
-    })
+    Some(Description { span, measurement })
 }
 
 /// `error.type` and status message of an exchange without a final
@@ -215,10 +208,10 @@ fn split_target(target: &str) -> (&str, Option<&str>) {
 }
 
 /// Server name and port: from the Host header when present (what the client
-/// asked for), else the socket address.
-pub(crate) fn authority(host_header: Option<&str>, socket: SocketAddr) -> (String, u16) {
+/// asked for, borrowed from it), else the socket address.
+pub(crate) fn authority(host_header: Option<&str>, socket: SocketAddr) -> (Cow<'_, str>, u16) {
     let Some(host) = host_header.map(str::trim).filter(|h| !h.is_empty()) else {
-        return (socket.ip().to_string(), socket.port());
+        return (Cow::Owned(socket.ip().to_string()), socket.port());
     };
     // "[::1]:8080", "example.com:8080", "example.com"
     if let Some(rest) = host.strip_prefix('[')
@@ -228,13 +221,13 @@ pub(crate) fn authority(host_header: Option<&str>, socket: SocketAddr) -> (Strin
             .strip_prefix(':')
             .and_then(|p| p.parse().ok())
             .unwrap_or(socket.port());
-        return (ip.to_owned(), port);
+        return (Cow::Borrowed(ip), port);
     }
     match host.rsplit_once(':') {
         Some((name, port)) if !name.contains(':') => {
-            (name.to_owned(), port.parse().unwrap_or(socket.port()))
+            (Cow::Borrowed(name), port.parse().unwrap_or(socket.port()))
         }
-        _ => (host.to_owned(), socket.port()),
+        _ => (Cow::Borrowed(host), socket.port()),
     }
 }
 
@@ -255,7 +248,7 @@ mod tests {
 
     /// The span part of a call's description; `None` if it is ignored.
     fn span_of(call: &Call, options: &DescribeOptions) -> Option<SpanParts> {
-        describe(call, call.detail.http_request()?, options).map(|d| d.span)
+        describe(call, call.detail.http_request()?, options, true).and_then(|d| d.span)
     }
 
     fn str_attr<'a>(span: &'a SpanParts, key: &str) -> Option<&'a str> {
@@ -276,7 +269,8 @@ mod tests {
         );
         server.end_ns = 250_000_000;
         let request = server.detail.http_request().expect("HTTP");
-        let described = describe(&server, request, &options).expect("not ignored");
+        let described = describe(&server, request, &options, false).expect("not ignored");
+        assert_eq!(described.span, None, "no span attributes unless asked");
         let measurement = described.measurement;
         assert_eq!(measurement.instrument(), Instrument::HttpServer);
         assert_eq!(measurement.duration, Duration::from_millis(250));
@@ -294,7 +288,7 @@ mod tests {
 
         let client = exchange(Side::Client, "POST", "/x", Outcome::ConnectionClosed);
         let request = client.detail.http_request().expect("HTTP");
-        let measurement = describe(&client, request, &options)
+        let measurement = describe(&client, request, &options, false)
             .expect("not ignored")
             .measurement;
         assert_eq!(measurement.instrument(), Instrument::HttpClient);

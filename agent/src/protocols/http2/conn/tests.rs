@@ -13,6 +13,7 @@ use crate::{
     model::call::{Call, HttpVersion, Outcome, Side},
     probes::decode::{Direction, Role, SocketClose, SocketData},
     telemetry::{Counter, Stats},
+    test_support::FinishedCalls,
 };
 
 /// One recorded send: true if the client sent it.
@@ -107,7 +108,7 @@ impl Replay {
         let mut out = Vec::new();
         if self.tls {
             for direction in [Direction::Egress, Direction::Ingress] {
-                out.extend(tracker.on_data(&event(direction, 1, HANDSHAKE, false)));
+                out.extend(tracker.data(&event(direction, 1, HANDSHAKE, false)));
             }
         }
         let mut ns = 0;
@@ -131,14 +132,14 @@ impl Replay {
                     continue;
                 }
                 let chunk = &chunk[unseen.saturating_sub(start)..];
-                out.extend(tracker.on_data(&event(direction, ns, chunk, self.tls)));
+                out.extend(tracker.data(&event(direction, ns, chunk, self.tls)));
                 if self.tls {
                     let ciphertext = [&HANDSHAKE[..5], chunk].concat();
-                    out.extend(tracker.on_data(&event(direction, ns, &ciphertext, false)));
+                    out.extend(tracker.data(&event(direction, ns, &ciphertext, false)));
                 }
             }
         }
-        out.extend(tracker.on_close(&SocketClose {
+        out.extend(tracker.close(&SocketClose {
             timestamp_ns: ns + 1000,
             socket_cookie: 1,
         }));
@@ -577,7 +578,7 @@ mod synthetic {
         let mut tracker = ConnTracker::new(TrackerConfig::default(), Arc::clone(&stats));
         let mut out = Vec::new();
         for (client_sent, bytes, ms) in events {
-            out.extend(tracker.on_data(&data(*client_sent, bytes, *ms, role)));
+            out.extend(tracker.data(&data(*client_sent, bytes, *ms, role)));
         }
         (out, stats)
     }
@@ -601,7 +602,7 @@ mod synthetic {
         let hello = client_hello();
         assert!(
             tracker
-                .on_data(&data(true, &hello, 0, Role::Server))
+                .data(&data(true, &hello, 0, Role::Server))
                 .is_empty()
         );
         let mut abandoned = 0;
@@ -610,14 +611,14 @@ mod synthetic {
             let mut fields = grpc_request("/shop.Cart/Add", None);
             fields.extend(block(&[("x-request-id", &request_id)], 1));
             let headers = frame(0x1, 0x4, 2 * i + 1, &fields);
-            let out = tracker.on_data(&data(true, &headers, u64::from(i), Role::Server));
+            let out = tracker.data(&data(true, &headers, u64::from(i), Role::Server));
             assert!(
                 out.iter().all(|x| x.outcome == Outcome::Abandoned),
                 "{out:?}"
             );
             abandoned += out.len();
         }
-        let closed = tracker.on_close(&SocketClose {
+        let closed = tracker.close(&SocketClose {
             timestamp_ns: u64::from(CHURN) * 1_000_000,
             socket_cookie: 1,
         });
