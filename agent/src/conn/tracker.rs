@@ -22,11 +22,11 @@
 //! Memory is bounded: connections (least recently used evicted), and each
 //! slice bounds its own state. Every loss is counted in [`Stats`].
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    sync::Arc,
-};
+use std::{collections::BTreeSet, sync::Arc};
 
+// foldhash, not SipHash: the keys are socket cookies, which the kernel
+// assigns from a counter, so no peer can choose them to collide.
+use hashbrown::HashMap;
 use tracing::debug;
 
 pub use crate::protocols::TrackerConfig;

@@ -438,7 +438,7 @@ fn data_point(point: &Point, bounds: &[f64], now_unix_ns: u64) -> HistogramDataP
                     LabelValue::Int(number) => AttributeValue::Int(*number),
                     LabelValue::Bool(flag) => AttributeValue::Bool(*flag),
                 };
-                key_value((*key).to_owned(), &value)
+                key_value((*key).to_owned(), value)
             })
             .collect(),
         start_time_unix_nano: point.start_unix_ns,

@@ -18,13 +18,20 @@
 //! temporality for OTLP is computed at collection time against what the
 //! previous delta collection returned.
 
-use std::collections::{BTreeMap, HashMap, hash_map::Entry};
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+// hashbrown for lookups by a borrowed form of the key (`Equivalent`): a
+// measurement finds its series without building an owned key. Its default
+// hasher (foldhash, seeded per process) is much cheaper than SipHash; the
+// maps are bounded (services, series per service), so a peer choosing
+// label values could at worst slow a bounded map.
+use hashbrown::{Equivalent, HashMap};
 use serde::Deserialize;
 
-use crate::model::measure::{Instrument, LabelValue, Measurement};
+use crate::model::measure::{Instrument, LabelRef, LabelValue, Labels, Measurement};
 use crate::model::span::Resource;
 use crate::telemetry::{Counter, Stats};
 
@@ -130,10 +137,79 @@ struct Service {
     last_recorded: Instant,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct SeriesKey {
     instrument: Instrument,
     attributes: Vec<(&'static str, LabelValue)>,
+}
+
+/// A series key borrowed from a measurement, to look the series up by.
+struct SeriesRef<'a> {
+    instrument: Instrument,
+    labels: Labels<'a>,
+}
+
+/// Hashes a series key as a sequence of borrowed labels, so that
+/// [`SeriesKey`] and [`SeriesRef`] hash alike.
+fn hash_series<'a>(
+    state: &mut impl Hasher,
+    instrument: Instrument,
+    labels: impl ExactSizeIterator<Item = (&'static str, LabelRef<'a>)>,
+) {
+    instrument.hash(state);
+    state.write_usize(labels.len());
+    for (key, value) in labels {
+        key.hash(state);
+        value.hash(state);
+    }
+}
+
+impl Hash for SeriesKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let labels = self
+            .attributes
+            .iter()
+            .map(|(key, value)| (*key, value.borrowed()));
+        hash_series(state, self.instrument, labels);
+    }
+}
+
+impl Hash for SeriesRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_series(
+            state,
+            self.instrument,
+            self.labels.as_slice().iter().copied(),
+        );
+    }
+}
+
+impl Equivalent<SeriesKey> for SeriesRef<'_> {
+    fn equivalent(&self, key: &SeriesKey) -> bool {
+        let labels = self.labels.as_slice();
+        self.instrument == key.instrument
+            && labels.len() == key.attributes.len()
+            && labels
+                .iter()
+                .zip(&key.attributes)
+                .all(|((key, value), (other_key, other))| {
+                    key == other_key && *value == other.borrowed()
+                })
+    }
+}
+
+impl SeriesRef<'_> {
+    fn to_key(&self) -> SeriesKey {
+        SeriesKey {
+            instrument: self.instrument,
+            attributes: self
+                .labels
+                .as_slice()
+                .iter()
+                .map(|&(key, value)| (key, value.to_value()))
+                .collect(),
+        }
+    }
 }
 
 /// Cumulative explicit-bucket histogram.
@@ -219,9 +295,9 @@ impl RedMetrics {
     pub fn record(&self, resource: &Arc<Resource>, call: &Measurement<'_>) {
         let instrument = call.instrument();
         let bounds = bounds_for(instrument, &self.bounds);
-        let key = SeriesKey {
+        let key = SeriesRef {
             instrument,
-            attributes: call.attributes(),
+            labels: call.labels(),
         };
         let seconds = call.duration.as_secs_f64();
         let now = Instant::now();
@@ -230,7 +306,7 @@ impl RedMetrics {
         if now.duration_since(inner.last_sweep) >= SWEEP_INTERVAL {
             inner.sweep(now);
         }
-        if !inner.services.contains_key(&resource.key) {
+        if !inner.services.contains_key(resource.key.as_str()) {
             if inner.services.len() >= MAX_SERVICES {
                 self.stats.add(Counter::MetricMeasurementsDropped, 1);
                 return;
@@ -245,7 +321,7 @@ impl RedMetrics {
                 },
             );
         }
-        let Some(service) = inner.services.get_mut(&resource.key) else {
+        let Some(service) = inner.services.get_mut(resource.key.as_str()) else {
             return;
         };
         service.last_recorded = now;
@@ -254,20 +330,22 @@ impl RedMetrics {
         if !Arc::ptr_eq(&service.resource, resource) {
             service.resource = Arc::clone(resource);
         }
+        if let Some(histogram) = service.series.get_mut(&key) {
+            histogram.observe(seconds, bounds);
+            return;
+        }
         let buckets = bounds.len() + 1;
-        let series = service.series.len();
-        let histogram = match service.series.entry(key) {
-            Entry::Occupied(entry) => entry.into_mut(),
-            Entry::Vacant(entry) if series < self.cardinality_limit => {
-                entry.insert(Histogram::new(buckets))
-            }
-            Entry::Vacant(entry) => {
-                self.stats.add(Counter::MetricMeasurementsFolded, 1);
-                service
-                    .overflow
-                    .entry(entry.key().instrument)
-                    .or_insert_with(|| Histogram::new(buckets))
-            }
+        let histogram = if service.series.len() < self.cardinality_limit {
+            service
+                .series
+                .entry(key.to_key())
+                .or_insert_with(|| Histogram::new(buckets))
+        } else {
+            self.stats.add(Counter::MetricMeasurementsFolded, 1);
+            service
+                .overflow
+                .entry(instrument)
+                .or_insert_with(|| Histogram::new(buckets))
         };
         histogram.observe(seconds, bounds);
     }

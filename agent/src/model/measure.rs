@@ -136,14 +136,22 @@ impl Measurement<'_> {
         }
     }
 
-    /// The series attributes, in a fixed order.
+    /// The series attributes, in a fixed order, owned (as tests compare
+    /// them).
+    #[cfg(test)]
     pub(crate) fn attributes(&self) -> Vec<(&'static str, LabelValue)> {
-        let mut attributes = Vec::with_capacity(6);
-        let mut push = |key, value: Option<LabelValue>| {
-            if let Some(value) = value {
-                attributes.push((key, value));
-            }
-        };
+        self.labels()
+            .as_slice()
+            .iter()
+            .map(|&(key, value)| (key, value.to_value()))
+            .collect()
+    }
+
+    /// The series attributes, in a fixed order, borrowed from the call:
+    /// what recording looks a series up by, allocating nothing.
+    pub(crate) fn labels(&self) -> Labels<'_> {
+        let mut labels = Labels::default();
+        let mut push = |key, value| labels.push(key, value);
         match &self.protocol {
             Protocol::Http {
                 method,
@@ -151,24 +159,24 @@ impl Measurement<'_> {
                 scheme,
                 status_code,
             } => {
-                push("http.request.method", Some((*method).into()));
-                push("http.route", route.as_deref().map(LabelValue::from));
+                push("http.request.method", Some(LabelRef::Str(method)));
+                push("http.route", route.as_deref().map(LabelRef::Str));
                 push(
                     "http.response.status_code",
-                    status_code.map(|code| LabelValue::Int(code.into())),
+                    status_code.map(|code| LabelRef::Int(code.into())),
                 );
-                push("url.scheme", scheme.map(LabelValue::from));
+                push("url.scheme", scheme.map(LabelRef::Str));
             }
             Protocol::Rpc {
                 system,
                 method,
                 status_code,
             } => {
-                push("rpc.system.name", Some((*system).into()));
-                push("rpc.method", Some(method.as_ref().into()));
+                push("rpc.system.name", Some(LabelRef::Str(system)));
+                push("rpc.method", Some(LabelRef::Str(method)));
                 push(
                     "rpc.response.status_code",
-                    status_code.as_deref().map(LabelValue::from),
+                    status_code.as_deref().map(LabelRef::Str),
                 );
             }
             Protocol::Db {
@@ -178,24 +186,81 @@ impl Measurement<'_> {
                 namespace,
                 status_code,
             } => {
-                push("db.system.name", Some((*system).into()));
-                push("db.operation.name", operation.map(LabelValue::from));
-                push("db.collection.name", collection.map(LabelValue::from));
-                push("db.namespace", namespace.map(LabelValue::from));
-                push("db.response.status_code", status_code.map(LabelValue::from));
+                push("db.system.name", Some(LabelRef::Str(system)));
+                push("db.operation.name", operation.map(LabelRef::Str));
+                push("db.collection.name", collection.map(LabelRef::Str));
+                push("db.namespace", namespace.map(LabelRef::Str));
+                push("db.response.status_code", status_code.map(LabelRef::Str));
             }
         }
-        push(
-            "error.type",
-            self.error_type.as_deref().map(LabelValue::from),
-        );
+        push("error.type", self.error_type.as_deref().map(LabelRef::Str));
         if self.kind == SpanKind::Client
             && let Some(server) = &self.server
         {
-            push("server.address", Some(server.address.as_ref().into()));
-            push("server.port", Some(LabelValue::Int(server.port.into())));
+            push("server.address", Some(LabelRef::Str(&server.address)));
+            push("server.port", Some(LabelRef::Int(server.port.into())));
         }
-        attributes
+        labels
+    }
+}
+
+/// Most attributes a series has: a database call's five, `error.type`
+/// and the server's address and port.
+const MAX_LABELS: usize = 8;
+
+/// A measurement's series attributes, borrowed, without a heap allocation.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Labels<'a> {
+    items: [(&'static str, LabelRef<'a>); MAX_LABELS],
+    len: usize,
+}
+
+impl Default for Labels<'_> {
+    fn default() -> Self {
+        Self {
+            items: [("", LabelRef::Bool(false)); MAX_LABELS],
+            len: 0,
+        }
+    }
+}
+
+impl<'a> Labels<'a> {
+    /// Adds the attribute if it has a value.
+    fn push(&mut self, key: &'static str, value: Option<LabelRef<'a>>) {
+        if let Some(value) = value {
+            // `labels` pushes at most `MAX_LABELS`; a slot past them would
+            // be a bug there, not data to lose quietly.
+            self.items[self.len] = (key, value);
+            self.len += 1;
+        }
+    }
+
+    /// The attributes, in order.
+    pub(crate) fn as_slice(&self) -> &[(&'static str, LabelRef<'a>)] {
+        &self.items[..self.len]
+    }
+}
+
+/// A metric attribute value borrowed from a measurement: hashes and
+/// compares like the [`LabelValue`] it becomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum LabelRef<'a> {
+    /// String.
+    Str(&'a str),
+    /// Integer.
+    Int(i64),
+    /// Boolean.
+    Bool(bool),
+}
+
+impl LabelRef<'_> {
+    /// The owned value.
+    pub(crate) fn to_value(self) -> LabelValue {
+        match self {
+            Self::Str(text) => LabelValue::Str(text.into()),
+            Self::Int(number) => LabelValue::Int(number),
+            Self::Bool(flag) => LabelValue::Bool(flag),
+        }
     }
 }
 
@@ -208,6 +273,17 @@ pub enum LabelValue {
     Int(i64),
     /// Boolean.
     Bool(bool),
+}
+
+impl LabelValue {
+    /// The borrowed form, as measurements give it.
+    pub(crate) fn borrowed(&self) -> LabelRef<'_> {
+        match self {
+            Self::Str(text) => LabelRef::Str(text),
+            Self::Int(number) => LabelRef::Int(*number),
+            Self::Bool(flag) => LabelRef::Bool(*flag),
+        }
+    }
 }
 
 impl From<&str> for LabelValue {

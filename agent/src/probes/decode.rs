@@ -17,7 +17,7 @@ use agent_common::{
         CTX_FROM_HEADER, CTX_HAS_PARENT, CTX_INJECTED, CTX_UPDATE, CTX_VALID, TraceContext,
     },
 };
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::model::call::KernelTrace;
 
@@ -174,11 +174,12 @@ fn read_struct<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeErr
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-/// Decodes one ring-buffer record.
-pub fn decode(record: &[u8]) -> Result<KernelEvent, DecodeError> {
+/// Decodes one ring-buffer record. A socket payload is appended to
+/// `payloads` and split off it: the caller decides how its buffer grows.
+pub fn decode(record: &[u8], payloads: &mut BytesMut) -> Result<KernelEvent, DecodeError> {
     let header: EventHeader = read_struct(record, "event header")?;
     match EventKind::from_u32(header.kind) {
-        Some(EventKind::SocketData) => decode_data(record).map(KernelEvent::Data),
+        Some(EventKind::SocketData) => decode_data(record, payloads).map(KernelEvent::Data),
         Some(EventKind::SocketClose) => {
             let event: SocketCloseEvent = read_struct(record, "socket close event")?;
             Ok(KernelEvent::Close(SocketClose {
@@ -209,7 +210,7 @@ pub fn decode(record: &[u8]) -> Result<KernelEvent, DecodeError> {
     }
 }
 
-fn decode_data(record: &[u8]) -> Result<SocketData, DecodeError> {
+fn decode_data(record: &[u8], payloads: &mut BytesMut) -> Result<SocketData, DecodeError> {
     if record.len() < SOCKET_DATA_HEADER_LEN {
         return Err(DecodeError::TooShort {
             len: record.len(),
@@ -265,7 +266,12 @@ fn decode_data(record: &[u8]) -> Result<SocketData, DecodeError> {
         role,
         fd: (event.fd != u32::MAX).then_some(event.fd),
         total_len: event.total_len,
-        payload: Bytes::copy_from_slice(&record[SOCKET_DATA_HEADER_LEN..payload_end]),
+        payload: {
+            // Appended to the caller's buffer and split off it: no
+            // allocation of its own while the buffer has room.
+            payloads.extend_from_slice(&record[SOCKET_DATA_HEADER_LEN..payload_end]);
+            payloads.split().freeze()
+        },
         trace: KernelTrace::from_raw(&event.trace),
         tls: event.source == SOURCE_TLS,
     })

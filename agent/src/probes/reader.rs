@@ -17,7 +17,9 @@
 //! selection should not wait.
 //!
 //! Data and close events go to the connection tracker in batches (one
-//! channel send per drain, not per event).
+//! channel send per drain, not per event). Their payloads are copied into
+//! one shared buffer ([`PAYLOAD_CHUNK`] bytes at a time), not one heap
+//! allocation per event.
 //!
 //! Overflow policy: `reader_to_conn` and `reader_to_discovery` are bounded;
 //! when one is full the events are dropped and counted (the kernel keeps
@@ -27,6 +29,7 @@
 use std::{sync::Arc, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
+use bytes::BytesMut;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     sync::mpsc,
@@ -48,6 +51,10 @@ pub const IDLE_DRAIN_INTERVAL: Duration = Duration::from_millis(256);
 /// this size, so the tracker starts on the first while the reader decodes
 /// the rest.
 pub const MAX_BATCH: usize = 512;
+
+/// The buffer event payloads are copied into is allocated this many bytes
+/// at a time: a payload is a slice of it, freed with the last of them.
+pub const PAYLOAD_CHUNK: usize = 64 * 1024;
 
 /// Data and close events, in ring order, as one channel item.
 pub type EventBatch = Vec<KernelEvent>;
@@ -78,6 +85,7 @@ pub async fn run_reader(
 ) -> std::io::Result<()> {
     let mut data = watch(data_ring)?;
     let mut control = watch(control_ring)?;
+    let mut payloads = BytesMut::new();
     let mut interval = DRAIN_INTERVAL;
     // A deadline, not a sleep restarted at every loop: control events must
     // not postpone the data drain.
@@ -87,27 +95,27 @@ pub async fn run_reader(
         tokio::select! {
             () = &mut shutdown => break,
             () = tokio::time::sleep_until(next_drain) => {
-                let drained = drain(data.get_mut(), &channels, &stats);
+                let drained = drain(data.get_mut(), &channels, &stats, &mut payloads);
                 interval = next_interval(interval, drained);
                 next_drain = Instant::now() + interval;
             }
             guard = data.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &channels, &stats);
+                drain(guard.get_inner_mut(), &channels, &stats, &mut payloads);
                 guard.clear_ready();
                 interval = DRAIN_INTERVAL;
                 next_drain = Instant::now() + interval;
             }
             guard = control.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &channels, &stats);
+                drain(guard.get_inner_mut(), &channels, &stats, &mut payloads);
                 guard.clear_ready();
             }
         }
     }
     // Whatever the kernel wrote before shutdown still goes on.
-    drain(data.get_mut(), &channels, &stats);
-    drain(control.get_mut(), &channels, &stats);
+    drain(data.get_mut(), &channels, &stats, &mut payloads);
+    drain(control.get_mut(), &channels, &stats, &mut payloads);
     Ok(())
 }
 
@@ -128,14 +136,22 @@ fn next_interval(interval: Duration, drained: u64) -> Duration {
     }
 }
 
-/// Reads every record in `ring`; counters are added once per drain.
-/// Returns how many records it read.
-fn drain(ring: &mut RingBuf<MapData>, channels: &ReaderChannels, stats: &Stats) -> u64 {
+/// Reads every record in `ring`, payloads into `payloads`; counters are
+/// added once per drain. Returns how many records it read.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    channels: &ReaderChannels,
+    stats: &Stats,
+    payloads: &mut BytesMut,
+) -> u64 {
     let mut batch = EventBatch::new();
     let (mut received, mut undecodable, mut dropped) = (0, 0, 0);
     while let Some(record) = ring.next() {
         received += 1;
-        let event = match decode(&record) {
+        if payloads.capacity() < record.len() {
+            payloads.reserve(PAYLOAD_CHUNK.max(record.len()));
+        }
+        let event = match decode(&record, payloads) {
             Ok(event) => event,
             Err(error) => {
                 debug!(%error, "undecodable kernel record");

@@ -3,7 +3,6 @@
 //! `sonde` instrumentation scope. Ids and timestamps are copied as the
 //! kernel side produced them.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -21,15 +20,19 @@ pub(crate) const SCOPE_NAME: &str = "sonde";
 
 /// Builds the request, keeping resources and spans in arrival order.
 pub(crate) fn to_request(spans: Vec<Span>) -> ExportTraceServiceRequest {
+    // A batch holds the spans of a few processes: a scan of the groups
+    // found so far beats hashing each span's resource key.
     let mut groups: Vec<(Arc<Resource>, Vec<ProtoSpan>)> = Vec::new();
-    let mut group_of: HashMap<String, usize> = HashMap::new();
     for span in spans {
-        let index = *group_of
-            .entry(span.resource.key.clone())
-            .or_insert_with(|| {
+        let index = match groups.iter().position(|(resource, _)| {
+            Arc::ptr_eq(resource, &span.resource) || resource.key == span.resource.key
+        }) {
+            Some(index) => index,
+            None => {
                 groups.push((Arc::clone(&span.resource), Vec::new()));
                 groups.len() - 1
-            });
+            }
+        };
         groups[index].1.push(to_proto_span(span));
     }
     ExportTraceServiceRequest {
@@ -54,7 +57,7 @@ pub(crate) fn proto_resource(resource: &Resource) -> ProtoResource {
         attributes: resource
             .attributes
             .iter()
-            .map(|(key, value)| key_value(key.clone(), value))
+            .map(|(key, value)| key_value(key.clone(), value.clone()))
             .collect(),
         ..Default::default()
     }
@@ -94,10 +97,11 @@ fn to_proto_span(span: Span) -> ProtoSpan {
         kind: kind.into(),
         start_time_unix_nano: span.start_unix_ns,
         end_time_unix_nano: span.end_unix_ns,
+        // Moved, not copied: the span is consumed.
         attributes: span
             .attributes
-            .iter()
-            .map(|attribute| key_value(attribute.key.to_owned(), &attribute.value))
+            .into_iter()
+            .map(|attribute| key_value(attribute.key.to_owned(), attribute.value))
             .collect(),
         status: Some(status),
         ..Default::default()
@@ -153,12 +157,12 @@ pub(crate) fn encoded_size_estimate(span: &Span) -> usize {
 }
 
 /// One OTLP attribute.
-pub(crate) fn key_value(key: String, value: &AttributeValue) -> KeyValue {
+pub(crate) fn key_value(key: String, value: AttributeValue) -> KeyValue {
     let value = match value {
-        AttributeValue::Str(text) => any_value::Value::StringValue(text.clone()),
-        AttributeValue::Int(number) => any_value::Value::IntValue(*number),
-        AttributeValue::Float(number) => any_value::Value::DoubleValue(*number),
-        AttributeValue::Bool(flag) => any_value::Value::BoolValue(*flag),
+        AttributeValue::Str(text) => any_value::Value::StringValue(text),
+        AttributeValue::Int(number) => any_value::Value::IntValue(number),
+        AttributeValue::Float(number) => any_value::Value::DoubleValue(number),
+        AttributeValue::Bool(flag) => any_value::Value::BoolValue(flag),
     };
     KeyValue {
         key,

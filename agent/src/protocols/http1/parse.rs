@@ -15,6 +15,8 @@
 //! observes traffic, it does not enforce the RFC): whatever a real server
 //! would answer is worth a span.
 
+use std::mem::MaybeUninit;
+
 use crate::model::call::{HttpVersion, RequestInfo};
 
 /// Most header lines a head may have; more is [`Http1Error::Malformed`].
@@ -273,18 +275,21 @@ fn skip_empty_lines(bytes: &[u8]) -> &[u8] {
 
 /// Parses the request head at the start of `buf`.
 pub fn parse_request(buf: &[u8]) -> Result<Parsed<RequestHead>, Http1Error> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
-    let len = match parser_config().parse_request(&mut request, buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
-        Err(source) => {
-            return Err(Http1Error::Malformed {
-                message: "request",
-                source,
-            });
-        }
-    };
+    // Uninitialised: httparse writes the headers it finds, and zeroing
+    // the whole array first cost more than parsing a short head.
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let len =
+        match parser_config().parse_request_with_uninit_headers(&mut request, buf, &mut headers) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+            Err(source) => {
+                return Err(Http1Error::Malformed {
+                    message: "request",
+                    source,
+                });
+            }
+        };
     // httparse sets method, path and version before it reports a complete head.
     let version = version(request.version.unwrap_or(1));
     let headers = &*request.headers;
@@ -307,9 +312,13 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<RequestHead>, Http1Error> {
 
 /// Parses the response head at the start of `buf`.
 pub fn parse_response(buf: &[u8]) -> Result<Parsed<ResponseHead>, Http1Error> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut headers);
-    let len = match parser_config().parse_response(&mut response, buf) {
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let len = match parser_config().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(source) => {
