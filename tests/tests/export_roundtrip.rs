@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent::export::otlp::{OtlpConfig, OtlpOverrides, run_exporter};
-use agent::model::span::{Attribute, AttributeValue, Resource, Span, SpanKind, SpanStatus};
+use agent::model::span::{
+    Attribute, AttributeValue, Resource, Span, SpanBatch, SpanKind, SpanStatus,
+};
 use agent::telemetry::{Counter, Stats};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind as ProtoSpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
@@ -20,7 +22,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// The exporter task under test, fed through its channel.
 struct Exporter {
-    tx: mpsc::Sender<Span>,
+    tx: mpsc::Sender<SpanBatch>,
     task: JoinHandle<()>,
     stats: Arc<Stats>,
 }
@@ -65,10 +67,11 @@ impl Exporter {
     }
 
     async fn send(&self, spans: &[Span]) {
-        for span in spans {
-            if let Err(error) = self.tx.send(span.clone()).await {
-                panic!("exporter stopped before taking {}: {error}", span.name);
-            }
+        if let Err(error) = self.tx.send(spans.to_vec()).await {
+            panic!(
+                "exporter stopped before taking {} spans: {error}",
+                spans.len()
+            );
         }
     }
 
