@@ -1,6 +1,7 @@
 //! The agent's configuration: a YAML file, the command line on top of it,
 //! and the standard `OTEL_*` environment variables for export.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -165,9 +166,14 @@ pub struct MetricsConfig {
     /// Record RED metrics (the Prometheus endpoint and the OTLP metrics
     /// export still carry the agent's own counters when this is off).
     pub enabled: bool,
-    /// Port of the Prometheus `/metrics` endpoint on all interfaces; 0 turns
-    /// it off. Unset: 9464, skipped with a warning if that port is taken.
+    /// Port of the Prometheus `/metrics` endpoint; 0 turns it off. Unset:
+    /// 9464, skipped with a warning if that port is taken.
     pub prometheus_port: Option<u16>,
+    /// Address the endpoint listens on. Default 127.0.0.1: the series name
+    /// services, routes and peers, so they are not published on every
+    /// interface of the host unless asked (`0.0.0.0`, `::`, or the pod IP
+    /// as deploy/ does).
+    pub prometheus_address: IpAddr,
     /// Seconds between OTLP metrics exports.
     pub export_interval_secs: u64,
     /// OTLP temporality: `cumulative` or `delta`.
@@ -190,6 +196,7 @@ impl Default for MetricsConfig {
         Self {
             enabled: true,
             prometheus_port: None,
+            prometheus_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             export_interval_secs: 60,
             temporality: Temporality::Cumulative,
             buckets: DEFAULT_BUCKETS.to_vec(),
@@ -458,13 +465,19 @@ mod tests {
     #[test]
     fn reads_the_metrics_section() {
         let config = AgentConfig::from_yaml(
-            "metrics:\n  prometheus_port: 9100\n  export_interval_secs: 10\n  temporality: delta\n  \
+            "metrics:\n  prometheus_port: 9100\n  prometheus_address: '::'\n  export_interval_secs: 10\n  temporality: delta\n  \
              buckets: [0.1, 1]\n  cardinality_limit: 50\n  routes: ['/api/users/{id}']\n  ignore: ['/health*']\n",
         )
         .unwrap();
         let metrics = &config.metrics;
         assert!(metrics.enabled);
         assert_eq!(metrics.prometheus_port, Some(9100));
+        assert_eq!(metrics.prometheus_address, IpAddr::from([0u16; 8]));
+        assert_eq!(
+            AgentConfig::default().metrics.prometheus_address,
+            IpAddr::from([127, 0, 0, 1]),
+            "loopback unless asked"
+        );
         assert_eq!(metrics.export_interval_secs, 10);
         assert_eq!(metrics.temporality, Temporality::Delta);
         assert_eq!(metrics.buckets, vec![0.1, 1.0]);

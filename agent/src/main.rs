@@ -63,6 +63,10 @@ struct RunArgs {
     /// Port of the Prometheus /metrics endpoint; 0 turns it off (default 9464).
     #[arg(long)]
     prometheus_port: Option<u16>,
+    /// Address the /metrics endpoint listens on (default 127.0.0.1; 0.0.0.0
+    /// or a pod IP to be scraped from elsewhere).
+    #[arg(long)]
+    prometheus_address: Option<std::net::IpAddr>,
 }
 
 impl RunArgs {
@@ -94,6 +98,9 @@ impl RunArgs {
         }
         if self.prometheus_port.is_some() {
             config.metrics.prometheus_port = self.prometheus_port;
+        }
+        if let Some(address) = self.prometheus_address {
+            config.metrics.prometheus_address = address;
         }
         config.validate()?;
         Ok(config)

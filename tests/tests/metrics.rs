@@ -362,6 +362,50 @@ async fn a_flood_of_unique_paths_stays_within_the_budget() {
 }
 
 /// `i` as four letters: unique, and never an id to the route heuristic.
+/// The /metrics endpoint listens on loopback unless told otherwise, and
+/// on exactly the address it is given (as the DaemonSet gives it the pod
+/// IP): the real agent, scraped over each address of the loopback range.
+#[test]
+fn the_prometheus_endpoint_listens_where_it_is_told() {
+    require_e2e!();
+    let scrape = |ip: [u8; 4], port| http_get(SocketAddr::from((ip, port)), "/metrics");
+    let port = free_port();
+    let agent = Agent::start(
+        &["--prometheus-port", &port.to_string(), "--port", "1"],
+        "http://127.0.0.1:1",
+        "grpc",
+    );
+    let served = scrape([127, 0, 0, 1], port);
+    assert!(
+        served.as_ref().is_some_and(
+            |(status, body)| *status == 200 && body.contains("sonde_spans_exported_total")
+        ),
+        "default address: {served:?}"
+    );
+    assert_eq!(scrape([127, 0, 0, 2], port), None, "not on other addresses");
+    agent.stop();
+
+    let port = free_port();
+    let agent = Agent::start(
+        &[
+            "--prometheus-port",
+            &port.to_string(),
+            "--prometheus-address",
+            "127.0.0.2",
+            "--port",
+            "1",
+        ],
+        "http://127.0.0.1:1",
+        "grpc",
+    );
+    assert!(
+        scrape([127, 0, 0, 2], port).is_some_and(|(status, _)| status == 200),
+        "given address"
+    );
+    assert_eq!(scrape([127, 0, 0, 1], port), None, "only the given address");
+    agent.stop();
+}
+
 fn letters(i: usize) -> String {
     (0..4)
         .rev()

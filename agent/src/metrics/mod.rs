@@ -13,7 +13,7 @@ pub mod otlp;
 pub mod prometheus;
 pub mod red;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,13 +97,18 @@ impl MetricsStage {
         } else {
             None
         };
-        let prometheus = bind_prometheus(config.prometheus_port, red.clone(), Arc::clone(&stats))
-            .await?
-            .map(|endpoint| {
-                let address = endpoint.local_addr();
-                tracing::info!(?address, "serving Prometheus metrics on /metrics");
-                tokio::spawn(endpoint.serve())
-            });
+        let prometheus = bind_prometheus(
+            config.prometheus_address,
+            config.prometheus_port,
+            red.clone(),
+            Arc::clone(&stats),
+        )
+        .await?
+        .map(|endpoint| {
+            let address = endpoint.local_addr();
+            tracing::info!(?address, "serving Prometheus metrics on /metrics");
+            tokio::spawn(endpoint.serve())
+        });
         let overrides = OtlpOverrides {
             endpoint: export.otlp_endpoint.clone(),
             protocol: export.otlp_protocol.clone(),
@@ -161,11 +166,12 @@ impl MetricsStage {
 /// use (another agent, another exporter) only costs a warning; an
 /// explicitly configured port must be bound.
 async fn bind_prometheus(
+    ip: IpAddr,
     port: Option<u16>,
     red: Option<Arc<RedMetrics>>,
     stats: Arc<Stats>,
 ) -> Result<Option<PrometheusEndpoint>, PrometheusError> {
-    let address = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+    let address = |port| SocketAddr::new(ip, port);
     match port {
         Some(0) => Ok(None),
         Some(port) => PrometheusEndpoint::bind(address(port), red, stats)
@@ -240,13 +246,33 @@ mod tests {
 
     #[tokio::test]
     async fn only_an_explicit_port_must_be_free() {
-        let taken = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let loopback = IpAddr::from([127, 0, 0, 1]);
+        let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = taken.local_addr().unwrap().port();
-        let explicit = bind_prometheus(Some(port), None, Arc::default()).await;
+        let explicit = bind_prometheus(loopback, Some(port), None, Arc::default()).await;
         assert!(explicit.is_err());
-        let free = bind_prometheus(Some(0), None, Arc::default())
+        let free = bind_prometheus(loopback, Some(0), None, Arc::default())
             .await
             .unwrap();
         assert!(free.is_none());
+    }
+
+    #[tokio::test]
+    async fn the_endpoint_listens_on_the_configured_address_only() {
+        let port = {
+            let probe = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let ip = IpAddr::from([127, 0, 0, 2]);
+        let endpoint = bind_prometheus(ip, Some(port), None, Arc::default())
+            .await
+            .unwrap()
+            .expect("an explicit port is served");
+        assert_eq!(endpoint.local_addr(), Some(SocketAddr::new(ip, port)));
+        let serving = tokio::spawn(endpoint.serve());
+        assert!(tokio::net::TcpStream::connect((ip, port)).await.is_ok());
+        let elsewhere = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
+        assert!(elsewhere.is_err(), "reachable on 127.0.0.1: {elsewhere:?}");
+        serving.abort();
     }
 }

@@ -58,9 +58,13 @@ pub(super) async fn run_batcher<T: Transport>(
     // Set once the channel closed: partial batches go at once, and what is
     // not sent by then is given up.
     let mut closing: Option<Instant> = None;
+    // When the channel closes the queue gets one pass past a closed
+    // backoff: a collector back during the wait would otherwise see none
+    // of what queued up in an outage. The first failure ends that pass.
+    let mut flush_on_close = false;
     loop {
         queue.expire(backoff.max_age(), stats);
-        while in_flight.len() < max_in_flight && backoff.is_open() {
+        while in_flight.len() < max_in_flight && (backoff.is_open() || flush_on_close) {
             let Some(batch) =
                 queue.take_ready(max_batch, config.batch.max_delay, closing.is_some())
             else {
@@ -91,10 +95,14 @@ pub(super) async fn run_batcher<T: Transport>(
                         queue.push(span, now, stats);
                     }
                 }
-                None => closing = Some(Instant::now() + config.shutdown_timeout),
+                None => {
+                    closing = Some(Instant::now() + config.shutdown_timeout);
+                    flush_on_close = true;
+                }
             },
             Some((batch, result)) = in_flight.next(), if !in_flight.is_empty() => {
                 on_wire -= batch.spans;
+                flush_on_close &= result.is_ok();
                 settle(batch, result, &mut backoff, &mut queue, config, stats);
             }
             () = sleep_until(wake_at) => {
@@ -883,6 +891,61 @@ mod tests {
             Duration::ZERO,
             "no waiting for the delay"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_tries_the_queue_once_past_a_closed_backoff() {
+        // The collector is down for the first attempt, then back; the agent
+        // stops while waiting out the backoff, which outlasts the shutdown
+        // deadline: the queue still gets one pass.
+        let mut harness = Harness::start(
+            |attempt| {
+                if attempt == 0 {
+                    Reply::Fail(unavailable())
+                } else {
+                    Reply::Accept
+                }
+            },
+            |config| {
+                config.batch.max_batch_size = 2;
+                config.retry.initial_backoff = Duration::from_secs(60);
+                config.shutdown_timeout = Duration::from_secs(1);
+            },
+        );
+        harness.send(&["a", "b"]).await;
+        assert_eq!(harness.next_request().await.1, names(&["a", "b"]));
+        harness.send(&["c"]).await;
+        harness.until_received().await;
+        let started = harness.started;
+        let (requests, stats) = harness.shut_down().await;
+        assert_eq!(requests, vec![names(&["a", "b"]), names(&["c"])]);
+        assert_eq!(stats.get(Counter::SpansExported), 3);
+        assert_eq!(stats.get(Counter::SpansDroppedShutdown), 0);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_shutdown_pass_ends_at_the_first_failure() {
+        let harness = Harness::start(
+            |_| Reply::Fail(unavailable()),
+            |config| {
+                config.batch.max_batch_size = 1;
+                config.retry.initial_backoff = Duration::from_secs(60);
+                config.shutdown_timeout = Duration::from_secs(1);
+            },
+        );
+        harness.send(&["a", "b", "c"]).await;
+        harness.until_received().await;
+        let (requests, stats) = harness.shut_down().await;
+        // "a" failed before the channel closed or during the pass: either
+        // way no more than two attempts, not one per queued batch.
+        assert!(requests.len() <= 2, "{requests:?}");
+        assert_eq!(stats.get(Counter::SpansDroppedShutdown), 3);
+        assert_eq!(stats.get(Counter::SpansExported), 0);
     }
 
     #[tokio::test(start_paused = true)]
