@@ -2,7 +2,10 @@
 //! `agent_common` structs; every record is checked for size and kind before
 //! it is read, and a bad record is an error, never a panic.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::{
+    mem::offset_of,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
 
 use agent_common::{
     EventHeader, EventKind,
@@ -218,17 +221,27 @@ fn decode_data(record: &[u8], payloads: &mut BytesMut) -> Result<SocketData, Dec
             what: "socket data event",
         });
     }
-    // Read the fixed part through a zero-padded copy: the record stops
-    // after the captured bytes.
-    let mut fixed = [0u8; size_of::<SocketDataEvent>()];
-    let n = record.len().min(fixed.len());
-    fixed[..n].copy_from_slice(&record[..n]);
-    let event: SocketDataEvent = read_struct(&fixed, "socket data event")?;
-    let captured = event.captured_len as usize;
-    if captured > MAX_CAPTURE_BYTES || captured > event.total_len as usize {
+    // Only the fixed part is read, field by field: a copy of the whole
+    // struct would move its 4 KiB payload array (twice, through a zeroed
+    // buffer) for every event, most of whose payloads are a few hundred
+    // bytes.
+    let fixed = &record[..SOCKET_DATA_HEADER_LEN];
+    macro_rules! field {
+        ($name:ident) => {
+            read_struct(
+                &fixed[offset_of!(SocketDataEvent, $name)..],
+                concat!("socket data event ", stringify!($name)),
+            )?
+        };
+    }
+    let header: EventHeader = field!(header);
+    let total_len: u32 = field!(total_len);
+    let captured_len: u32 = field!(captured_len);
+    let captured = captured_len as usize;
+    if captured > MAX_CAPTURE_BYTES || captured > total_len as usize {
         return Err(DecodeError::InvalidField {
             field: "captured_len",
-            value: event.captured_len,
+            value: captured_len,
         });
     }
     let payload_end = SOCKET_DATA_HEADER_LEN + captured;
@@ -239,7 +252,7 @@ fn decode_data(record: &[u8], payloads: &mut BytesMut) -> Result<SocketData, Dec
             what: "socket data payload",
         });
     }
-    let direction = match event.direction {
+    let direction = match field!(direction) {
         DIRECTION_EGRESS => Direction::Egress,
         DIRECTION_INGRESS => Direction::Ingress,
         value => {
@@ -249,31 +262,35 @@ fn decode_data(record: &[u8], payloads: &mut BytesMut) -> Result<SocketData, Dec
             });
         }
     };
-    let role = match event.role {
+    let role = match field!(role) {
         ROLE_CLIENT => Role::Client,
         ROLE_SERVER => Role::Server,
         _ => Role::Unknown,
     };
-    let (local, remote) = socket_addrs(&event.tuple)?;
+    let tuple: ConnTuple = field!(tuple);
+    let fd: u32 = field!(fd);
+    let source: u32 = field!(source);
+    let trace: TraceContext = field!(trace);
+    let (local, remote) = socket_addrs(&tuple)?;
     Ok(SocketData {
-        pid: event.header.pid,
-        tid: event.header.tid,
-        timestamp_ns: event.header.timestamp_ns,
-        socket_cookie: event.socket_cookie,
+        pid: header.pid,
+        tid: header.tid,
+        timestamp_ns: header.timestamp_ns,
+        socket_cookie: field!(socket_cookie),
         local,
         remote,
         direction,
         role,
-        fd: (event.fd != u32::MAX).then_some(event.fd),
-        total_len: event.total_len,
+        fd: (fd != u32::MAX).then_some(fd),
+        total_len,
         payload: {
             // Appended to the caller's buffer and split off it: no
             // allocation of its own while the buffer has room.
             payloads.extend_from_slice(&record[SOCKET_DATA_HEADER_LEN..payload_end]);
             payloads.split().freeze()
         },
-        trace: KernelTrace::from_raw(&event.trace),
-        tls: event.source == SOURCE_TLS,
+        trace: KernelTrace::from_raw(&trace),
+        tls: source == SOURCE_TLS,
     })
 }
 
@@ -296,4 +313,121 @@ fn socket_addrs(tuple: &ConnTuple) -> Result<(SocketAddr, SocketAddr), DecodeErr
         SocketAddr::new(ip(&tuple.local_addr)?, tuple.local_port),
         SocketAddr::new(ip(&tuple.remote_addr)?, tuple.remote_port),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use agent_common::{
+        EventHeader, EventKind,
+        socket_data::{
+            ConnTuple, DIRECTION_INGRESS, FAMILY_INET, MAX_CAPTURE_BYTES, ROLE_SERVER,
+            SOCKET_DATA_HEADER_LEN, SOURCE_SOCKET, SocketDataEvent,
+        },
+        trace_context::{CTX_VALID, TraceContext},
+    };
+    use bytes::BytesMut;
+
+    use super::{DecodeError, Direction, KernelEvent, Role, decode};
+
+    fn event(payload: &[u8], total_len: u32) -> SocketDataEvent {
+        let mut event = SocketDataEvent {
+            header: EventHeader {
+                kind: EventKind::SocketData as u32,
+                pid: 41,
+                tid: 42,
+                reserved: 0,
+                timestamp_ns: 1_000,
+            },
+            socket_cookie: 7,
+            tuple: ConnTuple {
+                local_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                remote_addr: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                local_port: 8080,
+                remote_port: 50_000,
+                family: FAMILY_INET,
+                reserved: 0,
+            },
+            total_len,
+            captured_len: payload.len() as u32,
+            fd: 9,
+            direction: DIRECTION_INGRESS,
+            role: ROLE_SERVER,
+            source: SOURCE_SOCKET,
+            trace: TraceContext {
+                trace_id: [3; 16],
+                span_id: [4; 8],
+                parent_span_id: [0; 8],
+                flags: CTX_VALID,
+                trace_flags: 1,
+            },
+            payload: [0; MAX_CAPTURE_BYTES],
+        };
+        event.payload[..payload.len()].copy_from_slice(payload);
+        event
+    }
+
+    /// The record the kernel writes: the event cut after its captured bytes.
+    fn record(event: &SocketDataEvent) -> Vec<u8> {
+        // SAFETY: a repr(C) plain-data struct read as bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                std::ptr::from_ref(event).cast::<u8>(),
+                size_of::<SocketDataEvent>(),
+            )
+        };
+        bytes[..SOCKET_DATA_HEADER_LEN + event.captured_len as usize].to_vec()
+    }
+
+    #[test]
+    fn a_data_record_decodes_field_by_field_with_its_payload() {
+        let mut payloads = BytesMut::new();
+        let raw = record(&event(b"GET / HTTP/1.1\r\n", 100));
+        let Ok(KernelEvent::Data(data)) = decode(&raw, &mut payloads) else {
+            panic!("not a data event");
+        };
+        assert_eq!((data.pid, data.tid, data.timestamp_ns), (41, 42, 1_000));
+        assert_eq!(data.socket_cookie, 7);
+        assert_eq!(data.local.to_string(), "127.0.0.1:8080");
+        assert_eq!(data.remote.to_string(), "10.0.0.2:50000");
+        assert_eq!(
+            (data.direction, data.role),
+            (Direction::Ingress, Role::Server)
+        );
+        assert_eq!((data.fd, data.total_len), (Some(9), 100));
+        assert_eq!(&data.payload[..], b"GET / HTTP/1.1\r\n");
+        assert!(data.is_truncated() && !data.tls);
+        let trace = data.trace.expect("trace context");
+        assert_eq!((trace.trace_id, trace.span_id), ([3; 16], [4; 8]));
+    }
+
+    #[test]
+    fn bad_data_records_are_errors() {
+        let mut payloads = BytesMut::new();
+        let mut bad = event(b"abc", 2);
+        assert_eq!(
+            decode(&record(&bad), &mut payloads),
+            Err(DecodeError::InvalidField {
+                field: "captured_len",
+                value: 3
+            })
+        );
+        bad.total_len = 3;
+        let raw = record(&bad);
+        assert!(matches!(
+            decode(&raw[..raw.len() - 1], &mut payloads),
+            Err(DecodeError::TooShort { .. })
+        ));
+        assert!(matches!(
+            decode(&raw[..SOCKET_DATA_HEADER_LEN - 1], &mut payloads),
+            Err(DecodeError::TooShort { .. })
+        ));
+        bad.direction = 9;
+        assert_eq!(
+            decode(&record(&bad), &mut payloads),
+            Err(DecodeError::InvalidField {
+                field: "direction",
+                value: 9
+            })
+        );
+    }
 }
