@@ -183,8 +183,9 @@ fn capture_step(args: &StepArgs) -> bool {
         if next_iovec >= args.iovec_count {
             return false;
         }
-        let iovec = args.iovecs + next_iovec * 16;
-        let (Ok(start), Ok(len)) = (read::user::<u64>(iovec), read::user::<u64>(iovec + 8)) else {
+        // Base and length in one read: each read costs a helper call and
+        // its access checks, more than the bytes.
+        let Ok([start, len]) = read::user::<[u64; 2]>(args.iovecs + next_iovec * 16) else {
             count_drop(PAYLOAD_READ_FAILED);
             return false;
         };

@@ -6,8 +6,9 @@
 //!
 //! - A request received by a target starts a server context: the
 //!   `traceparent` found in the head (W3C rules), else a new trace; a new
-//!   span id either way. Kept in `SERVER_CTX`, by connection, until the
-//!   response starts (or the connection closes); meanwhile the request is
+//!   span id either way. Kept in `SERVER_CTX`, by connection, active until
+//!   the response starts (the entry stays for the connection's next request
+//!   until it closes); meanwhile the request is
 //!   in flight on the thread that read it (`IN_FLIGHT`: a count and the XOR
 //!   of the connections). The header scan ([`scan_received`]) runs in its
 //!   own program, `probes::trace_context`, attached
@@ -133,7 +134,7 @@ pub fn scan_received(tid: u32, cookie: u64, buffer: u64, len: u64) -> Option<()>
     if search == HeadSearch::Open && parent.is_none() {
         let _ = HEAD_OPEN.insert(tid, cookie, 0);
     } else {
-        let _ = HEAD_OPEN.remove(tid);
+        close_request_head(tid);
     }
     // SAFETY: reading back the value stored above.
     let starts_request = unsafe { core::ptr::read_volatile(&scratch.case) } == 1;
@@ -151,6 +152,10 @@ fn update_server_request(cookie: u64, parent: &TraceParent) {
     let Some(request) = SERVER_CTX.get_ptr_mut(cookie) else {
         return;
     };
+    // SAFETY: a valid map value pointer.
+    if unsafe { (*request).active } == 0 {
+        return;
+    }
     // SAFETY: a valid map value pointer.
     let ctx = unsafe { &mut (*request).ctx };
     ctx.trace_id = parent.trace_id;
@@ -257,38 +262,56 @@ fn start_server_request(tid: u32, cookie: u64, parent: Option<TraceParent>) {
 /// Keeps `ctx` as the request in flight on connection `cookie`, counted on
 /// thread `tid`. A connection has one request in flight at a time: a new
 /// one (pipelined, or after a response the kernel did not recognise)
-/// replaces the old in its thread's count.
+/// replaces the old in its thread's count. The connection's entry is
+/// rewritten in place when it has one (keep-alive): an insert and a
+/// delete per request cost more than the rest of the bookkeeping.
 #[inline(always)]
 fn track_server_request(tid: u32, cookie: u64, ctx: TraceContext) {
-    // SAFETY: plain value lookup, copied out.
-    let previous = unsafe { SERVER_CTX.get(cookie) }.map(|request| request.tid);
-    if previous != Some(tid) {
-        if let Some(owner) = previous {
-            leave_in_flight(owner, cookie);
-        }
-        match IN_FLIGHT.get_ptr_mut(tid) {
-            // SAFETY: a valid map value pointer. Only the thread itself
-            // adds to its entry; see `leave_in_flight` for the rest.
-            Some(in_flight) => unsafe {
-                (*in_flight).count += 1;
-                (*in_flight).cookies ^= cookie;
-            },
-            None => {
-                let in_flight = InFlight {
-                    count: 1,
-                    reserved: 0,
-                    cookies: cookie,
-                };
-                let _ = IN_FLIGHT.insert(tid, in_flight, 0);
-            }
-        }
-    }
     let request = ServerRequest {
         ctx,
         tid,
-        reserved: 0,
+        active: 1,
     };
-    let _ = SERVER_CTX.insert(cookie, request, 0);
+    match SERVER_CTX.get_ptr_mut(cookie) {
+        Some(entry) => {
+            // SAFETY: a valid map value pointer.
+            let (owner, active) = unsafe { ((*entry).tid, (*entry).active) };
+            if active == 0 || owner != tid {
+                if active != 0 {
+                    leave_in_flight(owner, cookie);
+                }
+                join_in_flight(tid, cookie);
+            }
+            // SAFETY: as above.
+            unsafe { *entry = request };
+        }
+        None => {
+            join_in_flight(tid, cookie);
+            let _ = SERVER_CTX.insert(cookie, request, 0);
+        }
+    }
+}
+
+/// Counts connection `cookie`'s request in thread `tid`'s requests in
+/// flight. Only the thread itself adds to its entry; see
+/// [`leave_in_flight`] for the rest.
+#[inline(always)]
+fn join_in_flight(tid: u32, cookie: u64) {
+    match IN_FLIGHT.get_ptr_mut(tid) {
+        // SAFETY: a valid map value pointer.
+        Some(in_flight) => unsafe {
+            (*in_flight).count += 1;
+            (*in_flight).cookies ^= cookie;
+        },
+        None => {
+            let in_flight = InFlight {
+                count: 1,
+                reserved: 0,
+                cookies: cookie,
+            };
+            let _ = IN_FLIGHT.insert(tid, in_flight, 0);
+        }
+    }
 }
 
 /// Takes connection `cookie`'s request out of thread `tid`'s count.
@@ -297,14 +320,20 @@ fn track_server_request(tid: u32, cookie: u64, ctx: TraceContext) {
 /// from another CPU. Plain read-modify-write, not atomic: the programs
 /// are built for BPF v1, without atomic XOR, and the window is a few
 /// instructions. A count left too high only unlinks calls, never misparents
-/// them.
+/// them; one that reaches zero clears the cookies, so a thread whose count
+/// went wrong is right again once it has nothing in flight.
 #[inline(always)]
 fn leave_in_flight(tid: u32, cookie: u64) {
     if let Some(in_flight) = IN_FLIGHT.get_ptr_mut(tid) {
         // SAFETY: a valid map value pointer.
         unsafe {
-            (*in_flight).count = (*in_flight).count.saturating_sub(1);
-            (*in_flight).cookies ^= cookie;
+            if (*in_flight).count <= 1 {
+                (*in_flight).count = 0;
+                (*in_flight).cookies = 0;
+            } else {
+                (*in_flight).count -= 1;
+                (*in_flight).cookies ^= cookie;
+            }
         }
     }
 }
@@ -338,26 +367,47 @@ pub fn forget_precision(slot: &mut u32, value: u32) -> u32 {
     }
 }
 
-/// The response on connection `cookie` starts, or the connection closes:
-/// its request is no longer in flight, and calls made from now on are not
-/// its own.
+/// The response on connection `cookie` starts: its request is no longer
+/// in flight, and calls made from now on are not its own. The entry stays
+/// for the connection's next request.
 #[inline(always)]
 pub fn end_server_request(cookie: u64) {
+    if let Some(entry) = SERVER_CTX.get_ptr_mut(cookie) {
+        // SAFETY: a valid map value pointer.
+        unsafe {
+            if (*entry).active != 0 {
+                (*entry).active = 0;
+                leave_in_flight((*entry).tid, cookie);
+            }
+        }
+    }
+}
+
+/// Connection `cookie` closed: its entry goes, and a request never
+/// answered is no longer in flight. Only the program that removes the
+/// entry counts it out, so two closes end it once; a response starting
+/// on another CPU at the same instant may count it out a second time
+/// (see [`leave_in_flight`]).
+#[inline(always)]
+pub fn forget_server_request(cookie: u64) {
     // SAFETY: plain value lookup, copied out.
-    let Some(owner) = (unsafe { SERVER_CTX.get(cookie) }).map(|request| request.tid) else {
+    let Some(request) = (unsafe { SERVER_CTX.get(cookie) }).copied() else {
         return;
     };
-    // Only the program that removes the entry counts it out: a response
-    // and a close on two CPUs end it once.
-    if SERVER_CTX.remove(cookie).is_ok() {
-        leave_in_flight(owner, cookie);
+    if SERVER_CTX.remove(cookie).is_ok() && request.active != 0 {
+        leave_in_flight(request.tid, cookie);
     }
 }
 
 /// The thread sends something: the head it was reading is complete.
+/// Looked up first: a delete locks the map's bucket, and most threads have
+/// no head open (a head usually comes in one read).
 #[inline(always)]
 pub fn close_request_head(tid: u32) {
-    let _ = HEAD_OPEN.remove(tid);
+    // SAFETY: plain value lookup.
+    if unsafe { HEAD_OPEN.get(tid) }.is_some() {
+        let _ = HEAD_OPEN.remove(tid);
+    }
 }
 
 /// A client request leaves on thread `tid`: the ids `probes::inject` just put
@@ -400,7 +450,9 @@ pub fn client_context(tid: u32) -> TraceContext {
     // The runtime named the request (`nginx`), else the only one in flight.
     let named = unsafe { NGINX_REQUEST.get(tid) }.copied();
     let server = match (named, in_flight) {
-        (Some(cookie), _) => unsafe { SERVER_CTX.get(cookie) }.copied(),
+        (Some(cookie), _) => unsafe { SERVER_CTX.get(cookie) }
+            .copied()
+            .filter(|request| request.active != 0),
         (
             None,
             Some(InFlight {
@@ -408,7 +460,7 @@ pub fn client_context(tid: u32) -> TraceContext {
             }),
         ) => unsafe { SERVER_CTX.get(cookies) }
             .copied()
-            .filter(|request| request.tid == tid),
+            .filter(|request| request.tid == tid && request.active != 0),
         _ => None,
     };
     match server {

@@ -75,20 +75,22 @@ pub static TRACKED_CONNS: LruHashMap<u64, TrackedConn> = LruHashMap::with_max_en
 #[map]
 pub static ACCEPTED_FDS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16_384, 0);
 
-/// A server request in flight: read, its response not started yet.
+/// A connection's last server request: in flight while read and its
+/// response not started yet.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ServerRequest {
     /// Its span identity.
     pub ctx: TraceContext,
-    /// The thread that read it, whose in-flight count it is in.
+    /// The thread that read it, whose in-flight count it is in while active.
     pub tid: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// 1 while in flight, 0 once its response started.
+    pub active: u32,
 }
 
-/// The server requests in flight, by connection (socket cookie; see
-/// `probes::trace_context`).
+/// The last server request of each connection (socket cookie; see
+/// `crate::context`), kept until the connection closes: the next request
+/// on a keep-alive connection overwrites it in place.
 #[map]
 pub static SERVER_CTX: LruHashMap<u64, ServerRequest> = LruHashMap::with_max_entries(65_536, 0);
 

@@ -18,13 +18,12 @@ const SYS_SENDTO: u64 = 44;
 const SYS_RECVFROM: u64 = 45;
 const SYS_SENDMSG: u64 = 46;
 const SYS_RECVMSG: u64 = 47;
-const PT_REGS_DX: u32 = 96;
-const PT_REGS_SI: u32 = 104;
-const PT_REGS_DI: u32 = 112;
-const PT_REGS_ORIG_AX: u32 = 120;
-// struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
+const PT_REGS_DX: usize = 96;
+const PT_REGS_SI: usize = 104;
+const PT_REGS_DI: usize = 112;
+const PT_REGS_ORIG_AX: usize = 120;
+// struct user_msghdr: msg_iov at 16, msg_iovlen right after it at 24.
 const MSGHDR_IOV: u64 = 16;
-const MSGHDR_IOVLEN: u64 = 24;
 
 /// Where the data of a call lives in user memory.
 pub struct UserData {
@@ -55,10 +54,8 @@ impl UserData {
         if self.iovec_count == 0 {
             return None;
         }
-        Some((
-            read::user(self.iovecs).ok()?,
-            read::user(self.iovecs + 8).ok()?,
-        ))
+        let [start, len] = read::user::<[u64; 2]>(self.iovecs).ok()?;
+        Some((start, len))
     }
 }
 
@@ -75,9 +72,9 @@ impl SyscallArgs {
     pub fn current() -> Option<Self> {
         // SAFETY: helpers valid in tp_btf programs; the task is `current`.
         let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
-        let nr: u64 = read::kernel(regs, PT_REGS_ORIG_AX).ok()?;
-        let fd = read::kernel::<u64>(regs, PT_REGS_DI).ok()? as u32;
-        let arg1: u64 = read::kernel(regs, PT_REGS_SI).ok()?;
+        let nr = register(regs, PT_REGS_ORIG_AX);
+        let fd = register(regs, PT_REGS_DI) as u32;
+        let arg1 = register(regs, PT_REGS_SI);
         match nr {
             SYS_READ | SYS_WRITE | SYS_SENDTO | SYS_RECVFROM => Some(Self {
                 fd,
@@ -88,20 +85,38 @@ impl SyscallArgs {
                 data: UserData {
                     buffer: 0,
                     iovecs: arg1,
-                    iovec_count: read::kernel(regs, PT_REGS_DX).ok()?,
+                    iovec_count: register(regs, PT_REGS_DX),
                 },
             }),
             SYS_SENDMSG | SYS_RECVMSG => Some(Self {
                 fd,
-                data: UserData {
-                    buffer: 0,
-                    iovecs: read::user(arg1 + MSGHDR_IOV).ok()?,
-                    iovec_count: read::user(arg1 + MSGHDR_IOVLEN).ok()?,
+                data: {
+                    // msg_iov and msg_iovlen are adjacent: one read. If it
+                    // fails the call has no data to copy (its length is
+                    // still reported).
+                    let [iovecs, iovec_count] =
+                        read::user::<[u64; 2]>(arg1 + MSGHDR_IOV).unwrap_or([0, 0]);
+                    UserData {
+                        buffer: 0,
+                        iovecs,
+                        iovec_count,
+                    }
                 },
             }),
             _ => None,
         }
     }
+}
+
+/// One saved register of the current task. `regs` comes from
+/// `bpf_task_pt_regs`, a typed (BTF) kernel pointer: the verifier lets the
+/// program load a `pt_regs` field from it directly (a faulting load is
+/// fixed up, as in a probe read), where `bpf_probe_read_kernel` costs a
+/// helper call per register.
+#[inline(always)]
+fn register(regs: *const u8, offset: usize) -> u64 {
+    // SAFETY: `offset` is a field of `struct pt_regs`; see above.
+    unsafe { core::ptr::read_volatile(regs.wrapping_add(offset).cast::<u64>()) }
 }
 
 /// The first bytes of the call's data, enough to tell a request or a

@@ -71,8 +71,13 @@ pub fn is_tls_socket(
         role: event.role,
         reserved: 0,
     };
+    // Most targets never call OpenSSL: one lookup rules out the call
+    // lookup (`SSL_CALLS` only holds threads of processes in
+    // `SSL_PROCESSES`).
     // SAFETY: plain value lookup.
-    if let Some(call) = unsafe { SSL_CALLS.get(tid) } {
+    let ssl_process = unsafe { SSL_PROCESSES.get(tgid) }.is_some();
+    // SAFETY: plain value lookup.
+    if ssl_process && let Some(call) = unsafe { SSL_CALLS.get(tid) } {
         let key = SslKey {
             tgid,
             reserved: 0,
@@ -84,8 +89,7 @@ pub fn is_tls_socket(
     if conn.flags & CONN_TLS != 0 {
         return true;
     }
-    // SAFETY: plain value lookup.
-    if unsafe { SSL_PROCESSES.get(tgid) }.is_none() {
+    if !ssl_process {
         return false;
     }
     if event.direction == DIRECTION_INGRESS {

@@ -24,7 +24,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    context::end_server_request,
+    context::forget_server_request,
     maps::{
         ACCEPTED_FDS, CONTROL_EVENTS, DATA_EVENTS, TRACKED_CONNS, config, count_drop,
         data_ring_flags, event_header, is_target,
@@ -58,7 +58,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
         if unsafe { TRACKED_CONNS.get(cookie) }.is_some() {
             let _ = TRACKED_CONNS.remove(cookie);
             // A request never answered is no longer in flight.
-            end_server_request(cookie);
+            forget_server_request(cookie);
             emit_close(cookie);
         }
     }

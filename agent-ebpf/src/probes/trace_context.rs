@@ -45,7 +45,13 @@ fn try_server_request_context(ctx: &BtfTracePointContext) -> Option<()> {
         buffer,
         core::cmp::min(ret as u64, buffer_len),
     )?;
-    // A request head came in on this descriptor: what `probes::nginx` looks up.
-    let _ = SERVER_FDS.insert((pid_tgid & !0xffff_ffff) | u64::from(args.fd), cookie, 0);
+    // A request head came in on this descriptor: what `probes::nginx` looks
+    // up. Usually already there (keep-alive): an update costs a map
+    // element swap, a lookup does not.
+    let fd_key = (pid_tgid & !0xffff_ffff) | u64::from(args.fd);
+    // SAFETY: plain value lookup.
+    if unsafe { SERVER_FDS.get(fd_key) } != Some(&cookie) {
+        let _ = SERVER_FDS.insert(fd_key, cookie, 0);
+    }
     Some(())
 }
