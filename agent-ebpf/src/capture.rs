@@ -31,7 +31,7 @@ use crate::{
     },
     maps::{DATA_EVENTS, DataScratch, TRACKED_CONNS, config, count_drop, data_ring_flags},
     read,
-    syscall_args::{UserData, head_of},
+    syscall_args::{Head, UserData, head_and_first_segment},
 };
 
 /// Most steps a call can need: one per buffer, at most `UIO_MAXIOV`
@@ -90,7 +90,11 @@ pub fn report_call(
 ) {
     // SAFETY: the per-CPU scratch slot is ours for the duration of the program.
     let (event, cursor) = unsafe { (&mut (*scratch).event, &mut (*scratch).cursor) };
-    let (head, head_len) = head_of(data, total);
+    let Head {
+        bytes: head,
+        len: head_len,
+        first_segment,
+    } = head_and_first_segment(data, total);
     let limit = if head_len == 8 && head == HTTP2_PREFACE_START {
         // The HTTP/2 client preface: every frame of the connection matters,
         // this call's included (the agent would learn it one call late).
@@ -104,9 +108,19 @@ pub fn report_call(
     set(&mut cursor.filled, 0);
     if let Some(data) = data {
         let single = data.buffer != 0;
-        set(&mut cursor.base, data.buffer);
-        set(&mut cursor.left, if single { u64::from(total) } else { 0 });
-        set(&mut cursor.next_iovec, 0);
+        // An iovec array's first entry was read for the head already: the
+        // copy starts in it (a read fewer per call). If that read failed,
+        // the loop reads it again and counts the failure.
+        let (base, left, next_iovec) = if single {
+            (data.buffer, u64::from(total), 0)
+        } else if first_segment.0 != 0 {
+            (first_segment.0, first_segment.1, 1)
+        } else {
+            (0, 0, 0)
+        };
+        set(&mut cursor.base, base);
+        set(&mut cursor.left, left);
+        set(&mut cursor.next_iovec, next_iovec);
         let mut args = StepArgs {
             scratch,
             iovecs: data.iovecs,

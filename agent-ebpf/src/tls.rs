@@ -64,6 +64,12 @@ pub fn is_tls_socket(
 ) -> bool {
     let tid = event.header.tid;
     let tgid = event.header.pid;
+    // Most targets never call OpenSSL: one lookup rules out the rest
+    // (`SSL_CALLS` only holds threads of processes in `SSL_PROCESSES`).
+    // SAFETY: plain value lookup.
+    if unsafe { SSL_PROCESSES.get(tgid) }.is_none() {
+        return conn.flags & CONN_TLS != 0;
+    }
     let socket = SslSocket {
         cookie: event.socket_cookie,
         seen_ns: event.header.timestamp_ns,
@@ -71,13 +77,8 @@ pub fn is_tls_socket(
         role: event.role,
         reserved: 0,
     };
-    // Most targets never call OpenSSL: one lookup rules out the call
-    // lookup (`SSL_CALLS` only holds threads of processes in
-    // `SSL_PROCESSES`).
     // SAFETY: plain value lookup.
-    let ssl_process = unsafe { SSL_PROCESSES.get(tgid) }.is_some();
-    // SAFETY: plain value lookup.
-    if ssl_process && let Some(call) = unsafe { SSL_CALLS.get(tid) } {
+    if let Some(call) = unsafe { SSL_CALLS.get(tid) } {
         let key = SslKey {
             tgid,
             reserved: 0,
@@ -88,9 +89,6 @@ pub fn is_tls_socket(
     }
     if conn.flags & CONN_TLS != 0 {
         return true;
-    }
-    if !ssl_process {
-        return false;
     }
     if event.direction == DIRECTION_INGRESS {
         let _ = LAST_READ.insert(tid, socket, 0);
