@@ -241,6 +241,15 @@ pub struct ExportConfig {
     pub max_in_flight: Option<usize>,
     /// Retries while the collector is unreachable or busy.
     pub retry: RetrySettings,
+    /// Directory of the persistent export queue (off when unset): batches
+    /// of spans and metrics are written there (under `traces/` and
+    /// `metrics/`) before they are sent, and removed once the collector
+    /// took them, so an agent restart or a collector outage that outlives
+    /// the agent loses nothing that was written. Delivery is at least once.
+    pub queue_dir: Option<PathBuf>,
+    /// Bytes each signal's queue directory may hold before its oldest
+    /// batches are dropped. Default 64 MiB.
+    pub queue_max_bytes: Option<u64>,
 }
 
 /// Backoff and age limit of the OTLP exporters (the OpenTelemetry
@@ -324,6 +333,12 @@ impl AgentConfig {
         if self.export.max_queue_bytes == Some(0) {
             return Err(ConfigError::Invalid {
                 field: "export.max_queue_bytes",
+                reason: "must be > 0".into(),
+            });
+        }
+        if self.export.queue_max_bytes == Some(0) {
+            return Err(ConfigError::Invalid {
+                field: "export.queue_max_bytes",
                 reason: "must be > 0".into(),
             });
         }
@@ -588,5 +603,27 @@ mod tests {
         let config = AgentConfig::from_yaml("export:\n  max_queue_bytes: 1048576\n").unwrap();
         assert_eq!(config.export.max_queue_bytes, Some(1 << 20));
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn persistent_queue_settings() {
+        let config = AgentConfig::from_yaml(
+            "export:\n  queue_dir: /var/lib/sonde/queue\n  queue_max_bytes: 1048576\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.export.queue_dir.as_deref(),
+            Some(Path::new("/var/lib/sonde/queue"))
+        );
+        assert_eq!(config.export.queue_max_bytes, Some(1 << 20));
+        assert!(config.validate().is_ok());
+        let config = AgentConfig::from_yaml("export:\n  queue_max_bytes: 0\n").unwrap();
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::Invalid {
+                field: "export.queue_max_bytes",
+                ..
+            })
+        ));
     }
 }

@@ -60,6 +60,10 @@ struct RunArgs {
     /// OTLP protocol: grpc or http/protobuf (default: OTEL_EXPORTER_OTLP_PROTOCOL).
     #[arg(long)]
     otlp_protocol: Option<String>,
+    /// Directory of the persistent export queue (export.queue_dir): spans
+    /// and metrics wait there for the collector across agent restarts.
+    #[arg(long)]
+    queue_dir: Option<PathBuf>,
     /// Port of the Prometheus /metrics endpoint; 0 turns it off (default 9464).
     #[arg(long)]
     prometheus_port: Option<u16>,
@@ -95,6 +99,9 @@ impl RunArgs {
         }
         if self.otlp_protocol.is_some() {
             config.export.otlp_protocol = self.otlp_protocol;
+        }
+        if self.queue_dir.is_some() {
+            config.export.queue_dir = self.queue_dir;
         }
         if self.prometheus_port.is_some() {
             config.metrics.prometheus_port = self.prometheus_port;

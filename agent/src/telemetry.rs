@@ -65,6 +65,9 @@ metrics! {
         SpansExportFailed => "sonde_spans_export_failed", "Spans the OTLP endpoint refused for good (permanent error or partial rejection; not retried)";
         SpansDroppedExpired => "sonde_spans_dropped_expired", "Spans dropped unsent because they waited longer than the retry budget (export.retry.max_elapsed_secs)";
         SpansDroppedShutdown => "sonde_spans_dropped_shutdown", "Spans still unsent when the exporter's shutdown deadline passed";
+        SpansDroppedQueueWrite => "sonde_spans_dropped_queue_write", "Spans dropped because their batch could not be written to export.queue_dir (disk full or another I/O error)";
+        SpansRecovered => "sonde_spans_recovered", "Spans found in export.queue_dir at start, left unsent by an earlier run, and queued for export";
+        ExportQueueFilesCorrupt => "sonde_export_queue_files_corrupt", "Files of export.queue_dir removed unsent because they were torn, truncated or corrupted (their data is lost)";
         ExportRequestsFailed => "sonde_export_requests_failed", "OTLP export requests that failed (all kinds; the next four counters break it down)";
         ExportRequestsTimedOut => "sonde_export_requests_timed_out", "OTLP export requests without an answer within the export timeout (retried)";
         ExportRequestsUnreachable => "sonde_export_requests_unreachable", "OTLP export requests that could not reach the endpoint (connection failure, UNAVAILABLE; retried)";
@@ -93,6 +96,8 @@ metrics! {
         ConnectionsTracked => "sonde_connections_tracked", "Connections the connection tracker holds now (bounded by tracking.max_connections)";
         ExportQueueSpans => "sonde_export_queue_spans", "Spans waiting in the OTLP export queue now, new or waiting for a retry, the requests in flight not included (bounded by OTEL_BSP_MAX_QUEUE_SIZE)";
         ExportQueueBytes => "sonde_export_queue_bytes", "Estimated OTLP encoded size of the spans waiting in the export queue, bytes (bounded by export.max_queue_bytes)";
+        ExportQueueDiskSpans => "sonde_export_queue_disk_spans", "Spans in batches waiting in export.queue_dir now, the requests in flight not included";
+        ExportQueueDiskBytes => "sonde_export_queue_disk_bytes", "Bytes of the span batch files in export.queue_dir now, the requests in flight included (bounded by export.queue_max_bytes)";
         ProcessesSelected => "sonde_processes_selected", "Processes the selectors chose that are running now";
         ProcessTableEntries => "sonde_process_table_entries", "Processes described in the process table now (live targets and recent senders; bounded)";
         TlsLibrariesAttached => "sonde_tls_libraries_attached", "OpenSSL library files (one per inode, whatever the processes mapping them) with the TLS uprobes attached";

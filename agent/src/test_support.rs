@@ -1,6 +1,7 @@
 //! Resources, spans and call records for unit tests: one place that knows
 //! how to fill them.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::{
@@ -121,5 +122,41 @@ impl FinishedCalls for ConnTracker {
         let mut out = Vec::new();
         self.forget_pid(pid, &mut out);
         out
+    }
+}
+
+/// A fresh directory under the temp dir (named after the test and the
+/// process), removed when dropped.
+pub(crate) struct TestDir(PathBuf);
+
+impl TestDir {
+    pub(crate) fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("sonde-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self(dir)
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// The names of the files in the directory, sorted.
+    pub(crate) fn files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.0)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -3,8 +3,10 @@
 //! every second with `honor_labels` (the agent's series carry the `job` and
 //! `instance` of the services they describe), on a free port, with its own
 //! storage directory; queried over its HTTP API. Plus the small HTTP GET
-//! the tests use for it and for the agent's /metrics.
+//! the tests use for it and for the agent's /metrics, and [`Counters`],
+//! the agent's own counters read there.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -156,6 +158,64 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Longest wait in [`Counters::wait_until`].
+const COUNTER_WAIT: Duration = Duration::from_secs(30);
+
+/// The agent's own counters and gauges, read from its /metrics endpoint at
+/// this address.
+pub struct Counters(pub SocketAddr);
+
+impl Counters {
+    /// Every `sonde_*` series and its value.
+    pub fn all(&self) -> BTreeMap<String, u64> {
+        let (status, body) = http_get(self.0, "/metrics")
+            .unwrap_or_else(|| panic!("the agent's /metrics at {} did not answer", self.0));
+        assert_eq!(status, 200, "{body}");
+        body.lines()
+            .filter(|line| line.starts_with("sonde_"))
+            .filter_map(|line| {
+                let (name, value) = line.split_once(' ')?;
+                Some((name.to_owned(), value.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// One series; panics if the agent does not show it.
+    pub fn get(&self, name: &str) -> u64 {
+        let all = self.all();
+        *all.get(name)
+            .unwrap_or_else(|| panic!("no {name} on /metrics: {all:?}"))
+    }
+
+    /// Polls until `name` reaches at least `at_least`.
+    pub fn wait_for(&self, name: &str, at_least: u64) -> u64 {
+        self.wait_until(name, &format!(">= {at_least}"), |value| value >= at_least)
+    }
+
+    /// Polls until `name` falls to `at_most` or below.
+    pub fn wait_down_to(&self, name: &str, at_most: u64) -> u64 {
+        self.wait_until(name, &format!("<= {at_most}"), |value| value <= at_most)
+    }
+
+    /// Polls until `done` holds for the value of `name` (`expected` says
+    /// what that means, for the failure message), at most 30 s.
+    pub fn wait_until(&self, name: &str, expected: &str, done: impl Fn(u64) -> bool) -> u64 {
+        let started = Instant::now();
+        loop {
+            let value = self.get(name);
+            if done(value) {
+                return value;
+            }
+            assert!(
+                started.elapsed() < COUNTER_WAIT,
+                "{name} = {value} after {COUNTER_WAIT:?}, expected {expected}: {:?}",
+                self.all()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 

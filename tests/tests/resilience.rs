@@ -25,7 +25,7 @@ use sonde_tests::{
     Failure, NumberKind, OtlpReceiver, ReceivedNumber, ReceivedSpan,
     agent::{Agent, config_file, memory_kib, strip_colours},
     apps::{Server, SteadyLoad, curl},
-    prometheus::{free_port, http_get},
+    prometheus::{Counters, free_port},
     require_e2e,
 };
 
@@ -43,58 +43,6 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 const SHUTDOWN_SLACK: Duration = Duration::from_secs(3);
 /// Requests per phase.
 const PER_PHASE: usize = 20;
-
-/// The agent's own counters and gauges, read from its /metrics endpoint.
-struct Counters(SocketAddr);
-
-impl Counters {
-    fn all(&self) -> BTreeMap<String, u64> {
-        let (status, body) = http_get(self.0, "/metrics")
-            .unwrap_or_else(|| panic!("the agent's /metrics at {} did not answer", self.0));
-        assert_eq!(status, 200, "{body}");
-        body.lines()
-            .filter(|line| line.starts_with("sonde_"))
-            .filter_map(|line| {
-                let (name, value) = line.split_once(' ')?;
-                Some((name.to_owned(), value.trim().parse().ok()?))
-            })
-            .collect()
-    }
-
-    fn get(&self, name: &str) -> u64 {
-        let all = self.all();
-        *all.get(name)
-            .unwrap_or_else(|| panic!("no {name} on /metrics: {all:?}"))
-    }
-
-    /// Polls until `name` reaches at least `at_least`.
-    fn wait_for(&self, name: &str, at_least: u64) -> u64 {
-        self.wait_until(name, &format!(">= {at_least}"), |value| value >= at_least)
-    }
-
-    /// Polls until `name` falls to `at_most` or below.
-    fn wait_down_to(&self, name: &str, at_most: u64) -> u64 {
-        self.wait_until(name, &format!("<= {at_most}"), |value| value <= at_most)
-    }
-
-    /// Polls until `done` holds for the value of `name` (`expected` says
-    /// what that means, for the failure message).
-    fn wait_until(&self, name: &str, expected: &str, done: impl Fn(u64) -> bool) -> u64 {
-        let started = Instant::now();
-        loop {
-            let value = self.get(name);
-            if done(value) {
-                return value;
-            }
-            assert!(
-                started.elapsed() < WAIT,
-                "{name} = {value} after {WAIT:?}, expected {expected}: {:?}",
-                self.all()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
 
 /// Where the agent's spans went, by its own counters: each span produced is
 /// exported, dropped from the full queue, dropped for waiting longer than

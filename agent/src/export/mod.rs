@@ -17,7 +17,7 @@ pub use fan_out::{FanOutput, fan_out};
 use crate::config::ExportConfig;
 use crate::model::span::SpanBatch;
 use crate::telemetry::{Counter, Stats};
-use otlp::{ConfigError, OtlpConfig, OtlpOverrides, run_exporter};
+use otlp::{ConfigError, DiskQueueConfig, OtlpConfig, OtlpOverrides, Signal, run_exporter};
 
 /// Fan-out channel sizes (in batches of spans) when both sinks run. The
 /// exporter drains its channel into its own queue at once, so it needs
@@ -52,7 +52,7 @@ impl Sinks {
         };
         let otlp = if OtlpConfig::endpoint_is_set(&overrides, &lookup) {
             let mut otlp = OtlpConfig::from_lookup(&overrides, &lookup)?;
-            apply_file_settings(config, &mut otlp);
+            apply_file_settings(config, Signal::Traces, &mut otlp);
             Some(otlp)
         } else {
             None
@@ -98,9 +98,17 @@ impl Sinks {
     }
 }
 
+/// The persistent queue's bound per signal when `export.queue_max_bytes`
+/// is unset: minutes of spans at thousands a second.
+const DEFAULT_QUEUE_MAX_BYTES: u64 = 64 << 20;
+
 /// The configuration file's queue and retry settings, on top of what the
 /// environment gave, for either signal.
-pub fn apply_file_settings(config: &ExportConfig, otlp: &mut OtlpConfig) {
+pub fn apply_file_settings(config: &ExportConfig, signal: Signal, otlp: &mut OtlpConfig) {
+    otlp.disk_queue = config.queue_dir.as_ref().map(|dir| DiskQueueConfig {
+        dir: dir.join(signal.queue_dir_name()),
+        max_bytes: config.queue_max_bytes.unwrap_or(DEFAULT_QUEUE_MAX_BYTES),
+    });
     if let Some(bytes) = config.max_queue_bytes {
         otlp.batch.max_queue_bytes = bytes;
     }
@@ -134,6 +142,8 @@ async fn print_to_stdout(spans: mpsc::Receiver<SpanBatch>) {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
     use crate::config::RetrySettings;
 
@@ -179,6 +189,35 @@ mod tests {
         };
         assert_eq!(bound(Some(4096)), Some(4096));
         assert_eq!(bound(None), Some(8 << 20), "the default");
+    }
+
+    #[test]
+    fn each_signal_gets_its_own_queue_directory() {
+        let queue = |queue_dir: Option<&str>, signal| {
+            let config = ExportConfig {
+                queue_dir: queue_dir.map(PathBuf::from),
+                queue_max_bytes: Some(4096),
+                ..ExportConfig::default()
+            };
+            let mut otlp = match OtlpConfig::from_lookup(&OtlpOverrides::default(), |_| None) {
+                Ok(otlp) => otlp,
+                Err(error) => panic!("{error}"),
+            };
+            apply_file_settings(&config, signal, &mut otlp);
+            otlp.disk_queue
+        };
+        assert_eq!(queue(None, Signal::Traces), None);
+        assert_eq!(
+            queue(Some("/var/lib/sonde/queue"), Signal::Metrics),
+            Some(DiskQueueConfig {
+                dir: PathBuf::from("/var/lib/sonde/queue/metrics"),
+                max_bytes: 4096,
+            })
+        );
+        assert_eq!(
+            queue(Some("/q"), Signal::Traces).map(|queue| queue.dir),
+            Some(PathBuf::from("/q/traces"))
+        );
     }
 
     #[test]

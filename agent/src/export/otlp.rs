@@ -20,6 +20,7 @@
 mod batch;
 mod config;
 mod convert;
+mod disk_queue;
 mod events;
 mod retry;
 mod tls;
@@ -34,11 +35,13 @@ pub use config::{
 };
 // For the metrics exporter, which shares the transports and retries.
 pub(crate) use convert::{key_value, proto_resource, scope};
+pub use disk_queue::DiskQueueConfig;
+pub(crate) use disk_queue::{DiskQueue, QueueMetrics};
 pub(crate) use retry::{Backoff, attempt, sleep_until};
 pub(crate) use transport::{MetricsExport, ProtocolTransport, SendError};
 
 use crate::model::span::SpanBatch;
-use crate::telemetry::Stats;
+use crate::telemetry::{Counter, Gauge, Stats};
 
 /// Exports every span received on `rx` until the channel closes, then sends
 /// what is still queued (within `config.shutdown_timeout`) and returns.
@@ -59,5 +62,49 @@ pub async fn run_exporter(rx: mpsc::Receiver<SpanBatch>, config: OtlpConfig, sta
         "exporting spans over OTLP"
     );
     let transport = transport::ProtocolTransport::<transport::TraceExport>::new(&config);
-    batch::run_batcher(rx, transport, &config, &stats).await;
+    let disk = config
+        .disk_queue
+        .as_ref()
+        .and_then(|queue| open_disk_queue(queue, SPAN_QUEUE, &stats));
+    batch::run_batcher(rx, transport, &config, disk, &stats).await;
+}
+
+/// The span queue's counters.
+pub(crate) const SPAN_QUEUE: QueueMetrics = QueueMetrics {
+    items: "spans",
+    dropped_full: Counter::SpansDroppedQueueFull,
+    dropped_write: Counter::SpansDroppedQueueWrite,
+    expired: Counter::SpansDroppedExpired,
+    recovered: Counter::SpansRecovered,
+    queued_items: Gauge::ExportQueueDiskSpans,
+    queued_bytes: Gauge::ExportQueueDiskBytes,
+};
+
+/// Opens a signal's disk queue; one that cannot be opened (permissions, a
+/// file in the way) leaves the exporter queueing in memory, with an error
+/// in the log: the data still goes out while the collector is up.
+pub(crate) fn open_disk_queue(
+    config: &DiskQueueConfig,
+    metrics: QueueMetrics,
+    stats: &Stats,
+) -> Option<DiskQueue> {
+    match DiskQueue::open(config, metrics, stats) {
+        Ok(queue) => {
+            tracing::info!(
+                dir = %config.dir.display(),
+                max_bytes = config.max_bytes,
+                "export queue on disk"
+            );
+            Some(queue)
+        }
+        Err(error) => {
+            tracing::error!(
+                dir = %config.dir.display(),
+                error = %crate::model::error::ErrorChain(&error),
+                "export queue directory unusable: {} are queued in memory only",
+                metrics.items,
+            );
+            None
+        }
+    }
 }

@@ -115,7 +115,7 @@ impl MetricsStage {
         };
         let exporter = if OtlpConfig::endpoint_is_set_for(Signal::Metrics, &overrides, &lookup) {
             let mut otlp = OtlpConfig::from_lookup_for(Signal::Metrics, &overrides, &lookup)?;
-            crate::export::apply_file_settings(export, &mut otlp);
+            crate::export::apply_file_settings(export, Signal::Metrics, &mut otlp);
             let schedule = ExportSchedule {
                 interval: Duration::from_secs(config.export_interval_secs),
                 temporality: config.temporality,

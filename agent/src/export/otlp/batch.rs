@@ -33,6 +33,7 @@ use tokio::time::Instant;
 
 use super::config::{BatchConfig, OtlpConfig};
 use super::convert::{encoded_size_estimate, to_request};
+use super::disk_queue::{DiskQueue, Entry};
 use super::events::{BatchExported, BatchLost, Expired, QueueFull, ShutdownTimedOut};
 use super::retry::{Backoff, attempt, sleep_until};
 use super::transport::{SendError, Transport};
@@ -44,6 +45,7 @@ pub(super) async fn run_batcher<T: Transport>(
     mut rx: mpsc::Receiver<SpanBatch>,
     transport: T,
     config: &OtlpConfig,
+    mut disk: Option<DiskQueue>,
     stats: &Stats,
 ) {
     // Zero would never form a batch or send it; the fields are public, so
@@ -64,23 +66,46 @@ pub(super) async fn run_batcher<T: Transport>(
     let mut flush_on_close = false;
     loop {
         queue.expire(backoff.max_age(), stats);
-        while in_flight.len() < max_in_flight && (backoff.is_open() || flush_on_close) {
-            let Some(batch) =
+        if let Some(disk) = &mut disk {
+            disk.expire(backoff.max_age(), stats);
+            // Batches go to disk as soon as they are formed, whatever the
+            // backoff: only what is on disk outlives the agent.
+            while let Some(batch) =
                 queue.take_ready(max_batch, config.batch.max_delay, closing.is_some())
-            else {
+            {
+                let age = batch.oldest.elapsed().as_millis() as u64;
+                let created_ms = disk.now_ms().saturating_sub(age);
+                disk.push(&batch.request, batch.spans, created_ms, stats);
+            }
+        }
+        while in_flight.len() < max_in_flight && (backoff.is_open() || flush_on_close) {
+            let next = match &mut disk {
+                Some(disk) => disk.next(stats).map(Batch::from_file),
+                None => queue.take_ready(max_batch, config.batch.max_delay, closing.is_some()),
+            };
+            let Some(batch) = next else {
                 break;
             };
             on_wire += batch.spans;
             in_flight.push(start(&transport, batch, config));
         }
         queue.publish(stats);
-        if closing.is_some() && in_flight.is_empty() && queue.is_empty() {
+        if let Some(disk) = &disk {
+            disk.publish(stats);
+        }
+        let backlog = !queue.is_empty() || disk.as_ref().is_some_and(|disk| !disk.is_empty());
+        // With a disk queue, what the shutdown pass did not send waits on
+        // disk for the next start: no use waiting out the backoff.
+        let done = !backlog || (disk.is_some() && queue.is_empty() && !flush_on_close);
+        if closing.is_some() && in_flight.is_empty() && done {
             break;
         }
+        // With a disk queue batches are formed whatever the backoff.
+        let forming = disk.is_some() || (in_flight.len() < max_in_flight && backoff.is_open());
         let wake_at = [
             closing,
-            backoff.opens_at().filter(|_| !queue.is_empty()),
-            (in_flight.len() < max_in_flight && backoff.is_open())
+            backoff.opens_at().filter(|_| backlog),
+            forming
                 .then(|| queue.deadline(config.batch.max_delay))
                 .flatten(),
         ]
@@ -103,7 +128,7 @@ pub(super) async fn run_batcher<T: Transport>(
             Some((batch, result)) = in_flight.next(), if !in_flight.is_empty() => {
                 on_wire -= batch.spans;
                 flush_on_close &= result.is_ok();
-                settle(batch, result, &mut backoff, &mut queue, config, stats);
+                settle(batch, result, &mut backoff, &mut queue, disk.as_mut(), config, stats);
             }
             () = sleep_until(wake_at) => {
                 if closing.is_some_and(|deadline| deadline <= Instant::now()) {
@@ -113,7 +138,20 @@ pub(super) async fn run_batcher<T: Transport>(
         }
     }
     queue.publish(stats);
-    let unsent = on_wire + queue.len();
+    // Batches in flight keep their files on disk.
+    let unsent = match &disk {
+        Some(disk) => {
+            disk.publish(stats);
+            let left = disk.items() + on_wire;
+            if left > 0 {
+                tracing::info!(
+                    "{left} spans left in the export queue directory for the next start"
+                );
+            }
+            queue.len()
+        }
+        None => on_wire + queue.len(),
+    };
     if unsent > 0 {
         ShutdownTimedOut {
             spans: unsent,
@@ -137,16 +175,18 @@ fn start<'a, T: Transport>(transport: &'a T, batch: Batch, config: &'a OtlpConfi
 
 /// Counts a finished attempt, or puts its batch back for a retry.
 fn settle(
-    batch: Batch,
+    mut batch: Batch,
     result: Result<ExportTraceServiceResponse, SendError>,
     backoff: &mut Backoff,
     queue: &mut Queue,
+    disk: Option<&mut DiskQueue>,
     config: &OtlpConfig,
     stats: &Stats,
 ) {
     match result {
         Ok(response) => {
             backoff.succeeded(&config.endpoint);
+            remove_file(&mut batch, disk);
             let partial = response.partial_success.unwrap_or_default();
             BatchExported {
                 spans: batch.spans,
@@ -157,8 +197,12 @@ fn settle(
         }
         Err(error) => {
             if backoff.failed(&error, &config.endpoint, stats) {
-                queue.requeue(batch, stats);
+                match (batch.file.take(), disk) {
+                    (Some(file), Some(disk)) => disk.requeue(file),
+                    _ => queue.requeue(batch, stats),
+                }
             } else {
+                remove_file(&mut batch, disk);
                 BatchLost {
                     endpoint: &config.endpoint,
                     spans: batch.spans,
@@ -170,6 +214,13 @@ fn settle(
     }
 }
 
+/// A batch done with (sent or refused for good) leaves the disk.
+fn remove_file(batch: &mut Batch, disk: Option<&mut DiskQueue>) {
+    if let (Some(file), Some(disk)) = (batch.file.take(), disk) {
+        disk.remove(file);
+    }
+}
+
 /// Spans on their way: encoded once, kept for the retries.
 struct Batch {
     request: ExportTraceServiceRequest,
@@ -177,6 +228,21 @@ struct Batch {
     bytes: usize,
     /// When its oldest span was queued: the batch ages out with it.
     oldest: Instant,
+    /// Its file in the disk queue: a retry puts the file back in line
+    /// there (the two fields above then serve nothing).
+    file: Option<Entry>,
+}
+
+impl Batch {
+    fn from_file((file, request): (Entry, ExportTraceServiceRequest)) -> Self {
+        Self {
+            request,
+            spans: file.items,
+            bytes: 0,
+            oldest: Instant::now(),
+            file: Some(file),
+        }
+    }
 }
 
 /// Spans not on the wire, bounded in number and in bytes: batches waiting
@@ -366,6 +432,7 @@ impl Queue {
             spans: count as u64,
             bytes,
             oldest: oldest.unwrap_or_else(Instant::now),
+            file: None,
         }
     }
 }
@@ -384,9 +451,9 @@ mod tests {
 
     use super::super::transport::SendError;
     use super::*;
-    use crate::export::otlp::OtlpOverrides;
+    use crate::export::otlp::{DiskQueueConfig, OtlpOverrides, SPAN_QUEUE};
     use crate::telemetry::Counter;
-    use crate::test_support::{resource, span};
+    use crate::test_support::{TestDir, resource, span};
 
     /// What the fake transport does with one attempt.
     enum Reply {
@@ -471,7 +538,13 @@ mod tests {
             let stats = Arc::new(Stats::default());
             let task_stats = Arc::clone(&stats);
             let task = tokio::spawn(async move {
-                run_batcher(rx, fake, &config, &task_stats).await;
+                let disk = config
+                    .disk_queue
+                    .as_ref()
+                    .map(|queue| DiskQueue::open(queue, SPAN_QUEUE, &task_stats))
+                    .transpose()
+                    .unwrap_or_else(|error| panic!("opening the disk queue: {error}"));
+                run_batcher(rx, fake, &config, disk, &task_stats).await;
             });
             Self {
                 tx,
@@ -967,5 +1040,82 @@ mod tests {
         assert_eq!(stats.get(Counter::SpansExported), 0);
         // The batch in flight is not in the queue.
         assert_eq!(stats.gauge(Gauge::ExportQueueSpans), 3);
+    }
+
+    fn on_disk(dir: &TestDir) -> impl FnOnce(&mut OtlpConfig) {
+        let queue = DiskQueueConfig {
+            dir: dir.path().to_owned(),
+            max_bytes: 1 << 20,
+        };
+        move |config| {
+            config.batch.max_batch_size = 2;
+            config.retry.initial_backoff = Duration::from_secs(60);
+            config.shutdown_timeout = Duration::from_secs(1);
+            config.disk_queue = Some(queue);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_disk_queue_keeps_what_the_collector_missed_for_the_next_run() {
+        let dir = TestDir::new("batcher-disk-restart");
+        // The collector is down for the whole first run: batches are still
+        // formed and written while the backoff is closed.
+        let harness = Harness::start(|_| Reply::Fail(unavailable()), on_disk(&dir));
+        harness.send(&["a", "b", "c", "d", "e"]).await;
+        harness.until_received().await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(harness.stats.gauge(Gauge::ExportQueueDiskSpans), 5);
+        assert_eq!(harness.stats.gauge(Gauge::ExportQueueSpans), 0);
+        let (requests, stats) = harness.shut_down().await;
+        // The first batch tried once, and the shutdown pass ends at its
+        // first failure: nothing is counted lost, it is all on disk.
+        assert!(requests.len() <= 2, "{requests:?}");
+        assert_eq!(stats.get(Counter::SpansDroppedShutdown), 0);
+        assert_eq!(stats.get(Counter::SpansExported), 0);
+        assert_eq!(dir.files().len(), 3, "{:?}", dir.files());
+
+        // The next run finds them and sends them, oldest first, then
+        // removes the files.
+        let mut harness = Harness::start(|_| Reply::Accept, on_disk(&dir));
+        for expected in [&["a", "b"][..], &["c", "d"], &["e"]] {
+            assert_eq!(harness.next_request().await.1, names(expected));
+        }
+        harness.send(&["f"]).await;
+        let (requests, stats) = harness.shut_down().await;
+        assert_eq!(requests, vec![names(&["f"])]);
+        assert_eq!(stats.get(Counter::SpansRecovered), 5);
+        assert_eq!(stats.get(Counter::SpansExported), 6);
+        assert!(dir.files().is_empty(), "{:?}", dir.files());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_batch_leaves_the_disk_and_a_retried_one_stays() {
+        let dir = TestDir::new("batcher-disk-refused");
+        let harness = Harness::start(
+            |attempt| match attempt {
+                0 => Reply::Fail(SendError::HttpStatus {
+                    status: StatusCode::BAD_REQUEST,
+                    message: "malformed".into(),
+                    retry_after: None,
+                }),
+                1 => Reply::Fail(unavailable()),
+                _ => Reply::Accept,
+            },
+            |config| {
+                on_disk(&dir)(config);
+                config.retry.initial_backoff = Duration::from_secs(1);
+            },
+        );
+        harness.send(&["a", "b", "c", "d"]).await;
+        harness.until_received().await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let (requests, stats) = harness.shut_down().await;
+        assert_eq!(
+            requests,
+            vec![names(&["a", "b"]), names(&["c", "d"]), names(&["c", "d"])]
+        );
+        assert_eq!(stats.get(Counter::SpansExportFailed), 2);
+        assert_eq!(stats.get(Counter::SpansExported), 2);
+        assert!(dir.files().is_empty(), "{:?}", dir.files());
     }
 }

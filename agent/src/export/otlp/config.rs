@@ -16,6 +16,7 @@ use hyper::Uri;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, InvalidHeaderName, InvalidHeaderValue};
 use hyper::http::uri::InvalidUri;
 
+use super::disk_queue::DiskQueueConfig;
 use super::tls::{TlsFiles, client_config};
 
 /// Errors in the export settings. They name the variable (or configuration
@@ -134,6 +135,14 @@ pub enum Signal {
 }
 
 impl Signal {
+    /// Its directory under `export.queue_dir`.
+    pub fn queue_dir_name(self) -> &'static str {
+        match self {
+            Self::Traces => "traces",
+            Self::Metrics => "metrics",
+        }
+    }
+
     /// The OTLP/HTTP path appended to a base endpoint.
     fn http_path(self) -> &'static str {
         match self {
@@ -232,8 +241,10 @@ pub struct OtlpConfig {
     /// TLS client settings, for an `https://` endpoint only.
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// On shutdown, queued spans are sent within this time, then counted
-    /// as lost.
+    /// as lost (or, with a persistent queue, left on disk).
     pub shutdown_timeout: Duration,
+    /// The persistent queue (`export.queue_dir`), if any.
+    pub disk_queue: Option<DiskQueueConfig>,
 }
 
 /// Settings from the agent's configuration file or command line; each one
@@ -469,6 +480,7 @@ impl OtlpConfig {
             retry: RetryConfig::default(),
             tls,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            disk_queue: None,
         })
     }
 }
