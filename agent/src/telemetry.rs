@@ -82,6 +82,8 @@ metrics! {
         MetricPointsDroppedQueueFull => "sonde_metric_points_dropped_queue_full", "Metric data points dropped, oldest export first, because the metrics export queue was full";
         MetricPointsDroppedExpired => "sonde_metric_points_dropped_expired", "Metric data points dropped unsent because they waited longer than the retry budget";
         MetricPointsDroppedShutdown => "sonde_metric_points_dropped_shutdown", "Metric data points still unsent when the exporter's shutdown deadline passed";
+        MetricPointsDroppedQueueWrite => "sonde_metric_points_dropped_queue_write", "Metric data points dropped because their export could not be written to export.queue_dir (disk full or another I/O error)";
+        MetricPointsRecovered => "sonde_metric_points_recovered", "Metric data points found in export.queue_dir at start, left unsent by an earlier run, and queued for export";
         TlsCiphertextIgnored => "sonde_tls_ciphertext_ignored", "Socket events dropped because their connection's plaintext comes from the OpenSSL probes (the socket bytes are ciphertext)";
         TlsAttachFailed => "sonde_tls_attach_failed", "OpenSSL libraries whose uprobes could not be attached (their processes' TLS traffic is not traced)";
         K8sWatchErrors => "sonde_k8s_watch_errors", "Failed list or watch requests to the Kubernetes API (retried with backoff)";
@@ -98,6 +100,8 @@ metrics! {
         ExportQueueBytes => "sonde_export_queue_bytes", "Estimated OTLP encoded size of the spans waiting in the export queue, bytes (bounded by export.max_queue_bytes)";
         ExportQueueDiskSpans => "sonde_export_queue_disk_spans", "Spans in batches waiting in export.queue_dir now, the requests in flight not included";
         ExportQueueDiskBytes => "sonde_export_queue_disk_bytes", "Bytes of the span batch files in export.queue_dir now, the requests in flight included (bounded by export.queue_max_bytes)";
+        MetricsQueueDiskPoints => "sonde_metrics_queue_disk_points", "Metric data points in exports waiting in export.queue_dir now, the request in flight not included";
+        MetricsQueueDiskBytes => "sonde_metrics_queue_disk_bytes", "Bytes of the metrics export files in export.queue_dir now, the request in flight included (bounded by export.queue_max_bytes)";
         ProcessesSelected => "sonde_processes_selected", "Processes the selectors chose that are running now";
         ProcessTableEntries => "sonde_process_table_entries", "Processes described in the process table now (live targets and recent senders; bounded)";
         TlsLibrariesAttached => "sonde_tls_libraries_attached", "OpenSSL library files (one per inode, whatever the processes mapping them) with the TLS uprobes attached";

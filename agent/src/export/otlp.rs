@@ -36,7 +36,7 @@ pub use config::{
 // For the metrics exporter, which shares the transports and retries.
 pub(crate) use convert::{key_value, proto_resource, scope};
 pub use disk_queue::DiskQueueConfig;
-pub(crate) use disk_queue::{DiskQueue, QueueMetrics};
+pub(crate) use disk_queue::{DiskQueue, Entry, QueueMetrics};
 pub(crate) use retry::{Backoff, attempt, sleep_until};
 pub(crate) use transport::{MetricsExport, ProtocolTransport, SendError};
 

@@ -36,8 +36,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::red::{Point, RedMetrics, ResourcePoints, Temporality, bounds_for, unix_now_ns};
 use crate::export::otlp::{
-    Backoff, MetricsExport, OtlpConfig, ProtocolTransport, SendError, attempt, key_value,
-    proto_resource, scope, sleep_until,
+    Backoff, DiskQueue, Entry, MetricsExport, OtlpConfig, ProtocolTransport, QueueMetrics,
+    SendError, attempt, key_value, open_disk_queue, proto_resource, scope, sleep_until,
 };
 use crate::model::error::ErrorChain;
 use crate::model::measure::{Instrument, LabelValue};
@@ -151,7 +151,11 @@ pub async fn run_metrics_exporter(
     let mut tick = tokio::time::interval_at(Instant::now() + schedule.interval, schedule.interval);
     // A slow collector delays the next collection instead of bunching them.
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut queue = Pending::new(config.batch.max_queue_bytes);
+    let disk = config
+        .disk_queue
+        .as_ref()
+        .and_then(|queue| open_disk_queue(queue, METRICS_QUEUE, &stats));
+    let mut queue = Pending::new(config.batch.max_queue_bytes, disk);
     let mut backoff = Backoff::new(&config.retry);
     let mut in_flight: Option<InFlight<'_>> = None;
     let mut closing: Option<Instant> = None;
@@ -163,10 +167,8 @@ pub async fn run_metrics_exporter(
         queue.expire(backoff.max_age(), &stats);
         if in_flight.is_none()
             && (backoff.is_open() || flush_on_close)
-            && let Some(next) = queue.requests.pop_front()
+            && let Some(next) = queue.next(&stats)
         {
-            queue.bytes -= next.bytes;
-            queue.on_wire = next.points;
             let transport = &transport;
             let config = &config;
             in_flight = Some(Box::pin(async move {
@@ -174,16 +176,17 @@ pub async fn run_metrics_exporter(
                 (next, result)
             }));
         }
-        if closing.is_some() && in_flight.is_none() && queue.requests.is_empty() {
+        queue.publish(&stats);
+        // With a disk queue, what the shutdown pass did not send waits on
+        // disk for the next start: no use waiting out the backoff.
+        let done = queue.is_empty() || (queue.disk.is_some() && !flush_on_close);
+        if closing.is_some() && in_flight.is_none() && done {
             break;
         }
-        let wake_at = [
-            closing,
-            backoff.opens_at().filter(|_| !queue.requests.is_empty()),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
+        let wake_at = [closing, backoff.opens_at().filter(|_| !queue.is_empty())]
+            .into_iter()
+            .flatten()
+            .min();
         tokio::select! {
             _ = &mut shutdown, if closing.is_none() => {
                 closing = Some(Instant::now() + config.shutdown_timeout);
@@ -205,12 +208,8 @@ pub async fn run_metrics_exporter(
             }
         }
     }
-    let unsent = queue
-        .requests
-        .iter()
-        .map(|pending| pending.points)
-        .sum::<u64>()
-        + in_flight.map_or(0, |_| queue.on_wire);
+    queue.publish(&stats);
+    let unsent = queue.unsent(in_flight.is_some());
     if unsent > 0 {
         stats.add(Counter::MetricPointsDroppedShutdown, unsent);
         tracing::warn!(
@@ -258,6 +257,7 @@ fn settle(
                 .unwrap_or(0)
                 .min(sent.points);
             stats.add(Counter::MetricPointsExported, sent.points - rejected);
+            queue.done(sent);
             if rejected > 0 || !partial.error_message.is_empty() {
                 stats.add(Counter::MetricPointsExportFailed, rejected);
                 tracing::warn!(
@@ -269,10 +269,12 @@ fn settle(
         }
         Err(error) if backoff.failed(&error, &config.endpoint, stats) => queue.retry(sent),
         Err(error) => {
-            stats.add(Counter::MetricPointsExportFailed, sent.points);
+            let points = sent.points;
+            queue.done(sent);
+            stats.add(Counter::MetricPointsExportFailed, points);
             tracing::warn!(
                 endpoint = %config.endpoint,
-                points = sent.points,
+                points,
                 error = %ErrorChain(&error),
                 "OTLP metrics export refused, not retried"
             );
@@ -287,31 +289,108 @@ struct Collected {
     points: u64,
     bytes: usize,
     at: Instant,
+    /// Its file in the disk queue, once read back from there to be sent.
+    file: Option<Entry>,
 }
 
-/// Collected requests not sent yet, oldest first, bounded in bytes.
+/// The metrics queue's counters on disk.
+const METRICS_QUEUE: QueueMetrics = QueueMetrics {
+    items: "metric points",
+    dropped_full: Counter::MetricPointsDroppedQueueFull,
+    dropped_write: Counter::MetricPointsDroppedQueueWrite,
+    expired: Counter::MetricPointsDroppedExpired,
+    recovered: Counter::MetricPointsRecovered,
+    queued_items: Gauge::MetricsQueueDiskPoints,
+    queued_bytes: Gauge::MetricsQueueDiskBytes,
+};
+
+/// Collected requests not sent yet, oldest first, bounded in bytes: in
+/// memory, or with `export.queue_dir` on disk.
 struct Pending {
     requests: VecDeque<Collected>,
     bytes: usize,
     max_bytes: usize,
     /// Points of the request in flight, for the shutdown count.
     on_wire: u64,
+    disk: Option<DiskQueue>,
 }
 
 impl Pending {
-    fn new(max_bytes: usize) -> Self {
+    fn new(max_bytes: usize, disk: Option<DiskQueue>) -> Self {
         Self {
             requests: VecDeque::new(),
             bytes: 0,
             max_bytes: max_bytes.max(1),
             on_wire: 0,
+            disk,
         }
     }
 
-    /// Queues a request, dropping the oldest until it fits (a request
-    /// larger than the bound on its own still goes in, alone).
+    fn is_empty(&self) -> bool {
+        self.requests.is_empty() && self.disk.as_ref().is_none_or(DiskQueue::is_empty)
+    }
+
+    fn publish(&self, stats: &Stats) {
+        if let Some(disk) = &self.disk {
+            disk.publish(stats);
+        }
+    }
+
+    /// The oldest request, taken out to be sent.
+    fn next(&mut self, stats: &Stats) -> Option<Collected> {
+        let next = match &mut self.disk {
+            Some(disk) => disk.next(stats).map(|(file, request)| Collected {
+                request,
+                points: file.items,
+                bytes: 0,
+                at: Instant::now(),
+                file: Some(file),
+            }),
+            None => {
+                let next = self.requests.pop_front()?;
+                self.bytes -= next.bytes;
+                Some(next)
+            }
+        }?;
+        self.on_wire = next.points;
+        Some(next)
+    }
+
+    /// A request done with (sent, or refused for good).
+    fn done(&mut self, sent: Collected) {
+        if let (Some(file), Some(disk)) = (sent.file, &mut self.disk) {
+            disk.remove(file);
+        }
+    }
+
+    /// Points not sent at shutdown: those in memory, and the request in
+    /// flight if it is not on disk.
+    fn unsent(&self, in_flight: bool) -> u64 {
+        let queued: u64 = self.requests.iter().map(|pending| pending.points).sum();
+        match &self.disk {
+            Some(disk) => {
+                let left = disk.items() + if in_flight { self.on_wire } else { 0 };
+                if left > 0 {
+                    tracing::info!(
+                        "{left} metric points left in the export queue directory for the next start"
+                    );
+                }
+                queued
+            }
+            None => queued + if in_flight { self.on_wire } else { 0 },
+        }
+    }
+
+    /// Queues a request: on disk when there is a disk queue, else in
+    /// memory, dropping the oldest until it fits (a request larger than
+    /// the bound on its own still goes in, alone).
     fn push(&mut self, collected: Collected, stats: &Stats) {
         stats.add(Counter::MetricPointsCollected, collected.points);
+        if let Some(disk) = &mut self.disk {
+            let now_ms = disk.now_ms();
+            disk.push(&collected.request, collected.points, now_ms, stats);
+            return;
+        }
         while self.bytes + collected.bytes > self.max_bytes
             && let Some(oldest) = self.requests.pop_front()
         {
@@ -329,13 +408,20 @@ impl Pending {
     }
 
     /// A request that failed with a retryable error goes back first.
-    fn retry(&mut self, collected: Collected) {
+    fn retry(&mut self, mut collected: Collected) {
+        if let (Some(file), Some(disk)) = (collected.file.take(), &mut self.disk) {
+            disk.requeue(file);
+            return;
+        }
         self.bytes += collected.bytes;
         self.requests.push_front(collected);
     }
 
     /// Drops requests collected longer than `max_age` ago.
     fn expire(&mut self, max_age: Duration, stats: &Stats) {
+        if let Some(disk) = &mut self.disk {
+            disk.expire(max_age, stats);
+        }
         let Some(cutoff) = Instant::now().checked_sub(max_age) else {
             return;
         };
@@ -375,6 +461,7 @@ fn collect(sources: &MetricSources, temporality: Temporality) -> Collected {
         request,
         points,
         at: Instant::now(),
+        file: None,
     }
 }
 
