@@ -26,8 +26,8 @@ use aya_ebpf::{
 
 use crate::{
     context::{
-        close_request_head, end_server_request, is_request_start, is_response_start,
-        start_client_request, take_server_request, take_server_request_update,
+        close_request_head, end_server_request, forget_precision, is_request_start,
+        is_response_start, start_client_request, take_server_request, take_server_request_update,
     },
     maps::{DATA_EVENTS, DataScratch, TRACKED_CONNS, config, count_drop, data_ring_flags},
     read,
@@ -213,9 +213,12 @@ fn capture_step(args: &StepArgs) -> bool {
         core::cmp::min(left, u64::from(args.limit - reported - filled)),
         u64::from(MAX_CAPTURE_BYTES as u32 - offset),
     ) as u32;
-    // Masked for the verifier: offset < 4096 and want < 8192 stay within
-    // the payload and the room DataScratch keeps after it.
-    let want = want & (2 * MAX_CAPTURE_BYTES as u32 - 1);
+    // Bounded again by a constant for the verifier, past a round trip the
+    // compiler cannot see through (it drops a bound it proves redundant):
+    // older verifiers (6.1's) do not bound the minimum of two unknown
+    // values. offset < 4096 and want <= 4096 stay within the payload and
+    // the room DataScratch keeps after it.
+    let want = core::cmp::min(forget_precision(&mut 0, want), MAX_CAPTURE_BYTES as u32);
     let dst = event.payload.as_mut_ptr().wrapping_add(offset as usize);
     // SAFETY: see above.
     if unsafe { bpf_probe_read_user(dst.cast(), want, base as *const _) } != 0 {

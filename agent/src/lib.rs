@@ -1,6 +1,7 @@
 //! Sonde agent library: the stages of the pipeline, wired by [`pipeline`].
 //! `main.rs` is only the command line.
 
+pub mod check;
 pub mod config;
 pub mod conn;
 pub mod discovery;

@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use agent::{config::AgentConfig, pipeline};
+use agent::{check, config::AgentConfig, pipeline};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -20,6 +20,15 @@ struct Cli {
 enum Command {
     /// Load the kernel programs and trace the selected processes (needs root).
     Run(RunArgs),
+    /// Preflight for this node (needs root): loads the kernel programs and
+    /// prints which capture hooks and features (TLS, injection, in-kernel
+    /// context) work and why not. Exit status 0: all work; 2: runs with
+    /// features off; 1: cannot run.
+    Check {
+        /// YAML config file (features it turns off are not checked).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
     /// Check a config file and print the effective configuration.
     CheckConfig {
         /// YAML config file.
@@ -122,7 +131,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match run(Cli::parse().command) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(status) => status,
         Err(error) => {
             // The cause chain on one line, without the backtrace anyhow
             // adds when RUST_BACKTRACE is set: these are the user's errors
@@ -133,7 +142,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => {
             let config = args.into_config()?;
@@ -145,11 +154,19 @@ fn run(command: Command) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(pipeline::run(config))?;
         }
+        Command::Check { config } => {
+            let config = match config {
+                Some(path) => AgentConfig::from_file(&path)?,
+                None => AgentConfig::default(),
+            };
+            config.validate()?;
+            return Ok(check::run(&config).into());
+        }
         Command::CheckConfig { config } => {
             let config = AgentConfig::from_file(&config)?;
             config.validate()?;
             println!("{config:#?}");
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

@@ -149,17 +149,7 @@ pub async fn run(config: AgentConfig) -> Result<(), PipelineError> {
         agent_resource(node_name.as_deref()),
     )
     .await?;
-    let probes = Probes::load(
-        &ProbeConfig {
-            capture_bytes: config.capture.payload_bytes,
-            data_ring_bytes: config.capture.ring_buffer_bytes,
-            inject_traceparent: config.trace_context.inject,
-            inject_cgroup: config.trace_context.inject_cgroup.clone(),
-            tls: config.tls.enabled,
-            sampling: sampler.kernel_settings(),
-        },
-        Arc::clone(&stats),
-    )?;
+    let probes = Probes::load(&ProbeConfig::new(&config, &sampler), Arc::clone(&stats))?;
     let Probes {
         handle,
         targets,
@@ -167,7 +157,9 @@ pub async fn run(config: AgentConfig) -> Result<(), PipelineError> {
         control_ring,
         openssl,
         conn_capture,
+        features,
     } = probes;
+    features.log();
     let mut registry = ProcessRegistry::new(Procfs::default(), Arc::clone(&stats));
     let clock = Arc::new(Clock::default());
     let pods = if config.kubernetes.enabled {

@@ -106,6 +106,9 @@ metrics! {
         ProcessTableEntries => "sonde_process_table_entries", "Processes described in the process table now (live targets and recent senders; bounded)";
         TlsLibrariesAttached => "sonde_tls_libraries_attached", "OpenSSL library files (one per inode, whatever the processes mapping them) with the TLS uprobes attached";
         KernelTargets => "sonde_kernel_targets", "Entries in the kernel's target map: selected processes, the children and threads they started (updated every 10 s)";
+        FeatureOffTls => "sonde_feature_off_tls", "1 while TLS capture is wanted but this kernel refused its programs (see the start-up log or `sonde check`)";
+        FeatureOffInjection => "sonde_feature_off_injection", "1 while traceparent injection is wanted but could not be set up on this node (see the start-up log or `sonde check`)";
+        FeatureOffKernelContext => "sonde_feature_off_kernel_context", "1 while the kernel's request-head scan (incoming traceparent, in-kernel parents) is refused by this kernel (see the start-up log or `sonde check`)";
     }
 }
 

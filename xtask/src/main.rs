@@ -8,6 +8,7 @@ mod build;
 mod cmd;
 mod setup;
 mod test;
+mod vm;
 
 use std::{
     os::unix::process::{CommandExt as _, ExitStatusExt as _},
@@ -72,6 +73,10 @@ enum Task {
     /// Measure what the agent costs (nginx and FastAPI with and without it,
     /// against the OpenTelemetry SDK); results in target/bench (root).
     Bench(bench::Args),
+    /// Run the kernel matrix test (or a command) under Debian's 5.10, 6.1
+    /// and 6.12 kernels in qemu, with this machine's root shared read-only
+    /// (root; kernels cached in /var/cache/sonde/kernels).
+    Vm(vm::Args),
     /// The load generator and OTLP sink processes of `bench`.
     #[command(hide = true, subcommand)]
     BenchHelper(bench::Helper),
@@ -125,6 +130,7 @@ fn run_task(task: Task) -> Result<()> {
         Task::Demo => demo(),
         Task::Test { unit_only } => test::run(unit_only),
         Task::Bench(args) => bench::run(&args),
+        Task::Vm(args) => vm::run(&args),
         Task::BenchHelper(helper) => bench::helper(&helper),
     }
 }

@@ -165,8 +165,12 @@ fn scan_head(head: *const u8, len: u32, slot: &mut u32) -> HeadScan {
         return HeadScan::TooLong;
     };
     let first = forget_precision(slot, first) & (HEAD_LIMIT - 1);
-    // SAFETY: first < HEAD_LIMIT, inside the scratch buffer.
-    if first == 0 || unsafe { *head.wrapping_add(first as usize - 1) } != b'\r' {
+    // The byte before the newline, at an offset bounded by a mask of its
+    // own: older verifiers (6.1's) do not learn `first >= 1` from
+    // `first != 0`, and refuse `first - 1` as an offset.
+    let before = forget_precision(slot, first.wrapping_sub(1)) & (HEAD_LIMIT - 1);
+    // SAFETY: before < HEAD_LIMIT, inside the scratch buffer.
+    if first == 0 || unsafe { *head.wrapping_add(before as usize) } != b'\r' {
         return HeadScan::TooLong;
     }
     // Whole words, the last one partly past `len`: zeroed there (zero_tail).

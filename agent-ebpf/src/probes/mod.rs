@@ -1,6 +1,6 @@
 //! The programs: one leaf module per hooked kernel or library event, each
 //! holding only its hooks. Code several hooks share lives beside this
-//! directory (`capture`, `context`, `tls`, `sock`, `syscall_args`); hooks
+//! directory (`socket_call`, `capture`, `context`, `tls`, `sock`, `syscall_args`); hooks
 //! never import each other. Pure byte scanners are in
 //! `agent_common::scan`, unit-tested on the host.
 
@@ -10,4 +10,5 @@ pub mod openssl;
 pub mod process;
 pub mod socket_data;
 pub mod socket_state;
+pub mod tcp_calls;
 pub mod trace_context;

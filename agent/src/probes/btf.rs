@@ -16,6 +16,7 @@ const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_ENUM: u32 = 6;
+const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
@@ -31,6 +32,9 @@ pub enum BtfError {
     /// No struct of that name.
     #[error("struct {0} not found in kernel BTF")]
     NoStruct(String),
+    /// No function of that name (not in BTF, or not one the agent asks about).
+    #[error("function {0} not found in kernel BTF")]
+    NoFunction(String),
     /// The struct has no such member.
     #[error("member {member} not found in struct {strukt}")]
     NoMember {
@@ -60,7 +64,15 @@ pub struct KernelBtf {
     composites: HashMap<u32, CompositeType>,
     /// Named structs: name -> type id.
     struct_ids: HashMap<String, u32>,
+    /// The functions of [`FUNCTIONS`]: name -> their prototype's type id.
+    functions: HashMap<String, u32>,
+    /// Parameter names of every function prototype, by type id.
+    prototypes: HashMap<u32, Vec<String>>,
 }
+
+/// The kernel functions whose prototypes the agent checks before hooking
+/// them (their parameters changed across kernel versions).
+pub const FUNCTIONS: &[&str] = &["tcp_sendmsg", "tcp_recvmsg"];
 
 fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
     data.get(at..at + 4)
@@ -98,6 +110,7 @@ impl KernelBtf {
         while at < types.len() {
             let name_off = u32_at(types, at)?;
             let info = u32_at(types, at + 4)?;
+            let size_or_type = u32_at(types, at + 8)?;
             let vlen = (info & 0xffff) as usize;
             let kind = (info >> 24) & 0x1f;
             let kind_flag = info >> 31 == 1;
@@ -129,7 +142,21 @@ impl KernelBtf {
                     btf.composites.insert(type_id, CompositeType { members });
                     vlen * 12
                 }
-                KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
+                KIND_FUNC => {
+                    let name = str_at(strings, name_off);
+                    if FUNCTIONS.contains(&name.as_str()) {
+                        btf.functions.insert(name, size_or_type);
+                    }
+                    0
+                }
+                KIND_FUNC_PROTO => {
+                    let params = (0..vlen)
+                        .map(|i| Ok(str_at(strings, u32_at(types, at + i * 8)?)))
+                        .collect::<Result<Vec<_>, BtfError>>()?;
+                    btf.prototypes.insert(type_id, params);
+                    vlen * 8
+                }
+                KIND_ENUM => vlen * 8,
                 KIND_DATASEC | KIND_ENUM64 => vlen * 12,
                 _ => 0,
             };
@@ -152,6 +179,15 @@ impl KernelBtf {
                 strukt: strukt.into(),
                 member: member.into(),
             })
+    }
+
+    /// Parameter names of function `name` (one of [`FUNCTIONS`]).
+    pub fn parameters(&self, name: &str) -> Result<&[String], BtfError> {
+        self.functions
+            .get(name)
+            .and_then(|proto| self.prototypes.get(proto))
+            .map(Vec::as_slice)
+            .ok_or_else(|| BtfError::NoFunction(name.into()))
     }
 
     fn find_bits(&self, type_id: u32, member: &str, depth: u32) -> Option<u32> {
@@ -263,5 +299,19 @@ mod tests {
         assert_eq!(btf.member_offset("sock_common", "skc_daddr"), Ok(0));
         assert_eq!(btf.member_offset("sock_common", "skc_family"), Ok(16));
         assert!(btf.member_offset("sock", "sk_protocol").unwrap() > 100);
+        // Since Linux 5.19 (no `nonblock`), as on this machine's 6.18.
+        assert_eq!(
+            btf.parameters("tcp_recvmsg").unwrap(),
+            ["sk", "msg", "len", "flags", "addr_len"]
+        );
+        assert_eq!(
+            btf.parameters("tcp_sendmsg").unwrap(),
+            ["sk", "msg", "size"]
+        );
+        assert_eq!(
+            btf.parameters("tcp_close"),
+            Err(BtfError::NoFunction("tcp_close".into())),
+            "only the functions the agent asks about are kept"
+        );
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod btf;
 pub mod decode;
+pub mod features;
 pub mod inject;
 pub mod nginx;
 pub mod openssl;
@@ -24,8 +25,9 @@ use agent_common::{KernelConfig, socket_data::MAX_CALL_CAPTURE_BYTES, socket_sta
 use aya::{
     Btf, Ebpf, EbpfLoader, VerifierLogLevel,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    programs::{BtfTracePoint, FExit, TracePoint},
 };
+pub use features::{CaptureHooks, Feature, FeatureReport, FeatureState};
 pub use openssl::{OpensslProbes, SslLibrary, TlsAttach};
 pub use reader::{EventBatch, MAX_BATCH, ReaderChannels, run_reader};
 pub use targets::{TargetMap, TargetSet};
@@ -33,6 +35,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     model::error::ErrorChain,
+    sampling::HeadSampler,
     telemetry::{Counter, Stats},
 };
 
@@ -79,10 +82,7 @@ pub enum ProbeError {
         source: aya::EbpfError,
     },
     /// One program could not be loaded or attached.
-    #[error(
-        "attaching {program} to {hook}: the agent needs this kernel hook \
-         (Linux >= 6.2 with BTF-enabled tracepoints)"
-    )]
+    #[error("loading or attaching {program} to {hook}")]
     Attach {
         /// Program name.
         program: &'static str,
@@ -91,6 +91,26 @@ pub enum ProbeError {
         /// Cause.
         #[source]
         source: aya::programs::ProgramError,
+    },
+    /// No capture path loads on this kernel.
+    #[error(
+        "this kernel offers no hook the agent can capture socket data on \
+         (Linux >= 6.2: sock_*_length tracepoints; Linux >= 5.19: fexit on \
+         tcp_sendmsg/tcp_recvmsg). Tracepoints: {tracepoints}. fexit: {fexit}"
+    )]
+    NoCapture {
+        /// Why the tracepoint path failed.
+        tracepoints: String,
+        /// Why the fexit path failed.
+        fexit: String,
+    },
+    /// A kernel function's parameters are not the ones a program reads.
+    #[error("{function} takes ({found}) on this kernel, not what the fexit programs read")]
+    Prototype {
+        /// Function.
+        function: &'static str,
+        /// Its parameter names.
+        found: String,
     },
     /// No cgroup v2 hierarchy is mounted (needed for injection).
     #[error("no cgroup v2 mount found in /proc/self/mountinfo (injection attaches to a cgroup v2)")]
@@ -139,19 +159,11 @@ impl std::fmt::Display for LoadHint {
             }
             Self::Rejected => {
                 "the kernel rejected a program (SONDE_VERIFIER_LOG=1 puts the verifier's log \
-                 in this error); the agent needs Linux >= 6.2 with BTF"
+                 in this error)"
             }
         })
     }
 }
-
-/// Traceparent injection could not be set up: the agent traces without it.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "traceparent injection is off: spans, metrics and incoming trace context are unaffected, \
-     but outgoing requests carry no traceparent (--no-inject silences this)"
-)]
-pub struct InjectionOff(#[source] pub ProbeError);
 
 /// Settings for loading the probes.
 #[derive(Clone, Debug)]
@@ -171,6 +183,20 @@ pub struct ProbeConfig {
     pub sampling: (u32, u64),
 }
 
+impl ProbeConfig {
+    /// The settings `config` asks for, sampling as `sampler` does.
+    pub fn new(config: &crate::config::AgentConfig, sampler: &HeadSampler) -> Self {
+        Self {
+            capture_bytes: config.capture.payload_bytes,
+            data_ring_bytes: config.capture.ring_buffer_bytes,
+            inject_traceparent: config.trace_context.inject,
+            inject_cgroup: config.trace_context.inject_cgroup.clone(),
+            tls: config.tls.enabled,
+            sampling: sampler.kernel_settings(),
+        }
+    }
+}
+
 /// Loaded and attached probes, in the parts the pipeline hands to its
 /// stages. Dropping `handle` detaches every program.
 pub struct Probes {
@@ -187,6 +213,8 @@ pub struct Probes {
     pub openssl: Option<OpensslProbes>,
     /// Per-connection capture settings.
     pub conn_capture: ConnCapture,
+    /// The capture hooks and the features this kernel runs.
+    pub features: FeatureReport,
 }
 
 /// Per-connection capture settings the agent changes as it learns what a
@@ -250,34 +278,76 @@ impl ProbeHandle {
 enum Hook {
     Btf(&'static str),
     Tracepoint(&'static str, &'static str),
+    FExit(&'static str),
 }
 
-const HOOKS: &[(&str, Hook)] = &[
-    ("sock_send_length", Hook::Btf("sock_send_length")),
+/// A program, where it goes, and the feature it serves (`None`: the agent
+/// cannot run without it).
+type HookSpec = (&'static str, Hook, Option<Feature>);
+
+/// Capture on the `sock_*_length` tracepoints (Linux >= 6.2).
+const TRACEPOINT_CAPTURE: &[HookSpec] = &[
+    ("sock_send_length", Hook::Btf("sock_send_length"), None),
     // Before `sock_recv_length`: programs on one tracepoint run in attach
     // order, and the capture program reports the context this one makes.
-    ("server_request_context", Hook::Btf("sock_recv_length")),
-    ("sock_recv_length", Hook::Btf("sock_recv_length")),
-    ("inet_sock_set_state", Hook::Btf("inet_sock_set_state")),
+    (
+        "server_request_context",
+        Hook::Btf("sock_recv_length"),
+        Some(Feature::KernelContext),
+    ),
+    ("sock_recv_length", Hook::Btf("sock_recv_length"), None),
+];
+
+/// Capture on fexit `tcp_sendmsg` / `tcp_recvmsg`, where the tracepoints
+/// do not exist.
+const FEXIT_CAPTURE: &[HookSpec] = &[
+    ("tcp_sendmsg_exit", Hook::FExit("tcp_sendmsg"), None),
+    ("tcp_recvmsg_exit", Hook::FExit("tcp_recvmsg"), None),
+    // After the capture: fexit programs run in reverse attach order, and
+    // the capture program reports the context this one makes.
+    (
+        "tcp_recvmsg_context",
+        Hook::FExit("tcp_recvmsg"),
+        Some(Feature::KernelContext),
+    ),
+];
+
+/// `tcp_recvmsg`'s parameters as the fexit programs read them (Linux >= 5.19).
+const TCP_RECVMSG_PARAMETERS: [&str; 5] = ["sk", "msg", "len", "flags", "addr_len"];
+/// `tcp_sendmsg`'s.
+const TCP_SENDMSG_PARAMETERS: [&str; 3] = ["sk", "msg", "size"];
+
+/// Every capture path does these the same way.
+const COMMON_HOOKS: &[HookSpec] = &[
+    (
+        "inet_sock_set_state",
+        Hook::Btf("inet_sock_set_state"),
+        None,
+    ),
     (
         "sys_exit_accept",
         Hook::Tracepoint("syscalls", "sys_exit_accept"),
+        None,
     ),
     (
         "sys_exit_accept4",
         Hook::Tracepoint("syscalls", "sys_exit_accept4"),
+        None,
     ),
     (
         "sched_process_exec",
         Hook::Tracepoint("sched", "sched_process_exec"),
+        None,
     ),
     (
         "sched_process_exit",
         Hook::Tracepoint("sched", "sched_process_exit"),
+        None,
     ),
     (
         "sched_process_fork",
         Hook::Tracepoint("sched", "sched_process_fork"),
+        None,
     ),
 ];
 
@@ -290,7 +360,10 @@ impl Probes {
         }
         ensure_tracefs()?;
         raise_memlock_limit();
-        let kernel_config = kernel_config(config)?;
+        let data =
+            std::fs::read("/sys/kernel/btf/vmlinux").map_err(|e| ProbeError::Btf(Box::new(e)))?;
+        let kernel_btf = btf::KernelBtf::parse(&data).map_err(|e| ProbeError::Btf(Box::new(e)))?;
+        let kernel_config = kernel_config(config, &kernel_btf)?;
         let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(Box::new(e)))?;
         let mut loader = EbpfLoader::new();
         if std::env::var_os("SONDE_VERIFIER_LOG").is_some() {
@@ -307,20 +380,22 @@ impl Probes {
                 hint: LoadHint::current(),
                 source,
             })?;
-        for (program, hook) in HOOKS {
-            attach(&mut ebpf, program, hook, &btf)?;
-        }
+        let mut features = attach_capture(&mut ebpf, &btf, &kernel_btf)?;
+        attach_all(&mut ebpf, COMMON_HOOKS, &btf, &mut features)?;
         if config.inject_traceparent {
             match inject::attach(&mut ebpf, config.inject_cgroup.clone()) {
                 Ok(()) => {}
                 // Injection is an extra (no cgroup v2, no sock_ops or
                 // sk_msg): without it the agent still traces. A cgroup the
                 // user named is a setting to fix, though.
-                Err(error) if config.inject_cgroup.is_none() => {
-                    warn!("{}", crate::model::error::ErrorChain(&InjectionOff(error)))
-                }
+                Err(error) if config.inject_cgroup.is_none() => features.set(
+                    Feature::Injection,
+                    FeatureState::Off(ErrorChain(&error).to_string()),
+                ),
                 Err(error) => return Err(error),
             }
+        } else {
+            features.set(Feature::Injection, FeatureState::Disabled);
         }
         let inject_stats = PerCpuArray::try_from(take(&mut ebpf, "INJECT_STATS")?)
             .map_err(|_| ProbeError::Map("INJECT_STATS"))?;
@@ -341,17 +416,24 @@ impl Probes {
         let ebpf = Arc::new(Mutex::new(ebpf));
         // TLS is an addition to plaintext capture: if its programs cannot be
         // loaded (a kernel that refuses them), the rest still runs.
-        let openssl = config
-            .tls
-            .then(|| OpensslProbes::load(Arc::clone(&ebpf), stats))
-            .transpose()
-            .unwrap_or_else(|error| {
-                warn!(error = %ErrorChain(&error), "TLS traffic will not be traced");
-                None
-            });
+        let openssl = if config.tls {
+            match OpensslProbes::load(Arc::clone(&ebpf), Arc::clone(&stats)) {
+                Ok(openssl) => Some(openssl),
+                Err(error) => {
+                    features.set(
+                        Feature::Tls,
+                        FeatureState::Off(ErrorChain(&error).to_string()),
+                    );
+                    None
+                }
+            }
+        } else {
+            features.set(Feature::Tls, FeatureState::Disabled);
+            None
+        };
+        features.publish(&stats);
         info!(
             capture_bytes = kernel_config.capture_bytes,
-            tls = openssl.is_some(),
             "kernel programs attached"
         );
         Ok(Self {
@@ -365,12 +447,100 @@ impl Probes {
             control_ring,
             openssl,
             conn_capture: ConnCapture { conns },
+            features,
         })
     }
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
     ebpf.take_map(name).ok_or(ProbeError::Map(name))
+}
+
+/// Attaches the capture programs the kernel offers, by trying them in order
+/// of preference: the `sock_*_length` tracepoints, else fexit on the TCP
+/// send and receive functions. A path that fails is detached again before
+/// the next is tried, so no call is reported twice.
+fn attach_capture(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    kernel_btf: &btf::KernelBtf,
+) -> Result<FeatureReport, ProbeError> {
+    let mut features = FeatureReport::new(CaptureHooks::SockLengthTracepoints);
+    let tracepoints = match attach_all(ebpf, TRACEPOINT_CAPTURE, btf, &mut features) {
+        Ok(()) => return Ok(features),
+        Err(error) => {
+            unload(ebpf, TRACEPOINT_CAPTURE);
+            error
+        }
+    };
+    debug!(error = %ErrorChain(&tracepoints), "no sock_*_length tracepoints, trying fexit");
+    let mut features = FeatureReport::new(CaptureHooks::TcpFexit);
+    let fexit = check_prototype(kernel_btf, "tcp_sendmsg", &TCP_SENDMSG_PARAMETERS)
+        .and_then(|()| check_prototype(kernel_btf, "tcp_recvmsg", &TCP_RECVMSG_PARAMETERS))
+        .and_then(|()| attach_all(ebpf, FEXIT_CAPTURE, btf, &mut features));
+    match fexit {
+        Ok(()) => Ok(features),
+        Err(fexit) => {
+            unload(ebpf, FEXIT_CAPTURE);
+            Err(ProbeError::NoCapture {
+                tracepoints: ErrorChain(&tracepoints).to_string(),
+                fexit: ErrorChain(&fexit).to_string(),
+            })
+        }
+    }
+}
+
+/// The fexit programs read `function`'s arguments by position.
+fn check_prototype(
+    kernel_btf: &btf::KernelBtf,
+    function: &'static str,
+    expected: &[&str],
+) -> Result<(), ProbeError> {
+    let found = kernel_btf
+        .parameters(function)
+        .map_err(|e| ProbeError::Btf(Box::new(e)))?;
+    if found != expected {
+        return Err(ProbeError::Prototype {
+            function,
+            found: found.join(", "),
+        });
+    }
+    Ok(())
+}
+
+/// Attaches `hooks` in order; a program of an optional feature that fails
+/// turns that feature off in `features`, any other failure is returned.
+fn attach_all(
+    ebpf: &mut Ebpf,
+    hooks: &[HookSpec],
+    btf: &Btf,
+    features: &mut FeatureReport,
+) -> Result<(), ProbeError> {
+    for (program, hook, feature) in hooks {
+        match (attach(ebpf, program, hook, btf), feature) {
+            (Ok(()), _) => {}
+            (Err(error), Some(feature)) => {
+                features.set(*feature, FeatureState::Off(ErrorChain(&error).to_string()))
+            }
+            (Err(error), None) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+/// Detaches and unloads `hooks`' programs (those never loaded are skipped).
+fn unload(ebpf: &mut Ebpf, hooks: &[HookSpec]) {
+    for (program, hook, _) in hooks {
+        let Some(prog) = ebpf.program_mut(program) else {
+            continue;
+        };
+        // Unloading fails only for a program that was not loaded.
+        let _ = match hook {
+            Hook::Btf(_) => <&mut BtfTracePoint>::try_from(prog).and_then(BtfTracePoint::unload),
+            Hook::Tracepoint(..) => <&mut TracePoint>::try_from(prog).and_then(TracePoint::unload),
+            Hook::FExit(_) => <&mut FExit>::try_from(prog).and_then(FExit::unload),
+        };
+    }
 }
 
 fn attach(
@@ -398,6 +568,11 @@ fn attach(
             let prog: &mut TracePoint = prog.try_into().map_err(attach_error(name))?;
             prog.load().map_err(attach_error(name))?;
             prog.attach(category, name).map_err(attach_error(name))?;
+        }
+        Hook::FExit(function) => {
+            let prog: &mut FExit = prog.try_into().map_err(attach_error(function))?;
+            prog.load(function, btf).map_err(attach_error(function))?;
+            prog.attach().map_err(attach_error(function))?;
         }
     }
     Ok(())
@@ -441,10 +616,7 @@ fn raise_memlock_limit() {
 }
 
 /// Offsets for this kernel, from BTF and the fork tracepoint's format file.
-fn kernel_config(config: &ProbeConfig) -> Result<KernelConfig, ProbeError> {
-    let data =
-        std::fs::read("/sys/kernel/btf/vmlinux").map_err(|e| ProbeError::Btf(Box::new(e)))?;
-    let btf = btf::KernelBtf::parse(&data).map_err(|e| ProbeError::Btf(Box::new(e)))?;
+fn kernel_config(config: &ProbeConfig, btf: &btf::KernelBtf) -> Result<KernelConfig, ProbeError> {
     let offset = |strukt: &str, member: &str| {
         btf.member_offset(strukt, member)
             .map_err(|e| ProbeError::Btf(Box::new(e)))
@@ -506,10 +678,7 @@ mod tests {
         assert!(text.contains("CONFIG_DEBUG_INFO_BTF"), "{text}");
         assert!(text.contains("cannot run without it"), "{text}");
 
-        let no_cgroup = InjectionOff(ProbeError::NoCgroup2);
-        let text = ErrorChain(&no_cgroup).to_string();
-        assert!(text.starts_with("traceparent injection is off"), "{text}");
-        assert!(text.contains("spans, metrics and incoming trace context are unaffected"));
+        let text = ErrorChain(&ProbeError::NoCgroup2).to_string();
         assert!(text.contains("no cgroup v2 mount found"), "{text}");
 
         let format = ProbeError::TracepointFormat {

@@ -1,0 +1,51 @@
+//! Payload capture where the `sock_*_length` tracepoints do not exist
+//! (Linux < 6.2): fexit on `tcp_sendmsg` and `tcp_recvmsg` (trampolines,
+//! Linux >= 5.5 with BTF), which every TCP send and receive of a process
+//! passes through (`inet_sendmsg`/`inet_recvmsg` call them through the
+//! socket's protocol, IPv4 and IPv6 alike). Like the tracepoints they fire
+//! for socket I/O only. What is reported is `crate::socket_call`'s.
+//!
+//! /// match-proto:v5.19:net/ipv4/tcp.c:
+//! /// int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)
+//! /// int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int flags, int *addr_len)
+//!
+//! Before 5.19 `tcp_recvmsg` had a `nonblock` parameter before `flags`:
+//! the agent checks the prototype in the kernel's BTF before it picks
+//! these programs. fexit programs on one function run in reverse attach
+//! order (the kernel adds each to the head of the trampoline's list), so
+//! the agent attaches the capture before the header scan, which then runs
+//! first, as on the tracepoint.
+
+use agent_common::socket_data::{DIRECTION_EGRESS, DIRECTION_INGRESS};
+use aya_ebpf::{macros::fexit, programs::FExitContext};
+
+use crate::socket_call;
+
+/// `tcp_sendmsg`'s return value: after its 3 arguments.
+const SENDMSG_RET: usize = 3;
+/// `tcp_recvmsg`'s `flags`, and its return value after its 5 arguments.
+const RECVMSG_FLAGS: usize = 3;
+const RECVMSG_RET: usize = 5;
+
+#[fexit(function = "tcp_sendmsg")]
+pub fn tcp_sendmsg_exit(ctx: FExitContext) -> u32 {
+    let _ = socket_call::report(ctx.arg(0), ctx.arg(SENDMSG_RET), 0, DIRECTION_EGRESS);
+    0
+}
+
+#[fexit(function = "tcp_recvmsg")]
+pub fn tcp_recvmsg_exit(ctx: FExitContext) -> u32 {
+    let _ = socket_call::report(
+        ctx.arg(0),
+        ctx.arg(RECVMSG_RET),
+        ctx.arg(RECVMSG_FLAGS),
+        DIRECTION_INGRESS,
+    );
+    0
+}
+
+#[fexit(function = "tcp_recvmsg")]
+pub fn tcp_recvmsg_context(ctx: FExitContext) -> u32 {
+    let _ = socket_call::scan_request(ctx.arg(0), ctx.arg(RECVMSG_RET), ctx.arg(RECVMSG_FLAGS));
+    0
+}
