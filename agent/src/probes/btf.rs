@@ -299,10 +299,10 @@ mod tests {
         assert_eq!(btf.member_offset("sock_common", "skc_daddr"), Ok(0));
         assert_eq!(btf.member_offset("sock_common", "skc_family"), Ok(16));
         assert!(btf.member_offset("sock", "sk_protocol").unwrap() > 100);
-        // Since Linux 5.19 (no `nonblock`), as on this machine's 6.18.
+        // This machine's 6.18 (5.19 dropped `nonblock`, 6.x `addr_len`).
         assert_eq!(
             btf.parameters("tcp_recvmsg").unwrap(),
-            ["sk", "msg", "len", "flags", "addr_len"]
+            ["sk", "msg", "len", "flags"]
         );
         assert_eq!(
             btf.parameters("tcp_sendmsg").unwrap(),
