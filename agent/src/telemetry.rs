@@ -86,6 +86,7 @@ metrics! {
         MetricPointsRecovered => "sonde_metric_points_recovered", "Metric data points found in export.queue_dir at start, left unsent by an earlier run, and queued for export";
         TlsCiphertextIgnored => "sonde_tls_ciphertext_ignored", "Socket events dropped because their connection's plaintext comes from the OpenSSL probes (the socket bytes are ciphertext)";
         TlsAttachFailed => "sonde_tls_attach_failed", "OpenSSL libraries whose uprobes could not be attached (their processes' TLS traffic is not traced)";
+        GoUnsupported => "sonde_go_unsupported", "Go executables whose release has no known struct offsets and no DWARF: their processes are traced at the socket level only";
         K8sWatchErrors => "sonde_k8s_watch_errors", "Failed list or watch requests to the Kubernetes API (retried with backoff)";
         K8sPodsDroppedStoreFull => "sonde_k8s_pods_dropped_store_full", "Pods not tracked because the pod store was full";
         ProcessMetadataEvicted => "sonde_process_metadata_evicted", "Process descriptions dropped because the process table was full (read again from /proc if the process sends more)";

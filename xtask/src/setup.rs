@@ -7,7 +7,8 @@
 //! end-to-end tests and the demo run (curl, python3 + requests + grpcio +
 //! the OpenTelemetry SDK, node + npm and tests/apps' packages, bpftool,
 //! iproute2, prometheus, nginx, openssl, Debian's python3-grpcio for the TLS
-//! tests, and yamllint + kubernetes-validate for
+//! tests, the Go toolchains of the Go tests (1.22 and 1.23 from
+//! bookworm-backports), and yamllint + kubernetes-validate for
 //! the offline checks of deploy/). A third group, outside `ALL`, is what
 //! `cargo xtask bench` adds (wrk, nginx, python3-venv). All checks together
 //! take well under a second when everything is present; `apt-get update`
@@ -72,10 +73,24 @@ pub enum Verbosity {
     Summary,
 }
 
+/// The Go toolchains the Go tests build with (tests/tests/go.rs): Debian
+/// bookworm's 1.19, and from bookworm-backports 1.23 (both traced) and
+/// 1.22 (a release the agent has no offsets table entry for).
+const GO_TOOLCHAINS: &[(&str, Fix)] = &[
+    ("golang-1.19-go", Fix::Apt("golang-1.19-go")),
+    ("golang-1.22-go", Fix::AptBackports("golang-1.22-go")),
+    ("golang-1.23-go", Fix::AptBackports("golang-1.23-go")),
+];
+
+/// The apt source added for [`Fix::AptBackports`].
+const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/bookworm-backports.sources";
+
 /// How a missing prerequisite is installed.
 #[derive(Clone, PartialEq, Eq, Debug)]
 enum Fix {
     Apt(&'static str),
+    /// From Debian bookworm-backports (added as an apt source if missing).
+    AptBackports(&'static str),
     RustupComponent(&'static str),
     BpfLinker,
     /// `python3 -m pip install <spec>`.
@@ -91,6 +106,7 @@ impl fmt::Display for Fix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Fix::Apt(pkg) => write!(f, "apt-get install {pkg}"),
+            Fix::AptBackports(pkg) => write!(f, "apt-get install -t bookworm-backports {pkg}"),
             Fix::RustupComponent(c) => write!(f, "rustup component add {c} --toolchain nightly"),
             Fix::BpfLinker => write!(
                 f,
@@ -323,6 +339,16 @@ fn check(groups: &[Group]) -> Vec<Checked> {
                 status: python_module(module, pip, apt),
             });
         }
+        let names: Vec<&str> = GO_TOOLCHAINS.iter().map(|(pkg, _)| *pkg).collect();
+        for ((pkg, fix), version) in GO_TOOLCHAINS.iter().zip(installed_debs(&names)) {
+            out.push(Checked {
+                name: pkg,
+                status: match version {
+                    Some(v) => Status::Present(v),
+                    None => Status::Missing(fix.clone()),
+                },
+            });
+        }
         out.push(executable("npm", "npm", "npm"));
         out.push(Checked {
             name: "tests/apps node_modules",
@@ -512,6 +538,17 @@ fn install(fixes: &[Fix]) -> Result<()> {
         cmd::run(&mut get)?;
     }
 
+    let backports: Vec<&str> = fixes
+        .iter()
+        .filter_map(|f| match f {
+            Fix::AptBackports(pkg) => Some(*pkg),
+            _ => None,
+        })
+        .collect();
+    if !backports.is_empty() {
+        install_backports(&backports)?;
+    }
+
     for fix in fixes {
         if let Fix::RustupComponent(component) = fix {
             eprintln!("xtask: installing the nightly {component} component");
@@ -563,6 +600,43 @@ fn install(fixes: &[Fix]) -> Result<()> {
         install_deploy_validators()?;
     }
     Ok(())
+}
+
+/// Installs `pkgs` from bookworm-backports, adding it as an apt source
+/// first if no source names it.
+fn install_backports(pkgs: &[&str]) -> Result<()> {
+    let names_backports = |path: &Path| {
+        std::fs::read_to_string(path).is_ok_and(|text| text.contains("bookworm-backports"))
+    };
+    let configured = names_backports(Path::new("/etc/apt/sources.list"))
+        || std::fs::read_dir("/etc/apt/sources.list.d").is_ok_and(|dir| {
+            dir.flatten().any(|entry| names_backports(&entry.path()))
+        });
+    if !configured {
+        eprintln!("xtask: adding {BACKPORTS_SOURCE}");
+        std::fs::write(
+            BACKPORTS_SOURCE,
+            "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\n\
+             Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+        )?;
+    }
+    eprintln!(
+        "xtask: installing apt packages from bookworm-backports: {}",
+        pkgs.join(" ")
+    );
+    cmd::run(&mut privileged(&["apt-get", "update"])?)?;
+    let mut get = privileged(&[
+        "env",
+        "DEBIAN_FRONTEND=noninteractive",
+        "apt-get",
+        "install",
+        "-y",
+        "--no-install-recommends",
+        "-t",
+        "bookworm-backports",
+    ])?;
+    get.args(pkgs);
+    cmd::run(&mut get)
 }
 
 /// yamllint and kubernetes-validate (with the Kubernetes schemas it ships),

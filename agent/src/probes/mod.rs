@@ -9,6 +9,7 @@
 pub mod btf;
 pub mod decode;
 pub mod features;
+pub mod go;
 pub mod inject;
 pub mod nginx;
 pub mod openssl;

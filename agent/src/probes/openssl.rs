@@ -36,7 +36,7 @@ use aya::{
 use object::{Object as _, ObjectSymbol as _, read::ReadCache};
 use tracing::{debug, info, warn};
 
-use super::nginx;
+use super::{go, nginx};
 use crate::{
     model::error::ErrorChain,
     telemetry::{Counter, Gauge, Stats},
@@ -315,6 +315,9 @@ impl TlsAttach for OpensslProbes {
     fn attach(&mut self, library: &SslLibrary) -> bool {
         if let Some(&carries) = self.seen.get(&library.file) {
             return carries;
+        }
+        if library.executable {
+            go::examine(&library.path, &self.stats);
         }
         let result = self.try_attach(library);
         self.seen.insert(library.file, result.is_ok());
