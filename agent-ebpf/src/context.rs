@@ -54,6 +54,12 @@ use crate::maps::{
 /// with the request that created it only.
 const CTX_FRESH: u32 = 1 << 31;
 
+/// Set in the "thread" of Go TLS events (`probes::go_tls`), whose context
+/// is kept per process (`GO_CONTEXT_KEY | tgid`): goroutines move between
+/// threads. Thread ids are below 2^22 (`PID_MAX_LIMIT`), so the keys never
+/// meet a thread's.
+pub const GO_CONTEXT_KEY: u32 = 1 << 31;
+
 /// How far into a captured head the `traceparent` header is looked for.
 const SCAN_LIMIT: u32 = 1024;
 /// Scan offsets are masked with this; `TRACE_SCRATCH` has room past it.
@@ -435,7 +441,8 @@ pub fn start_client_request(tid: u32) -> TraceContext {
 
 /// A new client span: child of the thread's server request (and sampled
 /// as it is) if it has exactly one in flight; else the root of a new
-/// trace, flagged `CTX_AMBIGUOUS` when it had any.
+/// trace, flagged `CTX_AMBIGUOUS` when it had any. A Go process's
+/// ([`GO_CONTEXT_KEY`]) are roots, ambiguous while it serves requests.
 #[inline(always)]
 pub fn client_context(tid: u32) -> TraceContext {
     let mut ctx = TraceContext {
@@ -450,6 +457,9 @@ pub fn client_context(tid: u32) -> TraceContext {
     // The runtime named the request (`nginx`), else the only one in flight.
     let named = unsafe { NGINX_REQUEST.get(tid) }.copied();
     let server = match (named, in_flight) {
+        // Go: the process's requests in flight say nothing about which one
+        // a goroutine's call serves.
+        _ if tid & GO_CONTEXT_KEY != 0 => None,
         (Some(cookie), _) => unsafe { SERVER_CTX.get(cookie) }
             .copied()
             .filter(|request| request.active != 0),

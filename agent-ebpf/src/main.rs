@@ -13,13 +13,14 @@
 //!
 //! Layout: `probes/` holds the hooks, one leaf file per event; the code
 //! they share sits beside it, layered so nothing imports in a circle:
-//! `read`, `maps` < `syscall_args`, `sock` < `context`, `tls` < `capture` <
+//! `read`, `maps` < `syscall_args`, `sock` < `context`, `go` < `tls` < `capture` <
 //! `socket_call`.
 #![no_std]
 #![no_main]
 
 mod capture;
 mod context;
+mod go;
 mod maps;
 mod probes;
 mod read;

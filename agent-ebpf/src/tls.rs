@@ -20,6 +20,9 @@
 //!   the OpenSSL read probes to tie an untied `SSL *` to.
 //!
 //! Each clue ties one `SSL *` once and is used up.
+//!
+//! Go programs link their own TLS: see `go` for how their connections are
+//! told.
 
 use agent_common::{
     scan::is_tls_record,
@@ -28,6 +31,7 @@ use agent_common::{
 };
 
 use crate::{
+    go::{GO_TLS_PROCESS, is_go_tls_socket},
     maps::{
         LAST_READ, LAST_UNTIED_SSL, SSL_CALLS, SSL_PROCESSES, SSL_SOCKETS, SslKey, SslSocket,
         TRACKED_CONNS,
@@ -64,11 +68,13 @@ pub fn is_tls_socket(
 ) -> bool {
     let tid = event.header.tid;
     let tgid = event.header.pid;
-    // Most targets never call OpenSSL: one lookup rules out the rest
-    // (`SSL_CALLS` only holds threads of processes in `SSL_PROCESSES`).
+    // Most targets never call OpenSSL or Go's TLS: one lookup rules out the
+    // rest (`SSL_CALLS` only holds threads of processes in `SSL_PROCESSES`).
     // SAFETY: plain value lookup.
-    if unsafe { SSL_PROCESSES.get(tgid) }.is_none() {
-        return conn.flags & CONN_TLS != 0;
+    match unsafe { SSL_PROCESSES.get(tgid) } {
+        None => return conn.flags & CONN_TLS != 0,
+        Some(&GO_TLS_PROCESS) => return is_go_tls_socket(event, conn, data, total),
+        Some(_) => {}
     }
     let socket = SslSocket {
         cookie: event.socket_cookie,

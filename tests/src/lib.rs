@@ -4,12 +4,13 @@
 //! of services for trace-context tests ([`chain`]), and a
 //! real Prometheus server that scrapes it ([`prometheus`]), and for
 //! Kubernetes a stand-in API server ([`kube_api`]) and pod-like cgroups
-//! ([`pod_cgroup`]).
+//! ([`pod_cgroup`]); Go programs are built by [`go`].
 
 pub mod agent;
 pub mod apps;
 pub mod chain;
 pub mod db_servers;
+pub mod go;
 pub mod grpc_suite;
 pub mod kube_api;
 pub mod otlp_receiver;

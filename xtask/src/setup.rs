@@ -609,9 +609,8 @@ fn install_backports(pkgs: &[&str]) -> Result<()> {
         std::fs::read_to_string(path).is_ok_and(|text| text.contains("bookworm-backports"))
     };
     let configured = names_backports(Path::new("/etc/apt/sources.list"))
-        || std::fs::read_dir("/etc/apt/sources.list.d").is_ok_and(|dir| {
-            dir.flatten().any(|entry| names_backports(&entry.path()))
-        });
+        || std::fs::read_dir("/etc/apt/sources.list.d")
+            .is_ok_and(|dir| dir.flatten().any(|entry| names_backports(&entry.path())));
     if !configured {
         eprintln!("xtask: adding {BACKPORTS_SOURCE}");
         std::fs::write(

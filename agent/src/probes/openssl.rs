@@ -18,7 +18,8 @@
 //! the underlying file's), so two containers sharing an image layer share
 //! one attachment and their calls are not reported twice.
 //!
-//! The same pass puts the `nginx` probes on executables that are nginx.
+//! The same pass puts the `nginx` probes on executables that are nginx,
+//! and the Go TLS probes (`super::go`) on Go executables.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -36,7 +37,7 @@ use aya::{
 use object::{Object as _, ObjectSymbol as _, read::ReadCache};
 use tracing::{debug, info, warn};
 
-use super::{go, nginx};
+use super::{go::GoProbes, nginx};
 use crate::{
     model::error::ErrorChain,
     telemetry::{Counter, Gauge, Stats},
@@ -213,12 +214,15 @@ pub struct OpensslProbes {
     attached: u64,
     /// The nginx programs loaded (else nginx executables are left alone).
     nginx: bool,
+    /// The Go TLS programs, if they loaded (else Go's TLS is not traced).
+    go: Option<GoProbes>,
 }
 
 impl OpensslProbes {
     /// Loads the programs (not attached to anything yet).
     pub fn load(ebpf: Arc<Mutex<Ebpf>>, stats: Arc<Stats>) -> Result<Self, OpensslError> {
         let nginx;
+        let go;
         {
             let mut guard = ebpf.lock().unwrap_or_else(PoisonError::into_inner);
             let mut loaded = HashSet::new();
@@ -235,6 +239,11 @@ impl OpensslProbes {
                     warn!(error = %ErrorChain(error), "nginx upstream calls will not get exact parents");
                 })
                 .is_ok();
+            go = GoProbes::load(&mut guard, Arc::clone(&stats))
+                .inspect_err(|error| {
+                    warn!(error = %ErrorChain(error), "the HTTPS of Go programs will not be traced");
+                })
+                .ok();
         }
         Ok(Self {
             ebpf,
@@ -242,6 +251,7 @@ impl OpensslProbes {
             seen: HashMap::new(),
             attached: 0,
             nginx,
+            go,
         })
     }
 
@@ -316,8 +326,15 @@ impl TlsAttach for OpensslProbes {
         if let Some(&carries) = self.seen.get(&library.file) {
             return carries;
         }
-        if library.executable {
-            go::examine(&library.path, &self.stats);
+        if library.executable
+            && let Some(go) = &self.go
+            && let Some(traced) = go.attach(
+                &mut self.ebpf.lock().unwrap_or_else(PoisonError::into_inner),
+                &library.path,
+            )
+        {
+            self.seen.insert(library.file, traced);
+            return traced;
         }
         let result = self.try_attach(library);
         self.seen.insert(library.file, result.is_ok());

@@ -1,21 +1,21 @@
 // An HTTPS server and client on Go's own crypto/tls (net/http, standard
 // library only), for the agent's Go TLS tests.
 //
-//	go_https server -port P -cert C -key K   serves /status/N (and ?sleep=ms)
-//	go_https client -url U -n N [-h2]        GETs U N times on one keep-alive
-//	                                         connection, prints each status
+//	go_https server [-port P] -cert C -key K   serves /status/N (?sleep=ms)
+//	go_https server [-port P] -plain           the same over plain HTTP
+//	go_https client [-h2] URL...               GETs each URL in turn (one
+//	                                           keep-alive connection per
+//	                                           server), prints each status
 //
-// The server prints "listening" once it accepts connections. A client
-// started with -wait reads a line from stdin before its requests, so a
-// test can select it with the agent first.
+// The server prints "listening on <port>" once it accepts connections.
 package main
 
 import (
-	"bufio"
 	"crypto/tls"
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -44,6 +44,7 @@ func server(args []string) {
 	port := flags.Int("port", 0, "port on 127.0.0.1")
 	cert := flags.String("cert", "", "certificate (PEM)")
 	key := flags.String("key", "", "private key (PEM)")
+	plain := flags.Bool("plain", false, "plain HTTP, no TLS")
 	flags.Parse(args)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/status/", func(w http.ResponseWriter, r *http.Request) {
@@ -59,31 +60,33 @@ func server(args []string) {
 		w.WriteHeader(code)
 		fmt.Fprintf(w, "status %d via %s\n", code, r.Proto)
 	})
-	srv := &http.Server{Addr: fmt.Sprintf("127.0.0.1:%d", *port), Handler: mux}
-	fmt.Println("listening")
-	if err := srv.ListenAndServeTLS(*cert, *key); err != nil {
+	listener, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", *port))
+	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	fmt.Printf("listening on %d\n", listener.Addr().(*net.TCPAddr).Port)
+	srv := &http.Server{Handler: mux}
+	if *plain {
+		err = srv.Serve(listener)
+	} else {
+		err = srv.ServeTLS(listener, *cert, *key)
+	}
+	fmt.Fprintln(os.Stderr, err)
+	os.Exit(1)
 }
 
 func client(args []string) {
 	flags := flag.NewFlagSet("client", flag.ExitOnError)
-	url := flags.String("url", "", "URL to GET")
-	n := flags.Int("n", 1, "requests, one after the other")
 	h2 := flags.Bool("h2", false, "offer HTTP/2 (ALPN h2)")
-	wait := flags.Bool("wait", false, "read a line from stdin first")
 	flags.Parse(args)
-	if *wait {
-		bufio.NewReader(os.Stdin).ReadString('\n')
-	}
 	transport := &http.Transport{
 		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true},
 		ForceAttemptHTTP2: *h2,
 	}
 	c := &http.Client{Transport: transport, Timeout: 10 * time.Second}
-	for i := 0; i < *n; i++ {
-		resp, err := c.Get(*url)
+	for _, url := range flags.Args() {
+		resp, err := c.Get(url)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)

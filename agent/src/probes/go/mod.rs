@@ -17,20 +17,57 @@
 
 pub mod buildinfo;
 pub mod offsets;
+pub mod pclntab;
+mod rets;
 
 use std::{fmt, fs::File, path::Path};
 
+use aya::{
+    Ebpf,
+    maps::ProgramArray,
+    programs::{
+        ProgramError, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+    },
+};
 use object::{Object as _, ObjectSection as _, read::ReadCache};
 use tracing::{info, warn};
 
 use self::{
     buildinfo::{BuildInfo, GoVersion},
     offsets::GoOffsets,
+    pclntab::PclntabError,
 };
 use crate::{
     model::error::ErrorChain,
     telemetry::{Counter, Stats},
 };
+
+/// The probed functions: name, entry program, and the program put on
+/// each of its `RET`s (none: entry only).
+const FUNCTIONS: [(&str, &str, Option<&str>); 3] = [
+    // Marks the process as a Go TLS user before its connection's first
+    // record moves (see agent-ebpf/src/go.rs).
+    (
+        "crypto/tls.(*Conn).handshakeContext",
+        "go_tls_handshake_enter",
+        None,
+    ),
+    (
+        "crypto/tls.(*Conn).Read",
+        "go_tls_read_enter",
+        Some("go_tls_read_return"),
+    ),
+    (
+        "crypto/tls.(*Conn).Write",
+        "go_tls_write_enter",
+        Some("go_tls_write_return"),
+    ),
+];
+
+/// The program the read `RET` probe tail-calls, and its program array.
+const CAPTURE: &str = "go_tls_capture";
+const TAILS: &str = "GO_TLS_TAILS";
 
 /// Why a Go executable could not be inspected.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +78,36 @@ pub enum GoError {
     /// Not an ELF file the agent can read.
     #[error("reading the executable's ELF sections")]
     Elf(#[source] object::Error),
+    /// The function table could not be read.
+    #[error("reading .gopclntab")]
+    Pclntab(#[source] PclntabError),
+    /// A function's code is not in the file.
+    #[error("the code of {0} is not in the file")]
+    NoCode(&'static str),
+    /// The kernel object lacks a program or map.
+    #[error("the kernel object has no {0}")]
+    Missing(&'static str),
+    /// A program could not be loaded or attached.
+    #[error("loading or attaching {program}")]
+    Program {
+        /// Program name.
+        program: &'static str,
+        /// Cause.
+        #[source]
+        source: ProgramError,
+    },
+    /// The capture program could not be put in its program array.
+    #[error("putting {CAPTURE} in {TAILS}")]
+    Tail(#[source] aya::maps::MapError),
+}
+
+/// One uprobe: a program and where in the file it goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GoProbe {
+    /// Program name.
+    pub program: &'static str,
+    /// File offset of the instruction.
+    pub file_offset: u64,
 }
 
 /// The Go version a binary names, as far as it can be read.
@@ -82,6 +149,8 @@ pub struct GoBinary {
     pub offsets: Option<(GoOffsets, OffsetsFrom)>,
     /// Why DWARF gave none, if it did not (for the log).
     pub dwarf_error: Option<String>,
+    /// Where the TLS probes go; empty if it does not use `crypto/tls`.
+    pub probes: Vec<GoProbe>,
 }
 
 /// Reads what the Go probes need from the executable at `path`; `None` if
@@ -115,17 +184,180 @@ pub fn inspect(path: &Path) -> Result<Option<GoBinary>, GoError> {
             )
         }
     };
+    let probes = tls_probes(&elf)?;
     Ok(Some(GoBinary {
         release,
         offsets,
         dwarf_error,
+        probes,
     }))
+}
+
+/// Where the TLS probes go in `elf`: each function's entry and, for
+/// those with a return program, each `RET`. Empty if the binary does not
+/// link `crypto/tls` (the linker drops what a program does not use).
+fn tls_probes<'data, R: object::ReadRef<'data>>(
+    elf: &object::File<'data, R>,
+) -> Result<Vec<GoProbe>, GoError> {
+    let table = elf
+        .section_by_name(".gopclntab")
+        .ok_or(GoError::Pclntab(PclntabError::Corrupt))?;
+    let table = table.data().map_err(GoError::Elf)?;
+    let text = elf
+        .section_by_name(".text")
+        .ok_or(GoError::NoCode(FUNCTIONS[0].0))?;
+    let names = FUNCTIONS.map(|(name, _, _)| name);
+    let found = pclntab::find_functions(table, text.address(), &names).map_err(GoError::Pclntab)?;
+    if found.len() < FUNCTIONS.len() {
+        return Ok(Vec::new());
+    }
+    let (text_offset, _) = text.file_range().ok_or(GoError::NoCode(FUNCTIONS[0].0))?;
+    let file_offset = |address: u64| address - text.address() + text_offset;
+    let mut probes = Vec::new();
+    for (name, entry, ret) in FUNCTIONS {
+        let range = found[name];
+        probes.push(GoProbe {
+            program: entry,
+            file_offset: file_offset(range.entry),
+        });
+        if let Some(ret) = ret {
+            let code = text
+                .data_range(range.entry, range.end - range.entry)
+                .map_err(GoError::Elf)?
+                .ok_or(GoError::NoCode(name))?;
+            probes.extend(
+                rets::ret_addresses(code, range.entry)
+                    .into_iter()
+                    .map(|address| GoProbe {
+                        program: ret,
+                        file_offset: file_offset(address),
+                    }),
+            );
+        }
+    }
+    Ok(probes)
+}
+
+/// The loaded Go TLS programs.
+pub struct GoProbes {
+    stats: std::sync::Arc<Stats>,
+}
+
+impl GoProbes {
+    /// Loads the programs (attached to nothing yet) and links the capture
+    /// tail call.
+    pub fn load(ebpf: &mut Ebpf, stats: std::sync::Arc<Stats>) -> Result<Self, GoError> {
+        let programs = FUNCTIONS
+            .iter()
+            .flat_map(|(_, entry, ret)| std::iter::once(*entry).chain(*ret))
+            .chain([CAPTURE]);
+        for program in programs {
+            uprobe(ebpf, program)?
+                .load()
+                .map_err(|source| GoError::Program { program, source })?;
+        }
+        let program_error = |source| GoError::Program {
+            program: CAPTURE,
+            source,
+        };
+        let fd = uprobe(ebpf, CAPTURE)?
+            .fd()
+            .map_err(program_error)?
+            .try_clone()
+            .map_err(|e| program_error(ProgramError::IOError(e)))?;
+        let mut tails: ProgramArray<_> = ebpf
+            .map_mut(TAILS)
+            .ok_or(GoError::Missing(TAILS))?
+            .try_into()
+            .map_err(GoError::Tail)?;
+        tails.set(0, &fd, 0).map_err(GoError::Tail)?;
+        Ok(Self { stats })
+    }
+
+    /// Puts the probes on the executable at `path` if it is Go and its
+    /// offsets are known: `None` if it is not Go, else whether its TLS is
+    /// traced. Logs the release either way; counts the unsupported.
+    pub fn attach(&self, ebpf: &mut Ebpf, path: &Path) -> Option<bool> {
+        let binary = examine(path, &self.stats)?;
+        let Some((offsets, _)) = binary.offsets else {
+            return Some(false);
+        };
+        if binary.probes.is_empty() {
+            info!(executable = %path.display(), "Go executable without crypto/tls");
+            return Some(false);
+        }
+        match attach_all(ebpf, path, &binary.probes, offsets) {
+            Ok(()) => {
+                info!(
+                    executable = %path.display(),
+                    go = %binary.release,
+                    probes = binary.probes.len(),
+                    "Go TLS probes attached"
+                );
+                Some(true)
+            }
+            Err(error) => {
+                self.stats.add(Counter::TlsAttachFailed, 1);
+                warn!(
+                    executable = %path.display(),
+                    error = %ErrorChain(&error),
+                    "the HTTPS of this Go executable's processes is not traced"
+                );
+                Some(false)
+            }
+        }
+    }
+}
+
+/// Attaches every probe, or none: on a failure the ones made are detached.
+fn attach_all(
+    ebpf: &mut Ebpf,
+    path: &Path,
+    probes: &[GoProbe],
+    offsets: GoOffsets,
+) -> Result<(), GoError> {
+    let mut links = Vec::new();
+    for probe in probes {
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
+            cookie: Some(offsets.cookie()),
+        };
+        let attached = uprobe(ebpf, probe.program).and_then(|program| {
+            program
+                .attach(point, path, UProbeScope::AllProcesses)
+                .map_err(|source| GoError::Program {
+                    program: probe.program,
+                    source,
+                })
+        });
+        match attached {
+            Ok(link) => links.push((probe.program, link)),
+            Err(error) => {
+                for (program, link) in links {
+                    if let Ok(program) = uprobe(ebpf, program) {
+                        // Only fails if the link is gone already.
+                        let _ = program.detach(link);
+                    }
+                }
+                return Err(error);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A program of the object as a uprobe.
+fn uprobe<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut UProbe, GoError> {
+    ebpf.program_mut(program)
+        .ok_or(GoError::Missing(program))?
+        .try_into()
+        .map_err(|source| GoError::Program { program, source })
 }
 
 /// Looks at the executable at `path`, which a selected process runs: if
 /// it is Go, logs its release and whether its processes get the Go probes;
 /// counts those that cannot (`sonde_go_unsupported`).
-pub fn examine(path: &Path, stats: &Stats) -> Option<GoBinary> {
+fn examine(path: &Path, stats: &Stats) -> Option<GoBinary> {
     let binary = match inspect(path) {
         Ok(binary) => binary?,
         Err(error) => {
@@ -138,7 +370,7 @@ pub fn examine(path: &Path, stats: &Stats) -> Option<GoBinary> {
             executable = %path.display(),
             go = %binary.release,
             offsets = ?from,
-            "Go executable"
+            "Go executable: struct offsets known"
         ),
         None => {
             stats.add(Counter::GoUnsupported, 1);
@@ -154,55 +386,36 @@ pub fn examine(path: &Path, stats: &Stats) -> Option<GoBinary> {
 }
 
 #[cfg(test)]
-pub(crate) mod test_binaries {
-    //! Go programs built for the tests with the toolchains `cargo xtask
-    //! setup` installs (Debian's golang-1.19, backports' 1.22 and 1.23).
+mod test_binaries {
+    //! Go programs built for the tests by tests/apps/go_build.sh with the
+    //! toolchains `cargo xtask setup` installs.
 
     use std::{
         path::{Path, PathBuf},
         process::Command,
-        sync::Mutex,
+        sync::{Mutex, PoisonError},
     };
 
     /// Serialises builds: two `go build`s of one output race.
     static BUILDING: Mutex<()> = Mutex::new(());
 
     /// tests/apps/go_https, built with Go 1.`minor`, stripped
-    /// (`-ldflags=-s -w`) or not; reused across test runs.
+    /// (`-ldflags=-s -w`) or not; reused while newer than its source.
     pub fn go_https(minor: u32, stripped: bool) -> PathBuf {
-        let _guard = BUILDING
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let source = root.join("tests/apps/go_https/main.go");
-        let dir = std::env::temp_dir().join("sonde-go-unit");
-        let out = dir.join(format!(
-            "go_https-1.{minor}{}",
-            if stripped { "-stripped" } else { "" }
-        ));
-        let fresh = |out: &Path| {
-            let modified = |p: &Path| p.metadata().and_then(|m| m.modified()).ok();
-            modified(out).is_some_and(|built| modified(&source).is_some_and(|src| built > src))
-        };
-        if !fresh(&out) {
-            let go = format!("/usr/lib/go-1.{minor}/bin/go");
-            let mut build = Command::new(&go);
-            build
-                .args(["build", "-o"])
+        let _guard = BUILDING.lock().unwrap_or_else(PoisonError::into_inner);
+        let apps = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/apps");
+        let strip = if stripped { "stripped" } else { "full" };
+        let out = std::env::temp_dir()
+            .join("sonde-go-unit")
+            .join(format!("go_https-1.{minor}-{strip}"));
+        let modified = |p: &Path| p.metadata().and_then(|m| m.modified()).ok();
+        if modified(&out) <= modified(&apps.join("go_https/main.go")) {
+            let status = Command::new(apps.join("go_build.sh"))
+                .args(["go_https", &minor.to_string(), strip])
                 .arg(&out)
-                .env("GOCACHE", dir.join("cache"))
-                .env("GOPATH", dir.join("gopath"))
-                .env("GO111MODULE", "off")
-                .env("GOFLAGS", "")
-                .env("GOTOOLCHAIN", "local");
-            if stripped {
-                build.arg("-ldflags=-s -w");
-            }
-            let status = build
-                .arg(&source)
                 .status()
-                .unwrap_or_else(|e| panic!("{go} (cargo xtask setup installs it): {e}"));
-            assert!(status.success(), "go build with {go}");
+                .expect("running build.sh");
+            assert!(status.success(), "building go_https with Go 1.{minor}");
         }
         out
     }
@@ -210,6 +423,8 @@ pub(crate) mod test_binaries {
 
 #[cfg(test)]
 mod tests {
+    use object::ObjectSymbol as _;
+
     use super::{test_binaries::go_https, *};
 
     #[test]
@@ -231,8 +446,14 @@ mod tests {
             )),
             "DWARF agrees with the table"
         );
-        let go123 = inspect(&go_https(23, false)).expect("readable").expect("Go");
-        let table = offsets::known(GoVersion { minor: 23, patch: 5 }).expect("in the table");
+        let go123 = inspect(&go_https(23, false))
+            .expect("readable")
+            .expect("Go");
+        let table = offsets::known(GoVersion {
+            minor: 23,
+            patch: 5,
+        })
+        .expect("in the table");
         assert_eq!(go123.offsets, Some((table, OffsetsFrom::Dwarf)));
         // Stripped: no DWARF, the table.
         let stripped = inspect(&go_https(23, true)).expect("readable").expect("Go");
@@ -245,5 +466,51 @@ mod tests {
         assert_eq!(unknown.offsets, None);
         // Not Go.
         assert_eq!(inspect(Path::new("/usr/bin/curl")).expect("readable"), None);
+    }
+
+    /// The probes sit where the symbol table puts the functions, the
+    /// return probes on `RET` opcodes; a stripped build gets the same.
+    #[test]
+    fn places_probes_from_pclntab_where_the_symbols_say() {
+        let path = go_https(19, false);
+        let binary = inspect(&path).expect("readable").expect("Go");
+        let data = std::fs::read(&path).expect("read");
+        let elf = object::File::parse(&*data).expect("ELF");
+        let text = elf.section_by_name(".text").expect(".text");
+        let (text_offset, _) = text.file_range().expect("in the file");
+        for (name, entry, ret) in FUNCTIONS {
+            let symbol = elf
+                .symbols()
+                .find(|s| s.name() == Ok(name))
+                .unwrap_or_else(|| panic!("{name} in the symbol table"));
+            let offset = symbol.address() - text.address() + text_offset;
+            assert!(
+                binary.probes.contains(&GoProbe {
+                    program: entry,
+                    file_offset: offset
+                }),
+                "{name} entry: {:?}",
+                binary.probes
+            );
+            if let Some(ret) = ret {
+                let rets: Vec<u64> = binary
+                    .probes
+                    .iter()
+                    .filter(|p| p.program == ret)
+                    .map(|p| p.file_offset)
+                    .collect();
+                assert!(rets.len() >= 2, "{name} returns in several places");
+                for at in rets {
+                    assert!(at > offset && at < offset + symbol.size(), "{name}");
+                    assert_eq!(data[at as usize], 0xc3, "{name}: RET at {at:#x}");
+                }
+            }
+        }
+        let stripped = inspect(&go_https(23, true)).expect("readable").expect("Go");
+        let full = inspect(&go_https(23, false))
+            .expect("readable")
+            .expect("Go");
+        assert_eq!(stripped.probes, full.probes);
+        assert!(!stripped.probes.is_empty());
     }
 }

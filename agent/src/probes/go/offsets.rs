@@ -17,7 +17,8 @@ use object::{CompressionFormat, Object as _, ObjectSection as _, ReadRef};
 
 use super::buildinfo::GoVersion;
 
-/// The offsets the kernel programs use.
+/// The offsets the kernel programs use, handed to them in the uprobes'
+/// attach cookie ([`GoOffsets::cookie`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GoOffsets {
     /// `crypto/tls.Conn.conn`, the `net.Conn` interface.
@@ -28,6 +29,17 @@ pub struct GoOffsets {
     pub net_fd_sysfd: u16,
     /// `runtime.g.goid`.
     pub g_goid: u16,
+}
+
+impl GoOffsets {
+    /// The offsets packed 16 bits each, as agent-ebpf's `probes::go_tls`
+    /// unpacks them.
+    pub fn cookie(&self) -> u64 {
+        u64::from(self.tls_conn_conn)
+            | (u64::from(self.tcp_conn_fd) << 16)
+            | (u64::from(self.net_fd_sysfd) << 32)
+            | (u64::from(self.g_goid) << 48)
+    }
 }
 
 /// Go releases whose offsets were read from their DWARF (see the tests).
