@@ -128,7 +128,16 @@ impl Agent {
             }
         });
         let mut agent = Self { child, log };
-        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        // Longer under software emulation (`cargo xtask vm` sets it): the
+        // verifier alone takes ~20 s there.
+        let start_timeout = std::env::var("SONDE_E2E_START_SECS")
+            .ok()
+            .and_then(|secs| secs.parse().ok())
+            .unwrap_or(30);
+        if ready_rx
+            .recv_timeout(Duration::from_secs(start_timeout))
+            .is_err()
+        {
             let status = agent.child.try_wait().ok().flatten();
             panic!(
                 "agent did not start (exit: {status:?}); log:\n{}",

@@ -468,6 +468,7 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 ip link set lo up
 export HOME=/root TMPDIR=/tmp PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export SONDE_AGENT_BIN={agent} SONDE_E2E_REQUIRED=1 SONDE_EXPECT_OFF={expect_off}
+export SONDE_E2E_START_SECS=240
 cd {workspace}
 uname -r > {out}/release
 {command} > {out}/output.log 2>&1
