@@ -39,7 +39,29 @@ async function ioredis(port) {
   r.disconnect();
 }
 
-const scenarios = { "node-pg": nodePg, ioredis };
+async function mysql2(port) {
+  const mysql = require("mysql2/promise");
+  const setup = await mysql.createConnection({ host: "127.0.0.1", port, user: "root" });
+  await setup.query("CREATE DATABASE IF NOT EXISTS shop");
+  await setup.end();
+  // The database named in the handshake.
+  const c = await mysql.createConnection({ host: "127.0.0.1", port, user: "root", database: "shop" });
+  await c.query("CREATE TABLE IF NOT EXISTS orders (id int, note text)");
+  // Server-side prepared statements: COM_STMT_PREPARE once, then
+  // COM_STMT_EXECUTE by statement id, the parameters sent in binary.
+  await c.execute("INSERT INTO orders VALUES (?, ?)", [7, "card " + SECRET]);
+  for (let i = 0; i < 3; i++) {
+    await c.execute("SELECT note FROM orders WHERE id = ?", [i]);
+  }
+  try {
+    await c.execute("SELECT id FROM missing_table WHERE id = ?", [1]);
+  } catch (e) {
+    if (e.errno !== 1146) throw e;
+  }
+  await c.end();
+}
+
+const scenarios = { "node-pg": nodePg, ioredis, "node-mysql2": mysql2 };
 const [scenario, port] = [process.argv[2], Number(process.argv[3])];
 console.log("ready");
 process.stdin.once("data", () => {

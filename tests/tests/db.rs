@@ -313,6 +313,48 @@ async fn mariadb_pymysql() {
     assert_error(by_text("SELECT * FROM missing_table"), "1146");
 }
 
+/// Node's `mysql2` against MariaDB, with server-side prepared statements:
+/// each `COM_STMT_EXECUTE` is reported with the query its statement id was
+/// prepared from, the binary parameters never read; a prepare that fails
+/// is an error span with the ERR packet's number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_node_mysql2_prepared_statements() {
+    require_e2e!();
+    let server = DbServer::start(Kind::Mariadb);
+    let select = "SELECT note FROM orders WHERE id = ?";
+    let missing = "SELECT id FROM missing_table WHERE id = ?";
+    let spans = client_spans("node-mysql2", &server, &[(select, 3), (missing, 1)]).await;
+    let counts = count_by_text(&spans);
+    // Prepared once (mysql2 caches the statement per connection),
+    // executed three times: a prepare that succeeds is no operation.
+    assert_eq!(counts.get(select), Some(&3), "{counts:#?}");
+    assert_eq!(
+        counts.get("INSERT INTO orders VALUES (?, ?)"),
+        Some(&1),
+        "{counts:#?}"
+    );
+    for span in spans
+        .iter()
+        .filter(|s| s.str_attr("db.query.text") == select)
+    {
+        assert_eq!(span.str_attr("db.system.name"), "mariadb");
+        assert_eq!(span.str_attr("db.namespace"), "shop");
+        assert_eq!(span.str_attr("db.collection.name"), "orders");
+        assert_eq!(span.name, "SELECT orders");
+        assert_eq!(span.status_code, StatusCode::Unset, "{span:#?}");
+    }
+    let failed: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.str_attr("db.query.text") == missing)
+        .collect();
+    assert_eq!(
+        failed.len(),
+        1,
+        "only the prepare, never executed: {failed:#?}"
+    );
+    assert_error(failed[0], "1146");
+}
+
 /// pymemcache: commands with their arguments as `?`, an unknown command
 /// as an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

