@@ -6,6 +6,7 @@
 mod bench;
 mod build;
 mod cmd;
+mod fuzz;
 mod setup;
 mod test;
 mod vm;
@@ -70,6 +71,15 @@ enum Task {
         #[arg(long)]
         unit_only: bool,
     },
+    /// Run the cargo-fuzz targets in fuzz/ (nightly, libFuzzer): all of
+    /// them, or the one named, each for `--seconds`.
+    Fuzz {
+        /// One target (default: every one).
+        target: Option<String>,
+        /// How long each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Measure what the agent costs (nginx and FastAPI with and without it,
     /// against the OpenTelemetry SDK); results in target/bench (root).
     Bench(bench::Args),
@@ -129,6 +139,18 @@ fn run_task(task: Task) -> Result<()> {
         Task::Run { debug, args } => run(profile(debug), &args),
         Task::Demo => demo(),
         Task::Test { unit_only } => test::run(unit_only),
+        Task::Fuzz { target, seconds } => {
+            setup::ensure(
+                &[setup::Group::EbpfToolchain],
+                setup::Mode::Install,
+                setup::Verbosity::Summary,
+            )?;
+            let targets = match target {
+                Some(target) => vec![target],
+                None => fuzz::targets()?,
+            };
+            fuzz::run(&targets, seconds)
+        }
         Task::Bench(args) => bench::run(&args),
         Task::Vm(args) => vm::run(&args),
         Task::BenchHelper(helper) => bench::helper(&helper),

@@ -2,8 +2,9 @@
 //! build or test machine needs, checked quickly and installed only when
 //! missing.
 //!
-//! Two groups: the eBPF toolchain (nightly rust-src and clippy, bpf-linker
-//! and the LLVM 22 libraries it builds against) and the tools the
+//! Two groups: the nightly toolchain (rust-src and clippy, bpf-linker and
+//! the LLVM 22 libraries it builds against for the eBPF programs, and
+//! cargo-fuzz for the fuzz targets) and the tools the
 //! end-to-end tests and the demo run (curl, python3 + requests + grpcio +
 //! the OpenTelemetry SDK, node + npm and tests/apps' packages, bpftool,
 //! iproute2, prometheus, nginx, openssl, Debian's python3-grpcio for the TLS
@@ -26,6 +27,9 @@ use crate::cmd;
 
 /// Where the LLVM that bpf-linker links against lives (Debian's llvm-22).
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+/// The cargo-fuzz release `cargo xtask fuzz` and the test suite run.
+const CARGO_FUZZ: &str = "0.13.2";
 
 /// Debian's grpcio, which links the system's libssl (see `check`).
 const TLS_GRPCIO: &str = "python3-grpcio";
@@ -93,6 +97,8 @@ enum Fix {
     AptBackports(&'static str),
     RustupComponent(&'static str),
     BpfLinker,
+    /// `cargo install cargo-fuzz` (the fuzz targets in fuzz/).
+    CargoFuzz,
     /// `python3 -m pip install <spec>`.
     Pip(&'static str),
     /// `npm ci` in tests/apps (the Node.js test programs' packages).
@@ -108,6 +114,10 @@ impl fmt::Display for Fix {
             Fix::Apt(pkg) => write!(f, "apt-get install {pkg}"),
             Fix::AptBackports(pkg) => write!(f, "apt-get install -t bookworm-backports {pkg}"),
             Fix::RustupComponent(c) => write!(f, "rustup component add {c} --toolchain nightly"),
+            Fix::CargoFuzz => write!(
+                f,
+                "cargo install cargo-fuzz --version {CARGO_FUZZ} --locked"
+            ),
             Fix::BpfLinker => write!(
                 f,
                 "cargo install bpf-linker --no-default-features --features llvm-22"
@@ -214,6 +224,13 @@ fn check(groups: &[Group]) -> Vec<Checked> {
             status: match cmd::which("bpf-linker") {
                 Some(path) => Status::Present(path.display().to_string()),
                 None => Status::Missing(Fix::BpfLinker),
+            },
+        });
+        out.push(Checked {
+            name: "cargo-fuzz",
+            status: match cmd::which("cargo-fuzz") {
+                Some(path) => Status::Present(path.display().to_string()),
+                None => Status::Missing(Fix::CargoFuzz),
             },
         });
     }
@@ -595,6 +612,14 @@ fn install(fixes: &[Fix]) -> Result<()> {
                 .args(["ci", "--no-audit", "--no-fund"])
                 .current_dir(test_apps_dir()),
         )?;
+    }
+
+    if fixes.contains(&Fix::CargoFuzz) {
+        eprintln!("xtask: building cargo-fuzz {CARGO_FUZZ} (takes a few minutes, once)");
+        let mut cargo = Command::new("cargo");
+        cargo.args(["install", "cargo-fuzz", "--version", CARGO_FUZZ, "--locked"]);
+        cmd::scrub_host_env(&mut cargo);
+        cmd::run(&mut cargo)?;
     }
 
     if fixes.contains(&Fix::DeployValidators) {
