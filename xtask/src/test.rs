@@ -1,14 +1,13 @@
 //! `cargo xtask test`: the whole suite CI runs, in order, stopping at the
 //! first failure: rustfmt, clippy on the host crates, clippy on the BPF
-//! crate, unit tests, a short run of every fuzz target, then (as root) the
-//! offline validation of deploy/, a release build and the end-to-end tests
-//! against it.
+//! crate, unit tests, then (as root) the offline validation of deploy/, a
+//! release build and the end-to-end tests against it.
 
 use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{build, cmd, fuzz, setup};
+use crate::{build, cmd, setup};
 
 /// One step of the suite.
 struct Step {
@@ -58,10 +57,6 @@ pub fn run(unit_only: bool) -> Result<()> {
         Step {
             name: "unit tests",
             run: unit_tests,
-        },
-        Step {
-            name: "fuzz targets (short run each)",
-            run: fuzz_short,
         },
     ];
     if !unit_only {
@@ -122,10 +117,6 @@ fn clippy_host(_: &mut State) -> Result<()> {
 
 fn clippy_ebpf(_: &mut State) -> Result<()> {
     cmd::run(cmd::nightly_cargo().args(["clippy", "--release", "--", "-D", "warnings"]))
-}
-
-fn fuzz_short(_: &mut State) -> Result<()> {
-    fuzz::run(&fuzz::targets()?, fuzz::SHORT_RUN_SECS)
 }
 
 fn unit_tests(state: &mut State) -> Result<()> {
