@@ -250,6 +250,16 @@ fn path_str(path: &Path) -> String {
     path.to_str().expect("utf-8 path").to_owned()
 }
 
+/// Sends `count` GETs of `path` on one keep-alive connection.
+pub fn get_many(server: &Server, path: &str, count: usize) {
+    let url = server.url(path);
+    let mut args = Vec::new();
+    for _ in 0..count {
+        args.extend(["-o", "/dev/null", url.as_str()]);
+    }
+    curl(&args);
+}
+
 /// Runs curl with `args` and returns its stdout; panics if curl fails.
 pub fn curl(args: &[&str]) -> String {
     let output = Command::new("curl")

@@ -20,5 +20,5 @@ pub mod tls_ca;
 
 pub use otlp_receiver::{
     Failure, NumberKind, OtlpReceiver, Protocol, ReceivedHistogram, ReceivedNumber,
-    ReceivedRequest, ReceivedSpan, hex, spans_of,
+    ReceivedRequest, ReceivedSpan, hex, spans_of, the_span,
 };

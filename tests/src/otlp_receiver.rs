@@ -108,6 +108,20 @@ pub fn spans_of(spans: &[ReceivedSpan], pid: u32, kind: SpanKind) -> Vec<Receive
     ours
 }
 
+/// The one span of `spans` that `pick` selects; panics, naming `what`,
+/// when there are none or several.
+pub fn the_span<'a>(
+    spans: &'a [ReceivedSpan],
+    what: &str,
+    pick: impl Fn(&ReceivedSpan) -> bool,
+) -> &'a ReceivedSpan {
+    let found: Vec<&ReceivedSpan> = spans.iter().filter(|s| pick(s)).collect();
+    match found.as_slice() {
+        [span] => span,
+        _ => panic!("{} spans for {what}: {found:#?}", found.len()),
+    }
+}
+
 /// Which OTLP transport a request came over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {

@@ -17,7 +17,7 @@ use serde_json::json;
 use sonde_tests::{
     OtlpReceiver, ReceivedSpan,
     agent::{Agent, config_file},
-    apps::{Server, curl},
+    apps::{Server, get_many},
     prometheus::{Counters, free_port},
     require_e2e,
 };
@@ -99,16 +99,6 @@ fn agent(
         agent,
         Counters(SocketAddr::from(([127, 0, 0, 1], metrics_port))),
     )
-}
-
-/// Sends `count` GETs of `path` on one keep-alive connection.
-fn get_many(server: &Server, path: &str, count: usize) {
-    let url = server.url(path);
-    let mut args = Vec::new();
-    for _ in 0..count {
-        args.extend(["-o", "/dev/null", url.as_str()]);
-    }
-    curl(&args);
 }
 
 fn count_path(spans: &[ReceivedSpan], server: &Server, path: &str) -> usize {

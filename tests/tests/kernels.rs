@@ -10,11 +10,11 @@ use std::{process::Command, time::Duration};
 
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use sonde_tests::{
-    OtlpReceiver, ReceivedSpan,
+    OtlpReceiver,
     agent::Agent,
     apps::{Certificate, Server, curl},
     chain::{DONE, Interpreters, python_chain},
-    require_e2e, spans_of,
+    require_e2e, spans_of, the_span,
 };
 
 /// Generous: under software emulation the guest runs several times slower.
@@ -54,16 +54,6 @@ fn is_on(report: &str, feature: &str) -> bool {
         line.strip_prefix(feature)
             .is_some_and(|rest| rest.trim() == "on")
     })
-}
-
-fn the_span<'a>(
-    spans: &'a [ReceivedSpan],
-    what: &str,
-    pick: impl Fn(&ReceivedSpan) -> bool,
-) -> &'a ReceivedSpan {
-    let found: Vec<&ReceivedSpan> = spans.iter().filter(|s| pick(s)).collect();
-    assert_eq!(found.len(), 1, "exactly one {what}\n{spans:#?}");
-    found[0]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

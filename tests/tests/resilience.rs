@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use sonde_tests::{
     Failure, NumberKind, OtlpReceiver, ReceivedNumber, ReceivedSpan,
     agent::{Agent, config_file, memory_kib, strip_colours},
-    apps::{Server, SteadyLoad, curl},
+    apps::{Server, SteadyLoad, get_many},
     prometheus::{Counters, free_port},
     require_e2e,
 };
@@ -109,16 +109,6 @@ impl SpanLedger {
         let ids: BTreeSet<&str> = received.iter().map(|span| span.span_id.as_str()).collect();
         assert_eq!(ids.len(), received.len(), "a span received twice");
     }
-}
-
-/// Sends `count` GETs of `path` on one keep-alive connection.
-fn get_many(server: &Server, path: &str, count: usize) {
-    let url = server.url(path);
-    let mut args = Vec::new();
-    for _ in 0..count {
-        args.extend(["-o", "/dev/null", url.as_str()]);
-    }
-    curl(&args);
 }
 
 fn url_path(span: &ReceivedSpan) -> &str {

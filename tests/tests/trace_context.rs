@@ -27,7 +27,7 @@ use sonde_tests::{
     chain::{CaptureServer, DONE, Interpreters, load, load_each, node_chain, python_chain},
     hex,
     prometheus::{free_port, http_get},
-    require_e2e,
+    require_e2e, the_span,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -264,18 +264,6 @@ fn linkage(
 }
 
 /// The one span matching `pick`, with context if there are none or several.
-fn the_span<'a>(
-    spans: &'a [ReceivedSpan],
-    what: &str,
-    pick: impl Fn(&ReceivedSpan) -> bool,
-) -> &'a ReceivedSpan {
-    let found: Vec<&ReceivedSpan> = spans.iter().filter(|s| pick(s)).collect();
-    match found.as_slice() {
-        [span] => span,
-        _ => panic!("{} spans for {what}: {found:#?}", found.len()),
-    }
-}
-
 fn assert_child_of(child: &ReceivedSpan, parent: &ReceivedSpan, what: &str) {
     assert_eq!(
         child.trace_id, parent.trace_id,
