@@ -543,17 +543,7 @@ fn install(fixes: &[Fix]) -> Result<()> {
         .collect();
     if !apt.is_empty() {
         eprintln!("xtask: installing apt packages: {}", apt.join(" "));
-        cmd::run(&mut privileged(&["apt-get", "update"])?)?;
-        let mut get = privileged(&[
-            "env",
-            "DEBIAN_FRONTEND=noninteractive",
-            "apt-get",
-            "install",
-            "-y",
-            "--no-install-recommends",
-        ])?;
-        get.args(&apt);
-        cmd::run(&mut get)?;
+        apt_install(&apt, &[])?;
     }
 
     let backports: Vec<&str> = fixes
@@ -649,6 +639,12 @@ fn install_backports(pkgs: &[&str]) -> Result<()> {
         "xtask: installing apt packages from bookworm-backports: {}",
         pkgs.join(" ")
     );
+    apt_install(pkgs, &["-t", "bookworm-backports"])
+}
+
+/// `apt-get update`, then `apt-get install` of `pkgs` with `options`
+/// (e.g. a target release), unattended.
+fn apt_install(pkgs: &[&str], options: &[&str]) -> Result<()> {
     cmd::run(&mut privileged(&["apt-get", "update"])?)?;
     let mut get = privileged(&[
         "env",
@@ -657,10 +653,8 @@ fn install_backports(pkgs: &[&str]) -> Result<()> {
         "install",
         "-y",
         "--no-install-recommends",
-        "-t",
-        "bookworm-backports",
     ])?;
-    get.args(pkgs);
+    get.args(options).args(pkgs);
     cmd::run(&mut get)
 }
 
