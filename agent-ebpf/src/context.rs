@@ -192,8 +192,14 @@ pub fn take_server_request_update(cookie: u64) -> TraceContext {
 /// by an earlier message.
 #[inline(always)]
 pub fn zero_tail(bytes: &mut [u8; 2048], len: u32) {
-    let start = (len & (SCAN_LIMIT - 1)) as usize;
-    // SAFETY: start < 1024, so start + 64 <= 2048.
+    // A full window (`len == SCAN_LIMIT`) ends at SCAN_LIMIT: masking it
+    // would wrap to 0 and wipe the start of the message.
+    let start = if len >= SCAN_LIMIT {
+        SCAN_LIMIT
+    } else {
+        len & (SCAN_LIMIT - 1)
+    } as usize;
+    // SAFETY: start <= 1024, so start + 64 <= 2048.
     unsafe {
         core::ptr::write_unaligned(
             bytes.as_mut_ptr().wrapping_add(start).cast::<[u8; 64]>(),

@@ -473,6 +473,60 @@ async fn incoming_traceparent_after_a_split_request_line_joins_the_trace() {
     assert_eq!(agent.stop(), 0);
 }
 
+/// A head longer than the kernel's scan window (1 KiB), sent and read in
+/// one piece, still joins the caller's trace when its `traceparent` comes
+/// early: clients with many or long headers (cookies, tokens) send such
+/// heads, and servers read them whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incoming_traceparent_in_a_long_head_read_at_once_joins_the_trace() {
+    require_e2e!();
+    let interpreters = Interpreters::new("longhead");
+    let receiver = OtlpReceiver::start().await;
+    let server = python_chain(&interpreters, &[]);
+    let agent = Agent::start(
+        &["--port", &server.port.to_string(), "--prometheus-port", "0"],
+        &receiver.grpc_endpoint(),
+        "grpc",
+    );
+    agent.wait_instrumented(&[server.pid()], WAIT);
+
+    // One parent per head length, to tell the spans apart: exactly the
+    // scan window, and well past it.
+    let heads = [(1024, "00f067aa0ba90201"), (3000, "00f067aa0ba90202")];
+    let port = server.port;
+    tokio::task::spawn_blocking(move || {
+        for (length, parent) in heads {
+            let start = format!(
+                "GET /work HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+                 traceparent: 00-{OWN_TRACE_ID}-{parent}-01\r\nX-Padding: "
+            );
+            let end = "\r\nConnection: close\r\n\r\n";
+            let padding = "p".repeat(length - start.len() - end.len());
+            let head = format!("{start}{padding}{end}");
+            assert_eq!(head.len(), length);
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            stream.write_all(head.as_bytes()).expect("sending the head");
+            let mut reply = String::new();
+            stream
+                .read_to_string(&mut reply)
+                .expect("reading the reply");
+            assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        }
+    })
+    .await
+    .expect("client thread");
+
+    let spans = wait_for_spans(&receiver, &[server.pid()], 0, heads.len()).await;
+    for (length, parent) in heads {
+        let span = the_span(&spans, &format!("the {length}-byte head"), |s| {
+            s.kind == SpanKind::Server && s.parent_span_id == parent
+        });
+        assert_eq!(span.trace_id, OWN_TRACE_ID, "{span:#?}");
+    }
+    assert_ids_well_formed(&receiver.spans());
+    assert_eq!(agent.stop(), 0);
+}
+
 /// Requests of each event-loop run, and how many of them are in flight at once.
 const LOOP_REQUESTS: usize = 200;
 
