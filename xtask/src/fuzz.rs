@@ -2,15 +2,22 @@
 //! the nightly toolchain the BPF build already uses), built once, then each
 //! run for a while (`--seconds`, 60 by default; a longer run is
 //! `cargo xtask fuzz --seconds 3600`, one target `cargo xtask fuzz
-//! conn_tracker`). Not a step of `cargo xtask test` yet: the sanitizer
-//! build alone takes 10-25 minutes on a 2-core machine.
+//! conn_tracker`), with AddressSanitizer on an optimised build.
+//!
+//! `cargo xtask test` ends with [`smoke`]: every target for a fixed number
+//! of executions from a fixed seed, on a debug build without a sanitizer.
+//! Fixed, so that CI's verdict depends on the change under test and not on
+//! luck; debug, because its build costs a fraction of the sanitizer one
+//! and keeps overflow checks; no sanitizer, because the parsers are safe
+//! Rust: a panic, a hang or runaway memory is what a short run can find.
 //!
 //! Each target's corpus lives in fuzz/corpus/<target> (not committed,
 //! kept between runs), seeded from the protocol fixtures under
 //! agent/tests/fixtures/ (real conversations recorded from real clients
 //! and servers) so that a short run starts deep in every protocol; a crash
 //! stops the run with the input saved under fuzz/artifacts/<target>/, to
-//! be turned into a regression test.
+//! be turned into a regression test. The smoke run starts each time from
+//! the seeds alone, in target/fuzz-smoke/.
 
 use std::path::Path;
 use std::process::Command;
@@ -49,22 +56,57 @@ fn cargo_fuzz() -> Command {
     fuzz
 }
 
+/// How a run builds the targets: `cargo fuzz build` and `run` options.
+const FULL_BUILD: &[&str] = &[];
+const SMOKE_BUILD: &[&str] = &["--dev", "--sanitizer", "none"];
+
+/// Executions of each target in the smoke run (a few seconds each on the
+/// debug build), and its seed.
+const SMOKE_RUNS: u64 = 10_000;
+const SMOKE_SEED: u64 = 1;
+
 /// Builds every target, then runs each of `targets` for `seconds`; fails
 /// at the first crash, leak, timeout or out-of-memory.
 pub fn run(targets: &[String], seconds: u64) -> Result<()> {
-    cmd::run(cargo_fuzz().arg("build"))?;
+    let corpora = cmd::workspace_root().join("fuzz").join("corpus");
+    fuzz_each(
+        targets,
+        FULL_BUILD,
+        &corpora,
+        &[format!("-max_total_time={seconds}")],
+    )
+}
+
+/// The short, reproducible run of every target that `cargo xtask test`
+/// ends with (see the module doc).
+pub fn smoke() -> Result<()> {
+    let corpora = cmd::target_dir().join("fuzz-smoke");
+    if corpora.exists() {
+        std::fs::remove_dir_all(&corpora)
+            .with_context(|| format!("emptying {}", corpora.display()))?;
+    }
+    fuzz_each(
+        &targets()?,
+        SMOKE_BUILD,
+        &corpora,
+        &[format!("-runs={SMOKE_RUNS}"), format!("-seed={SMOKE_SEED}")],
+    )
+}
+
+/// Builds every target with `build` options, then runs each of `targets`
+/// on its corpus under `corpora` (seeded if empty) until `limits` stop it.
+fn fuzz_each(targets: &[String], build: &[&str], corpora: &Path, limits: &[String]) -> Result<()> {
+    cmd::run(cargo_fuzz().arg("build").args(build))?;
     for target in targets {
-        let corpus = cmd::workspace_root()
-            .join("fuzz")
-            .join("corpus")
-            .join(target);
+        let corpus = corpora.join(target);
         seed(target, &corpus)?;
         cmd::run(
             cargo_fuzz()
                 .args(["run", target])
+                .args(build)
                 .arg(&corpus)
                 .arg("--")
-                .arg(format!("-max_total_time={seconds}"))
+                .args(limits)
                 // One input taking a second is a hang here: every parser is
                 // linear in its input.
                 .arg("-timeout=5")

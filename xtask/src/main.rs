@@ -79,6 +79,10 @@ enum Task {
         /// How long each target runs.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// The short fixed-seed run of every target that `cargo xtask test`
+        /// ends with, instead.
+        #[arg(long, conflicts_with_all = ["target", "seconds"])]
+        smoke: bool,
     },
     /// Measure what the agent costs (nginx and FastAPI with and without it,
     /// against the OpenTelemetry SDK); results in target/bench (root).
@@ -139,12 +143,19 @@ fn run_task(task: Task) -> Result<()> {
         Task::Run { debug, args } => run(profile(debug), &args),
         Task::Demo => demo(),
         Task::Test { unit_only } => test::run(unit_only),
-        Task::Fuzz { target, seconds } => {
+        Task::Fuzz {
+            target,
+            seconds,
+            smoke,
+        } => {
             setup::ensure(
                 &[setup::Group::EbpfToolchain],
                 setup::Mode::Install,
                 setup::Verbosity::Summary,
             )?;
+            if smoke {
+                return fuzz::smoke();
+            }
             let targets = match target {
                 Some(target) => vec![target],
                 None => fuzz::targets()?,

@@ -1,13 +1,14 @@
 //! `cargo xtask test`: the whole suite CI runs, in order, stopping at the
 //! first failure: rustfmt, clippy on the host crates, clippy on the BPF
 //! crate, unit tests, then (as root) the offline validation of deploy/, a
-//! release build and the end-to-end tests against it.
+//! release build and the end-to-end tests against it, then a short run of
+//! every fuzz target.
 
 use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{build, cmd, setup};
+use crate::{build, cmd, fuzz, setup};
 
 /// One step of the suite.
 struct Step {
@@ -71,6 +72,10 @@ pub fn run(unit_only: bool) -> Result<()> {
         steps.push(Step {
             name: "end-to-end tests",
             run: end_to_end,
+        });
+        steps.push(Step {
+            name: "fuzz targets (short fixed-seed runs)",
+            run: fuzz_smoke,
         });
     }
 
@@ -201,4 +206,10 @@ fn end_to_end(state: &mut State) -> Result<()> {
         // Missing root or binary is a failure here, not a skip.
         .env("SONDE_E2E_REQUIRED", "1");
     cmd::run_tests(&mut test, &mut state.tally)
+}
+
+/// Last, so that a parser crash a short run finds does not hide the
+/// end-to-end verdict.
+fn fuzz_smoke(_: &mut State) -> Result<()> {
+    fuzz::smoke()
 }
