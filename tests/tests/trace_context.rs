@@ -413,15 +413,10 @@ fn wait_read_by_server(server_port: u16, client_port: u16, sent: usize) {
     }
 }
 
-/// An incoming `traceparent` that reaches the server after its request
-/// line, in a later segment, still joins the caller's trace. Clients split
-/// heads on their own (the request line written first, with TCP_NODELAY),
-/// so a callee that reads fast can get the request line alone. The server
-/// here reads the request line before the rest is sent.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn incoming_traceparent_after_a_split_request_line_joins_the_trace() {
-    require_e2e!();
-    let interpreters = Interpreters::new("split");
+/// A Python server (`label` names its interpreter), traced alone by a new
+/// agent exporting to a new receiver.
+async fn traced_python_server(label: &str) -> (Interpreters, OtlpReceiver, Server, Agent) {
+    let interpreters = Interpreters::new(label);
     let receiver = OtlpReceiver::start().await;
     let server = python_chain(&interpreters, &[]);
     let agent = Agent::start(
@@ -430,6 +425,18 @@ async fn incoming_traceparent_after_a_split_request_line_joins_the_trace() {
         "grpc",
     );
     agent.wait_instrumented(&[server.pid()], WAIT);
+    (interpreters, receiver, server, agent)
+}
+
+/// An incoming `traceparent` that reaches the server after its request
+/// line, in a later segment, still joins the caller's trace. Clients split
+/// heads on their own (the request line written first, with TCP_NODELAY),
+/// so a callee that reads fast can get the request line alone. The server
+/// here reads the request line before the rest is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incoming_traceparent_after_a_split_request_line_joins_the_trace() {
+    require_e2e!();
+    let (_interpreters, receiver, server, agent) = traced_python_server("split").await;
 
     let port = server.port;
     let reply = tokio::task::spawn_blocking(move || {
@@ -480,15 +487,7 @@ async fn incoming_traceparent_after_a_split_request_line_joins_the_trace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incoming_traceparent_in_a_long_head_read_at_once_joins_the_trace() {
     require_e2e!();
-    let interpreters = Interpreters::new("longhead");
-    let receiver = OtlpReceiver::start().await;
-    let server = python_chain(&interpreters, &[]);
-    let agent = Agent::start(
-        &["--port", &server.port.to_string(), "--prometheus-port", "0"],
-        &receiver.grpc_endpoint(),
-        "grpc",
-    );
-    agent.wait_instrumented(&[server.pid()], WAIT);
+    let (_interpreters, receiver, server, agent) = traced_python_server("longhead").await;
 
     // One parent per head length, to tell the spans apart: exactly the
     // scan window, and well past it.
