@@ -361,12 +361,26 @@ impl Probes {
         }
         ensure_tracefs()?;
         raise_memlock_limit();
-        let data =
-            std::fs::read("/sys/kernel/btf/vmlinux").map_err(|e| ProbeError::Btf(Box::new(e)))?;
-        let kernel_btf = btf::KernelBtf::parse(&data).map_err(|e| ProbeError::Btf(Box::new(e)))?;
-        let kernel_config = kernel_config(config, &kernel_btf)?;
-        let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(Box::new(e)))?;
+        // The kernel's BTF is parsed three ways (offsets here, aya's loader
+        // and aya's `Btf` for BTF programs), each several MiB: one at a time,
+        // or together they set the agent's peak RSS.
+        let (kernel_config, fexit_prototypes) = {
+            let data = std::fs::read("/sys/kernel/btf/vmlinux")
+                .map_err(|e| ProbeError::Btf(Box::new(e)))?;
+            let kernel_btf =
+                btf::KernelBtf::parse(&data).map_err(|e| ProbeError::Btf(Box::new(e)))?;
+            (
+                kernel_config(config, &kernel_btf)?,
+                check_prototype(&kernel_btf, "tcp_sendmsg", &TCP_SENDMSG_PARAMETERS).and_then(
+                    |()| check_prototype(&kernel_btf, "tcp_recvmsg", &TCP_RECVMSG_PARAMETERS),
+                ),
+            )
+        };
+        let btf;
         let mut loader = EbpfLoader::new();
+        // `new` parsed its own copy; it is replaced by `btf` below.
+        loader.btf(None);
+        btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(Box::new(e)))?;
         if std::env::var_os("SONDE_VERIFIER_LOG").is_some() {
             // Full verifier output in load errors, for kernel-side debugging.
             loader.verifier_log_level(VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS);
@@ -381,7 +395,7 @@ impl Probes {
                 hint: LoadHint::current(),
                 source,
             })?;
-        let mut features = attach_capture(&mut ebpf, &btf, &kernel_btf)?;
+        let mut features = attach_capture(&mut ebpf, &btf, fexit_prototypes)?;
         attach_all(&mut ebpf, COMMON_HOOKS, &btf, &mut features)?;
         if config.inject_traceparent {
             match inject::attach(&mut ebpf, config.inject_cgroup.clone()) {
@@ -460,11 +474,13 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeErro
 /// Attaches the capture programs the kernel offers, by trying them in order
 /// of preference: the `sock_*_length` tracepoints, else fexit on the TCP
 /// send and receive functions. A path that fails is detached again before
-/// the next is tried, so no call is reported twice.
+/// the next is tried, so no call is reported twice. `fexit_prototypes`
+/// says whether the kernel's TCP functions take the arguments the fexit
+/// programs read.
 fn attach_capture(
     ebpf: &mut Ebpf,
     btf: &Btf,
-    kernel_btf: &btf::KernelBtf,
+    fexit_prototypes: Result<(), ProbeError>,
 ) -> Result<FeatureReport, ProbeError> {
     let mut features = FeatureReport::new(CaptureHooks::SockLengthTracepoints);
     let tracepoints = match attach_all(ebpf, TRACEPOINT_CAPTURE, btf, &mut features) {
@@ -476,9 +492,7 @@ fn attach_capture(
     };
     debug!(error = %ErrorChain(&tracepoints), "no sock_*_length tracepoints, trying fexit");
     let mut features = FeatureReport::new(CaptureHooks::TcpFexit);
-    let fexit = check_prototype(kernel_btf, "tcp_sendmsg", &TCP_SENDMSG_PARAMETERS)
-        .and_then(|()| check_prototype(kernel_btf, "tcp_recvmsg", &TCP_RECVMSG_PARAMETERS))
-        .and_then(|()| attach_all(ebpf, FEXIT_CAPTURE, btf, &mut features));
+    let fexit = fexit_prototypes.and_then(|()| attach_all(ebpf, FEXIT_CAPTURE, btf, &mut features));
     match fexit {
         Ok(()) => Ok(features),
         Err(fexit) => {
