@@ -376,11 +376,10 @@ impl Probes {
                 ),
             )
         };
-        let btf;
         let mut loader = EbpfLoader::new();
         // `new` parsed its own copy; it is replaced by `btf` below.
         loader.btf(None);
-        btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(Box::new(e)))?;
+        let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(Box::new(e)))?;
         if std::env::var_os("SONDE_VERIFIER_LOG").is_some() {
             // Full verifier output in load errors, for kernel-side debugging.
             loader.verifier_log_level(VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS);
