@@ -42,11 +42,16 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_prandom_u32,
         generated::{bpf_loop, bpf_probe_read_user},
     },
+    macros::map,
+    maps::LruHashMap,
 };
 
-use crate::maps::{
-    HEAD_OPEN, IN_FLIGHT, INJECT_STATS, INJECTED_CTX, InFlight, NGINX_REQUEST, SAMPLING_THRESHOLDS,
-    SERVER_CTX, ServerRequest, TRACE_SCRATCH, TraceScratch, config,
+use crate::{
+    goroutine,
+    maps::{
+        HEAD_OPEN, IN_FLIGHT, INJECT_STATS, INJECTED_CTX, InFlight, NGINX_REQUEST,
+        SAMPLING_THRESHOLDS, SERVER_CTX, ServerRequest, TRACE_SCRATCH, TraceScratch, config,
+    },
 };
 
 /// Kernel-internal `flags` bit: set by [`scan_received`], cleared
@@ -54,10 +59,11 @@ use crate::maps::{
 /// with the request that created it only.
 const CTX_FRESH: u32 = 1 << 31;
 
-/// Set in the "thread" of Go TLS events (`probes::go_tls`), whose context
-/// is kept per process (`GO_CONTEXT_KEY | tgid`): goroutines move between
-/// threads. Thread ids are below 2^22 (`PID_MAX_LIMIT`), so the keys never
-/// meet a thread's.
+/// Set in the "thread" of Go TLS events (`probes::go_tls`), and the key of
+/// a Go process's requests in flight (`GO_CONTEXT_KEY | tgid`): goroutines
+/// move between threads, so requests are counted per process and calls
+/// are parented by goroutine (`goroutine`). Thread ids are below 2^22
+/// (`PID_MAX_LIMIT`), so the keys never meet a thread's.
 pub const GO_CONTEXT_KEY: u32 = 1 << 31;
 
 /// How far into a captured head the `traceparent` header is looked for.
@@ -103,9 +109,11 @@ pub fn random_id<const N: usize>() -> [u8; N] {
 }
 
 /// Looks at `len` bytes thread `tid` just received on connection `cookie`
-/// at user address `buffer`: a request start gets a server context, the
+/// at user address `buffer`: a request start gets a server context (also
+/// one whose first byte came alone just before, see [`LONE_BYTE`]), the
 /// rest of a head may bring its `traceparent`. Shared by the socket path
-/// (`probes::trace_context`) and the TLS plaintext path (`probes::openssl`).
+/// (`probes::trace_context`) and the TLS plaintext paths
+/// (`probes::openssl`, `probes::go_tls`).
 #[inline(always)]
 pub fn scan_received(tid: u32, cookie: u64, buffer: u64, len: u64) -> Option<()> {
     let len = core::cmp::min(len, u64::from(SCAN_LIMIT)) as u32;
@@ -121,12 +129,24 @@ pub fn scan_received(tid: u32, cookie: u64, buffer: u64, len: u64) -> Option<()>
     }
     zero_tail(&mut scratch.bytes, len);
     let payload = scratch.bytes.as_ptr();
+    if len == 1 {
+        // SAFETY: one byte was read into the scratch.
+        keep_lone_byte(cookie, unsafe { *payload });
+        return None;
+    }
     let starts_request = is_request_start(payload, len);
+    let case = if starts_request {
+        START
+    } else if split_request_start(cookie, payload, len) {
+        SPLIT_START
+    } else {
+        0
+    };
     // A later read of a head whose first read had no traceparent: clients
     // may write the request line and the headers separately.
     // SAFETY: plain value lookup.
-    let continues_head = !starts_request && unsafe { HEAD_OPEN.get(tid) } == Some(&cookie);
-    if !starts_request && !continues_head {
+    let continues_head = case == 0 && unsafe { HEAD_OPEN.get(tid) } == Some(&cookie);
+    if case == 0 && !continues_head {
         return None;
     }
     // One scan and one parse, shared by both cases: each inlined copy would
@@ -134,7 +154,7 @@ pub fn scan_received(tid: u32, cookie: u64, buffer: u64, len: u64) -> Option<()>
     // memory meanwhile, so the verifier walks the scan once, not once per
     // case (see forget_precision).
     // SAFETY: writing our own per-CPU scratch.
-    unsafe { core::ptr::write_volatile(&mut scratch.case, u32::from(starts_request)) };
+    unsafe { core::ptr::write_volatile(&mut scratch.case, case) };
     let search = scan_head(scratch, len);
     let parent = parent_from(payload, search, &mut scratch.slot);
     if search == HeadSearch::Open && parent.is_none() {
@@ -143,13 +163,51 @@ pub fn scan_received(tid: u32, cookie: u64, buffer: u64, len: u64) -> Option<()>
         close_request_head(tid);
     }
     // SAFETY: reading back the value stored above.
-    let starts_request = unsafe { core::ptr::read_volatile(&scratch.case) } == 1;
-    if starts_request {
-        start_server_request(tid, cookie, parent);
+    let case = unsafe { core::ptr::read_volatile(&scratch.case) };
+    if case != 0 {
+        start_server_request(tid, cookie, parent, case == SPLIT_START);
     } else if let Some(parent) = parent {
         update_server_request(cookie, &parent);
     }
     Some(())
+}
+
+/// `TraceScratch::case` of a read that starts a request.
+const START: u32 = 1;
+/// Likewise, of a read that goes on from a request's lone first byte.
+const SPLIT_START: u32 = 2;
+
+/// The first byte of a request, read alone, by connection: Go's net/http
+/// server reads one byte ahead on a keep-alive connection while it serves
+/// a request (`connReader.backgroundRead`), which may take the first byte
+/// of the next request; the rest of its head follows in the next read.
+#[map]
+static LONE_BYTE: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16_384, 0);
+
+/// A read of one byte on connection `cookie`: kept if it may start a
+/// request (methods are upper case).
+#[inline(always)]
+fn keep_lone_byte(cookie: u64, byte: u8) {
+    if byte.is_ascii_uppercase() {
+        let _ = LONE_BYTE.insert(cookie, byte, 0);
+    }
+}
+
+/// True if the read at `payload` (`len` bytes) completes the start of a
+/// request with the lone byte read before it on connection `cookie`.
+#[inline(always)]
+fn split_request_start(cookie: u64, payload: *const u8, len: u32) -> bool {
+    // SAFETY: plain value lookup, copied out.
+    let Some(first) = (unsafe { LONE_BYTE.get(cookie) }).copied() else {
+        return false;
+    };
+    let _ = LONE_BYTE.remove(cookie);
+    if len < 3 {
+        return false;
+    }
+    // SAFETY: the caller guarantees `len` >= 3 readable bytes.
+    let rest: [u8; 3] = unsafe { core::ptr::read_unaligned(payload.cast()) };
+    scan::is_request_start([first, rest[0], rest[1], rest[2]])
 }
 
 /// The rest of the head brought the parent: the connection's request joins it.
@@ -255,9 +313,11 @@ fn sampled_flags(trace_id: &[u8; 16], parent_flags: Option<u32>) -> u32 {
 
 /// A server request starts on connection `cookie`, read by thread `tid`:
 /// keeps its context for the thread's outgoing calls and for the capture
-/// program to report.
+/// program to report. `split`: its first byte came in an earlier read,
+/// reported already, so the context is reported as an update of the
+/// request being read.
 #[inline(always)]
-fn start_server_request(tid: u32, cookie: u64, parent: Option<TraceParent>) {
+fn start_server_request(tid: u32, cookie: u64, parent: Option<TraceParent>, split: bool) {
     let (trace_id, parent_flags) = match &parent {
         Some(parent) => (parent.trace_id, Some(parent.trace_flags)),
         None => (random_id::<16>(), None),
@@ -268,6 +328,9 @@ fn start_server_request(tid: u32, cookie: u64, parent: Option<TraceParent>) {
         ctx.flags |= CTX_HAS_PARENT | CTX_FROM_HEADER;
     }
     ctx.flags |= CTX_FRESH;
+    if split {
+        ctx.flags |= CTX_UPDATE;
+    }
     track_server_request(tid, cookie, ctx);
 }
 
@@ -279,6 +342,15 @@ fn start_server_request(tid: u32, cookie: u64, parent: Option<TraceParent>) {
 /// delete per request cost more than the rest of the bookkeeping.
 #[inline(always)]
 fn track_server_request(tid: u32, cookie: u64, ctx: TraceContext) {
+    // A Go process: the goroutine reading it works for it, and it is
+    // counted in the process's requests.
+    let tid = match goroutine::current() {
+        Some(goroutine) => {
+            goroutine::serve(&goroutine, cookie, ctx.span_id);
+            GO_CONTEXT_KEY | goroutine.tgid
+        }
+        None => tid,
+    };
     let request = ServerRequest {
         ctx,
         tid,
@@ -447,8 +519,10 @@ pub fn start_client_request(tid: u32) -> TraceContext {
 
 /// A new client span: child of the thread's server request (and sampled
 /// as it is) if it has exactly one in flight; else the root of a new
-/// trace, flagged `CTX_AMBIGUOUS` when it had any. A Go process's
-/// ([`GO_CONTEXT_KEY`]) are roots, ambiguous while it serves requests.
+/// trace, flagged `CTX_AMBIGUOUS` when it had any. In a Go process
+/// ([`GO_CONTEXT_KEY`], or followed by `goroutine`), child of the request
+/// the goroutine works for, else a root, ambiguous while the process
+/// serves requests.
 #[inline(always)]
 pub fn client_context(tid: u32) -> TraceContext {
     let mut ctx = TraceContext {
@@ -458,14 +532,17 @@ pub fn client_context(tid: u32) -> TraceContext {
         flags: CTX_VALID,
         trace_flags: 1,
     };
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let go = tid & GO_CONTEXT_KEY != 0 || goroutine::is_go_process(tgid);
+    let key = if go { GO_CONTEXT_KEY | tgid } else { tid };
     // SAFETY: plain value lookups, copied out.
-    let in_flight = unsafe { IN_FLIGHT.get(tid) }.copied();
+    let in_flight = unsafe { IN_FLIGHT.get(key) }.copied();
     // The runtime named the request (`nginx`), else the only one in flight.
     let named = unsafe { NGINX_REQUEST.get(tid) }.copied();
     let server = match (named, in_flight) {
         // Go: the process's requests in flight say nothing about which one
-        // a goroutine's call serves.
-        _ if tid & GO_CONTEXT_KEY != 0 => None,
+        // a goroutine's call serves; the goroutine does.
+        _ if go => goroutine::request_of_current(),
         (Some(cookie), _) => unsafe { SERVER_CTX.get(cookie) }
             .copied()
             .filter(|request| request.active != 0),

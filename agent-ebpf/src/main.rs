@@ -13,7 +13,7 @@
 //!
 //! Layout: `probes/` holds the hooks, one leaf file per event; the code
 //! they share sits beside it, layered so nothing imports in a circle:
-//! `read`, `maps` < `syscall_args`, `sock` < `context`, `go` < `tls` < `capture` <
+//! `read`, `maps` < `syscall_args`, `sock`, `goroutine` < `context`, `go` < `tls` < `capture` <
 //! `socket_call`.
 #![no_std]
 #![no_main]
@@ -21,6 +21,7 @@
 mod capture;
 mod context;
 mod go;
+mod goroutine;
 mod maps;
 mod probes;
 mod read;

@@ -137,7 +137,9 @@ pub fn scan_request(sk: *const u8, ret: i32, flags: i32) -> Option<()> {
     if !is_target((pid_tgid >> 32) as u32) {
         return None;
     }
-    if ret < 4 || flags & MSG_PEEK != 0 || tcp_family(sk).is_none() {
+    // One byte may be a request's first, read alone (see
+    // `context::scan_received`).
+    if (ret != 1 && ret < 4) || flags & MSG_PEEK != 0 || tcp_family(sk).is_none() {
         return None;
     }
     let args = SyscallArgs::current()?;

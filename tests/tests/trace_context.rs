@@ -25,6 +25,7 @@ use sonde_tests::{
     agent::Agent,
     apps::{Nginx, Server, app_path, curl},
     chain::{CaptureServer, DONE, Interpreters, load, load_each, node_chain, python_chain},
+    go::build,
     hex,
     prometheus::{free_port, http_get},
     require_e2e, the_span,
@@ -600,7 +601,7 @@ fn request_id(span: &ReceivedSpan) -> Option<u64> {
 }
 
 /// Scores each call of a gateway (spans `is_gateway` picks) to the leaf
-/// service `leaf_pid`, by request id: a gateway client span is right when
+/// services `leaf_pids`, by request id: a gateway client span is right when
 /// its parent is the server span of the request with its id (same trace);
 /// a downstream server span is right when its parent is such a right call
 /// of the same id. Either is wrong when it sits in the trace of another
@@ -609,7 +610,7 @@ fn request_id(span: &ReceivedSpan) -> Option<u64> {
 fn attribution(
     spans: &[ReceivedSpan],
     is_gateway: impl Fn(&ReceivedSpan) -> bool,
-    leaf_pid: u32,
+    leaf_pids: &[u32],
     expected: usize,
 ) -> Attribution {
     let gateway_servers: HashMap<u64, &ReceivedSpan> = spans
@@ -683,7 +684,7 @@ fn attribution(
     }
     for span in spans
         .iter()
-        .filter(|s| s.pid() == leaf_pid && s.kind == SpanKind::Server)
+        .filter(|s| leaf_pids.contains(&s.pid()) && s.kind == SpanKind::Server)
     {
         let Some(id) = request_id(span) else {
             continue;
@@ -714,7 +715,7 @@ struct GatewayRun<'a> {
     /// Processes whose spans to wait for (the gateway's and the leaf's).
     pids: Vec<u32>,
     is_gateway: &'a dyn Fn(&ReceivedSpan) -> bool,
-    leaf_pid: u32,
+    leaf_pids: Vec<u32>,
     /// Calls the gateway makes per request.
     calls: usize,
 }
@@ -749,7 +750,7 @@ async fn measure_gateway(
         })
         .await;
     let spans = &spans[before..];
-    let scored = attribution(spans, run.is_gateway, run.leaf_pid, requests * run.calls);
+    let scored = attribution(spans, run.is_gateway, &run.leaf_pids, requests * run.calls);
     // Published every second: wait until it holds the last calls' counts.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let ambiguous = agent_counter(metrics, "sonde_links_ambiguous").unwrap_or(0) - ambiguous_before;
@@ -865,7 +866,7 @@ async fn loop_gateway(
         base: gateway.url(""),
         pids: vec![gateway_pid, leaf.pid()],
         is_gateway: &|s| s.pid() == gateway_pid,
-        leaf_pid: leaf.pid(),
+        leaf_pids: vec![leaf.pid()],
         calls,
     };
     let concurrent = never_a_wrong_parent(&run, &receiver, metrics).await;
@@ -965,7 +966,7 @@ async fn nginx_keepalive_upstream_never_misparents() {
         base: format!("http://127.0.0.1:{port}"),
         pids: vec![leaf.pid()],
         is_gateway: &is_nginx,
-        leaf_pid: leaf.pid(),
+        leaf_pids: vec![leaf.pid()],
         calls: 1,
     };
     assert!(
@@ -983,6 +984,49 @@ async fn nginx_keepalive_upstream_never_misparents() {
     assert_ids_well_formed(&receiver.spans());
     assert_eq!(agent.stop(), 0);
     drop(nginx);
+}
+
+/// A Go `net/http` gateway that calls two leaves at once for each request
+/// (a threaded Python `http.server` and a Go `net/http` server), one
+/// goroutine per call, through one keep-alive client: goroutines move
+/// between threads, and the client writes each request from its
+/// connection's own goroutine. The goroutine probes give the calls their
+/// request: at least 99% right parents, with symbols (Go 1.19) and
+/// stripped (Go 1.23).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_gateway_fan_out_has_exact_parents() {
+    require_e2e!();
+    for (minor, stripped) in [(19, false), (23, true)] {
+        let bin = build("go_https", minor, stripped);
+        let bin = bin.to_str().expect("utf-8 path");
+        let interpreters = Interpreters::new("go-gateway");
+        let receiver = OtlpReceiver::start().await;
+        let python_leaf = python_chain(&interpreters, &[]);
+        let go_leaf = Server::start(bin, &["server", "-plain"]);
+        let gateway = Server::start(bin, &["gateway", &python_leaf.url(""), &go_leaf.url("")]);
+        let (agent, metrics) =
+            agent_for(&[gateway.port, python_leaf.port, go_leaf.port], &receiver);
+        let pids = vec![gateway.pid(), python_leaf.pid(), go_leaf.pid()];
+        agent.wait_instrumented(&pids, WAIT);
+        agent.wait_for_log("Go goroutine probes attached", WAIT);
+        let gateway_pid = gateway.pid();
+        let label = format!("Go 1.{minor} net/http gateway, goroutine per call");
+        let run = GatewayRun {
+            label: &label,
+            base: gateway.url(""),
+            pids: pids.clone(),
+            is_gateway: &|s| s.pid() == gateway_pid,
+            leaf_pids: pids[1..].to_vec(),
+            calls: 2,
+        };
+        let concurrent = never_a_wrong_parent(&run, &receiver, metrics).await;
+        assert!(
+            concurrent.calls.right * 100 >= 99 * 2 * LOOP_REQUESTS,
+            "{label}: at least 99% right parents: {concurrent:#?}"
+        );
+        assert_ids_well_formed(&receiver.spans());
+        assert_eq!(agent.stop(), 0);
+    }
 }
 
 /// Two network namespaces made by the test, deleted on drop (panics

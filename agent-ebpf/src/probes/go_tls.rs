@@ -47,6 +47,7 @@ use crate::{
     capture::{own_capture_bytes, report_call},
     context::{GO_CONTEXT_KEY, scan_received},
     go::{GO_TLS_FDS, GO_TLS_PROCESS, fd_key},
+    goroutine::GoroutineKey,
     maps::{DATA_SCRATCH, SSL_PROCESSES, SslSocket, count_drop, is_target},
     read,
     syscall_args::UserData,
@@ -64,18 +65,6 @@ pub struct GoTlsCall {
     pub direction: u32,
     /// Reserved, zero.
     pub reserved: u32,
-}
-
-/// A goroutine of a process: the key of [`GO_TLS_CALLS`].
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct GoroutineKey {
-    /// Process.
-    pub tgid: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
-    /// The goroutine's `runtime.g` address.
-    pub g: u64,
 }
 
 /// Calls in progress, by goroutine.

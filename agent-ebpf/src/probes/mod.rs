@@ -4,6 +4,7 @@
 //! never import each other. Pure byte scanners are in
 //! `agent_common::scan`, unit-tested on the host.
 
+pub mod go_context;
 pub mod go_tls;
 pub mod inject;
 pub mod nginx;

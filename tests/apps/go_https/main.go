@@ -2,7 +2,13 @@
 // library only), for the agent's Go TLS tests.
 //
 //	go_https server [-port P] -cert C -key K   serves /status/N (?sleep=ms)
-//	go_https server [-port P] -plain           the same over plain HTTP
+//	go_https server [-port P] -plain           the same over plain HTTP;
+//	                                           also answers /leaf/...
+//	go_https gateway [-port P] URL...          plain HTTP: GET /work/ID calls
+//	                                           URL/leaf/ID/I for each URL
+//	                                           (I its index), all at once,
+//	                                           one goroutine each, through
+//	                                           one keep-alive client
 //	go_https client [-h2] URL...               GETs each URL in turn (one
 //	                                           keep-alive connection per
 //	                                           server), prints each status
@@ -20,6 +26,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -33,6 +40,8 @@ func main() {
 		server(os.Args[2:])
 	case "client":
 		client(os.Args[2:])
+	case "gateway":
+		gateway(os.Args[2:])
 	default:
 		fmt.Fprintln(os.Stderr, "unknown mode", os.Args[1])
 		os.Exit(2)
@@ -60,18 +69,68 @@ func server(args []string) {
 		w.WriteHeader(code)
 		fmt.Fprintf(w, "status %d via %s\n", code, r.Proto)
 	})
-	listener, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", *port))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	fmt.Printf("listening on %d\n", listener.Addr().(*net.TCPAddr).Port)
+	mux.HandleFunc("/leaf/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "leaf")
+	})
+	listener := listen(*port)
 	srv := &http.Server{Handler: mux}
+	var err error
 	if *plain {
 		err = srv.Serve(listener)
 	} else {
 		err = srv.ServeTLS(listener, *cert, *key)
 	}
+	fmt.Fprintln(os.Stderr, err)
+	os.Exit(1)
+}
+
+// listen listens on 127.0.0.1:port and says on which port.
+func listen(port int) net.Listener {
+	listener, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	fmt.Printf("listening on %d\n", listener.Addr().(*net.TCPAddr).Port)
+	return listener
+}
+
+func gateway(args []string) {
+	flags := flag.NewFlagSet("gateway", flag.ExitOnError)
+	port := flags.Int("port", 0, "port on 127.0.0.1")
+	flags.Parse(args)
+	downstream := flags.Args()
+	c := &http.Client{
+		Transport: &http.Transport{MaxIdleConnsPerHost: 4},
+		Timeout:   10 * time.Second,
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/work/", func(w http.ResponseWriter, r *http.Request) {
+		id := strings.TrimPrefix(r.URL.Path, "/work/")
+		failed := make([]error, len(downstream))
+		var wg sync.WaitGroup
+		for i, base := range downstream {
+			wg.Add(1)
+			go func(i int, url string) {
+				defer wg.Done()
+				resp, err := c.Get(url)
+				if err == nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+				failed[i] = err
+			}(i, fmt.Sprintf("%s/leaf/%s/%d", base, id, i))
+		}
+		wg.Wait()
+		for _, err := range failed {
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadGateway)
+				return
+			}
+		}
+		fmt.Fprint(w, "done\n")
+	})
+	err := http.Serve(listen(*port), mux)
 	fmt.Fprintln(os.Stderr, err)
 	os.Exit(1)
 }

@@ -1019,6 +1019,37 @@ fn a_traceparent_in_a_later_read_of_the_head_updates_the_request() {
     );
 }
 
+/// Go's net/http server may read a keep-alive request's first byte alone:
+/// the kernel then sees the start in the next read and sends the
+/// request's context as an update there.
+#[test]
+fn a_request_whose_first_byte_came_alone_gets_the_update() {
+    let started = KernelTrace {
+        trace_id: [5; 16],
+        span_id: [6; 8],
+        parent_span_id: None,
+        trace_flags: 1,
+        injected: false,
+        from_header: false,
+        update: true,
+    };
+    let mut wire = Wire::new(Role::Server);
+    wire.recv(b"GET /a HTTP/1.1\r\n\r\n");
+    wire.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    wire.recv(b"G");
+    wire.next_trace = Some(started);
+    wire.recv(b"ET /b HTTP/1.1\r\n\r\n");
+    let done = only(wire.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+    assert_eq!(done.request().target, "/b");
+    assert_eq!(
+        done.trace,
+        Some(KernelTrace {
+            update: false,
+            ..started
+        })
+    );
+}
+
 /// An HTTP/2 frame.
 fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = u32::try_from(payload.len()).expect("small").to_be_bytes();

@@ -10,10 +10,14 @@
 //! - the struct offsets the kernel follows from a `*tls.Conn` to its
 //!   socket, from DWARF or the table of known releases ([`offsets`]).
 //!
+//! - the goroutine functions (`runtime.newproc1`, net/http's client
+//!   connection), whose probes give Go's client calls the request their
+//!   goroutine works for as parent (`agent-ebpf/src/probes/go_context.rs`);
+//!   they read registers only, so every release from Go 1.18 gets them.
+//!
 //! A Go binary without offsets (no DWARF, a release not in the table) gets
-//! no Go probes, a log line and a count (`sonde_go_unsupported`): its
-//! processes are traced at the socket level only, never with offsets
-//! guessed from another release.
+//! no TLS probes, a log line and a count (`sonde_go_unsupported`): its
+//! HTTPS is not traced, never with offsets guessed from another release.
 
 pub mod buildinfo;
 pub mod offsets;
@@ -43,9 +47,12 @@ use crate::{
     telemetry::{Counter, Stats},
 };
 
-/// The probed functions: name, entry program, and the program put on
-/// each of its `RET`s (none: entry only).
-const FUNCTIONS: [(&str, &str, Option<&str>); 3] = [
+/// A probed function: name, entry program, and the program put on each
+/// of its `RET`s (none: entry only).
+type Function = (&'static str, &'static str, Option<&'static str>);
+
+/// The `crypto/tls` functions (agent-ebpf/src/probes/go_tls.rs).
+const FUNCTIONS: [Function; 3] = [
     // Marks the process as a Go TLS user before its connection's first
     // record moves (see agent-ebpf/src/go.rs).
     (
@@ -62,6 +69,27 @@ const FUNCTIONS: [(&str, &str, Option<&str>); 3] = [
         "crypto/tls.(*Conn).Write",
         "go_tls_write_enter",
         Some("go_tls_write_return"),
+    ),
+];
+
+/// The functions that follow goroutines for their trace context
+/// (agent-ebpf/src/probes/go_context.rs): `runtime.newproc1`, in every Go
+/// program, and net/http's client, in those that link it.
+const CONTEXT_FUNCTIONS: [Function; 3] = [
+    (
+        "runtime.newproc1",
+        "go_newproc_enter",
+        Some("go_newproc_return"),
+    ),
+    (
+        "net/http.(*persistConn).roundTrip",
+        "go_round_trip_enter",
+        None,
+    ),
+    (
+        "net/http.(*persistConn).writeLoop",
+        "go_write_loop_enter",
+        None,
     ),
 ];
 
@@ -151,6 +179,9 @@ pub struct GoBinary {
     pub dwarf_error: Option<String>,
     /// Where the TLS probes go; empty if it does not use `crypto/tls`.
     pub probes: Vec<GoProbe>,
+    /// Where the goroutine probes go; empty for releases before Go 1.18
+    /// (whose register ABI the kernel side does not assume).
+    pub context_probes: Vec<GoProbe>,
 }
 
 /// Reads what the Go probes need from the executable at `path`; `None` if
@@ -184,21 +215,6 @@ pub fn inspect(path: &Path) -> Result<Option<GoBinary>, GoError> {
             )
         }
     };
-    let probes = tls_probes(&elf)?;
-    Ok(Some(GoBinary {
-        release,
-        offsets,
-        dwarf_error,
-        probes,
-    }))
-}
-
-/// Where the TLS probes go in `elf`: each function's entry and, for
-/// those with a return program, each `RET`. Empty if the binary does not
-/// link `crypto/tls` (the linker drops what a program does not use).
-fn tls_probes<'data, R: object::ReadRef<'data>>(
-    elf: &object::File<'data, R>,
-) -> Result<Vec<GoProbe>, GoError> {
     let table = elf
         .section_by_name(".gopclntab")
         .ok_or(GoError::Pclntab(PclntabError::Corrupt))?;
@@ -206,15 +222,51 @@ fn tls_probes<'data, R: object::ReadRef<'data>>(
     let text = elf
         .section_by_name(".text")
         .ok_or(GoError::NoCode(FUNCTIONS[0].0))?;
-    let names = FUNCTIONS.map(|(name, _, _)| name);
+    let names: Vec<&str> = FUNCTIONS
+        .iter()
+        .chain(&CONTEXT_FUNCTIONS)
+        .map(|(name, _, _)| *name)
+        .collect();
     let found = pclntab::find_functions(table, text.address(), &names).map_err(GoError::Pclntab)?;
-    if found.len() < FUNCTIONS.len() {
+    // The linker drops what a program does not use: no TLS probes without
+    // crypto/tls, no client probes without net/http's client.
+    let probes = probes_of(&text, &found, &FUNCTIONS)?;
+    let context_probes = match release {
+        Release::Known(_) => {
+            let (runtime, client) = CONTEXT_FUNCTIONS.split_at(1);
+            let mut probes = probes_of(&text, &found, runtime)?;
+            probes.extend(probes_of(&text, &found, client)?);
+            probes
+        }
+        Release::Other(_) => Vec::new(),
+    };
+    Ok(Some(GoBinary {
+        release,
+        offsets,
+        dwarf_error,
+        probes,
+        context_probes,
+    }))
+}
+
+/// Where the probes of `functions` go in `text`: each function's entry
+/// and, for those with a return program, each `RET`. Empty unless
+/// `found` has all of them.
+fn probes_of<'data, R: object::ReadRef<'data>>(
+    text: &object::Section<'data, '_, R>,
+    found: &std::collections::HashMap<String, pclntab::FuncRange>,
+    functions: &[Function],
+) -> Result<Vec<GoProbe>, GoError> {
+    if !functions
+        .iter()
+        .all(|(name, _, _)| found.contains_key(*name))
+    {
         return Ok(Vec::new());
     }
     let (text_offset, _) = text.file_range().ok_or(GoError::NoCode(FUNCTIONS[0].0))?;
     let file_offset = |address: u64| address - text.address() + text_offset;
     let mut probes = Vec::new();
-    for (name, entry, ret) in FUNCTIONS {
+    for &(name, entry, ret) in functions {
         let range = found[name];
         probes.push(GoProbe {
             program: entry,
@@ -249,6 +301,7 @@ impl GoProbes {
     pub fn load(ebpf: &mut Ebpf, stats: std::sync::Arc<Stats>) -> Result<Self, GoError> {
         let programs = FUNCTIONS
             .iter()
+            .chain(&CONTEXT_FUNCTIONS)
             .flat_map(|(_, entry, ret)| std::iter::once(*entry).chain(*ret))
             .chain([CAPTURE]);
         for program in programs {
@@ -279,6 +332,23 @@ impl GoProbes {
     /// traced. Logs the release either way; counts the unsupported.
     pub fn attach(&self, ebpf: &mut Ebpf, path: &Path) -> Option<bool> {
         let binary = examine(path, &self.stats)?;
+        if !binary.context_probes.is_empty() {
+            match attach_all(ebpf, path, &binary.context_probes, 0) {
+                Ok(()) => info!(
+                    executable = %path.display(),
+                    probes = binary.context_probes.len(),
+                    "Go goroutine probes attached"
+                ),
+                Err(error) => {
+                    self.stats.add(Counter::TlsAttachFailed, 1);
+                    warn!(
+                        executable = %path.display(),
+                        error = %ErrorChain(&error),
+                        "this Go executable's client calls get no parents"
+                    );
+                }
+            }
+        }
         let Some((offsets, _)) = binary.offsets else {
             return Some(false);
         };
@@ -286,7 +356,7 @@ impl GoProbes {
             info!(executable = %path.display(), "Go executable without crypto/tls");
             return Some(false);
         }
-        match attach_all(ebpf, path, &binary.probes, offsets) {
+        match attach_all(ebpf, path, &binary.probes, offsets.cookie()) {
             Ok(()) => {
                 info!(
                     executable = %path.display(),
@@ -310,17 +380,18 @@ impl GoProbes {
 }
 
 /// Attaches every probe, or none: on a failure the ones made are detached.
+/// `cookie` is each uprobe's attach cookie.
 fn attach_all(
     ebpf: &mut Ebpf,
     path: &Path,
     probes: &[GoProbe],
-    offsets: GoOffsets,
+    cookie: u64,
 ) -> Result<(), GoError> {
     let mut links = Vec::new();
     for probe in probes {
         let point = UProbeAttachPoint {
             location: UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
-            cookie: Some(offsets.cookie()),
+            cookie: Some(cookie),
         };
         let attached = uprobe(ebpf, probe.program).and_then(|program| {
             program
@@ -378,7 +449,7 @@ fn examine(path: &Path, stats: &Stats) -> Option<GoBinary> {
                 executable = %path.display(),
                 go = %binary.release,
                 dwarf = binary.dwarf_error.as_deref().unwrap_or(""),
-                "Go release without known struct offsets: its processes are traced at the socket level only (no HTTPS plaintext, no goroutine-aware parents)"
+                "Go release without known struct offsets: its processes' HTTPS is not traced (plain HTTP is, at the socket level)"
             );
         }
     }
@@ -478,28 +549,27 @@ mod tests {
         let elf = object::File::parse(&*data).expect("ELF");
         let text = elf.section_by_name(".text").expect(".text");
         let (text_offset, _) = text.file_range().expect("in the file");
-        for (name, entry, ret) in FUNCTIONS {
+        for (name, entry, ret) in FUNCTIONS.into_iter().chain(CONTEXT_FUNCTIONS) {
+            let all = binary.probes.iter().chain(&binary.context_probes);
             let symbol = elf
                 .symbols()
                 .find(|s| s.name() == Ok(name))
                 .unwrap_or_else(|| panic!("{name} in the symbol table"));
             let offset = symbol.address() - text.address() + text_offset;
             assert!(
-                binary.probes.contains(&GoProbe {
-                    program: entry,
-                    file_offset: offset
-                }),
-                "{name} entry: {:?}",
-                binary.probes
+                all.clone().any(|p| *p
+                    == GoProbe {
+                        program: entry,
+                        file_offset: offset
+                    }),
+                "{name} entry: {binary:?}"
             );
             if let Some(ret) = ret {
-                let rets: Vec<u64> = binary
-                    .probes
-                    .iter()
+                let rets: Vec<u64> = all
                     .filter(|p| p.program == ret)
                     .map(|p| p.file_offset)
                     .collect();
-                assert!(rets.len() >= 2, "{name} returns in several places");
+                assert!(!rets.is_empty(), "{name} returns");
                 for at in rets {
                     assert!(at > offset && at < offset + symbol.size(), "{name}");
                     assert_eq!(data[at as usize], 0xc3, "{name}: RET at {at:#x}");
@@ -511,6 +581,8 @@ mod tests {
             .expect("readable")
             .expect("Go");
         assert_eq!(stripped.probes, full.probes);
+        assert_eq!(stripped.context_probes, full.context_probes);
         assert!(!stripped.probes.is_empty());
+        assert_eq!(stripped.context_probes.len(), 4, "{stripped:?}");
     }
 }

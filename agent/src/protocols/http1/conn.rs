@@ -189,8 +189,8 @@ struct Pairing {
     pending: VecDeque<PendingRequest>,
     in_flight: Option<InFlight>,
     /// The latest kernel update of a request's trace (its `traceparent` came
-    /// in a later read of the head), for a request whose head is still
-    /// being read when it arrives.
+    /// in a later read of the head, or its start was seen there), for a
+    /// request whose head is still being read when it arrives.
     trace_update: Option<KernelTrace>,
     /// Span id of the kernel trace context last given to a request: several
     /// pipelined requests in one read share the read's context, which
@@ -239,8 +239,13 @@ impl Pairing {
             out.push(self.exchange(oldest, Outcome::Abandoned, first.ns, None));
         }
         let mut first = first;
-        if let (Some(trace), Some(update)) = (first.trace, self.trace_update)
-            && trace.span_id == update.span_id
+        // An update that came while this head was read is this request's:
+        // the rest of its head brought the `traceparent`, or the kernel
+        // saw the request start only there (its first byte read alone).
+        if let Some(update) = self.trace_update.take()
+            && first
+                .trace
+                .is_none_or(|trace| trace.span_id == update.span_id)
         {
             first.trace = Some(update);
         }
