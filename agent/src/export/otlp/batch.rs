@@ -25,14 +25,12 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::config::{BatchConfig, OtlpConfig};
-use super::convert::{encoded_size_estimate, to_request};
+use super::convert::{EncodedTraces, encode_request, encoded_size_estimate};
 use super::disk_queue::{DiskQueue, Entry};
 use super::events::{BatchExported, BatchLost, Expired, QueueFull, ShutdownTimedOut};
 use super::retry::{Backoff, attempt, sleep_until};
@@ -223,7 +221,7 @@ fn remove_file(batch: &mut Batch, disk: Option<&mut DiskQueue>) {
 
 /// Spans on their way: encoded once, kept for the retries.
 struct Batch {
-    request: ExportTraceServiceRequest,
+    request: EncodedTraces,
     spans: u64,
     bytes: usize,
     /// When its oldest span was queued: the batch ages out with it.
@@ -234,7 +232,7 @@ struct Batch {
 }
 
 impl Batch {
-    fn from_file((file, request): (Entry, ExportTraceServiceRequest)) -> Self {
+    fn from_file((file, request): (Entry, EncodedTraces)) -> Self {
         Self {
             request,
             spans: file.items,
@@ -428,7 +426,7 @@ impl Queue {
         self.count -= count;
         self.bytes -= bytes;
         Batch {
-            request: to_request(spans),
+            request: encode_request(&spans),
             spans: count as u64,
             bytes,
             oldest: oldest.unwrap_or_else(Instant::now),
@@ -446,6 +444,7 @@ mod tests {
     use opentelemetry_proto::tonic::collector::trace::v1::{
         ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
     };
+    use prost::Message as _;
     use tokio::sync::Semaphore;
     use tokio::task::JoinHandle;
 
@@ -478,9 +477,11 @@ mod tests {
     impl<F: Fn(usize) -> Reply + Sync> Transport for Fake<F> {
         async fn export(
             &self,
-            request: &ExportTraceServiceRequest,
+            request: &EncodedTraces,
         ) -> Result<ExportTraceServiceResponse, SendError> {
             let attempt = self.attempts.fetch_add(1, Ordering::SeqCst);
+            let request = ExportTraceServiceRequest::decode(request.bytes())
+                .unwrap_or_else(|error| panic!("the batcher sent a bad request: {error}"));
             let names = request
                 .resource_spans
                 .iter()

@@ -24,10 +24,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message as _;
 use rustls::{ClientConfig, RootCertStore};
 use tonic::codec::CompressionEncoding;
@@ -37,6 +34,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::telemetry::Counter;
 
 use super::config::{Compression, OtlpConfig, Protocol};
+use super::convert::EncodedTraces;
 use crate::model::error::ErrorChain;
 
 /// Why one export attempt failed.
@@ -181,8 +179,14 @@ pub(crate) trait ExportService: Send + Sync + 'static {
 /// `opentelemetry.proto.collector.trace.v1.TraceService`.
 pub(crate) struct TraceExport;
 
+/// The method the generated `TraceServiceClient::export` calls.
+const TRACE_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
 impl ExportService for TraceExport {
-    type Request = ExportTraceServiceRequest;
+    /// Encoded once per batch, so an attempt sends those bytes as they are.
+    /// The generated client takes only the struct, hence the plain
+    /// `tonic::client::Grpc` call it makes, with prost's codec on the bytes.
+    type Request = EncodedTraces;
     type Response = ExportTraceServiceResponse;
 
     async fn grpc_export(
@@ -190,11 +194,21 @@ impl ExportService for TraceExport {
         compression: Compression,
         request: tonic::Request<Self::Request>,
     ) -> Result<tonic::Response<Self::Response>, tonic::Status> {
-        let mut client = TraceServiceClient::new(channel);
+        let mut client = tonic::client::Grpc::new(channel);
         if compression == Compression::Gzip {
             client = client.send_compressed(CompressionEncoding::Gzip);
         }
-        client.export(request).await
+        client
+            .ready()
+            .await
+            .map_err(|error| tonic::Status::unknown(format!("service was not ready: {error}")))?;
+        client
+            .unary(
+                request,
+                tonic::codegen::http::uri::PathAndQuery::from_static(TRACE_EXPORT_PATH),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
     }
 }
 
