@@ -1,7 +1,7 @@
 //! Span identity for HTTP/1 requests, assigned in the kernel so that the ids
 //! injected into outgoing requests (`probes::inject`) are the ids the agent
 //! reports. Shared by the hooks that see requests: socket and TLS capture
-//! (`capture`), the header scan (`probes::trace_context`), injection and
+//! (`capture`), the header scan (`socket_call`), injection and
 //! connection close (`probes::socket_state`).
 //!
 //! - A request received by a target starts a server context: the
@@ -10,12 +10,11 @@
 //!   the response starts (the entry stays for the connection's next request
 //!   until it closes); meanwhile the request is
 //!   in flight on the thread that read it (`IN_FLIGHT`: a count and the XOR
-//!   of the connections). The header scan ([`scan_received`]) runs in its
-//!   own program, `probes::trace_context`, attached
-//!   before the capture program on the same tracepoint (programs on one
-//!   tracepoint run in attach order), which then reports the context with
-//!   the data. Kept apart because the verifier explores each program's
-//!   paths as a product: scan and capture together exceed its limits.
+//!   of the connections). The header scan ([`scan_received`]) runs first
+//!   in the receive's program, in a function the verifier checks apart
+//!   (`socket_call::sonde_scan_request`: it explores a program's paths as
+//!   a product, and scan and capture together exceed its limits); the
+//!   capture then reports the context with the data.
 //! - A request sent by a target gets a client span id, parented to the
 //!   thread's server request if it has exactly one in flight
 //!   (thread-per-request servers), or the ids `probes::inject` already put on
@@ -112,8 +111,7 @@ pub fn random_id<const N: usize>() -> [u8; N] {
 /// at user address `buffer`: a request start gets a server context (also
 /// one whose first byte came alone just before, see [`LONE_BYTE`]), the
 /// rest of a head may bring its `traceparent`. Shared by the socket path
-/// (`probes::trace_context`) and the TLS plaintext paths
-/// (`probes::openssl`, `probes::go_tls`).
+/// (`socket_call`) and the TLS plaintext paths (`probes::openssl`, `probes::go_tls`).
 #[inline(always)]
 pub fn scan_received(tid: u32, cookie: u64, buffer: u64, len: u64) -> Option<()> {
     let len = core::cmp::min(len, u64::from(SCAN_LIMIT)) as u32;

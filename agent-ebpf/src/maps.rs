@@ -14,6 +14,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
 };
 
+use crate::syscall_args::UserData;
+
 /// Set by the agent at load time (`EbpfLoader::override_global`).
 #[unsafe(no_mangle)]
 static CONFIG: KernelConfig = KernelConfig::DEFAULT;
@@ -119,12 +121,12 @@ pub static SERVER_FDS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65_53
 #[map]
 pub static NGINX_REQUEST: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16_384, 0);
 
-/// In-flight server requests by tid (see `probes::trace_context`).
+/// In-flight server requests by tid (see `crate::context`).
 #[map]
 pub static IN_FLIGHT: LruHashMap<u32, InFlight> = LruHashMap::with_max_entries(65_536, 0);
 
 /// Threads whose request head (on this socket cookie) is still arriving
-/// without a `traceparent` so far (see `probes::trace_context`).
+/// without a `traceparent` so far (see `crate::context`).
 #[map]
 pub static HEAD_OPEN: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16_384, 0);
 
@@ -227,7 +229,7 @@ pub static LAST_UNTIED_SSL: LruHashMap<u32, UntiedSsl> = LruHashMap::with_max_en
 #[map]
 pub static TLS_TAILS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
-/// Per-CPU staging area for `probes::trace_context`'s header scan.
+/// Per-CPU staging area for the header scan (`crate::context`).
 #[repr(C)]
 pub struct TraceScratch {
     /// The first bytes of a received message (1 KiB), plus room for scans
@@ -235,7 +237,7 @@ pub struct TraceScratch {
     pub bytes: [u8; 2048],
     /// Map memory the verifier cannot see through (see `forget_precision`).
     pub slot: u32,
-    /// Likewise, for the case `server_request_context` is handling.
+    /// Likewise, for the case the header scan is handling.
     pub case: u32,
     /// Where the header scan found a `traceparent` value, 0 for nowhere
     /// (see `trace_context::scan_head`).
@@ -261,14 +263,30 @@ pub struct CaptureCursor {
     pub filled: u32,
 }
 
+/// A socket call between `socket_call`'s steps: where its data is, its
+/// length and capture limit.
+#[repr(C)]
+pub struct PendingCall {
+    pub data: UserData,
+    /// 0 if the call's data could not be located (not a known syscall).
+    pub has_data: u32,
+    /// Bytes the call moved.
+    pub total: u32,
+    /// The connection's own capture limit (0: the default).
+    pub capture_bytes: u32,
+    pub reserved: u32,
+}
+
 /// A data event being built, room for the copy loop to overrun (which lets
 /// the verifier prove every write in bounds without tracking the relation
-/// between offset and length), and the capture loop's state.
+/// between offset and length), the capture loop's state, and the socket
+/// call being reported.
 #[repr(C)]
 pub struct DataScratch {
     pub event: SocketDataEvent,
     pub overrun: [u8; MAX_CAPTURE_BYTES],
     pub cursor: CaptureCursor,
+    pub call: PendingCall,
 }
 
 /// Per-CPU staging area: a 4 KiB event does not fit on the 512-byte BPF stack.

@@ -2,9 +2,10 @@
 //! it was seen at (`probes::socket_data`'s tracepoints on Linux >= 6.2,
 //! `probes::tcp_calls`' fexit programs on older kernels): the bytes as data
 //! events ([`report`]) and, for a received request head, its server
-//! context ([`scan_request`]). Inlining is left to the compiler, as before
-//! these hooks shared it: forcing it grows the programs' stack past the
-//! verifier's 512 bytes for a chain of calls.
+//! context ([`sonde_scan_request`], first). One program per hook: each program
+//! run costs every socket call on the machine its dispatch, targets or
+//! not. Inlining of [`report`] is left to the compiler: forcing it grows
+//! the programs' stack past the verifier's 512 bytes for a chain of calls.
 //!
 //! The events carry the socket and the byte count but not the buffer, so
 //! the buffer is taken from the syscall's own arguments (`bpf_task_pt_regs`):
@@ -15,7 +16,9 @@
 
 use agent_common::{
     EventKind,
-    socket_data::{ConnTuple, DIRECTION_INGRESS, ROLE_SERVER, ROLE_UNKNOWN, SOURCE_SOCKET},
+    socket_data::{
+        ConnTuple, DIRECTION_INGRESS, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SOURCE_SOCKET,
+    },
     socket_state::TrackedConn,
 };
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns};
@@ -23,26 +26,48 @@ use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_kti
 use crate::{
     capture::report_call,
     context::scan_received,
-    maps::{ACCEPTED_FDS, DATA_SCRATCH, SERVER_FDS, TRACKED_CONNS, is_target},
+    maps::{ACCEPTED_FDS, DATA_SCRATCH, PendingCall, SERVER_FDS, TRACKED_CONNS, is_target},
     sock::{MSG_PEEK, read_tuple, tcp_family},
-    syscall_args::SyscallArgs,
+    syscall_args::{SyscallArgs, UserData},
     tls::is_tls_socket,
 };
 
 /// Reports a call that moved `ret` bytes (`flags`: the receive's flags) on
-/// socket `sk` in `direction` (`DIRECTION_EGRESS` or `DIRECTION_INGRESS`).
-/// Errors are the probe-read helpers' (the call is then not reported).
-pub fn report(sk: *const u8, ret: i32, flags: i32, direction: u32) -> Result<(), i64> {
+/// socket `sk` in `direction` (`DIRECTION_EGRESS` or `DIRECTION_INGRESS`);
+/// with `SCAN`, a receive that may hold a request head is scanned first
+/// (the in-kernel context, an optional feature: a program without it is
+/// what the agent falls back to if the kernel refuses the scan).
+///
+/// Inlined into each program, which calls the steps one after the other:
+/// a frame held across the calls would add to theirs, and the verifier
+/// allows 512 bytes for a chain of calls. Processes that are not targets
+/// leave at the first check, before any call.
+#[inline(always)]
+pub fn report<const SCAN: bool>(sk: *const u8, ret: i32, flags: i32, direction: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    if !is_target(tgid) {
-        return Ok(());
+    if !is_target((pid_tgid >> 32) as u32) {
+        return;
     }
     if ret <= 0 || (direction == DIRECTION_INGRESS && flags & MSG_PEEK != 0) {
-        return Ok(());
+        return;
     }
     // SAFETY: `sk` is the hook's typed socket argument.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
+    if !prepare(sk, cookie, pid_tgid, ret as u32, direction) {
+        return;
+    }
+    if SCAN && direction == DIRECTION_INGRESS {
+        sonde_scan_request();
+    }
+    emit();
+}
+
+/// Fills the per-CPU scratch with the call's identity (`scratch.event`)
+/// and where its data is (`scratch.call`): true if the call is to be
+/// reported (not if the socket could not be read).
+#[inline(never)]
+fn prepare(sk: *const u8, cookie: u64, pid_tgid: u64, total: u32, direction: u32) -> bool {
+    let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: plain value lookup.
     let known = unsafe { TRACKED_CONNS.get(cookie) }.copied();
     // Only TCP sockets are ever tracked, with their tuple from the first
@@ -50,16 +75,18 @@ pub fn report(sk: *const u8, ret: i32, flags: i32, direction: u32) -> Result<(),
     let tuple = match known {
         Some(conn) if conn.tuple.family != 0 => conn.tuple,
         _ => {
-            let Some(family) = tcp_family(sk) else {
-                return Ok(());
+            let Some(Ok(tuple)) = tcp_family(sk).map(|family| read_tuple(sk, family)) else {
+                return false;
             };
-            read_tuple(sk, family)?
+            tuple
         }
     };
 
-    let scratch = DATA_SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
+    let Some(scratch) = DATA_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
     // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
-    let event = unsafe { &mut (*scratch).event };
+    let (event, call) = unsafe { (&mut (*scratch).event, &mut (*scratch).call) };
     event.socket_cookie = cookie;
     event.header.kind = EventKind::SocketData as u32;
     event.header.pid = tgid;
@@ -77,18 +104,33 @@ pub fn report(sk: *const u8, ret: i32, flags: i32, direction: u32) -> Result<(),
         _ => conn_state(cookie, known, tgid, event.fd, &tuple),
     };
     event.role = conn.role;
-    if is_tls_socket(event, &conn, args.as_ref().map(|a| &a.data), ret as u32) {
+    if is_tls_socket(event, &conn, args.as_ref().map(|a| &a.data), total) {
         // Ciphertext: the OpenSSL probes report this connection's plaintext.
-        return Ok(());
+        return false;
     }
-    // The connection was just looked up: its capture limit comes with it.
-    report_call(
-        scratch,
-        args.as_ref().map(|a| &a.data),
-        ret as u32,
-        conn.capture_bytes,
-    );
-    Ok(())
+    let data = args.map(|a| a.data);
+    *call = PendingCall {
+        has_data: u32::from(data.is_some()),
+        data: data.unwrap_or(UserData::single(0)),
+        total,
+        // The connection was just looked up: its capture limit comes with it.
+        capture_bytes: conn.capture_bytes,
+        reserved: 0,
+    };
+    true
+}
+
+/// Sends the call [`prepare`] staged.
+#[inline(never)]
+fn emit() {
+    let Some(scratch) = DATA_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
+    let call = unsafe { &(*scratch).call };
+    let data = call.data;
+    let data = (call.has_data != 0).then_some(&data);
+    report_call(scratch, data, call.total, call.capture_bytes);
 }
 
 /// The state of a connection seen for the first time, or tracked without
@@ -129,36 +171,39 @@ fn conn_state(
     conn
 }
 
-/// The header scan of a receive of `ret` bytes on `sk` (see
-/// `crate::context`): run before [`report`] for the same call, which then
-/// reports the context this made.
-pub fn scan_request(sk: *const u8, ret: i32, flags: i32) -> Option<()> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_target((pid_tgid >> 32) as u32) {
-        return None;
+/// The header scan of the receive [`prepare`] staged (see
+/// `crate::context`), run before [`emit`] reports it with the context
+/// this made. A global function: the verifier checks it once, on its own,
+/// where a static one would be walked again for every path through the
+/// capture that follows it, more than it accepts. Returns 0.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn sonde_scan_request() -> i32 {
+    let Some(scratch) = DATA_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
+    let (event, call) = unsafe { (&(*scratch).event, &(*scratch).call) };
+    // Client connections receive responses, never request heads. One byte
+    // may be a request's first, read alone (see `context::scan_received`).
+    if event.role == ROLE_CLIENT || (call.total != 1 && call.total < 4) || call.has_data == 0 {
+        return 0;
     }
-    // One byte may be a request's first, read alone (see
-    // `context::scan_received`).
-    if (ret != 1 && ret < 4) || flags & MSG_PEEK != 0 || tcp_family(sk).is_none() {
-        return None;
+    let Some((buffer, buffer_len)) = call.data.first_segment() else {
+        return 0;
+    };
+    let (tid, cookie) = (event.header.tid, event.socket_cookie);
+    let len = core::cmp::min(u64::from(call.total), buffer_len);
+    if scan_received(tid, cookie, buffer, len).is_none() {
+        return 0;
     }
-    let args = SyscallArgs::current()?;
-    let (buffer, buffer_len) = args.data.first_segment()?;
-    // SAFETY: `sk` is the hook's typed socket argument.
-    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
-    scan_received(
-        pid_tgid as u32,
-        cookie,
-        buffer,
-        core::cmp::min(ret as u64, buffer_len),
-    )?;
     // A request head came in on this descriptor: what `probes::nginx` looks
     // up. Usually already there (keep-alive): an update costs a map
     // element swap, a lookup does not.
-    let fd_key = (pid_tgid & !0xffff_ffff) | u64::from(args.fd);
+    let fd_key = (u64::from(event.header.pid) << 32) | u64::from(event.fd);
     // SAFETY: plain value lookup.
     if unsafe { SERVER_FDS.get(fd_key) } != Some(&cookie) {
         let _ = SERVER_FDS.insert(fd_key, cookie, 0);
     }
-    Some(())
+    0
 }

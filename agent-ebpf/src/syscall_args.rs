@@ -26,6 +26,8 @@ const PT_REGS_ORIG_AX: usize = 120;
 const MSGHDR_IOV: u64 = 16;
 
 /// Where the data of a call lives in user memory.
+#[repr(C)]
+#[derive(Clone, Copy)]
 pub struct UserData {
     /// A single buffer (read/write/sendto/recvfrom, OpenSSL), or 0 for an
     /// iovec array.

@@ -13,4 +13,3 @@ pub mod process;
 pub mod socket_data;
 pub mod socket_state;
 pub mod tcp_calls;
-pub mod trace_context;

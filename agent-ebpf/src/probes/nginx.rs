@@ -1,7 +1,7 @@
 //! nginx as a reverse proxy: the request each upstream send is for.
 //!
 //! An nginx worker serves many requests on one thread, so the thread's
-//! in-flight count (`trace_context`) leaves most of its upstream calls
+//! in-flight count (`crate::context`) leaves most of its upstream calls
 //! unlinked. nginx itself knows: every upstream request goes out through
 //! `ngx_chain_writer(ngx_chain_writer_ctx_t *ctx, ...)` (exported by the
 //! nginx executable, for new and keep-alive upstream connections alike),

@@ -21,7 +21,7 @@
 //!
 //! The return probes report the plaintext as `SOURCE_TLS` data events on
 //! the connection's cookie. A read is first scanned for a request's
-//! `traceparent`, as `probes::trace_context` does for
+//! `traceparent`, as `socket_call::sonde_scan_request` does for
 //! sockets, then reported by [`tls_capture`] through a tail call: scan and
 //! capture in one program are more than the verifier accepts.
 

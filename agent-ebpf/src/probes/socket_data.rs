@@ -7,7 +7,9 @@
 //!
 //! Both fire at the end of `sock_sendmsg`/`sock_recvmsg`, in the calling
 //! thread, for socket I/O only: file and pipe I/O never reach them. What is
-//! reported is `crate::socket_call`'s.
+//! reported is `crate::socket_call`'s. One program per tracepoint: the
+//! agent attaches `sock_recv_length`, which also scans request heads, or
+//! `sock_recv_length_capture` where the kernel refuses that one.
 
 use agent_common::socket_data::{DIRECTION_EGRESS, DIRECTION_INGRESS};
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
@@ -16,12 +18,18 @@ use crate::socket_call;
 
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
-    let _ = socket_call::report(ctx.arg(0), ctx.arg(1), ctx.arg(2), DIRECTION_EGRESS);
+    socket_call::report::<false>(ctx.arg(0), ctx.arg(1), ctx.arg(2), DIRECTION_EGRESS);
     0
 }
 
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
-    let _ = socket_call::report(ctx.arg(0), ctx.arg(1), ctx.arg(2), DIRECTION_INGRESS);
+    socket_call::report::<true>(ctx.arg(0), ctx.arg(1), ctx.arg(2), DIRECTION_INGRESS);
+    0
+}
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv_length_capture(ctx: BtfTracePointContext) -> u32 {
+    socket_call::report::<false>(ctx.arg(0), ctx.arg(1), ctx.arg(2), DIRECTION_INGRESS);
     0
 }

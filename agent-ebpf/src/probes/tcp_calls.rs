@@ -11,10 +11,9 @@
 //!
 //! Before 5.19 `tcp_recvmsg` had a `nonblock` parameter before `flags`:
 //! the agent checks the prototype in the kernel's BTF before it picks
-//! these programs. fexit programs on one function run in reverse attach
-//! order (the kernel adds each to the head of the trampoline's list), so
-//! the agent attaches the capture before the header scan, which then runs
-//! first, as on the tracepoint.
+//! these programs. As on the tracepoints, the agent attaches
+//! `tcp_recvmsg_exit`, which also scans request heads, or
+//! `tcp_recvmsg_capture` where the kernel refuses that one.
 
 use agent_common::socket_data::{DIRECTION_EGRESS, DIRECTION_INGRESS};
 use aya_ebpf::{macros::fexit, programs::FExitContext};
@@ -29,13 +28,13 @@ const RECVMSG_RET: usize = 5;
 
 #[fexit(function = "tcp_sendmsg")]
 pub fn tcp_sendmsg_exit(ctx: FExitContext) -> u32 {
-    let _ = socket_call::report(ctx.arg(0), ctx.arg(SENDMSG_RET), 0, DIRECTION_EGRESS);
+    socket_call::report::<false>(ctx.arg(0), ctx.arg(SENDMSG_RET), 0, DIRECTION_EGRESS);
     0
 }
 
 #[fexit(function = "tcp_recvmsg")]
 pub fn tcp_recvmsg_exit(ctx: FExitContext) -> u32 {
-    let _ = socket_call::report(
+    socket_call::report::<true>(
         ctx.arg(0),
         ctx.arg(RECVMSG_RET),
         ctx.arg(RECVMSG_FLAGS),
@@ -45,7 +44,12 @@ pub fn tcp_recvmsg_exit(ctx: FExitContext) -> u32 {
 }
 
 #[fexit(function = "tcp_recvmsg")]
-pub fn tcp_recvmsg_context(ctx: FExitContext) -> u32 {
-    let _ = socket_call::scan_request(ctx.arg(0), ctx.arg(RECVMSG_RET), ctx.arg(RECVMSG_FLAGS));
+pub fn tcp_recvmsg_capture(ctx: FExitContext) -> u32 {
+    socket_call::report::<false>(
+        ctx.arg(0),
+        ctx.arg(RECVMSG_RET),
+        ctx.arg(RECVMSG_FLAGS),
+        DIRECTION_INGRESS,
+    );
     0
 }

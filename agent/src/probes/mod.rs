@@ -282,34 +282,45 @@ enum Hook {
     FExit(&'static str),
 }
 
-/// A program, where it goes, and the feature it serves (`None`: the agent
-/// cannot run without it).
-type HookSpec = (&'static str, Hook, Option<Feature>);
+/// What the agent does if the kernel refuses a program.
+enum OnRefusal {
+    /// Nothing works without it: the error is returned.
+    Fail,
+    /// The program also serves an optional feature, which goes off; this
+    /// program (same hook, without that feature) is attached instead.
+    FallBack(Feature, &'static str),
+}
 
-/// Capture on the `sock_*_length` tracepoints (Linux >= 6.2).
+/// A program, where it goes, and what to do without it.
+type HookSpec = (&'static str, Hook, OnRefusal);
+
+/// Capture on the `sock_*_length` tracepoints (Linux >= 6.2). One program
+/// per tracepoint: each run costs every socket call on the machine.
 const TRACEPOINT_CAPTURE: &[HookSpec] = &[
-    ("sock_send_length", Hook::Btf("sock_send_length"), None),
-    // Before `sock_recv_length`: programs on one tracepoint run in attach
-    // order, and the capture program reports the context this one makes.
     (
-        "server_request_context",
-        Hook::Btf("sock_recv_length"),
-        Some(Feature::KernelContext),
+        "sock_send_length",
+        Hook::Btf("sock_send_length"),
+        OnRefusal::Fail,
     ),
-    ("sock_recv_length", Hook::Btf("sock_recv_length"), None),
+    (
+        "sock_recv_length",
+        Hook::Btf("sock_recv_length"),
+        OnRefusal::FallBack(Feature::KernelContext, "sock_recv_length_capture"),
+    ),
 ];
 
 /// Capture on fexit `tcp_sendmsg` / `tcp_recvmsg`, where the tracepoints
 /// do not exist.
 const FEXIT_CAPTURE: &[HookSpec] = &[
-    ("tcp_sendmsg_exit", Hook::FExit("tcp_sendmsg"), None),
-    ("tcp_recvmsg_exit", Hook::FExit("tcp_recvmsg"), None),
-    // After the capture: fexit programs run in reverse attach order, and
-    // the capture program reports the context this one makes.
     (
-        "tcp_recvmsg_context",
+        "tcp_sendmsg_exit",
+        Hook::FExit("tcp_sendmsg"),
+        OnRefusal::Fail,
+    ),
+    (
+        "tcp_recvmsg_exit",
         Hook::FExit("tcp_recvmsg"),
-        Some(Feature::KernelContext),
+        OnRefusal::FallBack(Feature::KernelContext, "tcp_recvmsg_capture"),
     ),
 ];
 
@@ -323,32 +334,32 @@ const COMMON_HOOKS: &[HookSpec] = &[
     (
         "inet_sock_set_state",
         Hook::Btf("inet_sock_set_state"),
-        None,
+        OnRefusal::Fail,
     ),
     (
         "sys_exit_accept",
         Hook::Tracepoint("syscalls", "sys_exit_accept"),
-        None,
+        OnRefusal::Fail,
     ),
     (
         "sys_exit_accept4",
         Hook::Tracepoint("syscalls", "sys_exit_accept4"),
-        None,
+        OnRefusal::Fail,
     ),
     (
         "sched_process_exec",
         Hook::Tracepoint("sched", "sched_process_exec"),
-        None,
+        OnRefusal::Fail,
     ),
     (
         "sched_process_exit",
         Hook::Tracepoint("sched", "sched_process_exit"),
-        None,
+        OnRefusal::Fail,
     ),
     (
         "sched_process_fork",
         Hook::Tracepoint("sched", "sched_process_fork"),
-        None,
+        OnRefusal::Fail,
     ),
 ];
 
@@ -380,9 +391,18 @@ impl Probes {
         // `new` parsed its own copy; it is replaced by `btf` below.
         loader.btf(None);
         let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(Box::new(e)))?;
-        if std::env::var_os("SONDE_VERIFIER_LOG").is_some() {
-            // Full verifier output in load errors, for kernel-side debugging.
-            loader.verifier_log_level(VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS);
+        if let Some(level) = std::env::var_os("SONDE_VERIFIER_LOG") {
+            // The verifier's output in load errors, for kernel-side
+            // debugging: each instruction it walked (1), or also the
+            // register states at each (2), which overflows the largest log
+            // buffer for big programs (kernels before 6.4 then keep the
+            // start of the log and lose the error at its end).
+            let detail = if level == "2" {
+                VerifierLogLevel::VERBOSE
+            } else {
+                VerifierLogLevel::DEBUG
+            };
+            loader.verifier_log_level(detail | VerifierLogLevel::STATS);
         }
         let mut ebpf = loader
             .btf(Some(&btf))
@@ -522,38 +542,51 @@ fn check_prototype(
     Ok(())
 }
 
-/// Attaches `hooks` in order; a program of an optional feature that fails
-/// turns that feature off in `features`, any other failure is returned.
+/// Attaches `hooks` in order; a program serving an optional feature that
+/// fails turns that feature off in `features` and its fallback is
+/// attached; any other failure is returned.
 fn attach_all(
     ebpf: &mut Ebpf,
     hooks: &[HookSpec],
     btf: &Btf,
     features: &mut FeatureReport,
 ) -> Result<(), ProbeError> {
-    for (program, hook, feature) in hooks {
-        match (attach(ebpf, program, hook, btf), feature) {
+    for (program, hook, on_refusal) in hooks {
+        match (attach(ebpf, program, hook, btf), on_refusal) {
             (Ok(()), _) => {}
-            (Err(error), Some(feature)) => {
-                features.set(*feature, FeatureState::Off(ErrorChain(&error).to_string()))
+            (Err(error), OnRefusal::FallBack(feature, fallback)) => {
+                features.set(*feature, FeatureState::Off(ErrorChain(&error).to_string()));
+                attach(ebpf, fallback, hook, btf)?;
             }
-            (Err(error), None) => return Err(error),
+            (Err(error), OnRefusal::Fail) => return Err(error),
         }
     }
     Ok(())
 }
 
-/// Detaches and unloads `hooks`' programs (those never loaded are skipped).
+/// Detaches and unloads `hooks`' programs and fallbacks (those never
+/// loaded are skipped).
 fn unload(ebpf: &mut Ebpf, hooks: &[HookSpec]) {
-    for (program, hook, _) in hooks {
-        let Some(prog) = ebpf.program_mut(program) else {
-            continue;
+    for (program, hook, on_refusal) in hooks {
+        let fallback = match on_refusal {
+            OnRefusal::FallBack(_, fallback) => Some(*fallback),
+            OnRefusal::Fail => None,
         };
-        // Unloading fails only for a program that was not loaded.
-        let _ = match hook {
-            Hook::Btf(_) => <&mut BtfTracePoint>::try_from(prog).and_then(BtfTracePoint::unload),
-            Hook::Tracepoint(..) => <&mut TracePoint>::try_from(prog).and_then(TracePoint::unload),
-            Hook::FExit(_) => <&mut FExit>::try_from(prog).and_then(FExit::unload),
-        };
+        for program in std::iter::once(*program).chain(fallback) {
+            let Some(prog) = ebpf.program_mut(program) else {
+                continue;
+            };
+            // Unloading fails only for a program that was not loaded.
+            let _ = match hook {
+                Hook::Btf(_) => {
+                    <&mut BtfTracePoint>::try_from(prog).and_then(BtfTracePoint::unload)
+                }
+                Hook::Tracepoint(..) => {
+                    <&mut TracePoint>::try_from(prog).and_then(TracePoint::unload)
+                }
+                Hook::FExit(_) => <&mut FExit>::try_from(prog).and_then(FExit::unload),
+            };
+        }
     }
 }
 
