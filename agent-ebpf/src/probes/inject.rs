@@ -86,8 +86,15 @@ fn try_inject(ctx: &SkMsgContext) -> u32 {
     };
     // SAFETY: per-CPU scratch, ours for this program's run.
     let scratch = unsafe { &mut *scratch };
+    // `pull` is at most HEAD_LIMIT, so the compiler drops a second bound
+    // of the length by it; older verifiers (6.1's) do not bound the min of
+    // two unknowns. Past map memory the verifier cannot see the min either,
+    // and sees the bound applied after it.
     let len = core::cmp::min(
-        core::cmp::min((ctx.data_end() - ctx.data()) as u32, pull),
+        forget_precision(
+            &mut scratch.slot,
+            core::cmp::min((ctx.data_end() - ctx.data()) as u32, pull),
+        ),
         HEAD_LIMIT,
     );
     // SAFETY: the destination holds HEAD_LIMIT bytes at least; the source

@@ -416,7 +416,19 @@ impl Probes {
             })?;
         let mut features = attach_capture(&mut ebpf, &btf, fexit_prototypes)?;
         attach_all(&mut ebpf, COMMON_HOOKS, &btf, &mut features)?;
-        if config.inject_traceparent {
+        if config.inject_traceparent && features.capture == CaptureHooks::TcpFexit {
+            // A socket in injection's sockhash sends through
+            // tcp_bpf_sendmsg, which fexit on tcp_sendmsg does not see:
+            // every request on it would go unreported.
+            features.set(
+                Feature::Injection,
+                FeatureState::Off(
+                    "the fexit capture (no sock_*_length tracepoints) does not see the sends \
+                     of sockets injection attaches to"
+                        .to_owned(),
+                ),
+            );
+        } else if config.inject_traceparent {
             match inject::attach(&mut ebpf, config.inject_cgroup.clone()) {
                 Ok(()) => {}
                 // Injection is an extra (no cgroup v2, no sock_ops or
