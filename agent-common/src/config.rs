@@ -38,8 +38,8 @@ pub struct KernelConfig {
     /// reader; below it records are written without a wakeup and the
     /// reader drains on its timer (see `agent::probes::reader`).
     pub wakeup_bytes: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// Offset of `sock.sk_user_data` (a sockmap socket's psock).
+    pub off_sk_user_data: u32,
 }
 
 impl KernelConfig {
@@ -60,7 +60,7 @@ impl KernelConfig {
         sampler: crate::sampling::PARENT_BASED,
         sample_threshold: 0,
         wakeup_bytes: 0,
-        reserved: 0,
+        off_sk_user_data: 656,
     };
 }
 

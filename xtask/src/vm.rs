@@ -69,8 +69,7 @@ pub const KERNELS: &[Kernel] = &[
         name: "6.1",
         package: r"^linux-image-6\.1\.0-[0-9]*-amd64-unsigned$",
         file_prefix: "linux-image-6.1.0-",
-        // Its fexit capture does not see the sends of injected sockets.
-        expect_off: "injection",
+        expect_off: "",
     },
     Kernel {
         name: "5.10",

@@ -2,8 +2,9 @@
 //! (Linux < 6.2): fexit on `tcp_sendmsg` and `tcp_recvmsg` (trampolines,
 //! Linux >= 5.5 with BTF), which every TCP send and receive of a process
 //! passes through (`inet_sendmsg`/`inet_recvmsg` call them through the
-//! socket's protocol, IPv4 and IPv6 alike). Like the tracepoints they fire
-//! for socket I/O only. What is reported is `crate::socket_call`'s.
+//! socket's protocol, IPv4 and IPv6 alike), and `tcp_bpf_sendmsg` for the
+//! sends of sockets in a sockmap (injection's). Like the tracepoints they
+//! fire for socket I/O only. What is reported is `crate::socket_call`'s.
 //!
 //! /// match-proto:v5.19:net/ipv4/tcp.c:
 //! /// int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)
@@ -18,9 +19,9 @@
 use agent_common::socket_data::{DIRECTION_EGRESS, DIRECTION_INGRESS};
 use aya_ebpf::{macros::fexit, programs::FExitContext};
 
-use crate::socket_call;
+use crate::{maps::config, read, socket_call};
 
-/// `tcp_sendmsg`'s return value: after its 3 arguments.
+/// `tcp_sendmsg`'s (and `tcp_bpf_sendmsg`'s) return value: after its 3 arguments.
 const SENDMSG_RET: usize = 3;
 /// `tcp_recvmsg`'s `flags`, and its return value after its 5 arguments.
 const RECVMSG_FLAGS: usize = 3;
@@ -29,6 +30,20 @@ const RECVMSG_RET: usize = 5;
 #[fexit(function = "tcp_sendmsg")]
 pub fn tcp_sendmsg_exit(ctx: FExitContext) -> u32 {
     socket_call::report::<false>(ctx.arg(0), ctx.arg(SENDMSG_RET), 0, DIRECTION_EGRESS);
+    0
+}
+
+/// Sends on a socket in a sockmap or sockhash (injection's
+/// `CLIENT_SOCKETS`): its protocol is then `tcp_bpf`'s, whose sends skip
+/// `tcp_sendmsg`. Without its psock (`sk_user_data`, gone while the socket
+/// leaves the map) `tcp_bpf_sendmsg` calls `tcp_sendmsg`, whose program
+/// reports the call: not again here.
+#[fexit(function = "tcp_bpf_sendmsg")]
+pub fn tcp_bpf_sendmsg_exit(ctx: FExitContext) -> u32 {
+    let sk: *const u8 = ctx.arg(0);
+    if read::kernel::<u64>(sk, config().off_sk_user_data).is_ok_and(|psock| psock != 0) {
+        socket_call::report::<false>(sk, ctx.arg(SENDMSG_RET), 0, DIRECTION_EGRESS);
+    }
     0
 }
 

@@ -72,7 +72,7 @@ pub struct KernelBtf {
 
 /// The kernel functions whose prototypes the agent checks before hooking
 /// them (their parameters changed across kernel versions).
-pub const FUNCTIONS: &[&str] = &["tcp_sendmsg", "tcp_recvmsg"];
+pub const FUNCTIONS: &[&str] = &["tcp_sendmsg", "tcp_recvmsg", "tcp_bpf_sendmsg"];
 
 fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
     data.get(at..at + 4)

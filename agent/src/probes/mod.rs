@@ -375,7 +375,7 @@ impl Probes {
         // The kernel's BTF is parsed three ways (offsets here, aya's loader
         // and aya's `Btf` for BTF programs), each several MiB: one at a time,
         // or together they set the agent's peak RSS.
-        let (kernel_config, fexit_prototypes) = {
+        let (kernel_config, fexit_prototypes, bpf_send_prototype) = {
             let data = std::fs::read("/sys/kernel/btf/vmlinux")
                 .map_err(|e| ProbeError::Btf(Box::new(e)))?;
             let kernel_btf =
@@ -385,6 +385,7 @@ impl Probes {
                 check_prototype(&kernel_btf, "tcp_sendmsg", &TCP_SENDMSG_PARAMETERS).and_then(
                     |()| check_prototype(&kernel_btf, "tcp_recvmsg", &TCP_RECVMSG_PARAMETERS),
                 ),
+                check_prototype(&kernel_btf, "tcp_bpf_sendmsg", &TCP_SENDMSG_PARAMETERS),
             )
         };
         let mut loader = EbpfLoader::new();
@@ -416,17 +417,27 @@ impl Probes {
             })?;
         let mut features = attach_capture(&mut ebpf, &btf, fexit_prototypes)?;
         attach_all(&mut ebpf, COMMON_HOOKS, &btf, &mut features)?;
-        if config.inject_traceparent && features.capture == CaptureHooks::TcpFexit {
-            // A socket in injection's sockhash sends through
-            // tcp_bpf_sendmsg, which fexit on tcp_sendmsg does not see:
-            // every request on it would go unreported.
+        // On the fexit path a socket in injection's sockhash sends through
+        // tcp_bpf_sendmsg, not tcp_sendmsg: without a capture program
+        // there too, injection stays off rather than lose every request
+        // such a socket sends.
+        let injected_sends = match features.capture {
+            CaptureHooks::TcpFexit if config.inject_traceparent => {
+                bpf_send_prototype.and_then(|()| {
+                    attach(
+                        &mut ebpf,
+                        "tcp_bpf_sendmsg_exit",
+                        &Hook::FExit("tcp_bpf_sendmsg"),
+                        &btf,
+                    )
+                })
+            }
+            _ => Ok(()),
+        };
+        if let Err(error) = injected_sends {
             features.set(
                 Feature::Injection,
-                FeatureState::Off(
-                    "the fexit capture (no sock_*_length tracepoints) does not see the sends \
-                     of sockets injection attaches to"
-                        .to_owned(),
-                ),
+                FeatureState::Off(ErrorChain(&error).to_string()),
             );
         } else if config.inject_traceparent {
             match inject::attach(&mut ebpf, config.inject_cgroup.clone()) {
@@ -705,7 +716,7 @@ fn kernel_config(config: &ProbeConfig, btf: &btf::KernelBtf) -> Result<KernelCon
         sampler: config.sampling.0,
         sample_threshold: config.sampling.1,
         wakeup_bytes: reader::wakeup_bytes(config.data_ring_bytes),
-        reserved: 0,
+        off_sk_user_data: offset("sock", "sk_user_data")?,
     })
 }
 
