@@ -57,6 +57,7 @@ metrics! {
         DbRequestsDropped => "sonde_db_requests_dropped", "Database or cache requests without a span: their answers could no longer be told apart, or the server skipped them after an earlier error in a pipeline";
         ConnectionsEvicted => "sonde_connections_evicted", "Connections dropped from the tracker (table full or idle)";
         ExchangesAbandoned => "sonde_exchanges_abandoned", "Requests given up on without a response";
+        ResponsesUnmatched => "sonde_responses_unmatched", "HTTP/1 responses with no request seen waiting for them on their connection (the request's bytes were not captured, or reached the agent after the response): no span";
         SpansProduced => "sonde_spans_produced", "Spans built";
         SpansDroppedQueueFull => "sonde_spans_dropped_queue_full", "Spans dropped because the export queue was full";
         SpansNotSampled => "sonde_spans_not_sampled", "Spans not built because the head sampler did not sample their trace (their requests still count in the RED metrics)";

@@ -1,4 +1,5 @@
-//! TLS plaintext of Go programs, at `crypto/tls.(*Conn).Read` and `Write`:
+//! TLS plaintext of Go programs, at `crypto/tls.(*Conn).Read` and what
+//! `Write` hands to `writeRecordLocked`:
 //! uprobes the agent puts on each Go executable a selected process runs
 //! (`agent/src/probes/go`), at the functions' entries and at each of their
 //! `RET` instructions (a uretprobe would put its trampoline address on a
@@ -6,16 +7,24 @@
 //!
 //! /// match-proto:go1.19,go1.23:src/crypto/tls/conn.go:
 //! /// func (c *Conn) Read(b []byte) (int, error)
-//! /// func (c *Conn) Write(b []byte) (int, error)
+//! /// func (c *Conn) writeRecordLocked(typ recordType, data []byte) (int, error)
 //! /// func (c *Conn) handshakeContext(ctx context.Context) (ret error)
 //!
 //! Go's register ABI (ABIInternal, amd64, Go >= 1.17): arguments in RAX,
 //! RBX, RCX, ... (`c`, `b`'s pointer, its length), results in RAX, RBX...
-//! (`n` first), the current goroutine's `g` in R14. An entry records the
-//! call under the goroutine (`g` does not move while the goroutine runs,
-//! and the goroutine may change threads inside the call); the `RET` probe
-//! takes it back and reports the `n` bytes moved as `SOURCE_TLS` data of
-//! the connection under `c`: the descriptor is read from the `tls.Conn`
+//! (`n` first), the current goroutine's `g` in R14. A `Read`'s entry
+//! records the call under the goroutine (`g` does not move while the
+//! goroutine runs, and the goroutine may change threads inside the call);
+//! the `RET` probe takes it back and reports the `n` bytes moved as
+//! `SOURCE_TLS` data of the connection under `c`. What `Write` sends is
+//! reported at the entry of `writeRecordLocked`, which `Write` calls with
+//! its plaintext after the handshake and before any byte leaves: at
+//! `Write`'s `RET` the peer may have answered and another goroutine
+//! (net/http's `readLoop`) reported the answer already, and a response
+//! seen before its request pairs with nothing; at `Write`'s entry the
+//! handshake may not have run yet (`tls.Client(...).Write`), so the
+//! descriptor could still name an earlier connection. The descriptor is
+//! read from the `tls.Conn`
 //! with the struct offsets the agent packs in each uprobe's attach cookie
 //! (16 bits each: `tls.Conn.conn`, `net.TCPConn`'s `fd`, `netFD`'s
 //! `Sysfd`), then the connection from `go::GO_TLS_FDS`. The handshake
@@ -88,35 +97,57 @@ pub fn go_tls_handshake_enter(_ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn go_tls_read_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, DIRECTION_INGRESS);
+    record_read(&ctx);
     0
 }
 
+/// TLS record type of application data (RFC 8446 section 5.1).
+const RECORD_APPLICATION_DATA: u64 = 23;
+
+/// At the entry of `writeRecordLocked(typ, data)`, which `Write` calls
+/// for its plaintext once the handshake is done, before any byte leaves
+/// (see the module's comment): reports `data` if it is application data.
 #[uprobe]
-pub fn go_tls_write_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, DIRECTION_EGRESS);
+pub fn go_tls_write_record_enter(ctx: ProbeContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: a uprobe's context is the user registers: `c` in RAX, the
+    // record type (a byte) in RBX, `data`'s pointer and length in RCX, RDI.
+    let (conn, typ, buffer, len) = unsafe {
+        let regs = &*ctx.regs;
+        (regs.rax, regs.rbx & 0xff, regs.rcx, regs.rdi)
+    };
+    if typ == RECORD_APPLICATION_DATA && is_target(tgid) {
+        let call = GoTlsCall {
+            conn,
+            buffer,
+            direction: DIRECTION_EGRESS,
+            reserved: 0,
+        };
+        let _ = report(&ctx, &call, clamp_len(len as i64));
+    }
     0
 }
 
-/// Records the call the goroutine enters.
+/// Records the `Read` the goroutine enters: `c` in RAX, `b`'s pointer in
+/// RBX.
 #[inline(always)]
-fn enter(ctx: &ProbeContext, direction: u32) {
+fn record_read(ctx: &ProbeContext) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if !is_target(tgid) {
         return;
     }
     // SAFETY: a uprobe's context is the user registers.
     let (g, conn, buffer) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rax, (*ctx.regs).rbx) };
-    let call = GoTlsCall {
-        conn,
-        buffer,
-        direction,
-        reserved: 0,
-    };
     let key = GoroutineKey {
         tgid,
         reserved: 0,
         g,
+    };
+    let call = GoTlsCall {
+        conn,
+        buffer,
+        direction: DIRECTION_INGRESS,
+        reserved: 0,
     };
     let _ = GO_TLS_CALLS.insert(key, call, 0);
 }
@@ -129,13 +160,6 @@ pub fn go_tls_read_return(ctx: ProbeContext) -> u32 {
     unsafe { GO_TLS_TAILS.tail_call(&ctx, 0) };
     // Only reached if the agent did not fill GO_TLS_TAILS.
     let _ = take_call(&ctx);
-    0
-}
-
-/// At each `RET` of `Write`.
-#[uprobe]
-pub fn go_tls_write_return(ctx: ProbeContext) -> u32 {
-    let _ = capture(&ctx);
     0
 }
 
@@ -173,7 +197,12 @@ fn take_call(ctx: &ProbeContext) -> Option<GoTlsCall> {
 #[inline(always)]
 fn returned_len(ctx: &ProbeContext) -> u32 {
     // SAFETY: a uprobe's context is the user registers.
-    let n = unsafe { (*ctx.regs).rax } as i64;
+    clamp_len(unsafe { (*ctx.regs).rax } as i64)
+}
+
+/// A Go `int` length as a byte count: none if negative.
+#[inline(always)]
+fn clamp_len(n: i64) -> u32 {
     if n <= 0 {
         0
     } else {
@@ -218,11 +247,16 @@ fn socket_of(ctx: &ProbeContext, tgid: u32, conn: u64) -> Option<SslSocket> {
     unsafe { GO_TLS_FDS.get(fd_key(tgid, fd as u32)) }.copied()
 }
 
-/// Reports the plaintext of the call the goroutine returns from.
+/// Reports the plaintext of the `Read` the goroutine returns from.
 #[inline(always)]
 fn capture(ctx: &ProbeContext) -> Option<()> {
     let call = take_call(ctx)?;
-    let len = returned_len(ctx);
+    report(ctx, &call, returned_len(ctx))
+}
+
+/// Reports `len` bytes of plaintext moved by `call`.
+#[inline(always)]
+fn report(ctx: &ProbeContext, call: &GoTlsCall, len: u32) -> Option<()> {
     if len == 0 {
         return None;
     }

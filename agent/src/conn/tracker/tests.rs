@@ -575,6 +575,18 @@ fn close_before_the_response() {
     assert_eq!(wire.tracker.connections(), 0);
 }
 
+/// A response whose request was not seen first (joined mid-connection,
+/// or its bytes reached the agent late) makes no span, and is counted.
+#[test]
+fn a_response_without_its_request_is_counted() {
+    let mut wire = Wire::new(Role::Client);
+    assert!(wire.recv(OK_2).is_empty());
+    assert_eq!(wire.count(Counter::ResponsesUnmatched), 1);
+    wire.send(GET);
+    let exchange = only(wire.close());
+    assert_eq!(exchange.outcome, Outcome::ConnectionClosed);
+}
+
 #[test]
 fn http10_response_delimited_by_close() {
     let mut wire = Wire::new(Role::Client);

@@ -65,10 +65,13 @@ const FUNCTIONS: [Function; 3] = [
         "go_tls_read_enter",
         Some("go_tls_read_return"),
     ),
+    // What `Write` sends, at the entry of the function it hands its
+    // plaintext to after the handshake: see go_tls.rs for why not at
+    // `Write`'s RETs.
     (
-        "crypto/tls.(*Conn).Write",
-        "go_tls_write_enter",
-        Some("go_tls_write_return"),
+        "crypto/tls.(*Conn).writeRecordLocked",
+        "go_tls_write_record_enter",
+        None,
     ),
 ];
 

@@ -279,13 +279,19 @@ impl Pairing {
 
     /// A response head arrived: pairs a final one with the oldest request
     /// and says how its body is framed.
-    fn on_response(&mut self, head: &ResponseHead, first: Stamp) -> Body {
+    fn on_response(&mut self, head: &ResponseHead, first: Stamp, stats: &Stats) -> Body {
         self.confirmed = true;
         if head.is_interim() {
             // 100 Continue, 103 Early Hints: the final response follows.
             return Body::None;
         }
         let request = self.pending.pop_front();
+        if request.is_none() {
+            Loss::Unmatched {
+                cookie: self.info.socket_cookie,
+            }
+            .record(stats);
+        }
         let body = head.body(request.as_ref().map_or("", |r| r.info.method.as_str()));
         self.in_flight = Some(InFlight {
             request,
@@ -416,14 +422,14 @@ impl MessageSink for ResponseSink<'_> {
             return Ok(Parsed::Partial);
         };
         Ok(Parsed::Complete {
-            head: self.pairing.on_response(&head, first),
+            head: self.pairing.on_response(&head, first, self.stats),
             len,
         })
     }
 
     fn truncated_head(&mut self, captured: &[u8], first: Stamp) -> Result<Body, Http1Error> {
         let head = parse::parse_response_prefix(captured)?;
-        Ok(self.pairing.on_response(&head, first))
+        Ok(self.pairing.on_response(&head, first, self.stats))
     }
 
     fn progress(&mut self, at: Stamp) {
@@ -461,6 +467,8 @@ enum Loss<'a> {
     },
     /// Requests given up on without a response.
     Abandoned { cookie: u64, count: u64 },
+    /// A response with no request waiting for it.
+    Unmatched { cookie: u64 },
 }
 
 impl Loss<'_> {
@@ -477,6 +485,10 @@ impl Loss<'_> {
             Self::Abandoned { cookie, count } => {
                 debug!(cookie, count, "requests abandoned");
                 stats.add(Counter::ExchangesAbandoned, count);
+            }
+            Self::Unmatched { cookie } => {
+                debug!(cookie, "response without a request seen");
+                stats.add(Counter::ResponsesUnmatched, 1);
             }
         }
     }
