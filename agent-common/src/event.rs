@@ -15,6 +15,9 @@ pub enum EventKind {
     /// A [`crate::socket_state::ListenEvent`]: a process started listening
     /// on a TCP port.
     SocketListen = 5,
+    /// A [`crate::trace_context::Http2InjectedEvent`]: ids written into an
+    /// outgoing HTTP/2 request.
+    Http2Injected = 6,
 }
 
 impl EventKind {
@@ -26,6 +29,7 @@ impl EventKind {
             3 => Some(Self::ProcessExec),
             4 => Some(Self::ProcessExit),
             5 => Some(Self::SocketListen),
+            6 => Some(Self::Http2Injected),
             _ => None,
         }
     }

@@ -59,6 +59,69 @@ pub mod inject {
     /// because their thread had several server requests in flight
     /// (`CTX_AMBIGUOUS`), injected or not.
     pub const AMBIGUOUS_PARENT: u32 = 5;
+    /// HTTP/2: a `traceparent` field was added to a request's HEADERS.
+    pub const H2_INJECTED: u32 = 6;
+    /// HTTP/2, skipped: the header block goes on in CONTINUATION frames.
+    pub const H2_CONTINUATION: u32 = 7;
+    /// HTTP/2, skipped: the HEADERS frame is padded.
+    pub const H2_PADDED: u32 = 8;
+    /// HTTP/2, skipped: the HEADERS frame is not whole in one send.
+    pub const H2_SPLIT: u32 = 9;
+    /// HTTP/2, skipped: the frame would outgrow the smallest maximum
+    /// frame size a peer may set (16 KiB).
+    pub const H2_TOO_BIG: u32 = 10;
+    /// HTTP/2, skipped: the connection's requests may carry their own
+    /// `traceparent` (its name went by in a header block, or a request's
+    /// header block could not be read).
+    pub const H2_OWN_CONTEXT: u32 = 11;
+    /// HTTP/2, failed: pulling or pushing message data, or reporting the
+    /// ids, failed (the frame was sent unchanged).
+    pub const H2_FAILED: u32 = 12;
+    /// HTTP/2: where the connection's frames start was lost (a frame
+    /// header split oddly, or more frames in one send than the walk
+    /// follows): nothing more is injected on it.
+    pub const H2_LOST: u32 = 13;
+    /// HTTP/2: the program that rewrites HTTP/2 could not be loaded, so
+    /// the message went unchanged.
+    pub const H2_UNAVAILABLE: u32 = 14;
     /// Number of counters.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 15;
+}
+
+/// Ids the kernel added as a `traceparent` to an outgoing HTTP/2
+/// request (`EventKind::Http2Injected`), sent before the data event of the
+/// same send so the agent's client span carries the ids that went out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Http2InjectedEvent {
+    /// Kind `Http2Injected`.
+    pub header: crate::EventHeader,
+    /// The connection's addresses (sk_msg programs cannot read the
+    /// socket cookie).
+    pub tuple: crate::socket_data::ConnTuple,
+    /// The request's stream.
+    pub stream_id: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// The client span's identity, as written (`CTX_INJECTED` set).
+    pub trace: TraceContext,
+}
+
+/// The HPACK field `probes::inject_h2` appends to a request's header
+/// block: a literal field without indexing and with a new name
+/// (RFC 7541 §6.2.2: first byte 0, no Huffman coding), so no peer's
+/// dynamic table changes, followed by the 55-character value.
+pub mod h2_field {
+    /// Bytes before the value: the representation byte, the name's
+    /// length and the name, the value's length.
+    pub const PREFIX: [u8; 14] = *b"\x00\x0btraceparent\x37";
+    /// Whole field: prefix and the 55-character value.
+    pub const LEN: usize = PREFIX.len() + 55;
+    /// The name `traceparent` as an HPACK string literal, plain: its
+    /// length (11) and its bytes. How an application's own first
+    /// `traceparent` on a connection names it, if not Huffman-coded.
+    pub const NAME_PLAIN: [u8; 12] = *b"\x0btraceparent";
+    /// The same, Huffman-coded (RFC 7541 Appendix B): `H` and length 8,
+    /// then the code.
+    pub const NAME_HUFFMAN: [u8; 9] = [0x88, 0x4d, 0x83, 0x21, 0x6b, 0x1d, 0x85, 0xa9, 0x3f];
 }

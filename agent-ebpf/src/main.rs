@@ -13,8 +13,8 @@
 //!
 //! Layout: `probes/` holds the hooks, one leaf file per event; the code
 //! they share sits beside it, layered so nothing imports in a circle:
-//! `read`, `maps` < `syscall_args`, `sock`, `goroutine` < `context`, `go` < `tls` < `capture` <
-//! `socket_call`.
+//! `read`, `maps` < `syscall_args`, `sock`, `goroutine`, `http2` < `context`, `go` < `tls` <
+//! `capture` < `socket_call`.
 #![no_std]
 #![no_main]
 
@@ -22,6 +22,7 @@ mod capture;
 mod context;
 mod go;
 mod goroutine;
+mod http2;
 mod maps;
 mod probes;
 mod read;

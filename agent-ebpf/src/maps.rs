@@ -139,6 +139,64 @@ pub static INJECTED_CTX: LruHashMap<u32, TraceContext> = LruHashMap::with_max_en
 #[map]
 pub static CLIENT_SOCKETS: SockHash<u64> = SockHash::with_max_entries(65_536, 0);
 
+/// An HTTP/2 connection a target opened, as `probes::inject_h2` follows
+/// its outgoing frames, by its addresses (`http2::conn_key`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct H2Conn {
+    /// Bytes of the frame in progress still to come: the next send's
+    /// first frame header starts this far in.
+    pub skip: u32,
+    /// The highest stream id whose request HEADERS went by: a HEADERS
+    /// frame on a stream at or below it is trailers (or a repeat).
+    pub last_stream: u32,
+    /// Bytes of a frame header cut by the end of a send (0 to 8), kept in
+    /// `header`.
+    pub partial: u32,
+    /// 1 once where frames start is lost: nothing more is touched.
+    pub lost: u32,
+    /// 1 once the application's own `traceparent` name went by, or a
+    /// request header block went by unread (which may have put it in the
+    /// peer's dynamic table): no more fields are added.
+    pub own: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// The cut frame header's first `partial` bytes.
+    pub header: [u8; 8],
+}
+
+/// HTTP/2 connections `probes::inject_h2` follows (their client preface
+/// went through it).
+#[map]
+pub static H2_CONNS: LruHashMap<ConnTuple, H2Conn> = LruHashMap::with_max_entries(65_536, 0);
+
+/// The HTTP/2 rewrite, tail-called by `probes::inject` (`H2_TAIL`): kept
+/// apart so that if the kernel refuses it, HTTP/1 injection still runs.
+#[map]
+pub static H2_TAILS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Where `probes::inject_h2`'s walks are in a message, in map memory
+/// (see `capture::report_call` for why).
+#[repr(C, align(8))]
+pub struct H2Walk {
+    /// The connection.
+    pub key: ConnTuple,
+    /// Offset of the next frame header in the message.
+    pub pos: u32,
+    /// The message's size once the frame walk reached its end, `u32::MAX`
+    /// until then.
+    pub size: u32,
+    /// 1 if the header block scan found the name `traceparent`.
+    pub found: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// The field being inserted (`agent_common::trace_context::h2_field`).
+    pub field: [u8; 72],
+}
+
+#[map]
+pub static H2_SCRATCH: PerCpuArray<H2Walk> = PerCpuArray::with_max_entries(1, 0);
+
 /// Injection outcomes and other trace context counters, indexed by
 /// `agent_common::trace_context::inject::*`.
 #[map]

@@ -313,6 +313,7 @@ async fn run_conn_tracker(
                 for event in batch {
                     match event {
                         KernelEvent::Data(data) => tracker.on_data(&data, &mut calls),
+                        KernelEvent::Http2Injected(ids) => tracker.on_injected(&ids),
                         KernelEvent::Close(close) => tracker.on_close(&close, &mut calls),
                         KernelEvent::Exit { pid } => exited
                             .push((pid, Clock::monotonic_now_ns() + EXIT_GRACE.as_nanos() as u64)),

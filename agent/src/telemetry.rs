@@ -44,6 +44,16 @@ metrics! {
         TraceparentAlreadyPresent => "sonde_traceparent_already_present", "Outgoing requests left alone because they carried a traceparent";
         TraceparentHeadTooLong => "sonde_traceparent_head_too_long", "Outgoing requests not injected because their head did not fit the inspected bytes";
         TraceparentInjectFailed => "sonde_traceparent_inject_failed", "Outgoing requests whose injection failed (sent unchanged)";
+        TraceparentH2Injected => "sonde_traceparent_h2_injected", "Outgoing HTTP/2 requests whose HEADERS got a traceparent field";
+        TraceparentH2Continuation => "sonde_traceparent_h2_skipped_continuation", "Outgoing HTTP/2 requests not injected because their header block went on in CONTINUATION frames";
+        TraceparentH2Padded => "sonde_traceparent_h2_skipped_padded", "Outgoing HTTP/2 requests not injected because their HEADERS frame was padded";
+        TraceparentH2Split => "sonde_traceparent_h2_skipped_split", "Outgoing HTTP/2 requests not injected because their HEADERS frame was split over sends";
+        TraceparentH2TooBig => "sonde_traceparent_h2_skipped_too_big", "Outgoing HTTP/2 requests not injected because their HEADERS frame would pass 16 KiB";
+        TraceparentH2OwnContext => "sonde_traceparent_h2_skipped_own_context", "Outgoing HTTP/2 requests not injected because their connection may carry the application's own traceparent (its name was seen in a request, or a request's header block could not be read)";
+        TraceparentH2Failed => "sonde_traceparent_h2_failed", "Outgoing HTTP/2 requests whose injection failed (sent unchanged)";
+        TraceparentH2Lost => "sonde_traceparent_h2_connections_lost", "HTTP/2 connections on which injection stopped because where frames start was lost";
+        TraceparentH2IdsUnmatched => "sonde_traceparent_h2_ids_unmatched", "Ids injected into HTTP/2 requests whose request the agent never read (its data lost): the client span could not carry them";
+        TraceparentH2Unavailable => "sonde_traceparent_h2_unavailable", "Outgoing HTTP/2 messages sent unchanged because the HTTP/2 injection program could not be loaded";
         LinksAmbiguous => "sonde_links_ambiguous", "Outgoing HTTP/1 requests sent while their thread had several server requests in flight: given a trace of their own, not a guessed parent";
         EventsReceived => "sonde_events_received", "Kernel events read from the ring buffers";
         EventsUndecodable => "sonde_events_undecodable", "Kernel records rejected by the decoder";
@@ -110,6 +120,7 @@ metrics! {
         KernelTargets => "sonde_kernel_targets", "Entries in the kernel's target map: selected processes, the children and threads they started (updated every 10 s)";
         FeatureOffTls => "sonde_feature_off_tls", "1 while TLS capture is wanted but this kernel refused its programs (see the start-up log or `sonde check`)";
         FeatureOffInjection => "sonde_feature_off_injection", "1 while traceparent injection is wanted but could not be set up on this node (see the start-up log or `sonde check`)";
+        FeatureOffHttp2Injection => "sonde_feature_off_http2_injection", "1 while traceparent injection into HTTP/2 is wanted but this kernel refused its program (HTTP/1 injection is unaffected; see the start-up log or `sonde check`)";
         FeatureOffKernelContext => "sonde_feature_off_kernel_context", "1 while the kernel's request-head scan (incoming traceparent, in-kernel parents) is refused by this kernel (see the start-up log or `sonde check`)";
     }
 }

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """gRPC test client (grpcio, no generated code), unmodified by any tracing.
 
-usage: grpc_client.py PORT suite [--ca CERT]
-       grpc_client.py PORT concurrent N [--ca CERT]
+usage: grpc_client.py PORT suite [--ca CERT] [--wait]
+       grpc_client.py PORT concurrent N [--ca CERT] [--wait]
 
-With --ca, the channel is TLS and trusts CERT.
+With --ca, the channel is TLS and trusts CERT. With --wait, it connects
+once a line arrives on stdin (a test's go, once the agent selected it).
 
 `suite` makes, on one channel and in this order: a unary call carrying a
 `traceparent`, a unary call the server fails with NOT_FOUND, a unary call
@@ -56,7 +57,10 @@ def main():
     parser.add_argument("action")
     parser.add_argument("count", type=int, nargs="?")
     parser.add_argument("--ca")
+    parser.add_argument("--wait", action="store_true")
     args = parser.parse_args()
+    if args.wait:
+        sys.stdin.readline()
     target = f"127.0.0.1:{args.port}"
     if args.ca:
         with open(args.ca, "rb") as ca:

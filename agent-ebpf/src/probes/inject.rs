@@ -4,7 +4,8 @@
 //!
 //! - `sockops` on the cgroup v2 root (Linux >= 4.13): when a connection a
 //!   target opened (marked client in `TRACKED_CONNS` by `probes::socket_state`)
-//!   becomes established, its socket joins `CLIENT_SOCKETS`.
+//!   becomes established, its socket joins `CLIENT_SOCKETS` (and the
+//!   HTTP/2 state an earlier connection with its addresses left is dropped).
 //! - `sk_msg` on `CLIENT_SOCKETS` (Linux >= 4.17; push_data 4.20): runs on
 //!   each send before the data is queued. If the message starts with a
 //!   request line whose whole head is in the first bytes and carries no
@@ -13,6 +14,10 @@
 //!   `INJECTED_CTX` for `probes::socket_data` to report with the same send.
 //!   Anything else passes untouched. Content-Length is unaffected (the
 //!   header is not body).
+//! - Messages of HTTP/2 connections (one `probes::inject_h2` follows, or a
+//!   target's whose client preface this message starts) are tail-called to
+//!   that program, kept apart so that a kernel refusing it loses HTTP/2
+//!   injection only (counted as `inject::H2_UNAVAILABLE`).
 
 use agent_common::{
     scan::{HEX, has_newline},
@@ -30,8 +35,10 @@ use aya_ebpf::{
 
 use crate::{
     context::{client_context, forget_precision, is_request_start, names_traceparent, zero_tail},
+    http2,
     maps::{
-        CLIENT_SOCKETS, INJECT_STATS, INJECTED_CTX, TRACE_SCRATCH, TRACKED_CONNS, config, is_target,
+        CLIENT_SOCKETS, H2_CONNS, H2_TAILS, INJECT_STATS, INJECTED_CTX, TRACE_SCRATCH,
+        TRACKED_CONNS, config, is_target,
     },
 };
 
@@ -52,15 +59,44 @@ pub fn track_client_sockets(ctx: SockOpsContext) -> u32 {
         if is_client {
             // SAFETY: `ops` is this program's context.
             let _ = CLIENT_SOCKETS.update(&mut cookie, unsafe { &mut *ctx.ops }, 0);
+            // A connection's HTTP/2 state is kept by its addresses
+            // (`http2::conn_key`): an earlier connection's entry with the
+            // same addresses must not carry over into this one.
+            // SAFETY: `ops` is this program's context.
+            let key = unsafe { http2::context_tuple!(ctx.ops) };
+            if http2::is_followed(&key) {
+                let _ = H2_CONNS.remove(key);
+            }
         }
     }
     1
 }
 
+/// A followed connection's every message is walked, whoever sends it, or
+/// the walk would lose its place; a new one is followed only for a target.
+/// Out of line: its early returns then meet again in one verifier state,
+/// where inlined they would make the verifier walk `try_inject` once for
+/// each (past its instruction limit).
+#[inline(never)]
+fn goes_to_http2(ctx: &SkMsgContext) -> bool {
+    http2::is_followed(&http2::conn_key(ctx))
+        || (is_target((bpf_get_current_pid_tgid() >> 32) as u32) && http2::starts_with_preface(ctx))
+}
+
+/// Index of `probes::inject_h2` in `H2_TAILS`.
+pub const H2_TAIL: u32 = 0;
+
 #[sk_msg]
 pub fn inject_traceparent(ctx: SkMsgContext) -> u32 {
     if config().inject_traceparent != 0 {
-        let outcome = try_inject(&ctx);
+        let outcome = if goes_to_http2(&ctx) {
+            // SAFETY: `H2_TAILS` holds sk_msg programs only. Returns only
+            // if the agent could not load the HTTP/2 program.
+            unsafe { H2_TAILS.tail_call(&ctx, H2_TAIL) };
+            inject::H2_UNAVAILABLE
+        } else {
+            try_inject(&ctx)
+        };
         if let Some(counter) = INJECT_STATS.get_ptr_mut(outcome) {
             // SAFETY: per-CPU slot.
             unsafe { *counter += 1 };

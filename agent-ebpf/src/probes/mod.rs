@@ -7,6 +7,7 @@
 pub mod go_context;
 pub mod go_tls;
 pub mod inject;
+pub mod inject_h2;
 pub mod nginx;
 pub mod openssl;
 pub mod process;

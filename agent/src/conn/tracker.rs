@@ -32,8 +32,8 @@ use tracing::debug;
 pub use crate::protocols::TrackerConfig;
 use crate::{
     model::call::{Call, Outcome, Side},
-    probes::decode::{Role, SocketClose, SocketData},
-    protocols::{self, Ctx, Flow, ProtocolConn, http2::hpack::Huffman},
+    probes::decode::{Http2Injected, Role, SocketClose, SocketData},
+    protocols::{self, Ctx, Flow, Injection, ProtocolConn, http2::hpack::Huffman},
     telemetry::{Counter, Stats},
 };
 
@@ -51,6 +51,9 @@ pub struct ConnTracker {
     /// Connections whose protocol needs every byte, found since the last
     /// [`ConnTracker::take_capture_all`].
     capture_all: Vec<u64>,
+    /// Ids the kernel injected into HTTP/2 requests, waiting for their
+    /// connection to read the request.
+    injection: Injection,
 }
 
 impl ConnTracker {
@@ -63,7 +66,15 @@ impl ConnTracker {
             by_activity: BTreeSet::new(),
             huffman: Huffman::default(),
             capture_all: Vec::new(),
+            injection: Injection::default(),
         }
+    }
+
+    /// The kernel wrote ids into an outgoing HTTP/2 request; its data
+    /// comes next.
+    pub fn on_injected(&mut self, ev: &Http2Injected) {
+        self.injection
+            .insert((ev.local, ev.remote), ev.stream_id, ev.trace, &self.stats);
     }
 
     /// Cookies of the connections found since the last call to speak a
@@ -156,6 +167,7 @@ impl ConnTracker {
             stats: &self.stats,
             huffman: &mut self.huffman,
             out,
+            injection: &mut self.injection,
         }
     }
 

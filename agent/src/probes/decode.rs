@@ -17,7 +17,8 @@ use agent_common::{
     },
     socket_state::{ListenEvent, SocketCloseEvent},
     trace_context::{
-        CTX_FROM_HEADER, CTX_HAS_PARENT, CTX_INJECTED, CTX_UPDATE, CTX_VALID, TraceContext,
+        CTX_FROM_HEADER, CTX_HAS_PARENT, CTX_INJECTED, CTX_UPDATE, CTX_VALID, Http2InjectedEvent,
+        TraceContext,
     },
 };
 use bytes::{Bytes, BytesMut};
@@ -110,11 +111,27 @@ pub struct SocketClose {
     pub socket_cookie: u64,
 }
 
+/// The ids the kernel wrote as a `traceparent` into an outgoing HTTP/2
+/// request, reported before the send's data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Http2Injected {
+    /// The connection's local address and port.
+    pub local: SocketAddr,
+    /// Its remote address and port.
+    pub remote: SocketAddr,
+    /// The request's stream.
+    pub stream_id: u32,
+    /// The client span's identity (`injected` set).
+    pub trace: KernelTrace,
+}
+
 /// Everything the kernel programs report.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KernelEvent {
     /// See [`SocketData`].
     Data(SocketData),
+    /// See [`Http2Injected`].
+    Http2Injected(Http2Injected),
     /// See [`SocketClose`].
     Close(SocketClose),
     /// A process called exec.
@@ -208,6 +225,20 @@ pub fn decode(record: &[u8], payloads: &mut BytesMut) -> Result<KernelEvent, Dec
                 pid: event.header.pid,
                 port: event.port,
             })
+        }
+        Some(EventKind::Http2Injected) => {
+            let event: Http2InjectedEvent = read_struct(record, "HTTP/2 injection event")?;
+            let trace = KernelTrace::from_raw(&event.trace).ok_or(DecodeError::InvalidField {
+                field: "trace flags",
+                value: event.trace.flags,
+            })?;
+            let (local, remote) = socket_addrs(&event.tuple)?;
+            Ok(KernelEvent::Http2Injected(Http2Injected {
+                local,
+                remote,
+                stream_id: event.stream_id,
+                trace,
+            }))
         }
         None => Err(DecodeError::UnknownKind(header.kind)),
     }

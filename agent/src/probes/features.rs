@@ -19,6 +19,10 @@ pub enum Feature {
     /// `traceparent` inserted into outgoing HTTP/1 requests (sock_ops +
     /// sk_msg on a cgroup v2).
     Injection,
+    /// `traceparent` inserted into outgoing HTTP/2 (h2c) requests: an
+    /// sk_msg program that injection's tail-calls, so that HTTP/1 injection
+    /// runs without it.
+    Http2Injection,
     /// Span identity assigned in the kernel from received request heads
     /// (the header scan program).
     KernelContext,
@@ -26,13 +30,19 @@ pub enum Feature {
 
 impl Feature {
     /// Every feature, in report order.
-    pub const ALL: [Feature; 3] = [Feature::Tls, Feature::Injection, Feature::KernelContext];
+    pub const ALL: [Feature; 4] = [
+        Feature::Tls,
+        Feature::Injection,
+        Feature::Http2Injection,
+        Feature::KernelContext,
+    ];
 
     /// Short name, as in the report and the logs.
     pub fn name(self) -> &'static str {
         match self {
             Feature::Tls => "TLS",
             Feature::Injection => "injection",
+            Feature::Http2Injection => "HTTP/2 injection",
             Feature::KernelContext => "in-kernel context",
         }
     }
@@ -41,7 +51,11 @@ impl Feature {
     pub fn loss(self) -> &'static str {
         match self {
             Feature::Tls => "traffic inside OpenSSL TLS connections is not traced",
-            Feature::Injection => "outgoing HTTP/1 requests carry no traceparent",
+            Feature::Injection => "outgoing HTTP/1 and HTTP/2 requests carry no traceparent",
+            Feature::Http2Injection => {
+                "outgoing HTTP/2 requests carry no traceparent (HTTP/1 injection is unaffected; \
+                 sonde_traceparent_h2_unavailable counts the HTTP/2 messages sent unchanged)"
+            }
             Feature::KernelContext => {
                 "server spans start new traces: incoming traceparent headers are not joined, \
                  and outgoing calls are not parented in the kernel"
@@ -54,6 +68,7 @@ impl Feature {
         match self {
             Feature::Tls => Gauge::FeatureOffTls,
             Feature::Injection => Gauge::FeatureOffInjection,
+            Feature::Http2Injection => Gauge::FeatureOffHttp2Injection,
             Feature::KernelContext => Gauge::FeatureOffKernelContext,
         }
     }
@@ -95,7 +110,7 @@ impl fmt::Display for CaptureHooks {
 pub struct FeatureReport {
     /// The capture hooks in use.
     pub capture: CaptureHooks,
-    states: [FeatureState; 3],
+    states: [FeatureState; 4],
 }
 
 impl FeatureReport {
@@ -103,7 +118,7 @@ impl FeatureReport {
     pub fn new(capture: CaptureHooks) -> Self {
         Self {
             capture,
-            states: [FeatureState::On, FeatureState::On, FeatureState::On],
+            states: [const { FeatureState::On }; 4],
         }
     }
 

@@ -8,11 +8,12 @@ use std::{fs, os::fd::AsFd, path::PathBuf};
 use agent_common::trace_context::inject;
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, SockHash},
-    programs::{CgroupAttachMode, SkMsg, SockOps},
+    maps::{MapData, PerCpuArray, ProgramArray, SockHash},
+    programs::{CgroupAttachMode, ProgramError, SkMsg, SockOps},
 };
 
-use super::ProbeError;
+use super::{FeatureState, ProbeError};
+use crate::model::error::ErrorChain;
 use crate::telemetry::{Counter, Stats};
 
 /// Where the cgroup v2 hierarchy is mounted, from /proc/self/mountinfo
@@ -38,8 +39,9 @@ fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
 /// sk_msg on `CLIENT_SOCKETS`. Several agents may run at once (tests,
 /// upgrades): on Linux >= 5.7 aya attaches with a BPF link, and cgroup links
 /// always coexist (the kernel rejects attach flags on links, so the mode
-/// must stay `Single`, which only applies to the legacy attach).
-pub fn attach(ebpf: &mut Ebpf, cgroup: Option<PathBuf>) -> Result<(), ProbeError> {
+/// must stay `Single`, which only applies to the legacy attach). Returns
+/// the state of HTTP/2 injection, which may be off alone.
+pub fn attach(ebpf: &mut Ebpf, cgroup: Option<PathBuf>) -> Result<FeatureState, ProbeError> {
     let cgroup = cgroup.or_else(cgroup2_root).ok_or(ProbeError::NoCgroup2)?;
     let cgroup_dir = fs::File::open(&cgroup).map_err(|source| ProbeError::Cgroup {
         path: cgroup.clone(),
@@ -82,12 +84,57 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: Option<PathBuf>) -> Result<(), ProbeError
     sk_msg
         .load()
         .map_err(attach_error("inject_traceparent", "sk_msg"))?;
+    // HTTP/2 is an addition: without it, HTTP/1 injection still runs and
+    // HTTP/2 messages pass unchanged (counted).
+    let http2 = match link_http2(ebpf) {
+        Ok(()) => FeatureState::On,
+        Err(error) => FeatureState::Off(ErrorChain(&error).to_string()),
+    };
+    let sk_msg: &mut SkMsg = ebpf
+        .program_mut("inject_traceparent")
+        .ok_or(ProbeError::Map("inject_traceparent"))?
+        .try_into()
+        .map_err(attach_error("inject_traceparent", "sk_msg"))?;
     sk_msg
         .attach(&sockets_fd)
         .map_err(attach_error("inject_traceparent", "sk_msg"))?;
     tracing::info!(cgroup = %cgroup.display(), "traceparent injection attached");
-    Ok(())
+    Ok(http2)
 }
+
+/// Loads the HTTP/2 rewrite and puts it where `inject_traceparent`
+/// tail-calls it.
+fn link_http2(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    let error = |source| ProbeError::Attach {
+        program: H2_PROGRAM,
+        hook: "sk_msg tail call",
+        source,
+    };
+    let program: &mut SkMsg = ebpf
+        .program_mut(H2_PROGRAM)
+        .ok_or(ProbeError::Map(H2_PROGRAM))?
+        .try_into()
+        .map_err(error)?;
+    program.load().map_err(error)?;
+    let fd = program
+        .fd()
+        .map_err(error)?
+        .try_clone()
+        .map_err(|e| error(ProgramError::IOError(e)))?;
+    let mut tails: ProgramArray<_> = ebpf
+        .map_mut("H2_TAILS")
+        .ok_or(ProbeError::Map("H2_TAILS"))?
+        .try_into()
+        .map_err(|_| ProbeError::Map("H2_TAILS"))?;
+    tails
+        .set(H2_TAIL, &fd, 0)
+        .map_err(|_| ProbeError::Map("H2_TAILS"))
+}
+
+/// The HTTP/2 program, and its index in `H2_TAILS` (agent-ebpf's
+/// `probes::inject::H2_TAIL`).
+const H2_PROGRAM: &str = "inject_traceparent_h2";
+const H2_TAIL: u32 = 0;
 
 /// Copies injection outcomes and the other trace context counters (summed
 /// over CPUs) into `stats`.
@@ -101,6 +148,19 @@ pub fn publish_stats(map: &PerCpuArray<MapData, u64>, stats: &Stats) {
     stats.set(Counter::TraceparentHeadTooLong, read(inject::HEAD_TOO_LONG));
     stats.set(Counter::TraceparentInjectFailed, read(inject::FAILED));
     stats.set(Counter::LinksAmbiguous, read(inject::AMBIGUOUS_PARENT));
+    for (counter, index) in [
+        (Counter::TraceparentH2Injected, inject::H2_INJECTED),
+        (Counter::TraceparentH2Continuation, inject::H2_CONTINUATION),
+        (Counter::TraceparentH2Padded, inject::H2_PADDED),
+        (Counter::TraceparentH2Split, inject::H2_SPLIT),
+        (Counter::TraceparentH2TooBig, inject::H2_TOO_BIG),
+        (Counter::TraceparentH2OwnContext, inject::H2_OWN_CONTEXT),
+        (Counter::TraceparentH2Failed, inject::H2_FAILED),
+        (Counter::TraceparentH2Lost, inject::H2_LOST),
+        (Counter::TraceparentH2Unavailable, inject::H2_UNAVAILABLE),
+    ] {
+        stats.set(counter, read(index));
+    }
 }
 
 #[cfg(test)]

@@ -174,7 +174,7 @@ pub struct ProbeConfig {
     pub capture_bytes: u32,
     /// Size of the data ring buffer in bytes (a power of two, >= page size).
     pub data_ring_bytes: u32,
-    /// Insert `traceparent` into outgoing HTTP/1 requests.
+    /// Insert `traceparent` into outgoing HTTP/1 and HTTP/2 requests.
     pub inject_traceparent: bool,
     /// cgroup v2 directory whose processes get injection (default: the root).
     pub inject_cgroup: Option<std::path::PathBuf>,
@@ -441,18 +441,20 @@ impl Probes {
             );
         } else if config.inject_traceparent {
             match inject::attach(&mut ebpf, config.inject_cgroup.clone()) {
-                Ok(()) => {}
+                Ok(http2) => features.set(Feature::Http2Injection, http2),
                 // Injection is an extra (no cgroup v2, no sock_ops or
                 // sk_msg): without it the agent still traces. A cgroup the
                 // user named is a setting to fix, though.
-                Err(error) if config.inject_cgroup.is_none() => features.set(
-                    Feature::Injection,
-                    FeatureState::Off(ErrorChain(&error).to_string()),
-                ),
+                Err(error) if config.inject_cgroup.is_none() => {
+                    let off = FeatureState::Off(ErrorChain(&error).to_string());
+                    features.set(Feature::Injection, off.clone());
+                    features.set(Feature::Http2Injection, off);
+                }
                 Err(error) => return Err(error),
             }
         } else {
             features.set(Feature::Injection, FeatureState::Disabled);
+            features.set(Feature::Http2Injection, FeatureState::Disabled);
         }
         let inject_stats = PerCpuArray::try_from(take(&mut ebpf, "INJECT_STATS")?)
             .map_err(|_| ProbeError::Map("INJECT_STATS"))?;

@@ -162,7 +162,7 @@ fn drain(
             }
         };
         match event {
-            KernelEvent::Data(_) | KernelEvent::Close(_) => {
+            KernelEvent::Data(_) | KernelEvent::Close(_) | KernelEvent::Http2Injected(_) => {
                 if batch.capacity() == 0 {
                     batch.reserve_exact(MAX_BATCH);
                 }

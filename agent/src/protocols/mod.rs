@@ -36,7 +36,7 @@ pub mod mysql;
 pub mod postgres;
 pub mod redis;
 
-use std::{fmt::Debug, sync::Arc};
+use std::{fmt::Debug, net::SocketAddr, sync::Arc};
 
 use crate::{
     model::{
@@ -46,7 +46,7 @@ use crate::{
         span::{Attribute, AttributeValue, SpanKind, SpanStatus},
     },
     probes::decode::{Direction, SocketData},
-    telemetry::Stats,
+    telemetry::{Counter, Stats},
 };
 
 /// Bounds and timeouts of connection tracking: the table's, and those each
@@ -101,6 +101,63 @@ pub struct Ctx<'a> {
     pub huffman: &'a mut http2::hpack::Huffman,
     /// Calls finished by the event.
     pub out: &'a mut Vec<Call>,
+    /// Ids the kernel injected into HTTP/2 requests.
+    pub injection: &'a mut Injection,
+}
+
+/// The ids the kernel wrote into outgoing HTTP/2 requests, reported just
+/// before the send's data: each waits here only until its connection
+/// reads that data. Keyed by the connection's addresses (the kernel's
+/// sk_msg programs cannot read socket cookies).
+#[derive(Debug, Default)]
+pub struct Injection {
+    /// Waiting ids by connection: `(stream id, ids)`.
+    pending: hashbrown::HashMap<(SocketAddr, SocketAddr), Vec<(u32, KernelTrace)>>,
+}
+
+impl Injection {
+    /// Ids waiting per connection at most: more means their data never
+    /// came (lost), and the oldest go, counted. One send may carry
+    /// hundreds of requests (grpcio batches them).
+    const MAX_PENDING: usize = 1024;
+    /// Connections with ids waiting at most; past it all are dropped,
+    /// counted (ids whose data never came: connections not followed).
+    const MAX_CONNECTIONS: usize = 16_384;
+
+    /// The kernel wrote `trace` into the request on `stream` of the
+    /// connection from `local` to `remote`.
+    pub fn insert(
+        &mut self,
+        conn: (SocketAddr, SocketAddr),
+        stream: u32,
+        trace: KernelTrace,
+        stats: &Stats,
+    ) {
+        if self.pending.len() >= Self::MAX_CONNECTIONS && !self.pending.contains_key(&conn) {
+            let dropped: usize = self.pending.values().map(Vec::len).sum();
+            stats.add(Counter::TraceparentH2IdsUnmatched, dropped as u64);
+            self.pending.clear();
+        }
+        let pending = self.pending.entry(conn).or_default();
+        if pending.len() >= Self::MAX_PENDING {
+            pending.remove(0);
+            stats.add(Counter::TraceparentH2IdsUnmatched, 1);
+        }
+        pending.push((stream, trace));
+    }
+
+    /// The ids written into the request on `stream` of `conn`, if any:
+    /// the latest such, as an earlier connection between the same
+    /// addresses may have left some unclaimed (its data lost).
+    pub fn take(&mut self, conn: (SocketAddr, SocketAddr), stream: u32) -> Option<KernelTrace> {
+        let pending = self.pending.get_mut(&conn)?;
+        let at = pending.iter().rposition(|&(id, _)| id == stream)?;
+        let (_, trace) = pending.remove(at);
+        if pending.is_empty() {
+            self.pending.remove(&conn);
+        }
+        Some(trace)
+    }
 }
 
 /// When and by which thread bytes moved.
@@ -281,5 +338,48 @@ pub fn span_kind(side: Side) -> SpanKind {
     match side {
         Side::Server => SpanKind::Server,
         Side::Client => SpanKind::Client,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(span: u8) -> KernelTrace {
+        KernelTrace {
+            trace_id: [1; 16],
+            span_id: [span; 8],
+            parent_span_id: None,
+            trace_flags: 1,
+            injected: true,
+            from_header: false,
+            update: false,
+        }
+    }
+
+    /// A stream's ids are claimed once; the latest win over ones an
+    /// earlier connection between the same addresses left unclaimed; ids
+    /// whose data never came are dropped past the bound, counted.
+    #[test]
+    fn injected_ids_are_claimed_by_stream_latest_first() {
+        let stats = Stats::default();
+        let conn = (
+            "127.0.0.1:5000".parse().unwrap(),
+            "127.0.0.1:50051".parse().unwrap(),
+        );
+        let mut injection = Injection::default();
+        injection.insert(conn, 1, ids(1), &stats);
+        injection.insert(conn, 1, ids(2), &stats);
+        injection.insert(conn, 3, ids(3), &stats);
+        assert_eq!(injection.take(conn, 1), Some(ids(2)));
+        assert_eq!(injection.take(conn, 3), Some(ids(3)));
+        assert_eq!(injection.take(conn, 3), None);
+        assert_eq!(injection.take(conn, 5), None);
+        for stream in 0..=Injection::MAX_PENDING as u32 {
+            injection.insert(conn, stream * 2 + 101, ids(4), &stats);
+        }
+        assert_eq!(stats.get(Counter::TraceparentH2IdsUnmatched), 2);
+        assert_eq!(injection.take(conn, 101), None, "the oldest went");
+        assert_eq!(injection.take(conn, 103), Some(ids(4)));
     }
 }

@@ -598,9 +598,16 @@ impl Streams {
             debug!(cookie = self.cookie, oldest, "too many open HTTP/2 streams");
             self.complete(oldest, Ending::Abandoned, at, ctx);
         }
+        let mut first = block.first;
+        if self.side == Some(Side::Client)
+            && let Some(trace) = ctx.injection.take((self.local, self.remote), id)
+        {
+            // The ids the kernel put in this request's HEADERS.
+            first.trace = Some(trace);
+        }
         self.open.insert(
             id,
-            Stream::new(heads, block.first, at, self.blind.contains(&true)),
+            Stream::new(heads, first, at, self.blind.contains(&true)),
         );
     }
 

@@ -523,6 +523,36 @@ mod tests {
         assert!(decoder.is_whole());
     }
 
+    /// The field the kernel appends to HTTP/2 requests
+    /// (`probes::inject_h2`) decodes, here and in an independent decoder,
+    /// to `traceparent` and leaves the dynamic table alone; the name
+    /// patterns the kernel looks for are `traceparent` as a literal,
+    /// plain and Huffman-coded.
+    #[test]
+    fn the_kernels_traceparent_field_decodes_and_indexes_nothing() {
+        use agent_common::trace_context::h2_field;
+        let value = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut field = h2_field::PREFIX.to_vec();
+        field.extend_from_slice(value.as_bytes());
+        assert_eq!(field.len(), h2_field::LEN);
+        let mut huffman = Huffman::default();
+        let mut decoder = Decoder::new(DEFAULT_TABLE_SIZE);
+        let fields = decoder.decode(&field, true, &mut huffman).unwrap();
+        assert_eq!(fields, [known("traceparent", value)]);
+        assert!(decoder.table.entries.is_empty(), "nothing indexed");
+        let decoded = loona_hpack::Decoder::new().decode(&field).unwrap();
+        assert_eq!(
+            decoded,
+            [(b"traceparent".to_vec(), value.as_bytes().to_vec())]
+        );
+        for name in [&h2_field::NAME_PLAIN[..], &h2_field::NAME_HUFFMAN[..]] {
+            // A literal with incremental indexing and a new name, value "x".
+            let block = [&[0x40][..], name, b"\x01x"].concat();
+            let fields = decoder.decode(&block, true, &mut huffman).unwrap();
+            assert_eq!(fields, [known("traceparent", "x")]);
+        }
+    }
+
     #[test]
     fn agrees_with_loona_hpack_on_encoded_blocks() {
         let headers: Vec<(Vec<u8>, Vec<u8>)> = [
