@@ -115,23 +115,27 @@ pub fn node_chain(interpreters: &Interpreters, downstream: &[String]) -> Server 
 /// connection each), checking every answer.
 pub async fn load(url: &str, requests: usize, concurrency: usize) {
     let url = url.to_owned();
-    load_each(requests, concurrency, move |_| url.clone()).await;
+    load_each(requests, concurrency, Vec::new(), move |_| url.clone()).await;
 }
 
-/// Like [`load`], request `i` going to `url_of(i)`.
+/// Like [`load`], request `i` going to `url_of(i)`, with `curl_options`
+/// (`--cacert` for HTTPS, say) before each URL.
 pub async fn load_each(
     requests: usize,
     concurrency: usize,
+    curl_options: Vec<String>,
     url_of: impl Fn(usize) -> String + Send + Sync + 'static,
 ) {
     tokio::task::spawn_blocking(move || {
         std::thread::scope(|scope| {
             for worker in 0..concurrency {
-                let url_of = &url_of;
+                let (url_of, curl_options) = (&url_of, &curl_options);
                 scope.spawn(move || {
                     for request in (worker..requests).step_by(concurrency) {
                         let url = url_of(request);
-                        assert_eq!(curl(&[&url]), DONE, "answer of {url}");
+                        let mut args: Vec<&str> = curl_options.iter().map(String::as_str).collect();
+                        args.push(&url);
+                        assert_eq!(curl(&args), DONE, "answer of {url}");
                     }
                 });
             }

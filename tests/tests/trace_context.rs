@@ -23,7 +23,7 @@ use serde_json::Value;
 use sonde_tests::{
     OtlpReceiver, ReceivedSpan,
     agent::Agent,
-    apps::{Nginx, Server, app_path, curl},
+    apps::{Certificate, Nginx, Server, app_path, curl},
     chain::{CaptureServer, DONE, Interpreters, load, load_each, node_chain, python_chain},
     go::build,
     hex,
@@ -712,6 +712,8 @@ struct GatewayRun<'a> {
     label: &'a str,
     /// Base URL; request `i` goes to `<base>/work/<i>`.
     base: String,
+    /// curl's options for it (`--cacert` for an HTTPS gateway).
+    curl_options: Vec<String>,
     /// Processes whose spans to wait for (the gateway's and the leaf's).
     pids: Vec<u32>,
     is_gateway: &'a dyn Fn(&ReceivedSpan) -> bool,
@@ -734,7 +736,7 @@ async fn measure_gateway(
     let ambiguous_before = agent_counter(metrics, "sonde_links_ambiguous").unwrap_or(0);
     let before = receiver.spans().len();
     let base = run.base.clone();
-    load_each(requests, concurrency, move |i| {
+    load_each(requests, concurrency, run.curl_options.clone(), move |i| {
         format!("{base}/work/{}", first_id + i)
     })
     .await;
@@ -864,6 +866,7 @@ async fn loop_gateway(
     let run = GatewayRun {
         label,
         base: gateway.url(""),
+        curl_options: Vec::new(),
         pids: vec![gateway_pid, leaf.pid()],
         is_gateway: &|s| s.pid() == gateway_pid,
         leaf_pids: vec![leaf.pid()],
@@ -964,6 +967,7 @@ async fn nginx_keepalive_upstream_never_misparents() {
     let run = GatewayRun {
         label: "nginx proxy_pass, upstream keepalive",
         base: format!("http://127.0.0.1:{port}"),
+        curl_options: Vec::new(),
         pids: vec![leaf.pid()],
         is_gateway: &is_nginx,
         leaf_pids: vec![leaf.pid()],
@@ -992,28 +996,57 @@ async fn nginx_keepalive_upstream_never_misparents() {
 /// between threads, and the client writes each request from its
 /// connection's own goroutine. The goroutine probes give the calls their
 /// request: at least 99% right parents, with symbols (Go 1.19) and
-/// stripped (Go 1.23).
+/// stripped (Go 1.23), over plain HTTP and with the gateway serving
+/// HTTP/1.1 over Go's own `crypto/tls` (its requests then read by the Go
+/// TLS probes, its calls still plain HTTP, so the leaves' spans show
+/// whether the injected ids were the right ones). Over h2 (what curl
+/// negotiates with a Go TLS server unless told otherwise) the kernel finds
+/// no request start in the HPACK-coded heads, so the calls get no parent:
+/// never a wrong one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_gateway_fan_out_has_exact_parents() {
     require_e2e!();
-    for (minor, stripped) in [(19, false), (23, true)] {
+    let certificate = Certificate::new("go-gateway");
+    for (minor, stripped, https) in [
+        (19, false, false),
+        (23, true, false),
+        (19, false, true),
+        (23, true, true),
+    ] {
         let bin = build("go_https", minor, stripped);
         let bin = bin.to_str().expect("utf-8 path");
         let interpreters = Interpreters::new("go-gateway");
         let receiver = OtlpReceiver::start().await;
         let python_leaf = python_chain(&interpreters, &[]);
         let go_leaf = Server::start(bin, &["server", "-plain"]);
-        let gateway = Server::start(bin, &["gateway", &python_leaf.url(""), &go_leaf.url("")]);
+        let (cert, key) = (certificate.cert(), certificate.key());
+        let (python_url, go_url) = (python_leaf.url(""), go_leaf.url(""));
+        let mut argv = vec!["gateway"];
+        if https {
+            argv.extend(["-cert", &cert, "-key", &key]);
+        }
+        argv.extend([python_url.as_str(), &go_url]);
+        let gateway = Server::start(bin, &argv);
         let (agent, metrics) =
             agent_for(&[gateway.port, python_leaf.port, go_leaf.port], &receiver);
         let pids = vec![gateway.pid(), python_leaf.pid(), go_leaf.pid()];
         agent.wait_instrumented(&pids, WAIT);
         agent.wait_for_log("Go goroutine probes attached", WAIT);
+        if https {
+            agent.wait_for_log("Go TLS probes attached", WAIT);
+        }
         let gateway_pid = gateway.pid();
-        let label = format!("Go 1.{minor} net/http gateway, goroutine per call");
+        let (scheme, curl_options) = if https {
+            let options = ["--http1.1", "--cacert", &cert];
+            ("https", options.map(str::to_owned).to_vec())
+        } else {
+            ("http", Vec::new())
+        };
+        let label = format!("Go 1.{minor} net/http gateway over {scheme}, goroutine per call");
         let run = GatewayRun {
             label: &label,
-            base: gateway.url(""),
+            base: format!("{scheme}://127.0.0.1:{}", gateway.port),
+            curl_options,
             pids: pids.clone(),
             is_gateway: &|s| s.pid() == gateway_pid,
             leaf_pids: pids[1..].to_vec(),
@@ -1024,7 +1057,33 @@ async fn go_gateway_fan_out_has_exact_parents() {
             concurrent.calls.right * 100 >= 99 * 2 * LOOP_REQUESTS,
             "{label}: at least 99% right parents: {concurrent:#?}"
         );
-        assert_ids_well_formed(&receiver.spans());
+        if https {
+            let h2 = GatewayRun {
+                label: &format!("{label}, h2"),
+                curl_options: run.curl_options[1..].to_vec(),
+                ..run
+            };
+            let (scored, _) =
+                measure_gateway(&h2, &receiver, metrics, 5000, 40, LOAD_CONCURRENCY).await;
+            assert_eq!(
+                (scored.calls.wrong, scored.downstream.wrong),
+                (0, 0),
+                "{label}, h2: never in another request's trace: {scored:#?}"
+            );
+        }
+        let spans = receiver.spans();
+        if https {
+            // The gateway's server spans came from the TLS plaintext.
+            let served: Vec<&ReceivedSpan> = spans
+                .iter()
+                .filter(|s| s.pid() == gateway_pid && s.kind == SpanKind::Server)
+                .collect();
+            assert!(
+                !served.is_empty() && served.iter().all(|s| s.str_attr("url.scheme") == "https"),
+                "{label}: the gateway's server spans have url.scheme https: {served:#?}"
+            );
+        }
+        assert_ids_well_formed(&spans);
         assert_eq!(agent.stop(), 0);
     }
 }

@@ -31,13 +31,13 @@
 //! probe marks the process as a Go TLS user before its first record moves
 //! (see `go`).
 //!
-//! The trace context of these events is kept per process, not per thread
+//! These events stand for the process, not a thread
 //! (`context::GO_CONTEXT_KEY`): goroutines move between threads, so a
-//! thread says nothing about which request a call serves; the process's
-//! client calls get no parent (flagged ambiguous while it serves
-//! requests), never a wrong one. A read is first scanned for a request's
-//! `traceparent`, then reported by [`go_tls_capture`] through a tail call,
-//! as `probes::openssl` does.
+//! thread says nothing about which request a call serves; the goroutine
+//! does (`goroutine`: the one that reads a request's start works for it).
+//! A read is first scanned for a request's start and `traceparent`, then
+//! reported by [`go_tls_capture`] through a tail call, as
+//! `probes::openssl` does.
 
 use agent_common::{
     EventKind,

@@ -4,8 +4,10 @@
 //	go_https server [-port P] -cert C -key K   serves /status/N (?sleep=ms)
 //	go_https server [-port P] -plain           the same over plain HTTP;
 //	                                           also answers /leaf/...
-//	go_https gateway [-port P] URL...          plain HTTP: GET /work/ID calls
-//	                                           URL/leaf/ID/I for each URL
+//	go_https gateway [-port P] [-cert C -key K] URL...
+//	                                           GET /work/ID (over HTTPS with
+//	                                           -cert) calls URL/leaf/ID/I
+//	                                           for each URL
 //	                                           (I its index), all at once,
 //	                                           one goroutine each, through
 //	                                           one keep-alive client
@@ -98,6 +100,8 @@ func listen(port int) net.Listener {
 func gateway(args []string) {
 	flags := flag.NewFlagSet("gateway", flag.ExitOnError)
 	port := flags.Int("port", 0, "port on 127.0.0.1")
+	cert := flags.String("cert", "", "serve HTTPS with this certificate (PEM)")
+	key := flags.String("key", "", "and this private key (PEM)")
 	flags.Parse(args)
 	downstream := flags.Args()
 	c := &http.Client{
@@ -130,7 +134,12 @@ func gateway(args []string) {
 		}
 		fmt.Fprint(w, "done\n")
 	})
-	err := http.Serve(listen(*port), mux)
+	var err error
+	if *cert != "" {
+		err = http.ServeTLS(listen(*port), mux, *cert, *key)
+	} else {
+		err = http.Serve(listen(*port), mux)
+	}
 	fmt.Fprintln(os.Stderr, err)
 	os.Exit(1)
 }
