@@ -266,16 +266,17 @@ fn output(scratch: *mut DataScratch, captured: u32, total: u32) {
     event.trace.flags = 0;
 }
 
-/// Writes a loop variable to map memory (see [`capture_step`]).
+/// Writes a loop variable to map memory, where the verifier cannot see
+/// it (see [`capture_step`]); also `probes::inject_h2`'s frame walk.
 #[inline(always)]
-fn set<T>(slot: &mut T, value: T) {
+pub fn set<T>(slot: &mut T, value: T) {
     // SAFETY: `slot` is a valid, exclusive reference.
     unsafe { core::ptr::write_volatile(slot, value) }
 }
 
 /// Reads a loop variable back from map memory.
 #[inline(always)]
-fn get<T: Copy>(slot: &T) -> T {
+pub fn get<T: Copy>(slot: &T) -> T {
     // SAFETY: `slot` is a valid reference.
     unsafe { core::ptr::read_volatile(slot) }
 }

@@ -190,6 +190,39 @@ impl Counters {
             .unwrap_or_else(|| panic!("no {name} on /metrics: {all:?}"))
     }
 
+    /// Counter `name` (without its `_total`), `None` until the agent
+    /// shows it (counters appear at their first publication).
+    pub fn counter(&self, name: &str) -> Option<u64> {
+        let (status, body) = http_get(self.0, "/metrics")?;
+        assert_eq!(status, 200, "{body}");
+        let prefix = format!("{name}_total ");
+        body.lines()
+            .find_map(|line| line.strip_prefix(&prefix)?.trim().parse().ok())
+    }
+
+    /// Polls (from an async test) until the agent shows every counter of
+    /// `names` and `done` holds for their values, at most 30 s; returns them.
+    pub async fn wait_for_counters(
+        &self,
+        names: &[&str],
+        done: impl Fn(&[u64]) -> bool,
+    ) -> Vec<u64> {
+        let started = Instant::now();
+        loop {
+            let values: Option<Vec<u64>> = names.iter().map(|name| self.counter(name)).collect();
+            if let Some(values) = &values
+                && done(values)
+            {
+                return values.clone();
+            }
+            assert!(
+                started.elapsed() < COUNTER_WAIT,
+                "counters {names:?} stuck at {values:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Polls until `name` reaches at least `at_least`.
     pub fn wait_for(&self, name: &str, at_least: u64) -> u64 {
         self.wait_until(name, &format!(">= {at_least}"), |value| value >= at_least)

@@ -9,7 +9,7 @@ use std::{
     io::Write,
     net::SocketAddr,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
@@ -18,7 +18,7 @@ use sonde_tests::{
     agent::Agent,
     apps::{Server, app_path},
     chain::Interpreters,
-    prometheus::{free_port, http_get},
+    prometheus::{Counters, free_port},
     require_e2e, spans_of,
 };
 
@@ -81,40 +81,6 @@ async fn run_check(python: &str, agent: &Agent) -> (u32, Vec<String>) {
     let (pid, lines) = run_selected(python, "h2_inject_check.py", &[], agent).await;
     assert_eq!(lines.last().map(String::as_str), Some("ok"), "{lines:?}");
     (pid, lines[..lines.len() - 1].to_vec())
-}
-
-/// Reads one agent counter from its Prometheus endpoint.
-fn agent_counter(metrics: SocketAddr, name: &str) -> Option<u64> {
-    let (status, body) = http_get(metrics, "/metrics")?;
-    assert_eq!(status, 200, "{body}");
-    let prefix = format!("{name}_total ");
-    body.lines()
-        .find_map(|line| line.strip_prefix(&prefix)?.trim().parse().ok())
-}
-
-/// Polls the agent's counters until `done` holds for their values.
-async fn wait_for_counters(
-    metrics: SocketAddr,
-    names: &[&str],
-    done: impl Fn(&[u64]) -> bool,
-) -> Vec<u64> {
-    let started = Instant::now();
-    loop {
-        let values: Option<Vec<u64>> = names
-            .iter()
-            .map(|name| agent_counter(metrics, name))
-            .collect();
-        if let Some(values) = &values
-            && done(values)
-        {
-            return values.clone();
-        }
-        assert!(
-            started.elapsed() < WAIT,
-            "counters {names:?} stuck at {values:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// Byte level: each request's HEADERS frame that can be rewritten gets one
@@ -216,7 +182,9 @@ async fn injected_headers_decode_strictly_and_the_rest_is_byte_exact() {
         } else {
             [0; 7]
         };
-        let counters = wait_for_counters(metrics, &counter_names, |v| v == expected).await;
+        let counters = Counters(metrics)
+            .wait_for_counters(&counter_names, |v| v == expected)
+            .await;
         println!("h2 wire, inject {inject}: {counter_names:?} = {counters:?}");
         assert_eq!(agent.stop(), 0);
     }

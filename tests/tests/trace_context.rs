@@ -27,7 +27,7 @@ use sonde_tests::{
     chain::{CaptureServer, DONE, Interpreters, load, load_each, node_chain, python_chain},
     go::build,
     hex,
-    prometheus::{free_port, http_get},
+    prometheus::{Counters, free_port},
     require_e2e, the_span,
 };
 
@@ -733,7 +733,9 @@ async fn measure_gateway(
     requests: usize,
     concurrency: usize,
 ) -> (Attribution, u64) {
-    let ambiguous_before = agent_counter(metrics, "sonde_links_ambiguous").unwrap_or(0);
+    let ambiguous_before = Counters(metrics)
+        .counter("sonde_links_ambiguous")
+        .unwrap_or(0);
     let before = receiver.spans().len();
     let base = run.base.clone();
     load_each(requests, concurrency, run.curl_options.clone(), move |i| {
@@ -755,7 +757,10 @@ async fn measure_gateway(
     let scored = attribution(spans, run.is_gateway, &run.leaf_pids, requests * run.calls);
     // Published every second: wait until it holds the last calls' counts.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let ambiguous = agent_counter(metrics, "sonde_links_ambiguous").unwrap_or(0) - ambiguous_before;
+    let ambiguous = Counters(metrics)
+        .counter("sonde_links_ambiguous")
+        .unwrap_or(0)
+        - ambiguous_before;
     println!(
         "{}, {requests} requests, concurrency {concurrency}: {}; sonde_links_ambiguous +{ambiguous}",
         run.label,
@@ -1262,41 +1267,6 @@ async fn one_hop_across_network_namespaces() {
     assert_eq!(agent.stop(), 0);
 }
 
-/// Reads one agent counter from its Prometheus endpoint.
-fn agent_counter(metrics: SocketAddr, name: &str) -> Option<u64> {
-    let (status, body) = http_get(metrics, "/metrics")?;
-    assert_eq!(status, 200, "{body}");
-    let prefix = format!("{name}_total ");
-    body.lines()
-        .find_map(|line| line.strip_prefix(&prefix)?.trim().parse().ok())
-}
-
-/// Polls the agent's counters (published every second) until the endpoint
-/// shows them all and `done` holds for their values; returns them.
-async fn wait_for_counters(
-    metrics: SocketAddr,
-    names: &[&str],
-    done: impl Fn(&[u64]) -> bool,
-) -> Vec<u64> {
-    let started = Instant::now();
-    loop {
-        let values: Option<Vec<u64>> = names
-            .iter()
-            .map(|name| agent_counter(metrics, name))
-            .collect();
-        if let Some(values) = &values
-            && done(values)
-        {
-            return values.clone();
-        }
-        assert!(
-            started.elapsed() < WAIT,
-            "counters {names:?} stuck at {values:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// curl -> A (ours) -> sdk_service.py (OpenTelemetry SDK) -> C (ours). The
 /// SDK's server span continues from the header the kernel injected into A's
 /// call; the SDK propagates its own client span, which the kernel leaves
@@ -1413,10 +1383,11 @@ async fn sdk_service_in_the_middle_continues_the_trace() {
         "sonde_traceparent_already_present",
         "sonde_traceparent_inject_failed",
     ];
-    let counters = wait_for_counters(metrics, &names, |v| {
-        v[0] >= REQUESTS as u64 && v[1] >= REQUESTS as u64
-    })
-    .await;
+    let counters = Counters(metrics)
+        .wait_for_counters(&names, |v| {
+            v[0] >= REQUESTS as u64 && v[1] >= REQUESTS as u64
+        })
+        .await;
     println!("sdk in the middle: {names:?} = {counters:?}");
     assert_eq!(
         counters[1], REQUESTS as u64,
@@ -1626,7 +1597,9 @@ async fn injection_on_the_wire_is_exact_and_can_be_switched_off() {
         }
 
         let expected: [u64; 4] = if inject { [2, 1, 1, 0] } else { [0; 4] };
-        let counters = wait_for_counters(metrics, &counter_names, |v| v == expected).await;
+        let counters = Counters(metrics)
+            .wait_for_counters(&counter_names, |v| v == expected)
+            .await;
         println!("wire, inject {inject}: {counter_names:?} = {counters:?}");
         assert_ids_well_formed(&receiver.spans());
         assert_eq!(agent.stop(), 0);

@@ -56,6 +56,7 @@ use aya_ebpf::{
 };
 
 use crate::{
+    capture::{get, set},
     context::client_context,
     http2::{PREFACE, conn_key, starts_with_preface},
     maps::{
@@ -607,18 +608,4 @@ fn count(index: u32) {
         // SAFETY: per-CPU slot.
         unsafe { *counter += 1 };
     }
-}
-
-/// Writes a loop variable to map memory, where the verifier cannot see it.
-#[inline(always)]
-fn set<T>(slot: &mut T, value: T) {
-    // SAFETY: `slot` is a valid, exclusive reference.
-    unsafe { core::ptr::write_volatile(slot, value) }
-}
-
-/// Reads a loop variable back from map memory.
-#[inline(always)]
-fn get<T: Copy>(slot: &T) -> T {
-    // SAFETY: `slot` is a valid reference.
-    unsafe { core::ptr::read_volatile(slot) }
 }
