@@ -139,7 +139,7 @@ async fn spans_queued_on_disk_survive_sigterm_and_kill_9() {
     // written.
     let (second, counters) = agent(&server, &dir.0, collector_port, test, "");
     assert_eq!(
-        counters.get("sonde_spans_recovered_total"),
+        counters.wait_for("sonde_spans_recovered_total", PER_PHASE as u64),
         PER_PHASE as u64
     );
     get_many(&server, "/before-kill", PER_PHASE);
@@ -150,7 +150,7 @@ async fn spans_queued_on_disk_survive_sigterm_and_kill_9() {
     let receiver = OtlpReceiver::start_on(collector_port, http_port).await;
     let (third, counters) = agent(&server, &dir.0, collector_port, test, "");
     assert_eq!(
-        counters.get("sonde_spans_recovered_total"),
+        counters.wait_for("sonde_spans_recovered_total", 2 * PER_PHASE as u64),
         2 * PER_PHASE as u64
     );
     receiver
@@ -204,9 +204,12 @@ async fn broken_queue_files_are_skipped_and_counted() {
 
     let receiver = OtlpReceiver::start_on(collector_port, free_port()).await;
     let (second, counters) = agent(&server, &dir.0, collector_port, test, "");
-    assert_eq!(counters.get("sonde_export_queue_files_corrupt_total"), 3);
     assert_eq!(
-        counters.get("sonde_spans_recovered_total"),
+        counters.wait_for("sonde_export_queue_files_corrupt_total", 3),
+        3
+    );
+    assert_eq!(
+        counters.wait_for("sonde_spans_recovered_total", PER_PHASE as u64),
         PER_PHASE as u64
     );
     get_many(&server, "/after", PER_PHASE);
