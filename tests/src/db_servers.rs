@@ -6,6 +6,7 @@
 use std::{
     fs,
     net::TcpStream,
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -76,7 +77,10 @@ impl DbServer {
             Kind::Postgres => postgres_command(&dir, &port_text),
             Kind::Mariadb => mariadb_command(&dir, &port_text),
         };
+        // A group of its own, signalled whole on drop: `runuser` does not
+        // pass every signal on, and a server it leaves behind outlives the test.
         let child = command
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -166,9 +170,16 @@ fn mariadb_command(dir: &Path, port: &str) -> Command {
 
 impl Drop for DbServer {
     fn drop(&mut self) {
-        // `runuser` passes the signal on to the server, which then stops.
+        // The signal that makes each server shut down at once (MariaDB
+        // ignores SIGINT; SIGTERM would make PostgreSQL wait for its
+        // clients), sent to the whole group: `runuser` and the server.
+        let signal = if self.kind == Kind::Mariadb {
+            "-TERM"
+        } else {
+            "-INT"
+        };
         let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
+            .args([signal, "--", &format!("-{}", self.child.id())])
             .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
