@@ -34,9 +34,10 @@ pub struct KernelConfig {
     /// Rejection threshold for traces without a (honoured) parent, see
     /// `crate::sampling`; per-process values in `SAMPLING_THRESHOLDS` win.
     pub sample_threshold: u64,
-    /// Bytes waiting in the data ring past which a program wakes the
-    /// reader; below it records are written without a wakeup and the
-    /// reader drains on its timer (see `agent::probes::reader`).
+    /// A program wakes the reader with the record that takes the bytes
+    /// waiting in the data ring past a multiple of this; other records are
+    /// written without a wakeup and the reader drains on its timer (see
+    /// `agent::probes::reader`).
     pub wakeup_bytes: u32,
     /// Offset of `sock.sk_user_data` (a sockmap socket's psock).
     pub off_sk_user_data: u32,

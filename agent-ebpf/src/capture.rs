@@ -255,7 +255,7 @@ fn output(scratch: *mut DataScratch, captured: u32, total: u32) {
             core::ptr::addr_of!(DATA_EVENTS).cast_mut().cast(),
             core::ptr::from_mut(event).cast(),
             size,
-            data_ring_flags(),
+            data_ring_flags(size),
         )
     };
     if rc != 0 {

@@ -521,7 +521,7 @@ fn rewrite(ctx: &SkMsgContext, args: &StepArgs, pos: u32, len: u32, stream: u32,
         entry.discard(0);
         return inject::H2_FAILED;
     }
-    entry.submit(data_ring_flags());
+    entry.submit(data_ring_flags(size_of::<Http2InjectedEvent>() as u64));
     inject::H2_INJECTED
 }
 

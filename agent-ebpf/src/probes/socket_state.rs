@@ -71,7 +71,10 @@ fn emit_close(socket_cookie: u64) {
         socket_cookie,
     };
     if DATA_EVENTS
-        .output::<SocketCloseEvent>(&event, data_ring_flags())
+        .output::<SocketCloseEvent>(
+            &event,
+            data_ring_flags(size_of::<SocketCloseEvent>() as u64),
+        )
         .is_err()
     {
         count_drop(agent_common::drops::DATA_RINGBUF_FULL);

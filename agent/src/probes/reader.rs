@@ -2,7 +2,8 @@
 //! without ever waiting for a consumer.
 //!
 //! Wakeups: the kernel writes data records without waking the reader
-//! (`BPF_RB_NO_WAKEUP`) unless the backlog passed [`wakeup_bytes`]; the
+//! (`BPF_RB_NO_WAKEUP`) except the record that takes the backlog past a
+//! multiple of [`wakeup_bytes`] (one wakeup per that many bytes); the
 //! reader drains the data ring every [`DRAIN_INTERVAL`] and whenever it is
 //! woken. A wakeup per record costs the traced thread an irq_work and the
 //! agent a context switch per event; this way the agent wakes ~60 times a
