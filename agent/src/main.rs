@@ -7,6 +7,13 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc's malloc: the hot path allocates and frees
+/// small buffers on one tokio worker and drops them on another, and glibc's
+/// free-list upkeep (`malloc_consolidate`, `unlink_chunk`) was ~20% of the
+/// agent's CPU at nginx saturation (`cargo xtask bench` profile).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// eBPF zero-code instrumentation: HTTP traces from unmodified processes,
 /// exported over OTLP.
 #[derive(Parser)]
@@ -151,7 +158,16 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     "nothing selected: give --port, --exe or --pid (or selectors in --config)"
                 );
             }
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            // One thread for the whole hot path (reader, tracker, span
+            // building, export): handing each batch between worker threads
+            // cost more than the work (futex wakeups, cold caches), ~25% of
+            // the agent's CPU per request (`cargo xtask bench`). Discovery,
+            // whose work is long and synchronous, has a thread of its own
+            // (see `pipeline`).
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
             runtime.block_on(pipeline::run(config))?;
         }
         Command::Check { config } => {

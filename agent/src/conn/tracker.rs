@@ -40,41 +40,69 @@ use crate::{
 /// Every tracked connection, each read by its protocol slice.
 #[derive(Debug)]
 pub struct ConnTracker {
-    config: TrackerConfig,
-    stats: Arc<Stats>,
+    /// What every connection's protocol slice reads with.
+    shared: Shared,
     conns: HashMap<u64, Conn>,
-    /// `(last activity ns, cookie)`, oldest first: the eviction and idle
-    /// order.
+    /// `(activity ns, cookie)`, oldest first: the eviction and idle order.
+    /// A connection's key is its activity when it was last filed, which
+    /// trails its `last_ns`: re-filing it on every event cost two tree
+    /// operations per event, so it is re-filed only when it comes first
+    /// (see [`ConnTracker::oldest`]), which keeps the order exact.
     by_activity: BTreeSet<(u64, u64)>,
-    /// Shared by every HTTP/2 connection's HPACK decoders.
-    huffman: Huffman,
     /// Connections whose protocol needs every byte, found since the last
     /// [`ConnTracker::take_capture_all`].
     capture_all: Vec<u64>,
+}
+
+/// The tracker's state that is not per connection, apart from the
+/// connection table so both can be borrowed at once.
+#[derive(Debug)]
+struct Shared {
+    config: TrackerConfig,
+    stats: Arc<Stats>,
+    /// Shared by every HTTP/2 connection's HPACK decoders.
+    huffman: Huffman,
     /// Ids the kernel injected into HTTP/2 requests, waiting for their
     /// connection to read the request.
     injection: Injection,
+}
+
+impl Shared {
+    /// What a connection needs to read an event.
+    fn ctx<'a>(&'a mut self, out: &'a mut Vec<Call>) -> Ctx<'a> {
+        Ctx {
+            config: &self.config,
+            stats: &self.stats,
+            huffman: &mut self.huffman,
+            out,
+            injection: &mut self.injection,
+        }
+    }
 }
 
 impl ConnTracker {
     /// An empty tracker.
     pub fn new(config: TrackerConfig, stats: Arc<Stats>) -> Self {
         Self {
-            config,
-            stats,
+            shared: Shared {
+                config,
+                stats,
+                huffman: Huffman::default(),
+                injection: Injection::default(),
+            },
             conns: HashMap::new(),
             by_activity: BTreeSet::new(),
-            huffman: Huffman::default(),
             capture_all: Vec::new(),
-            injection: Injection::default(),
         }
     }
 
     /// The kernel wrote ids into an outgoing HTTP/2 request; its data
     /// comes next.
     pub fn on_injected(&mut self, ev: &Http2Injected) {
-        self.injection
-            .insert((ev.local, ev.remote), ev.stream_id, ev.trace, &self.stats);
+        let shared = &mut self.shared;
+        shared
+            .injection
+            .insert((ev.local, ev.remote), ev.stream_id, ev.trace, &shared.stats);
     }
 
     /// Cookies of the connections found since the last call to speak a
@@ -96,29 +124,29 @@ impl ConnTracker {
             return;
         }
         let cookie = ev.socket_cookie;
-        let mut conn = match self.remove(cookie) {
-            Some(conn) => conn,
-            None => {
-                if self.conns.len() >= self.config.max_connections
-                    && let Some(&(_, oldest)) = self.by_activity.first()
-                {
-                    self.drop_conn(oldest, "table full", ev.timestamp_ns, out);
-                }
-                Conn::new(
-                    ev.pid,
-                    ev.timestamp_ns,
-                    self.config.unknown_role_probe_events,
-                )
+        if !self.conns.contains_key(&cookie) {
+            if self.conns.len() >= self.shared.config.max_connections
+                && let Some(oldest) = self.oldest()
+            {
+                self.drop_conn(oldest, "table full", ev.timestamp_ns, out);
             }
+            let conn = Conn::new(
+                ev.pid,
+                ev.timestamp_ns,
+                self.shared.config.unknown_role_probe_events,
+            );
+            self.by_activity.insert((conn.filed_ns, cookie));
+            self.conns.insert(cookie, conn);
+        }
+        let Some(conn) = self.conns.get_mut(&cookie) else {
+            return;
         };
         conn.last_ns = conn.last_ns.max(ev.timestamp_ns);
         let needed_all = conn.needs_all_bytes();
-        conn.on_data(ev, &mut self.ctx(out));
+        conn.on_data(ev, &mut self.shared.ctx(out));
         if !needed_all && conn.needs_all_bytes() {
             self.capture_all.push(cookie);
         }
-        self.by_activity.insert((conn.last_ns, cookie));
-        self.conns.insert(cookie, conn);
     }
 
     /// The connection closed: a response running until close ends, requests
@@ -128,7 +156,7 @@ impl ConnTracker {
             conn.finish(
                 Outcome::ConnectionClosed,
                 ev.timestamp_ns,
-                &mut self.ctx(out),
+                &mut self.shared.ctx(out),
             );
         }
     }
@@ -136,8 +164,12 @@ impl ConnTracker {
     /// Drops connections idle since before `now_ns - idle_timeout_ns`; their
     /// unanswered requests are abandoned (to `out`).
     pub fn on_tick(&mut self, now_ns: u64, out: &mut Vec<Call>) {
-        while let Some(&(last_ns, cookie)) = self.by_activity.first()
-            && last_ns.saturating_add(self.config.idle_timeout_ns) <= now_ns
+        while let Some(cookie) = self.oldest()
+            && let Some(conn) = self.conns.get(&cookie)
+            && conn
+                .last_ns
+                .saturating_add(self.shared.config.idle_timeout_ns)
+                <= now_ns
         {
             self.drop_conn(cookie, "idle", now_ns, out);
         }
@@ -155,33 +187,42 @@ impl ConnTracker {
         for cookie in cookies {
             if let Some(mut conn) = self.remove(cookie) {
                 let at = conn.last_ns;
-                conn.finish(Outcome::ConnectionClosed, at, &mut self.ctx(out));
+                conn.finish(Outcome::ConnectionClosed, at, &mut self.shared.ctx(out));
             }
-        }
-    }
-
-    /// What a connection needs to read an event.
-    fn ctx<'a>(&'a mut self, out: &'a mut Vec<Call>) -> Ctx<'a> {
-        Ctx {
-            config: &self.config,
-            stats: &self.stats,
-            huffman: &mut self.huffman,
-            out,
-            injection: &mut self.injection,
         }
     }
 
     fn remove(&mut self, cookie: u64) -> Option<Conn> {
         let conn = self.conns.remove(&cookie)?;
-        self.by_activity.remove(&(conn.last_ns, cookie));
+        self.by_activity.remove(&(conn.filed_ns, cookie));
         Some(conn)
+    }
+
+    /// The least recently active connection. Connections filed before
+    /// their latest activity are re-filed at it on the way, so what comes
+    /// first is truly the oldest.
+    fn oldest(&mut self) -> Option<u64> {
+        while let Some(&(filed_ns, cookie)) = self.by_activity.first() {
+            let Some(conn) = self.conns.get_mut(&cookie) else {
+                // Never happens (both are updated together); not looping on it.
+                self.by_activity.pop_first();
+                continue;
+            };
+            if conn.last_ns == filed_ns {
+                return Some(cookie);
+            }
+            self.by_activity.pop_first();
+            conn.filed_ns = conn.last_ns;
+            self.by_activity.insert((conn.filed_ns, cookie));
+        }
+        None
     }
 
     /// Evicts a connection, abandoning what it still waits for.
     fn drop_conn(&mut self, cookie: u64, reason: &'static str, now_ns: u64, out: &mut Vec<Call>) {
         if let Some(mut conn) = self.remove(cookie) {
-            Loss::Evicted { cookie, reason }.record(&self.stats);
-            conn.finish(Outcome::Abandoned, now_ns, &mut self.ctx(out));
+            Loss::Evicted { cookie, reason }.record(&self.shared.stats);
+            conn.finish(Outcome::Abandoned, now_ns, &mut self.shared.ctx(out));
         }
     }
 }
@@ -215,7 +256,10 @@ impl Loss {
 #[derive(Debug)]
 struct Conn {
     pid: u32,
+    /// Latest activity, monotonic ns.
     last_ns: u64,
+    /// Its key in `ConnTracker::by_activity`.
+    filed_ns: u64,
     state: ConnState,
     /// The OpenSSL probes reported plaintext for it: only their events
     /// count from then on.
@@ -247,6 +291,7 @@ impl Conn {
         Self {
             pid,
             last_ns: now_ns,
+            filed_ns: now_ns,
             state: ConnState::probing(probe_events),
             tls: false,
         }

@@ -686,6 +686,31 @@ fn idle_connections_are_dropped() {
     assert_eq!(wire.tracker.connections(), 0);
 }
 
+/// A connection is filed at its first event and re-filed only when it
+/// comes up as the oldest: one busy since must not be taken for idle.
+#[test]
+fn connections_active_since_they_were_filed_are_not_idle() {
+    let config = TrackerConfig {
+        idle_timeout_ns: 10_000,
+        ..TrackerConfig::default()
+    };
+    let mut wire = Wire::with_config(Role::Server, config);
+    wire.recv(GET); // at 1000
+    for _ in 0..5 {
+        wire.send(OK_2);
+        wire.recv(GET);
+    } // last at 11_000
+    assert!(wire.tracker.tick(20_999).is_empty());
+    assert_eq!(wire.tracker.connections(), 1);
+    assert_eq!(wire.count(Counter::ConnectionsEvicted), 0);
+    assert_eq!(
+        brief(&wire.tracker.tick(21_000)),
+        [("/a", Outcome::Abandoned, 11_000, 21_000)]
+    );
+    assert_eq!(wire.count(Counter::ConnectionsEvicted), 1);
+    assert_eq!(wire.tracker.connections(), 0);
+}
+
 #[test]
 fn least_recently_used_connection_is_evicted() {
     let config = TrackerConfig {

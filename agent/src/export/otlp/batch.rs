@@ -412,21 +412,17 @@ impl Queue {
     fn take(&mut self, max_batch: usize) -> Batch {
         self.overflowing = false;
         let count = self.spans.len().min(max_batch);
-        let mut bytes = 0;
-        let mut oldest = None;
-        let spans: Vec<Span> = self
-            .spans
-            .drain(..count)
-            .map(|queued| {
-                bytes += queued.bytes;
-                oldest.get_or_insert(queued.arrived);
-                queued.span
-            })
-            .collect();
+        let taken = self.spans.range(..count);
+        let bytes: usize = taken.clone().map(|queued| queued.bytes).sum();
+        let oldest = taken.clone().next().map(|queued| queued.arrived);
+        // Encoded where they are queued, then dropped: moving them out
+        // first was ~3% of the agent's CPU in copies.
+        let request = encode_request(taken.map(|queued| &queued.span));
+        self.spans.drain(..count);
         self.count -= count;
         self.bytes -= bytes;
         Batch {
-            request: encode_request(&spans),
+            request,
             spans: count as u64,
             bytes,
             oldest: oldest.unwrap_or_else(Instant::now),

@@ -110,11 +110,14 @@ mod field {
 }
 
 /// Encodes the request, keeping resources and spans in arrival order.
-pub(crate) fn encode_request(spans: &[Span]) -> EncodedTraces {
+/// Takes references: the spans are read where they are queued, not moved.
+pub(crate) fn encode_request<'a>(spans: impl IntoIterator<Item = &'a Span>) -> EncodedTraces {
     // A batch holds the spans of a few processes: a scan of the groups
     // found so far beats hashing each span's resource key.
     let mut groups: Vec<(&Arc<Resource>, Vec<&Span>)> = Vec::new();
+    let mut count = 0;
     for span in spans {
+        count += 1;
         match groups.iter_mut().find(|(resource, _)| {
             Arc::ptr_eq(resource, &span.resource) || resource.key == span.resource.key
         }) {
@@ -124,7 +127,7 @@ pub(crate) fn encode_request(spans: &[Span]) -> EncodedTraces {
     }
     let scope = scope();
     let scope_len = prost::encoding::message::encoded_len(field::SCOPE, &scope);
-    let mut lengths = Vec::with_capacity(spans.len());
+    let mut lengths = Vec::with_capacity(count);
     let groups: Vec<(ProtoResource, usize, Vec<&Span>)> = groups
         .into_iter()
         .map(|(resource, members)| {

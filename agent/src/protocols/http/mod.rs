@@ -20,6 +20,10 @@ const KNOWN_METHODS: &[&str] = &[
     "CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE",
 ];
 
+/// The most attributes [`describe`] gives a span (a server span with an
+/// unknown method, query capture and a failed exchange).
+const MAX_ATTRIBUTES: usize = 15;
+
 /// Describes an HTTP call, `None` if its path is ignored; the span part
 /// only when `with_span` (the measurement needs far less).
 pub fn describe<'a>(
@@ -68,7 +72,9 @@ pub fn describe<'a>(
         | Outcome::Failed { .. } => (None, Some(Cow::Borrowed(unanswered(&call.outcome).0))),
     };
     let span = with_span.then(|| {
-        let mut attributes = vec![Attribute::new("http.request.method", method)];
+        // Room for all of them: growing the vector was ~3% of the agent's CPU.
+        let mut attributes = Vec::with_capacity(MAX_ATTRIBUTES);
+        attributes.push(Attribute::new("http.request.method", method));
         if let Some(original) = original_method {
             attributes.push(Attribute::new("http.request.method_original", original));
         }
