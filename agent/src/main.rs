@@ -7,13 +7,6 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc instead of glibc's malloc: the hot path allocates and frees
-/// small buffers on one tokio worker and drops them on another, and glibc's
-/// free-list upkeep (`malloc_consolidate`, `unlink_chunk`) was ~20% of the
-/// agent's CPU at nginx saturation (`cargo xtask bench` profile).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// eBPF zero-code instrumentation: HTTP traces from unmodified processes,
 /// exported over OTLP.
 #[derive(Parser)]
