@@ -3,12 +3,15 @@
 
 use std::{
     io::{BufRead, BufReader},
+    net::SocketAddr,
     os::unix::process::ExitStatusExt,
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex, mpsc},
     time::{Duration, Instant},
 };
+
+use crate::prometheus::free_port;
 
 /// Why an end-to-end test cannot run here; `None` when it can.
 ///
@@ -145,6 +148,22 @@ impl Agent {
             );
         }
         agent
+    }
+
+    /// [`Agent::start`] with the agent's /metrics on a free port of its
+    /// own, whose address comes back with it (for [`Counters`]).
+    ///
+    /// [`Counters`]: crate::prometheus::Counters
+    pub fn start_with_metrics(
+        args: &[&str],
+        otlp_endpoint: &str,
+        protocol: &str,
+    ) -> (Self, SocketAddr) {
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let port = metrics.port().to_string();
+        let mut args = args.to_vec();
+        args.extend(["--prometheus-port", &port]);
+        (Self::start(&args, otlp_endpoint, protocol), metrics)
     }
 
     /// The agent's process id (for its memory use in /proc).

@@ -415,6 +415,31 @@ impl OtlpReceiver {
         tokio::time::sleep(settle).await;
         self.spans()
     }
+
+    /// The server spans of process `server` and the client spans of
+    /// process `client` (each by start time) once both have `calls` at
+    /// least, as [`OtlpReceiver::settle`] waits for them.
+    pub async fn settle_pair(
+        &self,
+        (server, client): (u32, u32),
+        calls: usize,
+        wait: Duration,
+        settle: Duration,
+    ) -> (Vec<ReceivedSpan>, Vec<ReceivedSpan>) {
+        let pair = |spans: &[ReceivedSpan]| {
+            (
+                spans_of(spans, server, SpanKind::Server),
+                spans_of(spans, client, SpanKind::Client),
+            )
+        };
+        let spans = self
+            .settle(wait, settle, |spans| {
+                let (served, made) = pair(spans);
+                served.len() >= calls && made.len() >= calls
+            })
+            .await;
+        pair(&spans)
+    }
 }
 
 /// Calls `fetch` until `predicate` holds for what it returns; panics with

@@ -223,19 +223,9 @@ async fn curl_upgrades_to_h2c() {
     );
     assert_eq!(client.run(), "503 2\n404 2\n", "upgraded: both over HTTP/2");
 
-    let ours = |spans: &[ReceivedSpan]| {
-        (
-            spans_of(spans, server.pid(), SpanKind::Server),
-            spans_of(spans, client_pid, SpanKind::Client),
-        )
-    };
-    let spans = receiver
-        .settle(WAIT, SETTLE, |spans| {
-            let (served, made) = ours(spans);
-            served.len() >= 2 && made.len() >= 2
-        })
+    let (served, made) = receiver
+        .settle_pair((server.pid(), client_pid), 2, WAIT, SETTLE)
         .await;
-    let (served, made) = ours(&spans);
     let requests = |spans: &[ReceivedSpan], url: &str| -> Vec<(String, String, i64, String)> {
         spans
             .iter()
@@ -314,20 +304,10 @@ async fn thousand_concurrent_calls() -> (Vec<ReceivedSpan>, Vec<ReceivedSpan>) {
     );
     assert_eq!(output, [format!("concurrent {CONCURRENT_CALLS}")]);
 
-    let ours = |spans: &[ReceivedSpan]| {
-        (
-            spans_of(spans, server.pid(), SpanKind::Server),
-            spans_of(spans, client, SpanKind::Client),
-        )
-    };
-    let spans = receiver
-        .settle(WAIT, SETTLE, |spans| {
-            let (served, made) = ours(spans);
-            served.len() >= CONCURRENT_CALLS && made.len() >= CONCURRENT_CALLS
-        })
+    let (served, made) = receiver
+        .settle_pair((server.pid(), client), CONCURRENT_CALLS, WAIT, SETTLE)
         .await;
     assert_eq!(agent.stop(), 0);
-    let (served, made) = ours(&spans);
     eprintln!("{} server spans, {} client spans", served.len(), made.len());
     (served, made)
 }

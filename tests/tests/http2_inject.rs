@@ -7,18 +7,17 @@
 
 use std::{
     io::Write,
-    net::SocketAddr,
     process::{Command, Stdio},
     time::Duration,
 };
 
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use sonde_tests::{
-    OtlpReceiver, ReceivedSpan,
+    OtlpReceiver,
     agent::Agent,
     apps::{Server, app_path},
     chain::Interpreters,
-    prometheus::{Counters, free_port},
+    prometheus::Counters,
     require_e2e, spans_of,
 };
 
@@ -108,18 +107,13 @@ async fn injected_headers_decode_strictly_and_the_rest_is_byte_exact() {
         "sonde_traceparent_h2_unavailable",
     ];
     for inject in [true, false] {
-        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut args = vec![
-            "--exe".to_owned(),
-            interpreters.client_python(),
-            "--prometheus-port".to_owned(),
-            metrics.port().to_string(),
-        ];
+        let client = interpreters.client_python();
+        let mut args = vec!["--exe", &client];
         if !inject {
-            args.push("--no-inject".to_owned());
+            args.push("--no-inject");
         }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let agent = Agent::start(&args, &receiver.http_endpoint(), "http/protobuf");
+        let (agent, metrics) =
+            Agent::start_with_metrics(&args, &receiver.http_endpoint(), "http/protobuf");
         let (client, lines) = run_check(&interpreters.client_python(), &agent).await;
         println!("h2 wire, inject {inject}: {lines:#?}");
         let mut injected = Vec::new();
@@ -259,19 +253,9 @@ async fn calls_joined(test: &str, client: &[&str], expect: &str, calls: usize, i
         .collect();
     let (client_pid, output) = run_selected(&client_python, client[0], &client_args, &agent).await;
     assert_eq!(output, [expect], "every call answered, no connection error");
-    let ours = |spans: &[ReceivedSpan]| {
-        (
-            spans_of(spans, server.pid(), SpanKind::Server),
-            spans_of(spans, client_pid, SpanKind::Client),
-        )
-    };
-    let spans = receiver
-        .settle(WAIT, SETTLE, |spans| {
-            let (served, made) = ours(spans);
-            served.len() >= calls && made.len() >= calls
-        })
+    let (served, made) = receiver
+        .settle_pair((server.pid(), client_pid), calls, WAIT, SETTLE)
         .await;
-    let (served, made) = ours(&spans);
     assert_eq!((served.len(), made.len()), (calls, calls));
     for span in served.iter().chain(&made) {
         assert_eq!(span.name, "sonde.test.Echo/Unary", "{span:#?}");

@@ -831,19 +831,8 @@ async fn never_a_wrong_parent(
 
 /// Starts the agent on the gateway's and leaf's ports, with /metrics.
 fn agent_for(ports: &[u16], receiver: &OtlpReceiver) -> (Agent, SocketAddr) {
-    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
-    let agent = Agent::start(
-        &[
-            "--port",
-            &ports.join(","),
-            "--prometheus-port",
-            &metrics.port().to_string(),
-        ],
-        &receiver.grpc_endpoint(),
-        "grpc",
-    );
-    (agent, metrics)
+    Agent::start_with_metrics(&["--port", &ports.join(",")], &receiver.grpc_endpoint(), "grpc")
 }
 
 /// Runs the gateway `tests/apps/<script>` (under `program`, given the
@@ -1292,14 +1281,8 @@ async fn sdk_service_in_the_middle_continues_the_trace() {
         ],
     );
     let a = python_chain(&interpreters, &[sdk.url("/work")]);
-    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let agent = Agent::start(
-        &[
-            "--port",
-            &format!("{},{},{}", a.port, sdk.port, c.port),
-            "--prometheus-port",
-            &metrics.port().to_string(),
-        ],
+    let (agent, metrics) = Agent::start_with_metrics(
+        &["--port", &format!("{},{},{}", a.port, sdk.port, c.port)],
         &receiver.grpc_endpoint(),
         "grpc",
     );
@@ -1541,18 +1524,13 @@ async fn injection_on_the_wire_is_exact_and_can_be_switched_off() {
     ];
 
     for inject in [true, false] {
-        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut args = vec![
-            "--exe".to_owned(),
-            interpreters.client_python(),
-            "--prometheus-port".to_owned(),
-            metrics.port().to_string(),
-        ];
+        let client = interpreters.client_python();
+        let mut args = vec!["--exe", &client];
         if !inject {
-            args.push("--no-inject".to_owned());
+            args.push("--no-inject");
         }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let agent = Agent::start(&args, &receiver.http_endpoint(), "http/protobuf");
+        let (agent, metrics) =
+            Agent::start_with_metrics(&args, &receiver.http_endpoint(), "http/protobuf");
         let before = receiver.spans().len();
         let client = run_raw_client(&interpreters, &agent, capture.port, &requests).await;
         let captured: Vec<Vec<u8>> = requests.iter().map(|_| capture.next_request()).collect();
