@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use sonde_tests::{
     OtlpReceiver,
     agent::Agent,
-    apps::{Server, app_path},
+    apps::{Held, Server, app_path},
     chain::Interpreters,
     prometheus::Counters,
     require_e2e, spans_of,
@@ -225,6 +225,81 @@ async fn a_busy_hpack_table_stays_in_step() {
     let calls = TABLE_ROUNDS * 8;
     let client = ["h2_table_client.py", "PORT", &rounds, "--wait"];
     calls_joined("h2table", &client, &format!("ok {calls}"), calls, true).await;
+}
+
+/// curl processes, one request each.
+const CURLS: usize = 4;
+
+/// curl (libcurl over nghttp2) as the client whose requests get the field,
+/// and a Node.js h2c server (core `http2`, nghttp2 too: it checks frames
+/// and HPACK strictly and resets or closes on any error): every response
+/// arrives (curl fails on a reset stream or GOAWAY), one field is injected
+/// per request, none fails, and each server span is the child of its curl
+/// span. One request per curl: Debian 12's curl 7.88 fails by itself to
+/// reuse an h2c connection ("Error in the HTTP2 framing layer" on the
+/// second request, agent off, with this server and with hypercorn); HPACK
+/// dynamic table reuse is `a_busy_hpack_table_stays_in_step`'s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_requests_to_a_strict_node_server_are_joined() {
+    require_e2e!();
+    let receiver = OtlpReceiver::start().await;
+    let server = Server::node_h2c();
+    let curls: Vec<Held> = (0..CURLS)
+        .map(|i| {
+            let url = format!("http://127.0.0.1:{}/status/200?request={i}", server.port);
+            Held::new(
+                "curl",
+                &[
+                    "-sS",
+                    "--http2-prior-knowledge",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code} %{http_version}",
+                    &url,
+                ],
+            )
+        })
+        .collect();
+    let pids: Vec<u32> = curls.iter().map(Held::pid).collect();
+    let selected: Vec<String> = pids.iter().map(u32::to_string).collect();
+    let (agent, metrics) = Agent::start_with_metrics(
+        &[
+            "--port",
+            &server.port.to_string(),
+            "--pid",
+            &selected.join(","),
+        ],
+        &receiver.http_endpoint(),
+        "http/protobuf",
+    );
+    agent.wait_instrumented(&[server.pid()], WAIT);
+    for (curl, pid) in curls.into_iter().zip(&pids) {
+        assert_eq!(curl.run(), "200 2", "curl {pid}: answered over HTTP/2");
+        let (served, made) = receiver
+            .settle_pair((server.pid(), *pid), 1, WAIT, SETTLE)
+            .await;
+        let [call] = &made[..] else {
+            panic!("one client span for curl {pid}: {made:#?}");
+        };
+        assert!(
+            served
+                .iter()
+                .any(|s| s.trace_id == call.trace_id && s.parent_span_id == call.span_id),
+            "the server span of curl {pid}'s request is its child: {call:#?} {served:#?}"
+        );
+    }
+    let counters = Counters(metrics)
+        .wait_for_counters(
+            &[
+                "sonde_traceparent_h2_injected",
+                "sonde_traceparent_h2_failed",
+            ],
+            |v| v[0] >= CURLS as u64,
+        )
+        .await;
+    assert_eq!(counters, [CURLS as u64, 0]);
+    assert_eq!(agent.stop(), 0);
 }
 
 /// Runs `client` (a script and its arguments, `PORT` standing for the

@@ -832,7 +832,11 @@ async fn never_a_wrong_parent(
 /// Starts the agent on the gateway's and leaf's ports, with /metrics.
 fn agent_for(ports: &[u16], receiver: &OtlpReceiver) -> (Agent, SocketAddr) {
     let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
-    Agent::start_with_metrics(&["--port", &ports.join(",")], &receiver.grpc_endpoint(), "grpc")
+    Agent::start_with_metrics(
+        &["--port", &ports.join(",")],
+        &receiver.grpc_endpoint(),
+        "grpc",
+    )
 }
 
 /// Runs the gateway `tests/apps/<script>` (under `program`, given the
