@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 
-use crate::{OtlpReceiver, ReceivedSpan, spans_of};
+use crate::{OtlpReceiver, ReceivedSpan};
 
 /// The `traceparent` the test clients send with their first call.
 pub const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
@@ -72,7 +72,7 @@ pub fn assert_suite(spans: &[ReceivedSpan], kind: SpanKind, server_port: u16) {
     }
 }
 
-/// Waits (see [`OtlpReceiver::settle`]) for a suite run's spans from the
+/// Waits (see [`OtlpReceiver::settle_pair`]) for a suite run's spans from the
 /// server and client processes, then asserts both sides.
 pub async fn assert_suite_traced(
     receiver: &OtlpReceiver,
@@ -81,19 +81,9 @@ pub async fn assert_suite_traced(
     wait: Duration,
     settle: Duration,
 ) {
-    let ours = |spans: &[ReceivedSpan]| {
-        (
-            spans_of(spans, server_pid, SpanKind::Server),
-            spans_of(spans, client_pid, SpanKind::Client),
-        )
-    };
-    let spans = receiver
-        .settle(wait, settle, |spans| {
-            let (served, made) = ours(spans);
-            served.len() >= 5 && made.len() >= 5
-        })
+    let (served, made) = receiver
+        .settle_pair((server_pid, client_pid), 5, wait, settle)
         .await;
-    let (served, made) = ours(&spans);
     assert_suite(&served, SpanKind::Server, server_port);
     assert_suite(&made, SpanKind::Client, server_port);
 }

@@ -79,11 +79,14 @@ pub enum Verbosity {
 
 /// The Go toolchains the Go tests build with (tests/tests/go.rs): Debian
 /// bookworm's 1.19, and from bookworm-backports 1.23 (both traced) and
-/// 1.22 (a release the agent has no offsets table entry for).
-const GO_TOOLCHAINS: &[(&str, Fix)] = &[
+/// 1.22 (a release the agent has no offsets table entry for); and gRPC-Go
+/// with its dependencies in /usr/share/gocode, which tests/apps/go_build.sh
+/// builds tests/apps/go_grpc against (GOPATH mode, no module download).
+const GO_PACKAGES: &[(&str, Fix)] = &[
     ("golang-1.19-go", Fix::Apt("golang-1.19-go")),
     ("golang-1.22-go", Fix::AptBackports("golang-1.22-go")),
     ("golang-1.23-go", Fix::AptBackports("golang-1.23-go")),
+    ("golang-google-grpc-dev", Fix::Apt("golang-google-grpc-dev")),
 ];
 
 /// The apt source added for [`Fix::AptBackports`].
@@ -356,8 +359,8 @@ fn check(groups: &[Group]) -> Vec<Checked> {
                 status: python_module(module, pip, apt),
             });
         }
-        let names: Vec<&str> = GO_TOOLCHAINS.iter().map(|(pkg, _)| *pkg).collect();
-        for ((pkg, fix), version) in GO_TOOLCHAINS.iter().zip(installed_debs(&names)) {
+        let names: Vec<&str> = GO_PACKAGES.iter().map(|(pkg, _)| *pkg).collect();
+        for ((pkg, fix), version) in GO_PACKAGES.iter().zip(installed_debs(&names)) {
             out.push(Checked {
                 name: pkg,
                 status: match version {
