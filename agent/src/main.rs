@@ -154,7 +154,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             // One thread for the whole hot path (reader, tracker, span
             // building, export): handing each batch between worker threads
             // cost more than the work (futex wakeups, cold caches), ~25% of
-            // the agent's CPU per request (`cargo xtask bench`). Discovery,
+            // the agent's CPU per request (alternating runs under the same
+            // nginx load, README "Latest results"). Discovery,
             // whose work is long and synchronous, has a thread of its own
             // (see `pipeline`).
             let runtime = tokio::runtime::Builder::new_current_thread()

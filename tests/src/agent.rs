@@ -159,11 +159,22 @@ impl Agent {
         otlp_endpoint: &str,
         protocol: &str,
     ) -> (Self, SocketAddr) {
+        Self::start_with_env_and_metrics(args, otlp_endpoint, protocol, &[])
+    }
+
+    /// [`Agent::start_with_metrics`] with extra environment variables.
+    pub fn start_with_env_and_metrics(
+        args: &[&str],
+        otlp_endpoint: &str,
+        protocol: &str,
+        env: &[(&str, &str)],
+    ) -> (Self, SocketAddr) {
         let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let port = metrics.port().to_string();
         let mut args = args.to_vec();
         args.extend(["--prometheus-port", &port]);
-        (Self::start(&args, otlp_endpoint, protocol), metrics)
+        let agent = Self::start_with_env(&args, otlp_endpoint, protocol, env);
+        (agent, metrics)
     }
 
     /// The agent's process id (for its memory use in /proc).

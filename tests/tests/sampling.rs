@@ -28,7 +28,7 @@ use sonde_tests::{
     agent::{Agent, config_file},
     apps::{Server, curl},
     chain::{CaptureServer, DONE, Interpreters, load, python_chain},
-    prometheus::{free_port, http_get},
+    prometheus::http_get,
     require_e2e,
 };
 
@@ -44,14 +44,8 @@ fn start_agent(
     yaml: Option<&str>,
     env: &[(&str, &str)],
 ) -> (Agent, SocketAddr) {
-    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let ports: Vec<String> = servers.iter().map(|s| s.port.to_string()).collect();
-    let mut args = vec![
-        "--port".to_owned(),
-        ports.join(","),
-        "--prometheus-port".to_owned(),
-        metrics.port().to_string(),
-    ];
+    let mut args = vec!["--port".to_owned(), ports.join(",")];
     if let Some(yaml) = yaml {
         let file = config_file(&format!("sampling-{}", ports.join("-")), yaml);
         args.extend([
@@ -63,7 +57,8 @@ fn start_agent(
     // Batches leave every 200 ms: a span not there after SETTLE is not coming.
     let mut env = env.to_vec();
     env.push(("OTEL_BSP_SCHEDULE_DELAY", "200"));
-    let agent = Agent::start_with_env(&args, &receiver.grpc_endpoint(), "grpc", &env);
+    let (agent, metrics) =
+        Agent::start_with_env_and_metrics(&args, &receiver.grpc_endpoint(), "grpc", &env);
     let pids: Vec<u32> = servers.iter().map(|s| s.pid()).collect();
     agent.wait_instrumented(&pids, WAIT);
     (agent, metrics)

@@ -7,11 +7,12 @@
 //! reader drains the data ring every [`DRAIN_INTERVAL`] and whenever it is
 //! woken. A wakeup per record costs the traced thread an irq_work and the
 //! agent a context switch per event; this way the agent wakes ~60 times a
-//! second under moderate load, once per [`wakeup_bytes`] above it (each drain then wakes the tracker and the
-//! exporter in turn: at 5,000 req/s a 4 ms interval cost the agent ~12 us
-//! of CPU per request, 16 ms ~7.5 us), and a burst still wakes it well
-//! before the ring fills. Records wait at most [`DRAIN_INTERVAL`] while data flows;
-//! when drains find nothing the interval doubles up to
+//! second under moderate load, once per [`wakeup_bytes`] above it (each
+//! drain then wakes the tracker and the exporter in turn: at 5,000 req/s a
+//! 4 ms interval cost the agent ~12 us of CPU per request, 16 ms ~7.5 us),
+//! and a burst still wakes it well before the ring fills. Records wait at
+//! most [`DRAIN_INTERVAL`] while data flows; when drains find nothing the
+//! interval doubles up to
 //! [`IDLE_DRAIN_INTERVAL`], so an idle agent wakes a few times a second
 //! (the first record after a quiet spell waits that long at most: spans
 //! are exported later anyway, and the traced process never waits on the
