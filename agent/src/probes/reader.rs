@@ -1,24 +1,27 @@
 //! The ring-buffer reader task: decodes every record and hands events on
 //! without ever waiting for a consumer.
 //!
-//! Wakeups: the kernel writes data records without waking the reader
-//! (`BPF_RB_NO_WAKEUP`) except the record that takes the backlog past a
-//! multiple of [`wakeup_bytes`] (one wakeup per that many bytes); the
-//! reader drains the data ring every [`DRAIN_INTERVAL`] and whenever it is
-//! woken. A wakeup per record costs the traced thread an irq_work and the
-//! agent a context switch per event; this way the agent wakes ~60 times a
-//! second under moderate load, once per [`wakeup_bytes`] above it (each
-//! drain then wakes the tracker and the exporter in turn: at 5,000 req/s a
-//! 4 ms interval cost the agent ~12 us of CPU per request, 16 ms ~7.5 us),
-//! and a burst still wakes it well before the ring fills. Records wait at
-//! most [`DRAIN_INTERVAL`] while data flows; when drains find nothing the
-//! interval doubles up to
-//! [`IDLE_DRAIN_INTERVAL`], so an idle agent wakes a few times a second
-//! (the first record after a quiet spell waits that long at most: spans
-//! are exported later anyway, and the traced process never waits on the
-//! reader). Process
-//! events (control ring) keep one wakeup per record: they are rare and
-//! selection should not wait.
+//! Wakeups: the reader paces itself. It drains the data ring on a timer
+//! whose interval follows the data rate, so a drain finds about
+//! [`DRAIN_TARGET_BYTES`] (~100 nginx requests) while data flows: every
+//! [`MIN_DRAIN_INTERVAL`] at saturation, every [`DRAIN_INTERVAL`] under
+//! moderate load, doubling up to [`IDLE_DRAIN_INTERVAL`] while drains find
+//! nothing (an idle agent wakes a few times a second; the first record
+//! after a quiet spell waits that long at most: spans are exported later
+//! anyway, and the traced process never waits on the reader). The kernel
+//! writes data records without waking the reader (`BPF_RB_NO_WAKEUP`)
+//! except the record that takes the backlog past a multiple of
+//! [`wakeup_bytes`]: a guard for bursts the timer has not caught up with,
+//! which steady load never reaches. A kernel wakeup costs the traced
+//! thread an irq_work (a self-IPI, a VM exit on a virtual machine): at
+//! nginx saturation, waking every 32 KiB of backlog put ~9% of the
+//! programs' time in `native_write_msr`. The timer costs the agent the
+//! same context switch and the traced threads nothing. Short drains
+//! matter on a small node: the agent's work comes in bursts, and the
+//! traced application's latency sees them (draining 256 KiB at a time
+//! added 744-984 µs to nginx's p99 at 20,000 req/s, 32 KiB -75-155 µs).
+//! Process events (control ring) keep one wakeup per record: they are
+//! rare and selection should not wait.
 //!
 //! Data and close events go to the connection tracker in batches (one
 //! channel send per drain, not per event). Their payloads are copied into
@@ -44,8 +47,14 @@ use tracing::debug;
 use super::decode::{KernelEvent, decode};
 use crate::telemetry::{Counter, Stats};
 
-/// How often the data ring is drained when the kernel does not wake the
-/// reader: how long a record waits at most.
+/// Bytes a drain should find while data flows: the timer interval follows
+/// the rate to keep drains near this size.
+pub const DRAIN_TARGET_BYTES: u64 = 32 * 1024;
+/// The shortest interval between two timer drains (tokio's timer wheel
+/// has millisecond slots).
+pub const MIN_DRAIN_INTERVAL: Duration = Duration::from_millis(1);
+/// The longest interval between two drains while data flows: how long a
+/// record waits at most under light load.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(16);
 /// The longest interval between two drains, reached after drains that
 /// found nothing.
@@ -65,15 +74,10 @@ pub type EventBatch = Vec<KernelEvent>;
 
 /// The backlog (bytes waiting in a data ring of `ring_bytes`) at each
 /// multiple of which the kernel wakes the reader: an eighth of the ring,
-/// so a burst is read long before the ring fills, and at most 32 KiB
-/// (~100 nginx requests), so the agent's work comes in short bursts. On a
-/// small node those bursts are what the traced application's latency
-/// sees: with 256 KiB (a 16 ms timer's worth at 20,000 req/s, ~1 ms of
-/// work) `cargo xtask bench` measured 744-984 µs added to nginx's p99 at
-/// 20,000 req/s and 51-58% of its throughput at saturation; with 32 KiB
-/// -75-155 µs and 62-68%, for the same agent CPU per request.
+/// at most 256 KiB. Only a burst faster than the drain timer's pace gets
+/// there (see the module doc), and it is read long before the ring fills.
 pub fn wakeup_bytes(ring_bytes: u32) -> u32 {
-    (ring_bytes / 8).min(32 * 1024)
+    (ring_bytes / 8).min(256 * 1024)
 }
 
 /// Where decoded events go.
@@ -96,31 +100,31 @@ pub async fn run_reader(
     let mut control = watch(control_ring)?;
     let mut payloads = BytesMut::new();
     let mut interval = DRAIN_INTERVAL;
+    let mut last_drain = Instant::now();
     // A deadline, not a sleep restarted at every loop: control events must
     // not postpone the data drain.
-    let mut next_drain = Instant::now() + interval;
+    let mut next_drain = last_drain + interval;
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
+        let woken = tokio::select! {
             () = &mut shutdown => break,
-            () = tokio::time::sleep_until(next_drain) => {
-                let drained = drain(data.get_mut(), &channels, &stats, &mut payloads);
-                interval = next_interval(interval, drained);
-                next_drain = Instant::now() + interval;
-            }
+            () = tokio::time::sleep_until(next_drain) => false,
             guard = data.readable_mut() => {
-                let mut guard = guard?;
-                drain(guard.get_inner_mut(), &channels, &stats, &mut payloads);
-                guard.clear_ready();
-                interval = DRAIN_INTERVAL;
-                next_drain = Instant::now() + interval;
+                guard?.clear_ready();
+                true
             }
             guard = control.readable_mut() => {
                 let mut guard = guard?;
                 drain(guard.get_inner_mut(), &channels, &stats, &mut payloads);
                 guard.clear_ready();
+                continue;
             }
-        }
+        };
+        let drained = drain(data.get_mut(), &channels, &stats, &mut payloads);
+        let now = Instant::now();
+        interval = next_interval(interval, now - last_drain, drained, woken);
+        last_drain = now;
+        next_drain = now + interval;
     }
     // Whatever the kernel wrote before shutdown still goes on.
     drain(data.get_mut(), &channels, &stats, &mut payloads);
@@ -135,18 +139,26 @@ fn watch(ring: RingBuf<MapData>) -> std::io::Result<AsyncFd<RingBuf<MapData>>> {
         .map_err(|e| e.into_parts().1)
 }
 
-/// The interval after a timer drain that read `drained` records: the
-/// shortest while data flows, doubling while there is none.
-fn next_interval(interval: Duration, drained: u64) -> Duration {
-    if drained > 0 {
-        DRAIN_INTERVAL
-    } else {
-        (interval * 2).min(IDLE_DRAIN_INTERVAL)
+/// The interval to the next timer drain, after one that found `drained`
+/// bytes `elapsed` after the one before (`woken`: the kernel asked for it,
+/// a burst): the time the current rate takes to bring
+/// [`DRAIN_TARGET_BYTES`], between [`MIN_DRAIN_INTERVAL`] and
+/// [`DRAIN_INTERVAL`]; doubling, up to [`IDLE_DRAIN_INTERVAL`], while
+/// drains find nothing.
+fn next_interval(interval: Duration, elapsed: Duration, drained: u64, woken: bool) -> Duration {
+    if drained == 0 {
+        return if woken {
+            interval
+        } else {
+            (interval * 2).min(IDLE_DRAIN_INTERVAL)
+        };
     }
+    let paced = elapsed.mul_f64(DRAIN_TARGET_BYTES as f64 / drained as f64);
+    paced.clamp(MIN_DRAIN_INTERVAL, DRAIN_INTERVAL)
 }
 
 /// Reads every record in `ring`, payloads into `payloads`; counters are
-/// added once per drain. Returns how many records it read.
+/// added once per drain. Returns how many bytes of records it read.
 fn drain(
     ring: &mut RingBuf<MapData>,
     channels: &ReaderChannels,
@@ -154,9 +166,10 @@ fn drain(
     payloads: &mut BytesMut,
 ) -> u64 {
     let mut batch = EventBatch::new();
-    let (mut received, mut undecodable, mut dropped) = (0, 0, 0);
+    let (mut received, mut undecodable, mut dropped, mut bytes) = (0, 0, 0, 0);
     while let Some(record) = ring.next() {
         received += 1;
+        bytes += record.len() as u64;
         if payloads.capacity() < record.len() {
             payloads.reserve(PAYLOAD_CHUNK.max(record.len()));
         }
@@ -197,7 +210,7 @@ fn drain(
             stats.add(counter, value);
         }
     }
-    received
+    bytes
 }
 
 /// Sends a batch; returns how many events were lost (all, if the channel
@@ -213,22 +226,58 @@ fn send(channel: &mpsc::Sender<EventBatch>, batch: EventBatch) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{DRAIN_INTERVAL, IDLE_DRAIN_INTERVAL, next_interval, wakeup_bytes};
+    use std::time::Duration;
+
+    use super::{
+        DRAIN_INTERVAL, DRAIN_TARGET_BYTES, IDLE_DRAIN_INTERVAL, MIN_DRAIN_INTERVAL, next_interval,
+        wakeup_bytes,
+    };
 
     #[test]
     fn wakeup_threshold_scales_with_the_ring_and_is_capped() {
         assert_eq!(wakeup_bytes(64 * 1024), 8 * 1024);
-        assert_eq!(wakeup_bytes(8 * 1024 * 1024), 32 * 1024);
+        assert_eq!(wakeup_bytes(8 * 1024 * 1024), 256 * 1024);
     }
 
     #[test]
-    fn drain_interval_backs_off_when_idle_and_resets_on_data() {
+    fn drain_interval_backs_off_when_idle() {
         let mut interval = DRAIN_INTERVAL;
         for _ in 0..20 {
-            interval = next_interval(interval, 0);
+            interval = next_interval(interval, interval, 0, false);
         }
         assert_eq!(interval, IDLE_DRAIN_INTERVAL);
-        assert_eq!(next_interval(interval, 3), DRAIN_INTERVAL);
-        assert_eq!(next_interval(DRAIN_INTERVAL, 0), DRAIN_INTERVAL * 2);
+        assert_eq!(
+            next_interval(DRAIN_INTERVAL, DRAIN_INTERVAL, 0, false),
+            DRAIN_INTERVAL * 2
+        );
+        // A wakeup that found the ring drained already changes nothing.
+        assert_eq!(
+            next_interval(DRAIN_INTERVAL, Duration::from_millis(3), 0, true),
+            DRAIN_INTERVAL
+        );
+    }
+
+    #[test]
+    fn drain_interval_follows_the_data_rate() {
+        let ms = Duration::from_millis;
+        // Half the target in 4 ms: 8 ms brings the target.
+        assert_eq!(
+            next_interval(ms(4), ms(4), DRAIN_TARGET_BYTES / 2, false),
+            ms(8)
+        );
+        // Four times the target in 4 ms (a wakeup): the shortest interval.
+        assert_eq!(
+            next_interval(ms(4), ms(4), DRAIN_TARGET_BYTES * 4, true),
+            MIN_DRAIN_INTERVAL
+        );
+        // Data after an idle spell: at most the interval of moderate load.
+        assert_eq!(
+            next_interval(IDLE_DRAIN_INTERVAL, IDLE_DRAIN_INTERVAL, 100, false),
+            DRAIN_INTERVAL
+        );
+        assert_eq!(
+            next_interval(ms(1), ms(1), DRAIN_TARGET_BYTES * 100, false),
+            MIN_DRAIN_INTERVAL
+        );
     }
 }
