@@ -31,7 +31,7 @@ use crate::{
     },
     maps::{DATA_EVENTS, DataScratch, TRACKED_CONNS, config, count_drop, data_ring_flags},
     read,
-    syscall_args::{Head, UserData, head_and_first_segment},
+    syscall_args::UserData,
 };
 
 /// Most steps a call can need: one per buffer, at most `UIO_MAXIOV`
@@ -81,6 +81,12 @@ fn capture_all(cookie: u64) {
 /// tuple, fd, direction, role, source): `total` bytes, of which up to the
 /// connection's capture limit (`own_capture_bytes`, 0 for the default) are
 /// copied from `data`.
+///
+/// The first piece is copied before anything is decided: the call's first
+/// bytes, which tell a request or a response start and the HTTP/2 client
+/// preface, are read from the copy, not by a read of their own (each user
+/// read is a helper call with its own access checks, ~10% of a call's
+/// cost).
 #[inline(always)]
 pub fn report_call(
     scratch: *mut DataScratch,
@@ -90,41 +96,40 @@ pub fn report_call(
 ) {
     // SAFETY: the per-CPU scratch slot is ours for the duration of the program.
     let (event, cursor) = unsafe { (&mut (*scratch).event, &mut (*scratch).cursor) };
-    let Head {
-        bytes: head,
-        len: head_len,
-        first_segment,
-    } = head_and_first_segment(data, total);
-    let limit = if head_len == 8 && head == HTTP2_PREFACE_START {
+    set(&mut cursor.reported, 0);
+    set(&mut cursor.filled, 0);
+    set(&mut cursor.base, 0);
+    set(&mut cursor.left, 0);
+    set(&mut cursor.next_iovec, 0);
+    let mut limit = capture_limit(own_capture_bytes);
+    let head_len = data.map_or(0, |data| copy_first_piece(scratch, data, total, limit));
+    let head = event.payload.as_ptr();
+    // SAFETY: the payload holds MAX_CAPTURE_BYTES >= 8 bytes; only the
+    // `head_len` copied ones are looked at.
+    if head_len >= 8
+        && unsafe { core::ptr::read_unaligned(head.cast::<[u8; 8]>()) } == HTTP2_PREFACE_START
+    {
         // The HTTP/2 client preface: every frame of the connection matters,
         // this call's included (the agent would learn it one call late).
         capture_all(event.socket_cookie);
-        MAX_CALL_CAPTURE_BYTES as u32
-    } else {
-        capture_limit(own_capture_bytes)
-    };
-    event.trace = trace_context_of(event, &head, head_len);
-    set(&mut cursor.reported, 0);
-    set(&mut cursor.filled, 0);
+        limit = MAX_CALL_CAPTURE_BYTES as u32;
+    }
+    event.trace = trace_context_of(event, head_len);
     if let Some(data) = data {
-        let single = data.buffer != 0;
-        // An iovec array's first entry was read for the head already: the
-        // copy starts in it (a read fewer per call). If that read failed,
-        // the loop reads it again and counts the failure.
-        let (base, left, next_iovec) = if single {
-            (data.buffer, u64::from(total), 0)
-        } else if first_segment.0 != 0 {
-            (first_segment.0, first_segment.1, 1)
-        } else {
-            (0, 0, 0)
-        };
-        set(&mut cursor.base, base);
-        set(&mut cursor.left, left);
-        set(&mut cursor.next_iovec, next_iovec);
+        let filled = get(&cursor.filled);
+        if filled >= MAX_CAPTURE_BYTES as u32 {
+            output(scratch, filled, filled);
+            set(&mut cursor.reported, filled);
+            set(&mut cursor.filled, 0);
+        }
         let mut args = StepArgs {
             scratch,
             iovecs: data.iovecs,
-            iovec_count: if single { 0 } else { data.iovec_count },
+            iovec_count: if data.buffer != 0 {
+                0
+            } else {
+                data.iovec_count
+            },
             limit: core::cmp::min(limit, total),
         };
         // SAFETY: `capture_step_callback` has bpf_loop's callback signature
@@ -149,6 +154,53 @@ pub fn report_call(
     if reported < total {
         output(scratch, 0, total - reported);
     }
+}
+
+/// Copies the start of the call's first buffer into the event's payload:
+/// up to the capture `limit`, but 8 bytes at least (enough to tell what
+/// the call starts), and leaves the cursor where the copy loop goes on.
+/// Returns the bytes copied. If the first buffer cannot be located, the
+/// loop reads the iovec again and counts the failure.
+#[inline(always)]
+fn copy_first_piece(scratch: *mut DataScratch, data: &UserData, total: u32, limit: u32) -> u32 {
+    // SAFETY: the per-CPU scratch slot is ours for the duration of the program.
+    let (event, cursor) = unsafe { (&mut (*scratch).event, &mut (*scratch).cursor) };
+    let (base, len) = if data.buffer != 0 {
+        (data.buffer, u64::from(total))
+    } else {
+        match data.first_segment() {
+            Some(segment) => segment,
+            None => return 0,
+        }
+    };
+    let want = core::cmp::max(core::cmp::min(limit, total), core::cmp::min(8, total));
+    let want = piece_bytes(core::cmp::min(len, u64::from(want)), 0);
+    // SAFETY: want <= MAX_CAPTURE_BYTES, the payload's size.
+    if unsafe { bpf_probe_read_user(event.payload.as_mut_ptr().cast(), want, base as *const _) }
+        != 0
+    {
+        count_drop(PAYLOAD_READ_FAILED);
+        // The loop has nothing left to read: the call is reported by length.
+        set(&mut cursor.next_iovec, u64::MAX);
+        return 0;
+    }
+    set(&mut cursor.base, base + u64::from(want));
+    set(&mut cursor.left, len - u64::from(want));
+    set(&mut cursor.next_iovec, u64::from(data.buffer == 0));
+    set(&mut cursor.filled, want);
+    want
+}
+
+/// Bytes to copy into the event being filled at `offset`: `want`, cut at
+/// the end of the payload, bounded by a constant for the verifier past a
+/// round trip the compiler cannot see through (it drops a bound it proves
+/// redundant): older verifiers (6.1's) do not bound the minimum of two
+/// unknown values. `offset < 4096` and the result `<= 4096` stay within
+/// the payload and the room `DataScratch` keeps after it.
+#[inline(always)]
+fn piece_bytes(want: u64, offset: u32) -> u32 {
+    let want = core::cmp::min(want, u64::from(MAX_CAPTURE_BYTES as u32 - offset)) as u32;
+    core::cmp::min(forget_precision(&mut 0, want), MAX_CAPTURE_BYTES as u32)
 }
 
 /// What every step of the capture loop needs, on the stack of
@@ -209,18 +261,12 @@ fn capture_step(args: &StepArgs) -> bool {
     }
     let base = get(&cursor.base);
     let offset = filled & PIECE_MASK;
-    let want = core::cmp::min(
+    let want = piece_bytes(
         core::cmp::min(left, u64::from(args.limit - reported - filled)),
-        u64::from(MAX_CAPTURE_BYTES as u32 - offset),
-    ) as u32;
-    // Bounded again by a constant for the verifier, past a round trip the
-    // compiler cannot see through (it drops a bound it proves redundant):
-    // older verifiers (6.1's) do not bound the minimum of two unknown
-    // values. offset < 4096 and want <= 4096 stay within the payload and
-    // the room DataScratch keeps after it.
-    let want = core::cmp::min(forget_precision(&mut 0, want), MAX_CAPTURE_BYTES as u32);
+        offset,
+    );
     let dst = event.payload.as_mut_ptr().wrapping_add(offset as usize);
-    // SAFETY: see above.
+    // SAFETY: see `piece_bytes`.
     if unsafe { bpf_probe_read_user(dst.cast(), want, base as *const _) } != 0 {
         count_drop(PAYLOAD_READ_FAILED);
         return false;
@@ -282,16 +328,17 @@ pub fn get<T: Copy>(slot: &T) -> T {
 }
 
 /// Span identity when this call starts a request, and the end of a served
-/// request when a server thread starts its response.
+/// request when a server thread starts its response; `head_len` bytes of
+/// the call are in the event's payload.
 #[inline(always)]
-fn trace_context_of(event: &SocketDataEvent, head: &[u8; 8], captured: u32) -> TraceContext {
+fn trace_context_of(event: &SocketDataEvent, head_len: u32) -> TraceContext {
     let tid = event.header.tid;
     let cookie = event.socket_cookie;
     let role = event.role;
-    let payload = head.as_ptr();
+    let payload = event.payload.as_ptr();
     if event.direction == DIRECTION_INGRESS {
         if role != ROLE_CLIENT {
-            return if is_request_start(payload, captured) {
+            return if is_request_start(payload, head_len) {
                 take_server_request(tid, cookie)
             } else {
                 take_server_request_update(cookie)
@@ -299,11 +346,14 @@ fn trace_context_of(event: &SocketDataEvent, head: &[u8; 8], captured: u32) -> T
         }
     } else {
         close_request_head(tid);
-        let http = role != ROLE_SERVER && is_request_start(payload, captured);
-        let db = role == ROLE_CLIENT && is_db_request_start(head, captured);
+        let http = role != ROLE_SERVER && is_request_start(payload, head_len);
+        // SAFETY: the payload holds MAX_CAPTURE_BYTES >= 8 bytes; the check
+        // looks at `head_len` of them.
+        let head = unsafe { core::ptr::read_unaligned(payload.cast::<[u8; 8]>()) };
+        let db = role == ROLE_CLIENT && is_db_request_start(&head, head_len);
         if http || db {
             return start_client_request(tid);
-        } else if role != ROLE_CLIENT && is_response_start(payload, captured) {
+        } else if role != ROLE_CLIENT && is_response_start(payload, head_len) {
             end_server_request(cookie);
         }
     }
