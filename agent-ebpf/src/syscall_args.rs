@@ -122,43 +122,15 @@ fn register(regs: *const u8, offset: usize) -> u64 {
 }
 
 /// The first bytes of the call's data, enough to tell a request or a
-/// response start: up to 8 bytes of its first buffer.
+/// response start: up to 8 bytes of its first buffer, and how many.
 #[inline(always)]
 pub fn head_of(data: Option<&UserData>, total: u32) -> ([u8; 8], u32) {
-    let head = head_and_first_segment(data, total);
-    (head.bytes, head.len)
-}
-
-/// What [`head_and_first_segment`] read.
-pub struct Head {
-    /// Up to 8 first bytes of the data.
-    pub bytes: [u8; 8],
-    /// How many of them were read.
-    pub len: u32,
-    /// The first buffer (`UserData::first_segment`), or `(0, 0)` if it
-    /// could not be read.
-    pub first_segment: (u64, u64),
-}
-
-/// The head of the call's data (see [`head_of`]) and where its first
-/// buffer is, so a copy of iovecs does not read the first one again.
-#[inline(always)]
-pub fn head_and_first_segment(data: Option<&UserData>, total: u32) -> Head {
-    let mut head = Head {
-        bytes: [0; 8],
-        len: 0,
-        first_segment: (0, 0),
-    };
+    let mut head = [0; 8];
     let Some((start, len)) = data.and_then(UserData::first_segment) else {
-        return head;
+        return (head, 0);
     };
-    head.first_segment = (start, len);
     let want = core::cmp::min(core::cmp::min(len, u64::from(total)), 8) as u32;
-    // SAFETY: `head.bytes` holds 8 >= want bytes.
-    let rc =
-        unsafe { bpf_probe_read_user(head.bytes.as_mut_ptr().cast(), want, start as *const _) };
-    if rc == 0 {
-        head.len = want;
-    }
-    head
+    // SAFETY: `head` holds 8 >= want bytes.
+    let rc = unsafe { bpf_probe_read_user(head.as_mut_ptr().cast(), want, start as *const _) };
+    (head, if rc == 0 { want } else { 0 })
 }
