@@ -95,14 +95,21 @@ pub fn is_response_start(payload: *const u8, len: u32) -> bool {
 /// A random, non-zero id of N bytes (N a multiple of 4).
 #[inline(always)]
 pub fn random_id<const N: usize>() -> [u8; N] {
-    let mut id = [0u8; N];
+    const { assert!(N % 4 == 0) };
+    // Filled word by word without zeroing it first: zeroing compiles to a
+    // call to memset, a byte loop in BPF.
+    let mut id = core::mem::MaybeUninit::<[u8; N]>::uninit();
+    let bytes = id.as_mut_ptr().cast::<u8>();
     let mut i = 0;
     while i < N {
-        // SAFETY: always-safe helper.
-        let word = unsafe { bpf_get_prandom_u32() };
-        id[i..i + 4].copy_from_slice(&word.to_le_bytes());
+        // SAFETY: always-safe helper; i + 4 <= N, inside the array.
+        unsafe {
+            core::ptr::write_unaligned(bytes.add(i).cast::<u32>(), bpf_get_prandom_u32());
+        }
         i += 4;
     }
+    // SAFETY: every byte was written above.
+    let mut id = unsafe { id.assume_init() };
     id[0] |= 1;
     id
 }
@@ -243,9 +250,14 @@ pub fn take_server_request_update(cookie: u64) -> TraceContext {
     TraceContext::default()
 }
 
-/// Zeroes the 64 bytes after `len` in a scratch buffer: scans read whole
-/// words and fixed-size values past the end, which must not see bytes left
-/// by an earlier message.
+/// Zeroes at least the 64 bytes after `len` in a scratch buffer: scans
+/// read whole words and fixed-size values past the end, which must not see
+/// bytes left by an earlier message.
+///
+/// In aligned 8-byte stores: the word `len` falls in keeps its first bytes,
+/// the next eight are cleared. A 64-byte zero fill at an unaligned offset
+/// compiles to a call to memset, a byte loop in BPF (~2% of the receive
+/// programs' time at nginx saturation).
 #[inline(always)]
 pub fn zero_tail(bytes: &mut [u8; 2048], len: u32) {
     // A full window (`len == SCAN_LIMIT`) ends at SCAN_LIMIT: masking it
@@ -255,13 +267,21 @@ pub fn zero_tail(bytes: &mut [u8; 2048], len: u32) {
     } else {
         len & (SCAN_LIMIT - 1)
     } as usize;
-    // SAFETY: start <= 1024, so start + 64 <= 2048.
+    let word = start & !7;
+    // Little endian: the message's bytes are the word's low ones.
+    let kept = (1u64 << ((start & 7) * 8)) - 1;
+    let words = bytes.as_mut_ptr().wrapping_add(word).cast::<u64>();
+    // SAFETY: the scratch is map memory, 8-byte aligned, and word <= 1024,
+    // so the nine words end within its 2048 bytes. Volatile stores: the
+    // compiler would turn a plain zeroing loop back into memset.
     unsafe {
-        core::ptr::write_unaligned(
-            bytes.as_mut_ptr().wrapping_add(start).cast::<[u8; 64]>(),
-            [0; 64],
-        )
-    };
+        *words &= kept;
+        let mut i = 1;
+        while i <= 8 {
+            core::ptr::write_volatile(words.wrapping_add(i), 0);
+            i += 1;
+        }
+    }
 }
 
 /// The context [`scan_received`] made for the request thread
