@@ -225,8 +225,7 @@ impl ProcessRegistry {
             .map(str::to_owned)
             .or_else(|| process.env_service_name.clone())
             .unwrap_or_else(|| process.exe_name.clone());
-        let str_attr =
-            |key: &str, value: &str| (key.to_owned(), AttributeValue::Str(value.to_owned()));
+        let str_attr = |key: &str, value: &str| (key.to_owned(), AttributeValue::from(value));
         let mut attributes = vec![
             str_attr("service.name", &service_name),
             str_attr(
@@ -252,7 +251,7 @@ impl ProcessRegistry {
                 found
                     .resource_attributes()
                     .into_iter()
-                    .map(|(key, value)| (key, AttributeValue::Str(value))),
+                    .map(|(key, value)| (key, AttributeValue::from(value))),
             );
             key = format!(
                 "{key}:{}:{}",
@@ -275,7 +274,7 @@ pub fn agent_resource(node_name: Option<&str>) -> Resource {
     let host_name = host_name();
     let pid = std::process::id();
     let start = Procfs::default().start_time(pid).unwrap_or(0);
-    let str_attr = |key: &str, value: &str| (key.to_owned(), AttributeValue::Str(value.to_owned()));
+    let str_attr = |key: &str, value: &str| (key.to_owned(), AttributeValue::from(value));
     let mut attributes = vec![
         str_attr("service.name", AGENT_NAME),
         str_attr("service.version", AGENT_VERSION),
@@ -382,11 +381,7 @@ mod tests {
             ("k8s.replicaset.name", "checkout-7d4b9c8f5"),
             ("k8s.deployment.name", "checkout"),
         ] {
-            assert_eq!(
-                attr(&after, key),
-                AttributeValue::Str(value.into()),
-                "{key}"
-            );
+            assert_eq!(attr(&after, key), AttributeValue::from(value), "{key}");
         }
         assert_ne!(after.key, before.key, "a new pod version is a new resource");
         assert!(
@@ -412,7 +407,7 @@ mod tests {
             plain["process.pid"],
             AttributeValue::Int(std::process::id().into())
         );
-        assert_eq!(plain["host.name"], AttributeValue::Str(host_name()));
+        assert_eq!(plain["host.name"], AttributeValue::from(host_name()));
         assert!(!plain.contains_key("k8s.node.name"));
         let on_node = attributes(Some("node-a"));
         assert_eq!(on_node["k8s.node.name"], AttributeValue::from("node-a"));

@@ -123,9 +123,9 @@ fn status_text(span: &Span) -> String {
     .find_map(|key| span.attribute(key));
     match (code, &span.status) {
         (Some(AttributeValue::Int(code)), _) => code.to_string(),
-        (Some(AttributeValue::Str(code)), _) => code.clone(),
+        (Some(AttributeValue::Str(code)), _) => code.to_string(),
         (_, SpanStatus::Error(description)) => match span.attribute("error.type") {
-            Some(AttributeValue::Str(error_type)) => error_type.clone(),
+            Some(AttributeValue::Str(error_type)) => error_type.to_string(),
             _ if !description.is_empty() => description.clone(),
             _ => "ERROR".to_owned(),
         },

@@ -521,7 +521,7 @@ fn data_point(point: &Point, bounds: &[f64], now_unix_ns: u64) -> HistogramDataP
             .iter()
             .map(|(key, value)| {
                 let value = match value {
-                    LabelValue::Str(text) => AttributeValue::Str(text.to_string()),
+                    LabelValue::Str(text) => AttributeValue::from(text.as_ref()),
                     LabelValue::Int(number) => AttributeValue::Int(*number),
                     LabelValue::Bool(flag) => AttributeValue::Bool(*flag),
                 };

@@ -272,7 +272,7 @@ fn identity_labels(resource: &Resource) -> Vec<(String, String)> {
 
 fn label_value(value: &AttributeValue) -> String {
     match value {
-        AttributeValue::Str(text) => text.clone(),
+        AttributeValue::Str(text) => text.to_string(),
         AttributeValue::Int(number) => number.to_string(),
         AttributeValue::Float(number) => number.to_string(),
         AttributeValue::Bool(flag) => flag.to_string(),

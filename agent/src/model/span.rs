@@ -1,7 +1,7 @@
 //! The agent's span: what span building produces and exporters consume.
 //! Kept independent of any wire format; `export::otlp` maps it to OTLP.
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 /// A W3C trace id (16 bytes, never all zero).
 pub type TraceId = [u8; 16];
@@ -29,8 +29,9 @@ pub enum SpanStatus {
 /// An attribute value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttributeValue {
-    /// String.
-    Str(String),
+    /// String: borrowed when it is one of a fixed set (methods, schemes,
+    /// protocol versions), which spares an allocation per span for each.
+    Str(Cow<'static, str>),
     /// Integer.
     Int(i64),
     /// Float.
@@ -41,12 +42,18 @@ pub enum AttributeValue {
 
 impl From<&str> for AttributeValue {
     fn from(value: &str) -> Self {
-        Self::Str(value.to_owned())
+        Self::Str(Cow::Owned(value.to_owned()))
     }
 }
 impl From<String> for AttributeValue {
     fn from(value: String) -> Self {
-        Self::Str(value)
+        Self::Str(Cow::Owned(value))
+    }
+}
+impl AttributeValue {
+    /// A string from a fixed set, kept without a copy.
+    pub fn fixed(value: &'static str) -> Self {
+        Self::Str(Cow::Borrowed(value))
     }
 }
 impl From<i64> for AttributeValue {

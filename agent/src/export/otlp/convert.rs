@@ -426,7 +426,7 @@ pub(crate) fn encoded_size_estimate(span: &Span) -> usize {
 /// One OTLP attribute.
 pub(crate) fn key_value(key: String, value: AttributeValue) -> KeyValue {
     let value = match value {
-        AttributeValue::Str(text) => any_value::Value::StringValue(text),
+        AttributeValue::Str(text) => any_value::Value::StringValue(text.into_owned()),
         AttributeValue::Int(number) => any_value::Value::IntValue(number),
         AttributeValue::Float(number) => any_value::Value::DoubleValue(number),
         AttributeValue::Bool(flag) => any_value::Value::BoolValue(flag),

@@ -11,7 +11,7 @@ use crate::{
         call::{Call, Outcome},
         db::DbCall,
         measure::{Measurement, Protocol, ServerAddress},
-        span::{Attribute, SpanKind, SpanStatus},
+        span::{Attribute, AttributeValue, SpanKind, SpanStatus},
     },
     protocols::{DescribeOptions, Description, SpanParts, http::unanswered},
 };
@@ -45,7 +45,10 @@ pub fn describe<'a>(
     let server = call.conn.remote;
     let server_address = server.ip().to_string();
     let span = with_span.then(|| {
-        let mut attributes = vec![Attribute::new("db.system.name", system)];
+        let mut attributes = vec![Attribute::new(
+            "db.system.name",
+            AttributeValue::fixed(system),
+        )];
         let mut push = |key: &'static str, value: &Option<String>| {
             if let Some(value) = value {
                 attributes.push(Attribute::new(key, value.as_str()));

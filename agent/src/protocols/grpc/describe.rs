@@ -17,7 +17,7 @@ use crate::{
     model::{
         call::{Call, Outcome, RequestInfo, RpcInfo},
         measure::{Measurement, Protocol, ServerAddress},
-        span::{Attribute, SpanKind, SpanStatus},
+        span::{Attribute, AttributeValue, SpanKind, SpanStatus},
     },
     protocols::{
         Description, SpanParts,
@@ -94,7 +94,10 @@ pub fn describe<'a>(
     let span = with_span.then(|| {
         let mut attributes = Vec::new();
         if conventions != RpcConventions::Legacy {
-            attributes.push(Attribute::new("rpc.system.name", SYSTEM));
+            attributes.push(Attribute::new(
+                "rpc.system.name",
+                AttributeValue::fixed(SYSTEM),
+            ));
             attributes.push(Attribute::new(
                 "rpc.method",
                 full_name.as_deref().unwrap_or(UNKNOWN_METHOD),
@@ -104,7 +107,7 @@ pub fn describe<'a>(
             }
         }
         if conventions != RpcConventions::Current {
-            attributes.push(Attribute::new("rpc.system", SYSTEM));
+            attributes.push(Attribute::new("rpc.system", AttributeValue::fixed(SYSTEM)));
             if let Some(method) = &rpc.method {
                 attributes.push(Attribute::new("rpc.service", method.service.as_str()));
                 if conventions == RpcConventions::Legacy {
@@ -126,7 +129,7 @@ pub fn describe<'a>(
         attributes.push(Attribute::new("network.peer.port", i64::from(peer.port())));
         attributes.push(Attribute::new(
             "network.protocol.version",
-            request.version.as_str(),
+            AttributeValue::fixed(request.version.as_str()),
         ));
         if let Some(error_type) = &error_type {
             attributes.push(Attribute::new("error.type", error_type.as_ref()));

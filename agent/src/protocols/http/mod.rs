@@ -12,7 +12,7 @@ use super::{DescribeOptions, Description, SpanParts, http2::parse as http2, span
 use crate::model::{
     call::{Call, Outcome, RequestInfo},
     measure::{Measurement, Protocol, ServerAddress},
-    span::{Attribute, SpanKind, SpanStatus},
+    span::{Attribute, AttributeValue, SpanKind, SpanStatus},
 };
 
 /// Methods the conventions know; anything else is reported as `_OTHER`.
@@ -74,7 +74,10 @@ pub fn describe<'a>(
     let span = with_span.then(|| {
         // Room for all of them: growing the vector was ~3% of the agent's CPU.
         let mut attributes = Vec::with_capacity(MAX_ATTRIBUTES);
-        attributes.push(Attribute::new("http.request.method", method));
+        attributes.push(Attribute::new(
+            "http.request.method",
+            AttributeValue::fixed(method),
+        ));
         if let Some(original) = original_method {
             attributes.push(Attribute::new("http.request.method_original", original));
         }
@@ -93,7 +96,7 @@ pub fn describe<'a>(
                 {
                     attributes.push(Attribute::new("url.query", query));
                 }
-                attributes.push(Attribute::new("url.scheme", scheme));
+                attributes.push(Attribute::new("url.scheme", AttributeValue::fixed(scheme)));
                 attributes.push(Attribute::new("client.address", peer_address.clone()));
             }
             SpanKind::Client if path_known => {
@@ -119,7 +122,7 @@ pub fn describe<'a>(
         attributes.push(Attribute::new("network.peer.port", i64::from(peer.port())));
         attributes.push(Attribute::new(
             "network.protocol.version",
-            request.version.as_str(),
+            AttributeValue::fixed(request.version.as_str()),
         ));
         if kind == SpanKind::Server
             && let Some(user_agent) = &request.user_agent
@@ -190,9 +193,9 @@ pub(crate) fn unanswered(outcome: &Outcome) -> (&'static str, &'static str) {
 }
 
 /// `(method attribute, original method if it was not a known one)`.
-fn normalize_method(method: &str) -> (&str, Option<&str>) {
+fn normalize_method(method: &str) -> (&'static str, Option<&str>) {
     match KNOWN_METHODS.iter().find(|known| **known == method) {
-        Some(known) => (known, None),
+        Some(known) => (*known, None),
         None => ("_OTHER", Some(method)),
     }
 }
