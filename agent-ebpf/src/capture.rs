@@ -80,13 +80,8 @@ fn capture_all(cookie: u64) {
 /// Sends the call whose identity is in `scratch.event` (header, cookie,
 /// tuple, fd, direction, role, source): `total` bytes, of which up to the
 /// connection's capture limit (`own_capture_bytes`, 0 for the default) are
-/// copied from `data`.
-///
-/// The first piece is copied before anything is decided: the call's first
-/// bytes, which tell a request or a response start and the HTTP/2 client
-/// preface, are read from the copy, not by a read of their own (each user
-/// read is a helper call with its own access checks, ~10% of a call's
-/// cost).
+/// copied from `data`. [`begin_call`] then [`finish_call`], for callers
+/// with nothing to do between the two.
 #[inline(always)]
 pub fn report_call(
     scratch: *mut DataScratch,
@@ -94,15 +89,52 @@ pub fn report_call(
     total: u32,
     own_capture_bytes: u32,
 ) {
+    begin_call(scratch, data, total, own_capture_bytes, 0);
+    finish_call(scratch, data, total, own_capture_bytes);
+}
+
+/// Starts a call's report: copies its first piece into the event's
+/// payload, before anything is decided: the call's first bytes, which tell
+/// a request or a response start and the HTTP/2 client preface, are read
+/// from the copy, not by a read of their own (each user read is a helper
+/// call with its own access checks, ~10% of a call's cost). `at_least`
+/// bytes of the first buffer are copied whatever the capture limit (the
+/// header scan's window, see `socket_call`), though only the limit's are
+/// sent. Returns the bytes copied.
+#[inline(always)]
+pub fn begin_call(
+    scratch: *mut DataScratch,
+    data: Option<&UserData>,
+    total: u32,
+    own_capture_bytes: u32,
+    at_least: u32,
+) -> u32 {
     // SAFETY: the per-CPU scratch slot is ours for the duration of the program.
-    let (event, cursor) = unsafe { (&mut (*scratch).event, &mut (*scratch).cursor) };
+    let cursor = unsafe { &mut (*scratch).cursor };
     set(&mut cursor.reported, 0);
     set(&mut cursor.filled, 0);
     set(&mut cursor.base, 0);
     set(&mut cursor.left, 0);
     set(&mut cursor.next_iovec, 0);
+    let limit = capture_limit(own_capture_bytes);
+    data.map_or(0, |data| {
+        copy_first_piece(scratch, data, total, limit, at_least)
+    })
+}
+
+/// Sends the call [`begin_call`] started, with the same arguments: the
+/// rest of its data, up to the capture limit, and its span identity.
+#[inline(always)]
+pub fn finish_call(
+    scratch: *mut DataScratch,
+    data: Option<&UserData>,
+    total: u32,
+    own_capture_bytes: u32,
+) {
+    // SAFETY: the per-CPU scratch slot is ours for the duration of the program.
+    let (event, cursor) = unsafe { (&mut (*scratch).event, &mut (*scratch).cursor) };
     let mut limit = capture_limit(own_capture_bytes);
-    let head_len = data.map_or(0, |data| copy_first_piece(scratch, data, total, limit));
+    let head_len = get(&cursor.filled);
     let head = event.payload.as_ptr();
     // SAFETY: the payload holds MAX_CAPTURE_BYTES >= 8 bytes; only the
     // `head_len` copied ones are looked at.
@@ -159,10 +191,18 @@ pub fn report_call(
 /// Copies the start of the call's first buffer into the event's payload:
 /// up to the capture `limit`, but 8 bytes at least (enough to tell what
 /// the call starts), and leaves the cursor where the copy loop goes on.
-/// Returns the bytes copied. If the first buffer cannot be located, the
-/// loop reads the iovec again and counts the failure.
+/// Up to `at_least` bytes are copied in any case; those past the limit
+/// are left out of the event. Returns the bytes copied. If the first
+/// buffer cannot be located, the loop reads the iovec again and counts
+/// the failure.
 #[inline(always)]
-fn copy_first_piece(scratch: *mut DataScratch, data: &UserData, total: u32, limit: u32) -> u32 {
+fn copy_first_piece(
+    scratch: *mut DataScratch,
+    data: &UserData,
+    total: u32,
+    limit: u32,
+    at_least: u32,
+) -> u32 {
     // SAFETY: the per-CPU scratch slot is ours for the duration of the program.
     let (event, cursor) = unsafe { (&mut (*scratch).event, &mut (*scratch).cursor) };
     let (base, len) = if data.buffer != 0 {
@@ -173,10 +213,11 @@ fn copy_first_piece(scratch: *mut DataScratch, data: &UserData, total: u32, limi
             None => return 0,
         }
     };
-    let want = core::cmp::max(core::cmp::min(limit, total), core::cmp::min(8, total));
-    let want = piece_bytes(core::cmp::min(len, u64::from(want)), 0);
-    // SAFETY: want <= MAX_CAPTURE_BYTES, the payload's size.
-    if unsafe { bpf_probe_read_user(event.payload.as_mut_ptr().cast(), want, base as *const _) }
+    let kept = core::cmp::max(core::cmp::min(limit, total), core::cmp::min(8, total));
+    let want = core::cmp::max(kept, core::cmp::min(at_least, total));
+    let copied = piece_bytes(core::cmp::min(len, u64::from(want)), 0);
+    // SAFETY: copied <= MAX_CAPTURE_BYTES, the payload's size.
+    if unsafe { bpf_probe_read_user(event.payload.as_mut_ptr().cast(), copied, base as *const _) }
         != 0
     {
         count_drop(PAYLOAD_READ_FAILED);
@@ -184,11 +225,12 @@ fn copy_first_piece(scratch: *mut DataScratch, data: &UserData, total: u32, limi
         set(&mut cursor.next_iovec, u64::MAX);
         return 0;
     }
-    set(&mut cursor.base, base + u64::from(want));
-    set(&mut cursor.left, len - u64::from(want));
+    let kept = core::cmp::min(copied, kept);
+    set(&mut cursor.base, base + u64::from(kept));
+    set(&mut cursor.left, len - u64::from(kept));
     set(&mut cursor.next_iovec, u64::from(data.buffer == 0));
-    set(&mut cursor.filled, want);
-    want
+    set(&mut cursor.filled, kept);
+    copied
 }
 
 /// Bytes to copy into the event being filled at `offset`: `want`, cut at

@@ -10,8 +10,9 @@
 //!   the response starts (the entry stays for the connection's next request
 //!   until it closes); meanwhile the request is
 //!   in flight on the thread that read it (`IN_FLIGHT`: a count and the XOR
-//!   of the connections). The header scan ([`scan_received`]) runs first
-//!   in the receive's program, in a function the verifier checks apart
+//!   of the connections). The header scan ([`scan_copied`]) runs on the
+//!   capture's copy of the read's first bytes, before the capture decides
+//!   anything else, in a function the verifier checks apart
 //!   (`socket_call::sonde_scan_request`: it explores a program's paths as
 //!   a product, and scan and capture together exceed its limits); the
 //!   capture then reports the context with the data.
@@ -66,7 +67,7 @@ const CTX_FRESH: u32 = 1 << 31;
 pub const GO_CONTEXT_KEY: u32 = 1 << 31;
 
 /// How far into a captured head the `traceparent` header is looked for.
-const SCAN_LIMIT: u32 = 1024;
+pub const SCAN_LIMIT: u32 = 1024;
 /// Scan offsets are masked with this; `TRACE_SCRATCH` has room past it.
 const MASK: u32 = SCAN_LIMIT - 1;
 /// Length of `traceparent:`.
@@ -95,7 +96,7 @@ pub fn is_response_start(payload: *const u8, len: u32) -> bool {
 /// A random, non-zero id of N bytes (N a multiple of 4).
 #[inline(always)]
 pub fn random_id<const N: usize>() -> [u8; N] {
-    const { assert!(N % 4 == 0) };
+    const { assert!(N.is_multiple_of(4)) };
     // Filled word by word without zeroing it first: zeroing compiles to a
     // call to memset, a byte loop in BPF.
     let mut id = core::mem::MaybeUninit::<[u8; N]>::uninit();
@@ -115,27 +116,40 @@ pub fn random_id<const N: usize>() -> [u8; N] {
 }
 
 /// Looks at `len` bytes thread `tid` just received on connection `cookie`
-/// at user address `buffer`: a request start gets a server context (also
-/// one whose first byte came alone just before, see [`LONE_BYTE`]), the
-/// rest of a head may bring its `traceparent`. Shared by the socket path
-/// (`socket_call`) and the TLS plaintext paths (`probes::openssl`, `probes::go_tls`).
+/// at user address `buffer` (see [`scan_copied`]), read into the header
+/// scan's scratch first. The TLS plaintext paths' (`probes::openssl`,
+/// `probes::go_tls`).
 #[inline(always)]
 pub fn scan_received(tid: u32, cookie: u64, buffer: u64, len: u64) -> Option<()> {
     let len = core::cmp::min(len, u64::from(SCAN_LIMIT)) as u32;
     let scratch = TRACE_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch, ours for this program's run.
-    let scratch = unsafe { &mut *scratch };
+    let bytes = unsafe { (*scratch).bytes.as_mut_ptr() };
     let len = core::cmp::min(len, SCAN_LIMIT);
     // SAFETY: the destination holds SCAN_LIMIT bytes at least.
-    if unsafe { bpf_probe_read_user(scratch.bytes.as_mut_ptr().cast(), len, buffer as *const _) }
-        != 0
-    {
+    if unsafe { bpf_probe_read_user(bytes.cast(), len, buffer as *const _) } != 0 {
         return None;
     }
-    zero_tail(&mut scratch.bytes, len);
-    let payload = scratch.bytes.as_ptr();
+    scan_copied(tid, cookie, bytes, len)
+}
+
+/// Looks at the `copied` bytes thread `tid` just received on connection
+/// `cookie`, already in map memory at `bytes` (8-byte aligned, writable
+/// for at least 72 bytes past them): a request start gets a server
+/// context (also one whose first byte came alone just before, see
+/// [`LONE_BYTE`]), the rest of a head may bring its `traceparent`. The
+/// first `SCAN_LIMIT` bytes are looked at. Shared by the socket path
+/// (`socket_call`, on the capture's own copy) and [`scan_received`].
+#[inline(always)]
+pub fn scan_copied(tid: u32, cookie: u64, bytes: *mut u8, copied: u32) -> Option<()> {
+    let scratch = TRACE_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch, ours for this program's run.
+    let scratch = unsafe { &mut *scratch };
+    zero_tail(bytes, copied);
+    let len = core::cmp::min(copied, SCAN_LIMIT);
+    let payload = bytes.cast_const();
     if len == 1 {
-        // SAFETY: one byte was read into the scratch.
+        // SAFETY: one byte was copied.
         keep_lone_byte(cookie, unsafe { *payload });
         return None;
     }
@@ -160,7 +174,7 @@ pub fn scan_received(tid: u32, cookie: u64, buffer: u64, len: u64) -> Option<()>
     // case (see forget_precision).
     // SAFETY: writing our own per-CPU scratch.
     unsafe { core::ptr::write_volatile(&mut scratch.case, case) };
-    let search = scan_head(scratch, len);
+    let search = scan_head(scratch, payload, len);
     let parent = parent_from(payload, search, &mut scratch.slot);
     if search == HeadSearch::Open && parent.is_none() {
         let _ = HEAD_OPEN.insert(tid, cookie, 0);
@@ -250,30 +264,29 @@ pub fn take_server_request_update(cookie: u64) -> TraceContext {
     TraceContext::default()
 }
 
-/// Zeroes at least the 64 bytes after `len` in a scratch buffer: scans
-/// read whole words and fixed-size values past the end, which must not see
-/// bytes left by an earlier message.
+/// Zeroes at least the 64 bytes after the first `len` at `bytes` (map
+/// memory, 8-byte aligned, writable for 72 bytes past them) where scans
+/// look: they read whole words and fixed-size values past the end, which
+/// must not see bytes left by an earlier message. Past `SCAN_LIMIT` + 64
+/// no scan looks, and the bytes are the message's own: nothing to clear.
 ///
 /// In aligned 8-byte stores: the word `len` falls in keeps its first bytes,
 /// the next eight are cleared. A 64-byte zero fill at an unaligned offset
 /// compiles to a call to memset, a byte loop in BPF (~2% of the receive
 /// programs' time at nginx saturation).
 #[inline(always)]
-pub fn zero_tail(bytes: &mut [u8; 2048], len: u32) {
-    // A full window (`len == SCAN_LIMIT`) ends at SCAN_LIMIT: masking it
-    // would wrap to 0 and wipe the start of the message.
-    let start = if len >= SCAN_LIMIT {
-        SCAN_LIMIT
-    } else {
-        len & (SCAN_LIMIT - 1)
-    } as usize;
+pub fn zero_tail(bytes: *mut u8, len: u32) {
+    if len >= SCAN_LIMIT + 64 {
+        return;
+    }
+    let start = len as usize;
     let word = start & !7;
     // Little endian: the message's bytes are the word's low ones.
     let kept = (1u64 << ((start & 7) * 8)) - 1;
-    let words = bytes.as_mut_ptr().wrapping_add(word).cast::<u64>();
-    // SAFETY: the scratch is map memory, 8-byte aligned, and word <= 1024,
-    // so the nine words end within its 2048 bytes. Volatile stores: the
-    // compiler would turn a plain zeroing loop back into memset.
+    let words = bytes.wrapping_add(word).cast::<u64>();
+    // SAFETY: aligned, and within the 72 writable bytes past `len` (the
+    // caller's guarantee). Volatile stores: the compiler would turn a plain
+    // zeroing loop back into memset.
     unsafe {
         *words &= kept;
         let mut i = 1;
@@ -605,17 +618,16 @@ enum HeadSearch {
 }
 
 /// Looks for `traceparent:` at line starts (any case) in the first
-/// `captured` bytes of the scratch, and whether the head ends there.
+/// `captured` bytes at `payload`, and whether the head ends there.
 /// The read may itself start at a line start (a head written in pieces).
-/// Bytes past `captured` are zero (`zero_tail`).
+/// Bytes past `captured` are zero, or the message's own (`zero_tail`).
 ///
 /// The scan is a `bpf_loop` over the words (8 bytes) of the read: the
 /// verifier checks its callback once, where it walked every iteration of
 /// an inlined loop (up to 128, each a state compared with the earlier ones).
 #[inline(always)]
-fn scan_head(scratch: &mut TraceScratch, captured: u32) -> HeadSearch {
+fn scan_head(scratch: &mut TraceScratch, payload: *const u8, captured: u32) -> HeadSearch {
     let scanned = core::cmp::min(captured, SCAN_LIMIT);
-    let payload = scratch.bytes.as_ptr();
     // SAFETY: the scratch holds at least 16 bytes.
     let start: [u8; 2] = unsafe { core::ptr::read_unaligned(payload.cast()) };
     if start == *b"\r\n" {
@@ -631,6 +643,7 @@ fn scan_head(scratch: &mut TraceScratch, captured: u32) -> HeadSearch {
         unsafe { core::ptr::write_volatile(&mut scratch.found, 0) };
         let mut args = ScanArgs {
             scratch: core::ptr::from_mut(scratch),
+            payload,
         };
         // SAFETY: `scan_step_callback` has bpf_loop's callback signature and
         // `args` outlives the call.
@@ -668,15 +681,17 @@ fn scan_head(scratch: &mut TraceScratch, captured: u32) -> HeadSearch {
 /// hands its callback a stack pointer).
 #[repr(C)]
 struct ScanArgs {
-    /// The per-CPU scratch holding the read.
+    /// The per-CPU scratch, where the step leaves what it found.
     scratch: *mut TraceScratch,
+    /// The read's bytes.
+    payload: *const u8,
 }
 
 /// The `bpf_loop` callback of [`scan_head`]: 0 to go on, 1 to stop.
 extern "C" fn scan_step_callback(index: u64, args: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes the `ScanArgs` scan_head gave it.
     let args = unsafe { &*args.cast::<ScanArgs>() };
-    if scan_step(args.scratch, index as u32) {
+    if scan_step(args.scratch, args.payload, index as u32) {
         0
     } else {
         1
@@ -692,10 +707,9 @@ extern "C" fn scan_step_callback(index: u64, args: *mut c_void) -> i64 {
 /// Looks at the bytes of a word only if it holds a newline, and compares
 /// the header name without branches: the callback's paths stay few.
 #[inline(always)]
-fn scan_step(scratch: *mut TraceScratch, index: u32) -> bool {
+fn scan_step(scratch: *mut TraceScratch, payload: *const u8, index: u32) -> bool {
     // SAFETY: the per-CPU scratch is ours for this program's run.
     let scratch = unsafe { &mut *scratch };
-    let payload = scratch.bytes.as_ptr();
     let base = (index * 8) & MASK;
     // SAFETY: base < SCAN_LIMIT and the scratch has room past it.
     let bytes =

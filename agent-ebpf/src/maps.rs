@@ -341,7 +341,17 @@ pub struct PendingCall {
     pub total: u32,
     /// The connection's own capture limit (0: the default).
     pub capture_bytes: u32,
-    pub reserved: u32,
+    /// Bytes of the call's first buffer in the event's payload, which the
+    /// header scan looks at (see `socket_call`).
+    pub copied: u32,
+}
+
+impl PendingCall {
+    /// Where the call's data is, if known.
+    #[inline(always)]
+    pub fn data(&self) -> Option<&UserData> {
+        (self.has_data != 0).then_some(&self.data)
+    }
 }
 
 /// A data event being built, room for the copy loop to overrun (which lets
@@ -355,6 +365,10 @@ pub struct DataScratch {
     pub cursor: CaptureCursor,
     pub call: PendingCall,
 }
+
+// The header scan clears the bytes after a read in the event's payload in
+// aligned words (`context::zero_tail`).
+const _: () = assert!(core::mem::offset_of!(DataScratch, event.payload).is_multiple_of(8));
 
 /// Per-CPU staging area: a 4 KiB event does not fit on the 512-byte BPF stack.
 #[map]

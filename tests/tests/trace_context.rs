@@ -415,16 +415,21 @@ fn wait_read_by_server(server_port: u16, client_port: u16, sent: usize) {
 }
 
 /// A Python server (`label` names its interpreter), traced alone by a new
-/// agent exporting to a new receiver.
-async fn traced_python_server(label: &str) -> (Interpreters, OtlpReceiver, Server, Agent) {
+/// agent (with `agent_args` as well) exporting to a new receiver.
+async fn traced_python_server(
+    label: &str,
+    agent_args: &[&str],
+) -> (Interpreters, OtlpReceiver, Server, Agent) {
     let interpreters = Interpreters::new(label);
     let receiver = OtlpReceiver::start().await;
     let server = python_chain(&interpreters, &[]);
-    let agent = Agent::start(
-        &["--port", &server.port.to_string(), "--prometheus-port", "0"],
-        &receiver.grpc_endpoint(),
-        "grpc",
-    );
+    let port = server.port.to_string();
+    let args = [
+        &["--port", port.as_str(), "--prometheus-port", "0"],
+        agent_args,
+    ]
+    .concat();
+    let agent = Agent::start(&args, &receiver.grpc_endpoint(), "grpc");
     agent.wait_instrumented(&[server.pid()], WAIT);
     (interpreters, receiver, server, agent)
 }
@@ -437,7 +442,7 @@ async fn traced_python_server(label: &str) -> (Interpreters, OtlpReceiver, Serve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incoming_traceparent_after_a_split_request_line_joins_the_trace() {
     require_e2e!();
-    let (_interpreters, receiver, server, agent) = traced_python_server("split").await;
+    let (_interpreters, receiver, server, agent) = traced_python_server("split", &[]).await;
 
     let port = server.port;
     let reply = tokio::task::spawn_blocking(move || {
@@ -488,7 +493,7 @@ async fn incoming_traceparent_after_a_split_request_line_joins_the_trace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incoming_traceparent_in_a_long_head_read_at_once_joins_the_trace() {
     require_e2e!();
-    let (_interpreters, receiver, server, agent) = traced_python_server("longhead").await;
+    let (_interpreters, receiver, server, agent) = traced_python_server("longhead", &[]).await;
 
     // One parent per head length, to tell the spans apart: exactly the
     // scan window, and well past it.
@@ -523,6 +528,45 @@ async fn incoming_traceparent_in_a_long_head_read_at_once_joins_the_trace() {
         });
         assert_eq!(span.trace_id, OWN_TRACE_ID, "{span:#?}");
     }
+    assert_ids_well_formed(&receiver.spans());
+    assert_eq!(agent.stop(), 0);
+}
+
+/// A `traceparent` past the bytes the kernel sends up per call
+/// (`--capture-bytes`) still joins the caller's trace: the header scan
+/// looks at the head's first KiB whatever the capture limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incoming_traceparent_past_a_small_capture_joins_the_trace() {
+    require_e2e!();
+    let (_interpreters, receiver, server, agent) =
+        traced_python_server("smallcapture", &["--capture-bytes", "48"]).await;
+
+    let port = server.port;
+    let head = format!(
+        "GET /work HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: {}\r\n\
+         traceparent: 00-{OWN_TRACE_ID}-{OWN_PARENT_ID}-01\r\nConnection: close\r\n\r\n",
+        "p".repeat(200)
+    );
+    assert!(head.find("traceparent").expect("in the head") > 200);
+    tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.write_all(head.as_bytes()).expect("sending the head");
+        let mut reply = String::new();
+        stream
+            .read_to_string(&mut reply)
+            .expect("reading the reply");
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    })
+    .await
+    .expect("client thread");
+
+    let spans = wait_for_spans(&receiver, &[server.pid()], 0, 1).await;
+    let span = the_span(&spans, "the server span", |s| s.kind == SpanKind::Server);
+    assert_eq!(
+        (span.trace_id.as_str(), span.parent_span_id.as_str()),
+        (OWN_TRACE_ID, OWN_PARENT_ID),
+        "the context from past the 48 captured bytes\n{span:#?}"
+    );
     assert_ids_well_formed(&receiver.spans());
     assert_eq!(agent.stop(), 0);
 }

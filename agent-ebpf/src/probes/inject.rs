@@ -146,7 +146,7 @@ fn try_inject(ctx: &SkMsgContext) -> u32 {
     {
         return inject::NOT_A_REQUEST;
     }
-    zero_tail(&mut scratch.bytes, len);
+    zero_tail(scratch.bytes.as_mut_ptr(), len);
     let head = scratch.bytes.as_ptr();
     if !is_request_start(head, len) {
         return inject::NOT_A_REQUEST;
