@@ -23,7 +23,7 @@ use serde_json::Value;
 use sonde_tests::{
     OtlpReceiver, ReceivedSpan,
     agent::Agent,
-    apps::{Certificate, Nginx, Server, app_path, curl},
+    apps::{Certificate, Nginx, Server, app_path, curl, raw_exchange},
     chain::{CaptureServer, DONE, Interpreters, load, load_each, node_chain, python_chain},
     go::build,
     hex,
@@ -509,13 +509,8 @@ async fn incoming_traceparent_in_a_long_head_read_at_once_joins_the_trace() {
             let padding = "p".repeat(length - start.len() - end.len());
             let head = format!("{start}{padding}{end}");
             assert_eq!(head.len(), length);
-            let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-            stream.write_all(head.as_bytes()).expect("sending the head");
-            let mut reply = String::new();
-            stream
-                .read_to_string(&mut reply)
-                .expect("reading the reply");
-            assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+            let reply = raw_exchange(port, head.as_bytes(), WAIT);
+            assert!(reply.starts_with(b"HTTP/1.1 200"), "{reply:?}");
         }
     })
     .await
@@ -548,17 +543,10 @@ async fn incoming_traceparent_past_a_small_capture_joins_the_trace() {
         "p".repeat(200)
     );
     assert!(head.find("traceparent").expect("in the head") > 200);
-    tokio::task::spawn_blocking(move || {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        stream.write_all(head.as_bytes()).expect("sending the head");
-        let mut reply = String::new();
-        stream
-            .read_to_string(&mut reply)
-            .expect("reading the reply");
-        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    })
-    .await
-    .expect("client thread");
+    let reply = tokio::task::spawn_blocking(move || raw_exchange(port, head.as_bytes(), WAIT))
+        .await
+        .expect("client thread");
+    assert!(reply.starts_with(b"HTTP/1.1 200"), "{reply:?}");
 
     let spans = wait_for_spans(&receiver, &[server.pid()], 0, 1).await;
     let span = the_span(&spans, "the server span", |s| s.kind == SpanKind::Server);
