@@ -116,6 +116,7 @@ pub fn begin_call(
     set(&mut cursor.base, 0);
     set(&mut cursor.left, 0);
     set(&mut cursor.next_iovec, 0);
+    set(&mut cursor.second_len, u64::MAX);
     let limit = capture_limit(own_capture_bytes);
     data.map_or(0, |data| {
         copy_first_piece(scratch, data, total, limit, at_least)
@@ -207,6 +208,14 @@ fn copy_first_piece(
     let (event, cursor) = unsafe { (&mut (*scratch).event, &mut (*scratch).cursor) };
     let (base, len) = if data.buffer != 0 {
         (data.buffer, u64::from(total))
+    } else if data.iovec_count >= 2 {
+        // The first two iovecs in one read (see `CaptureCursor::second_len`).
+        let Ok([base, len, second_base, second_len]) = read::user::<[u64; 4]>(data.iovecs) else {
+            return 0;
+        };
+        set(&mut cursor.second_base, second_base);
+        set(&mut cursor.second_len, second_len);
+        (base, len)
     } else {
         match data.first_segment() {
             Some(segment) => segment,
@@ -291,11 +300,17 @@ fn capture_step(args: &StepArgs) -> bool {
         if next_iovec >= args.iovec_count {
             return false;
         }
-        // Base and length in one read: each read costs a helper call and
-        // its access checks, more than the bytes.
-        let Ok([start, len]) = read::user::<[u64; 2]>(args.iovecs + next_iovec * 16) else {
-            count_drop(PAYLOAD_READ_FAILED);
-            return false;
+        let second_len = get(&cursor.second_len);
+        let [start, len] = if next_iovec == 1 && second_len != u64::MAX {
+            [get(&cursor.second_base), second_len]
+        } else {
+            // Base and length in one read: each read costs a helper call
+            // and its access checks, more than the bytes.
+            let Ok(iovec) = read::user::<[u64; 2]>(args.iovecs + next_iovec * 16) else {
+                count_drop(PAYLOAD_READ_FAILED);
+                return false;
+            };
+            iovec
         };
         set(&mut cursor.next_iovec, next_iovec + 1);
         set(&mut cursor.base, start);

@@ -324,6 +324,11 @@ pub struct CaptureCursor {
     pub left: u64,
     /// Next iovec to read.
     pub next_iovec: u64,
+    /// The second iovec, when it was read with the first (its length is
+    /// `u64::MAX` otherwise): calls of two buffers or more, such as a
+    /// response head and its body, take one read less.
+    pub second_base: u64,
+    pub second_len: u64,
     /// Bytes of the call sent in events so far.
     pub reported: u32,
     /// Bytes copied into the event being filled.
