@@ -138,7 +138,7 @@ fn emit() {
 /// Copies the first piece of the receive [`prepare`] staged into the event
 /// (`capture::begin_call`), at least the header scan's window of it, which
 /// [`sonde_scan_request`] then looks at in place: one user read of the
-/// head instead of one for the scan and one for the capture (~100 ns of a
+/// head instead of one for the scan and one for the capture (~80 ns of a
 /// traced nginx request at saturation).
 #[inline(never)]
 fn begin_scanned() {
@@ -207,11 +207,11 @@ fn conn_state(
     conn
 }
 
-/// The header scan of the receive [`begin_scanned`] copied (see `crate::context`),
-/// run before [`emit`] reports it with the context this made. A global
-/// function: the verifier checks it once, on its own, where a static one
-/// would be walked again for every path through the capture that follows
-/// it, more than it accepts. Returns 0.
+/// The header scan of the receive [`begin_scanned`] copied (see
+/// `crate::context`), run before [`finish`] reports it with the context
+/// this made. A global function: the verifier checks it once, on its own,
+/// where a static one would be walked again for every path through the
+/// capture that follows it, more than it accepts. Returns 0.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn sonde_scan_request() -> i32 {
