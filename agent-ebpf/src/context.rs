@@ -96,21 +96,14 @@ pub fn is_response_start(payload: *const u8, len: u32) -> bool {
 /// A random, non-zero id of N bytes (N a multiple of 4).
 #[inline(always)]
 pub fn random_id<const N: usize>() -> [u8; N] {
-    const { assert!(N.is_multiple_of(4)) };
-    // Filled word by word without zeroing it first: zeroing compiles to a
-    // call to memset, a byte loop in BPF.
-    let mut id = core::mem::MaybeUninit::<[u8; N]>::uninit();
-    let bytes = id.as_mut_ptr().cast::<u8>();
+    let mut id = [0u8; N];
     let mut i = 0;
     while i < N {
-        // SAFETY: always-safe helper; i + 4 <= N, inside the array.
-        unsafe {
-            core::ptr::write_unaligned(bytes.add(i).cast::<u32>(), bpf_get_prandom_u32());
-        }
+        // SAFETY: always-safe helper.
+        let word = unsafe { bpf_get_prandom_u32() };
+        id[i..i + 4].copy_from_slice(&word.to_le_bytes());
         i += 4;
     }
-    // SAFETY: every byte was written above.
-    let mut id = unsafe { id.assume_init() };
     id[0] |= 1;
     id
 }
