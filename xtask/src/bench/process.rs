@@ -302,9 +302,10 @@ mod tests {
         assert_eq!(stat.cpu.as_millis(), 4000);
     }
 
-    /// The clock reading agrees with /proc's tick count (to a tick and a
-    /// little), for a process that ran and exited but is not reaped yet,
-    /// the state the benchmark reads the agent in.
+    /// The clock reading agrees with /proc's tick count, for a process that
+    /// ran and exited but is not reaped yet, the state the benchmark reads
+    /// the agent in. To two ticks and a little: /proc truncates utime and
+    /// stime to ticks each.
     #[test]
     fn cpu_clock_reads_a_zombie_to_within_a_tick_of_proc() {
         let mut child = std::process::Command::new("sh")
@@ -327,7 +328,7 @@ mod tests {
         assert!(precise > Duration::from_millis(50), "{precise:?}");
         let tick = Duration::from_secs(1) / clock_ticks_per_second() as u32;
         assert!(
-            precise.abs_diff(ticks) <= tick + Duration::from_millis(2),
+            precise.abs_diff(ticks) <= 2 * tick + Duration::from_millis(2),
             "clock {precise:?}, /proc {ticks:?}"
         );
     }
