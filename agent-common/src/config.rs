@@ -29,7 +29,7 @@ pub struct KernelConfig {
     pub off_fork_child_pid: u32,
     /// Non-zero: insert `traceparent` into outgoing HTTP/1 requests.
     pub inject_traceparent: u32,
-    /// Head sampler: `crate::sampling::PARENT_BASED` or 0.
+    /// Head sampler bits: `crate::sampling::PARENT_BASED`, `SERVICE_RULES`.
     pub sampler: u32,
     /// Rejection threshold for traces without a (honoured) parent, see
     /// `crate::sampling`; per-process values in `SAMPLING_THRESHOLDS` win.

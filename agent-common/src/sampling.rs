@@ -20,6 +20,11 @@ pub const FLAG_RANDOM: u32 = 2;
 /// `sampler` bit: a parent's sampled flag decides (the `parentbased_*` samplers).
 pub const PARENT_BASED: u32 = 1;
 
+/// `sampler` bit: some services have a ratio of their own (`sampling.rules`),
+/// so processes may have a threshold in the kernel's `SAMPLING_THRESHOLDS`.
+/// Without it the kernel skips that lookup.
+pub const SERVICE_RULES: u32 = 2;
+
 /// `2^56`: the rejection threshold no randomness value reaches (`always_off`).
 pub const THRESHOLD_NEVER: u64 = 1 << 56;
 

@@ -165,17 +165,22 @@ pub fn finish_call(
             },
             limit: core::cmp::min(limit, total),
         };
-        // SAFETY: `capture_step_callback` has bpf_loop's callback signature
-        // and `args` outlives the call. It stops at the end of the
-        // data; MAX_STEPS is never the bound that stops it.
-        unsafe {
-            bpf_loop(
-                MAX_STEPS,
-                capture_step_callback as *mut c_void,
-                core::ptr::from_mut(&mut args).cast(),
-                0,
-            )
-        };
+        // The loop's first step would stop at once when the first piece
+        // took all there is to take (most reads: one buffer, one piece):
+        // the same checks here save its helper call and callback.
+        if capture_step_has_work(&args) {
+            // SAFETY: `capture_step_callback` has bpf_loop's callback
+            // signature and `args` outlives the call. It stops at the end
+            // of the data; MAX_STEPS is never the bound that stops it.
+            unsafe {
+                bpf_loop(
+                    MAX_STEPS,
+                    capture_step_callback as *mut c_void,
+                    core::ptr::from_mut(&mut args).cast(),
+                    0,
+                )
+            };
+        }
         let filled = get(&cursor.filled);
         if filled > 0 {
             output(scratch, filled, filled);
@@ -275,6 +280,16 @@ extern "C" fn capture_step_callback(_index: u64, args: *mut c_void) -> i64 {
     if capture_step(args) { 0 } else { 1 }
 }
 
+/// False when the copy loop is done: the capture limit reached, or the
+/// data's end (the current buffer used up and no iovec left).
+#[inline(always)]
+fn capture_step_has_work(args: &StepArgs) -> bool {
+    // SAFETY: the per-CPU scratch slot is ours for the duration of the program.
+    let cursor = unsafe { &(*args.scratch).cursor };
+    get(&cursor.reported) + get(&cursor.filled) < args.limit
+        && (get(&cursor.left) != 0 || get(&cursor.next_iovec) < args.iovec_count)
+}
+
 /// One step of [`report_call`]'s copy loop: copies from the current buffer
 /// (reading the next iovec when it is used up) into the event being
 /// filled, and sends the event when it is full. Returns false to stop.
@@ -286,20 +301,17 @@ extern "C" fn capture_step_callback(_index: u64, args: *mut c_void) -> i64 {
 /// the state the step started in and one check suffices.
 #[inline(always)]
 fn capture_step(args: &StepArgs) -> bool {
+    if !capture_step_has_work(args) {
+        return false;
+    }
     let scratch = args.scratch;
     // SAFETY: the per-CPU scratch slot is ours for the duration of the program.
     let (event, cursor) = unsafe { (&mut (*scratch).event, &mut (*scratch).cursor) };
     let reported = get(&cursor.reported);
     let filled = get(&cursor.filled);
-    if reported + filled >= args.limit {
-        return false;
-    }
     let mut left = get(&cursor.left);
     if left == 0 {
         let next_iovec = get(&cursor.next_iovec);
-        if next_iovec >= args.iovec_count {
-            return false;
-        }
         let second_len = get(&cursor.second_len);
         let [start, len] = if next_iovec == 1 && second_len != u64::MAX {
             [get(&cursor.second_base), second_len]

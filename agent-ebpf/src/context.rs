@@ -54,9 +54,9 @@ use crate::{
     },
 };
 
-/// Kernel-internal `flags` bit: set by [`scan_received`], cleared
-/// when the capture program reports the context, so a context is reported
-/// with the request that created it only.
+/// Kernel-internal `flags` bit of a connection's entry: a context update
+/// (`CTX_UPDATE`) made by a later read of a head, cleared when the capture
+/// reports it, so it is reported with the read that brought it only.
 const CTX_FRESH: u32 = 1 << 31;
 
 /// Set in the "thread" of Go TLS events (`probes::go_tls`), and the key of
@@ -138,6 +138,7 @@ pub fn scan_copied(tid: u32, cookie: u64, bytes: *mut u8, copied: u32) -> Option
     let scratch = TRACE_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch, ours for this program's run.
     let scratch = unsafe { &mut *scratch };
+    scratch.fresh_cookie = 0;
     zero_tail(bytes, copied);
     let len = core::cmp::min(copied, SCAN_LIMIT);
     let payload = bytes.cast_const();
@@ -177,7 +178,7 @@ pub fn scan_copied(tid: u32, cookie: u64, bytes: *mut u8, copied: u32) -> Option
     // SAFETY: reading back the value stored above.
     let case = unsafe { core::ptr::read_volatile(&scratch.case) };
     if case != 0 {
-        start_server_request(tid, cookie, parent, case == SPLIT_START);
+        start_server_request(scratch, tid, cookie, parent, case == SPLIT_START);
     } else if let Some(parent) = parent {
         update_server_request(cookie, &parent);
     }
@@ -290,17 +291,17 @@ pub fn zero_tail(bytes: *mut u8, len: u32) {
     }
 }
 
-/// The context [`scan_received`] made for the request thread
-/// `tid` just received on connection `cookie`, reported once; a new one if
-/// it made none (e.g. the bytes could not be read).
+/// The context [`scan_copied`] made, in this program run, for the request
+/// thread `tid` just received on connection `cookie`, reported once; a new
+/// one if it made none (e.g. the bytes could not be read).
 #[inline(always)]
 pub fn take_server_request(tid: u32, cookie: u64) -> TraceContext {
-    if let Some(request) = SERVER_CTX.get_ptr_mut(cookie) {
-        // SAFETY: a valid map value pointer; LRU entries stay valid while used.
-        let ctx = unsafe { &mut (*request).ctx };
-        if ctx.flags & CTX_FRESH != 0 {
-            ctx.flags &= !CTX_FRESH;
-            return *ctx;
+    if let Some(scratch) = TRACE_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: per-CPU scratch, ours for this program's run.
+        let scratch = unsafe { &mut *scratch };
+        if scratch.fresh_cookie == cookie && scratch.fresh_tid == tid {
+            scratch.fresh_cookie = 0;
+            return scratch.fresh;
         }
     }
     let ctx = new_server_context(random_id::<16>(), None);
@@ -327,21 +328,36 @@ fn new_server_context(trace_id: [u8; 16], parent_flags: Option<u32>) -> TraceCon
 #[inline(always)]
 fn sampled_flags(trace_id: &[u8; 16], parent_flags: Option<u32>) -> u32 {
     let config = config();
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: plain value lookup.
-    let threshold = unsafe { SAMPLING_THRESHOLDS.get(tgid) }
-        .copied()
-        .unwrap_or(config.sample_threshold);
+    // Without per-service rules no process has a threshold of its own: a
+    // lookup saved on every new server context.
+    let threshold = if config.sampler & sampling::SERVICE_RULES != 0 {
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        // SAFETY: plain value lookup.
+        unsafe { SAMPLING_THRESHOLDS.get(tgid) }
+            .copied()
+            .unwrap_or(config.sample_threshold)
+    } else {
+        config.sample_threshold
+    };
     sampling::trace_flags(config.sampler, threshold, trace_id, parent_flags)
 }
 
 /// A server request starts on connection `cookie`, read by thread `tid`:
 /// keeps its context for the thread's outgoing calls and for the capture
-/// program to report. `split`: its first byte came in an earlier read,
+/// to report. The capture runs next in the same program run (the socket
+/// and TLS paths scan, then capture): the context waits for it in the
+/// per-CPU scratch (`TraceScratch::fresh`), which saves a map lookup and
+/// write per request. `split`: its first byte came in an earlier read,
 /// reported already, so the context is reported as an update of the
-/// request being read.
+/// request being read, flagged in the connection's entry.
 #[inline(always)]
-fn start_server_request(tid: u32, cookie: u64, parent: Option<TraceParent>, split: bool) {
+fn start_server_request(
+    scratch: &mut TraceScratch,
+    tid: u32,
+    cookie: u64,
+    parent: Option<TraceParent>,
+    split: bool,
+) {
     let (trace_id, parent_flags) = match &parent {
         Some(parent) => (parent.trace_id, Some(parent.trace_flags)),
         None => (random_id::<16>(), None),
@@ -351,9 +367,12 @@ fn start_server_request(tid: u32, cookie: u64, parent: Option<TraceParent>, spli
         ctx.parent_span_id = parent.span_id;
         ctx.flags |= CTX_HAS_PARENT | CTX_FROM_HEADER;
     }
-    ctx.flags |= CTX_FRESH;
     if split {
-        ctx.flags |= CTX_UPDATE;
+        ctx.flags |= CTX_FRESH | CTX_UPDATE;
+    } else {
+        scratch.fresh = ctx;
+        scratch.fresh_tid = tid;
+        scratch.fresh_cookie = cookie;
     }
     track_server_request(tid, cookie, ctx);
 }

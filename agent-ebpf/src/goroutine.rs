@@ -22,7 +22,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps::{SERVER_CTX, ServerRequest},
+    maps::{SERVER_CTX, ServerRequest, may_use_tls_or_go},
     read,
 };
 
@@ -87,7 +87,7 @@ pub static CONN_REQUESTS: LruHashMap<GoroutineKey, GoRequest> =
 #[inline(always)]
 pub fn is_go_process(tgid: u32) -> bool {
     // SAFETY: plain value lookup.
-    unsafe { GO_PROCESSES.get(tgid) }.is_some()
+    may_use_tls_or_go(tgid) && unsafe { GO_PROCESSES.get(tgid) }.is_some()
 }
 
 /// The goroutine the current thread runs, if the process is Go: R14 of

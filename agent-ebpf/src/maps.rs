@@ -47,6 +47,52 @@ pub static SAMPLING_THRESHOLDS: HashMap<u32, u64> = HashMap::with_max_entries(16
 #[map]
 pub static TARGET_FLAGS: Array<[u8; 8]> = Array::with_max_entries(4096, BPF_F_MMAPABLE);
 
+/// Processes (tgid) where an OpenSSL or Go probe ran, one byte per pid as
+/// in `TARGET_FLAGS` (sized by the agent the same way): a filter in front
+/// of `SSL_PROCESSES` and `goroutine::GO_PROCESSES`, which every traced
+/// socket call asks about while most targets are in neither (three hash
+/// lookups per HTTP request saved). Set before those maps get an entry,
+/// only ever to 1, so setters on several CPUs cannot undo each other;
+/// cleared with them at exec, when the image they describe goes. Pids past
+/// its end are looked up in the maps.
+#[map]
+pub static TLS_OR_GO: Array<[u8; 8]> = Array::with_max_entries(4096, 0);
+
+/// False if process `tgid` is in neither `SSL_PROCESSES` nor `GO_PROCESSES`.
+#[inline(always)]
+pub fn may_use_tls_or_go(tgid: u32) -> bool {
+    TLS_OR_GO
+        .get(tgid >> 3)
+        .is_none_or(|flags| flags[(tgid & 7) as usize] != 0)
+}
+
+/// Marks process `tgid` before it enters `SSL_PROCESSES` or `GO_PROCESSES`.
+#[inline(always)]
+pub fn mark_tls_or_go(tgid: u32) {
+    if let Some(flags) = TLS_OR_GO.get_ptr_mut(tgid >> 3) {
+        // SAFETY: a valid map value pointer; one byte, so no other pid's
+        // flag is rewritten.
+        unsafe { (*flags)[(tgid & 7) as usize] = 1 };
+    }
+}
+
+/// Process `tgid` runs a new image: what `SSL_PROCESSES` and
+/// `GO_PROCESSES` said of the old one no longer holds (its probes mark it
+/// again if the new one uses OpenSSL or is Go).
+#[inline(always)]
+pub fn forget_tls_or_go(tgid: u32) {
+    if let Some(flags) = TLS_OR_GO.get_ptr_mut(tgid >> 3) {
+        // SAFETY: a valid map value pointer.
+        let flag = unsafe { &mut (*flags)[(tgid & 7) as usize] };
+        if *flag == 0 {
+            return;
+        }
+        *flag = 0;
+    }
+    let _ = SSL_PROCESSES.remove(tgid);
+    let _ = crate::goroutine::GO_PROCESSES.remove(tgid);
+}
+
 /// Socket data and close events. Size set by the agent at load time.
 #[map]
 pub static DATA_EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
@@ -309,6 +355,13 @@ pub struct TraceScratch {
     /// Where the header scan found a `traceparent` value, 0 for nowhere
     /// (see `trace_context::scan_head`).
     pub found: u32,
+    /// The thread of the request start the last scan read (see
+    /// `context::start_server_request`).
+    pub fresh_tid: u32,
+    /// Its connection, 0 once the capture took its context (or none).
+    pub fresh_cookie: u64,
+    /// Its context, for the capture to report.
+    pub fresh: TraceContext,
 }
 
 #[map]

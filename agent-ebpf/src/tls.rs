@@ -34,7 +34,7 @@ use crate::{
     go::{GO_TLS_PROCESS, is_go_tls_socket},
     maps::{
         LAST_READ, LAST_UNTIED_SSL, SSL_CALLS, SSL_PROCESSES, SSL_SOCKETS, SslKey, SslSocket,
-        TRACKED_CONNS,
+        TRACKED_CONNS, may_use_tls_or_go,
     },
     syscall_args::{UserData, head_of},
 };
@@ -68,8 +68,12 @@ pub fn is_tls_socket(
 ) -> bool {
     let tid = event.header.tid;
     let tgid = event.header.pid;
-    // Most targets never call OpenSSL or Go's TLS: one lookup rules out the
-    // rest (`SSL_CALLS` only holds threads of processes in `SSL_PROCESSES`).
+    // Most targets never call OpenSSL or Go's TLS: the filter, else one
+    // lookup, rules out the rest (`SSL_CALLS` only holds threads of
+    // processes in `SSL_PROCESSES`).
+    if !may_use_tls_or_go(tgid) {
+        return conn.flags & CONN_TLS != 0;
+    }
     // SAFETY: plain value lookup.
     match unsafe { SSL_PROCESSES.get(tgid) } {
         None => return conn.flags & CONN_TLS != 0,

@@ -31,7 +31,7 @@ use aya_ebpf::{
 
 use crate::{
     goroutine::{CONN_REQUESTS, GO_PROCESSES, GO_SERVING, GO_WRITERS, GoroutineKey, request_of},
-    maps::is_target,
+    maps::{is_target, mark_tls_or_go},
 };
 
 /// The goroutine each thread is creating a goroutine for (`callergp`).
@@ -58,6 +58,7 @@ pub fn go_newproc_enter(ctx: ProbeContext) -> u32 {
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: plain value lookup.
     if unsafe { GO_PROCESSES.get(tgid) }.is_none() {
+        mark_tls_or_go(tgid);
         let _ = GO_PROCESSES.insert(tgid, 1, 0);
     }
     let _ = GO_NEWPROC.insert(pid_tgid as u32, callergp, 0);

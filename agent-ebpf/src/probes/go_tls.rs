@@ -57,7 +57,7 @@ use crate::{
     context::{GO_CONTEXT_KEY, scan_received},
     go::{GO_TLS_FDS, GO_TLS_PROCESS, fd_key},
     goroutine::GoroutineKey,
-    maps::{DATA_SCRATCH, SSL_PROCESSES, SslSocket, count_drop, is_target},
+    maps::{DATA_SCRATCH, SSL_PROCESSES, SslSocket, count_drop, is_target, mark_tls_or_go},
     read,
     syscall_args::UserData,
 };
@@ -90,6 +90,7 @@ pub fn go_tls_handshake_enter(_ctx: ProbeContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: plain value lookup.
     if is_target(tgid) && unsafe { SSL_PROCESSES.get(tgid) } != Some(&GO_TLS_PROCESS) {
+        mark_tls_or_go(tgid);
         let _ = SSL_PROCESSES.insert(tgid, GO_TLS_PROCESS, 0);
     }
     0

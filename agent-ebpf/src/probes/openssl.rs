@@ -42,7 +42,7 @@ use crate::{
     context::scan_received,
     maps::{
         DATA_SCRATCH, LAST_READ, LAST_UNTIED_SSL, SSL_CALLS, SSL_PROCESSES, SSL_SOCKETS, SslCall,
-        SslKey, SslSocket, TLS_TAILS, UntiedSsl, count_drop, is_target,
+        SslKey, SslSocket, TLS_TAILS, UntiedSsl, count_drop, is_target, mark_tls_or_go,
     },
     read,
     syscall_args::UserData,
@@ -103,6 +103,7 @@ fn enter(ctx: &ProbeContext, direction: u32, ex: bool) -> Option<()> {
         direction,
         reserved: 0,
     };
+    mark_tls_or_go(tgid);
     let _ = SSL_PROCESSES.insert(tgid, 1, 0);
     // A handshake OpenSSL runs inside a read or write belongs to that call.
     let flags = if direction == HANDSHAKE {

@@ -13,14 +13,19 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::maps::{CONTROL_EVENTS, SAMPLING_THRESHOLDS, config, count_drop, is_target, set_target};
+use crate::maps::{
+    CONTROL_EVENTS, SAMPLING_THRESHOLDS, config, count_drop, forget_tls_or_go, is_target,
+    set_target,
+};
 
 /// Marks a target inherited from its parent (the agent's selectors use 1).
 const TARGET_INHERITED: u32 = 2;
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
-    emit(EventKind::ProcessExec, bpf_get_current_pid_tgid());
+    let pid_tgid = bpf_get_current_pid_tgid();
+    forget_tls_or_go((pid_tgid >> 32) as u32);
+    emit(EventKind::ProcessExec, pid_tgid);
     0
 }
 

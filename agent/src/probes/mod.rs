@@ -410,6 +410,7 @@ impl Probes {
             .override_global("CONFIG", &kernel_config, true)
             .map_max_entries("DATA_EVENTS", config.data_ring_bytes)
             .map_max_entries("TARGET_FLAGS", targets::flag_entries())
+            .map_max_entries("TLS_OR_GO", targets::flag_entries())
             .load(EBPF_OBJECT)
             .map_err(|source| ProbeError::Load {
                 hint: LoadHint::current(),

@@ -17,7 +17,7 @@
 
 pub mod rate;
 
-use agent_common::sampling::{self, PARENT_BASED, THRESHOLD_NEVER};
+use agent_common::sampling::{self, PARENT_BASED, SERVICE_RULES, THRESHOLD_NEVER};
 use globset::{Glob, GlobMatcher};
 use serde::Deserialize;
 
@@ -195,10 +195,13 @@ impl HeadSampler {
 
     /// `(sampler bits, threshold)` for the kernel's `KernelConfig`.
     pub fn kernel_settings(&self) -> (u32, u64) {
-        (
-            if self.parent_based { PARENT_BASED } else { 0 },
-            self.threshold,
-        )
+        let parent_based = if self.parent_based { PARENT_BASED } else { 0 };
+        let service_rules = if self.rules.is_empty() {
+            0
+        } else {
+            SERVICE_RULES
+        };
+        (parent_based | service_rules, self.threshold)
     }
 
     /// The threshold of the first rule matching `service`, if any.
@@ -439,6 +442,11 @@ mod tests {
         let s = sampler(&config, &[]);
         assert_eq!(s.service_threshold("checkout-api"), Some(0));
         assert_eq!(s.service_threshold("cart"), Some(THRESHOLD_NEVER));
+        // The kernel looks up per-process thresholds only when rules exist.
+        assert_eq!(
+            s.kernel_settings(),
+            (PARENT_BASED | SERVICE_RULES, ratio_threshold(0.1))
+        );
         assert!(sampled(&s, "checkout", &trace_at(0.0), None));
         assert!(!sampled(&s, "cart", &trace_at(0.99), None));
         // The parent still decides under a parent-based sampler.
