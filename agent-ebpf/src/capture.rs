@@ -165,10 +165,12 @@ pub fn finish_call(
             },
             limit: core::cmp::min(limit, total),
         };
-        // The loop's first step would stop at once when the first piece
-        // took all there is to take (most reads: one buffer, one piece):
-        // the same checks here save its helper call and callback.
-        if capture_step_has_work(&args) {
+        // Most calls need one step after the first piece or none: a read
+        // into one buffer is all in the first piece, a response written
+        // as writev(head, body) needs its second buffer. That step runs
+        // here; the loop (a helper call, and an indirect call per step)
+        // only for what is left after it.
+        if capture_step(&args) && capture_step_has_work(&args) {
             // SAFETY: `capture_step_callback` has bpf_loop's callback
             // signature and `args` outlives the call. It stops at the end
             // of the data; MAX_STEPS is never the bound that stops it.
