@@ -64,7 +64,7 @@ use crate::{
     export,
     metrics::{MetricsError, MetricsStage, red::RedMetrics},
     model::{
-        call::Call,
+        call::{Call, Side},
         span::{Span, SpanBatch},
     },
     probes::{
@@ -76,6 +76,7 @@ use crate::{
     spans::{
         assemble::{assemble, identity},
         clock::Clock,
+        unlinked::UnlinkedCalls,
     },
     telemetry::{Counter, Gauge, Stats},
 };
@@ -246,6 +247,7 @@ pub async fn run(config: AgentConfig) -> Result<(), PipelineError> {
             red: metrics.red.clone(),
             rate_cap: config.sampling.max_spans_per_second.map(RateCap::new),
             sampler,
+            unlinked: UnlinkedCalls::default(),
         },
         Arc::clone(&stats),
     ));
@@ -372,6 +374,7 @@ async fn run_conn_tracker(
                     let due = forget_at <= now;
                     if due {
                         tracker.forget_pid(pid, &mut calls);
+                        builder.unlinked.forget_pid(pid);
                     }
                     !due
                 });
@@ -406,6 +409,8 @@ struct SpanBuilder {
     sampler: HeadSampler,
     /// `sampling.max_spans_per_second`, when set.
     rate_cap: Option<RateCap>,
+    /// Calls without a parent, counted when a request covers them.
+    unlinked: UnlinkedCalls,
 }
 
 impl SpanBuilder {
@@ -416,6 +421,7 @@ impl SpanBuilder {
     fn build(&mut self, call: &Call, stats: &Stats) -> Option<Span> {
         let resource = self.registry.resource(call.conn.pid);
         let identity = identity(call, &self.sampler, &resource.service_name);
+        self.count_unlinked(call, identity.has_parent(), stats);
         let Some(description) = describe(call, &self.options, identity.sampled()) else {
             stats.add(Counter::RequestsIgnored, 1);
             return None;
@@ -443,6 +449,28 @@ impl SpanBuilder {
         );
         stats.add(Counter::SpansProduced, 1);
         Some(span)
+    }
+
+    /// Counts the calls that got no parent while their process was
+    /// serving (see `spans::unlinked`), sampled or not; those the kernel
+    /// counted as ambiguous already are left out.
+    fn count_unlinked(&mut self, call: &Call, has_parent: bool, stats: &Stats) {
+        let pid = call.conn.pid;
+        match call.conn.side {
+            Side::Client => {
+                if !has_parent && !call.trace.is_some_and(|trace| trace.ambiguous) {
+                    self.unlinked.call_without_parent(pid, call.start_ns);
+                }
+            }
+            Side::Server => {
+                let covered = self
+                    .unlinked
+                    .request_served(pid, call.start_ns, call.end_ns);
+                if covered > 0 {
+                    stats.add(Counter::LinksUnmadeWhileServing, covered);
+                }
+            }
+        }
     }
 }
 

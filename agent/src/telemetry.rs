@@ -55,6 +55,7 @@ metrics! {
         TraceparentH2IdsUnmatched => "sonde_traceparent_h2_ids_unmatched", "Ids injected into HTTP/2 requests whose request the agent never read (its data lost): the client span could not carry them";
         TraceparentH2Unavailable => "sonde_traceparent_h2_unavailable", "Outgoing HTTP/2 messages sent unchanged because the HTTP/2 injection program could not be loaded";
         LinksAmbiguous => "sonde_links_ambiguous", "Outgoing HTTP/1 requests sent while their thread had several server requests in flight: given a trace of their own, not a guessed parent";
+        LinksUnmadeWhileServing => "sonde_links_unmade_while_serving", "Outgoing requests that got no parent although their process was serving a request when they were made and answered (HTTP/2 and gRPC requests, whose heads the kernel does not read; work handed to another thread): a trace of their own, never a guessed parent. Not counted again in sonde_links_ambiguous";
         EventsReceived => "sonde_events_received", "Kernel events read from the ring buffers";
         EventsUndecodable => "sonde_events_undecodable", "Kernel records rejected by the decoder";
         EventsDroppedChannelFull => "sonde_events_dropped_channel_full", "Events dropped because connection tracking and span building were behind";

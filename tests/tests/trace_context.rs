@@ -1032,7 +1032,7 @@ async fn nginx_keepalive_upstream_never_misparents() {
 /// whether the injected ids were the right ones). Over h2 (what curl
 /// negotiates with a Go TLS server unless told otherwise) the kernel finds
 /// no request start in the HPACK-coded heads, so the calls get no parent:
-/// never a wrong one.
+/// never a wrong one, and each counted (`sonde_links_unmade_while_serving`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_gateway_fan_out_has_exact_parents() {
     require_e2e!();
@@ -1093,12 +1093,23 @@ async fn go_gateway_fan_out_has_exact_parents() {
                 curl_options: run.curl_options[1..].to_vec(),
                 ..run
             };
-            let (scored, _) =
+            let unmade = || {
+                Counters(metrics)
+                    .counter("sonde_links_unmade_while_serving")
+                    .unwrap_or(0)
+            };
+            let unmade_before = unmade();
+            let (scored, ambiguous) =
                 measure_gateway(&h2, &receiver, metrics, 5000, 40, LOAD_CONCURRENCY).await;
             assert_eq!(
                 (scored.calls.wrong, scored.downstream.wrong),
                 (0, 0),
                 "{label}, h2: never in another request's trace: {scored:#?}"
+            );
+            assert_eq!(
+                unmade() - unmade_before + ambiguous,
+                scored.calls.unlinked as u64,
+                "{label}, h2: every call left without a parent is counted: {scored:#?}"
             );
         }
         let spans = receiver.spans();

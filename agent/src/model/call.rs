@@ -23,6 +23,10 @@ pub struct KernelTrace {
     pub injected: bool,
     /// The trace id and parent came from the request's own `traceparent`.
     pub from_header: bool,
+    /// A client request left without a parent because its thread had
+    /// several server requests in flight (counted by the kernel in
+    /// `sonde_links_ambiguous`).
+    pub ambiguous: bool,
     /// Not a request start: the rest of a head brought the `traceparent`,
     /// and this replaces the trace id and parent of the request whose span
     /// id is `span_id`.

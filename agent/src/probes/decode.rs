@@ -17,8 +17,8 @@ use agent_common::{
     },
     socket_state::{ListenEvent, SocketCloseEvent},
     trace_context::{
-        CTX_FROM_HEADER, CTX_HAS_PARENT, CTX_INJECTED, CTX_UPDATE, CTX_VALID, Http2InjectedEvent,
-        TraceContext,
+        CTX_AMBIGUOUS, CTX_FROM_HEADER, CTX_HAS_PARENT, CTX_INJECTED, CTX_UPDATE, CTX_VALID,
+        Http2InjectedEvent, TraceContext,
     },
 };
 use bytes::{Bytes, BytesMut};
@@ -59,6 +59,7 @@ impl KernelTrace {
             trace_flags: raw.trace_flags as u8,
             injected: raw.flags & CTX_INJECTED != 0,
             from_header: raw.flags & CTX_FROM_HEADER != 0,
+            ambiguous: raw.flags & CTX_AMBIGUOUS != 0,
             update: raw.flags & CTX_UPDATE != 0,
         })
     }

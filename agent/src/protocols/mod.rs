@@ -353,6 +353,7 @@ mod tests {
             trace_flags: 1,
             injected: true,
             from_header: false,
+            ambiguous: false,
             update: false,
         }
     }

@@ -62,6 +62,11 @@ impl Identity {
     pub fn sampled(&self) -> bool {
         self.trace_flags & 1 == 1
     }
+
+    /// The span has a parent (it joined a trace, not started one).
+    pub fn has_parent(&self) -> bool {
+        self.parent_span_id.is_some()
+    }
 }
 
 /// The kernel's ids and sampling decision when it assigned them (they may

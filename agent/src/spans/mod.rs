@@ -5,3 +5,4 @@
 pub mod assemble;
 pub mod clock;
 pub mod trace_context;
+pub mod unlinked;

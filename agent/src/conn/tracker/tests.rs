@@ -988,6 +988,7 @@ fn pipelined_requests_share_no_kernel_trace_context() {
         trace_flags: 1,
         injected: false,
         from_header: false,
+        ambiguous: false,
         update: false,
     };
     wire.next_trace = Some(kernel);
@@ -1015,6 +1016,7 @@ fn a_traceparent_in_a_later_read_of_the_head_updates_the_request() {
         trace_flags: 1,
         injected: false,
         from_header: false,
+        ambiguous: false,
         update: false,
     };
     let joined = KernelTrace {
@@ -1068,6 +1070,7 @@ fn a_request_whose_first_byte_came_alone_gets_the_update() {
         trace_flags: 1,
         injected: false,
         from_header: false,
+        ambiguous: false,
         update: true,
     };
     let mut wire = Wire::new(Role::Server);
@@ -1109,6 +1112,7 @@ fn an_upgrade_to_h2c_is_followed_with_the_request_as_stream_1() {
         trace_flags: 1,
         injected: true,
         from_header: false,
+        ambiguous: false,
         update: false,
     };
     wire.next_trace = Some(kernel);
