@@ -60,9 +60,9 @@ pub fn report<const SCAN: bool>(sk: *const u8, ret: i32, flags: i32, direction: 
     if SCAN && direction == DIRECTION_INGRESS {
         begin_scanned();
         sonde_scan_request();
-        finish();
+        send::<false>();
     } else {
-        emit();
+        send::<true>();
     }
 }
 
@@ -124,15 +124,20 @@ fn prepare(sk: *const u8, cookie: u64, pid_tgid: u64, total: u32, direction: u32
     true
 }
 
-/// Sends the call [`prepare`] staged.
+/// Sends the call [`prepare`] staged: the whole of it (`BEGIN`), or the
+/// rest of a receive [`begin_scanned`] started.
 #[inline(never)]
-fn emit() {
+fn send<const BEGIN: bool>() {
     let Some(scratch) = DATA_SCRATCH.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
     let call = unsafe { &(*scratch).call };
-    report_call(scratch, call.data(), call.total, call.capture_bytes);
+    if BEGIN {
+        report_call(scratch, call.data(), call.total, call.capture_bytes);
+    } else {
+        finish_call(scratch, call.data(), call.total, call.capture_bytes);
+    }
 }
 
 /// Copies the first piece of the receive [`prepare`] staged into the event
@@ -156,17 +161,6 @@ fn begin_scanned() {
     );
     // SAFETY: as above.
     unsafe { (*scratch).call.copied = copied };
-}
-
-/// Sends the receive [`begin_scanned`] started.
-#[inline(never)]
-fn finish() {
-    let Some(scratch) = DATA_SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
-    let call = unsafe { &(*scratch).call };
-    finish_call(scratch, call.data(), call.total, call.capture_bytes);
 }
 
 /// The state of a connection seen for the first time, or tracked without
@@ -208,7 +202,7 @@ fn conn_state(
 }
 
 /// The header scan of the receive [`begin_scanned`] copied (see
-/// `crate::context`), run before [`finish`] reports it with the context
+/// `crate::context`), run before [`send`] reports it with the context
 /// this made. A global function: the verifier checks it once, on its own,
 /// where a static one would be walked again for every path through the
 /// capture that follows it, more than it accepts. Returns 0.

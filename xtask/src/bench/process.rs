@@ -307,7 +307,7 @@ mod tests {
     /// the agent in. To two ticks and a little: /proc truncates utime and
     /// stime to ticks each.
     #[test]
-    fn cpu_clock_reads_a_zombie_to_within_a_tick_of_proc() {
+    fn cpu_clock_reads_a_zombie_within_two_ticks_of_proc() {
         let mut child = std::process::Command::new("sh")
             .args(["-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"])
             .spawn()
