@@ -41,6 +41,11 @@ pub struct KernelConfig {
     pub wakeup_bytes: u32,
     /// Offset of `sock.sk_user_data` (a sockmap socket's psock).
     pub off_sk_user_data: u32,
+    /// Offset of `task_struct.stack` (the portable programs find the
+    /// syscall's saved registers at the top of the task's kernel stack).
+    pub off_task_stack: u32,
+    /// Size of a task's kernel stack (`THREAD_SIZE`).
+    pub thread_size: u32,
 }
 
 impl KernelConfig {
@@ -62,6 +67,8 @@ impl KernelConfig {
         sample_threshold: 0,
         wakeup_bytes: 0,
         off_sk_user_data: 656,
+        off_task_stack: 32,
+        thread_size: 16384,
     };
 }
 

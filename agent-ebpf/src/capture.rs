@@ -8,10 +8,11 @@
 //! every byte of a large write (HTTP/2 frames batched by gRPC into one
 //! `sendmsg` of up to hundreds of iovecs) get them. The copy loop is a
 //! `bpf_loop` (Linux >= 5.17), which needs the object's BTF (see
-//! agent-ebpf/.cargo/config.toml).
+//! agent-ebpf/.cargo/config.toml), or in the `PORTABLE` programs, for
+//! kernels without it, a bounded loop of [`PORTABLE_STEPS`].
 
 use agent_common::{
-    drops::{DATA_RINGBUF_FULL, PAYLOAD_READ_FAILED},
+    drops::{CAPTURE_STEPS_EXHAUSTED, DATA_RINGBUF_FULL, PAYLOAD_READ_FAILED},
     scan::is_db_request_start,
     socket_data::{
         DIRECTION_INGRESS, MAX_CALL_CAPTURE_BYTES, MAX_CAPTURE_BYTES, ROLE_CLIENT, ROLE_SERVER,
@@ -40,6 +41,12 @@ use crate::{
 /// callback the verifier checks once whatever the bound, so it covers
 /// every call (gRPC batches up to 260 iovecs into one `sendmsg`).
 const MAX_STEPS: u32 = UIO_MAXIOV + (MAX_CALL_CAPTURE_BYTES / MAX_CAPTURE_BYTES) as u32;
+/// Steps of the portable programs' copy loop (no `bpf_loop`): the verifier
+/// walks a bounded loop once per step, so it covers far fewer buffers;
+/// what a call has past them is reported by length and counted
+/// (`CAPTURE_STEPS_EXHAUSTED`). Enough for every call but large batches
+/// (a `writev` of head and body needs one step).
+pub const PORTABLE_STEPS: u32 = 32;
 /// `UIO_MAXIOV` (include/uapi/linux/uio.h).
 const UIO_MAXIOV: u32 = 1024;
 /// Piece offsets are masked with this; `DataScratch` has room past it.
@@ -83,14 +90,14 @@ fn capture_all(cookie: u64) {
 /// copied from `data`. [`begin_call`] then [`finish_call`], for callers
 /// with nothing to do between the two.
 #[inline(always)]
-pub fn report_call(
+pub fn report_call<const PORTABLE: bool>(
     scratch: *mut DataScratch,
     data: Option<&UserData>,
     total: u32,
     own_capture_bytes: u32,
 ) {
     begin_call(scratch, data, total, own_capture_bytes, 0);
-    finish_call(scratch, data, total, own_capture_bytes);
+    finish_call::<PORTABLE>(scratch, data, total, own_capture_bytes);
 }
 
 /// Starts a call's report: copies its first piece into the event's
@@ -126,7 +133,7 @@ pub fn begin_call(
 /// Sends the call [`begin_call`] started, with the same arguments: the
 /// rest of its data, up to the capture limit, and its span identity.
 #[inline(always)]
-pub fn finish_call(
+pub fn finish_call<const PORTABLE: bool>(
     scratch: *mut DataScratch,
     data: Option<&UserData>,
     total: u32,
@@ -147,7 +154,7 @@ pub fn finish_call(
         capture_all(event.socket_cookie);
         limit = MAX_CALL_CAPTURE_BYTES as u32;
     }
-    event.trace = trace_context_of(event, head_len);
+    event.trace = trace_context_of::<PORTABLE>(event, head_len);
     if let Some(data) = data {
         let filled = get(&cursor.filled);
         if filled >= MAX_CAPTURE_BYTES as u32 {
@@ -171,17 +178,21 @@ pub fn finish_call(
         // here; the loop (a helper call, and an indirect call per step)
         // only for what is left after it.
         if capture_step(&args) && capture_step_has_work(&args) {
-            // SAFETY: `capture_step_callback` has bpf_loop's callback
-            // signature and `args` outlives the call. It stops at the end
-            // of the data; MAX_STEPS is never the bound that stops it.
-            unsafe {
-                bpf_loop(
-                    MAX_STEPS,
-                    capture_step_callback as *mut c_void,
-                    core::ptr::from_mut(&mut args).cast(),
-                    0,
-                )
-            };
+            if PORTABLE {
+                copy_rest_bounded(&args);
+            } else {
+                // SAFETY: `capture_step_callback` has bpf_loop's callback
+                // signature and `args` outlives the call. It stops at the
+                // end of the data; MAX_STEPS is never the bound that stops it.
+                unsafe {
+                    bpf_loop(
+                        MAX_STEPS,
+                        capture_step_callback as *mut c_void,
+                        core::ptr::from_mut(&mut args).cast(),
+                        0,
+                    )
+                };
+            }
         }
         let filled = get(&cursor.filled);
         if filled > 0 {
@@ -280,6 +291,22 @@ extern "C" fn capture_step_callback(_index: u64, args: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes the `StepArgs` report_call gave it.
     let args = unsafe { &*args.cast::<StepArgs>() };
     if capture_step(args) { 0 } else { 1 }
+}
+
+/// The copy loop without `bpf_loop`: at most [`PORTABLE_STEPS`] steps
+/// (the first ran already), counted when data is left after them.
+#[inline(always)]
+fn copy_rest_bounded(args: &StepArgs) {
+    let mut step = 1;
+    while step < PORTABLE_STEPS {
+        if !capture_step(args) {
+            return;
+        }
+        step += 1;
+    }
+    if capture_step_has_work(args) {
+        count_drop(CAPTURE_STEPS_EXHAUSTED);
+    }
 }
 
 /// False when the copy loop is done: the capture limit reached, or the
@@ -402,7 +429,7 @@ pub fn get<T: Copy>(slot: &T) -> T {
 /// request when a server thread starts its response; `head_len` bytes of
 /// the call are in the event's payload.
 #[inline(always)]
-fn trace_context_of(event: &SocketDataEvent, head_len: u32) -> TraceContext {
+fn trace_context_of<const PORTABLE: bool>(event: &SocketDataEvent, head_len: u32) -> TraceContext {
     let tid = event.header.tid;
     let cookie = event.socket_cookie;
     let role = event.role;
@@ -410,7 +437,7 @@ fn trace_context_of(event: &SocketDataEvent, head_len: u32) -> TraceContext {
     if event.direction == DIRECTION_INGRESS {
         if role != ROLE_CLIENT {
             return if is_request_start(payload, head_len) {
-                take_server_request(tid, cookie)
+                take_server_request::<PORTABLE>(tid, cookie)
             } else {
                 take_server_request_update(cookie)
             };
@@ -423,7 +450,7 @@ fn trace_context_of(event: &SocketDataEvent, head_len: u32) -> TraceContext {
         let head = unsafe { core::ptr::read_unaligned(payload.cast::<[u8; 8]>()) };
         let db = role == ROLE_CLIENT && is_db_request_start(&head, head_len);
         if http || db {
-            return start_client_request(tid);
+            return start_client_request::<PORTABLE>(tid);
         } else if role != ROLE_CLIENT && is_response_start(payload, head_len) {
             end_server_request(cookie);
         }

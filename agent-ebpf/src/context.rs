@@ -295,7 +295,7 @@ pub fn zero_tail(bytes: *mut u8, len: u32) {
 /// thread `tid` just received on connection `cookie`, reported once; a new
 /// one if it made none (e.g. the bytes could not be read).
 #[inline(always)]
-pub fn take_server_request(tid: u32, cookie: u64) -> TraceContext {
+pub fn take_server_request<const PORTABLE: bool>(tid: u32, cookie: u64) -> TraceContext {
     if let Some(scratch) = TRACE_SCRATCH.get_ptr_mut(0) {
         // SAFETY: per-CPU scratch, ours for this program's run.
         let scratch = unsafe { &mut *scratch };
@@ -305,7 +305,7 @@ pub fn take_server_request(tid: u32, cookie: u64) -> TraceContext {
         }
     }
     let ctx = new_server_context(random_id::<16>(), None);
-    track_server_request(tid, cookie, ctx);
+    track_server_request::<PORTABLE>(tid, cookie, ctx);
     ctx
 }
 
@@ -374,7 +374,7 @@ fn start_server_request(
         scratch.fresh_tid = tid;
         scratch.fresh_cookie = cookie;
     }
-    track_server_request(tid, cookie, ctx);
+    track_server_request::<false>(tid, cookie, ctx);
 }
 
 /// Keeps `ctx` as the request in flight on connection `cookie`, counted on
@@ -384,10 +384,10 @@ fn start_server_request(
 /// rewritten in place when it has one (keep-alive): an insert and a
 /// delete per request cost more than the rest of the bookkeeping.
 #[inline(always)]
-fn track_server_request(tid: u32, cookie: u64, ctx: TraceContext) {
+fn track_server_request<const PORTABLE: bool>(tid: u32, cookie: u64, ctx: TraceContext) {
     // A Go process: the goroutine reading it works for it, and it is
     // counted in the process's requests.
-    let tid = match goroutine::current() {
+    let tid = match goroutine::current::<PORTABLE>() {
         Some(goroutine) => {
             goroutine::serve(&goroutine, cookie, ctx.span_id);
             GO_CONTEXT_KEY | goroutine.tgid
@@ -538,9 +538,10 @@ pub fn close_request_head(tid: u32) {
 }
 
 /// A client request leaves on thread `tid`: the ids `probes::inject` just put
-/// on the wire for this send, else new ones.
+/// on the wire for this send, else new ones (`PORTABLE`: see
+/// `socket_call::report`).
 #[inline(always)]
-pub fn start_client_request(tid: u32) -> TraceContext {
+pub fn start_client_request<const PORTABLE: bool>(tid: u32) -> TraceContext {
     // SAFETY: plain value lookups.
     let ctx = match unsafe { INJECTED_CTX.get(tid) } {
         Some(injected) => {
@@ -548,7 +549,7 @@ pub fn start_client_request(tid: u32) -> TraceContext {
             let _ = INJECTED_CTX.remove(tid);
             ctx
         }
-        None => client_context(tid),
+        None => client_context::<PORTABLE>(tid),
     };
     // Counted here, once per request, injected or not.
     if ctx.flags & CTX_AMBIGUOUS != 0
@@ -567,7 +568,7 @@ pub fn start_client_request(tid: u32) -> TraceContext {
 /// the goroutine works for, else a root, ambiguous while the process
 /// serves requests.
 #[inline(always)]
-pub fn client_context(tid: u32) -> TraceContext {
+pub fn client_context<const PORTABLE: bool>(tid: u32) -> TraceContext {
     let mut ctx = TraceContext {
         trace_id: [0; 16],
         span_id: random_id::<8>(),
@@ -585,7 +586,7 @@ pub fn client_context(tid: u32) -> TraceContext {
     let server = match (named, in_flight) {
         // Go: the process's requests in flight say nothing about which one
         // a goroutine's call serves; the goroutine does.
-        _ if go => goroutine::request_of_current(),
+        _ if go => goroutine::request_of_current::<PORTABLE>(),
         (Some(cookie), _) => unsafe { SERVER_CTX.get(cookie) }
             .copied()
             .filter(|request| request.active != 0),

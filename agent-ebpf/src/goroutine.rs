@@ -15,15 +15,12 @@
 //! goroutine that outlives its request, or a `g` the runtime reuses, gives
 //! no parent, never another request's.
 
-use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_task_pt_regs},
-    macros::map,
-    maps::LruHashMap,
-};
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::map, maps::LruHashMap};
 
 use crate::{
     maps::{SERVER_CTX, ServerRequest, may_use_tls_or_go},
     read,
+    syscall_args::user_registers,
 };
 
 /// `struct pt_regs` offset of R14 (x86_64 user ABI).
@@ -91,16 +88,15 @@ pub fn is_go_process(tgid: u32) -> bool {
 }
 
 /// The goroutine the current thread runs, if the process is Go: R14 of
-/// its user registers (saved at the syscall or the uprobe's trap).
+/// its user registers (saved at the syscall or the uprobe's trap), found
+/// as `PORTABLE` programs find them (`syscall_args::user_registers`).
 #[inline(always)]
-pub fn current() -> Option<GoroutineKey> {
+pub fn current<const PORTABLE: bool>() -> Option<GoroutineKey> {
     let key = GoroutineKey::of_current(0);
     if !is_go_process(key.tgid) {
         return None;
     }
-    // SAFETY: always-safe helpers; the task is `current`.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
-    let g = read::kernel::<u64>(regs, PT_REGS_R14).ok()?;
+    let g = read::kernel::<u64>(user_registers::<PORTABLE>()?, PT_REGS_R14).ok()?;
     (g != 0).then_some(GoroutineKey { g, ..key })
 }
 
@@ -127,8 +123,8 @@ pub fn request_of(key: &GoroutineKey) -> Option<GoRequest> {
 /// is over (its response started, or another request replaced it on its
 /// connection).
 #[inline(always)]
-pub fn request_of_current() -> Option<ServerRequest> {
-    let request = request_of(&current()?)?;
+pub fn request_of_current<const PORTABLE: bool>() -> Option<ServerRequest> {
+    let request = request_of(&current::<PORTABLE>()?)?;
     // SAFETY: plain value lookup, copied out.
     let server = unsafe { SERVER_CTX.get(request.cookie) }.copied()?;
     (server.active != 0 && server.ctx.span_id == request.span_id).then_some(server)

@@ -4,6 +4,8 @@
 
 use agent_common::socket_data::{ConnTuple, FAMILY_INET, FAMILY_INET6};
 
+use aya_ebpf::helpers::bpf_get_socket_cookie;
+
 use crate::{maps::config, read};
 
 const IPPROTO_TCP: u16 = 6;
@@ -45,4 +47,22 @@ pub fn read_tuple(sk: *const u8, family: u16) -> Result<ConnTuple, i64> {
         tuple.remote_addr = read::kernel(sk, cfg.off_skc_v6_daddr)?;
     }
     Ok(tuple)
+}
+
+/// The connection's identity in maps and events, for a hook whose first
+/// argument is its `struct sock`: the socket's cookie, or with `PORTABLE`
+/// (tracing programs may ask for cookies from Linux 5.12 on) the socket's
+/// address, unique while it lives: its close is reported
+/// (`probes::socket_state`) before its memory can serve another socket.
+/// The address is copied out of the hook's arguments (`args`) as a plain
+/// number, which older verifiers accept as a map key where they refuse a
+/// typed pointer.
+#[inline(always)]
+pub fn socket_id<const PORTABLE: bool>(args: *const u8, sk: *const u8) -> Option<u64> {
+    if PORTABLE {
+        read::kernel::<u64>(args, 0).ok()
+    } else {
+        // SAFETY: `sk` is the hook's typed socket argument.
+        Some(unsafe { bpf_get_socket_cookie(sk as *mut _) })
+    }
 }

@@ -9,7 +9,7 @@
 //! the programs' stack past the verifier's 512 bytes for a chain of calls.
 //!
 //! The events carry the socket and the byte count but not the buffer, so
-//! the buffer is taken from the syscall's own arguments (`bpf_task_pt_regs`):
+//! the buffer is taken from the syscall's own arguments (`crate::syscall_args`):
 //! after a send the user buffer still holds what was sent, after a receive
 //! it holds what was received. Calls that are not one of the known syscalls
 //! (io_uring, sendfile) still produce an event, with the length and no
@@ -22,29 +22,38 @@ use agent_common::{
     },
     socket_state::TrackedConn,
 };
-use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns};
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 
 use crate::{
     capture::{begin_call, finish_call, report_call},
     context::{SCAN_LIMIT, scan_copied},
     maps::{ACCEPTED_FDS, DATA_SCRATCH, PendingCall, SERVER_FDS, TRACKED_CONNS, is_target},
-    sock::{MSG_PEEK, read_tuple, tcp_family},
+    sock::{MSG_PEEK, read_tuple, socket_id, tcp_family},
     syscall_args::{SyscallArgs, UserData},
     tls::is_tls_socket,
 };
 
 /// Reports a call that moved `ret` bytes (`flags`: the receive's flags) on
-/// socket `sk` in `direction` (`DIRECTION_EGRESS` or `DIRECTION_INGRESS`);
-/// with `SCAN`, a receive that may hold a request head is scanned first
-/// (the in-kernel context, an optional feature: a program without it is
-/// what the agent falls back to if the kernel refuses the scan).
+/// socket `sk`, the first of the hook's arguments `args`, in `direction`
+/// (`DIRECTION_EGRESS` or `DIRECTION_INGRESS`); with `SCAN`, a receive
+/// that may hold a request head is scanned first (the in-kernel context,
+/// an optional feature: a program without it is what the agent falls back
+/// to if the kernel refuses the scan). `PORTABLE` programs run on kernels
+/// without `bpf_loop` (5.17), socket cookies in tracing programs (5.12)
+/// or `bpf_task_pt_regs` (5.15), and do not scan: see `probes::tcp_calls`.
 ///
 /// Inlined into each program, which calls the steps one after the other:
 /// a frame held across the calls would add to theirs, and the verifier
 /// allows 512 bytes for a chain of calls. Processes that are not targets
 /// leave at the first check, before any call.
 #[inline(always)]
-pub fn report<const SCAN: bool>(sk: *const u8, ret: i32, flags: i32, direction: u32) {
+pub fn report<const SCAN: bool, const PORTABLE: bool>(
+    args: *const u8,
+    sk: *const u8,
+    ret: i32,
+    flags: i32,
+    direction: u32,
+) {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !is_target((pid_tgid >> 32) as u32) {
         return;
@@ -52,17 +61,18 @@ pub fn report<const SCAN: bool>(sk: *const u8, ret: i32, flags: i32, direction: 
     if ret <= 0 || (direction == DIRECTION_INGRESS && flags & MSG_PEEK != 0) {
         return;
     }
-    // SAFETY: `sk` is the hook's typed socket argument.
-    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
-    if !prepare(sk, cookie, pid_tgid, ret as u32, direction) {
+    let Some(cookie) = socket_id::<PORTABLE>(args, sk) else {
+        return;
+    };
+    if !prepare::<PORTABLE>(sk, cookie, pid_tgid, ret as u32, direction) {
         return;
     }
-    if SCAN && direction == DIRECTION_INGRESS {
+    if SCAN && !PORTABLE && direction == DIRECTION_INGRESS {
         begin_scanned();
         sonde_scan_request();
-        send::<false>();
+        send::<false, false>();
     } else {
-        send::<true>();
+        send::<true, PORTABLE>();
     }
 }
 
@@ -70,7 +80,13 @@ pub fn report<const SCAN: bool>(sk: *const u8, ret: i32, flags: i32, direction: 
 /// and where its data is (`scratch.call`): true if the call is to be
 /// reported (not if the socket could not be read).
 #[inline(never)]
-fn prepare(sk: *const u8, cookie: u64, pid_tgid: u64, total: u32, direction: u32) -> bool {
+fn prepare<const PORTABLE: bool>(
+    sk: *const u8,
+    cookie: u64,
+    pid_tgid: u64,
+    total: u32,
+    direction: u32,
+) -> bool {
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: plain value lookup.
     let known = unsafe { TRACKED_CONNS.get(cookie) }.copied();
@@ -101,7 +117,7 @@ fn prepare(sk: *const u8, cookie: u64, pid_tgid: u64, total: u32, direction: u32
     event.direction = direction;
     event.source = SOURCE_SOCKET;
 
-    let args = SyscallArgs::current();
+    let args = SyscallArgs::current::<PORTABLE>();
     event.fd = args.as_ref().map_or(u32::MAX, |a| a.fd);
     let conn = match known {
         Some(conn) if conn.tuple.family != 0 => conn,
@@ -127,16 +143,16 @@ fn prepare(sk: *const u8, cookie: u64, pid_tgid: u64, total: u32, direction: u32
 /// Sends the call [`prepare`] staged: the whole of it (`BEGIN`), or the
 /// rest of a receive [`begin_scanned`] started.
 #[inline(never)]
-fn send<const BEGIN: bool>() {
+fn send<const BEGIN: bool, const PORTABLE: bool>() {
     let Some(scratch) = DATA_SCRATCH.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
     let call = unsafe { &(*scratch).call };
     if BEGIN {
-        report_call(scratch, call.data(), call.total, call.capture_bytes);
+        report_call::<PORTABLE>(scratch, call.data(), call.total, call.capture_bytes);
     } else {
-        finish_call(scratch, call.data(), call.total, call.capture_bytes);
+        finish_call::<PORTABLE>(scratch, call.data(), call.total, call.capture_bytes);
     }
 }
 

@@ -1,13 +1,14 @@
 //! Where the data of a socket syscall lives in user memory, from the
-//! calling thread's saved registers (`bpf_task_pt_regs`): the
-//! `sock_*_length` tracepoints carry the byte count but not the buffer.
+//! calling thread's saved registers: the `sock_*_length` tracepoints carry
+//! the byte count but not the buffer.
 //! x86_64 only: syscall numbers and the `pt_regs` layout are its user ABI.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_task_btf, bpf_task_pt_regs, generated::bpf_probe_read_user,
+    bpf_get_current_task_btf, bpf_task_pt_regs,
+    generated::{bpf_get_current_task, bpf_probe_read_user},
 };
 
-use crate::read;
+use crate::{maps::config, read};
 
 // x86_64 syscall numbers and `struct pt_regs` offsets (both are user ABI).
 const SYS_READ: u64 = 0;
@@ -22,6 +23,7 @@ const PT_REGS_DX: usize = 96;
 const PT_REGS_SI: usize = 104;
 const PT_REGS_DI: usize = 112;
 const PT_REGS_ORIG_AX: usize = 120;
+const PT_REGS_SIZE: u64 = 168;
 // struct user_msghdr: msg_iov at 16, msg_iovlen right after it at 24.
 const MSGHDR_IOV: u64 = 16;
 
@@ -70,24 +72,29 @@ pub struct SyscallArgs {
 }
 
 impl SyscallArgs {
-    /// The arguments of the socket syscall the current thread is in.
-    pub fn current() -> Option<Self> {
-        // SAFETY: helpers valid in tp_btf programs; the task is `current`.
-        let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
-        let nr = register(regs, PT_REGS_ORIG_AX);
-        let fd = register(regs, PT_REGS_DI) as u32;
-        let arg1 = register(regs, PT_REGS_SI);
-        match nr {
+    /// The arguments of the socket syscall the current thread is in, from
+    /// its saved registers: through `bpf_task_pt_regs`, or with
+    /// `PORTABLE` (kernels before 5.15 lack that helper) at the top of the
+    /// task's kernel stack, where x86_64 saves them on syscall entry.
+    #[inline(always)]
+    pub fn current<const PORTABLE: bool>() -> Option<Self> {
+        let regs = if PORTABLE {
+            SavedRegisters::from_stack()?
+        } else {
+            SavedRegisters::from_task()
+        };
+        let fd = regs.di as u32;
+        match regs.orig_ax {
             SYS_READ | SYS_WRITE | SYS_SENDTO | SYS_RECVFROM => Some(Self {
                 fd,
-                data: UserData::single(arg1),
+                data: UserData::single(regs.si),
             }),
             SYS_READV | SYS_WRITEV => Some(Self {
                 fd,
                 data: UserData {
                     buffer: 0,
-                    iovecs: arg1,
-                    iovec_count: register(regs, PT_REGS_DX),
+                    iovecs: regs.si,
+                    iovec_count: regs.dx,
                 },
             }),
             SYS_SENDMSG | SYS_RECVMSG => Some(Self {
@@ -97,7 +104,7 @@ impl SyscallArgs {
                     // fails the call has no data to copy (its length is
                     // still reported).
                     let [iovecs, iovec_count] =
-                        read::user::<[u64; 2]>(arg1 + MSGHDR_IOV).unwrap_or([0, 0]);
+                        read::user::<[u64; 2]>(regs.si + MSGHDR_IOV).unwrap_or([0, 0]);
                     UserData {
                         buffer: 0,
                         iovecs,
@@ -110,15 +117,73 @@ impl SyscallArgs {
     }
 }
 
-/// One saved register of the current task. `regs` comes from
-/// `bpf_task_pt_regs`, a typed (BTF) kernel pointer: the verifier lets the
-/// program load a `pt_regs` field from it directly (a faulting load is
-/// fixed up, as in a probe read), where `bpf_probe_read_kernel` costs a
-/// helper call per register.
+/// The saved user registers a socket syscall's arguments are in, in
+/// `struct pt_regs` order from `dx` (offset 96) to `orig_ax` (120).
+#[repr(C)]
+struct SavedRegisters {
+    dx: u64,
+    si: u64,
+    di: u64,
+    orig_ax: u64,
+}
+
+impl SavedRegisters {
+    /// Through `bpf_task_pt_regs`, a typed (BTF) kernel pointer: the
+    /// verifier lets the program load a `pt_regs` field from it directly
+    /// (a faulting load is fixed up, as in a probe read), where
+    /// `bpf_probe_read_kernel` costs a helper call per register.
+    #[inline(always)]
+    fn from_task() -> Self {
+        let regs = task_registers();
+        let register = |offset: usize| {
+            // SAFETY: `offset` is a field of `struct pt_regs`; see above.
+            unsafe { core::ptr::read_volatile(regs.wrapping_add(offset).cast::<u64>()) }
+        };
+        Self {
+            dx: register(PT_REGS_DX),
+            si: register(PT_REGS_SI),
+            di: register(PT_REGS_DI),
+            orig_ax: register(PT_REGS_ORIG_AX),
+        }
+    }
+
+    /// From the top of the kernel stack ([`stack_registers`]): one read.
+    #[inline(always)]
+    fn from_stack() -> Option<Self> {
+        read::kernel::<Self>(stack_registers()?, PT_REGS_DX as u32).ok()
+    }
+}
+
+/// The current task's saved user registers (`struct pt_regs`, saved at
+/// its syscall or a uprobe's trap), to read with probe reads: see
+/// [`SyscallArgs::current`] for `PORTABLE`.
 #[inline(always)]
-fn register(regs: *const u8, offset: usize) -> u64 {
-    // SAFETY: `offset` is a field of `struct pt_regs`; see above.
-    unsafe { core::ptr::read_volatile(regs.wrapping_add(offset).cast::<u64>()) }
+pub fn user_registers<const PORTABLE: bool>() -> Option<*const u8> {
+    if PORTABLE {
+        stack_registers()
+    } else {
+        Some(task_registers())
+    }
+}
+
+/// `bpf_task_pt_regs` of the current task (Linux >= 5.15).
+#[inline(always)]
+fn task_registers() -> *const u8 {
+    // SAFETY: helpers valid in tracing programs; the task is `current`.
+    unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8 }
+}
+
+/// Where x86_64's `task_pt_regs` finds the saved registers: the last
+/// `struct pt_regs` of the task's kernel stack (`task->stack +
+/// THREAD_SIZE`; no padding on x86_64 without FRED, which the kernels
+/// that need this predate).
+#[inline(always)]
+fn stack_registers() -> Option<*const u8> {
+    let cfg = config();
+    // SAFETY: no preconditions; the task is `current`.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let stack = read::kernel::<u64>(task, cfg.off_task_stack).ok()?;
+    Some((stack + u64::from(cfg.thread_size) - PT_REGS_SIZE) as *const u8)
 }
 
 /// The first bytes of the call's data, enough to tell a request or a

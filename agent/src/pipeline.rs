@@ -497,6 +497,7 @@ const LOSS_COUNTERS: &[Counter] = &[
     Counter::KernelControlRingbufFull,
     Counter::KernelPayloadReadFailed,
     Counter::KernelTlsSocketUnknown,
+    Counter::KernelCaptureStepsExhausted,
     Counter::EventsUndecodable,
     Counter::EventsDroppedChannelFull,
     Counter::ConnectionsEvicted,

@@ -40,6 +40,7 @@ metrics! {
         KernelControlRingbufFull => "sonde_kernel_control_ringbuf_full", "Process events lost because the kernel ring buffer was full";
         KernelPayloadReadFailed => "sonde_kernel_payload_read_failed", "Payload copies from user memory that failed (event sent without payload)";
         KernelTlsSocketUnknown => "sonde_kernel_tls_socket_unknown", "TLS plaintext not reported because its connection could not be identified";
+        KernelCaptureStepsExhausted => "sonde_kernel_capture_steps_exhausted", "calls with more buffers than the portable capture programs step through (kernels without bpf_loop): the rest went out by length only";
         TraceparentInjected => "sonde_traceparent_injected", "Outgoing HTTP/1 requests that got a traceparent header";
         TraceparentAlreadyPresent => "sonde_traceparent_already_present", "Outgoing requests left alone because they carried a traceparent";
         TraceparentHeadTooLong => "sonde_traceparent_head_too_long", "Outgoing requests not injected because their head did not fit the inspected bytes";

@@ -283,7 +283,7 @@ fn report(ctx: &ProbeContext, call: &GoTlsCall, len: u32) -> Option<()> {
     event.direction = call.direction;
     event.role = socket.role;
     event.source = SOURCE_TLS;
-    report_call(
+    report_call::<false>(
         scratch,
         Some(&UserData::single(call.buffer)),
         len,

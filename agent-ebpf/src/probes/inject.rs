@@ -157,7 +157,7 @@ fn try_inject(ctx: &SkMsgContext) -> u32 {
         HeadScan::TooLong => return inject::HEAD_TOO_LONG,
     };
     let tid = pid_tgid as u32;
-    let mut trace = client_context(tid);
+    let mut trace = client_context::<false>(tid);
     trace.flags |= CTX_INJECTED;
     let insert_at = (line_end + 2) & (HEAD_LIMIT - 1);
     if ctx.push_data(insert_at, LINE_LEN as u32, 0).is_err() {

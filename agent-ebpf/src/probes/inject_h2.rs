@@ -481,7 +481,7 @@ extern "C" fn scan_callback(index: u64, args: *mut c_void) -> i64 {
 fn rewrite(ctx: &SkMsgContext, args: &StepArgs, pos: u32, len: u32, stream: u32, tid: u32) -> u32 {
     // SAFETY: per-CPU scratch, ours for this program's run.
     let walk = unsafe { &mut *args.walk };
-    let mut trace = client_context(tid);
+    let mut trace = client_context::<false>(tid);
     trace.flags |= CTX_INJECTED;
     if trace.flags & CTX_AMBIGUOUS != 0 {
         count(inject::AMBIGUOUS_PARENT);

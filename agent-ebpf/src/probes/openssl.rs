@@ -238,7 +238,7 @@ fn capture(ctx: &RetProbeContext) -> Option<()> {
     event.direction = call.direction;
     event.role = socket.role;
     event.source = SOURCE_TLS;
-    report_call(
+    report_call::<false>(
         scratch,
         Some(&UserData::single(call.buffer)),
         len,

@@ -12,24 +12,34 @@
 //! `sock_recv_length_capture` where the kernel refuses that one.
 
 use agent_common::socket_data::{DIRECTION_EGRESS, DIRECTION_INGRESS};
-use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{EbpfContext as _, macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use crate::socket_call;
 
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
-    socket_call::report::<false>(ctx.arg(0), ctx.arg(1), ctx.arg(2), DIRECTION_EGRESS);
-    0
+    report::<false>(&ctx, DIRECTION_EGRESS)
 }
 
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
-    socket_call::report::<true>(ctx.arg(0), ctx.arg(1), ctx.arg(2), DIRECTION_INGRESS);
-    0
+    report::<true>(&ctx, DIRECTION_INGRESS)
 }
 
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length_capture(ctx: BtfTracePointContext) -> u32 {
-    socket_call::report::<false>(ctx.arg(0), ctx.arg(1), ctx.arg(2), DIRECTION_INGRESS);
+    report::<false>(&ctx, DIRECTION_INGRESS)
+}
+
+/// Both tracepoints pass (sk, ret, flags).
+#[inline(always)]
+fn report<const SCAN: bool>(ctx: &BtfTracePointContext, direction: u32) -> u32 {
+    socket_call::report::<SCAN, false>(
+        ctx.as_ptr().cast(),
+        ctx.arg(0),
+        ctx.arg(1),
+        ctx.arg(2),
+        direction,
+    );
     0
 }

@@ -18,7 +18,8 @@ use agent_common::{
     socket_state::{ListenEvent, SocketCloseEvent, TrackedConn},
 };
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_socket_cookie},
+    EbpfContext as _,
+    helpers::bpf_get_current_pid_tgid,
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
@@ -30,6 +31,7 @@ use crate::{
         data_ring_flags, event_header, is_target,
     },
     read,
+    sock::socket_id,
 };
 
 const TCP_SYN_SENT: i32 = 2;
@@ -40,20 +42,33 @@ const SYS_EXIT_RET: usize = 16;
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
+    state_changed::<false>(&ctx)
+}
+
+/// For the portable capture programs (`probes::tcp_calls`): the same with
+/// connections identified as they identify them.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_portable(ctx: BtfTracePointContext) -> u32 {
+    state_changed::<true>(&ctx)
+}
+
+#[inline(always)]
+fn state_changed<const PORTABLE: bool>(ctx: &BtfTracePointContext) -> u32 {
     let sk: *const u8 = ctx.arg(0);
     let old_state: i32 = ctx.arg(1);
     let new_state: i32 = ctx.arg(2);
-    // SAFETY: `sk` is the tracepoint's typed socket argument.
-    let cookie = || unsafe { bpf_get_socket_cookie(sk as *mut _) };
+    let id = || socket_id::<PORTABLE>(ctx.as_ptr().cast(), sk);
     if new_state == TCP_SYN_SENT && old_state == TCP_CLOSE {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        if is_target(tgid) {
-            let _ = TRACKED_CONNS.insert(cookie(), TrackedConn::new(ROLE_CLIENT), 0);
+        if let (true, Some(cookie)) = (is_target(tgid), id()) {
+            let _ = TRACKED_CONNS.insert(cookie, TrackedConn::new(ROLE_CLIENT), 0);
         }
     } else if new_state == TCP_LISTEN {
         emit_listen(sk);
     } else if new_state == TCP_CLOSE {
-        let cookie = cookie();
+        let Some(cookie) = id() else {
+            return 0;
+        };
         // SAFETY: plain value lookup.
         if unsafe { TRACKED_CONNS.get(cookie) }.is_some() {
             let _ = TRACKED_CONNS.remove(cookie);

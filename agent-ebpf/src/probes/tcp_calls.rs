@@ -15,9 +15,18 @@
 //! these programs. As on the tracepoints, the agent attaches
 //! `tcp_recvmsg_exit`, which also scans request heads, or
 //! `tcp_recvmsg_capture` where the kernel refuses that one.
+//!
+//! The `_portable` programs are for kernels older still (5.10 to 5.16),
+//! which lack `bpf_loop`, socket cookies in tracing programs and
+//! `bpf_task_pt_regs`: they read that older `tcp_recvmsg`, identify a
+//! connection by its socket's address (`crate::sock::socket_id`), copy
+//! with a bounded loop, and do not scan request heads.
+//!
+//! /// match-proto:v5.10:net/ipv4/tcp.c:
+//! /// int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int nonblock, int flags, int *addr_len)
 
 use agent_common::socket_data::{DIRECTION_EGRESS, DIRECTION_INGRESS};
-use aya_ebpf::{macros::fexit, programs::FExitContext};
+use aya_ebpf::{EbpfContext as _, macros::fexit, programs::FExitContext};
 
 use crate::{maps::config, read, socket_call};
 
@@ -26,11 +35,13 @@ const SENDMSG_RET: usize = 3;
 /// `tcp_recvmsg`'s `flags`, and its return value after its 5 arguments.
 const RECVMSG_FLAGS: usize = 3;
 const RECVMSG_RET: usize = 5;
+/// The same before 5.19, with `nonblock` before `flags`.
+const RECVMSG_NONBLOCK_FLAGS: usize = 4;
+const RECVMSG_NONBLOCK_RET: usize = 6;
 
 #[fexit(function = "tcp_sendmsg")]
 pub fn tcp_sendmsg_exit(ctx: FExitContext) -> u32 {
-    socket_call::report::<false>(ctx.arg(0), ctx.arg(SENDMSG_RET), 0, DIRECTION_EGRESS);
-    0
+    report::<false, false>(&ctx, SENDMSG_RET, None, DIRECTION_EGRESS)
 }
 
 /// Sends on a socket in a sockmap or sockhash (injection's
@@ -42,29 +53,51 @@ pub fn tcp_sendmsg_exit(ctx: FExitContext) -> u32 {
 pub fn tcp_bpf_sendmsg_exit(ctx: FExitContext) -> u32 {
     let sk: *const u8 = ctx.arg(0);
     if read::kernel::<u64>(sk, config().off_sk_user_data).is_ok_and(|psock| psock != 0) {
-        socket_call::report::<false>(sk, ctx.arg(SENDMSG_RET), 0, DIRECTION_EGRESS);
+        report::<false, false>(&ctx, SENDMSG_RET, None, DIRECTION_EGRESS);
     }
     0
 }
 
 #[fexit(function = "tcp_recvmsg")]
 pub fn tcp_recvmsg_exit(ctx: FExitContext) -> u32 {
-    socket_call::report::<true>(
-        ctx.arg(0),
-        ctx.arg(RECVMSG_RET),
-        ctx.arg(RECVMSG_FLAGS),
-        DIRECTION_INGRESS,
-    );
-    0
+    report::<true, false>(&ctx, RECVMSG_RET, Some(RECVMSG_FLAGS), DIRECTION_INGRESS)
 }
 
 #[fexit(function = "tcp_recvmsg")]
 pub fn tcp_recvmsg_capture(ctx: FExitContext) -> u32 {
-    socket_call::report::<false>(
-        ctx.arg(0),
-        ctx.arg(RECVMSG_RET),
-        ctx.arg(RECVMSG_FLAGS),
+    report::<false, false>(&ctx, RECVMSG_RET, Some(RECVMSG_FLAGS), DIRECTION_INGRESS)
+}
+
+#[fexit(function = "tcp_sendmsg")]
+pub fn tcp_sendmsg_portable(ctx: FExitContext) -> u32 {
+    report::<false, true>(&ctx, SENDMSG_RET, None, DIRECTION_EGRESS)
+}
+
+#[fexit(function = "tcp_recvmsg")]
+pub fn tcp_recvmsg_portable(ctx: FExitContext) -> u32 {
+    report::<false, true>(
+        &ctx,
+        RECVMSG_NONBLOCK_RET,
+        Some(RECVMSG_NONBLOCK_FLAGS),
         DIRECTION_INGRESS,
+    )
+}
+
+/// Reports the call: the socket is the first argument, the returned bytes
+/// and the receive flags (if any) at the positions given.
+#[inline(always)]
+fn report<const SCAN: bool, const PORTABLE: bool>(
+    ctx: &FExitContext,
+    ret: usize,
+    flags: Option<usize>,
+    direction: u32,
+) -> u32 {
+    socket_call::report::<SCAN, PORTABLE>(
+        ctx.as_ptr().cast(),
+        ctx.arg(0),
+        ctx.arg(ret),
+        flags.map_or(0, |flags| ctx.arg(flags)),
+        direction,
     );
     0
 }

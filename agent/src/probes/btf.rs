@@ -71,8 +71,14 @@ pub struct KernelBtf {
 }
 
 /// The kernel functions whose prototypes the agent checks before hooking
-/// them (their parameters changed across kernel versions).
-pub const FUNCTIONS: &[&str] = &["tcp_sendmsg", "tcp_recvmsg", "tcp_bpf_sendmsg"];
+/// them (their parameters changed across kernel versions), and
+/// `kasan_report`, which tells a KASAN kernel (twice the stack size).
+pub const FUNCTIONS: &[&str] = &[
+    "tcp_sendmsg",
+    "tcp_recvmsg",
+    "tcp_bpf_sendmsg",
+    "kasan_report",
+];
 
 fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
     data.get(at..at + 4)

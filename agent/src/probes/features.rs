@@ -92,6 +92,10 @@ pub enum CaptureHooks {
     SockLengthTracepoints,
     /// fexit `tcp_sendmsg` / `tcp_recvmsg` (where those tracepoints do not exist).
     TcpFexit,
+    /// The same with the portable programs, for kernels that refuse the
+    /// others (before 5.17: no `bpf_loop`, no socket cookies in tracing
+    /// programs, the older `tcp_recvmsg`).
+    TcpFexitPortable,
 }
 
 impl fmt::Display for CaptureHooks {
@@ -101,6 +105,10 @@ impl fmt::Display for CaptureHooks {
                 "tracepoints sock:sock_send_length and sock:sock_recv_length"
             }
             CaptureHooks::TcpFexit => "fexit on tcp_sendmsg and tcp_recvmsg",
+            CaptureHooks::TcpFexitPortable => {
+                "fexit on tcp_sendmsg and tcp_recvmsg (portable programs: bounded copy loop, \
+                 connections identified by socket address)"
+            }
         })
     }
 }

@@ -96,14 +96,17 @@ pub enum ProbeError {
     /// No capture path loads on this kernel.
     #[error(
         "this kernel offers no hook the agent can capture socket data on \
-         (Linux >= 6.2: sock_*_length tracepoints; Linux >= 5.19: fexit on \
-         tcp_sendmsg/tcp_recvmsg). Tracepoints: {tracepoints}. fexit: {fexit}"
+         (Linux >= 6.2: sock_*_length tracepoints; else fexit on \
+         tcp_sendmsg/tcp_recvmsg, which needs BTF and Linux >= 5.5). \
+         Tracepoints: {tracepoints}. fexit: {fexit}. Portable fexit: {portable}"
     )]
     NoCapture {
         /// Why the tracepoint path failed.
         tracepoints: String,
         /// Why the fexit path failed.
         fexit: String,
+        /// Why the portable fexit path failed.
+        portable: String,
     },
     /// A kernel function's parameters are not the ones a program reads.
     #[error("{function} takes ({found}) on this kernel, not what the fexit programs read")]
@@ -272,6 +275,10 @@ impl ProbeHandle {
             Counter::KernelTlsSocketUnknown,
             read(agent_common::drops::TLS_SOCKET_UNKNOWN),
         );
+        stats.set(
+            Counter::KernelCaptureStepsExhausted,
+            read(agent_common::drops::CAPTURE_STEPS_EXHAUSTED),
+        );
     }
 }
 
@@ -307,6 +314,7 @@ const TRACEPOINT_CAPTURE: &[HookSpec] = &[
         Hook::Btf("sock_recv_length"),
         OnRefusal::FallBack(Feature::KernelContext, "sock_recv_length_capture"),
     ),
+    SOCKET_STATE,
 ];
 
 /// Capture on fexit `tcp_sendmsg` / `tcp_recvmsg`, where the tracepoints
@@ -322,20 +330,54 @@ const FEXIT_CAPTURE: &[HookSpec] = &[
         Hook::FExit("tcp_recvmsg"),
         OnRefusal::FallBack(Feature::KernelContext, "tcp_recvmsg_capture"),
     ),
+    SOCKET_STATE,
 ];
 
-/// `tcp_recvmsg`'s parameters as the fexit programs read them (Linux >= 5.19).
-const TCP_RECVMSG_PARAMETERS: [&str; 5] = ["sk", "msg", "len", "flags", "addr_len"];
-/// `tcp_sendmsg`'s.
-const TCP_SENDMSG_PARAMETERS: [&str; 3] = ["sk", "msg", "size"];
-
-/// Every capture path does these the same way.
-const COMMON_HOOKS: &[HookSpec] = &[
+/// The same hooks with the portable programs (kernels without `bpf_loop`
+/// or socket cookies in tracing programs, and the older `tcp_recvmsg`),
+/// which identify connections by socket address: their socket state
+/// program too.
+const PORTABLE_CAPTURE: &[HookSpec] = &[
     (
-        "inet_sock_set_state",
+        "tcp_sendmsg_portable",
+        Hook::FExit("tcp_sendmsg"),
+        OnRefusal::Fail,
+    ),
+    (
+        "tcp_recvmsg_portable",
+        Hook::FExit("tcp_recvmsg"),
+        OnRefusal::Fail,
+    ),
+    (
+        "inet_sock_set_state_portable",
         Hook::Btf("inet_sock_set_state"),
         OnRefusal::Fail,
     ),
+];
+
+/// Connection side and life cycle, with connections identified by cookie.
+const SOCKET_STATE: HookSpec = (
+    "inet_sock_set_state",
+    Hook::Btf("inet_sock_set_state"),
+    OnRefusal::Fail,
+);
+
+/// `tcp_recvmsg`'s parameters as the fexit programs read them (Linux >= 5.19).
+const TCP_RECVMSG_PARAMETERS: [&str; 5] = ["sk", "msg", "len", "flags", "addr_len"];
+/// As the portable programs read them (before 5.19).
+const TCP_RECVMSG_NONBLOCK_PARAMETERS: [&str; 6] =
+    ["sk", "msg", "len", "nonblock", "flags", "addr_len"];
+/// `tcp_sendmsg`'s.
+const TCP_SENDMSG_PARAMETERS: [&str; 3] = ["sk", "msg", "size"];
+
+/// What the portable capture programs leave out.
+const PORTABLE_LACKS_SCAN: &str = "the portable capture programs this kernel needs do not scan \
+     request heads (it has no bpf_loop)";
+const PORTABLE_LACKS_COOKIES: &str = "the portable capture programs this kernel needs identify \
+     connections by socket address, injection's programs by socket cookie";
+
+/// Every capture path does these the same way.
+const COMMON_HOOKS: &[HookSpec] = &[
     (
         "sys_exit_accept",
         Hook::Tracepoint("syscalls", "sys_exit_accept"),
@@ -375,16 +417,14 @@ impl Probes {
         // The kernel's BTF is parsed three ways (offsets here, aya's loader
         // and aya's `Btf` for BTF programs), each several MiB: one at a time,
         // or together they set the agent's peak RSS.
-        let (kernel_config, fexit_prototypes, bpf_send_prototype) = {
+        let (kernel_config, prototypes, bpf_send_prototype) = {
             let data = std::fs::read("/sys/kernel/btf/vmlinux")
                 .map_err(|e| ProbeError::Btf(Box::new(e)))?;
             let kernel_btf =
                 btf::KernelBtf::parse(&data).map_err(|e| ProbeError::Btf(Box::new(e)))?;
             (
                 kernel_config(config, &kernel_btf)?,
-                check_prototype(&kernel_btf, "tcp_sendmsg", &TCP_SENDMSG_PARAMETERS).and_then(
-                    |()| check_prototype(&kernel_btf, "tcp_recvmsg", &TCP_RECVMSG_PARAMETERS),
-                ),
+                FexitPrototypes::check(&kernel_btf),
                 check_prototype(&kernel_btf, "tcp_bpf_sendmsg", &TCP_SENDMSG_PARAMETERS),
             )
         };
@@ -416,47 +456,9 @@ impl Probes {
                 hint: LoadHint::current(),
                 source,
             })?;
-        let mut features = attach_capture(&mut ebpf, &btf, fexit_prototypes)?;
+        let mut features = attach_capture(&mut ebpf, &btf, prototypes)?;
         attach_all(&mut ebpf, COMMON_HOOKS, &btf, &mut features)?;
-        // On the fexit path a socket in injection's sockhash sends through
-        // tcp_bpf_sendmsg, not tcp_sendmsg: without a capture program
-        // there too, injection stays off rather than lose every request
-        // such a socket sends.
-        let injected_sends = match features.capture {
-            CaptureHooks::TcpFexit if config.inject_traceparent => {
-                bpf_send_prototype.and_then(|()| {
-                    attach(
-                        &mut ebpf,
-                        "tcp_bpf_sendmsg_exit",
-                        &Hook::FExit("tcp_bpf_sendmsg"),
-                        &btf,
-                    )
-                })
-            }
-            _ => Ok(()),
-        };
-        if let Err(error) = injected_sends {
-            features.set(
-                Feature::Injection,
-                FeatureState::Off(ErrorChain(&error).to_string()),
-            );
-        } else if config.inject_traceparent {
-            match inject::attach(&mut ebpf, config.inject_cgroup.clone()) {
-                Ok(http2) => features.set(Feature::Http2Injection, http2),
-                // Injection is an extra (no cgroup v2, no sock_ops or
-                // sk_msg): without it the agent still traces. A cgroup the
-                // user named is a setting to fix, though.
-                Err(error) if config.inject_cgroup.is_none() => {
-                    let off = FeatureState::Off(ErrorChain(&error).to_string());
-                    features.set(Feature::Injection, off.clone());
-                    features.set(Feature::Http2Injection, off);
-                }
-                Err(error) => return Err(error),
-            }
-        } else {
-            features.set(Feature::Injection, FeatureState::Disabled);
-            features.set(Feature::Http2Injection, FeatureState::Disabled);
-        }
+        attach_injection(&mut ebpf, &btf, config, bpf_send_prototype, &mut features)?;
         let inject_stats = PerCpuArray::try_from(take(&mut ebpf, "INJECT_STATS")?)
             .map_err(|_| ProbeError::Map("INJECT_STATS"))?;
         let targets = TargetMap::new(
@@ -516,16 +518,91 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeErro
     ebpf.take_map(name).ok_or(ProbeError::Map(name))
 }
 
+/// Attaches the injection programs if asked to and the capture path allows,
+/// recording in `features` why not; fails only for a cgroup the user named
+/// that cannot be used.
+fn attach_injection(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    config: &ProbeConfig,
+    bpf_send_prototype: Result<(), ProbeError>,
+    features: &mut FeatureReport,
+) -> Result<(), ProbeError> {
+    let off = |features: &mut FeatureReport, state: FeatureState| {
+        features.set(Feature::Injection, state.clone());
+        features.set(Feature::Http2Injection, state);
+    };
+    if !config.inject_traceparent {
+        off(features, FeatureState::Disabled);
+        return Ok(());
+    }
+    // On the fexit path a socket in injection's sockhash sends through
+    // tcp_bpf_sendmsg, not tcp_sendmsg: without a capture program there
+    // too, injection stays off rather than lose every request such a
+    // socket sends.
+    let injected_sends = match features.capture {
+        CaptureHooks::SockLengthTracepoints => Ok(()),
+        CaptureHooks::TcpFexit => bpf_send_prototype.and_then(|()| {
+            attach(
+                ebpf,
+                "tcp_bpf_sendmsg_exit",
+                &Hook::FExit("tcp_bpf_sendmsg"),
+                btf,
+            )
+        }),
+        CaptureHooks::TcpFexitPortable => {
+            off(features, FeatureState::Off(PORTABLE_LACKS_COOKIES.into()));
+            return Ok(());
+        }
+    };
+    if let Err(error) = injected_sends {
+        off(features, FeatureState::Off(ErrorChain(&error).to_string()));
+        return Ok(());
+    }
+    match inject::attach(ebpf, config.inject_cgroup.clone()) {
+        Ok(http2) => features.set(Feature::Http2Injection, http2),
+        // Injection is an extra (no cgroup v2, no sock_ops or sk_msg):
+        // without it the agent still traces. A cgroup the user named is a
+        // setting to fix, though.
+        Err(error) if config.inject_cgroup.is_none() => {
+            off(features, FeatureState::Off(ErrorChain(&error).to_string()));
+        }
+        Err(error) => return Err(error),
+    }
+    Ok(())
+}
+
+/// Whether the kernel's TCP functions take the arguments each set of fexit
+/// programs reads.
+struct FexitPrototypes {
+    /// `FEXIT_CAPTURE`'s (Linux >= 5.19).
+    current: Result<(), ProbeError>,
+    /// `PORTABLE_CAPTURE`'s (before 5.19).
+    portable: Result<(), ProbeError>,
+}
+
+impl FexitPrototypes {
+    fn check(kernel_btf: &btf::KernelBtf) -> Self {
+        let with_recvmsg = |parameters: &[&str]| {
+            check_prototype(kernel_btf, "tcp_sendmsg", &TCP_SENDMSG_PARAMETERS)
+                .and_then(|()| check_prototype(kernel_btf, "tcp_recvmsg", parameters))
+        };
+        Self {
+            current: with_recvmsg(&TCP_RECVMSG_PARAMETERS),
+            portable: with_recvmsg(&TCP_RECVMSG_NONBLOCK_PARAMETERS),
+        }
+    }
+}
+
 /// Attaches the capture programs the kernel offers, by trying them in order
 /// of preference: the `sock_*_length` tracepoints, else fexit on the TCP
-/// send and receive functions. A path that fails is detached again before
-/// the next is tried, so no call is reported twice. `fexit_prototypes`
-/// says whether the kernel's TCP functions take the arguments the fexit
-/// programs read.
+/// send and receive functions, else the portable fexit programs (which
+/// leave the in-kernel context off). A path that fails is detached again
+/// before the next is tried, so no call is reported twice.
 fn attach_capture(
     ebpf: &mut Ebpf,
     btf: &Btf,
-    fexit_prototypes: Result<(), ProbeError>,
+    prototypes: FexitPrototypes,
 ) -> Result<FeatureReport, ProbeError> {
     let mut features = FeatureReport::new(CaptureHooks::SockLengthTracepoints);
     let tracepoints = match attach_all(ebpf, TRACEPOINT_CAPTURE, btf, &mut features) {
@@ -537,14 +614,33 @@ fn attach_capture(
     };
     debug!(error = %ErrorChain(&tracepoints), "no sock_*_length tracepoints, trying fexit");
     let mut features = FeatureReport::new(CaptureHooks::TcpFexit);
-    let fexit = fexit_prototypes.and_then(|()| attach_all(ebpf, FEXIT_CAPTURE, btf, &mut features));
-    match fexit {
-        Ok(()) => Ok(features),
-        Err(fexit) => {
+    let fexit = match prototypes
+        .current
+        .and_then(|()| attach_all(ebpf, FEXIT_CAPTURE, btf, &mut features))
+    {
+        Ok(()) => return Ok(features),
+        Err(error) => {
             unload(ebpf, FEXIT_CAPTURE);
+            error
+        }
+    };
+    debug!(error = %ErrorChain(&fexit), "fexit programs refused, trying the portable ones");
+    let mut features = FeatureReport::new(CaptureHooks::TcpFexitPortable);
+    features.set(
+        Feature::KernelContext,
+        FeatureState::Off(PORTABLE_LACKS_SCAN.into()),
+    );
+    match prototypes
+        .portable
+        .and_then(|()| attach_all(ebpf, PORTABLE_CAPTURE, btf, &mut features))
+    {
+        Ok(()) => Ok(features),
+        Err(portable) => {
+            unload(ebpf, PORTABLE_CAPTURE);
             Err(ProbeError::NoCapture {
                 tracepoints: ErrorChain(&tracepoints).to_string(),
                 fexit: ErrorChain(&fexit).to_string(),
+                portable: ErrorChain(&portable).to_string(),
             })
         }
     }
@@ -720,6 +816,13 @@ fn kernel_config(config: &ProbeConfig, btf: &btf::KernelBtf) -> Result<KernelCon
         sample_threshold: config.sampling.1,
         wakeup_bytes: reader::wakeup_bytes(config.data_ring_bytes),
         off_sk_user_data: offset("sock", "sk_user_data")?,
+        off_task_stack: offset("task_struct", "stack")?,
+        // x86_64's THREAD_SIZE: 16 KiB, doubled by KASAN.
+        thread_size: if btf.parameters("kasan_report").is_ok() {
+            32 << 10
+        } else {
+            16 << 10
+        },
     })
 }
 
