@@ -113,7 +113,12 @@ pub fn random_id<const N: usize>() -> [u8; N] {
 /// scan's scratch first. The TLS plaintext paths' (`probes::openssl`,
 /// `probes::go_tls`).
 #[inline(always)]
-pub fn scan_received(tid: u32, cookie: u64, buffer: u64, len: u64) -> Option<()> {
+pub fn scan_received<const PORTABLE: bool>(
+    tid: u32,
+    cookie: u64,
+    buffer: u64,
+    len: u64,
+) -> Option<()> {
     let len = core::cmp::min(len, u64::from(SCAN_LIMIT)) as u32;
     let scratch = TRACE_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch, ours for this program's run.
@@ -123,7 +128,7 @@ pub fn scan_received(tid: u32, cookie: u64, buffer: u64, len: u64) -> Option<()>
     if unsafe { bpf_probe_read_user(bytes.cast(), len, buffer as *const _) } != 0 {
         return None;
     }
-    scan_copied(tid, cookie, bytes, len)
+    scan_copied::<PORTABLE>(tid, cookie, bytes, len)
 }
 
 /// Looks at the `copied` bytes thread `tid` just received on connection
@@ -133,8 +138,14 @@ pub fn scan_received(tid: u32, cookie: u64, buffer: u64, len: u64) -> Option<()>
 /// [`LONE_BYTE`]), the rest of a head may bring its `traceparent`. The
 /// first `SCAN_LIMIT` bytes are looked at. Shared by the socket path
 /// (`socket_call`, on the capture's own copy) and [`scan_received`].
+/// `PORTABLE`: for kernels without `bpf_loop` (see `socket_call::report`).
 #[inline(always)]
-pub fn scan_copied(tid: u32, cookie: u64, bytes: *mut u8, copied: u32) -> Option<()> {
+pub fn scan_copied<const PORTABLE: bool>(
+    tid: u32,
+    cookie: u64,
+    bytes: *mut u8,
+    copied: u32,
+) -> Option<()> {
     let scratch = TRACE_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch, ours for this program's run.
     let scratch = unsafe { &mut *scratch };
@@ -168,7 +179,7 @@ pub fn scan_copied(tid: u32, cookie: u64, bytes: *mut u8, copied: u32) -> Option
     // case (see forget_precision).
     // SAFETY: writing our own per-CPU scratch.
     unsafe { core::ptr::write_volatile(&mut scratch.case, case) };
-    let search = scan_head(scratch, payload, len);
+    let search = scan_head::<PORTABLE>(scratch, payload, len);
     let parent = parent_from(payload, search, &mut scratch.slot);
     if search == HeadSearch::Open && parent.is_none() {
         let _ = HEAD_OPEN.insert(tid, cookie, 0);
@@ -178,7 +189,7 @@ pub fn scan_copied(tid: u32, cookie: u64, bytes: *mut u8, copied: u32) -> Option
     // SAFETY: reading back the value stored above.
     let case = unsafe { core::ptr::read_volatile(&scratch.case) };
     if case != 0 {
-        start_server_request(scratch, tid, cookie, parent, case == SPLIT_START);
+        start_server_request::<PORTABLE>(scratch, tid, cookie, parent, case == SPLIT_START);
     } else if let Some(parent) = parent {
         update_server_request(cookie, &parent);
     }
@@ -351,7 +362,7 @@ fn sampled_flags(trace_id: &[u8; 16], parent_flags: Option<u32>) -> u32 {
 /// reported already, so the context is reported as an update of the
 /// request being read, flagged in the connection's entry.
 #[inline(always)]
-fn start_server_request(
+fn start_server_request<const PORTABLE: bool>(
     scratch: &mut TraceScratch,
     tid: u32,
     cookie: u64,
@@ -374,7 +385,7 @@ fn start_server_request(
         scratch.fresh_tid = tid;
         scratch.fresh_cookie = cookie;
     }
-    track_server_request::<false>(tid, cookie, ctx);
+    track_server_request::<PORTABLE>(tid, cookie, ctx);
 }
 
 /// Keeps `ctx` as the request in flight on connection `cookie`, counted on
@@ -638,8 +649,13 @@ enum HeadSearch {
 /// The scan is a `bpf_loop` over the words (8 bytes) of the read: the
 /// verifier checks its callback once, where it walked every iteration of
 /// an inlined loop (up to 128, each a state compared with the earlier ones).
+/// `PORTABLE` programs (no `bpf_loop`) run that inlined loop.
 #[inline(always)]
-fn scan_head(scratch: &mut TraceScratch, payload: *const u8, captured: u32) -> HeadSearch {
+fn scan_head<const PORTABLE: bool>(
+    scratch: &mut TraceScratch,
+    payload: *const u8,
+    captured: u32,
+) -> HeadSearch {
     let scanned = core::cmp::min(captured, SCAN_LIMIT);
     // SAFETY: the scratch holds at least 16 bytes.
     let start: [u8; 2] = unsafe { core::ptr::read_unaligned(payload.cast()) };
@@ -654,20 +670,31 @@ fn scan_head(scratch: &mut TraceScratch, payload: *const u8, captured: u32) -> H
         }
         // SAFETY: writing our own per-CPU scratch.
         unsafe { core::ptr::write_volatile(&mut scratch.found, 0) };
-        let mut args = ScanArgs {
-            scratch: core::ptr::from_mut(scratch),
-            payload,
-        };
-        // SAFETY: `scan_step_callback` has bpf_loop's callback signature and
-        // `args` outlives the call.
-        unsafe {
-            bpf_loop(
-                scanned.div_ceil(8),
-                scan_step_callback as *mut c_void,
-                core::ptr::from_mut(&mut args).cast(),
-                0,
-            )
-        };
+        let words = scanned.div_ceil(8);
+        if PORTABLE {
+            let mut index = 0;
+            while index < SCAN_LIMIT / 8
+                && index < words
+                && scan_step(core::ptr::from_mut(scratch), payload, index)
+            {
+                index += 1;
+            }
+        } else {
+            let mut args = ScanArgs {
+                scratch: core::ptr::from_mut(scratch),
+                payload,
+            };
+            // SAFETY: `scan_step_callback` has bpf_loop's callback signature
+            // and `args` outlives the call.
+            unsafe {
+                bpf_loop(
+                    words,
+                    scan_step_callback as *mut c_void,
+                    core::ptr::from_mut(&mut args).cast(),
+                    0,
+                )
+            };
+        }
         // SAFETY: reading back what the loop stored.
         let found = unsafe { core::ptr::read_volatile(&scratch.found) };
         if found != 0 {

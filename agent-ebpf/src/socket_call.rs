@@ -40,7 +40,7 @@ use crate::{
 /// an optional feature: a program without it is what the agent falls back
 /// to if the kernel refuses the scan). `PORTABLE` programs run on kernels
 /// without `bpf_loop` (5.17), socket cookies in tracing programs (5.12)
-/// or `bpf_task_pt_regs` (5.15), and do not scan: see `probes::tcp_calls`.
+/// or `bpf_task_pt_regs` (5.15): see `probes::tcp_calls`.
 ///
 /// Inlined into each program, which calls the steps one after the other:
 /// a frame held across the calls would add to theirs, and the verifier
@@ -67,10 +67,14 @@ pub fn report<const SCAN: bool, const PORTABLE: bool>(
     if !prepare::<PORTABLE>(sk, cookie, pid_tgid, ret as u32, direction) {
         return;
     }
-    if SCAN && !PORTABLE && direction == DIRECTION_INGRESS {
+    if SCAN && direction == DIRECTION_INGRESS {
         begin_scanned();
-        sonde_scan_request();
-        send::<false, false>();
+        if PORTABLE {
+            sonde_scan_request_portable();
+        } else {
+            sonde_scan_request();
+        }
+        send::<false, PORTABLE>();
     } else {
         send::<true, PORTABLE>();
     }
@@ -225,6 +229,18 @@ fn conn_state(
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn sonde_scan_request() -> i32 {
+    scan_request::<false>()
+}
+
+/// [`sonde_scan_request`] for the portable programs.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn sonde_scan_request_portable() -> i32 {
+    scan_request::<true>()
+}
+
+#[inline(always)]
+fn scan_request<const PORTABLE: bool>() -> i32 {
     let Some(scratch) = DATA_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
@@ -237,7 +253,7 @@ pub extern "C" fn sonde_scan_request() -> i32 {
     }
     let (tid, cookie) = (event.header.tid, event.socket_cookie);
     // The payload has MAX_CAPTURE_BYTES of room after it (`DataScratch`).
-    if scan_copied(tid, cookie, event.payload.as_mut_ptr(), call.copied).is_none() {
+    if scan_copied::<PORTABLE>(tid, cookie, event.payload.as_mut_ptr(), call.copied).is_none() {
         return 0;
     }
     // A request head came in on this descriptor: what `probes::nginx` looks

@@ -223,7 +223,7 @@ fn scan_read(ctx: &ProbeContext) -> Option<()> {
     if socket.role == ROLE_CLIENT {
         return None;
     }
-    scan_received(
+    scan_received::<false>(
         GO_CONTEXT_KEY | key.tgid,
         socket.cookie,
         call.buffer,

@@ -152,30 +152,58 @@ pub fn ssl_handshake_exit(_ctx: RetProbeContext) -> u32 {
 
 #[uretprobe]
 pub fn ssl_read_exit(ctx: RetProbeContext) -> u32 {
-    let _ = scan_read(&ctx);
-    // SAFETY: `ctx` is this program's context; on success this does not return.
-    unsafe { TLS_TAILS.tail_call(&ctx, TLS_CAPTURE_TAIL) };
-    // Only reached if the agent did not fill TLS_TAILS.
-    let _ = SSL_CALLS.remove(bpf_get_current_pid_tgid() as u32);
-    0
+    read_exit::<false>(&ctx)
 }
 
 #[uretprobe]
 pub fn ssl_write_exit(ctx: RetProbeContext) -> u32 {
-    let _ = capture(&ctx);
+    let _ = capture::<false>(&ctx);
     0
 }
 
 /// Reached from [`ssl_read_exit`] by tail call.
 #[uretprobe]
 pub fn tls_capture(ctx: RetProbeContext) -> u32 {
-    let _ = capture(&ctx);
+    let _ = capture::<false>(&ctx);
+    0
+}
+
+/// The same three for the portable capture path (kernels without
+/// `bpf_loop`: see `socket_call::report`).
+#[uretprobe]
+pub fn ssl_read_exit_portable(ctx: RetProbeContext) -> u32 {
+    read_exit::<true>(&ctx)
+}
+
+#[uretprobe]
+pub fn ssl_write_exit_portable(ctx: RetProbeContext) -> u32 {
+    let _ = capture::<true>(&ctx);
+    0
+}
+
+/// Reached from [`ssl_read_exit_portable`] by tail call.
+#[uretprobe]
+pub fn tls_capture_portable(ctx: RetProbeContext) -> u32 {
+    let _ = capture::<true>(&ctx);
+    0
+}
+
+/// A read returns: scanned here, reported by the capture program the
+/// agent put in `TLS_TAILS` (`tls_capture` or its portable twin; both in
+/// one program are more than the verifier accepts).
+#[inline(always)]
+fn read_exit<const PORTABLE: bool>(ctx: &RetProbeContext) -> u32 {
+    let _ = scan_read::<PORTABLE>(ctx);
+    // SAFETY: `ctx` is this program's context; on success this does not return.
+    unsafe { TLS_TAILS.tail_call(ctx, TLS_CAPTURE_TAIL) };
+    // Only reached if the agent did not fill TLS_TAILS.
+    let _ = SSL_CALLS.remove(bpf_get_current_pid_tgid() as u32);
     0
 }
 
 /// A read that may start a request: its server context, before capture.
 #[inline(always)]
-fn scan_read(ctx: &RetProbeContext) -> Option<()> {
+fn scan_read<const PORTABLE: bool>(ctx: &RetProbeContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     // SAFETY: plain value lookup, copied out.
@@ -188,12 +216,12 @@ fn scan_read(ctx: &RetProbeContext) -> Option<()> {
     if socket.role == ROLE_CLIENT {
         return None;
     }
-    scan_received(tid, socket.cookie, call.buffer, u64::from(len))
+    scan_received::<PORTABLE>(tid, socket.cookie, call.buffer, u64::from(len))
 }
 
 /// Reports the plaintext of the call the thread returns from.
 #[inline(always)]
-fn capture(ctx: &RetProbeContext) -> Option<()> {
+fn capture<const PORTABLE: bool>(ctx: &RetProbeContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
@@ -238,7 +266,7 @@ fn capture(ctx: &RetProbeContext) -> Option<()> {
     event.direction = call.direction;
     event.role = socket.role;
     event.source = SOURCE_TLS;
-    report_call::<false>(
+    report_call::<PORTABLE>(
         scratch,
         Some(&UserData::single(call.buffer)),
         len,

@@ -19,8 +19,8 @@
 //! The `_portable` programs are for kernels older still (5.10 to 5.16),
 //! which lack `bpf_loop`, socket cookies in tracing programs and
 //! `bpf_task_pt_regs`: they read that older `tcp_recvmsg`, identify a
-//! connection by its socket's address (`crate::sock::socket_id`), copy
-//! with a bounded loop, and do not scan request heads.
+//! connection by its socket's address (`crate::sock::socket_id`), and
+//! copy and scan with bounded loops.
 //!
 //! /// match-proto:v5.10:net/ipv4/tcp.c:
 //! /// int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int nonblock, int flags, int *addr_len)
@@ -75,6 +75,16 @@ pub fn tcp_sendmsg_portable(ctx: FExitContext) -> u32 {
 
 #[fexit(function = "tcp_recvmsg")]
 pub fn tcp_recvmsg_portable(ctx: FExitContext) -> u32 {
+    report::<true, true>(
+        &ctx,
+        RECVMSG_NONBLOCK_RET,
+        Some(RECVMSG_NONBLOCK_FLAGS),
+        DIRECTION_INGRESS,
+    )
+}
+
+#[fexit(function = "tcp_recvmsg")]
+pub fn tcp_recvmsg_portable_capture(ctx: FExitContext) -> u32 {
     report::<false, true>(
         &ctx,
         RECVMSG_NONBLOCK_RET,

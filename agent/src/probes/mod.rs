@@ -346,7 +346,7 @@ const PORTABLE_CAPTURE: &[HookSpec] = &[
     (
         "tcp_recvmsg_portable",
         Hook::FExit("tcp_recvmsg"),
-        OnRefusal::Fail,
+        OnRefusal::FallBack(Feature::KernelContext, "tcp_recvmsg_portable_capture"),
     ),
     (
         "inet_sock_set_state_portable",
@@ -371,8 +371,6 @@ const TCP_RECVMSG_NONBLOCK_PARAMETERS: [&str; 6] =
 const TCP_SENDMSG_PARAMETERS: [&str; 3] = ["sk", "msg", "size"];
 
 /// What the portable capture programs leave out.
-const PORTABLE_LACKS_SCAN: &str = "the portable capture programs this kernel needs do not scan \
-     request heads (it has no bpf_loop)";
 const PORTABLE_LACKS_COOKIES: &str = "the portable capture programs this kernel needs identify \
      connections by socket address, injection's programs by socket cookie";
 
@@ -479,7 +477,8 @@ impl Probes {
         // TLS is an addition to plaintext capture: if its programs cannot be
         // loaded (a kernel that refuses them), the rest still runs.
         let openssl = if config.tls {
-            match OpensslProbes::load(Arc::clone(&ebpf), Arc::clone(&stats)) {
+            let portable = features.capture == CaptureHooks::TcpFexitPortable;
+            match OpensslProbes::load(Arc::clone(&ebpf), Arc::clone(&stats), portable) {
                 Ok(openssl) => Some(openssl),
                 Err(error) => {
                     features.set(
@@ -596,8 +595,8 @@ impl FexitPrototypes {
 
 /// Attaches the capture programs the kernel offers, by trying them in order
 /// of preference: the `sock_*_length` tracepoints, else fexit on the TCP
-/// send and receive functions, else the portable fexit programs (which
-/// leave the in-kernel context off). A path that fails is detached again
+/// send and receive functions, else the portable fexit programs. A path
+/// that fails is detached again
 /// before the next is tried, so no call is reported twice.
 fn attach_capture(
     ebpf: &mut Ebpf,
@@ -626,10 +625,6 @@ fn attach_capture(
     };
     debug!(error = %ErrorChain(&fexit), "fexit programs refused, trying the portable ones");
     let mut features = FeatureReport::new(CaptureHooks::TcpFexitPortable);
-    features.set(
-        Feature::KernelContext,
-        FeatureState::Off(PORTABLE_LACKS_SCAN.into()),
-    );
     match prototypes
         .portable
         .and_then(|()| attach_all(ebpf, PORTABLE_CAPTURE, btf, &mut features))

@@ -51,9 +51,24 @@ struct Hook {
 }
 
 impl Hook {
-    /// The programs attached to the function.
-    fn programs(&self) -> impl Iterator<Item = &'static str> {
-        std::iter::once(self.entry).chain(self.exit)
+    /// The programs attached to the function, those of the portable
+    /// capture path if `portable`.
+    fn programs(&self, portable: bool) -> impl Iterator<Item = &'static str> {
+        std::iter::once(self.entry)
+            .chain(self.exit)
+            .map(move |program| for_capture_path(program, portable))
+    }
+}
+
+/// `program`, or its twin for the portable capture path (kernels without
+/// `bpf_loop`, see `CaptureHooks::TcpFexitPortable`): the programs that
+/// capture or scan have one each.
+fn for_capture_path(program: &'static str, portable: bool) -> &'static str {
+    match (program, portable) {
+        ("ssl_read_exit", true) => "ssl_read_exit_portable",
+        ("ssl_write_exit", true) => "ssl_write_exit_portable",
+        (TLS_CAPTURE, true) => "tls_capture_portable",
+        (program, _) => program,
     }
 }
 
@@ -216,24 +231,31 @@ pub struct OpensslProbes {
     nginx: bool,
     /// The Go TLS programs, if they loaded (else Go's TLS is not traced).
     go: Option<GoProbes>,
+    /// The portable capture path's programs are the ones loaded.
+    portable: bool,
 }
 
 impl OpensslProbes {
-    /// Loads the programs (not attached to anything yet).
-    pub fn load(ebpf: Arc<Mutex<Ebpf>>, stats: Arc<Stats>) -> Result<Self, OpensslError> {
+    /// Loads the programs (not attached to anything yet), those of the
+    /// portable capture path if `portable`.
+    pub fn load(
+        ebpf: Arc<Mutex<Ebpf>>,
+        stats: Arc<Stats>,
+        portable: bool,
+    ) -> Result<Self, OpensslError> {
         let nginx;
         let go;
         {
             let mut guard = ebpf.lock().unwrap_or_else(PoisonError::into_inner);
             let mut loaded = HashSet::new();
-            for program in HOOKS.iter().flat_map(Hook::programs) {
+            for program in HOOKS.iter().flat_map(|hook| hook.programs(portable)) {
                 if loaded.insert(program) {
                     uprobe(&mut guard, program)?
                         .load()
                         .map_err(|source| OpensslError::Load { program, source })?;
                 }
             }
-            link_capture_tail(&mut guard)?;
+            link_capture_tail(&mut guard, for_capture_path(TLS_CAPTURE, portable))?;
             nginx = nginx::load(&mut guard)
                 .inspect_err(|error| {
                     warn!(error = %ErrorChain(error), "nginx upstream calls will not get exact parents");
@@ -252,6 +274,7 @@ impl OpensslProbes {
             attached: 0,
             nginx,
             go,
+            portable,
         })
     }
 
@@ -276,7 +299,7 @@ impl OpensslProbes {
         let mut ebpf = self.ebpf.lock().unwrap_or_else(PoisonError::into_inner);
         let mut links = Vec::new();
         for hook in &hooks {
-            for program in hook.programs() {
+            for program in hook.programs(self.portable) {
                 let attached = uprobe(&mut ebpf, program).and_then(|probe| {
                     probe
                         .attach(hook.function, path, UProbeScope::AllProcesses)
@@ -365,12 +388,9 @@ impl TlsAttach for OpensslProbes {
 
 /// Loads the capture program and puts it where the read return probe
 /// tail-calls it.
-fn link_capture_tail(ebpf: &mut Ebpf) -> Result<(), OpensslError> {
-    let load_error = |source| OpensslError::Load {
-        program: TLS_CAPTURE,
-        source,
-    };
-    let capture = uprobe(ebpf, TLS_CAPTURE)?;
+fn link_capture_tail(ebpf: &mut Ebpf, program: &'static str) -> Result<(), OpensslError> {
+    let load_error = |source| OpensslError::Load { program, source };
+    let capture = uprobe(ebpf, program)?;
     capture.load().map_err(load_error)?;
     let fd = capture
         .fd()
