@@ -841,6 +841,41 @@ mod tests {
 
     /// What a user reads for a kernel feature that is missing names the
     /// feature, what degrades, and what to do.
+    /// Every program the agent may attach, on any capture path, fallbacks
+    /// included, is in the kernel object: a misspelt name would only show
+    /// on the kernels that need that path.
+    #[test]
+    fn every_program_named_is_in_the_object() {
+        if EBPF_OBJECT.is_empty() {
+            eprintln!("skipped: built without the kernel object");
+            return;
+        }
+        let object = aya_obj::Object::parse(EBPF_OBJECT).expect("kernel object");
+        let capture_paths = [
+            TRACEPOINT_CAPTURE,
+            FEXIT_CAPTURE,
+            PORTABLE_CAPTURE,
+            COMMON_HOOKS,
+        ];
+        let hooks = capture_paths.iter().flat_map(|hooks| hooks.iter());
+        let mut names: Vec<&str> = hooks
+            .flat_map(|(program, _, on_refusal)| {
+                let fallback = match on_refusal {
+                    OnRefusal::FallBack(_, fallback) => Some(*fallback),
+                    OnRefusal::Fail => None,
+                };
+                std::iter::once(*program).chain(fallback)
+            })
+            .collect();
+        names.extend(openssl::program_names());
+        for name in names {
+            assert!(
+                object.programs.contains_key(name),
+                "{name} is not in the kernel object"
+            );
+        }
+    }
+
     #[test]
     fn errors_name_the_feature_and_what_degrades() {
         let no_btf = ProbeError::Btf(Box::new(io::Error::from(io::ErrorKind::NotFound)));

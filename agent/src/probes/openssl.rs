@@ -60,6 +60,17 @@ impl Hook {
     }
 }
 
+/// Every OpenSSL program the agent loads, on either capture path.
+#[cfg(test)]
+pub fn program_names() -> impl Iterator<Item = &'static str> {
+    [false, true].into_iter().flat_map(|portable| {
+        HOOKS
+            .iter()
+            .flat_map(move |hook| hook.programs(portable))
+            .chain([for_capture_path(TLS_CAPTURE, portable)])
+    })
+}
+
 /// `program`, or its twin for the portable capture path (kernels without
 /// `bpf_loop`, see `CaptureHooks::TcpFexitPortable`): the programs that
 /// capture or scan have one each.
