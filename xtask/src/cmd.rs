@@ -5,8 +5,11 @@
 use std::{
     env,
     ffi::{OsStr, OsString},
+    ops::AddAssign,
     path::{Path, PathBuf},
     process::{Command, ExitStatus, Stdio},
+    thread,
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -163,6 +166,19 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Like [`run`], but runs `cmd` once more after `pause` if it fails: for
+/// downloads, where a network hiccup or a lock held for a moment should
+/// not fail a CI run.
+pub fn run_retrying(cmd: &mut Command, pause: Duration) -> Result<()> {
+    let Err(first) = run(cmd) else {
+        return Ok(());
+    };
+    let pause_secs = pause.as_secs();
+    eprintln!("xtask: {first}; trying once more in {pause_secs} s");
+    thread::sleep(pause);
+    run(cmd).with_context(|| format!("failed twice, {pause_secs} s apart"))
+}
+
 /// Totals of libtest's `test result:` lines.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TestTally {
@@ -173,7 +189,7 @@ pub struct TestTally {
 
 impl TestTally {
     /// Adds the counts of one `test result: ok. 3 passed; 0 failed; 1 ignored; ...` line.
-    fn add_line(&mut self, line: &str) {
+    pub fn add_line(&mut self, line: &str) {
         let Some(rest) = line.trim().strip_prefix("test result: ") else {
             return;
         };
@@ -192,6 +208,14 @@ impl TestTally {
                 _ => {}
             }
         }
+    }
+}
+
+impl AddAssign for TestTally {
+    fn add_assign(&mut self, other: Self) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.ignored += other.ignored;
     }
 }
 

@@ -65,7 +65,8 @@ enum Task {
     /// Build, then run demo/demo.py against the agent.
     Demo,
     /// Rustfmt, clippy (host and BPF), unit tests, then (as root) the
-    /// end-to-end tests against a release build. What CI runs.
+    /// end-to-end tests against a release build, the kernel matrix under
+    /// Debian's kernels in qemu and short fuzz runs. What CI runs.
     Test {
         /// Stop after the unit tests (no root needed).
         #[arg(long)]
@@ -87,9 +88,10 @@ enum Task {
     /// Measure what the agent costs (nginx and FastAPI with and without it,
     /// against the OpenTelemetry SDK); results in target/bench (root).
     Bench(bench::Args),
-    /// Run the kernel matrix test (or a command) under Debian's 5.10, 6.1
-    /// and 6.12 kernels in qemu, with this machine's root shared read-only
-    /// (root; kernels cached in /var/cache/sonde/kernels).
+    /// Run the kernel matrix test (or a command) under Debian's 6.12, 6.1
+    /// or 5.10 kernel in qemu (by default the kernels `test` boots), with
+    /// this machine's root shared read-only (root; kernels cached in
+    /// /var/cache/sonde/kernels).
     Vm(vm::Args),
     /// The load generator and OTLP sink processes of `bench`.
     #[command(hide = true, subcommand)]

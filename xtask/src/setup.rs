@@ -2,23 +2,27 @@
 //! build or test machine needs, checked quickly and installed only when
 //! missing.
 //!
-//! Two groups: the nightly toolchain (rust-src and clippy, bpf-linker and
+//! Three groups: the nightly toolchain (rust-src and clippy, bpf-linker and
 //! the LLVM 22 libraries it builds against for the eBPF programs, and
-//! cargo-fuzz for the fuzz targets) and the tools the
+//! cargo-fuzz for the fuzz targets), the tools the
 //! end-to-end tests and the demo run (curl, python3 + requests + grpcio +
 //! the OpenTelemetry SDK, node + npm and tests/apps' packages, bpftool,
 //! iproute2, prometheus, nginx, openssl, Debian's python3-grpcio for the TLS
 //! tests, the Go toolchains of the Go tests (1.22 and 1.23 from
 //! bookworm-backports), and yamllint + kubernetes-validate for
-//! the offline checks of deploy/). A third group, outside `ALL`, is what
-//! `cargo xtask bench` adds (wrk, nginx, python3-venv). All checks together
-//! take well under a second when everything is present; `apt-get update`
-//! runs only if an apt package is missing.
+//! the offline checks of deploy/), and what the kernel matrix boots its
+//! VMs with (qemu from bookworm-backports, static busybox, kmod, cpio, xz).
+//! A fourth group, outside `ALL`, is what `cargo xtask bench` adds (wrk,
+//! nginx, python3-venv). All checks together take well under a second when
+//! everything is present; `apt-get update` runs only if an apt package is
+//! missing, and apt waits for a lock another apt holds (a fresh machine's
+//! unattended upgrades) instead of failing.
 
 use std::{
     env, fmt,
     path::{Path, PathBuf},
     process::Command,
+    time::Duration,
 };
 
 use anyhow::{Result, bail};
@@ -33,6 +37,16 @@ const CARGO_FUZZ: &str = "0.13.2";
 
 /// Debian's grpcio, which links the system's libssl (see `check`).
 const TLS_GRPCIO: &str = "python3-grpcio";
+
+/// The static busybox of `busybox-static`, the kernel matrix's initramfs
+/// shell: Debian's dynamic one cannot run before the root is mounted.
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// How long apt waits for a lock another apt holds.
+pub const APT_LOCK_TIMEOUT: &str = "DPkg::Lock::Timeout=300";
+
+/// The pause before the one retry of a failed `apt-get update`.
+pub const APT_RETRY_PAUSE: Duration = Duration::from_secs(20);
 
 /// Debian packages bpf-linker is built against.
 const LLVM_DEV_PACKAGES: &[&str] = &[
@@ -49,14 +63,17 @@ pub enum Group {
     EbpfToolchain,
     /// Running the end-to-end tests and the demo.
     Runtime,
+    /// Booting Debian's kernels in qemu for the kernel matrix (`cargo
+    /// xtask vm`, and a step of the test suite).
+    KernelMatrix,
     /// Running `cargo xtask bench` (not in [`Group::ALL`]): wrk, nginx and
     /// Python virtualenvs; the bench installs its PyPI packages itself.
     Bench,
 }
 
 impl Group {
-    /// Both groups: what `cargo xtask setup` and the full test suite need.
-    pub const ALL: &[Group] = &[Group::EbpfToolchain, Group::Runtime];
+    /// What `cargo xtask setup` and the full test suite need.
+    pub const ALL: &[Group] = &[Group::EbpfToolchain, Group::Runtime, Group::KernelMatrix];
 }
 
 /// What `setup` does about what is missing.
@@ -379,6 +396,29 @@ fn check(groups: &[Group]) -> Vec<Checked> {
             status: deploy_validators(),
         });
     }
+    if groups.contains(&Group::KernelMatrix) {
+        // The qemu the VMs were verified with.
+        out.push(Checked {
+            name: "qemu-system-x86_64",
+            status: match cmd::which("qemu-system-x86_64") {
+                Some(path) => Status::Present(path.display().to_string()),
+                None => Status::Missing(Fix::AptBackports("qemu-system-x86")),
+            },
+        });
+        // The initramfs: the kernel package's module dependencies, its
+        // compressed modules, the archive.
+        out.push(executable("kmod", "modprobe", "kmod"));
+        out.push(executable("xz", "xz", "xz-utils"));
+        out.push(executable("cpio", "cpio", "cpio"));
+        out.push(Checked {
+            name: "busybox (static)",
+            status: if is_static(Path::new(BUSYBOX)) {
+                Status::Present(BUSYBOX.to_owned())
+            } else {
+                Status::Missing(Fix::Apt("busybox-static"))
+            },
+        });
+    }
     if groups.contains(&Group::Bench) {
         out.push(executable("wrk", "wrk", "wrk"));
         out.push(executable("nginx", "nginx", "nginx"));
@@ -411,6 +451,13 @@ fn executable(name: &'static str, exe: &str, pkg: &'static str) -> Checked {
             None => Status::Missing(Fix::Apt(pkg)),
         },
     }
+}
+
+/// True if `path` is an ELF file without a program interpreter.
+fn is_static(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|bytes| {
+        bytes.starts_with(b"\x7fELF") && !bytes.windows(15).any(|w| w == b"/lib64/ld-linux")
+    })
 }
 
 /// A Debian package, present in `version` or installed with apt.
@@ -648,17 +695,28 @@ fn install_backports(pkgs: &[&str]) -> Result<()> {
 /// `apt-get update`, then `apt-get install` of `pkgs` with `options`
 /// (e.g. a target release), unattended.
 fn apt_install(pkgs: &[&str], options: &[&str]) -> Result<()> {
-    cmd::run(&mut privileged(&["apt-get", "update"])?)?;
+    apt_update()?;
     let mut get = privileged(&[
         "env",
         "DEBIAN_FRONTEND=noninteractive",
         "apt-get",
+        "-o",
+        APT_LOCK_TIMEOUT,
         "install",
         "-y",
         "--no-install-recommends",
     ])?;
     get.args(options).args(pkgs);
     cmd::run(&mut get)
+}
+
+/// `apt-get update`, once more after a pause if it fails (a mirror
+/// failing for a moment).
+fn apt_update() -> Result<()> {
+    cmd::run_retrying(
+        &mut privileged(&["apt-get", "-o", APT_LOCK_TIMEOUT, "update"])?,
+        APT_RETRY_PAUSE,
+    )
 }
 
 /// yamllint and kubernetes-validate (with the Kubernetes schemas it ships),
@@ -689,16 +747,7 @@ fn install_deploy_validators() -> Result<()> {
     );
     // Debian splits `python3 -m venv` into python3-venv.
     if cmd::probe(Command::new("python3").args(["-c", "import ensurepip, venv"])).is_none() {
-        cmd::run(&mut privileged(&["apt-get", "update"])?)?;
-        cmd::run(&mut privileged(&[
-            "env",
-            "DEBIAN_FRONTEND=noninteractive",
-            "apt-get",
-            "install",
-            "-y",
-            "--no-install-recommends",
-            "python3-venv",
-        ])?)?;
+        apt_install(&["python3-venv"], &[])?;
     }
     cmd::run(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
     cmd::run(

@@ -17,6 +17,16 @@
 //! - qemu runs with software emulation: this machine's KVM does not run
 //!   stock kernels. A boot takes ~10 s of wall time, the guest runs a few
 //!   times slower than the host.
+//! - `cargo xtask test` runs the matrix test as a step ([`suite`]) under the
+//!   kernels the table marks `in_suite` (those the agent runs on), one VM
+//!   at a time, with the release agent the suite built; `cargo xtask vm`
+//!   boots the same kernels by default, or those named.
+//!   A failed run prints the end of its console and output logs, so that
+//!   CI's log says why.
+//! - Downloads are made unattended as root: apt's private lists, one retry
+//!   of a failed fetch, the package moved into the cache only once whole;
+//!   a lock on the cache keeps concurrent runs from preparing the same
+//!   kernel twice.
 
 use std::{
     fs,
@@ -28,7 +38,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::{build, cmd};
+use crate::{build, cmd, setup};
 
 /// Downloaded kernel packages and what is made from them, kept between runs.
 const CACHE: &str = "/var/cache/sonde/kernels";
@@ -38,8 +48,16 @@ const SUITES: &[&str] = &["bookworm", "bookworm-backports", "bullseye"];
 /// Modules the initramfs loads (with their dependencies) to mount the
 /// host's root: virtio PCI transport, 9p over virtio, the 9p filesystem.
 const BOOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
-/// The static busybox of `busybox-static`.
-const BUSYBOX: &str = "/bin/busybox";
+/// Seconds a VM may run before it is stopped and counted as failed: a
+/// matrix run takes about 2 minutes alone, 4 with another beside it.
+const TIMEOUT_SECS: u64 = 600;
+/// VMs the suite runs at once. One: a guest keeps about one host core
+/// busy, yet two at once on 2 cores took 250 s each where one after the
+/// other took 120 s + 90 s (each guest's 2 virtual CPUs waiting for each
+/// other on a shared core).
+const SUITE_JOBS: usize = 1;
+/// Lines of a failed run's console and output logs printed.
+const TAIL_LINES: usize = 60;
 
 /// One kernel of the matrix.
 #[derive(Clone, Copy, Debug)]
@@ -51,6 +69,9 @@ pub struct Kernel {
     package: &'static str,
     /// How its downloaded package files start.
     file_prefix: &'static str,
+    /// Whether `cargo xtask test` runs the matrix test under it (a kernel
+    /// the agent is known to run on); `cargo xtask vm --kernel` boots any.
+    in_suite: bool,
     /// Optional features this kernel cannot run, as `sonde check` names
     /// them (comma-separated): the matrix test fails if any other is off.
     expect_off: &'static str,
@@ -63,18 +84,22 @@ pub const KERNELS: &[Kernel] = &[
         name: "6.12",
         package: r"^linux-image-6\.12\.[0-9.]*\+deb12-amd64-unsigned$",
         file_prefix: "linux-image-6.12.",
+        in_suite: true,
         expect_off: "",
     },
     Kernel {
         name: "6.1",
         package: r"^linux-image-6\.1\.0-[0-9]*-amd64-unsigned$",
         file_prefix: "linux-image-6.1.0-",
+        in_suite: true,
         expect_off: "",
     },
     Kernel {
         name: "5.10",
         package: r"^linux-image-5\.10\.0-[0-9]*-amd64-unsigned$",
         file_prefix: "linux-image-5.10.0-",
+        // Out of the suite until the matrix test passes there.
+        in_suite: false,
         expect_off: "",
     },
 ];
@@ -82,14 +107,15 @@ pub const KERNELS: &[Kernel] = &[
 /// `cargo xtask vm` options.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Kernels to boot (repeatable): 6.12, 6.1, 5.10. Default: all.
+    /// Kernels to boot (repeatable): 6.12, 6.1, 5.10. Default: those
+    /// `cargo xtask test` boots (`in_suite` in the table of xtask/src/vm.rs).
     #[arg(long = "kernel")]
     kernels: Vec<String>,
     /// VMs run at once (each takes 2 virtual CPUs).
     #[arg(long, default_value_t = 1)]
     jobs: usize,
     /// Seconds a VM may run before it is stopped and counted as failed.
-    #[arg(long, default_value_t = 900)]
+    #[arg(long, default_value_t = TIMEOUT_SECS)]
     timeout: u64,
     /// Command to run in each VM, as root, in the workspace root (default:
     /// the kernel matrix test against a release agent).
@@ -104,29 +130,117 @@ pub fn run(args: &Args) -> Result<()> {
         "`cargo xtask vm` installs qemu and loads eBPF programs in the VMs: run it as root"
     );
     let kernels = chosen(&args.kernels)?;
-    ensure_tools()?;
+    setup::ensure(
+        &[setup::Group::KernelMatrix],
+        setup::Mode::Install,
+        setup::Verbosity::Summary,
+    )?;
     let agent = build::agent(build::Profile::Release)?;
     let command = if args.command.is_empty() {
-        vec![
-            matrix_test_binary()?.display().to_string(),
-            "--nocapture".to_owned(),
-        ]
+        matrix_test()?
     } else {
         args.command.clone()
     };
-    let mut prepared = Vec::new();
-    for kernel in &kernels {
-        prepared.push(prepare(kernel)?);
+    let results = boot_all(
+        &kernels,
+        &agent,
+        &command,
+        args.jobs,
+        Duration::from_secs(args.timeout),
+    )?;
+    report(&results)
+}
+
+/// The kernel matrix step of `cargo xtask test` (what `cargo xtask vm`
+/// runs without options): the matrix test under every kernel in the
+/// suite, against `agent` (the suite's release build, not rebuilt), its
+/// counts added to `tally`. The suite has installed the tools
+/// ([`setup::Group::KernelMatrix`]).
+pub fn suite(agent: &Path, tally: &mut cmd::TestTally) -> Result<()> {
+    let results = boot_all(
+        &chosen(&[])?,
+        agent,
+        &matrix_test()?,
+        SUITE_JOBS,
+        Duration::from_secs(TIMEOUT_SECS),
+    )?;
+    for result in &results {
+        *tally += result.tally;
     }
+    report(&results)
+}
+
+/// The kernels named, or those of the suite.
+fn chosen(names: &[String]) -> Result<Vec<Kernel>> {
+    if names.is_empty() {
+        let left_out: Vec<&str> = KERNELS
+            .iter()
+            .filter(|k| !k.in_suite)
+            .map(|k| k.name)
+            .collect();
+        if !left_out.is_empty() {
+            eprintln!(
+                "xtask vm: not in the suite (`cargo xtask vm --kernel` boots them): {}",
+                left_out.join(", ")
+            );
+        }
+        return Ok(suite_kernels(KERNELS));
+    }
+    names
+        .iter()
+        .map(|name| {
+            KERNELS
+                .iter()
+                .find(|k| k.name == name.as_str())
+                .copied()
+                .with_context(|| {
+                    let known: Vec<_> = KERNELS.iter().map(|k| k.name).collect();
+                    format!("unknown kernel {name}; known: {}", known.join(", "))
+                })
+        })
+        .collect()
+}
+
+/// The kernels of `table` that `cargo xtask test` boots, in table order.
+fn suite_kernels(table: &[Kernel]) -> Vec<Kernel> {
+    table.iter().filter(|k| k.in_suite).copied().collect()
+}
+
+/// Prepares `kernels`, then boots them `jobs` at a time, each running
+/// `command` for at most `timeout`; the results in the order of `kernels`.
+fn boot_all(
+    kernels: &[Kernel],
+    agent: &Path,
+    command: &[String],
+    jobs: usize,
+    timeout: Duration,
+) -> Result<Vec<RunResult>> {
+    let prepared = {
+        let _cache = lock_cache()?;
+        let mut lists_updated = false;
+        kernels
+            .iter()
+            .map(|kernel| prepare(kernel, &mut lists_updated))
+            .collect::<Result<Vec<_>>>()?
+    };
 
     let mut results = Vec::new();
     let mut running: Vec<(Boot, Child, Instant)> = Vec::new();
     let mut queue = prepared.into_iter();
     loop {
-        while running.len() < args.jobs.max(1) {
+        while running.len() < jobs.max(1) {
             let Some(boot) = queue.next() else { break };
-            let child = start(&boot, &agent, &command)?;
-            running.push((boot, child, Instant::now()));
+            match start(&boot, agent, command) {
+                Ok(child) => running.push((boot, child, Instant::now())),
+                Err(err) => {
+                    // No VM outlives the run.
+                    for (_, mut child, _) in running {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                    }
+                    return Err(err);
+                }
+            }
         }
         if running.is_empty() {
             break;
@@ -135,7 +249,7 @@ pub fn run(args: &Args) -> Result<()> {
         let mut i = 0;
         while i < running.len() {
             let (_, child, started) = &mut running[i];
-            let timed_out = started.elapsed() > Duration::from_secs(args.timeout);
+            let timed_out = started.elapsed() > timeout;
             if timed_out {
                 // Killing a VM that just exited on its own fails harmlessly.
                 let _ = child.kill();
@@ -148,10 +262,15 @@ pub fn run(args: &Args) -> Result<()> {
             }
         }
     }
+    results.sort_by_key(|result| kernels.iter().position(|k| k.name == result.kernel));
+    Ok(results)
+}
 
+/// Prints one line per run; fails naming the kernels whose run failed.
+fn report(results: &[RunResult]) -> Result<()> {
     eprintln!("\nxtask vm: results");
     let mut failed = Vec::new();
-    for result in &results {
+    for result in results {
         eprintln!(
             "  {:<6} {:<28} {:>5.0} s  {}",
             result.kernel,
@@ -169,61 +288,24 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// The kernels named, or all.
-fn chosen(names: &[String]) -> Result<Vec<Kernel>> {
-    if names.is_empty() {
-        return Ok(KERNELS.to_vec());
+/// The cache's lock, held while kernels are downloaded and unpacked:
+/// another run (another user's `cargo xtask vm`) waits instead of writing
+/// the same files.
+fn lock_cache() -> Result<fs::File> {
+    fs::create_dir_all(CACHE).with_context(|| format!("creating {CACHE}"))?;
+    let path = Path::new(CACHE).join("lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    if file.try_lock().is_err() {
+        eprintln!("xtask vm: waiting for another run's lock on {CACHE}");
+        file.lock()
+            .with_context(|| format!("locking {}", path.display()))?;
     }
-    names
-        .iter()
-        .map(|name| {
-            KERNELS
-                .iter()
-                .find(|k| k.name == name.as_str())
-                .copied()
-                .with_context(|| {
-                    let known: Vec<_> = KERNELS.iter().map(|k| k.name).collect();
-                    format!("unknown kernel {name}; known: {}", known.join(", "))
-                })
-        })
-        .collect()
-}
-
-/// Installs qemu (from bookworm-backports, as verified), static busybox,
-/// kmod, cpio and xz if missing.
-fn ensure_tools() -> Result<()> {
-    let missing: Vec<&str> = [
-        ("qemu-system-x86_64", "qemu-system-x86"),
-        ("depmod", "kmod"),
-        ("cpio", "cpio"),
-        ("xz", "xz-utils"),
-    ]
-    .into_iter()
-    .filter(|(exe, _)| cmd::which(exe).is_none())
-    .map(|(_, package)| package)
-    .chain(
-        // Debian's dynamic busybox cannot run before the root is mounted.
-        (!is_static(Path::new(BUSYBOX))).then_some("busybox-static"),
-    )
-    .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    update_lists()?;
-    cmd::run(
-        apt("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(["-t", "bookworm-backports"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-}
-
-/// True if `path` is an ELF file without a program interpreter.
-fn is_static(path: &Path) -> bool {
-    fs::read(path).is_ok_and(|bytes| {
-        bytes.starts_with(b"\x7fELF") && !bytes.windows(15).any(|w| w == b"/lib64/ld-linux")
-    })
+    Ok(file)
 }
 
 /// apt with the private configuration under [`CACHE`]: Debian's suites
@@ -231,6 +313,8 @@ fn is_static(path: &Path) -> bool {
 fn apt(program: &str) -> Command {
     let apt_dir = Path::new(CACHE).join("apt");
     let mut command = Command::new(program);
+    // Root's cache is closed to apt's download sandbox user.
+    command.args(["-o", "APT::Sandbox::User=root"]);
     for (option, value) in [
         ("Dir::Etc::SourceList", apt_dir.join("sources.list")),
         ("Dir::Etc::SourceParts", apt_dir.join("sources.list.d")),
@@ -260,7 +344,12 @@ fn update_lists() -> Result<()> {
         })
         .collect();
     fs::write(apt_dir.join("sources.list"), sources)?;
-    cmd::run(apt("apt-get").arg("update"))
+    // A list that failed to download is an error, not a warning: these
+    // lists hold nothing but the kernels.
+    cmd::run_retrying(
+        apt("apt-get").args(["update", "--error-on=any"]),
+        setup::APT_RETRY_PAUSE,
+    )
 }
 
 /// A kernel ready to boot.
@@ -273,24 +362,21 @@ struct Boot {
     initrd: PathBuf,
 }
 
-/// Downloads (once), unpacks and builds the initramfs of `kernel`.
-fn prepare(kernel: &Kernel) -> Result<Boot> {
+/// Downloads (once), unpacks and builds the initramfs of `kernel`;
+/// `lists_updated` says whether this run has fetched apt's lists already.
+/// Each piece is made aside and renamed into place, so that an interrupted
+/// run leaves nothing half made for the next to trust.
+fn prepare(kernel: &Kernel, lists_updated: &mut bool) -> Result<Boot> {
     let cache = Path::new(CACHE);
-    fs::create_dir_all(cache).with_context(|| format!("creating {CACHE}"))?;
     let deb = match cached_deb(cache, kernel)? {
         Some(deb) => deb,
-        None => {
-            update_lists()?;
-            let package = newest_package(kernel)?;
-            cmd::run(
-                apt("apt-get")
-                    .arg("download")
-                    .arg(&package)
-                    .current_dir(cache),
-            )?;
-            cached_deb(cache, kernel)?
-                .with_context(|| format!("apt-get download {package} left no .deb in {CACHE}"))?
-        }
+        None => download(cache, kernel, lists_updated).with_context(|| {
+            format!(
+                "downloading Debian's {} kernel from {MIRROR} into {CACHE} \
+                 (the network, or the mirror?)",
+                kernel.name
+            )
+        })?,
     };
     let name = deb.file_name().unwrap_or_default().to_string_lossy();
     // linux-image-<release>-unsigned_<version>_amd64.deb
@@ -299,12 +385,17 @@ fn prepare(kernel: &Kernel) -> Result<Boot> {
         .and_then(|rest| rest.split_once("-unsigned_"))
         .map(|(release, _)| release.to_owned())
         .with_context(|| format!("unexpected package file name {name}"))?;
-    let root = cache.join("unpacked").join(&release);
-    let vmlinuz = root.join("boot").join(format!("vmlinuz-{release}"));
-    if !vmlinuz.is_file() {
-        fs::create_dir_all(&root)?;
-        cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
-        cmd::run(Command::new("depmod").arg("-b").arg(&root).arg(&release))?;
+    let unpacked = cache.join("unpacked");
+    let root = unpacked.join(&release);
+    if !root.is_dir() {
+        let partial = unpacked.join(format!("{release}.partial"));
+        if partial.exists() {
+            fs::remove_dir_all(&partial)?;
+        }
+        fs::create_dir_all(&partial)?;
+        cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial))?;
+        cmd::run(Command::new("depmod").arg("-b").arg(&partial).arg(&release))?;
+        fs::rename(&partial, &root)?;
     }
     let initrd = root.join("initrd.gz");
     if !initrd.is_file() {
@@ -313,10 +404,41 @@ fn prepare(kernel: &Kernel) -> Result<Boot> {
     Ok(Boot {
         kernel: kernel.name,
         expect_off: kernel.expect_off,
+        vmlinuz: root.join("boot").join(format!("vmlinuz-{release}")),
         release,
-        vmlinuz,
         initrd,
     })
+}
+
+/// Downloads the newest package of `kernel` into `cache`, through a
+/// directory of its own so that an interrupted download leaves no `.deb`
+/// in the cache.
+fn download(cache: &Path, kernel: &Kernel, lists_updated: &mut bool) -> Result<PathBuf> {
+    if !*lists_updated {
+        update_lists()?;
+        *lists_updated = true;
+    }
+    let package = newest_package(kernel)?;
+    let partial = cache.join("partial");
+    if partial.exists() {
+        fs::remove_dir_all(&partial)?;
+    }
+    fs::create_dir_all(&partial)?;
+    cmd::run_retrying(
+        apt("apt-get")
+            .arg("download")
+            .arg(&package)
+            .current_dir(&partial),
+        setup::APT_RETRY_PAUSE,
+    )?;
+    for entry in fs::read_dir(&partial)? {
+        let path = entry?.path();
+        if let Some(file) = path.file_name() {
+            fs::rename(&path, cache.join(file))?;
+        }
+    }
+    cached_deb(cache, kernel)?
+        .with_context(|| format!("apt-get download {package} left no .deb in {CACHE}"))
 }
 
 /// The package of `kernel` in the cache, if downloaded before.
@@ -370,7 +492,7 @@ fn build_initrd(root: &Path, release: &str, initrd: &Path) -> Result<()> {
     }
     fs::create_dir_all(staging.join("bin"))?;
     fs::create_dir_all(staging.join("modules"))?;
-    fs::copy(BUSYBOX, staging.join("bin/busybox"))?;
+    fs::copy(setup::BUSYBOX, staging.join("bin/busybox"))?;
     let mut modules: Vec<String> = Vec::new();
     for module in BOOT_MODULES {
         let out = Command::new("modprobe")
@@ -420,7 +542,9 @@ fn build_initrd(root: &Path, release: &str, initrd: &Path) -> Result<()> {
         .output()
         .context("cpio")?;
     ensure!(archive.status.success(), "building the initramfs failed");
-    fs::write(initrd, archive.stdout)?;
+    let partial = initrd.with_extension("partial");
+    fs::write(&partial, archive.stdout)?;
+    fs::rename(&partial, initrd)?;
     Ok(())
 }
 
@@ -546,6 +670,8 @@ struct RunResult {
     elapsed: Duration,
     passed: bool,
     verdict: String,
+    /// What it adds to the suite's test counts.
+    tally: cmd::TestTally,
 }
 
 /// Reads what the guest left in its output directory.
@@ -562,20 +688,31 @@ fn finish(boot: &Boot, elapsed: Duration, timed_out: bool) -> RunResult {
         (None, _) => format!("FAILED: no exit status (see {}/console.log)", out.display()),
     };
     let log = fs::read_to_string(out.join("output.log")).unwrap_or_default();
-    // The `sonde check` report the matrix test printed.
+    // The `sonde check` report the matrix test printed, once (a failed
+    // assertion prints it again).
+    let mut shown: Vec<&str> = Vec::new();
     for line in log.lines().filter(|line| {
-        ["capture ", "TLS ", "injection ", "in-kernel context "]
-            .iter()
-            .any(|item| line.starts_with(item))
+        [
+            "capture ",
+            "TLS ",
+            "injection ",
+            "HTTP/2 injection ",
+            "in-kernel context ",
+        ]
+        .iter()
+        .any(|item| line.starts_with(item))
     }) {
+        if shown.contains(&line) {
+            break;
+        }
+        shown.push(line);
         eprintln!("  {}: {line}", boot.kernel);
     }
     if !passed {
-        let tail: Vec<&str> = log.lines().rev().take(60).collect();
-        eprintln!("--- {} output.log (last lines) ---", boot.kernel);
-        for line in tail.iter().rev() {
-            eprintln!("{line}");
-        }
+        // The console says why a guest never ran the command or stopped
+        // (a panic, the host root not mounted); the output, why it failed.
+        print_tail(boot.kernel, &out.join("console.log"));
+        print_tail(boot.kernel, &out.join("output.log"));
     }
     RunResult {
         kernel: boot.kernel,
@@ -583,11 +720,46 @@ fn finish(boot: &Boot, elapsed: Duration, timed_out: bool) -> RunResult {
         elapsed,
         passed,
         verdict,
+        tally: tally(&log, passed),
     }
 }
 
-/// Builds the kernel matrix test and returns its executable.
-fn matrix_test_binary() -> Result<PathBuf> {
+/// Prints the last [`TAIL_LINES`] lines of a run's log.
+fn print_tail(kernel: &str, path: &Path) {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let shown = &lines[lines.len().saturating_sub(TAIL_LINES)..];
+    if shown.is_empty() {
+        eprintln!("--- {kernel}: {} is empty ---", path.display());
+        return;
+    }
+    eprintln!(
+        "--- {kernel}: {} (last {} of {} lines) ---",
+        path.display(),
+        shown.len(),
+        lines.len()
+    );
+    for line in shown {
+        eprintln!("{line}");
+    }
+}
+
+/// What a run adds to the suite's test counts: the libtest result lines
+/// its command printed, and one failure for a run that failed without
+/// reporting one (a guest that did not boot, a timeout, a crash).
+fn tally(log: &str, passed: bool) -> cmd::TestTally {
+    let mut tally = cmd::TestTally::default();
+    for line in log.lines() {
+        tally.add_line(line);
+    }
+    if !passed && tally.failed == 0 {
+        tally.failed = 1;
+    }
+    tally
+}
+
+/// Builds the kernel matrix test and returns the command that runs it.
+fn matrix_test() -> Result<Vec<String>> {
     let out = cmd::cargo()
         .args([
             "test",
@@ -609,7 +781,8 @@ fn matrix_test_binary() -> Result<PathBuf> {
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|message| message["target"]["name"] == "kernels")
-        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+        .find_map(|message| message["executable"].as_str().map(str::to_owned))
+        .map(|executable| vec![executable, "--nocapture".to_owned()])
         .context("cargo did not report the kernel matrix test's executable")
 }
 
@@ -618,14 +791,59 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kernels_are_chosen_by_name() {
-        let all = chosen(&[]).unwrap();
-        assert_eq!(all.len(), KERNELS.len());
+    fn kernels_are_chosen_by_name_or_are_the_suites() {
+        let default: Vec<&str> = chosen(&[]).unwrap().iter().map(|k| k.name).collect();
+        let suite: Vec<&str> = suite_kernels(KERNELS).iter().map(|k| k.name).collect();
+        assert_eq!(default, suite);
         let one = chosen(&["6.1".to_owned()]).unwrap();
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].name, "6.1");
         let error = chosen(&["4.19".to_owned()]).unwrap_err().to_string();
         assert!(error.contains("known: 6.12, 6.1, 5.10"), "{error}");
+    }
+
+    fn kernel(name: &'static str, in_suite: bool) -> Kernel {
+        Kernel {
+            name,
+            package: "",
+            file_prefix: "",
+            in_suite,
+            expect_off: "",
+        }
+    }
+
+    #[test]
+    fn the_suite_boots_the_kernels_marked_in_suite_in_table_order() {
+        let table = [
+            kernel("6.12", true),
+            kernel("5.10", false),
+            kernel("6.1", true),
+        ];
+        let names: Vec<&str> = suite_kernels(&table).iter().map(|k| k.name).collect();
+        assert_eq!(names, ["6.12", "6.1"]);
+        assert!(suite_kernels(&[kernel("5.10", false)]).is_empty());
+        // A table with none in the suite would pass the step without a run.
+        assert!(!suite_kernels(KERNELS).is_empty());
+    }
+
+    #[test]
+    fn a_run_counts_its_test_results_and_a_failure_without_any_as_one() {
+        let counts = |passed, failed| cmd::TestTally {
+            passed,
+            failed,
+            ignored: 0,
+        };
+        let ok = "running 1 test\ntest what_this_kernel_must_run ... ok\n\n\
+                  test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; \
+                  0 filtered out; finished in 77.01s\n";
+        assert_eq!(tally(ok, true), counts(1, 0));
+        let failed = "test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured";
+        assert_eq!(tally(failed, false), counts(0, 1));
+        // The guest never ran the test, or was stopped before it reported.
+        assert_eq!(tally("", false), counts(0, 1));
+        assert_eq!(tally("running 1 test\n", false), counts(0, 1));
+        // The test passed, then the guest did not power off in time.
+        assert_eq!(tally(ok, false), counts(1, 1));
     }
 
     #[test]
