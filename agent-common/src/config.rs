@@ -46,6 +46,10 @@ pub struct KernelConfig {
     pub off_task_stack: u32,
     /// Size of a task's kernel stack (`THREAD_SIZE`).
     pub thread_size: u32,
+    /// Random per agent run: the portable programs identify a connection
+    /// by its socket's address XOR this, so that no kernel address reaches
+    /// userspace (events, logs).
+    pub socket_id_salt: u64,
 }
 
 impl KernelConfig {
@@ -69,6 +73,7 @@ impl KernelConfig {
         off_sk_user_data: 656,
         off_task_stack: 32,
         thread_size: 16384,
+        socket_id_salt: 0,
     };
 }
 

@@ -46,7 +46,7 @@ const MAX_STEPS: u32 = UIO_MAXIOV + (MAX_CALL_CAPTURE_BYTES / MAX_CAPTURE_BYTES)
 /// what a call has past them is reported by length and counted
 /// (`CAPTURE_STEPS_EXHAUSTED`). Enough for every call but large batches
 /// (a `writev` of head and body needs one step).
-pub const PORTABLE_STEPS: u32 = 32;
+const PORTABLE_STEPS: u32 = 32;
 /// `UIO_MAXIOV` (include/uapi/linux/uio.h).
 const UIO_MAXIOV: u32 = 1024;
 /// Piece offsets are masked with this; `DataScratch` has room past it.

@@ -56,11 +56,12 @@ pub fn read_tuple(sk: *const u8, family: u16) -> Result<ConnTuple, i64> {
 /// (`probes::socket_state`) before its memory can serve another socket.
 /// The address is copied out of the hook's arguments (`args`) as a plain
 /// number, which older verifiers accept as a map key where they refuse a
-/// typed pointer.
+/// typed pointer, and salted (`KernelConfig::socket_id_salt`).
 #[inline(always)]
 pub fn socket_id<const PORTABLE: bool>(args: *const u8, sk: *const u8) -> Option<u64> {
     if PORTABLE {
-        read::kernel::<u64>(args, 0).ok()
+        let address = read::kernel::<u64>(args, 0).ok()?;
+        Some(address ^ config().socket_id_salt)
     } else {
         // SAFETY: `sk` is the hook's typed socket argument.
         Some(unsafe { bpf_get_socket_cookie(sk as *mut _) })

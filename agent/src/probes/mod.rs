@@ -818,6 +818,7 @@ fn kernel_config(config: &ProbeConfig, btf: &btf::KernelBtf) -> Result<KernelCon
         } else {
             16 << 10
         },
+        socket_id_salt: rand::random(),
     })
 }
 
