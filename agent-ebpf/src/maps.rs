@@ -362,6 +362,9 @@ pub struct TraceScratch {
     pub fresh_cookie: u64,
     /// Its context, for the capture to report.
     pub fresh: TraceContext,
+    /// A socket pointer on its way to becoming a number
+    /// (`probes::inject::connection_id`).
+    pub socket_address: u64,
 }
 
 #[map]

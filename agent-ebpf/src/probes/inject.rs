@@ -51,14 +51,27 @@ const LINE_LEN: usize = 13 + 55 + 2;
 
 #[sock_ops]
 pub fn track_client_sockets(ctx: SockOpsContext) -> u32 {
+    track::<false>(&ctx)
+}
+
+/// `track_client_sockets` where the capture programs identify connections
+/// by socket address (`sock::socket_id::<true>`).
+#[sock_ops]
+pub fn track_client_sockets_portable(ctx: SockOpsContext) -> u32 {
+    track::<true>(&ctx)
+}
+
+#[inline(always)]
+fn track<const PORTABLE: bool>(ctx: &SockOpsContext) -> u32 {
     if ctx.op() == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
-        // SAFETY: the sock_ops context is a valid socket argument.
-        let mut cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+        let Some(mut id) = connection_id::<PORTABLE>(ctx) else {
+            return 1;
+        };
         // SAFETY: plain value lookup.
-        let is_client = unsafe { TRACKED_CONNS.get(cookie) }.is_some_and(|c| c.role == ROLE_CLIENT);
+        let is_client = unsafe { TRACKED_CONNS.get(id) }.is_some_and(|c| c.role == ROLE_CLIENT);
         if is_client {
             // SAFETY: `ops` is this program's context.
-            let _ = CLIENT_SOCKETS.update(&mut cookie, unsafe { &mut *ctx.ops }, 0);
+            let _ = CLIENT_SOCKETS.update(&mut id, unsafe { &mut *ctx.ops }, 0);
             // A connection's HTTP/2 state is kept by its addresses
             // (`http2::conn_key`): an earlier connection's entry with the
             // same addresses must not carry over into this one.
@@ -70,6 +83,31 @@ pub fn track_client_sockets(ctx: SockOpsContext) -> u32 {
         }
     }
     1
+}
+
+/// The connection's key in `TRACKED_CONNS`, as the capture programs make
+/// it (`sock::socket_id`): its cookie, or with `PORTABLE` its salted
+/// address. The verifier allows no arithmetic on a socket pointer (`sk`,
+/// Linux >= 5.10): stored in map memory, it reads back as a number.
+#[inline(always)]
+fn connection_id<const PORTABLE: bool>(ctx: &SockOpsContext) -> Option<u64> {
+    if !PORTABLE {
+        // SAFETY: the sock_ops context is a valid socket argument.
+        return Some(unsafe { bpf_get_socket_cookie(ctx.ops.cast()) });
+    }
+    // SAFETY: `ops` is this program's context.
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return None;
+    }
+    let scratch = TRACE_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch, ours for this program's run.
+    let address = unsafe {
+        let slot = &raw mut (*scratch).socket_address;
+        core::ptr::write_volatile(slot, sk as u64);
+        core::ptr::read_volatile(slot)
+    };
+    Some(address ^ config().socket_id_salt)
 }
 
 /// A followed connection's every message is walked, whoever sends it, or
@@ -88,14 +126,29 @@ pub const H2_TAIL: u32 = 0;
 
 #[sk_msg]
 pub fn inject_traceparent(ctx: SkMsgContext) -> u32 {
+    inject_message::<false>(&ctx)
+}
+
+/// `inject_traceparent` for the portable capture path (Linux 5.10-5.16):
+/// HTTP/1 only (the HTTP/2 rewrite needs `bpf_loop`), and a Go caller's
+/// goroutine found as `PORTABLE` programs find it.
+#[sk_msg]
+pub fn inject_traceparent_portable(ctx: SkMsgContext) -> u32 {
+    inject_message::<true>(&ctx)
+}
+
+#[inline(always)]
+fn inject_message<const PORTABLE: bool>(ctx: &SkMsgContext) -> u32 {
     if config().inject_traceparent != 0 {
-        let outcome = if goes_to_http2(&ctx) {
-            // SAFETY: `H2_TAILS` holds sk_msg programs only. Returns only
-            // if the agent could not load the HTTP/2 program.
-            unsafe { H2_TAILS.tail_call(&ctx, H2_TAIL) };
+        let outcome = if goes_to_http2(ctx) {
+            if !PORTABLE {
+                // SAFETY: `H2_TAILS` holds sk_msg programs only. Returns
+                // only if the agent could not load the HTTP/2 program.
+                unsafe { H2_TAILS.tail_call(ctx, H2_TAIL) };
+            }
             inject::H2_UNAVAILABLE
         } else {
-            try_inject(&ctx)
+            try_inject::<PORTABLE>(ctx)
         };
         if let Some(counter) = INJECT_STATS.get_ptr_mut(outcome) {
             // SAFETY: per-CPU slot.
@@ -105,7 +158,7 @@ pub fn inject_traceparent(ctx: SkMsgContext) -> u32 {
     SK_PASS
 }
 
-fn try_inject(ctx: &SkMsgContext) -> u32 {
+fn try_inject<const PORTABLE: bool>(ctx: &SkMsgContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !is_target((pid_tgid >> 32) as u32) {
         return inject::NOT_A_REQUEST;
@@ -157,7 +210,7 @@ fn try_inject(ctx: &SkMsgContext) -> u32 {
         HeadScan::TooLong => return inject::HEAD_TOO_LONG,
     };
     let tid = pid_tgid as u32;
-    let mut trace = client_context::<false>(tid);
+    let mut trace = client_context::<PORTABLE>(tid);
     trace.flags |= CTX_INJECTED;
     let insert_at = (line_end + 2) & (HEAD_LIMIT - 1);
     if ctx.push_data(insert_at, LINE_LEN as u32, 0).is_err() {

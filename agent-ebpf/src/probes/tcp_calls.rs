@@ -51,9 +51,20 @@ pub fn tcp_sendmsg_exit(ctx: FExitContext) -> u32 {
 /// reports the call: not again here.
 #[fexit(function = "tcp_bpf_sendmsg")]
 pub fn tcp_bpf_sendmsg_exit(ctx: FExitContext) -> u32 {
+    report_sockmap_send::<false>(&ctx)
+}
+
+/// `tcp_bpf_sendmsg_exit` for the portable capture path.
+#[fexit(function = "tcp_bpf_sendmsg")]
+pub fn tcp_bpf_sendmsg_portable(ctx: FExitContext) -> u32 {
+    report_sockmap_send::<true>(&ctx)
+}
+
+#[inline(always)]
+fn report_sockmap_send<const PORTABLE: bool>(ctx: &FExitContext) -> u32 {
     let sk: *const u8 = ctx.arg(0);
     if read::kernel::<u64>(sk, config().off_sk_user_data).is_ok_and(|psock| psock != 0) {
-        report::<false, false>(&ctx, SENDMSG_RET, None, DIRECTION_EGRESS);
+        report::<false, PORTABLE>(ctx, SENDMSG_RET, None, DIRECTION_EGRESS);
     }
     0
 }

@@ -35,13 +35,74 @@ fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     })
 }
 
-/// Attaches injection: sock_ops on `cgroup` (or the cgroup2 root) and
-/// sk_msg on `CLIENT_SOCKETS`. Several agents may run at once (tests,
-/// upgrades): on Linux >= 5.7 aya attaches with a BPF link, and cgroup links
-/// always coexist (the kernel rejects attach flags on links, so the mode
-/// must stay `Single`, which only applies to the legacy attach). Returns
-/// the state of HTTP/2 injection, which may be off alone.
-pub fn attach(ebpf: &mut Ebpf, cgroup: Option<PathBuf>) -> Result<FeatureState, ProbeError> {
+/// The programs of injection on one capture path.
+pub struct Programs {
+    /// Captures the sends of sockets in `CLIENT_SOCKETS` where the capture
+    /// programs do not see them (fexit on `tcp_bpf_sendmsg`: such sockets
+    /// send through `tcp_bpf`, not `tcp_sendmsg`).
+    pub sockmap_sends: Option<&'static str>,
+    /// Puts client sockets in `CLIENT_SOCKETS`, keyed as the capture
+    /// programs key connections.
+    sock_ops: &'static str,
+    /// Rewrites their messages.
+    sk_msg: &'static str,
+    /// Why HTTP/2 messages pass unchanged, if they always do.
+    http2_off: Option<&'static str>,
+}
+
+/// With the `sock_*_length` tracepoints, which see every send.
+pub const WITH_TRACEPOINTS: Programs = Programs {
+    sockmap_sends: None,
+    ..WITH_FEXIT
+};
+
+/// With the current fexit capture programs.
+pub const WITH_FEXIT: Programs = Programs {
+    sockmap_sends: Some("tcp_bpf_sendmsg_exit"),
+    sock_ops: "track_client_sockets",
+    sk_msg: "inject_traceparent",
+    http2_off: None,
+};
+
+/// With the portable capture programs (connections keyed by socket
+/// address; no `bpf_loop`).
+pub const WITH_PORTABLE: Programs = Programs {
+    sockmap_sends: Some("tcp_bpf_sendmsg_portable"),
+    sock_ops: "track_client_sockets_portable",
+    sk_msg: "inject_traceparent_portable",
+    http2_off: Some(
+        "the HTTP/2 rewrite walks frames with bpf_loop (Linux >= 5.17), \
+         which the portable programs this kernel needs do without",
+    ),
+};
+
+/// Every program injection may load, for a check that they exist.
+#[cfg(test)]
+pub fn program_names() -> impl Iterator<Item = &'static str> {
+    [WITH_TRACEPOINTS, WITH_FEXIT, WITH_PORTABLE]
+        .into_iter()
+        .flat_map(|programs| {
+            [
+                Some(programs.sock_ops),
+                Some(programs.sk_msg),
+                programs.sockmap_sends,
+            ]
+        })
+        .flatten()
+        .chain([H2_PROGRAM])
+}
+
+/// Attaches injection: `programs.sock_ops` on `cgroup` (or the cgroup2
+/// root) and `programs.sk_msg` on `CLIENT_SOCKETS`. Several agents may run
+/// at once (tests, upgrades): on Linux >= 5.7 aya attaches with a BPF link,
+/// and cgroup links always coexist (the kernel rejects attach flags on
+/// links, so the mode must stay `Single`, which only applies to the legacy
+/// attach). Returns the state of HTTP/2 injection, which may be off alone.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    cgroup: Option<PathBuf>,
+    programs: &Programs,
+) -> Result<FeatureState, ProbeError> {
     let cgroup = cgroup.or_else(cgroup2_root).ok_or(ProbeError::NoCgroup2)?;
     let cgroup_dir = fs::File::open(&cgroup).map_err(|source| ProbeError::Cgroup {
         path: cgroup.clone(),
@@ -56,16 +117,16 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: Option<PathBuf>) -> Result<FeatureState, 
     };
 
     let sock_ops: &mut SockOps = ebpf
-        .program_mut("track_client_sockets")
-        .ok_or(ProbeError::Map("track_client_sockets"))?
+        .program_mut(programs.sock_ops)
+        .ok_or(ProbeError::Map(programs.sock_ops))?
         .try_into()
-        .map_err(attach_error("track_client_sockets", "cgroup sock_ops"))?;
+        .map_err(attach_error(programs.sock_ops, "cgroup sock_ops"))?;
     sock_ops
         .load()
-        .map_err(attach_error("track_client_sockets", "cgroup sock_ops"))?;
+        .map_err(attach_error(programs.sock_ops, "cgroup sock_ops"))?;
     sock_ops
         .attach(cgroup_dir.as_fd(), CgroupAttachMode::Single)
-        .map_err(attach_error("track_client_sockets", "cgroup sock_ops"))?;
+        .map_err(attach_error(programs.sock_ops, "cgroup sock_ops"))?;
 
     let sockets: SockHash<&MapData, u64> = SockHash::try_from(
         ebpf.map("CLIENT_SOCKETS")
@@ -76,30 +137,34 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: Option<PathBuf>) -> Result<FeatureState, 
         .fd()
         .try_clone()
         .map_err(|_| ProbeError::Map("CLIENT_SOCKETS"))?;
-    let sk_msg: &mut SkMsg = ebpf
-        .program_mut("inject_traceparent")
-        .ok_or(ProbeError::Map("inject_traceparent"))?
-        .try_into()
-        .map_err(attach_error("inject_traceparent", "sk_msg"))?;
-    sk_msg
+    sk_msg(ebpf, programs.sk_msg)?
         .load()
-        .map_err(attach_error("inject_traceparent", "sk_msg"))?;
+        .map_err(attach_error(programs.sk_msg, "sk_msg"))?;
     // HTTP/2 is an addition: without it, HTTP/1 injection still runs and
     // HTTP/2 messages pass unchanged (counted).
-    let http2 = match link_http2(ebpf) {
-        Ok(()) => FeatureState::On,
-        Err(error) => FeatureState::Off(ErrorChain(&error).to_string()),
+    let http2 = match programs.http2_off {
+        Some(reason) => FeatureState::Off(reason.into()),
+        None => match link_http2(ebpf) {
+            Ok(()) => FeatureState::On,
+            Err(error) => FeatureState::Off(ErrorChain(&error).to_string()),
+        },
     };
-    let sk_msg: &mut SkMsg = ebpf
-        .program_mut("inject_traceparent")
-        .ok_or(ProbeError::Map("inject_traceparent"))?
-        .try_into()
-        .map_err(attach_error("inject_traceparent", "sk_msg"))?;
-    sk_msg
+    sk_msg(ebpf, programs.sk_msg)?
         .attach(&sockets_fd)
-        .map_err(attach_error("inject_traceparent", "sk_msg"))?;
+        .map_err(attach_error(programs.sk_msg, "sk_msg"))?;
     tracing::info!(cgroup = %cgroup.display(), "traceparent injection attached");
     Ok(http2)
+}
+
+fn sk_msg<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SkMsg, ProbeError> {
+    ebpf.program_mut(name)
+        .ok_or(ProbeError::Map(name))?
+        .try_into()
+        .map_err(|source| ProbeError::Attach {
+            program: name,
+            hook: "sk_msg",
+            source,
+        })
 }
 
 /// Loads the HTTP/2 rewrite and puts it where `inject_traceparent`

@@ -370,10 +370,6 @@ const TCP_RECVMSG_NONBLOCK_PARAMETERS: [&str; 6] =
 /// `tcp_sendmsg`'s.
 const TCP_SENDMSG_PARAMETERS: [&str; 3] = ["sk", "msg", "size"];
 
-/// What the portable capture programs leave out.
-const PORTABLE_LACKS_COOKIES: &str = "the portable capture programs this kernel needs identify \
-     connections by socket address, injection's programs by socket cookie";
-
 /// Every capture path does these the same way.
 const COMMON_HOOKS: &[HookSpec] = &[
     (
@@ -535,30 +531,25 @@ fn attach_injection(
         off(features, FeatureState::Disabled);
         return Ok(());
     }
-    // On the fexit path a socket in injection's sockhash sends through
+    // On the fexit paths a socket in injection's sockhash sends through
     // tcp_bpf_sendmsg, not tcp_sendmsg: without a capture program there
     // too, injection stays off rather than lose every request such a
     // socket sends.
-    let injected_sends = match features.capture {
-        CaptureHooks::SockLengthTracepoints => Ok(()),
-        CaptureHooks::TcpFexit => bpf_send_prototype.and_then(|()| {
-            attach(
-                ebpf,
-                "tcp_bpf_sendmsg_exit",
-                &Hook::FExit("tcp_bpf_sendmsg"),
-                btf,
-            )
-        }),
-        CaptureHooks::TcpFexitPortable => {
-            off(features, FeatureState::Off(PORTABLE_LACKS_COOKIES.into()));
-            return Ok(());
-        }
+    let programs = match features.capture {
+        CaptureHooks::SockLengthTracepoints => &inject::WITH_TRACEPOINTS,
+        CaptureHooks::TcpFexit => &inject::WITH_FEXIT,
+        CaptureHooks::TcpFexitPortable => &inject::WITH_PORTABLE,
+    };
+    let injected_sends = match programs.sockmap_sends {
+        None => Ok(()),
+        Some(program) => bpf_send_prototype
+            .and_then(|()| attach(ebpf, program, &Hook::FExit("tcp_bpf_sendmsg"), btf)),
     };
     if let Err(error) = injected_sends {
         off(features, FeatureState::Off(ErrorChain(&error).to_string()));
         return Ok(());
     }
-    match inject::attach(ebpf, config.inject_cgroup.clone()) {
+    match inject::attach(ebpf, config.inject_cgroup.clone(), programs) {
         Ok(http2) => features.set(Feature::Http2Injection, http2),
         // Injection is an extra (no cgroup v2, no sock_ops or sk_msg):
         // without it the agent still traces. A cgroup the user named is a
@@ -869,6 +860,7 @@ mod tests {
             })
             .collect();
         names.extend(openssl::program_names());
+        names.extend(inject::program_names());
         for name in names {
             assert!(
                 object.programs.contains_key(name),

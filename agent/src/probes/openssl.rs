@@ -34,7 +34,14 @@ use aya::{
     maps::{MapError, ProgramArray},
     programs::{ProgramError, UProbe, uprobe::UProbeScope},
 };
-use object::{Object as _, ObjectSymbol as _, read::ReadCache};
+use object::{
+    Endianness, SectionIndex,
+    elf::{self, FileHeader64, Sym64},
+    read::{
+        ReadCache, StringTable,
+        elf::{FileHeader as _, SectionHeader as _, Sym as _},
+    },
+};
 use tracing::{debug, info, warn};
 
 use super::{go::GoProbes, nginx};
@@ -436,20 +443,46 @@ fn defined_functions(path: &Path) -> Result<HashSet<&'static str>, OpensslError>
         source,
     })?;
     let data = ReadCache::new(file);
-    let elf = object::File::parse(&data).map_err(|source| OpensslError::Symbols {
+    let exported = exported_functions(&data).map_err(|source| OpensslError::Symbols {
         path: path.to_owned(),
         source,
     })?;
-    let exported: HashSet<&str> = elf
-        .dynamic_symbols()
-        .filter(|symbol| symbol.is_definition())
-        .filter_map(|symbol| symbol.name().ok())
-        .collect();
     Ok(HOOKS
         .iter()
         .map(|hook| hook.function)
         .chain([nginx::FUNCTION])
-        .filter(|function| exported.contains(function))
+        .filter(|function| exported.contains(function.as_bytes()))
+        .collect())
+}
+
+/// The names of the functions an ELF64 file defines in its dynamic symbol
+/// table. The symbols and their names are read whole, one read each:
+/// object's symbol iterator would read each name on its own through the
+/// cache (`node` defines tens of thousands: as many reads, which takes
+/// minutes on a network file system).
+fn exported_functions(data: &ReadCache<File>) -> Result<HashSet<&[u8]>, object::Error> {
+    let header = FileHeader64::<Endianness>::parse(data)?;
+    let endian = header.endian()?;
+    let sections = header.sections(endian, data)?;
+    let Some((_, dynsym)) = sections
+        .iter()
+        .enumerate()
+        .find(|(_, section)| section.sh_type(endian) == elf::SHT_DYNSYM)
+    else {
+        return Ok(HashSet::new());
+    };
+    let symbols: &[Sym64<Endianness>] = dynsym.data_as_array(endian, data)?;
+    let names = sections
+        .section(SectionIndex(dynsym.sh_link(endian) as usize))?
+        .data(endian, data)?;
+    let names = StringTable::new(names, 0, names.len() as u64);
+    Ok(symbols
+        .iter()
+        .filter(|symbol| {
+            symbol.st_shndx(endian) != elf::SHN_UNDEF
+                && matches!(symbol.st_type(), elf::STT_FUNC | elf::STT_GNU_IFUNC)
+        })
+        .filter_map(|symbol| symbol.name(endian, names).ok())
         .collect())
 }
 
