@@ -123,6 +123,7 @@ metrics! {
         FeatureOffTls => "sonde_feature_off_tls", "1 while TLS capture is wanted but this kernel refused its programs (see the start-up log or `sonde check`)";
         FeatureOffInjection => "sonde_feature_off_injection", "1 while traceparent injection is wanted but could not be set up on this node (see the start-up log or `sonde check`)";
         FeatureOffHttp2Injection => "sonde_feature_off_http2_injection", "1 while traceparent injection into HTTP/2 is wanted but this kernel refused its program (HTTP/1 injection is unaffected; see the start-up log or `sonde check`)";
+        FeatureOffGo => "sonde_feature_off_go", "1 while the Go programs (crypto/tls plaintext, goroutine-keyed context) are wanted but this kernel refused them (see the start-up log or `sonde check`)";
         FeatureOffKernelContext => "sonde_feature_off_kernel_context", "1 while the kernel's request-head scan (incoming traceparent, in-kernel parents) is refused by this kernel (see the start-up log or `sonde check`)";
     }
 }

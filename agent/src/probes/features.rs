@@ -26,15 +26,19 @@ pub enum Feature {
     /// Span identity assigned in the kernel from received request heads
     /// (the header scan program).
     KernelContext,
+    /// Go programs' `crypto/tls` plaintext and goroutine-keyed context
+    /// (uprobes; loaded with TLS).
+    Go,
 }
 
 impl Feature {
     /// Every feature, in report order.
-    pub const ALL: [Feature; 4] = [
+    pub const ALL: [Feature; 5] = [
         Feature::Tls,
         Feature::Injection,
         Feature::Http2Injection,
         Feature::KernelContext,
+        Feature::Go,
     ];
 
     /// Short name, as in the report and the logs.
@@ -44,6 +48,7 @@ impl Feature {
             Feature::Injection => "injection",
             Feature::Http2Injection => "HTTP/2 injection",
             Feature::KernelContext => "in-kernel context",
+            Feature::Go => "Go",
         }
     }
 
@@ -60,6 +65,10 @@ impl Feature {
                 "server spans start new traces: incoming traceparent headers are not joined, \
                  and outgoing calls are not parented in the kernel"
             }
+            Feature::Go => {
+                "Go programs: HTTPS on crypto/tls is not traced, and their calls are not \
+                 parented by goroutine (socket-level spans only)"
+            }
         }
     }
 
@@ -70,6 +79,7 @@ impl Feature {
             Feature::Injection => Gauge::FeatureOffInjection,
             Feature::Http2Injection => Gauge::FeatureOffHttp2Injection,
             Feature::KernelContext => Gauge::FeatureOffKernelContext,
+            Feature::Go => Gauge::FeatureOffGo,
         }
     }
 }
@@ -118,7 +128,7 @@ impl fmt::Display for CaptureHooks {
 pub struct FeatureReport {
     /// The capture hooks in use.
     pub capture: CaptureHooks,
-    states: [FeatureState; 4],
+    states: [FeatureState; Feature::ALL.len()],
 }
 
 impl FeatureReport {
@@ -126,7 +136,7 @@ impl FeatureReport {
     pub fn new(capture: CaptureHooks) -> Self {
         Self {
             capture,
-            states: [const { FeatureState::On }; 4],
+            states: [const { FeatureState::On }; Feature::ALL.len()],
         }
     }
 

@@ -475,17 +475,20 @@ impl Probes {
         let openssl = if config.tls {
             let portable = features.capture == CaptureHooks::TcpFexitPortable;
             match OpensslProbes::load(Arc::clone(&ebpf), Arc::clone(&stats), portable) {
-                Ok(openssl) => Some(openssl),
+                Ok(openssl) => {
+                    features.set(Feature::Go, openssl.go_state());
+                    Some(openssl)
+                }
                 Err(error) => {
-                    features.set(
-                        Feature::Tls,
-                        FeatureState::Off(ErrorChain(&error).to_string()),
-                    );
+                    let off = FeatureState::Off(ErrorChain(&error).to_string());
+                    features.set(Feature::Tls, off.clone());
+                    features.set(Feature::Go, off);
                     None
                 }
             }
         } else {
             features.set(Feature::Tls, FeatureState::Disabled);
+            features.set(Feature::Go, FeatureState::Disabled);
             None
         };
         features.publish(&stats);

@@ -44,7 +44,7 @@ use object::{
 };
 use tracing::{debug, info, warn};
 
-use super::{go::GoProbes, nginx};
+use super::{FeatureState, go::GoProbes, nginx};
 use crate::{
     model::error::ErrorChain,
     telemetry::{Counter, Gauge, Stats},
@@ -247,8 +247,11 @@ pub struct OpensslProbes {
     attached: u64,
     /// The nginx programs loaded (else nginx executables are left alone).
     nginx: bool,
-    /// The Go TLS programs, if they loaded (else Go's TLS is not traced).
+    /// The Go programs, if they loaded (else Go processes are traced at
+    /// the socket level only).
     go: Option<GoProbes>,
+    /// Why they did not load.
+    go_error: Option<String>,
     /// The portable capture path's programs are the ones loaded.
     portable: bool,
 }
@@ -280,10 +283,7 @@ impl OpensslProbes {
                 })
                 .is_ok();
             go = GoProbes::load(&mut guard, Arc::clone(&stats))
-                .inspect_err(|error| {
-                    warn!(error = %ErrorChain(error), "the HTTPS of Go programs will not be traced");
-                })
-                .ok();
+                .map_err(|error| ErrorChain(&error).to_string());
         }
         Ok(Self {
             ebpf,
@@ -291,9 +291,19 @@ impl OpensslProbes {
             seen: HashMap::new(),
             attached: 0,
             nginx,
-            go,
+            go_error: go.as_ref().err().cloned(),
+            go: go.ok(),
             portable,
         })
+    }
+
+    /// Whether the Go programs run, for the feature report (which logs why
+    /// not).
+    pub fn go_state(&self) -> FeatureState {
+        match &self.go_error {
+            None => FeatureState::On,
+            Some(error) => FeatureState::Off(error.clone()),
+        }
     }
 
     /// Attaches every hook whose function `library` defines; returns how
