@@ -231,7 +231,7 @@ pub struct ExportConfig {
     pub otlp_endpoint: Option<String>,
     /// `grpc` or `http/protobuf` (overrides `OTEL_EXPORTER_OTLP_PROTOCOL`).
     pub otlp_protocol: Option<String>,
-    /// Bytes of spans (estimated OTLP encoded size) the export queue holds
+    /// Bytes of spans (OTLP encoded size) the export queue holds
     /// before dropping the oldest, on top of `OTEL_BSP_MAX_QUEUE_SIZE`
     /// spans. Default 8 MiB. Also bounds the queue of unsent metrics
     /// exports, in encoded bytes.

@@ -48,8 +48,8 @@ use crate::telemetry::{Counter, Gauge, Stats};
 ///
 /// `rx` is read even while a request is in flight, so senders see it full
 /// only if this task is starved; beyond `config.batch.max_queue_size`
-/// waiting spans, or `config.batch.max_queue_bytes` of them (estimated
-/// OTLP encoded size), the oldest are dropped. Retryable failures are
+/// waiting spans, or `config.batch.max_queue_bytes` of them (OTLP
+/// encoded size), the oldest are dropped. Retryable failures are
 /// retried until the data is older than `config.retry.max_elapsed`. Every
 /// span ends up in exactly one of the counters `SpansExported`,
 /// `SpansExportFailed` (refused for good), `SpansDroppedQueueFull`,

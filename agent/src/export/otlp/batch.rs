@@ -30,12 +30,12 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::config::{BatchConfig, OtlpConfig};
-use super::convert::{EncodedTraces, encode_request, encoded_size_estimate};
+use super::convert::{EncodedSpan, EncodedTraces, SpanEncoder, encode_request};
 use super::disk_queue::{DiskQueue, Entry};
 use super::events::{BatchExported, BatchLost, Expired, QueueFull, ShutdownTimedOut};
 use super::retry::{Backoff, attempt, sleep_until};
 use super::transport::{SendError, Transport};
-use crate::model::span::{Span, SpanBatch};
+use crate::model::span::SpanBatch;
 use crate::telemetry::{Gauge, Stats};
 
 /// Runs until `rx` closes, then flushes within `config.shutdown_timeout`.
@@ -51,6 +51,7 @@ pub(super) async fn run_batcher<T: Transport>(
     let max_batch = config.batch.max_batch_size.max(1);
     let max_in_flight = config.batch.max_in_flight.max(1);
     let mut queue = Queue::new(&config.batch);
+    let mut encoder = SpanEncoder::default();
     let mut backoff = Backoff::new(&config.retry);
     let mut in_flight: FuturesUnordered<Attempt<'_>> = FuturesUnordered::new();
     // Spans of the requests in flight.
@@ -114,8 +115,10 @@ pub(super) async fn run_batcher<T: Transport>(
             received = rx.recv(), if closing.is_none() => match received {
                 Some(spans) => {
                     let now = Instant::now();
-                    for span in spans {
-                        queue.push(span, now, stats);
+                    // Each span is encoded as it arrives: a batch is then
+                    // a copy of bytes, not a burst of encoding.
+                    for span in &spans {
+                        queue.push(encoder.encode(span), now, stats);
                     }
                 }
                 None => {
@@ -252,19 +255,18 @@ struct Queue {
     max_bytes: usize,
     /// Spans in both parts.
     count: usize,
-    /// Sum of the size estimates in both parts.
+    /// Sum of the encoded sizes in both parts.
     bytes: usize,
     /// Dropping since the last batch was taken; only the first drop of such
     /// an episode is logged.
     overflowing: bool,
 }
 
-/// A queued span with its arrival time (the batch delay and the age limit
-/// count from it) and its weight in the byte bound.
+/// A queued span, encoded, with its arrival time (the batch delay and the
+/// age limit count from it).
 struct Queued {
     arrived: Instant,
-    bytes: usize,
-    span: Span,
+    span: EncodedSpan,
 }
 
 impl Queue {
@@ -301,16 +303,12 @@ impl Queue {
     /// spans are the ones people are looking for. A span larger than the
     /// byte bound on its own still goes in (alone), so it is sent or
     /// counted like any other.
-    fn push(&mut self, span: Span, arrived: Instant, stats: &Stats) {
-        let bytes = encoded_size_estimate(&span);
+    fn push(&mut self, span: EncodedSpan, arrived: Instant, stats: &Stats) {
+        let bytes = span.len();
         self.make_room(1, bytes, stats);
         self.count += 1;
         self.bytes += bytes;
-        self.spans.push_back(Queued {
-            arrived,
-            bytes,
-            span,
-        });
+        self.spans.push_back(Queued { arrived, span });
     }
 
     /// A batch that failed with a retryable error goes back before the
@@ -355,7 +353,7 @@ impl Queue {
         }
         let oldest = self.spans.pop_front()?;
         self.count -= 1;
-        self.bytes -= oldest.bytes;
+        self.bytes -= oldest.span.len();
         Some(1)
     }
 
@@ -413,10 +411,8 @@ impl Queue {
         self.overflowing = false;
         let count = self.spans.len().min(max_batch);
         let taken = self.spans.range(..count);
-        let bytes: usize = taken.clone().map(|queued| queued.bytes).sum();
+        let bytes: usize = taken.clone().map(|queued| queued.span.len()).sum();
         let oldest = taken.clone().next().map(|queued| queued.arrived);
-        // Encoded where they are queued, then dropped: moving them out
-        // first was ~3% of the agent's CPU in copies.
         let request = encode_request(taken.map(|queued| &queued.span));
         self.spans.drain(..count);
         self.count -= count;
@@ -676,10 +672,14 @@ mod tests {
     #[tokio::test]
     async fn a_queue_full_in_bytes_drops_the_oldest_and_counts_them() {
         let resource = resource("pid:1:1", "api");
-        let small = encoded_size_estimate(&span(&resource, "s0"));
-        // The estimate grows with the name: this span weighs two small ones.
-        let big = "b".repeat(small + 2);
-        assert_eq!(encoded_size_estimate(&span(&resource, &big)), 2 * small);
+        let weight = |name: &str| SpanEncoder::default().encode(&span(&resource, name)).len();
+        let small = weight("s0");
+        // A span weighs its encoded bytes: a long enough name makes one that
+        // weighs two small ones.
+        let big = (1..4 * small)
+            .map(|len| "b".repeat(len))
+            .find(|name| weight(name) == 2 * small)
+            .unwrap_or_else(|| panic!("no name makes a span of {} bytes", 2 * small));
         let (mut harness, gate) = Harness::gated(|config| {
             config.batch.max_batch_size = 2;
             // Only the byte bound can bite.

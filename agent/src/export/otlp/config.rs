@@ -182,8 +182,7 @@ pub struct BatchConfig {
     /// Spans waiting beyond this are dropped, oldest first
     /// (`OTEL_BSP_MAX_QUEUE_SIZE`).
     pub max_queue_size: usize,
-    /// Spans waiting beyond this many bytes (their estimated OTLP encoded
-    /// size) are dropped, oldest first (`export.max_queue_bytes`): long
+    /// Spans waiting beyond this many bytes (their OTLP encoded size) are dropped, oldest first (`export.max_queue_bytes`): long
     /// URLs and many attributes make spans of very different sizes, and
     /// memory follows bytes, not spans. The metrics exporter bounds its
     /// queue of unsent exports by the same number of encoded bytes.

@@ -3,16 +3,20 @@
 //! `sonde` instrumentation scope. Ids and timestamps are copied as the
 //! kernel side produced them.
 //!
-//! Spans are written straight to protobuf bytes ([`encode_request`]), once
-//! per batch: building prost structs first cost an allocation per id and
-//! attribute key and several `encoded_len` passes over every span, the
-//! biggest share of the agent's CPU after the kernel reader. The bytes are
-//! what prost would write for the same request (fields in order of number as prost writes them,
-//! proto3 defaults left out); a test holds the two identical.
+//! Spans are written straight to protobuf bytes, each once, as it is
+//! queued ([`SpanEncoder`]); forming a request ([`encode_request`]) only
+//! frames them by resource and copies their bytes. Building prost structs
+//! first cost an allocation per id and attribute key and several
+//! `encoded_len` passes over every span, the biggest share of the agent's
+//! CPU after the kernel reader; encoding a whole batch of 512 spans at
+//! once kept a CPU busy for a stretch the traced service could feel on a
+//! small node. The bytes are what prost would write for the same request
+//! (fields in order of number as prost writes them, proto3 defaults left
+//! out); a test holds the two identical.
 
 use std::sync::Arc;
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
@@ -109,15 +113,60 @@ mod field {
     pub(super) const DOUBLE_VALUE: u32 = 4;
 }
 
-/// Encodes the request, keeping resources and spans in arrival order.
-/// Takes references: the spans are read where they are queued, not moved.
-pub(crate) fn encode_request<'a>(spans: impl IntoIterator<Item = &'a Span>) -> EncodedTraces {
+/// One span as it goes into a request: its `ScopeSpans.spans` tag and
+/// length, then the span; and the resource it is grouped under.
+#[derive(Clone, Debug)]
+pub(crate) struct EncodedSpan {
+    resource: Arc<Resource>,
+    bytes: Bytes,
+}
+
+impl EncodedSpan {
+    /// Bytes it adds to a request; its resource is left out (shared by
+    /// every span of its process, sent once per batch).
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// Encoded spans are slices of one buffer allocated this many bytes at a
+/// time (a few hundred spans), freed with the last of them, rather than
+/// one allocation per span.
+const ENCODE_CHUNK: usize = 64 * 1024;
+
+/// Encodes spans one by one into a shared buffer.
+#[derive(Debug, Default)]
+pub(crate) struct SpanEncoder {
+    buf: BytesMut,
+}
+
+impl SpanEncoder {
+    pub(crate) fn encode(&mut self, span: &Span) -> EncodedSpan {
+        let len = span_len(span);
+        let total = delimited_len(field::SPANS, len);
+        if self.buf.capacity() < total {
+            self.buf.reserve(ENCODE_CHUNK.max(total));
+        }
+        put_header(field::SPANS, len, &mut self.buf);
+        put_span(span, &mut self.buf);
+        debug_assert_eq!(self.buf.len(), total);
+        EncodedSpan {
+            resource: Arc::clone(&span.resource),
+            bytes: self.buf.split().freeze(),
+        }
+    }
+}
+
+/// Frames encoded spans into a request, keeping resources and spans in
+/// arrival order. Takes references: the spans are read where they are
+/// queued, not moved.
+pub(crate) fn encode_request<'a>(
+    spans: impl IntoIterator<Item = &'a EncodedSpan>,
+) -> EncodedTraces {
     // A batch holds the spans of a few processes: a scan of the groups
     // found so far beats hashing each span's resource key.
-    let mut groups: Vec<(&Arc<Resource>, Vec<&Span>)> = Vec::new();
-    let mut count = 0;
+    let mut groups: Vec<(&Arc<Resource>, Vec<&EncodedSpan>)> = Vec::new();
     for span in spans {
-        count += 1;
         match groups.iter_mut().find(|(resource, _)| {
             Arc::ptr_eq(resource, &span.resource) || resource.key == span.resource.key
         }) {
@@ -127,18 +176,10 @@ pub(crate) fn encode_request<'a>(spans: impl IntoIterator<Item = &'a Span>) -> E
     }
     let scope = scope();
     let scope_len = prost::encoding::message::encoded_len(field::SCOPE, &scope);
-    let mut lengths = Vec::with_capacity(count);
-    let groups: Vec<(ProtoResource, usize, Vec<&Span>)> = groups
+    let groups: Vec<(ProtoResource, usize, Vec<&EncodedSpan>)> = groups
         .into_iter()
         .map(|(resource, members)| {
-            let spans_len: usize = members
-                .iter()
-                .map(|span| {
-                    let len = span_len(span);
-                    lengths.push(len);
-                    delimited_len(field::SPANS, len)
-                })
-                .sum();
+            let spans_len: usize = members.iter().map(|span| span.len()).sum();
             (proto_resource(resource), scope_len + spans_len, members)
         })
         .collect();
@@ -152,7 +193,6 @@ pub(crate) fn encode_request<'a>(spans: impl IntoIterator<Item = &'a Span>) -> E
         })
         .sum();
     let mut buf = Vec::with_capacity(total);
-    let mut lengths = lengths.into_iter();
     for (resource, scope_spans_len, members) in &groups {
         put_header(
             REQUEST_RESOURCE_SPANS,
@@ -162,9 +202,8 @@ pub(crate) fn encode_request<'a>(spans: impl IntoIterator<Item = &'a Span>) -> E
         prost::encoding::message::encode(field::RESOURCE, resource, &mut buf);
         put_header(field::SCOPE_SPANS, *scope_spans_len, &mut buf);
         prost::encoding::message::encode(field::SCOPE, &scope, &mut buf);
-        for (span, len) in members.iter().zip(&mut lengths) {
-            put_header(field::SPANS, len, &mut buf);
-            put_span(span, &mut buf);
+        for span in members {
+            buf.extend_from_slice(&span.bytes);
         }
     }
     debug_assert_eq!(buf.len(), total);
@@ -190,17 +229,17 @@ fn optional_bytes_len(tag: u32, bytes: &[u8]) -> usize {
     }
 }
 
-fn put_header(tag: u32, len: usize, buf: &mut Vec<u8>) {
+fn put_header(tag: u32, len: usize, buf: &mut impl BufMut) {
     encode_key(tag, WireType::LengthDelimited, buf);
     encode_varint(len as u64, buf);
 }
 
-fn put_bytes(tag: u32, bytes: &[u8], buf: &mut Vec<u8>) {
+fn put_bytes(tag: u32, bytes: &[u8], buf: &mut impl BufMut) {
     put_header(tag, bytes.len(), buf);
-    buf.extend_from_slice(bytes);
+    buf.put_slice(bytes);
 }
 
-fn put_optional_bytes(tag: u32, bytes: &[u8], buf: &mut Vec<u8>) {
+fn put_optional_bytes(tag: u32, bytes: &[u8], buf: &mut impl BufMut) {
     if !bytes.is_empty() {
         put_bytes(tag, bytes, buf);
     }
@@ -268,7 +307,7 @@ fn span_len(span: &Span) -> usize {
         + delimited_len(field::STATUS, status_len(&span.status))
 }
 
-fn put_span(span: &Span, buf: &mut Vec<u8>) {
+fn put_span(span: &Span, buf: &mut impl BufMut) {
     put_bytes(field::TRACE_ID, &span.trace_id, buf);
     put_bytes(field::SPAN_ID, &span.span_id, buf);
     put_optional_bytes(
@@ -334,7 +373,7 @@ fn key_value_len(key: &str, value: &AttributeValue) -> usize {
         + delimited_len(field::VALUE, any_value_len(value))
 }
 
-fn put_key_value(key: &str, value: &AttributeValue, buf: &mut Vec<u8>) {
+fn put_key_value(key: &str, value: &AttributeValue, buf: &mut impl BufMut) {
     put_optional_bytes(field::KEY, key.as_bytes(), buf);
     put_header(field::VALUE, any_value_len(value), buf);
     match value {
@@ -373,54 +412,6 @@ pub(crate) fn scope() -> InstrumentationScope {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         ..Default::default()
     }
-}
-
-/// Protobuf bytes of a span's fixed fields: trace id (2 + 16), span id
-/// (2 + 8), parent id (2 + 8), flags (5), kind (2), two fixed64 timestamps
-/// (2 x 9), status (6), and the span's own tag and length in `ScopeSpans`
-/// (3).
-const SPAN_FIXED_BYTES: usize = 70;
-/// Framing around one attribute: the `KeyValue` and `AnyValue` tags and
-/// lengths, the key's and a string value's tag and length (one-byte
-/// lengths, two-byte past 127: the slack covers it).
-const ATTRIBUTE_FRAMING_BYTES: usize = 12;
-/// Framing of the span's variable-length strings (name, trace state,
-/// status message): a tag and a length each.
-const STRING_FRAMING_BYTES: usize = 3;
-
-/// Bytes a span adds to an OTLP request, estimated from the lengths of its
-/// fields without encoding it (the queue weighs every span it takes, so
-/// this must be cheap): the fixed fields, then each string's length plus
-/// its framing. Numbers count 9 bytes (the most a fixed64 or 10-byte
-/// varint field costs, give or take). The span's resource is left out: it
-/// is shared by every span of its process and sent once per batch.
-pub(crate) fn encoded_size_estimate(span: &Span) -> usize {
-    let strings = [
-        span.name.len(),
-        span.trace_state.as_ref().map_or(0, String::len),
-        match &span.status {
-            SpanStatus::Unset => 0,
-            SpanStatus::Error(message) => message.len(),
-        },
-    ];
-    let attributes: usize = span
-        .attributes
-        .iter()
-        .map(|attribute| {
-            let value = match &attribute.value {
-                AttributeValue::Str(text) => text.len(),
-                AttributeValue::Int(_) | AttributeValue::Float(_) => 9,
-                AttributeValue::Bool(_) => 1,
-            };
-            ATTRIBUTE_FRAMING_BYTES + attribute.key.len() + value
-        })
-        .sum();
-    SPAN_FIXED_BYTES
-        + strings
-            .iter()
-            .map(|len| len + STRING_FRAMING_BYTES)
-            .sum::<usize>()
-        + attributes
 }
 
 /// One OTLP attribute.
@@ -665,49 +656,26 @@ mod tests {
         );
     }
 
-    /// The estimate never undercounts what the span really costs in a
-    /// request (its encoded length plus its tag and length in the
-    /// `ScopeSpans`), and overcounts by little, for small spans and for
-    /// spans with long strings.
+    /// An encoded span weighs exactly what it adds to a request: its
+    /// encoded length plus its tag and length in the `ScopeSpans`.
     #[test]
-    fn size_estimate_is_close_above_the_encoded_size() {
+    fn an_encoded_span_weighs_its_bytes_in_a_request() {
         use prost::Message;
 
-        let resource = resource("k", "api");
-        let bare = span(&resource, "GET");
-        let mut typical = span(&resource, "GET /api/users/{id}");
-        typical.parent_span_id = Some(*b"parent01");
-        typical.trace_state = Some("vendor=value".into());
-        typical.attributes = vec![
-            Attribute::new("http.request.method", "GET"),
-            Attribute::new("url.path", "/api/users/8812"),
-            Attribute::new("http.route", "/api/users/{id}"),
-            Attribute::new("http.response.status_code", 200_i64),
-            Attribute::new("server.port", 8080_i64),
-            Attribute::new("network.peer.address", "10.1.2.3"),
-            Attribute::new("user_agent.original", "curl/8.5.0"),
-        ];
-        let mut large = typical.clone();
-        large
-            .attributes
-            .push(Attribute::new("url.full", "x".repeat(3000)));
-        large
-            .attributes
-            .push(Attribute::new("sonde.ratio", AttributeValue::Float(0.5)));
-        large
-            .attributes
-            .push(Attribute::new("sonde.flag", AttributeValue::Bool(true)));
-        large.status = SpanStatus::Error("x".repeat(200));
-        for span in [bare, typical, large] {
-            let estimate = encoded_size_estimate(&span);
+        let mut encoder = SpanEncoder::default();
+        for span in varied_spans() {
             let name = span.name.clone();
+            let weight = encoder.encode(&span).len();
             let encoded = to_proto_span(span).encoded_len();
             let in_request = encoded + 1 + prost::length_delimiter_len(encoded);
-            assert!(
-                (in_request..=in_request + in_request / 4 + 16).contains(&estimate),
-                "{name}: estimated {estimate} bytes, {in_request} in a request"
-            );
+            assert_eq!(weight, in_request, "{name}");
         }
+    }
+
+    fn encode_spans(spans: &[Span]) -> EncodedTraces {
+        let mut encoder = SpanEncoder::default();
+        let encoded: Vec<EncodedSpan> = spans.iter().map(|span| encoder.encode(span)).collect();
+        encode_request(&encoded)
     }
 
     /// Spans that exercise every field and every default prost leaves out.
@@ -750,12 +718,12 @@ mod tests {
 
     #[test]
     fn encoded_bytes_are_what_prost_writes() {
-        assert_eq!(encode_request(&[]).bytes(), b"");
+        assert_eq!(encode_spans(&[]).bytes(), b"");
         let spans = varied_spans();
         for count in 1..=spans.len() {
             let spans = &spans[..count];
             assert_eq!(
-                encode_request(spans).bytes(),
+                encode_spans(spans).bytes(),
                 &to_request(spans.to_vec()).encode_to_vec()[..],
                 "{count} spans"
             );
@@ -766,7 +734,7 @@ mod tests {
     /// bytes that are not one fail as the generated struct fails.
     #[test]
     fn encoded_request_decodes_to_itself() {
-        let encoded = encode_request(&varied_spans());
+        let encoded = encode_spans(&varied_spans());
         assert_eq!(EncodedTraces::decode(encoded.bytes()), Ok(encoded.clone()));
         let mut torn = encoded.bytes().to_vec();
         torn.truncate(torn.len() / 2);

@@ -119,7 +119,7 @@ pub fn describe<'a>(
             }
         }
         let peer = call.conn.remote;
-        let peer_address = peer.ip().to_string();
+        let peer_address = AttributeValue::from(peer.ip());
         attributes.push(Attribute::new("server.address", host.as_ref()));
         attributes.push(Attribute::new("server.port", i64::from(port)));
         if kind == SpanKind::Server {

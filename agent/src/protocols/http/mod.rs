@@ -82,7 +82,7 @@ pub fn describe<'a>(
             attributes.push(Attribute::new("http.request.method_original", original));
         }
         let peer = call.conn.remote;
-        let peer_address = peer.ip().to_string();
+        let peer_address = AttributeValue::from(peer.ip());
         match kind {
             SpanKind::Server => {
                 if path_known {
