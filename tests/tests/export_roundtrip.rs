@@ -178,7 +178,7 @@ fn trace() -> Vec<Span> {
 
 fn json(value: &AttributeValue) -> Value {
     match value {
-        AttributeValue::Str(text) => Value::from(text.as_ref()),
+        AttributeValue::Str(text) => Value::from(text.as_str()),
         AttributeValue::Int(number) => Value::from(*number),
         AttributeValue::Float(number) => Value::from(*number),
         AttributeValue::Bool(flag) => Value::from(*flag),

@@ -6,6 +6,8 @@
 
 use std::net::SocketAddr;
 
+use compact_str::CompactString;
+
 /// Span identity the kernel assigned to a request it saw start (and may
 /// have written on the wire as a `traceparent`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,21 +88,21 @@ impl HttpVersion {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestInfo {
     /// Method as sent (e.g. `GET`); may be a non-standard token.
-    pub method: String,
+    pub method: CompactString,
     /// Request target as sent: origin form (`/a?b`) or absolute form.
     /// Empty when it could not be decoded (an HTTP/2 `:path` that refers to
     /// header-table entries the agent did not see).
-    pub target: String,
+    pub target: CompactString,
     /// Protocol version.
     pub version: HttpVersion,
     /// `Host` header (or `:authority`).
-    pub host: Option<String>,
+    pub host: Option<CompactString>,
     /// `User-Agent` header.
-    pub user_agent: Option<String>,
+    pub user_agent: Option<CompactString>,
     /// `traceparent` header, raw.
-    pub traceparent: Option<String>,
+    pub traceparent: Option<CompactString>,
     /// `tracestate` header, raw.
-    pub tracestate: Option<String>,
+    pub tracestate: Option<CompactString>,
 }
 
 /// How the call ended.

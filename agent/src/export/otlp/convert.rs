@@ -417,7 +417,7 @@ pub(crate) fn scope() -> InstrumentationScope {
 /// One OTLP attribute.
 pub(crate) fn key_value(key: String, value: AttributeValue) -> KeyValue {
     let value = match value {
-        AttributeValue::Str(text) => any_value::Value::StringValue(text.into_owned()),
+        AttributeValue::Str(text) => any_value::Value::StringValue(text.into_string()),
         AttributeValue::Int(number) => any_value::Value::IntValue(number),
         AttributeValue::Float(number) => any_value::Value::DoubleValue(number),
         AttributeValue::Bool(flag) => any_value::Value::BoolValue(flag),

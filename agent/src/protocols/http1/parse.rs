@@ -17,6 +17,8 @@
 
 use std::mem::MaybeUninit;
 
+use compact_str::CompactString;
+
 use crate::model::call::{HttpVersion, RequestInfo};
 
 /// Most header lines a head may have; more is [`Http1Error::Malformed`].
@@ -295,8 +297,8 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<RequestHead>, Http1Error> {
     let headers = &*request.headers;
     let head = RequestHead {
         info: RequestInfo {
-            method: request.method.unwrap_or_default().to_owned(),
-            target: request.path.unwrap_or_default().to_owned(),
+            method: request.method.unwrap_or_default().into(),
+            target: request.path.unwrap_or_default().into(),
             version,
             host: header_string(headers, "host"),
             user_agent: header_string(headers, "user-agent"),
@@ -407,8 +409,8 @@ fn header<'b>(headers: &[httparse::Header<'b>], name: &str) -> Option<&'b [u8]> 
         .map(|h| h.value)
 }
 
-fn header_string(headers: &[httparse::Header<'_>], name: &str) -> Option<String> {
-    header(headers, name).map(|v| String::from_utf8_lossy(v).into_owned())
+fn header_string(headers: &[httparse::Header<'_>], name: &str) -> Option<CompactString> {
+    header(headers, name).map(CompactString::from_utf8_lossy)
 }
 
 /// Comma-separated list elements, trimmed, empty ones dropped (RFC 9110 §5.6.1).

@@ -26,6 +26,8 @@ mod tests;
 
 use std::{collections::BTreeMap, net::SocketAddr};
 
+use compact_str::CompactString;
+
 use tracing::debug;
 
 use self::frames::{FrameReader, ReaderEvent};
@@ -230,12 +232,12 @@ struct PendingBlock {
 /// `cookie` or `set-cookie`.
 #[derive(Debug, Default)]
 struct Heads {
-    method: Option<String>,
-    path: Option<String>,
-    authority: Option<String>,
-    user_agent: Option<String>,
-    traceparent: Option<String>,
-    tracestate: Option<String>,
+    method: Option<CompactString>,
+    path: Option<CompactString>,
+    authority: Option<CompactString>,
+    user_agent: Option<CompactString>,
+    traceparent: Option<CompactString>,
+    tracestate: Option<CompactString>,
     /// `:scheme` or any other request pseudo-header was seen.
     request_pseudo: bool,
     status: Option<u16>,
@@ -254,7 +256,7 @@ impl Heads {
                 heads.unknown += 1;
                 continue;
             };
-            let text = || String::from_utf8_lossy(&value).into_owned();
+            let text = || CompactString::from_utf8_lossy(&value);
             match &name[..] {
                 b":method" => heads.method = Some(text()),
                 b":path" => heads.path = Some(text()),

@@ -7,6 +7,7 @@
 use std::{path::PathBuf, sync::Arc};
 
 use bytes::Bytes;
+use compact_str::CompactString;
 
 use crate::{
     conn::tracker::{ConnTracker, TrackerConfig},
@@ -164,8 +165,8 @@ const HANDSHAKE: &[u8] = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\x8a\x1b"
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Brief {
     start_ns: u64,
-    method: String,
-    target: String,
+    method: CompactString,
+    target: CompactString,
     outcome: Outcome,
     rpc_method: Option<String>,
     grpc_status: Option<u32>,
@@ -472,8 +473,8 @@ fn connections_caught_mid_way() {
     assert_eq!(
         got,
         [
-            ("POST".into(), String::new(), ok.clone()),
-            ("POST".into(), String::new(), ok.clone()),
+            ("POST".into(), CompactString::default(), ok.clone()),
+            ("POST".into(), CompactString::default(), ok.clone()),
             (
                 "POST".into(),
                 "/sonde.test.Echo/ServerStream".into(),
