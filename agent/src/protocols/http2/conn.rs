@@ -27,7 +27,6 @@ mod tests;
 use std::{collections::BTreeMap, net::SocketAddr};
 
 use compact_str::CompactString;
-
 use tracing::debug;
 
 use self::frames::{FrameReader, ReaderEvent};
