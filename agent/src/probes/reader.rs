@@ -68,10 +68,6 @@ pub const IDLE_DRAIN_INTERVAL: Duration = Duration::from_millis(256);
 /// this size, so the tracker starts on the first while the reader decodes
 /// the rest.
 pub const MAX_BATCH: usize = 512;
-/// The fewest events a batch is allocated for. A batch is sized from the
-/// previous drain of its ring ([`batch_reserve_for`]) rather than
-/// [`MAX_BATCH`], a 64 KiB block per drain however few events it held.
-const MIN_BATCH_RESERVE: usize = 16;
 
 /// The buffer event payloads are copied into is allocated this many bytes
 /// at a time: a payload is a slice of it, freed with the last of them.
@@ -107,7 +103,6 @@ pub async fn run_reader(
     let mut data = watch(data_ring)?;
     let mut control = watch(control_ring)?;
     let mut payloads = BytesMut::new();
-    let (mut data_reserve, mut control_reserve) = (MIN_BATCH_RESERVE, MIN_BATCH_RESERVE);
     let mut interval = DRAIN_INTERVAL;
     let mut last_drain = Instant::now();
     // A deadline, not a sleep restarted at every loop: control events must
@@ -124,39 +119,20 @@ pub async fn run_reader(
             }
             guard = control.readable_mut() => {
                 let mut guard = guard?;
-                let ring = guard.get_inner_mut();
-                drain(ring, &channels, &stats, &mut payloads, &mut control_reserve);
+                drain(guard.get_inner_mut(), &channels, &stats, &mut payloads);
                 guard.clear_ready();
                 continue;
             }
         };
-        let drained = drain(
-            data.get_mut(),
-            &channels,
-            &stats,
-            &mut payloads,
-            &mut data_reserve,
-        );
+        let drained = drain(data.get_mut(), &channels, &stats, &mut payloads);
         let now = Instant::now();
         interval = next_interval(interval, now - last_drain, drained, woken);
         last_drain = now;
         next_drain = now + interval;
     }
     // Whatever the kernel wrote before shutdown still goes on.
-    drain(
-        data.get_mut(),
-        &channels,
-        &stats,
-        &mut payloads,
-        &mut data_reserve,
-    );
-    drain(
-        control.get_mut(),
-        &channels,
-        &stats,
-        &mut payloads,
-        &mut control_reserve,
-    );
+    drain(data.get_mut(), &channels, &stats, &mut payloads);
+    drain(control.get_mut(), &channels, &stats, &mut payloads);
     Ok(())
 }
 
@@ -185,26 +161,16 @@ fn next_interval(interval: Duration, elapsed: Duration, drained: u64, woken: boo
     paced.clamp(MIN_DRAIN_INTERVAL, DRAIN_INTERVAL)
 }
 
-/// Events to reserve for the next batch of a ring whose last drain
-/// brought `batched` connection events: as many (the rate changes slowly
-/// between drains), within [`MIN_BATCH_RESERVE`]..=[`MAX_BATCH`].
-fn batch_reserve_for(batched: usize) -> usize {
-    batched.clamp(MIN_BATCH_RESERVE, MAX_BATCH)
-}
-
-/// Reads every record in `ring`, payloads into `payloads`, connection
-/// events in batches of `batch_reserve` events first (updated for the next
-/// drain); counters are added once per drain. Returns how many bytes of
-/// records it read.
+/// Reads every record in `ring`, payloads into `payloads`; counters are
+/// added once per drain. Returns how many bytes of records it read.
 fn drain(
     ring: &mut RingBuf<MapData>,
     channels: &ReaderChannels,
     stats: &Stats,
     payloads: &mut BytesMut,
-    batch_reserve: &mut usize,
 ) -> u64 {
     let mut batch = EventBatch::new();
-    let (mut received, mut undecodable, mut dropped, mut bytes, mut batched) = (0, 0, 0, 0, 0);
+    let (mut received, mut undecodable, mut dropped, mut bytes) = (0, 0, 0, 0);
     while let Some(record) = ring.next() {
         received += 1;
         bytes += record.len() as u64;
@@ -222,10 +188,9 @@ fn drain(
         match event {
             KernelEvent::Data(_) | KernelEvent::Close(_) | KernelEvent::Http2Injected(_) => {
                 if batch.capacity() == 0 {
-                    batch.reserve_exact(*batch_reserve);
+                    batch.reserve_exact(MAX_BATCH);
                 }
                 batch.push(event);
-                batched += 1;
                 if batch.len() == MAX_BATCH {
                     dropped += send(&channels.reader_to_conn, std::mem::take(&mut batch));
                 }
@@ -239,9 +204,6 @@ fn drain(
     }
     if !batch.is_empty() {
         dropped += send(&channels.reader_to_conn, batch);
-    }
-    if received > 0 {
-        *batch_reserve = batch_reserve_for(batched);
     }
     for (counter, value) in [
         (Counter::EventsReceived, received),
@@ -271,16 +233,9 @@ mod tests {
     use std::time::Duration;
 
     use super::{
-        DRAIN_INTERVAL, DRAIN_TARGET_BYTES, IDLE_DRAIN_INTERVAL, MAX_BATCH, MIN_BATCH_RESERVE,
-        MIN_DRAIN_INTERVAL, batch_reserve_for, next_interval, wakeup_bytes,
+        DRAIN_INTERVAL, DRAIN_TARGET_BYTES, IDLE_DRAIN_INTERVAL, MIN_DRAIN_INTERVAL, next_interval,
+        wakeup_bytes,
     };
-
-    #[test]
-    fn batches_are_sized_from_the_last_drain() {
-        assert_eq!(batch_reserve_for(0), MIN_BATCH_RESERVE);
-        assert_eq!(batch_reserve_for(100), 100);
-        assert_eq!(batch_reserve_for(5_000), MAX_BATCH);
-    }
 
     #[test]
     fn wakeup_threshold_scales_with_the_ring_and_is_capped() {
