@@ -144,6 +144,22 @@ struct Plan {
     loads: &'static [Load],
 }
 
+impl Plan {
+    /// The load whose runs have `kernel.bpf_stats_enabled` on: the highest
+    /// fixed rate, which the report's kernel figures come from
+    /// (`report::kernel_load`).
+    fn stats_load(&self) -> Option<Load> {
+        self.loads
+            .iter()
+            .filter_map(|load| match load {
+                Load::Rate(rate) => Some(*rate),
+                Load::Saturation => None,
+            })
+            .max()
+            .map(Load::Rate)
+    }
+}
+
 const PLANS: &[Plan] = &[
     Plan {
         workload: Workload::Nginx,
@@ -163,6 +179,18 @@ const PLANS: &[Plan] = &[
         loads: &[Load::Saturation, Load::Rate(1_000)],
     },
 ];
+
+/// What one measured run is.
+#[derive(Clone, Copy)]
+struct Run {
+    workload: Workload,
+    variant: Variant,
+    load: Load,
+    /// 0-based round.
+    round: usize,
+    /// `kernel.bpf_stats_enabled` on during the run (see `Plan::stats_load`).
+    kernel_stats: bool,
+}
 
 /// Load before each measured run, not measured: connections, caches, the
 /// agent's first allocations.
@@ -238,7 +266,6 @@ pub fn run(args: &Args) -> Result<()> {
     let load_before = report::load_average();
     let started = Instant::now();
     catch_interrupt();
-    let stats = BpfStats::enable()?;
     let mut records = Vec::with_capacity(total);
     for plan in &plans {
         bench.run_plan(plan, total, &mut records)?;
@@ -248,7 +275,6 @@ pub fn run(args: &Args) -> Result<()> {
     } else {
         None
     };
-    drop(stats);
 
     let settings = report::Settings {
         runs: bench.runs,
@@ -347,6 +373,7 @@ impl Bench {
             Workload::Nginx => Some(Nginx::start(&self.work.join("nginx"))?),
             Workload::Python => None,
         };
+        let stats_load = plan.stats_load();
         for round in 0..self.runs {
             // Rotating the order spreads drift and warm-cache effects.
             let n = plan.variants.len();
@@ -356,8 +383,14 @@ impl Bench {
                     if INTERRUPTED.load(Ordering::Relaxed) {
                         bail!("interrupted");
                     }
-                    let record =
-                        self.run_one(plan.workload, variant, load, round, nginx.as_ref())?;
+                    let run = Run {
+                        workload: plan.workload,
+                        variant,
+                        load,
+                        round,
+                        kernel_stats: Some(load) == stats_load,
+                    };
+                    let record = self.run_one(run, nginx.as_ref())?;
                     eprintln!(
                         "xtask: [{}/{total}] {}",
                         records.len() + 1,
@@ -375,14 +408,17 @@ impl Bench {
 
     /// One measured run: sink, service, agent, warm-up, load, then stop
     /// everything in the order that lets queued spans reach the sink.
-    fn run_one(
-        &self,
-        workload: Workload,
-        variant: Variant,
-        load: Load,
-        round: usize,
-        nginx: Option<&Nginx>,
-    ) -> Result<RunRecord> {
+    fn run_one(&self, run: Run, nginx: Option<&Nginx>) -> Result<RunRecord> {
+        let Run {
+            workload,
+            variant,
+            load,
+            round,
+            kernel_stats,
+        } = run;
+        // Off in every other run: the statistics add two clock reads to
+        // each program run, which production never pays.
+        let _stats = kernel_stats.then(BpfStats::enable).transpose()?;
         let other_agents = other_agents();
         let sink = Sink::start(&self.helper)?;
         let uvicorn = match workload {
@@ -425,7 +461,11 @@ impl Bench {
         };
         // The floor is measured during the warm-up only, so the empty
         // program adds nothing to the measured window.
-        let floor = agent.as_ref().and_then(|_| floor::Floor::attach().ok());
+        let floor = if kernel_stats && agent.is_some() {
+            floor::Floor::attach().ok()
+        } else {
+            None
+        };
         let floor_start = floor.as_ref().map(floor::Floor::count);
         let warmup = self.generator.run(load, addr, WARMUP)?;
         let stats_floor_ns = floor
@@ -539,7 +579,7 @@ fn catch_interrupt() {
     };
 }
 
-/// `kernel.bpf_stats_enabled` on for the benchmark, restored when dropped.
+/// `kernel.bpf_stats_enabled` on for one run, restored when dropped.
 struct BpfStats {
     previous: String,
 }

@@ -484,7 +484,8 @@ impl Report {
             "\n**Kernel programs** ({}, {}). The hooks run for every socket call on the \
              machine, the load generator's included, and return at once for processes that \
              are not traced: \"tracing nothing\" is what every process pays per call. \
-             Measured with kernel.bpf_stats_enabled, which itself adds a little to each run.\n\n",
+             Measured with kernel.bpf_stats_enabled, which itself adds a little to each run; \
+             it is on only in the runs at this load, so the other figures do not pay it.\n\n",
             workload.label(),
             load.label()
         ));
