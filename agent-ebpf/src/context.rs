@@ -128,7 +128,7 @@ pub fn scan_received<const PORTABLE: bool>(
     if unsafe { bpf_probe_read_user(bytes.cast(), len, buffer as *const _) } != 0 {
         return None;
     }
-    scan_copied::<PORTABLE>(tid, cookie, bytes, len)
+    scan_copied::<PORTABLE>(tid, cookie, bytes, len).map(drop)
 }
 
 /// Looks at the `copied` bytes thread `tid` just received on connection
@@ -139,13 +139,15 @@ pub fn scan_received<const PORTABLE: bool>(
 /// first `SCAN_LIMIT` bytes are looked at. Shared by the socket path
 /// (`socket_call`, on the capture's own copy) and [`scan_received`].
 /// `PORTABLE`: for kernels without `bpf_loop` (see `socket_call::report`).
+/// `Some(true)` if the bytes start the connection's first request, `None`
+/// if they are no part of a request head.
 #[inline(always)]
 pub fn scan_copied<const PORTABLE: bool>(
     tid: u32,
     cookie: u64,
     bytes: *mut u8,
     copied: u32,
-) -> Option<()> {
+) -> Option<bool> {
     let scratch = TRACE_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch, ours for this program's run.
     let scratch = unsafe { &mut *scratch };
@@ -189,11 +191,18 @@ pub fn scan_copied<const PORTABLE: bool>(
     // SAFETY: reading back the value stored above.
     let case = unsafe { core::ptr::read_volatile(&scratch.case) };
     if case != 0 {
-        start_server_request::<PORTABLE>(scratch, tid, cookie, parent, case == SPLIT_START);
-    } else if let Some(parent) = parent {
+        return Some(start_server_request::<PORTABLE>(
+            scratch,
+            tid,
+            cookie,
+            parent,
+            case == SPLIT_START,
+        ));
+    }
+    if let Some(parent) = parent {
         update_server_request(cookie, &parent);
     }
-    Some(())
+    Some(false)
 }
 
 /// `TraceScratch::case` of a read that starts a request.
@@ -316,7 +325,7 @@ pub fn take_server_request<const PORTABLE: bool>(tid: u32, cookie: u64) -> Trace
         }
     }
     let ctx = new_server_context(random_id::<16>(), None);
-    track_server_request::<PORTABLE>(tid, cookie, ctx);
+    let _ = track_server_request::<PORTABLE>(tid, cookie, ctx);
     ctx
 }
 
@@ -360,7 +369,8 @@ fn sampled_flags(trace_id: &[u8; 16], parent_flags: Option<u32>) -> u32 {
 /// per-CPU scratch (`TraceScratch::fresh`), which saves a map lookup and
 /// write per request. `split`: its first byte came in an earlier read,
 /// reported already, so the context is reported as an update of the
-/// request being read, flagged in the connection's entry.
+/// request being read, flagged in the connection's entry. True if it is
+/// the connection's first request.
 #[inline(always)]
 fn start_server_request<const PORTABLE: bool>(
     scratch: &mut TraceScratch,
@@ -368,7 +378,7 @@ fn start_server_request<const PORTABLE: bool>(
     cookie: u64,
     parent: Option<TraceParent>,
     split: bool,
-) {
+) -> bool {
     let (trace_id, parent_flags) = match &parent {
         Some(parent) => (parent.trace_id, Some(parent.trace_flags)),
         None => (random_id::<16>(), None),
@@ -385,7 +395,7 @@ fn start_server_request<const PORTABLE: bool>(
         scratch.fresh_tid = tid;
         scratch.fresh_cookie = cookie;
     }
-    track_server_request::<PORTABLE>(tid, cookie, ctx);
+    track_server_request::<PORTABLE>(tid, cookie, ctx)
 }
 
 /// Keeps `ctx` as the request in flight on connection `cookie`, counted on
@@ -393,9 +403,10 @@ fn start_server_request<const PORTABLE: bool>(
 /// one (pipelined, or after a response the kernel did not recognise)
 /// replaces the old in its thread's count. The connection's entry is
 /// rewritten in place when it has one (keep-alive): an insert and a
-/// delete per request cost more than the rest of the bookkeeping.
+/// delete per request cost more than the rest of the bookkeeping. True if
+/// the entry is new: the connection's first request.
 #[inline(always)]
-fn track_server_request<const PORTABLE: bool>(tid: u32, cookie: u64, ctx: TraceContext) {
+fn track_server_request<const PORTABLE: bool>(tid: u32, cookie: u64, ctx: TraceContext) -> bool {
     // A Go process: the goroutine reading it works for it, and it is
     // counted in the process's requests.
     let tid = match goroutine::current::<PORTABLE>() {
@@ -422,10 +433,12 @@ fn track_server_request<const PORTABLE: bool>(tid: u32, cookie: u64, ctx: TraceC
             }
             // SAFETY: as above.
             unsafe { *entry = request };
+            false
         }
         None => {
             join_in_flight(tid, cookie);
             let _ = SERVER_CTX.insert(cookie, request, 0);
+            true
         }
     }
 }
