@@ -472,7 +472,7 @@ mod tests {
             request: &EncodedTraces,
         ) -> Result<ExportTraceServiceResponse, SendError> {
             let attempt = self.attempts.fetch_add(1, Ordering::SeqCst);
-            let request = ExportTraceServiceRequest::decode(request.bytes())
+            let request = ExportTraceServiceRequest::decode(request.bytes().clone())
                 .unwrap_or_else(|error| panic!("the batcher sent a bad request: {error}"));
             let names = request
                 .resource_spans

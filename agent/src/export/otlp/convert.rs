@@ -40,9 +40,8 @@ pub(crate) const SCOPE_NAME: &str = "sonde";
 pub(crate) struct EncodedTraces(Bytes);
 
 impl EncodedTraces {
-    /// The protobuf bytes.
-    #[cfg(test)]
-    pub(crate) fn bytes(&self) -> &[u8] {
+    /// The protobuf bytes, shared, not copied: an OTLP/HTTP body as it is.
+    pub(crate) fn bytes(&self) -> &Bytes {
         &self.0
     }
 }
@@ -718,12 +717,12 @@ mod tests {
 
     #[test]
     fn encoded_bytes_are_what_prost_writes() {
-        assert_eq!(encode_spans(&[]).bytes(), b"");
+        assert!(encode_spans(&[]).bytes().is_empty());
         let spans = varied_spans();
         for count in 1..=spans.len() {
             let spans = &spans[..count];
             assert_eq!(
-                encode_spans(spans).bytes(),
+                &encode_spans(spans).bytes()[..],
                 &to_request(spans.to_vec()).encode_to_vec()[..],
                 "{count} spans"
             );
@@ -735,7 +734,10 @@ mod tests {
     #[test]
     fn encoded_request_decodes_to_itself() {
         let encoded = encode_spans(&varied_spans());
-        assert_eq!(EncodedTraces::decode(encoded.bytes()), Ok(encoded.clone()));
+        assert_eq!(
+            EncodedTraces::decode(encoded.bytes().clone()),
+            Ok(encoded.clone())
+        );
         let mut torn = encoded.bytes().to_vec();
         torn.truncate(torn.len() / 2);
         assert!(EncodedTraces::decode(&torn[..]).is_err());

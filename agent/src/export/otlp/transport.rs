@@ -168,6 +168,11 @@ pub(crate) trait ExportService: Send + Sync + 'static {
     /// `Export*ServiceResponse`.
     type Response: prost::Message + Default + Send + 'static;
 
+    /// The request as an OTLP/HTTP body.
+    fn http_body(request: &Self::Request) -> Bytes {
+        request.encode_to_vec().into()
+    }
+
     /// The generated client's `export` call on `channel`.
     fn grpc_export(
         channel: Channel,
@@ -188,6 +193,11 @@ impl ExportService for TraceExport {
     /// `tonic::client::Grpc` call it makes, with prost's codec on the bytes.
     type Request = EncodedTraces;
     type Response = ExportTraceServiceResponse;
+
+    /// The bytes themselves: a batch is not copied again to be sent.
+    fn http_body(request: &EncodedTraces) -> Bytes {
+        request.bytes().clone()
+    }
 
     async fn grpc_export(
         channel: Channel,
@@ -384,9 +394,9 @@ impl<S: ExportService> HttpTransport<S> {
     }
 
     fn body(&self, request: &S::Request) -> Result<Bytes, SendError> {
-        let encoded = request.encode_to_vec();
+        let encoded = S::http_body(request);
         match self.compression {
-            Compression::None => Ok(encoded.into()),
+            Compression::None => Ok(encoded),
             Compression::Gzip => {
                 let mut encoder = GzEncoder::new(Vec::new(), flate2::Compression::default());
                 encoder
