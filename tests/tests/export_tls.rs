@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use sonde_tests::agent::Agent;
+use sonde_tests::agent::{Agent, config_file};
 use sonde_tests::apps::{Server, curl};
 use sonde_tests::tls_ca::TestCa;
 use sonde_tests::{OtlpReceiver, require_e2e};
@@ -27,16 +27,21 @@ fn traced_gets(server: &Server, path: &str) {
 }
 
 /// The agent tracing `server`, exporting to `endpoint` with `tls` variables
-/// and batches sent 200 ms after their first span.
-fn agent(server: &Server, endpoint: &str, protocol: &str, tls: &[(&str, &str)]) -> Agent {
+/// and batches sent 200 ms after their first span; `args` added to its
+/// command line.
+fn agent(
+    server: &Server,
+    endpoint: &str,
+    protocol: &str,
+    tls: &[(&str, &str)],
+    args: &[&str],
+) -> Agent {
     let mut env = vec![("OTEL_BSP_SCHEDULE_DELAY", "200")];
     env.extend_from_slice(tls);
-    Agent::start_with_env(
-        &["--port", &server.port.to_string()],
-        endpoint,
-        protocol,
-        &env,
-    )
+    let port = server.port.to_string();
+    let mut all = vec!["--port", &port];
+    all.extend_from_slice(args);
+    Agent::start_with_env(&all, endpoint, protocol, &env)
 }
 
 /// mTLS with the generic variables over gRPC, with the traces variables
@@ -76,7 +81,7 @@ async fn spans_arrive_over_mtls_with_grpc_and_http() {
         ),
     ];
     for (protocol, endpoint, tls) in cases {
-        let agent = agent(&server, &endpoint, protocol, &tls);
+        let agent = agent(&server, &endpoint, protocol, &tls, &[]);
         agent.wait_instrumented(&[server.pid()], WAIT);
         let path = format!("/over-tls-{}", protocol.replace('/', "-"));
         traced_gets(&server, &path);
@@ -118,7 +123,15 @@ async fn assert_refused(
         "grpc" => receiver.grpc_endpoint(),
         _ => receiver.http_endpoint(),
     };
-    let agent = agent(&server, &endpoint, protocol, tls);
+    // Attempts every 1-2 s, not 5-30: whether an attempt sees the alert or
+    // only the closed connection is a race (about half of them), and the
+    // default backoff fits four attempts in WAIT.
+    let config = config_file(
+        "export-tls-refused",
+        "export:\n  retry:\n    initial_interval_secs: 1\n    max_interval_secs: 2\n",
+    );
+    let config = config.display().to_string();
+    let agent = agent(&server, &endpoint, protocol, tls, &["--config", &config]);
     agent.wait_instrumented(&[server.pid()], WAIT);
     traced_gets(&server, "/refused");
     agent.wait_for_log("OTLP export attempt failed", WAIT);
