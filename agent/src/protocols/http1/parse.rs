@@ -410,7 +410,7 @@ fn header<'b>(headers: &[httparse::Header<'b>], name: &str) -> Option<&'b [u8]> 
 }
 
 fn header_string(headers: &[httparse::Header<'_>], name: &str) -> Option<CompactString> {
-    header(headers, name).map(CompactString::from_utf8_lossy)
+    header(headers, name).map(crate::protocols::lossy_text)
 }
 
 /// Comma-separated list elements, trimmed, empty ones dropped (RFC 9110 §5.6.1).

@@ -255,7 +255,7 @@ impl Heads {
                 heads.unknown += 1;
                 continue;
             };
-            let text = || CompactString::from_utf8_lossy(&value);
+            let text = || crate::protocols::lossy_text(&value);
             match &name[..] {
                 b":method" => heads.method = Some(text()),
                 b":path" => heads.path = Some(text()),
