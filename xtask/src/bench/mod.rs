@@ -144,22 +144,6 @@ struct Plan {
     loads: &'static [Load],
 }
 
-impl Plan {
-    /// The load whose runs have `kernel.bpf_stats_enabled` on: the highest
-    /// fixed rate, which the report's kernel figures come from
-    /// (`report::kernel_load`).
-    fn stats_load(&self) -> Option<Load> {
-        self.loads
-            .iter()
-            .filter_map(|load| match load {
-                Load::Rate(rate) => Some(*rate),
-                Load::Saturation => None,
-            })
-            .max()
-            .map(Load::Rate)
-    }
-}
-
 const PLANS: &[Plan] = &[
     Plan {
         workload: Workload::Nginx,
@@ -188,7 +172,8 @@ struct Run {
     load: Load,
     /// 0-based round.
     round: usize,
-    /// `kernel.bpf_stats_enabled` on during the run (see `Plan::stats_load`).
+    /// `kernel.bpf_stats_enabled` on during the run: only in the runs the
+    /// kernel figures come from (`report::kernel_figures_load`).
     kernel_stats: bool,
 }
 
@@ -266,9 +251,14 @@ pub fn run(args: &Args) -> Result<()> {
     let load_before = report::load_average();
     let started = Instant::now();
     catch_interrupt();
+    let stats_at = report::kernel_figures_load(
+        plans
+            .iter()
+            .flat_map(|plan| plan.loads.iter().map(|&load| (plan.workload, load))),
+    );
     let mut records = Vec::with_capacity(total);
     for plan in &plans {
-        bench.run_plan(plan, total, &mut records)?;
+        bench.run_plan(plan, stats_at, total, &mut records)?;
     }
     let profile = if plans.iter().any(|p| p.workload == Workload::Nginx) {
         bench.profile_agent()?
@@ -367,13 +357,18 @@ fn build_helper() -> Result<PathBuf> {
 }
 
 impl Bench {
-    /// Every round of one workload.
-    fn run_plan(&self, plan: &Plan, total: usize, records: &mut Vec<RunRecord>) -> Result<()> {
+    /// Every round of one workload; `stats_at`: where bpf_stats are on.
+    fn run_plan(
+        &self,
+        plan: &Plan,
+        stats_at: Option<(Workload, Load)>,
+        total: usize,
+        records: &mut Vec<RunRecord>,
+    ) -> Result<()> {
         let nginx = match plan.workload {
             Workload::Nginx => Some(Nginx::start(&self.work.join("nginx"))?),
             Workload::Python => None,
         };
-        let stats_load = plan.stats_load();
         for round in 0..self.runs {
             // Rotating the order spreads drift and warm-cache effects.
             let n = plan.variants.len();
@@ -388,7 +383,7 @@ impl Bench {
                         variant,
                         load,
                         round,
-                        kernel_stats: Some(load) == stats_load,
+                        kernel_stats: stats_at == Some((plan.workload, load)),
                     };
                     let record = self.run_one(run, nginx.as_ref())?;
                     eprintln!(

@@ -848,11 +848,24 @@ fn targets(figures: &[Figure], runs: &[RunRecord]) -> Vec<Verdict> {
 /// The workload and fixed rate the kernel figures come from: the highest
 /// rate of nginx (else FastAPI) with the agent.
 fn kernel_load(figures: &[Figure]) -> Option<(Workload, Load)> {
-    figures
-        .iter()
-        .filter(|f| f.agent.is_some())
-        .filter_map(|f| match f.load {
-            Load::Rate(rate) => Some((f.workload, rate)),
+    kernel_figures_load(
+        figures
+            .iter()
+            .filter(|f| f.agent.is_some())
+            .map(|f| (f.workload, f.load)),
+    )
+}
+
+/// Of the (workload, load) pairs measured, the one kernel figures are
+/// reported for: the highest fixed rate of nginx, else of FastAPI. The
+/// benchmark turns `kernel.bpf_stats_enabled` on for those runs only.
+pub(super) fn kernel_figures_load(
+    measured: impl IntoIterator<Item = (Workload, Load)>,
+) -> Option<(Workload, Load)> {
+    measured
+        .into_iter()
+        .filter_map(|(workload, load)| match load {
+            Load::Rate(rate) => Some((workload, rate)),
             Load::Saturation => None,
         })
         .max_by_key(|&(workload, rate)| (workload == Workload::Nginx, rate))
@@ -906,13 +919,35 @@ fn number(value: f64, decimals: usize) -> String {
 mod tests {
     use std::collections::BTreeMap;
 
-    use super::{Meta, Report, Settings, Summary, cell, number};
+    use super::{Meta, Report, Settings, Summary, cell, kernel_figures_load, number};
     use crate::bench::{
         RunRecord, Variant, Workload,
         agent::{AgentReport, ProgramStats},
         load::{Load, LoadResult},
         sink::SinkCounts,
     };
+
+    #[test]
+    fn kernel_figures_come_from_nginx_at_its_highest_fixed_rate() {
+        let nginx = |load| (Workload::Nginx, load);
+        let python = |load| (Workload::Python, load);
+        let measured = [
+            nginx(Load::Saturation),
+            nginx(Load::Rate(20_000)),
+            nginx(Load::Rate(5_000)),
+            python(Load::Saturation),
+            python(Load::Rate(1_000)),
+        ];
+        assert_eq!(
+            kernel_figures_load(measured),
+            Some(nginx(Load::Rate(20_000)))
+        );
+        assert_eq!(
+            kernel_figures_load(measured.into_iter().filter(|m| m.0 == Workload::Python)),
+            Some(python(Load::Rate(1_000)))
+        );
+        assert_eq!(kernel_figures_load([nginx(Load::Saturation)]), None);
+    }
 
     fn meta() -> Meta {
         Meta {
