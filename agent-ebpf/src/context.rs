@@ -52,6 +52,7 @@ use crate::{
         HEAD_OPEN, IN_FLIGHT, INJECT_STATS, INJECTED_CTX, InFlight, NGINX_REQUEST,
         SAMPLING_THRESHOLDS, SERVER_CTX, ServerRequest, TRACE_SCRATCH, TraceScratch, config,
     },
+    pycontext,
 };
 
 /// Kernel-internal `flags` bit of a connection's entry: a context update
@@ -414,7 +415,11 @@ fn track_server_request<const PORTABLE: bool>(tid: u32, cookie: u64, ctx: TraceC
             goroutine::serve(&goroutine, cookie, ctx.span_id);
             GO_CONTEXT_KEY | goroutine.tgid
         }
-        None => tid,
+        None => {
+            // A Python thread: its current context works for it.
+            pycontext::serve(cookie, ctx.span_id);
+            tid
+        }
     };
     let request = ServerRequest {
         ctx,
@@ -590,7 +595,9 @@ pub fn start_client_request<const PORTABLE: bool>(tid: u32) -> TraceContext {
 /// trace, flagged `CTX_AMBIGUOUS` when it had any. In a Go process
 /// ([`GO_CONTEXT_KEY`], or followed by `goroutine`), child of the request
 /// the goroutine works for, else a root, ambiguous while the process
-/// serves requests.
+/// serves requests. In a Python thread whose context is followed
+/// (`pycontext`) and works for a request, child of that request while it
+/// is in flight, else a root.
 #[inline(always)]
 pub fn client_context<const PORTABLE: bool>(tid: u32) -> TraceContext {
     let mut ctx = TraceContext {
@@ -604,25 +611,21 @@ pub fn client_context<const PORTABLE: bool>(tid: u32) -> TraceContext {
     let go = tid & GO_CONTEXT_KEY != 0 || goroutine::is_go_process(tgid);
     let key = if go { GO_CONTEXT_KEY | tgid } else { tid };
     // SAFETY: plain value lookups, copied out.
-    let in_flight = unsafe { IN_FLIGHT.get(key) }.copied();
-    // The runtime named the request (`nginx`), else the only one in flight.
-    let named = unsafe { NGINX_REQUEST.get(tid) }.copied();
-    let server = match (named, in_flight) {
+    // None read as zero: an `Option` carried into `thread_request` leaves
+    // its payload undefined, which the verifier refuses to read.
+    let in_flight = unsafe { IN_FLIGHT.get(key) }
+        .copied()
+        .unwrap_or(InFlight::NONE);
+    let server = if go {
         // Go: the process's requests in flight say nothing about which one
         // a goroutine's call serves; the goroutine does.
-        _ if go => goroutine::request_of_current::<PORTABLE>(),
-        (Some(cookie), _) => unsafe { SERVER_CTX.get(cookie) }
-            .copied()
-            .filter(|request| request.active != 0),
-        (
-            None,
-            Some(InFlight {
-                count: 1, cookies, ..
-            }),
-        ) => unsafe { SERVER_CTX.get(cookies) }
-            .copied()
-            .filter(|request| request.tid == tid && request.active != 0),
-        _ => None,
+        goroutine::request_of_current::<PORTABLE>()
+    } else {
+        // Python: the context the call is made in says, if it knows.
+        match pycontext::current().and_then(|context| pycontext::serves(&context)) {
+            Some(request) => request.live(),
+            None => thread_request(tid, in_flight),
+        }
     };
     match server {
         Some(ServerRequest { ctx: server, .. }) => {
@@ -635,12 +638,30 @@ pub fn client_context<const PORTABLE: bool>(tid: u32) -> TraceContext {
             ctx.trace_id = random_id::<16>();
             ctx.trace_flags = sampled_flags(&ctx.trace_id, None);
             // Several in flight, or one that cannot be found: unknown cause.
-            if in_flight.is_some_and(|f| f.count > 0) {
+            if in_flight.count > 0 {
                 ctx.flags |= CTX_AMBIGUOUS;
             }
         }
     }
     ctx
+}
+
+/// The server request a call thread `tid` makes now serves by the thread
+/// rule: the one the runtime named (`nginx`), else the thread's only one
+/// in flight.
+#[inline(always)]
+fn thread_request(tid: u32, in_flight: InFlight) -> Option<ServerRequest> {
+    // SAFETY: plain value lookups, copied out.
+    let named = unsafe { NGINX_REQUEST.get(tid) }.copied();
+    match (named, in_flight.count) {
+        (Some(cookie), _) => unsafe { SERVER_CTX.get(cookie) }
+            .copied()
+            .filter(|request| request.active != 0),
+        (None, 1) => unsafe { SERVER_CTX.get(in_flight.cookies) }
+            .copied()
+            .filter(|request| request.tid == tid && request.active != 0),
+        _ => None,
+    }
 }
 
 /// What a read of a request head says about `traceparent`.

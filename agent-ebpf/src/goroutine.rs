@@ -10,15 +10,15 @@
 //!   fan-out) and at net/http's client (`persistConn.roundTrip` names
 //!   the request the connection's `writeLoop` goroutine writes next).
 //!
-//! What is kept is a reference (connection and span id), checked against
-//! the connection's live request when used ([`request_of_current`]): a
-//! goroutine that outlives its request, or a `g` the runtime reuses, gives
-//! no parent, never another request's.
+//! What is kept is a [`RequestRef`], checked against the connection's live
+//! request when used ([`request_of_current`]): a goroutine that outlives
+//! its request, or a `g` the runtime reuses, gives no parent, never another
+//! request's.
 
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::map, maps::LruHashMap};
 
 use crate::{
-    maps::{SERVER_CTX, ServerRequest, may_use_tls_or_go},
+    maps::{RequestRef, ServerRequest, may_use_tls_or_go},
     read,
     syscall_args::user_registers,
 };
@@ -51,16 +51,6 @@ impl GoroutineKey {
     }
 }
 
-/// A server request a goroutine works for: its connection and span id.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct GoRequest {
-    /// The connection's socket cookie (`SERVER_CTX`'s key).
-    pub cookie: u64,
-    /// The request's span id, which the live request must still have.
-    pub span_id: [u8; 8],
-}
-
 /// Go processes whose goroutines are followed (tgid), marked by the
 /// `runtime.newproc1` probe.
 #[map]
@@ -68,7 +58,7 @@ pub static GO_PROCESSES: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16_
 
 /// The request each goroutine works for.
 #[map]
-pub static GO_SERVING: LruHashMap<GoroutineKey, GoRequest> =
+pub static GO_SERVING: LruHashMap<GoroutineKey, RequestRef> =
     LruHashMap::with_max_entries(65_536, 0);
 
 /// net/http `writeLoop` goroutines: the `*persistConn` each writes for.
@@ -77,7 +67,7 @@ pub static GO_WRITERS: LruHashMap<GoroutineKey, u64> = LruHashMap::with_max_entr
 
 /// The request each `*persistConn`'s current round trip is made for.
 #[map]
-pub static CONN_REQUESTS: LruHashMap<GoroutineKey, GoRequest> =
+pub static CONN_REQUESTS: LruHashMap<GoroutineKey, RequestRef> =
     LruHashMap::with_max_entries(16_384, 0);
 
 /// True if the current process's goroutines are followed.
@@ -104,13 +94,13 @@ pub fn current<const PORTABLE: bool>() -> Option<GoroutineKey> {
 /// `cookie`: it works for it from now on.
 #[inline(always)]
 pub fn serve(key: &GoroutineKey, cookie: u64, span_id: [u8; 8]) {
-    let _ = GO_SERVING.insert(key, GoRequest { cookie, span_id }, 0);
+    let _ = GO_SERVING.insert(key, RequestRef { cookie, span_id }, 0);
 }
 
 /// The request goroutine `key` works for, not checked: a net/http
 /// writer's comes from the round trip it writes for.
 #[inline(always)]
-pub fn request_of(key: &GoroutineKey) -> Option<GoRequest> {
+pub fn request_of(key: &GoroutineKey) -> Option<RequestRef> {
     // SAFETY: plain value lookups, copied out.
     match unsafe { GO_WRITERS.get(key) }.copied() {
         Some(conn) => unsafe { CONN_REQUESTS.get(GoroutineKey { g: conn, ..*key }) }.copied(),
@@ -124,8 +114,5 @@ pub fn request_of(key: &GoroutineKey) -> Option<GoRequest> {
 /// connection).
 #[inline(always)]
 pub fn request_of_current<const PORTABLE: bool>() -> Option<ServerRequest> {
-    let request = request_of(&current::<PORTABLE>()?)?;
-    // SAFETY: plain value lookup, copied out.
-    let server = unsafe { SERVER_CTX.get(request.cookie) }.copied()?;
-    (server.active != 0 && server.ctx.span_id == request.span_id).then_some(server)
+    request_of(&current::<PORTABLE>()?)?.live()
 }

@@ -13,7 +13,7 @@
 //!
 //! Layout: `probes/` holds the hooks, one leaf file per event; the code
 //! they share sits beside it, layered so nothing imports in a circle:
-//! `read`, `maps` < `syscall_args`, `sock`, `goroutine`, `http2` < `context`, `go` < `tls` <
+//! `read`, `maps` < `syscall_args`, `sock`, `goroutine`, `pycontext`, `http2` < `context`, `go` < `tls` <
 //! `capture` < `socket_call`.
 #![no_std]
 #![no_main]
@@ -25,6 +25,7 @@ mod goroutine;
 mod http2;
 mod maps;
 mod probes;
+mod pycontext;
 mod read;
 mod sock;
 mod socket_call;

@@ -47,10 +47,11 @@ pub static SAMPLING_THRESHOLDS: HashMap<u32, u64> = HashMap::with_max_entries(16
 #[map]
 pub static TARGET_FLAGS: Array<[u8; 8]> = Array::with_max_entries(4096, BPF_F_MMAPABLE);
 
-/// Processes (tgid) where an OpenSSL or Go probe ran, one byte per pid as
-/// in `TARGET_FLAGS` (sized by the agent the same way): a filter in front
-/// of `SSL_PROCESSES` and `goroutine::GO_PROCESSES`, which every traced
-/// socket call asks about while most targets are in neither (three hash
+/// Processes (tgid) where an OpenSSL, Go or Python probe ran, one byte per
+/// pid as in `TARGET_FLAGS` (sized by the agent the same way): a filter in
+/// front of `SSL_PROCESSES`, `goroutine::GO_PROCESSES` and
+/// `pycontext::PY_THREADS`, which every traced
+/// socket call asks about while most targets are in none (hash
 /// lookups per HTTP request saved). Set before those maps get an entry,
 /// only ever to 1, so setters on several CPUs cannot undo each other;
 /// cleared with them at exec, when the image they describe goes. Pids past
@@ -58,7 +59,8 @@ pub static TARGET_FLAGS: Array<[u8; 8]> = Array::with_max_entries(4096, BPF_F_MM
 #[map]
 pub static TLS_OR_GO: Array<[u8; 8]> = Array::with_max_entries(4096, 0);
 
-/// False if process `tgid` is in neither `SSL_PROCESSES` nor `GO_PROCESSES`.
+/// False if process `tgid` is in none of `SSL_PROCESSES`, `GO_PROCESSES`
+/// and `PY_THREADS`.
 #[inline(always)]
 pub fn may_use_tls_or_go(tgid: u32) -> bool {
     TLS_OR_GO
@@ -66,7 +68,8 @@ pub fn may_use_tls_or_go(tgid: u32) -> bool {
         .is_none_or(|flags| flags[(tgid & 7) as usize] != 0)
 }
 
-/// Marks process `tgid` before it enters `SSL_PROCESSES` or `GO_PROCESSES`.
+/// Marks process `tgid` before it enters `SSL_PROCESSES`, `GO_PROCESSES` or
+/// `PY_THREADS`.
 #[inline(always)]
 pub fn mark_tls_or_go(tgid: u32) {
     if let Some(flags) = TLS_OR_GO.get_ptr_mut(tgid >> 3) {
@@ -76,9 +79,9 @@ pub fn mark_tls_or_go(tgid: u32) {
     }
 }
 
-/// Process `tgid` runs a new image: what `SSL_PROCESSES` and
-/// `GO_PROCESSES` said of the old one no longer holds (its probes mark it
-/// again if the new one uses OpenSSL or is Go).
+/// Process `tgid` runs a new image: what `SSL_PROCESSES`, `GO_PROCESSES`
+/// and `PY_THREADS` said of the old one no longer holds (its probes mark it
+/// again if the new one uses OpenSSL or is Go or Python).
 #[inline(always)]
 pub fn forget_tls_or_go(tgid: u32) {
     if let Some(flags) = TLS_OR_GO.get_ptr_mut(tgid >> 3) {
@@ -91,6 +94,8 @@ pub fn forget_tls_or_go(tgid: u32) {
     }
     let _ = SSL_PROCESSES.remove(tgid);
     let _ = crate::goroutine::GO_PROCESSES.remove(tgid);
+    // The exec'ing thread is the process's only one, under the tgid.
+    let _ = crate::pycontext::PY_THREADS.remove((u64::from(tgid) << 32) | u64::from(tgid));
 }
 
 /// Socket data and close events. Size set by the agent at load time.
@@ -151,6 +156,30 @@ pub struct ServerRequest {
 #[map]
 pub static SERVER_CTX: LruHashMap<u64, ServerRequest> = LruHashMap::with_max_entries(65_536, 0);
 
+/// A server request some unit of work (a goroutine, a Python context)
+/// serves: its connection and span id. Checked against the connection's
+/// live request when used ([`RequestRef::live`]), so work that outlives its
+/// request, or a reused address, gives no parent, never another request's.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RequestRef {
+    /// The connection's socket cookie (`SERVER_CTX`'s key).
+    pub cookie: u64,
+    /// The request's span id, which the live request must still have.
+    pub span_id: [u8; 8],
+}
+
+impl RequestRef {
+    /// The request, if it is still in flight: its response has not
+    /// started and no later request replaced it on its connection.
+    #[inline(always)]
+    pub fn live(&self) -> Option<ServerRequest> {
+        // SAFETY: plain value lookup, copied out.
+        let server = unsafe { SERVER_CTX.get(self.cookie) }.copied()?;
+        (server.active != 0 && server.ctx.span_id == self.span_id).then_some(server)
+    }
+}
+
 /// The server requests a thread has in flight: how many, and the XOR of
 /// their connections' cookies (which is the one connection when there is
 /// one).
@@ -163,6 +192,15 @@ pub struct InFlight {
     pub reserved: u32,
     /// XOR of their socket cookies.
     pub cookies: u64,
+}
+
+impl InFlight {
+    /// No request in flight.
+    pub const NONE: Self = Self {
+        count: 0,
+        reserved: 0,
+        cookies: 0,
+    };
 }
 
 /// The connection (socket cookie) each server socket's last request came

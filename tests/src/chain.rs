@@ -42,20 +42,28 @@ impl Interpreters {
         let python = real_path_of("python3", "import sys; print(sys.executable)");
         let node = real_path_of("node", "console.log(process.execPath)");
         // A second python link, selected alone by `--exe` in the byte-level test.
+        let interpreters = Self { dir };
         for (name, real) in [
             ("python", &python),
             ("client-python", &python),
             ("node", &node),
         ] {
-            let link = dir.join(name);
-            // A copy where a hard link cannot be made (another filesystem).
-            if fs::hard_link(real, &link).is_err() {
-                fs::copy(real, &link).unwrap_or_else(|e| {
-                    panic!("copying {} to {}: {e}", real.display(), link.display())
-                });
-            }
+            interpreters.link(name, real);
         }
-        Self { dir }
+        interpreters
+    }
+
+    /// A hard link named `name` to the interpreter at `real`, in this set's
+    /// directory (a copy where a hard link cannot be made: another file
+    /// system); its path.
+    pub fn link(&self, name: &str, real: &std::path::Path) -> String {
+        let link = self.dir.join(name);
+        if fs::hard_link(real, &link).is_err() {
+            fs::copy(real, &link).unwrap_or_else(|e| {
+                panic!("copying {} to {}: {e}", real.display(), link.display())
+            });
+        }
+        self.path(name)
     }
 
     pub fn path(&self, name: &str) -> String {

@@ -23,7 +23,13 @@ const SETTLE: Duration = Duration::from_millis(1500);
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_ID: &str = "00f067aa0ba902b7";
 /// What `sonde check` names each optional feature.
-const FEATURES: &[&str] = &["TLS", "injection", "in-kernel context", "Go"];
+const FEATURES: &[&str] = &[
+    "TLS",
+    "injection",
+    "in-kernel context",
+    "Go",
+    "Python context",
+];
 
 /// Runs `sonde check` and returns its report; it must say the agent runs.
 fn check_report() -> String {

@@ -14,6 +14,7 @@ use std::{
     collections::{HashMap, HashSet},
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
+    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -877,7 +878,7 @@ fn agent_for(ports: &[u16], receiver: &OtlpReceiver) -> (Agent, SocketAddr) {
 /// concurrent run's scores.
 async fn loop_gateway(
     label: &str,
-    program: fn(&Interpreters) -> String,
+    program: &dyn Fn(&Interpreters) -> String,
     script: &str,
     args: fn(u16, String) -> Vec<String>,
     calls: usize,
@@ -917,7 +918,7 @@ async fn selectors_event_loop_never_misparents() {
     require_e2e!();
     let concurrent = loop_gateway(
         "python selectors loop",
-        Interpreters::python,
+        &Interpreters::python,
         "selectors_gateway.py",
         |port, _| vec!["--downstream".to_owned(), port.to_string()],
         2,
@@ -930,18 +931,82 @@ async fn selectors_event_loop_never_misparents() {
 }
 
 /// FastAPI under uvicorn (asyncio), two concurrent httpx calls per request
-/// (`asyncio.gather`) over one keep-alive pool.
+/// (`asyncio.gather`) over one keep-alive pool: the Python context probes
+/// give every call its request (pyenv's CPython 3.11, libpython with
+/// symbols).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fastapi_gather_never_misparents() {
+async fn fastapi_gather_exact_parents() {
     require_e2e!();
-    loop_gateway(
+    let concurrent = loop_gateway(
         "fastapi/uvicorn + httpx gather",
-        Interpreters::python,
+        &Interpreters::python,
         "fastapi_gateway.py",
         |_, url| vec!["--downstream".to_owned(), url],
         2,
     )
     .await;
+    assert_exact(&concurrent, "fastapi/uvicorn");
+}
+
+/// Plain asyncio (a protocol server that starts a task per request where
+/// it reads it, as uvicorn does; two calls per request through
+/// `asyncio.gather` over a keep-alive pool of stream connections), on each
+/// CPython release installed whose layout the agent knows: Debian's
+/// stripped `python3.11` (always) and pyenv's builds with symbols.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncio_gather_exact_parents_on_each_cpython() {
+    require_e2e!();
+    let mut pythons = vec![PathBuf::from("/usr/bin/python3.11")];
+    let pyenv = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .or_else(|| std::env::home_dir().map(|home| home.join(".pyenv")));
+    for release in ["3.9", "3.10", "3.12.1", "3.13.0"] {
+        let Some(Ok(versions)) = pyenv
+            .as_ref()
+            .map(|root| std::fs::read_dir(root.join("versions")))
+        else {
+            break;
+        };
+        let found = versions.filter_map(|v| Some(v.ok()?.path())).find(|dir| {
+            dir.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|name| name == release || name.starts_with(&format!("{release}.")))
+        });
+        match found {
+            Some(dir) => pythons.push(dir.join("bin/python3")),
+            None => println!("CPython {release} not installed: not checked"),
+        }
+    }
+    for python in pythons {
+        let python =
+            std::fs::canonicalize(&python).unwrap_or_else(|e| panic!("{}: {e}", python.display()));
+        let name = python
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("name")
+            .to_owned();
+        let label = format!("asyncio on {}", python.display());
+        let concurrent = loop_gateway(
+            &label,
+            &|interpreters| interpreters.link(&name, &python),
+            "asyncio_gateway.py",
+            |port, _| vec!["--downstream".to_owned(), port.to_string()],
+            2,
+        )
+        .await;
+        assert_exact(&concurrent, &label);
+    }
+}
+
+/// At least 99% of the calls and of their downstream spans have the right
+/// parent (never a wrong one: `never_a_wrong_parent` checked that).
+fn assert_exact(concurrent: &Attribution, label: &str) {
+    for scores in [concurrent.calls, concurrent.downstream] {
+        assert!(
+            scores.right * 100 >= concurrent.expected * 99,
+            "{label}: at least 99% right parents: {concurrent:#?}"
+        );
+    }
 }
 
 /// Node.js `http` server, two sequential calls per request with a timer
@@ -951,7 +1016,7 @@ async fn node_keep_alive_never_misparents() {
     require_e2e!();
     loop_gateway(
         "node http + keep-alive agent",
-        Interpreters::node,
+        &Interpreters::node,
         "loop_gateway.js",
         |_, url| vec!["0".to_owned(), url],
         2,

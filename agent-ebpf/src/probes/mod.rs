@@ -11,6 +11,7 @@ pub mod inject_h2;
 pub mod nginx;
 pub mod openssl;
 pub mod process;
+pub mod python_context;
 pub mod socket_data;
 pub mod socket_state;
 pub mod tcp_calls;

@@ -49,7 +49,7 @@ use self::{
     resources::ProcessRegistry,
     rules::{Candidate, ExeGlobs, Rule, RuleConfig},
 };
-use crate::probes::{EventBatch, TargetSet, TlsAttach, decode::KernelEvent};
+use crate::probes::{EventBatch, FileRole, TargetSet, TlsAttach, decode::KernelEvent};
 use crate::sampling::HeadSampler;
 use crate::telemetry::{Gauge, Stats};
 
@@ -420,7 +420,7 @@ impl<T: TargetSet> Discovery<T> {
         for file in &files {
             // Every file is handed over (no short cut): each attaches once.
             let carries = tls.attach(file);
-            found |= carries || !file.executable;
+            found |= carries || file.role == FileRole::Libssl;
         }
         if found {
             self.tls_waiting.remove(&pid);
@@ -960,7 +960,7 @@ mod tests {
 
     impl TlsAttach for FakeTls {
         fn attach(&mut self, library: &SslLibrary) -> bool {
-            let carries = !library.executable || library.path.ends_with(&NODE[1..]);
+            let carries = library.role == FileRole::Libssl || library.path.ends_with(&NODE[1..]);
             if carries {
                 self.0.lock().unwrap().push(library.clone());
             }
@@ -1012,7 +1012,7 @@ mod tests {
                 dev: libc::makedev(0xfd, 1),
                 ino: 12,
             },
-            executable: false,
+            role: FileRole::Libssl,
         };
         discovery.scan_all();
         let mut found = tls.take();
@@ -1023,7 +1023,7 @@ mod tests {
                 dev: libc::makedev(0xfd, 1),
                 ino: 13,
             },
-            executable: true,
+            role: FileRole::Executable,
         };
         assert_eq!(
             found,

@@ -10,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::probes::{SslLibrary, openssl::FileId};
+use crate::probes::{FileRole, SslLibrary, openssl::FileId};
 
 /// TCP_LISTEN in /proc/net/tcp's `st` column.
 const TCP_LISTEN: &str = "0A";
@@ -129,8 +129,8 @@ impl Procfs {
             .collect()
     }
 
-    /// The files of the process that may define OpenSSL's functions: the
-    /// libssl files (`libssl.so*`) it maps and its executable, as paths
+    /// The files of the process that may carry uprobes: the libssl files
+    /// (`libssl.so*`) it maps, its `libpython3*` and its executable, as paths
     /// through its root directory, so that a container's own files (in
     /// another mount namespace) are the ones opened. `None` if the maps
     /// cannot be read (the process is gone).
@@ -188,9 +188,9 @@ impl Procfs {
     }
 }
 
-/// libssl mappings in a `/proc/PID/maps` text, and the mapping of the
-/// executable `exe` (as `/proc/PID/exe` names it), one per file, with paths
-/// under `root`.
+/// libssl and libpython mappings in a `/proc/PID/maps` text, and the
+/// mapping of the executable `exe` (as `/proc/PID/exe` names it), one per
+/// file, with paths under `root`.
 fn parse_ssl_libraries(maps: &str, root: &Path, exe: Option<&Path>) -> Vec<SslLibrary> {
     let mut found: Vec<SslLibrary> = Vec::new();
     for line in maps.lines() {
@@ -209,23 +209,28 @@ fn parse_ssl_libraries(maps: &str, root: &Path, exe: Option<&Path>) -> Vec<SslLi
         if !path.starts_with('/') || path.ends_with(" (deleted)") {
             continue;
         }
-        // `libssl3.so` is NSS's, not OpenSSL's.
-        let is_libssl = Path::new(path)
+        let name = Path::new(path)
             .file_name()
             .and_then(|name| name.to_str())
-            .is_some_and(|name| name.starts_with("libssl.so"));
-        let executable = exe == Some(Path::new(path));
-        let Some(file) = (is_libssl || executable)
-            .then(|| file_id(dev, inode))
-            .flatten()
-        else {
+            .unwrap_or("");
+        let role = if exe == Some(Path::new(path)) {
+            FileRole::Executable
+        } else if name.starts_with("libssl.so") {
+            // `libssl3.so` is NSS's, not OpenSSL's.
+            FileRole::Libssl
+        } else if name.starts_with("libpython3") {
+            FileRole::Libpython
+        } else {
+            continue;
+        };
+        let Some(file) = file_id(dev, inode) else {
             continue;
         };
         if found.iter().all(|library| library.file != file) {
             found.push(SslLibrary {
                 path: root.join(path.trim_start_matches('/')),
                 file,
-                executable,
+                role,
             });
         }
     }
@@ -291,7 +296,7 @@ mod tests {
     }
 
     #[test]
-    fn finds_libssl_mappings() {
+    fn finds_libssl_and_libpython_mappings() {
         let maps = "\
 55d0c8a00000-55d0c8a01000 r--p 00000000 fd:01 1311                       /usr/bin/python3.11
 7f1a2b000000-7f1a2b020000 r--p 00000000 fd:01 2049                       /usr/lib/x86_64-linux-gnu/libssl.so.3
@@ -300,6 +305,7 @@ mod tests {
 7f1a2d000000-7f1a2d010000 r--p 00000000 fd:01 3001                       /usr/lib/x86_64-linux-gnu/libssl3.so
 7f1a2e000000-7f1a2e010000 r--p 00000000 fd:01 3002                       /usr/lib/old/libssl.so.1.1 (deleted)
 7f1a2f000000-7f1a2f010000 rw-p 00000000 00:00 0 
+7f1a30000000-7f1a30100000 r--p 00000000 fd:01 4001                       /root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0
 7ffd1c000000-7ffd1c021000 rw-p 00000000 00:00 0                          [stack]
 ";
         let root = Path::new("/proc/42/root");
@@ -309,7 +315,7 @@ mod tests {
                 dev: libc::makedev(0xfd, 1),
                 ino: 2049,
             },
-            executable: false,
+            role: FileRole::Libssl,
         };
         let old_libssl = SslLibrary {
             path: "/proc/42/root/opt/app dir/lib/libssl.so.1.1".into(),
@@ -317,11 +323,19 @@ mod tests {
                 dev: libc::makedev(0, 0x2e),
                 ino: 77,
             },
-            executable: false,
+            role: FileRole::Libssl,
+        };
+        let libpython = SslLibrary {
+            path: "/proc/42/root/root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0".into(),
+            file: FileId {
+                dev: libc::makedev(0xfd, 1),
+                ino: 4001,
+            },
+            role: FileRole::Libpython,
         };
         assert_eq!(
             parse_ssl_libraries(maps, root, None),
-            [libssl.clone(), old_libssl.clone()],
+            [libssl.clone(), old_libssl.clone(), libpython.clone()],
             "one entry per file; NSS's libssl3.so, deleted files and anonymous maps left out"
         );
         let python = SslLibrary {
@@ -330,11 +344,11 @@ mod tests {
                 dev: libc::makedev(0xfd, 1),
                 ino: 1311,
             },
-            executable: true,
+            role: FileRole::Executable,
         };
         assert_eq!(
             parse_ssl_libraries(maps, root, Some(Path::new("/usr/bin/python3.11"))),
-            [python, libssl, old_libssl],
+            [python, libssl, old_libssl, libpython],
             "the executable too, which may carry its own OpenSSL"
         );
         assert!(parse_ssl_libraries("garbage\n\n", root, None).is_empty());

@@ -29,16 +29,20 @@ pub enum Feature {
     /// Go programs' `crypto/tls` plaintext and goroutine-keyed context
     /// (uprobes; loaded with TLS).
     Go,
+    /// CPython's context-keyed parents for asyncio (uprobes with attach
+    /// cookies; loaded with TLS).
+    PythonContext,
 }
 
 impl Feature {
     /// Every feature, in report order.
-    pub const ALL: [Feature; 5] = [
+    pub const ALL: [Feature; 6] = [
         Feature::Tls,
         Feature::Injection,
         Feature::Http2Injection,
         Feature::KernelContext,
         Feature::Go,
+        Feature::PythonContext,
     ];
 
     /// Short name, as in the report and the logs.
@@ -49,6 +53,7 @@ impl Feature {
             Feature::Http2Injection => "HTTP/2 injection",
             Feature::KernelContext => "in-kernel context",
             Feature::Go => "Go",
+            Feature::PythonContext => "Python context",
         }
     }
 
@@ -69,6 +74,10 @@ impl Feature {
                 "Go programs: HTTPS on crypto/tls is not traced, and their calls are not \
                  parented by goroutine (socket-level spans only)"
             }
+            Feature::PythonContext => {
+                "Python asyncio services: calls are parented by thread only (unlinked and \
+                 counted while the loop has several requests in flight)"
+            }
         }
     }
 
@@ -80,6 +89,7 @@ impl Feature {
             Feature::Http2Injection => Gauge::FeatureOffHttp2Injection,
             Feature::KernelContext => Gauge::FeatureOffKernelContext,
             Feature::Go => Gauge::FeatureOffGo,
+            Feature::PythonContext => Gauge::FeatureOffPythonContext,
         }
     }
 }

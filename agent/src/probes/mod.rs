@@ -13,6 +13,7 @@ pub mod go;
 pub mod inject;
 pub mod nginx;
 pub mod openssl;
+pub mod python;
 mod reader;
 mod targets;
 
@@ -29,7 +30,7 @@ use aya::{
     programs::{BtfTracePoint, FExit, TracePoint},
 };
 pub use features::{CaptureHooks, Feature, FeatureReport, FeatureState};
-pub use openssl::{OpensslProbes, SslLibrary, TlsAttach};
+pub use openssl::{FileRole, OpensslProbes, SslLibrary, TlsAttach};
 pub use reader::{EventBatch, MAX_BATCH, ReaderChannels, run_reader};
 pub use targets::{TargetMap, TargetSet};
 use tracing::{debug, info, warn};
@@ -477,18 +478,21 @@ impl Probes {
             match OpensslProbes::load(Arc::clone(&ebpf), Arc::clone(&stats), portable) {
                 Ok(openssl) => {
                     features.set(Feature::Go, openssl.go_state());
+                    features.set(Feature::PythonContext, openssl.python_state());
                     Some(openssl)
                 }
                 Err(error) => {
                     let off = FeatureState::Off(ErrorChain(&error).to_string());
                     features.set(Feature::Tls, off.clone());
-                    features.set(Feature::Go, off);
+                    features.set(Feature::Go, off.clone());
+                    features.set(Feature::PythonContext, off);
                     None
                 }
             }
         } else {
             features.set(Feature::Tls, FeatureState::Disabled);
             features.set(Feature::Go, FeatureState::Disabled);
+            features.set(Feature::PythonContext, FeatureState::Disabled);
             None
         };
         features.publish(&stats);

@@ -44,7 +44,7 @@ use object::{
 };
 use tracing::{debug, info, warn};
 
-use super::{FeatureState, go::GoProbes, nginx};
+use super::{FeatureState, go::GoProbes, nginx, python};
 use crate::{
     model::error::ErrorChain,
     telemetry::{Counter, Gauge, Stats},
@@ -219,9 +219,21 @@ pub struct SslLibrary {
     pub path: PathBuf,
     /// The mapped file, as `/proc/PID/maps` identifies it.
     pub file: FileId,
-    /// The process's executable: most define no OpenSSL function, which is
-    /// then no failure.
-    pub executable: bool,
+    /// What the file is to the process.
+    pub role: FileRole,
+}
+
+/// What a mapped file is to the process that maps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileRole {
+    /// A `libssl.so*`.
+    Libssl,
+    /// Its executable: most define no OpenSSL function, which is then no
+    /// failure.
+    Executable,
+    /// A `libpython3*` (CPython built shared): defines no OpenSSL function,
+    /// but may carry the Python context probes (`super::python`).
+    Libpython,
 }
 
 /// Puts the TLS probes on library files (a trait so that discovery can be
@@ -247,6 +259,8 @@ pub struct OpensslProbes {
     attached: u64,
     /// The nginx programs loaded (else nginx executables are left alone).
     nginx: bool,
+    /// Why the Python context programs did not load (else they did).
+    python_error: Option<String>,
     /// The Go programs, if they loaded (else Go processes are traced at
     /// the socket level only).
     go: Option<GoProbes>,
@@ -265,6 +279,7 @@ impl OpensslProbes {
         portable: bool,
     ) -> Result<Self, OpensslError> {
         let nginx;
+        let python;
         let go;
         {
             let mut guard = ebpf.lock().unwrap_or_else(PoisonError::into_inner);
@@ -282,6 +297,7 @@ impl OpensslProbes {
                     warn!(error = %ErrorChain(error), "nginx upstream calls will not get exact parents");
                 })
                 .is_ok();
+            python = python::load(&mut guard).map_err(|error| ErrorChain(&error).to_string());
             go = GoProbes::load(&mut guard, Arc::clone(&stats))
                 .map_err(|error| ErrorChain(&error).to_string());
         }
@@ -291,10 +307,20 @@ impl OpensslProbes {
             seen: HashMap::new(),
             attached: 0,
             nginx,
+            python_error: python.err(),
             go_error: go.as_ref().err().cloned(),
             go: go.ok(),
             portable,
         })
+    }
+
+    /// Whether the Python context programs run, for the feature report
+    /// (which logs why not).
+    pub fn python_state(&self) -> FeatureState {
+        match &self.python_error {
+            None => FeatureState::On,
+            Some(error) => FeatureState::Off(error.clone()),
+        }
     }
 
     /// Whether the Go programs run, for the feature report (which logs why
@@ -313,8 +339,11 @@ impl OpensslProbes {
     fn try_attach(&mut self, library: &SslLibrary) -> Result<usize, OpensslError> {
         let path = &library.path;
         let defined = defined_functions(path)?;
-        if library.executable && self.nginx && defined.contains(nginx::FUNCTION) {
+        if library.role == FileRole::Executable && self.nginx && defined.contains(nginx::FUNCTION) {
             self.attach_nginx(path);
+        }
+        if self.python_error.is_none() && defined.contains(python::FUNCTION) {
+            self.attach_python(path);
         }
         let hooks: Vec<&Hook> = HOOKS
             .iter()
@@ -372,12 +401,53 @@ impl OpensslProbes {
     }
 }
 
+impl OpensslProbes {
+    /// Puts the Python context probes on the interpreter at `path` if its
+    /// release is known; else its calls keep the thread rule (never
+    /// wrong, less often linked), logged and counted.
+    fn attach_python(&self, path: &Path) {
+        let interpreter = match python::inspect(path) {
+            Ok(interpreter) => interpreter,
+            Err(error) => {
+                warn!(
+                    interpreter = %path.display(),
+                    error = %ErrorChain(&error),
+                    "this Python's asyncio calls will not get exact parents"
+                );
+                return;
+            }
+        };
+        let Some(cookie) = interpreter.cookie else {
+            self.stats.add(Counter::PythonUnsupported, 1);
+            warn!(
+                interpreter = %path.display(),
+                python = %interpreter.version,
+                "CPython release without a known layout: its asyncio calls are parented by thread only"
+            );
+            return;
+        };
+        let mut ebpf = self.ebpf.lock().unwrap_or_else(PoisonError::into_inner);
+        match python::attach(&mut ebpf, path, cookie) {
+            Ok(()) => info!(
+                interpreter = %path.display(),
+                python = %interpreter.version,
+                "Python context probes attached"
+            ),
+            Err(error) => warn!(
+                interpreter = %path.display(),
+                error = %ErrorChain(&error),
+                "this Python's asyncio calls will not get exact parents"
+            ),
+        }
+    }
+}
+
 impl TlsAttach for OpensslProbes {
     fn attach(&mut self, library: &SslLibrary) -> bool {
         if let Some(&carries) = self.seen.get(&library.file) {
             return carries;
         }
-        if library.executable
+        if library.role == FileRole::Executable
             && let Some(go) = &self.go
             && let Some(traced) = go.attach(
                 &mut self.ebpf.lock().unwrap_or_else(PoisonError::into_inner),
@@ -397,8 +467,8 @@ impl TlsAttach for OpensslProbes {
                 info!(library = %library.path.display(), functions, "TLS probes attached");
                 true
             }
-            Err(OpensslError::NoFunctions { .. }) if library.executable => {
-                debug!(executable = %library.path.display(), "no OpenSSL of its own");
+            Err(OpensslError::NoFunctions { .. }) if library.role != FileRole::Libssl => {
+                debug!(file = %library.path.display(), "no OpenSSL of its own");
                 false
             }
             Err(error) => {
@@ -443,7 +513,7 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut UProb
         .map_err(|source| OpensslError::Load { program, source })
 }
 
-/// The hooked functions (and nginx's) `path` defines in its dynamic symbol table (what
+/// The hooked functions (and nginx's and CPython's) `path` defines in its dynamic symbol table (what
 /// the dynamic linker, and so every caller, resolves them to). Read
 /// through a cache of the parts parsed: an executable such as `node` is a
 /// hundred megabytes, of which the symbols are a small part.
@@ -460,7 +530,7 @@ fn defined_functions(path: &Path) -> Result<HashSet<&'static str>, OpensslError>
     Ok(HOOKS
         .iter()
         .map(|hook| hook.function)
-        .chain([nginx::FUNCTION])
+        .chain([nginx::FUNCTION, python::FUNCTION])
         .filter(|function| exported.contains(function.as_bytes()))
         .collect())
 }

@@ -1,0 +1,95 @@
+//! Python contexts, followed for their trace context (see `pycontext`):
+//! a uprobe and a uretprobe on `PyContext_CopyCurrent`, which CPython
+//! calls to give each new asyncio task and callback a copy of the current
+//! context, in the executable or `libpython` that exports it
+//! (`agent/src/probes/python.rs`).
+//!
+//! The entry runs while the thread holds the GIL, so the interpreter's
+//! "thread holding the GIL" pointer is this thread's `PyThreadState`; the
+//! agent packs in the attach cookie where that pointer is, relative to
+//! the probed function (the uprobe's instruction pointer, so no
+//! per-process address is needed), and the offset of the state's
+//! `context`:
+//! - bits 0-31: the pointer's address minus the function's (signed);
+//! - bits 32-47: `offsetof(PyThreadState, context)`.
+//!
+//! The entry records where the thread's current context lives
+//! (`PY_THREADS`) and which context is being copied; the return gives the
+//! copy the request of the original, or clears what a reused address had.
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_attach_cookie},
+    macros::{map, uprobe, uretprobe},
+    maps::LruHashMap,
+    programs::{ProbeContext, RetProbeContext},
+};
+
+use crate::{
+    maps::{is_target, mark_tls_or_go},
+    pycontext::{PY_SERVING, PY_THREADS, PyContextKey},
+    read,
+};
+
+/// The context each thread is copying (between entry and return).
+#[map]
+pub static PY_COPYING: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16_384, 0);
+
+#[uprobe]
+pub fn python_copy_context_enter(ctx: ProbeContext) -> u32 {
+    let _ = enter(&ctx);
+    0
+}
+
+fn enter(ctx: &ProbeContext) -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_target(tgid) {
+        return None;
+    }
+    // SAFETY: the program's own context, for the attach cookie; a
+    // uprobe's context is the user registers.
+    let (layout, function) = unsafe { (bpf_get_attach_cookie(ctx.as_ptr()), (*ctx.regs).rip) };
+    let holder = function.wrapping_add(layout as u32 as i32 as i64 as u64);
+    let tstate = read::user::<u64>(holder).ok()?;
+    if tstate == 0 {
+        return None;
+    }
+    let slot = tstate + ((layout >> 32) & 0xffff);
+    // SAFETY: plain value lookup.
+    if unsafe { PY_THREADS.get(pid_tgid) }.copied() != Some(slot) {
+        mark_tls_or_go(tgid);
+        let _ = PY_THREADS.insert(pid_tgid, slot, 0);
+    }
+    let current = read::user::<u64>(slot).ok()?;
+    let _ = PY_COPYING.insert(pid_tgid as u32, current, 0);
+    Some(())
+}
+
+/// The copy works for the request of the context it copies, if any.
+#[uretprobe]
+pub fn python_copy_context_exit(ctx: RetProbeContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: plain value lookup, copied out.
+    let Some(original) = (unsafe { PY_COPYING.get(tid) }).copied() else {
+        return 0;
+    };
+    let _ = PY_COPYING.remove(tid);
+    let copy: u64 = ctx.ret();
+    if copy == 0 {
+        return 0;
+    }
+    let copy = PyContextKey::of_current(copy);
+    // SAFETY: plain value lookups, copied out.
+    match unsafe { PY_SERVING.get(PyContextKey::of_current(original)) }.copied() {
+        Some(request) if original != 0 => {
+            let _ = PY_SERVING.insert(copy, request, 0);
+        }
+        _ => {
+            if unsafe { PY_SERVING.get(copy) }.is_some() {
+                let _ = PY_SERVING.remove(copy);
+            }
+        }
+    }
+    0
+}
