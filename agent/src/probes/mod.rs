@@ -16,6 +16,7 @@ pub mod openssl;
 pub mod python;
 mod reader;
 mod targets;
+mod uprobe_pair;
 
 use std::{
     io,

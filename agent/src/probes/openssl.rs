@@ -292,12 +292,15 @@ impl OpensslProbes {
                 }
             }
             link_capture_tail(&mut guard, for_capture_path(TLS_CAPTURE, portable))?;
-            nginx = nginx::load(&mut guard)
+            nginx = nginx::PROBES
+                .load(&mut guard)
                 .inspect_err(|error| {
                     warn!(error = %ErrorChain(error), "nginx upstream calls will not get exact parents");
                 })
                 .is_ok();
-            python = python::load(&mut guard).map_err(|error| ErrorChain(&error).to_string());
+            python = python::PROBES
+                .load(&mut guard)
+                .map_err(|error| ErrorChain(&error).to_string());
             go = GoProbes::load(&mut guard, Arc::clone(&stats))
                 .map_err(|error| ErrorChain(&error).to_string());
         }
@@ -390,7 +393,7 @@ impl OpensslProbes {
     /// costs exact parents for its upstream calls (they stay never wrong).
     fn attach_nginx(&self, path: &Path) {
         let mut ebpf = self.ebpf.lock().unwrap_or_else(PoisonError::into_inner);
-        match nginx::attach(&mut ebpf, path) {
+        match nginx::PROBES.attach(&mut ebpf, path, None) {
             Ok(()) => info!(executable = %path.display(), "nginx upstream probes attached"),
             Err(error) => warn!(
                 executable = %path.display(),
@@ -427,7 +430,7 @@ impl OpensslProbes {
             return;
         };
         let mut ebpf = self.ebpf.lock().unwrap_or_else(PoisonError::into_inner);
-        match python::attach(&mut ebpf, path, cookie) {
+        match python::PROBES.attach(&mut ebpf, path, Some(cookie)) {
             Ok(()) => info!(
                 interpreter = %path.display(),
                 python = %interpreter.version,

@@ -19,19 +19,20 @@
 
 use std::{fs::File, path::Path};
 
-use aya::{
-    Ebpf,
-    programs::{
-        ProgramError, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
-    },
-};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _, read::ReadCache};
+
+use super::uprobe_pair::UprobePair;
 
 /// The function probed: CPython copies the current context through it for
 /// each new task and callback.
 pub const FUNCTION: &str = "PyContext_CopyCurrent";
-const PROGRAMS: [&str; 2] = ["python_copy_context_enter", "python_copy_context_exit"];
+
+/// Its programs (attached with the cookie [`inspect`] gives).
+pub const PROBES: UprobePair = UprobePair {
+    function: FUNCTION,
+    entry: "python_copy_context_enter",
+    exit: "python_copy_context_exit",
+};
 /// The interpreter's global state.
 const RUNTIME: &str = "_PyRuntime";
 /// `PY_VERSION_HEX` (CPython >= 3.11).
@@ -176,9 +177,6 @@ pub enum PythonError {
     /// The GIL holder is too far from the function for the cookie.
     #[error("{RUNTIME} is too far from {FUNCTION}")]
     TooFar,
-    /// A program could not be loaded or attached.
-    #[error("the context probes")]
-    Program(#[source] ProgramError),
 }
 
 /// Reads the release and the cookie of the interpreter in the file at
@@ -245,40 +243,6 @@ fn version_from_name(path: &Path) -> Option<PyVersion> {
         minor: minor.parse().ok()?,
         micro: None,
     })
-}
-
-/// Loads the programs (attached to nothing yet).
-pub fn load(ebpf: &mut Ebpf) -> Result<(), ProgramError> {
-    for program in PROGRAMS {
-        uprobe(ebpf, program)?.load()?;
-    }
-    Ok(())
-}
-
-/// Attaches both programs to [`FUNCTION`] in the file at `path` with
-/// `cookie`; on failure none stays attached.
-pub fn attach(ebpf: &mut Ebpf, path: &Path, cookie: u64) -> Result<(), ProgramError> {
-    let point = || UProbeAttachPoint {
-        location: UProbeAttachLocation::Symbol(FUNCTION),
-        cookie: Some(cookie),
-    };
-    let entry = uprobe(ebpf, PROGRAMS[0])?.attach(point(), path, UProbeScope::AllProcesses)?;
-    let exit = uprobe(ebpf, PROGRAMS[1])
-        .and_then(|probe| probe.attach(point(), path, UProbeScope::AllProcesses));
-    if let Err(error) = exit {
-        // Detaching a link just made only fails if it is gone already.
-        let _ = uprobe(ebpf, PROGRAMS[0]).map(|probe| probe.detach(entry));
-        return Err(error);
-    }
-    Ok(())
-}
-
-fn uprobe<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut UProbe, ProgramError> {
-    ebpf.program_mut(program)
-        .ok_or(ProgramError::InvalidName {
-            name: program.to_owned(),
-        })?
-        .try_into()
 }
 
 #[cfg(test)]
