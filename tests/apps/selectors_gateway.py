@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """Gateway for the event-loop trace-context tests, on a runtime the agent
 has no special support for: one thread, a plain `selectors` loop, no
-framework. GET /work/<id> starts two calls to --downstream at once
+framework (with --in-context, the whole loop runs in one
+`contextvars.Context`, shared by every connection). GET /work/<id>
+starts two calls to --downstream at once
 (GET /leaf/<id>/0 and /leaf/<id>/1, a new connection each) and answers
 "done" once both are back; meanwhile the loop serves other requests.
 No tracing code. Prints "listening on <port>" once ready."""
 import argparse
+import contextvars
 import selectors
 import socket
 
@@ -99,5 +102,9 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--downstream", type=int, required=True, help="port")
+    parser.add_argument("--in-context", action="store_true")
     ARGS = parser.parse_args()
-    main()
+    if ARGS.in_context:
+        contextvars.copy_context().run(main)
+    else:
+        main()

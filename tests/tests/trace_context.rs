@@ -930,6 +930,33 @@ async fn selectors_event_loop_never_misparents() {
     );
 }
 
+/// The same loop run inside one `contextvars.Context`, which the Python
+/// context probes follow (the gateway copies a context first): requests of
+/// every connection are read in it, so it names none of them, and its
+/// calls keep the thread rule, never a wrong parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selectors_loop_in_one_context_never_misparents() {
+    require_e2e!();
+    let concurrent = loop_gateway(
+        "python selectors loop in one context",
+        &Interpreters::python,
+        "selectors_gateway.py",
+        |port, _| {
+            vec![
+                "--downstream".to_owned(),
+                port.to_string(),
+                "--in-context".to_owned(),
+            ]
+        },
+        2,
+    )
+    .await;
+    assert!(
+        concurrent.calls.unlinked > 0,
+        "a context shared by the loop's connections names no request: {concurrent:#?}"
+    );
+}
+
 /// FastAPI under uvicorn (asyncio), two concurrent httpx calls per request
 /// (`asyncio.gather`) over one keep-alive pool: the Python context probes
 /// give every call its request (pyenv's CPython 3.11, libpython with

@@ -14,14 +14,16 @@
 //! - bits 32-47: `offsetof(PyThreadState, context)`.
 //!
 //! The entry records where the thread's current context lives
-//! (`PY_THREADS`) and which context is being copied; the return gives the
-//! copy the request of the original, or clears what a reused address had.
+//! (`PY_THREADS`); the return gives the copy the request of the context it
+//! copied, which is still the thread's current one (the copy is not
+//! entered), or clears what a reused address had. No state is kept
+//! between the two: the thread's entry is rewritten only when its state
+//! changes.
 
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_current_pid_tgid, generated::bpf_get_attach_cookie},
-    macros::{map, uprobe, uretprobe},
-    maps::LruHashMap,
+    macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
 
@@ -30,10 +32,6 @@ use crate::{
     pycontext::{PY_SERVING, PY_THREADS, PyContextKey},
     read,
 };
-
-/// The context each thread is copying (between entry and return).
-#[map]
-pub static PY_COPYING: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16_384, 0);
 
 #[uprobe]
 pub fn python_copy_context_enter(ctx: ProbeContext) -> u32 {
@@ -61,24 +59,25 @@ fn enter(ctx: &ProbeContext) -> Option<()> {
         mark_tls_or_go(tgid);
         let _ = PY_THREADS.insert(pid_tgid, slot, 0);
     }
-    let current = read::user::<u64>(slot).ok()?;
-    let _ = PY_COPYING.insert(pid_tgid as u32, current, 0);
     Some(())
 }
 
 /// The copy works for the request of the context it copies, if any.
 #[uretprobe]
 pub fn python_copy_context_exit(ctx: RetProbeContext) -> u32 {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    // SAFETY: plain value lookup, copied out.
-    let Some(original) = (unsafe { PY_COPYING.get(tid) }).copied() else {
-        return 0;
-    };
-    let _ = PY_COPYING.remove(tid);
+    let _ = exit(&ctx);
+    0
+}
+
+fn exit(ctx: &RetProbeContext) -> Option<()> {
     let copy: u64 = ctx.ret();
     if copy == 0 {
-        return 0;
+        return None;
     }
+    // SAFETY: plain value lookup, copied out; none unless the entry ran
+    // for a target.
+    let slot = unsafe { PY_THREADS.get(bpf_get_current_pid_tgid()) }.copied()?;
+    let original = read::user::<u64>(slot).ok()?;
     let copy = PyContextKey::of_current(copy);
     // SAFETY: plain value lookups, copied out.
     match unsafe { PY_SERVING.get(PyContextKey::of_current(original)) }.copied() {
@@ -91,5 +90,5 @@ pub fn python_copy_context_exit(ctx: RetProbeContext) -> u32 {
             }
         }
     }
-    0
+    Some(())
 }
