@@ -402,9 +402,7 @@ impl OpensslProbes {
             ),
         }
     }
-}
 
-impl OpensslProbes {
     /// Puts the Python context probes on the interpreter at `path` if its
     /// release is known; else its calls keep the thread rule (never
     /// wrong, less often linked), logged and counted.
