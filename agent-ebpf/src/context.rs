@@ -52,7 +52,7 @@ use crate::{
         HEAD_OPEN, IN_FLIGHT, INJECT_STATS, INJECTED_CTX, InFlight, NGINX_REQUEST,
         SAMPLING_THRESHOLDS, SERVER_CTX, ServerRequest, TRACE_SCRATCH, TraceScratch, config,
     },
-    pycontext,
+    nodecontext, pycontext,
 };
 
 /// Kernel-internal `flags` bit of a connection's entry: a context update
@@ -597,7 +597,8 @@ pub fn start_client_request<const PORTABLE: bool>(tid: u32) -> TraceContext {
 /// the goroutine works for, else a root, ambiguous while the process
 /// serves requests. In a Python thread whose context is followed
 /// (`pycontext`) and works for a request, child of that request while it
-/// is in flight, else a root.
+/// is in flight, else a root. In a Node thread writing for a request its
+/// script named (`nodecontext`), likewise.
 #[inline(always)]
 pub fn client_context<const PORTABLE: bool>(tid: u32) -> TraceContext {
     let mut ctx = TraceContext {
@@ -620,6 +621,9 @@ pub fn client_context<const PORTABLE: bool>(tid: u32) -> TraceContext {
         // Go: the process's requests in flight say nothing about which one
         // a goroutine's call serves; the goroutine does.
         goroutine::request_of_current::<PORTABLE>()
+    } else if let Some(request) = nodecontext::writing(tgid, tid) {
+        // Node: its script names the request this write is for.
+        request.live()
     } else {
         // Python: the context the call is made in says, if it knows.
         match pycontext::current().and_then(|context| pycontext::serves(&context)) {

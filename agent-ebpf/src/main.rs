@@ -13,7 +13,7 @@
 //!
 //! Layout: `probes/` holds the hooks, one leaf file per event; the code
 //! they share sits beside it, layered so nothing imports in a circle:
-//! `read`, `maps` < `syscall_args`, `sock`, `goroutine`, `pycontext`, `http2` < `context`, `go` < `tls` <
+//! `read`, `maps` < `syscall_args`, `sock`, `goroutine`, `pycontext`, `nodecontext`, `http2` < `context`, `go` < `tls` <
 //! `capture` < `socket_call`.
 #![no_std]
 #![no_main]
@@ -24,6 +24,7 @@ mod go;
 mod goroutine;
 mod http2;
 mod maps;
+mod nodecontext;
 mod probes;
 mod pycontext;
 mod read;

@@ -133,6 +133,11 @@ pub struct TraceContextConfig {
     /// cgroup v2 directory whose processes get injection (default: the
     /// cgroup2 root, i.e. every selected process).
     pub inject_cgroup: Option<PathBuf>,
+    /// Follow the requests of selected Node.js processes through a script
+    /// evaluated in them by their inspector (opened on SIGUSR1 and closed
+    /// again; removed when the agent stops): exact parents for calls made
+    /// on their event loop.
+    pub node_inspector: bool,
 }
 
 impl Default for TraceContextConfig {
@@ -140,6 +145,7 @@ impl Default for TraceContextConfig {
         Self {
             inject: true,
             inject_cgroup: None,
+            node_inspector: true,
         }
     }
 }

@@ -57,6 +57,10 @@ struct RunArgs {
     /// Do not insert `traceparent` into outgoing HTTP/1 requests.
     #[arg(long)]
     no_inject: bool,
+    /// Do not open Node.js processes' inspector to follow their requests
+    /// (their event-loop calls are then parented by thread only).
+    #[arg(long)]
+    no_node_inspector: bool,
     /// Do not trace inside TLS connections (no OpenSSL uprobes).
     #[arg(long)]
     no_tls: bool,
@@ -96,6 +100,9 @@ impl RunArgs {
         }
         if self.no_inject {
             config.trace_context.inject = false;
+        }
+        if self.no_node_inspector {
+            config.trace_context.node_inspector = false;
         }
         if self.no_tls {
             config.tls.enabled = false;

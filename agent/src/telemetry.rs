@@ -100,6 +100,7 @@ metrics! {
         TlsCiphertextIgnored => "sonde_tls_ciphertext_ignored", "Socket events dropped because their connection's plaintext comes from the OpenSSL probes (the socket bytes are ciphertext)";
         TlsAttachFailed => "sonde_tls_attach_failed", "OpenSSL libraries whose uprobes could not be attached (their processes' TLS traffic is not traced)";
         GoUnsupported => "sonde_go_unsupported", "Go executables whose release has no known struct offsets and no DWARF: their processes are traced at the socket level only";
+        NodeContextFailed => "sonde_node_context_failed", "Node.js processes the context script could not be evaluated in (no inspector, SIGUSR1 not caught, a port taken...): their calls are parented by thread (in-flight rule) only";
         PythonUnsupported => "sonde_python_unsupported", "CPython interpreters (executables or libpython) whose release has no known layout: their asyncio calls are parented by thread (in-flight rule) only";
         K8sWatchErrors => "sonde_k8s_watch_errors", "Failed list or watch requests to the Kubernetes API (retried with backoff)";
         K8sPodsDroppedStoreFull => "sonde_k8s_pods_dropped_store_full", "Pods not tracked because the pod store was full";
@@ -125,6 +126,7 @@ metrics! {
         FeatureOffInjection => "sonde_feature_off_injection", "1 while traceparent injection is wanted but could not be set up on this node (see the start-up log or `sonde check`)";
         FeatureOffHttp2Injection => "sonde_feature_off_http2_injection", "1 while traceparent injection into HTTP/2 is wanted but this kernel refused its program (HTTP/1 injection is unaffected; see the start-up log or `sonde check`)";
         FeatureOffGo => "sonde_feature_off_go", "1 while the Go programs (crypto/tls plaintext, goroutine-keyed context) are wanted but this kernel refused them (see the start-up log or `sonde check`)";
+        FeatureOffNodeContext => "sonde_feature_off_node_context", "1 while the Node.js context program (event-loop parents by request) is wanted but this kernel refused it (see the start-up log or `sonde check`)";
         FeatureOffPythonContext => "sonde_feature_off_python_context", "1 while the Python context programs (asyncio parents by context) are wanted but this kernel refused them (see the start-up log or `sonde check`)";
         FeatureOffKernelContext => "sonde_feature_off_kernel_context", "1 while the kernel's request-head scan (incoming traceparent, in-kernel parents) is refused by this kernel (see the start-up log or `sonde check`)";
     }

@@ -1037,11 +1037,12 @@ fn assert_exact(concurrent: &Attribution, label: &str) {
 }
 
 /// Node.js `http` server, two sequential calls per request with a timer
-/// between, through one keep-alive `http.Agent`.
+/// between, through one keep-alive `http.Agent`: the agent's script in
+/// the process names each call's request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_keep_alive_never_misparents() {
+async fn node_keep_alive_exact_parents() {
     require_e2e!();
-    loop_gateway(
+    let concurrent = loop_gateway(
         "node http + keep-alive agent",
         &Interpreters::node,
         "loop_gateway.js",
@@ -1049,6 +1050,7 @@ async fn node_keep_alive_never_misparents() {
         2,
     )
     .await;
+    assert_exact(&concurrent, "node http + keep-alive agent");
 }
 
 /// nginx `proxy_pass` to an upstream with `keepalive` (4 kept, 8 clients:

@@ -9,6 +9,7 @@ pub mod go_tls;
 pub mod inject;
 pub mod inject_h2;
 pub mod nginx;
+pub mod node_context;
 pub mod openssl;
 pub mod process;
 pub mod python_context;

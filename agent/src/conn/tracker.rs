@@ -32,7 +32,10 @@ use tracing::debug;
 pub use crate::protocols::TrackerConfig;
 use crate::{
     model::call::{Call, Outcome, Side},
-    probes::decode::{Http2Injected, Role, SocketClose, SocketData},
+    probes::{
+        decode::{Http2Injected, Role, SocketClose, SocketData},
+        node,
+    },
     protocols::{self, Ctx, Flow, Injection, ProtocolConn, http2::hpack::Huffman},
     telemetry::{Counter, Stats},
 };
@@ -130,11 +133,16 @@ impl ConnTracker {
             {
                 self.drop_conn(oldest, "table full", ev.timestamp_ns, out);
             }
-            let conn = Conn::new(
+            let mut conn = Conn::new(
                 ev.pid,
                 ev.timestamp_ns,
                 self.shared.config.unknown_role_probe_events,
             );
+            // The agent talking to a Node process's inspector: not the
+            // service's traffic.
+            if ev.role != Role::Client && node::inspector::is_agent_session(ev.local, ev.remote) {
+                conn.state = ConnState::Ignored;
+            }
             self.by_activity.insert((conn.filed_ns, cookie));
             self.conns.insert(cookie, conn);
         }

@@ -325,6 +325,9 @@ impl<T: TargetSet> Discovery<T> {
         if self.selected.remove(&pid) {
             debug!(pid, "target exited");
         }
+        if let Some(tls) = &mut self.tls {
+            tls.forget(pid);
+        }
         self.listening.remove(&pid);
         self.tls_seen.remove(&pid);
         self.tls_waiting.remove(&pid);
@@ -419,7 +422,7 @@ impl<T: TargetSet> Discovery<T> {
         let mut found = false;
         for file in &files {
             // Every file is handed over (no short cut): each attaches once.
-            let carries = tls.attach(file);
+            let carries = tls.attach(pid, file);
             found |= carries || file.role == FileRole::Libssl;
         }
         if found {
@@ -593,6 +596,9 @@ impl<T: TargetSet> Discovery<T> {
         self.selected.remove(&pid);
         self.tls_seen.remove(&pid);
         self.tls_waiting.remove(&pid);
+        if let Some(tls) = &mut self.tls {
+            tls.forget(pid);
+        }
         // No exit event will come for a process that is no longer a target.
         self.registry.forget(pid);
         info!(pid, %service, "no longer instrumenting process");
@@ -959,13 +965,15 @@ mod tests {
     const NODE: &str = "/usr/bin/node";
 
     impl TlsAttach for FakeTls {
-        fn attach(&mut self, library: &SslLibrary) -> bool {
+        fn attach(&mut self, _pid: u32, library: &SslLibrary) -> bool {
             let carries = library.role == FileRole::Libssl || library.path.ends_with(&NODE[1..]);
             if carries {
                 self.0.lock().unwrap().push(library.clone());
             }
             carries
         }
+
+        fn forget(&mut self, _pid: u32) {}
     }
 
     impl FakeTls {

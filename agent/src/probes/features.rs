@@ -32,17 +32,22 @@ pub enum Feature {
     /// CPython's context-keyed parents for asyncio (uprobes with attach
     /// cookies; loaded with TLS).
     PythonContext,
+    /// Node.js request-keyed parents (a uprobe on libuv's `uv_os_getenv`
+    /// and a script evaluated through each process's inspector; loaded
+    /// with TLS).
+    NodeContext,
 }
 
 impl Feature {
     /// Every feature, in report order.
-    pub const ALL: [Feature; 6] = [
+    pub const ALL: [Feature; 7] = [
         Feature::Tls,
         Feature::Injection,
         Feature::Http2Injection,
         Feature::KernelContext,
         Feature::Go,
         Feature::PythonContext,
+        Feature::NodeContext,
     ];
 
     /// Short name, as in the report and the logs.
@@ -54,6 +59,7 @@ impl Feature {
             Feature::KernelContext => "in-kernel context",
             Feature::Go => "Go",
             Feature::PythonContext => "Python context",
+            Feature::NodeContext => "Node context",
         }
     }
 
@@ -78,6 +84,10 @@ impl Feature {
                 "Python asyncio services: calls are parented by thread only (unlinked and \
                  counted while the loop has several requests in flight)"
             }
+            Feature::NodeContext => {
+                "Node.js services: calls are parented by thread only (unlinked and counted \
+                 while the loop has several requests in flight)"
+            }
         }
     }
 
@@ -90,6 +100,7 @@ impl Feature {
             Feature::KernelContext => Gauge::FeatureOffKernelContext,
             Feature::Go => Gauge::FeatureOffGo,
             Feature::PythonContext => Gauge::FeatureOffPythonContext,
+            Feature::NodeContext => Gauge::FeatureOffNodeContext,
         }
     }
 }

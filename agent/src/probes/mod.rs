@@ -9,14 +9,15 @@
 pub mod btf;
 pub mod decode;
 pub mod features;
+mod function_probes;
 pub mod go;
 pub mod inject;
 pub mod nginx;
+pub mod node;
 pub mod openssl;
 pub mod python;
 mod reader;
 mod targets;
-mod uprobe_pair;
 
 use std::{
     io,
@@ -185,6 +186,8 @@ pub struct ProbeConfig {
     pub inject_cgroup: Option<std::path::PathBuf>,
     /// Load the OpenSSL uprobe programs (TLS plaintext).
     pub tls: bool,
+    /// Evaluate the Node.js context script in Node processes.
+    pub node_inspector: bool,
     /// Head sampler bits and rejection threshold (`HeadSampler::kernel_settings`).
     pub sampling: (u32, u64),
 }
@@ -198,6 +201,7 @@ impl ProbeConfig {
             inject_traceparent: config.trace_context.inject,
             inject_cgroup: config.trace_context.inject_cgroup.clone(),
             tls: config.tls.enabled,
+            node_inspector: config.trace_context.node_inspector,
             sampling: sampler.kernel_settings(),
         }
     }
@@ -476,24 +480,37 @@ impl Probes {
         // loaded (a kernel that refuses them), the rest still runs.
         let openssl = if config.tls {
             let portable = features.capture == CaptureHooks::TcpFexitPortable;
-            match OpensslProbes::load(Arc::clone(&ebpf), Arc::clone(&stats), portable) {
+            let loaded = OpensslProbes::load(
+                Arc::clone(&ebpf),
+                Arc::clone(&stats),
+                portable,
+                config.node_inspector,
+            );
+            match loaded {
                 Ok(openssl) => {
                     features.set(Feature::Go, openssl.go_state());
                     features.set(Feature::PythonContext, openssl.python_state());
+                    features.set(Feature::NodeContext, openssl.node_state());
                     Some(openssl)
                 }
                 Err(error) => {
                     let off = FeatureState::Off(ErrorChain(&error).to_string());
                     features.set(Feature::Tls, off.clone());
                     features.set(Feature::Go, off.clone());
-                    features.set(Feature::PythonContext, off);
+                    features.set(Feature::PythonContext, off.clone());
+                    features.set(Feature::NodeContext, off);
                     None
                 }
             }
         } else {
-            features.set(Feature::Tls, FeatureState::Disabled);
-            features.set(Feature::Go, FeatureState::Disabled);
-            features.set(Feature::PythonContext, FeatureState::Disabled);
+            for feature in [
+                Feature::Tls,
+                Feature::Go,
+                Feature::PythonContext,
+                Feature::NodeContext,
+            ] {
+                features.set(feature, FeatureState::Disabled);
+            }
             None
         };
         features.publish(&stats);

@@ -6,14 +6,14 @@
 //! each file is attached once, for every process that runs it. nginx is
 //! not changed in any way; the probes go when the agent stops.
 
-use super::uprobe_pair::UprobePair;
+use super::function_probes::FunctionProbes;
 
 /// The function probed: nginx writes every upstream request through it.
 pub const FUNCTION: &str = "ngx_chain_writer";
 
 /// Its programs.
-pub const PROBES: UprobePair = UprobePair {
+pub const PROBES: FunctionProbes = FunctionProbes {
     function: FUNCTION,
     entry: "nginx_chain_writer_enter",
-    exit: "nginx_chain_writer_exit",
+    exit: Some("nginx_chain_writer_exit"),
 };

@@ -19,7 +19,9 @@
 //! one attachment and their calls are not reported twice.
 //!
 //! The same pass puts the `nginx` probes on executables that are nginx,
-//! and the Go TLS probes (`super::go`) on Go executables.
+//! the Go TLS probes (`super::go`) on Go executables, the Python context
+//! probes on CPython, and the Node.js context probe on Node executables,
+//! whose processes also get the Node context script (`super::node`).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -44,7 +46,13 @@ use object::{
 };
 use tracing::{debug, info, warn};
 
-use super::{FeatureState, go::GoProbes, nginx, python};
+use super::{
+    FeatureState,
+    go::GoProbes,
+    nginx,
+    node::{self, NodeContext},
+    python,
+};
 use crate::{
     model::error::ErrorChain,
     telemetry::{Counter, Gauge, Stats},
@@ -239,11 +247,15 @@ pub enum FileRole {
 /// Puts the TLS probes on library files (a trait so that discovery can be
 /// tested without a kernel).
 pub trait TlsAttach: Send {
-    /// Attaches the probes to `library` for every process, unless its file
-    /// was handled already; returns whether the file carries them (now or
-    /// from before). Failures are logged and counted: they cost TLS
-    /// visibility for that library's users, nothing else.
-    fn attach(&mut self, library: &SslLibrary) -> bool;
+    /// Attaches the probes to `library`, which process `pid` maps, for
+    /// every process, unless its file was handled already; returns whether
+    /// the file carries them (now or from before). Failures are logged and
+    /// counted: they cost TLS visibility for that library's users, nothing
+    /// else.
+    fn attach(&mut self, pid: u32, library: &SslLibrary) -> bool;
+
+    /// Process `pid` exited or is no longer selected.
+    fn forget(&mut self, pid: u32);
 }
 
 /// The loaded OpenSSL programs and the libraries they are attached to.
@@ -261,6 +273,10 @@ pub struct OpensslProbes {
     nginx: bool,
     /// Why the Python context programs did not load (else they did).
     python_error: Option<String>,
+    /// The Node.js context: its program and script worker, if on.
+    node: Result<NodeContext, FeatureState>,
+    /// Node executables the Node.js context program is attached to.
+    node_files: HashSet<FileId>,
     /// The Go programs, if they loaded (else Go processes are traced at
     /// the socket level only).
     go: Option<GoProbes>,
@@ -273,13 +289,16 @@ pub struct OpensslProbes {
 impl OpensslProbes {
     /// Loads the programs (not attached to anything yet), those of the
     /// portable capture path if `portable`.
+    /// `node_inspector`: give Node processes the context script.
     pub fn load(
         ebpf: Arc<Mutex<Ebpf>>,
         stats: Arc<Stats>,
         portable: bool,
+        node_inspector: bool,
     ) -> Result<Self, OpensslError> {
         let nginx;
         let python;
+        let node;
         let go;
         {
             let mut guard = ebpf.lock().unwrap_or_else(PoisonError::into_inner);
@@ -301,6 +320,17 @@ impl OpensslProbes {
             python = python::PROBES
                 .load(&mut guard)
                 .map_err(|error| ErrorChain(&error).to_string());
+            node = if node_inspector {
+                node::PROBES
+                    .load(&mut guard)
+                    .map_err(|error| FeatureState::Off(ErrorChain(&error).to_string()))
+                    .and_then(|()| {
+                        NodeContext::start(Arc::clone(&stats))
+                            .map_err(|error| FeatureState::Off(ErrorChain(&error).to_string()))
+                    })
+            } else {
+                Err(FeatureState::Disabled)
+            };
             go = GoProbes::load(&mut guard, Arc::clone(&stats))
                 .map_err(|error| ErrorChain(&error).to_string());
         }
@@ -311,6 +341,8 @@ impl OpensslProbes {
             attached: 0,
             nginx,
             python_error: python.err(),
+            node,
+            node_files: HashSet::new(),
             go_error: go.as_ref().err().cloned(),
             go: go.ok(),
             portable,
@@ -323,6 +355,15 @@ impl OpensslProbes {
         match &self.python_error {
             None => FeatureState::On,
             Some(error) => FeatureState::Off(error.clone()),
+        }
+    }
+
+    /// Whether the Node.js context runs, for the feature report (which
+    /// logs why not).
+    pub fn node_state(&self) -> FeatureState {
+        match &self.node {
+            Ok(_) => FeatureState::On,
+            Err(state) => state.clone(),
         }
     }
 
@@ -347,6 +388,13 @@ impl OpensslProbes {
         }
         if self.python_error.is_none() && defined.contains(python::FUNCTION) {
             self.attach_python(path);
+        }
+        if library.role == FileRole::Executable
+            && self.node.is_ok()
+            && defined.contains(node::FUNCTION)
+            && self.attach_node(path)
+        {
+            self.node_files.insert(library.file);
         }
         let hooks: Vec<&Hook> = HOOKS
             .iter()
@@ -403,6 +451,27 @@ impl OpensslProbes {
         }
     }
 
+    /// Puts the Node.js context probe on the Node executable at `path`;
+    /// whether it is on. A failure costs exact parents for its processes'
+    /// calls (they stay never wrong).
+    fn attach_node(&self, path: &Path) -> bool {
+        let mut ebpf = self.ebpf.lock().unwrap_or_else(PoisonError::into_inner);
+        match node::PROBES.attach(&mut ebpf, path, None) {
+            Ok(()) => {
+                info!(executable = %path.display(), "Node.js context probe attached");
+                true
+            }
+            Err(error) => {
+                warn!(
+                    executable = %path.display(),
+                    error = %ErrorChain(&error),
+                    "this Node.js executable's calls will not get exact parents"
+                );
+                false
+            }
+        }
+    }
+
     /// Puts the Python context probes on the interpreter at `path` if its
     /// release is known; else its calls keep the thread rule (never
     /// wrong, less often linked), logged and counted.
@@ -444,7 +513,26 @@ impl OpensslProbes {
 }
 
 impl TlsAttach for OpensslProbes {
-    fn attach(&mut self, library: &SslLibrary) -> bool {
+    fn attach(&mut self, pid: u32, library: &SslLibrary) -> bool {
+        let carries = self.attach_file(library);
+        if self.node_files.contains(&library.file)
+            && let Ok(node) = &self.node
+        {
+            node.install(pid);
+        }
+        carries
+    }
+
+    fn forget(&mut self, pid: u32) {
+        if let Ok(node) = &self.node {
+            node.forget(pid);
+        }
+    }
+}
+
+impl OpensslProbes {
+    /// [`TlsAttach::attach`] for the file, once per file.
+    fn attach_file(&mut self, library: &SslLibrary) -> bool {
         if let Some(&carries) = self.seen.get(&library.file) {
             return carries;
         }
@@ -514,7 +602,7 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut UProb
         .map_err(|source| OpensslError::Load { program, source })
 }
 
-/// The hooked functions (and nginx's and CPython's) `path` defines in its dynamic symbol table (what
+/// The hooked functions (and nginx's, CPython's and libuv's) `path` defines in its dynamic symbol table (what
 /// the dynamic linker, and so every caller, resolves them to). Read
 /// through a cache of the parts parsed: an executable such as `node` is a
 /// hundred megabytes, of which the symbols are a small part.
@@ -531,7 +619,7 @@ fn defined_functions(path: &Path) -> Result<HashSet<&'static str>, OpensslError>
     Ok(HOOKS
         .iter()
         .map(|hook| hook.function)
-        .chain([nginx::FUNCTION, python::FUNCTION])
+        .chain([nginx::FUNCTION, python::FUNCTION, node::FUNCTION])
         .filter(|function| exported.contains(function.as_bytes()))
         .collect())
 }
@@ -586,7 +674,12 @@ mod tests {
         assert_eq!(libssl, all, "OpenSSL 3 defines every hooked function");
         // Node.js (which `cargo xtask setup` installs) carries its own.
         let node = defined_functions(Path::new("/usr/bin/node")).expect("node symbols");
-        assert_eq!(node, all, "node exports every hooked function");
+        let mut node_functions = all.clone();
+        node_functions.insert(node::FUNCTION);
+        assert_eq!(
+            node, node_functions,
+            "node exports every hooked function, and libuv's"
+        );
         let libc = defined_functions(Path::new("/usr/lib/x86_64-linux-gnu/libc.so.6"))
             .expect("libc symbols");
         assert!(libc.is_empty(), "{libc:?}");

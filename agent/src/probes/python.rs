@@ -21,17 +21,17 @@ use std::{fs::File, path::Path};
 
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _, read::ReadCache};
 
-use super::uprobe_pair::UprobePair;
+use super::function_probes::FunctionProbes;
 
 /// The function probed: CPython copies the current context through it for
 /// each new task and callback.
 pub const FUNCTION: &str = "PyContext_CopyCurrent";
 
 /// Its programs (attached with the cookie [`inspect`] gives).
-pub const PROBES: UprobePair = UprobePair {
+pub const PROBES: FunctionProbes = FunctionProbes {
     function: FUNCTION,
     entry: "python_copy_context_enter",
-    exit: "python_copy_context_exit",
+    exit: Some("python_copy_context_exit"),
 };
 /// The interpreter's global state.
 const RUNTIME: &str = "_PyRuntime";

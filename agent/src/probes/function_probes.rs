@@ -1,6 +1,6 @@
-//! A library function probed at entry and at return by a pair of
-//! programs (`nginx`, `python`): loaded once, attached per file, both or
-//! neither.
+//! A library function probed at entry, and at return if it has a second
+//! program (`nginx`, `python`, `node`): loaded once, attached per file, all
+//! or none.
 
 use std::path::Path;
 
@@ -12,28 +12,28 @@ use aya::{
     },
 };
 
-/// The function and its two programs.
-pub struct UprobePair {
+/// The function and its programs.
+pub struct FunctionProbes {
     /// The function, by its symbol.
     pub function: &'static str,
     /// The program run at its entry.
     pub entry: &'static str,
-    /// The program run at its return (a uretprobe).
-    pub exit: &'static str,
+    /// The program run at its return (a uretprobe), if any.
+    pub exit: Option<&'static str>,
 }
 
-impl UprobePair {
-    /// Loads both programs (attached to nothing yet).
+impl FunctionProbes {
+    /// Loads the programs (attached to nothing yet).
     pub fn load(&self, ebpf: &mut Ebpf) -> Result<(), ProgramError> {
-        for program in [self.entry, self.exit] {
+        for program in std::iter::once(self.entry).chain(self.exit) {
             uprobe(ebpf, program)?.load()?;
         }
         Ok(())
     }
 
-    /// Attaches both programs to the function in the file at `path`, for
-    /// every process that maps it, with `cookie` if any; on failure
-    /// neither stays attached.
+    /// Attaches the programs to the function in the file at `path`, for
+    /// every process that maps it, with `cookie` if any; on failure none
+    /// stays attached.
     pub fn attach(
         &self,
         ebpf: &mut Ebpf,
@@ -45,7 +45,10 @@ impl UprobePair {
             cookie,
         };
         let entry = uprobe(ebpf, self.entry)?.attach(point(), path, UProbeScope::AllProcesses)?;
-        let exit = uprobe(ebpf, self.exit)
+        let Some(exit) = self.exit else {
+            return Ok(());
+        };
+        let exit = uprobe(ebpf, exit)
             .and_then(|probe| probe.attach(point(), path, UProbeScope::AllProcesses));
         if let Err(error) = exit {
             // Detaching a link just made only fails if it is gone already.

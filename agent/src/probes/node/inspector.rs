@@ -1,0 +1,330 @@
+//! Just enough of a Node.js inspector client to evaluate one expression
+//! in a running process, then turn its inspector off again.
+//!
+//! Node opens its inspector on SIGUSR1, on `127.0.0.1:9229` of the
+//! process's network namespace (it prints two lines about it on its
+//! stderr), and serves the Chrome DevTools protocol over a WebSocket. The
+//! agent connects from that namespace (a thread of its own joins it),
+//! checks that the inspector answering is the process's own (the process
+//! holds the listening socket), sends `Runtime.evaluate`, and asks the process to close the inspector
+//! once the agent has hung up (`inspector.close()` waits for sessions to
+//! end). While it is open, anything in that network namespace could
+//! connect to it: the window lasts one evaluation.
+//!
+//! SIGUSR1 is sent only to a process that catches it (a process that does
+//! not would be killed by it) and was not started with an inspector of its
+//! own (`--inspect*`, whose port is not known) or with SIGUSR1 turned off.
+//!
+//! The inspector's HTTP and WebSocket traffic is the process's, and its
+//! probes see it: the connection tracker leaves alone the connections
+//! this module made ([`is_agent_session`]), which are no service's calls.
+
+use std::{
+    collections::VecDeque,
+    fs::{self, File},
+    io::{BufRead, BufReader, Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use thiserror::Error;
+use tungstenite::{Message, WebSocket};
+
+/// Where Node's inspector listens when SIGUSR1 opens it.
+const INSPECTOR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9229);
+/// `SIGUSR1`'s bit in `/proc/PID/status`'s signal masks.
+const SIGUSR1_BIT: u64 = 1 << (libc::SIGUSR1 - 1);
+/// The inspector's listening socket in `/proc/PID/net/tcp`: local address
+/// 127.0.0.1:9229 (address bytes as the kernel stores them, port in hex),
+/// state LISTEN.
+const LISTENER: (&str, &str) = ("0100007F:240D", "0A");
+/// How many of the agent's recent inspector connections are remembered.
+const SESSIONS_KEPT: usize = 64;
+
+/// The local ports of the agent's latest connections to inspectors: one
+/// list for the whole agent, as the connections a process makes are one
+/// set (written by the Node worker, read by the connection tracker).
+static SESSIONS: Mutex<VecDeque<u16>> = Mutex::new(VecDeque::new());
+
+/// Whether a connection a process accepted from `remote` on `local` is one
+/// of the agent's own inspector sessions.
+pub fn is_agent_session(local: SocketAddr, remote: SocketAddr) -> bool {
+    local.port() == INSPECTOR.port()
+        && remote.ip().is_loopback()
+        && SESSIONS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&remote.port())
+}
+
+/// Why an evaluation did not happen (the process is left as it was, or
+/// with its inspector open only if closing it failed).
+#[derive(Debug, Error)]
+pub enum InspectorError {
+    #[error("the process is gone or not readable")]
+    Gone,
+    #[error("the process does not catch SIGUSR1 (no inspector, or SIGUSR1 turned off)")]
+    NoSignal,
+    #[error("the process runs an inspector of its own (--inspect)")]
+    OwnInspector,
+    #[error("the process changed since it was inspected (a new process with its pid?)")]
+    Replaced,
+    #[error("sending SIGUSR1")]
+    Signal(#[source] std::io::Error),
+    #[error("entering the process's network namespace")]
+    Namespace(#[source] std::io::Error),
+    #[error("no inspector answered on {INSPECTOR} in time")]
+    NoInspector,
+    #[error("the inspector on {INSPECTOR} is another process's")]
+    OtherProcess,
+    #[error("talking to the inspector")]
+    Io(#[from] std::io::Error),
+    #[error("the inspector's WebSocket")]
+    WebSocket(#[from] tungstenite::Error),
+    #[error("unexpected answer from the inspector: {0}")]
+    Protocol(String),
+    #[error("the expression threw: {0}")]
+    Threw(String),
+}
+
+/// A Node process, as it was when first looked at: its start time tells
+/// it from a later process given the same pid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeProcess {
+    /// Its pid.
+    pub pid: u32,
+    /// Start time (`/proc/PID/stat` field 22, clock ticks after boot).
+    pub start_time: u64,
+}
+
+impl NodeProcess {
+    /// Reads what is needed of `pid`, checking that SIGUSR1 is safe to send
+    /// and opens the inspector.
+    pub fn inspect(pid: u32) -> Result<Self, InspectorError> {
+        let proc = PathBuf::from(format!("/proc/{pid}"));
+        let status = fs::read_to_string(proc.join("status")).map_err(|_| InspectorError::Gone)?;
+        let stat = fs::read_to_string(proc.join("stat")).map_err(|_| InspectorError::Gone)?;
+        let cmdline = fs::read(proc.join("cmdline")).map_err(|_| InspectorError::Gone)?;
+        let caught = status_field(&status, "SigCgt")
+            .and_then(|mask| u64::from_str_radix(mask, 16).ok())
+            .ok_or(InspectorError::Gone)?;
+        if caught & SIGUSR1_BIT == 0 {
+            return Err(InspectorError::NoSignal);
+        }
+        for argument in cmdline.split(|&byte| byte == 0) {
+            if argument.starts_with(b"--inspect") || argument.starts_with(b"--debug-port") {
+                return Err(InspectorError::OwnInspector);
+            }
+            if argument == b"--disable-sigusr1" {
+                return Err(InspectorError::NoSignal);
+            }
+        }
+        Ok(Self {
+            pid,
+            start_time: start_time(&stat).ok_or(InspectorError::Gone)?,
+        })
+    }
+
+    /// Evaluates `expression` in the process (with Node's command-line
+    /// API: `require` works) and returns its value as a string; then
+    /// closes the inspector. Gives up after `timeout`.
+    pub fn evaluate(&self, expression: &str, timeout: Duration) -> Result<String, InspectorError> {
+        if Self::inspect(self.pid)?.start_time != self.start_time {
+            return Err(InspectorError::Replaced);
+        }
+        let deadline = Instant::now() + timeout;
+        let namespace =
+            File::open(format!("/proc/{}/ns/net", self.pid)).map_err(InspectorError::Namespace)?;
+        // SAFETY: kill(2) with a pid and a signal number.
+        if unsafe { libc::kill(self.pid as i32, libc::SIGUSR1) } != 0 {
+            return Err(InspectorError::Signal(std::io::Error::last_os_error()));
+        }
+        let mut list = connect_in(&namespace, deadline)?;
+        if !self.holds_inspector() {
+            return Err(InspectorError::OtherProcess);
+        }
+        let target = debugger_target(&mut list, deadline)?;
+        let url = target["webSocketDebuggerUrl"]
+            .as_str()
+            .ok_or_else(|| InspectorError::Protocol(target.to_string()))?
+            .to_owned();
+        let stream = connect_in(&namespace, deadline)?;
+        let (mut socket, _) = tungstenite::client(url.as_str(), stream)
+            .map_err(|error| InspectorError::Protocol(error.to_string()))?;
+        let value = call(&mut socket, 1, expression);
+        // Whatever the evaluation gave: the inspector closes once this
+        // session is gone (a timer, as `close()` waits for sessions).
+        let closed = call(
+            &mut socket,
+            2,
+            "(r => { setTimeout(() => r('inspector').close(), 20).unref(); 'closing' })(require)",
+        );
+        let _ = socket.close(None);
+        let _ = socket.flush();
+        drop(socket);
+        let value = value?;
+        closed?;
+        Ok(value)
+    }
+}
+
+impl NodeProcess {
+    /// Whether the inspector listening now in the process's network
+    /// namespace is the process's own: it holds the listening socket.
+    fn holds_inspector(&self) -> bool {
+        let Ok(table) = fs::read_to_string(format!("/proc/{}/net/tcp", self.pid)) else {
+            return false;
+        };
+        let Some(inode) = table.lines().skip(1).find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(1) == Some(&LISTENER.0) && fields.get(3) == Some(&LISTENER.1))
+                .then(|| fields.get(9).copied())
+                .flatten()
+        }) else {
+            return false;
+        };
+        let socket = PathBuf::from(format!("socket:[{inode}]"));
+        fs::read_dir(format!("/proc/{}/fd", self.pid)).is_ok_and(|fds| {
+            fds.filter_map(Result::ok)
+                .any(|fd| fs::read_link(fd.path()).is_ok_and(|target| target == socket))
+        })
+    }
+}
+
+/// A TCP connection to the inspector from the process's network
+/// namespace, retried until `deadline` (the inspector starts on SIGUSR1,
+/// a few milliseconds later).
+fn connect_in(namespace: &File, deadline: Instant) -> Result<TcpStream, InspectorError> {
+    let namespace = namespace.as_raw_fd();
+    let stream = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: setns(2) on this thread only, which ends here.
+                if unsafe { libc::setns(namespace, libc::CLONE_NEWNET) } != 0 {
+                    return Err(InspectorError::Namespace(std::io::Error::last_os_error()));
+                }
+                loop {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(InspectorError::NoInspector);
+                    }
+                    if let Ok(stream) = TcpStream::connect_timeout(&INSPECTOR, left) {
+                        return Ok(stream);
+                    }
+                    std::thread::sleep(Duration::from_millis(20).min(left));
+                }
+            })
+            .join()
+            .unwrap_or(Err(InspectorError::NoInspector))
+    })?;
+    let mut sessions = SESSIONS.lock().unwrap_or_else(PoisonError::into_inner);
+    if sessions.len() == SESSIONS_KEPT {
+        sessions.pop_front();
+    }
+    sessions.push_back(stream.local_addr()?.port());
+    drop(sessions);
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
+    stream.set_read_timeout(Some(left))?;
+    stream.set_write_timeout(Some(left))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// The inspector's one target (`GET /json/list`).
+fn debugger_target(stream: &mut TcpStream, deadline: Instant) -> Result<Value, InspectorError> {
+    stream.write_all(b"GET /json/list HTTP/1.1\r\nHost: 127.0.0.1:9229\r\n\r\n")?;
+    let mut reader = BufReader::new(stream);
+    let mut length = None;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 || Instant::now() > deadline {
+            return Err(InspectorError::Protocol("no /json/list answer".to_owned()));
+        }
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse::<usize>().ok();
+        }
+    }
+    let length = length.ok_or_else(|| InspectorError::Protocol("no Content-Length".to_owned()))?;
+    let mut body = vec![0; length.min(1 << 20)];
+    reader.read_exact(&mut body)?;
+    let list: Value = serde_json::from_slice(&body)
+        .map_err(|error| InspectorError::Protocol(error.to_string()))?;
+    match list.as_array().map(Vec::as_slice) {
+        Some([target]) => Ok(target.clone()),
+        _ => Err(InspectorError::Protocol(list.to_string())),
+    }
+}
+
+/// `Runtime.evaluate` of `expression` as message `id`: its value, as a
+/// string.
+fn call(
+    socket: &mut WebSocket<TcpStream>,
+    id: u64,
+    expression: &str,
+) -> Result<String, InspectorError> {
+    let request = json!({
+        "id": id,
+        "method": "Runtime.evaluate",
+        "params": {
+            "expression": expression,
+            "includeCommandLineAPI": true,
+            "returnByValue": true,
+            "silent": true,
+        },
+    });
+    socket.send(Message::text(request.to_string()))?;
+    loop {
+        let Message::Text(text) = socket.read()? else {
+            continue;
+        };
+        let answer: Value = serde_json::from_str(text.as_str())
+            .map_err(|error| InspectorError::Protocol(error.to_string()))?;
+        // Events (no id) and other answers are not ours.
+        if answer["id"].as_u64() != Some(id) {
+            continue;
+        }
+        if let Some(error) = answer.get("error") {
+            return Err(InspectorError::Protocol(error.to_string()));
+        }
+        let result = &answer["result"];
+        if let Some(thrown) = result.get("exceptionDetails") {
+            let text = thrown["exception"]["description"]
+                .as_str()
+                .or(thrown["text"].as_str())
+                .unwrap_or_default();
+            return Err(InspectorError::Threw(text.to_owned()));
+        }
+        return Ok(match &result["result"]["value"] {
+            Value::String(value) => value.clone(),
+            other => other.to_string(),
+        });
+    }
+}
+
+/// The value of field `name` in `/proc/PID/status`.
+fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
+    status.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key == name).then(|| value.trim())
+    })
+}
+
+/// Field 22 of `/proc/PID/stat` (after the command name, which may hold
+/// spaces and parentheses: the last `)` ends it).
+fn start_time(stat: &str) -> Option<u64> {
+    let (_, fields) = stat.rsplit_once(')')?;
+    fields.split_whitespace().nth(19)?.parse().ok()
+}
