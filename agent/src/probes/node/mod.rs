@@ -45,6 +45,11 @@ use crate::{
 /// The function probed: Node looks up every `process.env` name with it.
 pub const FUNCTION: &str = "uv_os_getenv";
 
+/// A function only Node defines (N-API, for native addons): the
+/// executable is Node, whose SIGUSR1 opens the inspector (another program
+/// linking libuv may use SIGUSR1 for something else).
+pub const NODE_MARKER: &str = "napi_module_register";
+
 /// Its program (entry only).
 pub const PROBES: FunctionProbes = FunctionProbes {
     function: FUNCTION,
