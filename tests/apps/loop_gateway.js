@@ -1,10 +1,12 @@
 // Gateway for the event-loop trace-context tests: Node.js `http` server
 // (one event loop thread). No tracing code.
-//   node loop_gateway.js PORT DOWNSTREAM [--fetch] [--cert C --key K]
+//   node loop_gateway.js PORT DOWNSTREAM [--fetch] [--cert C --key K] [--background]
 // GET /work/<id> calls the downstream base URL twice in turn, with a timer
 // between, then answers "done": through one keep-alive http.Agent, or with
 // --fetch through fetch (undici's keep-alive pool). With --cert/--key it
-// serves HTTPS (`https`, Node's built-in TLS). GET /state answers whether
+// serves HTTPS (`https`, Node's built-in TLS). With --background it also
+// calls GET /leaf/background/<n> in a loop, 5 ms apart, for no request,
+// through the same pool. GET /state answers whether
 // anything in the process differs from how it started (methods wrapped,
 // diagnostics channels subscribed, a global of Sonde's): "pristine" or
 // what changed. Prints "listening on <port>" once ready.
@@ -76,6 +78,15 @@ async function handle(req, res) {
     res.writeHead(502);
     res.end(String(err));
   }
+}
+
+if (args.includes("--background")) {
+  (async () => {
+    for (let n = 0; ; n++) {
+      await get(`/leaf/background/${n}`).catch(() => {});
+      await pause(5);
+    }
+  })();
 }
 
 const server = option("--cert")

@@ -1181,6 +1181,75 @@ async fn node22_exact_parents() {
     }
 }
 
+/// Calls a Node gateway makes from a timer, for no request, while it
+/// serves one request at a time: the thread rule would make each a child
+/// of the request in flight; the script says they are no request's, so
+/// they get no parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_background_calls_get_no_parent() {
+    require_e2e!();
+    let interpreters = Interpreters::new("loop_gateway.js");
+    let receiver = OtlpReceiver::start().await;
+    let leaf = python_chain(&interpreters, &[]);
+    let script = app_path("loop_gateway.js");
+    let leaf_url = leaf.url("");
+    let gateway = Server::start(
+        &interpreters.node(),
+        &[
+            script.to_str().expect("utf-8 path"),
+            "0",
+            &leaf_url,
+            "--background",
+        ],
+    );
+    let (agent, _) = agent_for(&[gateway.port, leaf.port], &receiver);
+    agent.wait_instrumented(&[gateway.pid(), leaf.pid()], WAIT);
+    wait_for_log(&agent, "Node.js context script installed");
+    load_each(40, 1, Vec::new(), {
+        let base = gateway.url("");
+        move |i| format!("{base}/work/{i}")
+    })
+    .await;
+    let gateway_pid = gateway.pid();
+    let is_background = |s: &ReceivedSpan| {
+        s.pid() == gateway_pid
+            && s.kind == SpanKind::Client
+            && s.attributes
+                .get("url.full")
+                .and_then(Value::as_str)
+                .is_some_and(|url| url.contains("/leaf/background/"))
+    };
+    let requests = |spans: &[ReceivedSpan]| {
+        spans
+            .iter()
+            .filter(|s| s.pid() == gateway_pid && s.kind == SpanKind::Server)
+            .count()
+    };
+    let deadline = Instant::now() + WAIT;
+    while requests(&receiver.spans()) < 40 {
+        assert!(Instant::now() < deadline, "the gateway's 40 server spans");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let spans = receiver.spans();
+    let background: Vec<&ReceivedSpan> = spans.iter().filter(|s| is_background(s)).collect();
+    assert!(
+        background.len() >= 20,
+        "the timer's calls: {}",
+        background.len()
+    );
+    let parented: Vec<&&ReceivedSpan> = background
+        .iter()
+        .filter(|s| !s.parent_span_id.is_empty())
+        .collect();
+    assert!(
+        parented.is_empty(),
+        "{} of {} background calls got a parent: {parented:#?}",
+        parented.len(),
+        background.len()
+    );
+    assert_eq!(agent.stop(), 0);
+}
+
 /// With the inspector switched off the process is never touched, and its
 /// calls keep the thread rule: unlinked while several requests are in
 /// flight, never a wrong parent.

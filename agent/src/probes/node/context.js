@@ -6,7 +6,9 @@
 // follows the work the request's handlers start (AsyncLocalStorage: across
 // promises, timers, callbacks), each client request takes the token of the
 // work that creates it, and while that request is written on its socket
-// the kernel is told which token the write is for. The messages reach the
+// the kernel is told which token the write is for: 0 for one made outside
+// any request (a timer's, a background job's), which then gets no parent
+// rather than the thread's guess. The messages reach the
 // agent's probe on libuv's `uv_os_getenv` as the names of environment
 // variables that are looked up and never set:
 //   "__sonde_s" + fd + token   request `token` came in on socket `fd`
@@ -26,6 +28,9 @@
   const env = process.env;
   const hex = (n) => (n >>> 0).toString(16).padStart(8, "0");
   let lastToken = 0;
+  // Cleared by uninstall(): a wrapper that cannot be taken out (something
+  // wrapped it since) passes everything through.
+  let active = true;
 
   // A request the server starts: a new token, in the work of the parser
   // that read it (so its handler, its body's events and what they start
@@ -51,7 +56,7 @@
   const clientRequest = ({ request }) => takeToken(request);
   // undici (fetch) writes a request's head right after this, on `socket`.
   function undiciHeaders({ request, socket }) {
-    if (request[tokenOf]) socket[pendingOf] = request[tokenOf];
+    socket[pendingOf] = request[tokenOf] || 0;
   }
   const subscriptions = [
     ["http.server.request.start", serverRequest],
@@ -83,13 +88,21 @@
       takeToken(this);
       return original.apply(this, args);
     });
-  // Every write on a TCP (or TLS) socket: one of a request with a token
-  // is bracketed for the kernel.
+  // The token a write on `socket` is for: a client request's (0 if it
+  // has none), undefined if the write is no client request's.
+  function writeToken(socket) {
+    const message = socket._httpMessage;
+    if (message instanceof http.ClientRequest) return message[tokenOf] || 0;
+    const pending = socket[pendingOf];
+    socket[pendingOf] = undefined;
+    return pending;
+  }
+  // Every write on a TCP (or TLS) socket: one of a client request is
+  // bracketed for the kernel.
   wrap(net.Socket.prototype, "_writeGeneric", (original) =>
     function writeGeneric(...args) {
-      const token = this._httpMessage?.[tokenOf] || this[pendingOf];
-      if (!token) return original.apply(this, args);
-      this[pendingOf] = 0;
+      const token = active ? writeToken(this) : undefined;
+      if (token === undefined) return original.apply(this, args);
       env["__sonde_b" + hex(token)];
       try {
         return original.apply(this, args);
@@ -100,10 +113,10 @@
 
   globalThis[key] = {
     uninstall() {
+      active = false;
       for (const [name, handler] of subscriptions) channels.unsubscribe(name, handler);
       // Each method is restored unless something wrapped it after us;
-      // then ours stays, and passes everything through (no request gets
-      // a token any more).
+      // then ours stays, and passes everything through.
       for (const [target, name, original, wrapper] of patches) {
         if (target[name] === wrapper) target[name] = original;
       }
