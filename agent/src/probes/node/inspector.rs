@@ -43,6 +43,8 @@ const SIGUSR1_BIT: u64 = 1 << (libc::SIGUSR1 - 1);
 /// 127.0.0.1:9229 (address bytes as the kernel stores them, port in hex),
 /// state LISTEN.
 const LISTENER: (&str, &str) = ("0100007F:240D", "0A");
+/// How long the process may take to close its inspector.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How many of the agent's recent inspector connections are remembered.
 const SESSIONS_KEPT: usize = 64;
 
@@ -78,6 +80,8 @@ pub enum InspectorError {
     Signal(#[source] std::io::Error),
     #[error("entering the process's network namespace")]
     Namespace(#[source] std::io::Error),
+    #[error("the inspector on {INSPECTOR} stayed open")]
+    StaysOpen,
     #[error("no inspector answered on {INSPECTOR} in time")]
     NoInspector,
     #[error("the inspector on {INSPECTOR} is another process's")]
@@ -176,6 +180,7 @@ impl NodeProcess {
         drop(socket);
         let value = value?;
         closed?;
+        wait_closed(&namespace, Instant::now() + CLOSE_TIMEOUT)?;
         Ok(value)
     }
 }
@@ -203,31 +208,57 @@ impl NodeProcess {
     }
 }
 
-/// A TCP connection to the inspector from the process's network
-/// namespace, retried until `deadline` (the inspector starts on SIGUSR1,
-/// a few milliseconds later).
-fn connect_in(namespace: &File, deadline: Instant) -> Result<TcpStream, InspectorError> {
+/// Runs `work` on a thread that joined the network namespace
+/// `namespace` (the agent's own threads stay where they are).
+fn in_namespace<T: Send>(
+    namespace: &File,
+    work: impl FnOnce() -> Result<T, InspectorError> + Send,
+) -> Result<T, InspectorError> {
     let namespace = namespace.as_raw_fd();
-    let stream = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         scope
             .spawn(|| {
                 // SAFETY: setns(2) on this thread only, which ends here.
                 if unsafe { libc::setns(namespace, libc::CLONE_NEWNET) } != 0 {
                     return Err(InspectorError::Namespace(std::io::Error::last_os_error()));
                 }
-                loop {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(InspectorError::NoInspector);
-                    }
-                    if let Ok(stream) = TcpStream::connect_timeout(&INSPECTOR, left) {
-                        return Ok(stream);
-                    }
-                    std::thread::sleep(Duration::from_millis(20).min(left));
-                }
+                work()
             })
             .join()
             .unwrap_or(Err(InspectorError::NoInspector))
+    })
+}
+
+/// Waits until nothing listens on the inspector's port in `namespace`
+/// (the process closes it a few milliseconds after the session ends), so
+/// that the next process there can open its own; gives up at `deadline`.
+fn wait_closed(namespace: &File, deadline: Instant) -> Result<(), InspectorError> {
+    in_namespace(namespace, || {
+        while TcpStream::connect_timeout(&INSPECTOR, Duration::from_millis(100)).is_ok() {
+            if Instant::now() > deadline {
+                return Err(InspectorError::StaysOpen);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    })
+}
+
+/// A TCP connection to the inspector from the process's network
+/// namespace, retried until `deadline` (the inspector starts on SIGUSR1,
+/// a few milliseconds later).
+fn connect_in(namespace: &File, deadline: Instant) -> Result<TcpStream, InspectorError> {
+    let stream = in_namespace(namespace, || {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(InspectorError::NoInspector);
+            }
+            if let Ok(stream) = TcpStream::connect_timeout(&INSPECTOR, left) {
+                return Ok(stream);
+            }
+            std::thread::sleep(Duration::from_millis(20).min(left));
+        }
     })?;
     let mut sessions = SESSIONS.lock().unwrap_or_else(PoisonError::into_inner);
     if sessions.len() == SESSIONS_KEPT {
@@ -330,6 +361,21 @@ fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+impl NodeProcess {
+    /// How long ago the process started (`None` if that cannot be read).
+    pub fn age(&self) -> Option<Duration> {
+        let uptime = fs::read_to_string("/proc/uptime").ok()?;
+        let uptime: f64 = uptime.split_whitespace().next()?.parse().ok()?;
+        // SAFETY: sysconf with a valid name.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        if ticks <= 0 {
+            return None;
+        }
+        let started = self.start_time as f64 / ticks as f64;
+        Some(Duration::from_secs_f64((uptime - started).max(0.0)))
+    }
+}
+
 /// Field 22 of `/proc/PID/stat` (after the command name, which may hold
 /// spaces and parentheses: the last `)` ends it).
 fn start_time(stat: &str) -> Option<u64> {
@@ -353,14 +399,14 @@ mod tests {
         }
     }
 
-    /// `program args...`, given time to install its signal handlers.
+    /// `program args...`, given time to start up (see `super::MIN_AGE`).
     fn run(program: &str, args: &[&str]) -> Running {
         let child = Command::new(program)
             .args(args)
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|error| panic!("{program}: {error}"));
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_secs(1));
         Running(child)
     }
 
@@ -418,6 +464,16 @@ mod tests {
         assert!(
             matches!(thrown, Err(InspectorError::Threw(_))),
             "{thrown:?}"
+        );
+        // Another Node process of the same network namespace, right after:
+        // the port is free again for its inspector.
+        let other = run("node", &["-e", "setInterval(() => {}, 1000)"]);
+        let other_process = NodeProcess::inspect(other.0.id()).expect("a Node process");
+        assert_eq!(
+            other_process
+                .evaluate("String(process.pid)", Duration::from_secs(5))
+                .expect("evaluated in the other process"),
+            other_process.pid.to_string()
         );
         let deadline = Instant::now() + Duration::from_secs(5);
         while TcpStream::connect(INSPECTOR).is_ok() {

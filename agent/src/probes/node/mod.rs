@@ -65,6 +65,12 @@ const UNINSTALL: &str = "globalThis[Symbol.for('sonde.node-context')]?.uninstall
 const EVALUATION_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the agent's stop may spend removing the script.
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
+/// How old a process must be before it gets SIGUSR1: Node aborts on one
+/// that comes before its start-up has set up the inspector's wakeup
+/// ("Assertion failed: start_io_thread_async_initialized", seen on Node 20
+/// for a signal sent right after exec). Short-lived Node programs (CLI
+/// tools, one-shot clients) are never signalled.
+const MIN_AGE: Duration = Duration::from_secs(2);
 
 enum Job {
     /// A selected process runs a Node executable carrying the probe.
@@ -125,20 +131,52 @@ impl Drop for NodeContext {
 }
 
 /// The worker: installs and removes until the channel closes, then removes
-/// the script from every process it is in.
+/// the script from every process it is in. A process younger than
+/// [`MIN_AGE`] waits until it is that old.
 fn run(jobs: &mpsc::Receiver<Job>, stats: &Stats) {
     let mut installed: HashMap<u32, NodeProcess> = HashMap::new();
-    for job in jobs {
+    let mut waiting: Vec<(Instant, NodeProcess)> = Vec::new();
+    loop {
+        let next = waiting.iter().map(|(due, _)| *due).min();
+        let job = match next {
+            Some(due) => match jobs.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                Ok(job) => Some(job),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            },
+            None => match jobs.recv() {
+                Ok(job) => Some(job),
+                Err(mpsc::RecvError) => break,
+            },
+        };
         match job {
-            Job::Install(pid) => {
-                if let Some(process) = install(pid, stats) {
-                    installed.insert(pid, process);
-                }
-            }
-            Job::Forget(pid) => {
+            Some(Job::Install(pid)) => match NodeProcess::inspect(pid) {
+                Ok(process) => match process.age() {
+                    Some(age) if age < MIN_AGE => {
+                        waiting.push((Instant::now() + (MIN_AGE - age), process));
+                    }
+                    _ => {
+                        if install(&process, stats) {
+                            installed.insert(pid, process);
+                        }
+                    }
+                },
+                Err(error) => failed(pid, &error, stats),
+            },
+            Some(Job::Forget(pid)) => {
+                waiting.retain(|(_, process)| process.pid != pid);
                 if let Some(process) = installed.remove(&pid) {
                     uninstall(&process, EVALUATION_TIMEOUT);
                 }
+            }
+            None => {}
+        }
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = waiting.drain(..).partition(|(at, _)| *at <= now);
+        waiting = later;
+        for (_, process) in due {
+            if install(&process, stats) {
+                installed.insert(process.pid, process);
             }
         }
     }
@@ -156,27 +194,27 @@ fn run(jobs: &mpsc::Receiver<Job>, stats: &Stats) {
     }
 }
 
-fn install(pid: u32, stats: &Stats) -> Option<NodeProcess> {
-    let result = NodeProcess::inspect(pid).and_then(|process| {
-        process
-            .evaluate(INSTALL, EVALUATION_TIMEOUT)
-            .map(|_| process)
-    });
-    match result {
-        Ok(process) => {
-            info!(pid, "Node.js context script installed");
-            Some(process)
+/// Evaluates the script in `process`; whether it is in.
+fn install(process: &NodeProcess, stats: &Stats) -> bool {
+    match process.evaluate(INSTALL, EVALUATION_TIMEOUT) {
+        Ok(_) => {
+            info!(pid = process.pid, "Node.js context script installed");
+            true
         }
         Err(error) => {
-            stats.add(Counter::NodeContextFailed, 1);
-            warn!(
-                pid,
-                error = %ErrorChain(&error),
-                "this Node.js process's calls are parented by thread only"
-            );
-            None
+            failed(process.pid, &error, stats);
+            false
         }
     }
+}
+
+fn failed(pid: u32, error: &inspector::InspectorError, stats: &Stats) {
+    stats.add(Counter::NodeContextFailed, 1);
+    warn!(
+        pid,
+        error = %ErrorChain(error),
+        "this Node.js process's calls are parented by thread only"
+    );
 }
 
 fn uninstall(process: &NodeProcess, timeout: Duration) {
