@@ -74,13 +74,21 @@ impl Procfs {
     /// The process a task id belongs to (`Tgid` in `status`): the id itself
     /// for a process, its process's for a thread.
     pub fn tgid(&self, id: u32) -> Option<u32> {
-        let status = fs::read_to_string(self.pid_path(id, "status")).ok()?;
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("Tgid:"))?
-            .trim()
-            .parse()
-            .ok()
+        self.status_field(id, "Tgid")?.parse().ok()
+    }
+
+    /// The value of field `name` in `status` (`SigCgt`, `Tgid`...).
+    pub fn status_field(&self, pid: u32, name: &str) -> Option<String> {
+        let status = fs::read_to_string(self.pid_path(pid, "status")).ok()?;
+        status.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            (key == name).then(|| value.trim().to_owned())
+        })
+    }
+
+    /// The process's command line, its arguments NUL-separated.
+    pub fn cmdline(&self, pid: u32) -> Option<Vec<u8>> {
+        fs::read(self.pid_path(pid, "cmdline")).ok()
     }
 
     /// True while the process (or thread) runs: its /proc entry exists and

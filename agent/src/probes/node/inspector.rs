@@ -21,12 +21,11 @@
 //! this module made ([`is_agent_session`]), which are no service's calls.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashSet, VecDeque},
     fs::{self, File},
     io::{BufRead, BufReader, Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpStream},
     os::fd::AsRawFd,
-    path::PathBuf,
     sync::{Mutex, PoisonError},
     time::{Duration, Instant},
 };
@@ -34,6 +33,8 @@ use std::{
 use serde_json::{Value, json};
 use thiserror::Error;
 use tungstenite::{Message, WebSocket};
+
+use crate::discovery::procfs::Procfs;
 
 /// Where Node's inspector listens when SIGUSR1 opens it.
 const INSPECTOR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9229);
@@ -110,22 +111,24 @@ impl NodeProcess {
     /// Reads what is needed of `pid`, checking that SIGUSR1 is safe to send
     /// and opens the inspector.
     pub fn inspect(pid: u32) -> Result<Self, InspectorError> {
-        let proc = PathBuf::from(format!("/proc/{pid}"));
-        let status = fs::read_to_string(proc.join("status")).map_err(|_| InspectorError::Gone)?;
-        let stat = fs::read_to_string(proc.join("stat")).map_err(|_| InspectorError::Gone)?;
-        let cmdline = fs::read(proc.join("cmdline")).map_err(|_| InspectorError::Gone)?;
-        // Options also come from NODE_OPTIONS.
-        let environ = fs::read(proc.join("environ")).map_err(|_| InspectorError::Gone)?;
+        let procfs = Procfs::default();
+        let caught = procfs
+            .status_field(pid, "SigCgt")
+            .and_then(|mask| u64::from_str_radix(&mask, 16).ok())
+            .ok_or(InspectorError::Gone)?;
+        let cmdline = procfs.cmdline(pid).ok_or(InspectorError::Gone)?;
+        let start_time = procfs.start_time(pid).ok_or(InspectorError::Gone)?;
+        if caught & SIGUSR1_BIT == 0 {
+            return Err(InspectorError::NoSignal);
+        }
+        // Options also come from NODE_OPTIONS. Read here, not with
+        // `Procfs::env_var`, which cannot tell an unreadable environment
+        // (refused: it may ask for an inspector) from a variable not set.
+        let environ = fs::read(format!("/proc/{pid}/environ")).map_err(|_| InspectorError::Gone)?;
         let node_options = environ
             .split(|&byte| byte == 0)
             .find_map(|variable| variable.strip_prefix(b"NODE_OPTIONS="))
             .unwrap_or_default();
-        let caught = status_field(&status, "SigCgt")
-            .and_then(|mask| u64::from_str_radix(mask, 16).ok())
-            .ok_or(InspectorError::Gone)?;
-        if caught & SIGUSR1_BIT == 0 {
-            return Err(InspectorError::NoSignal);
-        }
         let options = node_options.split(|&byte| byte == b' ');
         for argument in cmdline.split(|&byte| byte == 0).chain(options) {
             if argument.starts_with(b"--inspect") || argument.starts_with(b"--debug-port") {
@@ -135,10 +138,7 @@ impl NodeProcess {
                 return Err(InspectorError::NoSignal);
             }
         }
-        Ok(Self {
-            pid,
-            start_time: start_time(&stat).ok_or(InspectorError::Gone)?,
-        })
+        Ok(Self { pid, start_time })
     }
 
     /// Evaluates `expression` in the process (with Node's command-line
@@ -200,11 +200,25 @@ impl NodeProcess {
         }) else {
             return false;
         };
-        let socket = PathBuf::from(format!("socket:[{inode}]"));
-        fs::read_dir(format!("/proc/{}/fd", self.pid)).is_ok_and(|fds| {
-            fds.filter_map(Result::ok)
-                .any(|fd| fs::read_link(fd.path()).is_ok_and(|target| target == socket))
-        })
+        let Ok(inode) = inode.parse() else {
+            return false;
+        };
+        Procfs::default()
+            .owners_of(&[self.pid], &HashSet::from([inode]))
+            .contains_key(&self.pid)
+    }
+
+    /// How long ago the process started (`None` if that cannot be read).
+    pub fn age(&self) -> Option<Duration> {
+        let uptime = fs::read_to_string("/proc/uptime").ok()?;
+        let uptime: f64 = uptime.split_whitespace().next()?.parse().ok()?;
+        // SAFETY: sysconf with a valid name.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        if ticks <= 0 {
+            return None;
+        }
+        let started = self.start_time as f64 / ticks as f64;
+        Some(Duration::from_secs_f64((uptime - started).max(0.0)))
     }
 }
 
@@ -353,36 +367,6 @@ fn call(
     }
 }
 
-/// The value of field `name` in `/proc/PID/status`.
-fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
-    status.lines().find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        (key == name).then(|| value.trim())
-    })
-}
-
-impl NodeProcess {
-    /// How long ago the process started (`None` if that cannot be read).
-    pub fn age(&self) -> Option<Duration> {
-        let uptime = fs::read_to_string("/proc/uptime").ok()?;
-        let uptime: f64 = uptime.split_whitespace().next()?.parse().ok()?;
-        // SAFETY: sysconf with a valid name.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        if ticks <= 0 {
-            return None;
-        }
-        let started = self.start_time as f64 / ticks as f64;
-        Some(Duration::from_secs_f64((uptime - started).max(0.0)))
-    }
-}
-
-/// Field 22 of `/proc/PID/stat` (after the command name, which may hold
-/// spaces and parentheses: the last `)` ends it).
-fn start_time(stat: &str) -> Option<u64> {
-    let (_, fields) = stat.rsplit_once(')')?;
-    fields.split_whitespace().nth(19)?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use std::process::{Child, Command, Stdio};
@@ -408,17 +392,6 @@ mod tests {
             .unwrap_or_else(|error| panic!("{program}: {error}"));
         std::thread::sleep(Duration::from_secs(1));
         Running(child)
-    }
-
-    #[test]
-    fn reads_proc_fields() {
-        let status = "Name:\tnode\nSigCgt:\t0000000000004a02\nNSpid:\t7\t1\n";
-        assert_eq!(status_field(status, "SigCgt"), Some("0000000000004a02"));
-        assert_eq!(status_field(status, "NSpid"), Some("7\t1"));
-        assert_eq!(status_field(status, "Missing"), None);
-        let stat =
-            "42 (a (strange) name) S 1 42 42 0 -1 4194304 100 0 0 0 1 2 0 0 20 0 1 0 12345 1000";
-        assert_eq!(start_time(stat), Some(12345));
     }
 
     #[test]
