@@ -402,7 +402,8 @@ fn start_server_request<const PORTABLE: bool>(
 /// Keeps `ctx` as the request in flight on connection `cookie`, counted on
 /// thread `tid`. A connection has one request in flight at a time: a new
 /// one (pipelined, or after a response the kernel did not recognise)
-/// replaces the old in its thread's count. The connection's entry is
+/// replaces the old in its thread's count, and marks the connection
+/// pipelined for good. The connection's entry is
 /// rewritten in place when it has one (keep-alive): an insert and a
 /// delete per request cost more than the rest of the bookkeeping. True if
 /// the entry is new: the connection's first request.
@@ -421,21 +422,24 @@ fn track_server_request<const PORTABLE: bool>(tid: u32, cookie: u64, ctx: TraceC
             tid
         }
     };
-    let request = ServerRequest {
+    let mut request = ServerRequest {
         ctx,
         tid,
         active: 1,
+        pipelined: 0,
     };
     match SERVER_CTX.get_ptr_mut(cookie) {
         Some(entry) => {
             // SAFETY: a valid map value pointer.
-            let (owner, active) = unsafe { ((*entry).tid, (*entry).active) };
+            let (owner, active, pipelined) =
+                unsafe { ((*entry).tid, (*entry).active, (*entry).pipelined) };
             if active == 0 || owner != tid {
                 if active != 0 {
                     leave_in_flight(owner, cookie);
                 }
                 join_in_flight(tid, cookie);
             }
+            request.pipelined = pipelined | active;
             // SAFETY: as above.
             unsafe { *entry = request };
             false
@@ -627,7 +631,7 @@ pub fn client_context<const PORTABLE: bool>(tid: u32) -> TraceContext {
     } else {
         // Python: the context the call is made in says, if it knows.
         match pycontext::current().and_then(|context| pycontext::serves(&context)) {
-            Some(request) => request.live(),
+            Some(work) => work.request(),
             None => thread_request(tid, in_flight),
         }
     };

@@ -133,9 +133,12 @@ pub static CONTROL_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[map]
 pub static TRACKED_CONNS: LruHashMap<u64, TrackedConn> = LruHashMap::with_max_entries(65_536, 0);
 
-/// Sockets a target accepted but has not used yet: `(tgid << 32) | fd`.
+/// Sockets a target accepted but has not used yet, `(tgid << 32) | fd`,
+/// with a serial that names the connection until its first data tells its
+/// cookie (random, non-zero; `pycontext::ACCEPTED_IN_CONTEXT` set if it
+/// was accepted in a Python context that may name it).
 #[map]
-pub static ACCEPTED_FDS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16_384, 0);
+pub static ACCEPTED_FDS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_384, 0);
 
 /// A connection's last server request: in flight while read and its
 /// response not started yet.
@@ -147,7 +150,11 @@ pub struct ServerRequest {
     /// The thread that read it, whose in-flight count it is in while active.
     pub tid: u32,
     /// 1 while in flight, 0 once its response started.
-    pub active: u32,
+    pub active: u16,
+    /// 1 if a request of this connection ever started while the one before
+    /// was in flight (pipelined, or a response not recognised): which of
+    /// them some work serves, the connection cannot say (`pycontext`).
+    pub pipelined: u16,
 }
 
 /// The last server request of each connection (socket cookie; see

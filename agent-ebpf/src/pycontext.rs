@@ -12,6 +12,21 @@
 //!   (`probes::python_context`, at `PyContext_CopyCurrent`);
 //! - a call made in a context names its request ([`serves`]).
 //!
+//! Servers that create the task serving a connection when it opens,
+//! before any request (asyncio streams `start_server`, aiohttp,
+//! hypercorn), read requests in a context their handler does not descend
+//! from; but both descend from the connection's own context: asyncio
+//! accepts in the listener's callback and makes the connection's first
+//! context right after (`_accept_connection2`'s task), and everything of
+//! that connection (transport, protocol, handler task, reader callback)
+//! is made in it or its copies. So the first copy a thread makes of the
+//! context it accepted a connection in works for that connection
+//! ([`PY_ACCEPTING`], [`PyWork::connection`]); a copy made from it while
+//! the connection has a request in flight works for that request (the
+//! handler's per-request task), one made between requests for none, one
+//! made before the first request for the connection still (the handler
+//! task), and a call made in it names the connection's request in flight.
+//!
 //! The current context is `PyThreadState.context`, reached through the
 //! thread's `PyThreadState`, which the probe records per thread while the
 //! thread holds the GIL ([`PY_THREADS`]: the address of that field).
@@ -19,16 +34,24 @@
 //! Never a wrong parent: a context in which requests of two connections
 //! were read is marked shared and names none; what is kept is a
 //! [`RequestRef`], checked against the live request when used, so a
-//! context whose request is over gives its calls no parent. A context that
-//! knows no request (shared, made before the agent came, or by a server
-//! that creates its handler task when the connection opens, before any
-//! request: asyncio streams, aiohttp) leaves the call to the thread rule
-//! (`context::client_context`).
+//! context whose request is over gives its calls no parent; a connection
+//! names its request only while one is in flight and none was ever read
+//! while another was (`ServerRequest::pipelined`). A context that
+//! knows nothing (shared, or made before the agent came) leaves the call
+//! to the thread rule (`context::client_context`). Known limits: a task
+//! a connection's handler starts before the first request (a per-connection
+//! keep-alive pinger, say) works for the connection, so a call it makes
+//! while a request of that connection is in flight is given that request;
+//! and the kernel sees one request start per read, so a pipelined request
+//! read together with the one before it goes unseen, and a call made for
+//! it after a later request arrived would be given that later one
+//! (clients do not pipeline today: browsers, curl, Go, Python and Node
+//! clients wait for each response).
 
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::map, maps::LruHashMap};
 
 use crate::{
-    maps::{RequestRef, may_use_tls_or_go},
+    maps::{RequestRef, SERVER_CTX, ServerRequest, may_use_tls_or_go},
     read,
 };
 
@@ -56,19 +79,119 @@ impl PyContextKey {
     }
 }
 
-/// A [`PY_SERVING`] value's cookie meaning "requests of several
-/// connections were read in this context": it names none.
-pub const SHARED: u64 = 0;
+/// What a context works for: a [`PY_SERVING`] value.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PyWork {
+    /// [`REQUEST`], [`CONNECTION`], [`SHARED`] or [`NOTHING`].
+    pub kind: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// [`REQUEST`]: the request. [`CONNECTION`]: `cookie` is the
+    /// connection's accept serial (`maps::ACCEPTED_FDS`), not yet its
+    /// cookie, which its first data brings ([`ACCEPTED_CONNS`]).
+    pub request: RequestRef,
+}
+
+/// [`PyWork::kind`]: a request.
+pub const REQUEST: u32 = 1;
+/// [`PyWork::kind`]: a connection, whichever request it has in flight.
+pub const CONNECTION: u32 = 2;
+/// [`PyWork::kind`]: requests of several connections were read in this
+/// context: it names none, and its calls keep the thread rule.
+pub const SHARED: u32 = 3;
+/// [`PyWork::kind`]: made for a connection between its requests, it works
+/// for none of them: its calls get no parent.
+pub const NOTHING: u32 = 4;
+
+/// `maps::ACCEPTED_FDS`'s serial bit: accepted in a Python context, so
+/// that its first data records its cookie in [`ACCEPTED_CONNS`].
+pub const ACCEPTED_IN_CONTEXT: u64 = 1;
+
+impl PyWork {
+    const fn new(kind: u32, cookie: u64, span_id: [u8; 8]) -> Self {
+        Self {
+            kind,
+            reserved: 0,
+            request: RequestRef { cookie, span_id },
+        }
+    }
+
+    /// Works for the connection accepted as `serial`.
+    pub const fn connection(serial: u64) -> Self {
+        Self::new(CONNECTION, serial, [0; 8])
+    }
+
+    /// The request this work's calls are made for, if it is still in
+    /// flight.
+    #[inline(always)]
+    pub fn request(&self) -> Option<ServerRequest> {
+        match self.kind {
+            REQUEST => self.request.live(),
+            CONNECTION => {
+                // SAFETY: plain value lookups, copied out.
+                let cookie = unsafe { ACCEPTED_CONNS.get(self.request.cookie) }.copied()?;
+                unsafe { SERVER_CTX.get(cookie) }
+                    .copied()
+                    .filter(|server| server.active != 0 && server.pipelined == 0)
+            }
+            _ => None,
+        }
+    }
+
+    /// What a copy of a context that works for this works for: the same,
+    /// except that a connection's is its request in flight if it has one,
+    /// none if it had requests but none is in flight, and still the
+    /// connection before its first.
+    #[inline(always)]
+    pub fn for_copy(self) -> Self {
+        if self.kind != CONNECTION {
+            return self;
+        }
+        // SAFETY: plain value lookups, copied out.
+        let Some(cookie) = unsafe { ACCEPTED_CONNS.get(self.request.cookie) }.copied() else {
+            return self;
+        };
+        match unsafe { SERVER_CTX.get(cookie) }.copied() {
+            Some(server) if server.active != 0 && server.pipelined == 0 => {
+                Self::new(REQUEST, cookie, server.ctx.span_id)
+            }
+            Some(_) => Self::new(NOTHING, 0, [0; 8]),
+            None => self,
+        }
+    }
+}
 
 /// Where each Python thread (`pid_tgid`) keeps its current context: the
 /// address of its `PyThreadState.context`.
 #[map]
 pub static PY_THREADS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65_536, 0);
 
-/// The request each context works for (or [`SHARED`]).
+/// What each context works for.
 #[map]
-pub static PY_SERVING: LruHashMap<PyContextKey, RequestRef> =
-    LruHashMap::with_max_entries(65_536, 0);
+pub static PY_SERVING: LruHashMap<PyContextKey, PyWork> = LruHashMap::with_max_entries(65_536, 0);
+
+/// A connection a Python thread (`pid_tgid`) just accepted: the context
+/// it accepted it in, and its accept serial. Taken by the thread's next
+/// context copy, which works for the connection if it copies that context.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Accepting {
+    /// The `PyContext *` current at the accept.
+    pub context: u64,
+    /// The connection's serial (`maps::ACCEPTED_FDS`).
+    pub serial: u64,
+}
+
+/// See [`Accepting`].
+#[map]
+pub static PY_ACCEPTING: LruHashMap<u64, Accepting> = LruHashMap::with_max_entries(16_384, 0);
+
+/// The cookie of each connection accepted in a Python context, by accept
+/// serial, written at its first data. Socket cookies are never reused, so
+/// an entry left after the connection closed names no live request.
+#[map]
+pub static ACCEPTED_CONNS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_384, 0);
 
 /// The context the current thread runs in, if its process's contexts are
 /// followed and it has one (else the thread rule applies).
@@ -96,25 +219,42 @@ pub fn serve(cookie: u64, span_id: [u8; 8]) {
     let Some(key) = current() else {
         return;
     };
-    let mut request = RequestRef { cookie, span_id };
+    let mut work = PyWork::new(REQUEST, cookie, span_id);
     // SAFETY: plain value lookup, copied out.
     if let Some(known) = unsafe { PY_SERVING.get(key) }.copied() {
-        if known.cookie == SHARED {
+        if known.kind == SHARED {
             return;
         }
-        if known.cookie != cookie && known.live().is_some() {
-            request.cookie = SHARED;
+        if known.kind == REQUEST && known.request.cookie != cookie && known.request.live().is_some()
+        {
+            work.kind = SHARED;
         }
     }
-    let _ = PY_SERVING.insert(key, request, 0);
+    let _ = PY_SERVING.insert(key, work, 0);
 }
 
-/// The request context `key` works for, if it knows one (not checked:
-/// see [`RequestRef::live`]). A shared context knows none.
+/// What context `key` works for, if it knows (a shared context does not).
 #[inline(always)]
-pub fn serves(key: &PyContextKey) -> Option<RequestRef> {
+pub fn serves(key: &PyContextKey) -> Option<PyWork> {
     // SAFETY: plain value lookup, copied out.
     unsafe { PY_SERVING.get(key) }
         .copied()
-        .filter(|request| request.cookie != SHARED)
+        .filter(|work| work.kind != SHARED)
+}
+
+/// The current thread accepted the connection `serial` (its first use
+/// tells its cookie): if it runs in a followed context, its next copy of
+/// that context works for the connection. True if so.
+#[inline(always)]
+pub fn accepted(serial: u64) -> bool {
+    let Some(key) = current() else {
+        return false;
+    };
+    let accepting = Accepting {
+        context: key.context,
+        serial,
+    };
+    PY_ACCEPTING
+        .insert(bpf_get_current_pid_tgid(), accepting, 0)
+        .is_ok()
 }

@@ -28,6 +28,7 @@ use crate::{
     capture::{begin_call, finish_call, report_call},
     context::{SCAN_LIMIT, scan_copied},
     maps::{ACCEPTED_FDS, DATA_SCRATCH, PendingCall, SERVER_FDS, TRACKED_CONNS, is_target},
+    pycontext::{ACCEPTED_CONNS, ACCEPTED_IN_CONTEXT},
     sock::{MSG_PEEK, read_tuple, socket_id, tcp_family},
     syscall_args::{SyscallArgs, UserData},
     tls::is_tls_socket,
@@ -199,11 +200,15 @@ fn conn_state(
         None => {
             let fd_key = ((tgid as u64) << 32) | fd as u64;
             // SAFETY: plain value lookup.
-            let role = if unsafe { ACCEPTED_FDS.get(fd_key) }.is_some() {
-                let _ = ACCEPTED_FDS.remove(fd_key);
-                ROLE_SERVER
-            } else {
-                ROLE_UNKNOWN
+            let role = match unsafe { ACCEPTED_FDS.get(fd_key) }.copied() {
+                Some(serial) => {
+                    let _ = ACCEPTED_FDS.remove(fd_key);
+                    if serial & ACCEPTED_IN_CONTEXT != 0 {
+                        let _ = ACCEPTED_CONNS.insert(serial, cookie, 0);
+                    }
+                    ROLE_SERVER
+                }
+                None => ROLE_UNKNOWN,
             };
             TrackedConn::new(role)
         }

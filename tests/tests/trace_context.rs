@@ -880,7 +880,7 @@ async fn loop_gateway(
     label: &str,
     program: &dyn Fn(&Interpreters) -> String,
     script: &str,
-    args: fn(u16, String) -> Vec<String>,
+    args: &dyn Fn(u16, String) -> Vec<String>,
     calls: usize,
 ) -> Attribution {
     let interpreters = Interpreters::new(script);
@@ -920,7 +920,7 @@ async fn selectors_event_loop_never_misparents() {
         "python selectors loop",
         &Interpreters::python,
         "selectors_gateway.py",
-        |port, _| vec!["--downstream".to_owned(), port.to_string()],
+        &|port, _| vec!["--downstream".to_owned(), port.to_string()],
         2,
     )
     .await;
@@ -941,7 +941,7 @@ async fn selectors_loop_in_one_context_never_misparents() {
         "python selectors loop in one context",
         &Interpreters::python,
         "selectors_gateway.py",
-        |port, _| {
+        &|port, _| {
             vec![
                 "--downstream".to_owned(),
                 port.to_string(),
@@ -968,7 +968,7 @@ async fn fastapi_gather_exact_parents() {
         "fastapi/uvicorn + httpx gather",
         &Interpreters::python,
         "fastapi_gateway.py",
-        |_, url| vec!["--downstream".to_owned(), url],
+        &|_, url| vec!["--downstream".to_owned(), url],
         2,
     )
     .await;
@@ -983,6 +983,23 @@ async fn fastapi_gather_exact_parents() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asyncio_gather_exact_parents_on_each_cpython() {
     require_e2e!();
+    on_each_cpython("asyncio", &[]).await;
+}
+
+/// asyncio streams (`asyncio.start_server`): the task serving a connection
+/// is made when the connection opens, before any request, and serves its
+/// requests in turn, making one call itself and one in a task it starts
+/// for the request; on each CPython release as above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncio_streams_exact_parents_on_each_cpython() {
+    require_e2e!();
+    on_each_cpython("asyncio streams", &["--streams"]).await;
+}
+
+/// `tests/apps/asyncio_gateway.py` with `options` through
+/// [`loop_gateway`] on each CPython release installed whose layout the
+/// agent knows, each with exact parents.
+async fn on_each_cpython(what: &str, options: &'static [&'static str]) {
     let mut pythons = vec![PathBuf::from("/usr/bin/python3.11")];
     let pyenv = std::env::var_os("PYENV_ROOT")
         .map(PathBuf::from)
@@ -1012,17 +1029,55 @@ async fn asyncio_gather_exact_parents_on_each_cpython() {
             .and_then(|n| n.to_str())
             .expect("name")
             .to_owned();
-        let label = format!("asyncio on {}", python.display());
+        let label = format!("{what} on {}", python.display());
         let concurrent = loop_gateway(
             &label,
             &|interpreters| interpreters.link(&name, &python),
             "asyncio_gateway.py",
-            |port, _| vec!["--downstream".to_owned(), port.to_string()],
+            &|port, _| {
+                let mut args = vec!["--downstream".to_owned(), port.to_string()];
+                args.extend(options.iter().map(|option| (*option).to_owned()));
+                args
+            },
             2,
         )
         .await;
         assert_exact(&concurrent, &label);
     }
+}
+
+/// An aiohttp web server (which starts the task serving a connection when
+/// it opens, before any request) making two concurrent calls per request
+/// with an aiohttp `ClientSession` (`asyncio.gather`, one keep-alive
+/// pool): exact parents through the connection's own context.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aiohttp_exact_parents() {
+    require_e2e!();
+    let concurrent = loop_gateway(
+        "aiohttp server + aiohttp client gather",
+        &Interpreters::python,
+        "aiohttp_gateway.py",
+        &|port, _| vec!["--downstream".to_owned(), port.to_string()],
+        2,
+    )
+    .await;
+    assert_exact(&concurrent, "aiohttp");
+}
+
+/// The FastAPI gateway under hypercorn (asyncio streams underneath: a task
+/// per connection made when it opens, a task per request it spawns).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hypercorn_exact_parents() {
+    require_e2e!();
+    let concurrent = loop_gateway(
+        "fastapi/hypercorn + httpx gather",
+        &Interpreters::python,
+        "fastapi_gateway.py",
+        &|_, url| vec!["--downstream".to_owned(), url, "--hypercorn".to_owned()],
+        2,
+    )
+    .await;
+    assert_exact(&concurrent, "fastapi/hypercorn");
 }
 
 /// At least 99% of the calls and of their downstream spans have the right

@@ -328,7 +328,8 @@ fn check(groups: &[Group]) -> Vec<Checked> {
             },
         });
         // The event-loop trace-context tests run a FastAPI gateway under
-        // uvicorn that calls downstream with httpx (tests/apps/fastapi_gateway.py).
+        // uvicorn that calls downstream with httpx (tests/apps/fastapi_gateway.py)
+        // and an aiohttp server and client (tests/apps/aiohttp_gateway.py).
         // The database tests (tests/tests/db.rs) run redis-py, psycopg,
         // asyncpg, pymemcache and PyMySQL.
         for (name, module, pip, apt) in [
@@ -345,6 +346,12 @@ fn check(groups: &[Group]) -> Vec<Checked> {
                 "python3-uvicorn",
             ),
             ("python httpx", "httpx", "httpx==0.29.0", "python3-httpx"),
+            (
+                "python aiohttp",
+                "aiohttp",
+                "aiohttp==3.14.5",
+                "python3-aiohttp",
+            ),
             ("python redis", "redis", "redis==8.1.0", "python3-redis"),
             (
                 "python psycopg",

@@ -14,9 +14,11 @@
 //! - bits 32-47: `offsetof(PyThreadState, context)`.
 //!
 //! The entry records where the thread's current context lives
-//! (`PY_THREADS`); the return gives the copy the request of the context it
-//! copied, which is still the thread's current one (the copy is not
-//! entered), or clears what a reused address had. No state is kept
+//! (`PY_THREADS`); the return gives the copy what the context it copied
+//! works for (`PyWork::for_copy`), that context being still the thread's
+//! current one (the copy is not entered), or clears what a reused address
+//! had. The thread's first copy after it accepted a connection, of the
+//! context it accepted it in, works for that connection (`PY_ACCEPTING`). No state is kept
 //! between the two: the thread's entry is rewritten only when its state
 //! changes.
 
@@ -29,7 +31,7 @@ use aya_ebpf::{
 
 use crate::{
     maps::{is_target, mark_tls_or_go},
-    pycontext::{PY_SERVING, PY_THREADS, PyContextKey},
+    pycontext::{PY_ACCEPTING, PY_SERVING, PY_THREADS, PyContextKey, PyWork},
     read,
 };
 
@@ -62,7 +64,7 @@ fn enter(ctx: &ProbeContext) -> Option<()> {
     Some(())
 }
 
-/// The copy works for the request of the context it copies, if any.
+/// The copy works for what the context it copies works for, if anything.
 #[uretprobe]
 pub fn python_copy_context_exit(ctx: RetProbeContext) -> u32 {
     let _ = exit(&ctx);
@@ -74,17 +76,33 @@ fn exit(ctx: &RetProbeContext) -> Option<()> {
     if copy == 0 {
         return None;
     }
+    let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: plain value lookup, copied out; none unless the entry ran
     // for a target.
-    let slot = unsafe { PY_THREADS.get(bpf_get_current_pid_tgid()) }.copied()?;
+    let slot = unsafe { PY_THREADS.get(pid_tgid) }.copied()?;
     let original = read::user::<u64>(slot).ok()?;
     let copy = PyContextKey::of_current(copy);
     // SAFETY: plain value lookups, copied out.
-    match unsafe { PY_SERVING.get(PyContextKey::of_current(original)) }.copied() {
-        Some(request) if original != 0 => {
-            let _ = PY_SERVING.insert(copy, request, 0);
+    let accepted = unsafe { PY_ACCEPTING.get(pid_tgid) }.copied();
+    let work = match accepted {
+        Some(accepting) => {
+            let _ = PY_ACCEPTING.remove(pid_tgid);
+            (accepting.context == original).then(|| PyWork::connection(accepting.serial))
         }
-        _ => {
+        None => None,
+    };
+    let work = match work {
+        Some(work) => Some(work),
+        None if original != 0 => unsafe { PY_SERVING.get(PyContextKey::of_current(original)) }
+            .copied()
+            .map(PyWork::for_copy),
+        None => None,
+    };
+    match work {
+        Some(work) => {
+            let _ = PY_SERVING.insert(copy, work, 0);
+        }
+        None => {
             if unsafe { PY_SERVING.get(copy) }.is_some() {
                 let _ = PY_SERVING.remove(copy);
             }

@@ -9,7 +9,9 @@
 //!   connection's last data) and ends a server request left in flight on it. Fires on TCP state changes only, a few per
 //!   connection.
 //! - `syscalls:sys_exit_accept` / `sys_exit_accept4`: the returned fd is an
-//!   accepted (server side) socket; resolved to its cookie at first data.
+//!   accepted (server side) socket, named by a random serial until its
+//!   first data resolves it to its cookie (a Python context made for it
+//!   holds the serial: `pycontext`).
 //!   Accept is rare next to read/write, so hooking it costs the node little.
 
 use agent_common::{
@@ -25,11 +27,12 @@ use aya_ebpf::{
 };
 
 use crate::{
-    context::forget_server_request,
+    context::{forget_server_request, random_id},
     maps::{
         ACCEPTED_FDS, CONTROL_EVENTS, DATA_EVENTS, TRACKED_CONNS, config, count_drop,
         data_ring_flags, event_header, is_target,
     },
+    pycontext::{self, ACCEPTED_IN_CONTEXT},
     read,
     sock::socket_id,
 };
@@ -135,6 +138,10 @@ fn remember_accepted(ctx: &TracePointContext) {
     };
     if fd >= 0 {
         let key = ((tgid as u64) << 32) | fd as u64;
-        let _ = ACCEPTED_FDS.insert(key, 1, 0);
+        let mut serial = (u64::from_ne_bytes(random_id::<8>()) & !ACCEPTED_IN_CONTEXT) | 2;
+        if pycontext::accepted(serial | ACCEPTED_IN_CONTEXT) {
+            serial |= ACCEPTED_IN_CONTEXT;
+        }
+        let _ = ACCEPTED_FDS.insert(key, serial, 0);
     }
 }

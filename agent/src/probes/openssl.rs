@@ -48,6 +48,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     FeatureState,
+    function_probes::FunctionProbes,
     go::GoProbes,
     nginx,
     node::{self, NodeContext},
@@ -441,74 +442,74 @@ impl OpensslProbes {
     /// Puts the nginx probes on the nginx executable at `path`; a failure
     /// costs exact parents for its upstream calls (they stay never wrong).
     fn attach_nginx(&self, path: &Path) {
-        let mut ebpf = self.ebpf.lock().unwrap_or_else(PoisonError::into_inner);
-        match nginx::PROBES.attach(&mut ebpf, path, None) {
-            Ok(()) => info!(executable = %path.display(), "nginx upstream probes attached"),
-            Err(error) => warn!(
-                executable = %path.display(),
-                error = %ErrorChain(&error),
-                "nginx upstream calls of this executable will not get exact parents"
-            ),
-        }
+        self.attach_context_probes(
+            &nginx::PROBES,
+            path,
+            None,
+            "nginx upstream probes attached",
+            "nginx upstream calls of this executable will not get exact parents",
+        );
     }
 
     /// Puts the Node.js context probe on the Node executable at `path`;
-    /// whether it is on. A failure costs exact parents for its processes'
-    /// calls (they stay never wrong).
+    /// whether it is on.
     fn attach_node(&self, path: &Path) -> bool {
-        let mut ebpf = self.ebpf.lock().unwrap_or_else(PoisonError::into_inner);
-        match node::PROBES.attach(&mut ebpf, path, None) {
-            Ok(()) => {
-                info!(executable = %path.display(), "Node.js context probe attached");
-                true
-            }
-            Err(error) => {
-                warn!(
-                    executable = %path.display(),
-                    error = %ErrorChain(&error),
-                    "this Node.js executable's calls will not get exact parents"
-                );
-                false
-            }
-        }
+        self.attach_context_probes(
+            &node::PROBES,
+            path,
+            None,
+            "Node.js context probe attached",
+            "this Node.js executable's calls will not get exact parents",
+        )
     }
 
     /// Puts the Python context probes on the interpreter at `path` if its
     /// release is known; else its calls keep the thread rule (never
     /// wrong, less often linked), logged and counted.
     fn attach_python(&self, path: &Path) {
+        let lost = "this Python's asyncio calls will not get exact parents";
         let interpreter = match python::inspect(path) {
             Ok(interpreter) => interpreter,
             Err(error) => {
-                warn!(
-                    interpreter = %path.display(),
-                    error = %ErrorChain(&error),
-                    "this Python's asyncio calls will not get exact parents"
-                );
+                warn!(file = %path.display(), error = %ErrorChain(&error), "{lost}");
                 return;
             }
         };
         let Some(cookie) = interpreter.cookie else {
             self.stats.add(Counter::PythonUnsupported, 1);
             warn!(
-                interpreter = %path.display(),
+                file = %path.display(),
                 python = %interpreter.version,
                 "CPython release without a known layout: its asyncio calls are parented by thread only"
             );
             return;
         };
+        let attached = format!("Python {} context probes attached", interpreter.version);
+        self.attach_context_probes(&python::PROBES, path, Some(cookie), &attached, lost);
+    }
+
+    /// Puts a runtime's context probes on the file at `path`, logging
+    /// `attached`, or `lost` with the error: a failure costs exact parents
+    /// for its processes' calls (they stay never wrong). Whether they are
+    /// on.
+    fn attach_context_probes(
+        &self,
+        probes: &FunctionProbes,
+        path: &Path,
+        cookie: Option<u64>,
+        attached: &str,
+        lost: &str,
+    ) -> bool {
         let mut ebpf = self.ebpf.lock().unwrap_or_else(PoisonError::into_inner);
-        match python::PROBES.attach(&mut ebpf, path, Some(cookie)) {
-            Ok(()) => info!(
-                interpreter = %path.display(),
-                python = %interpreter.version,
-                "Python context probes attached"
-            ),
-            Err(error) => warn!(
-                interpreter = %path.display(),
-                error = %ErrorChain(&error),
-                "this Python's asyncio calls will not get exact parents"
-            ),
+        match probes.attach(&mut ebpf, path, cookie) {
+            Ok(()) => {
+                info!(file = %path.display(), "{attached}");
+                true
+            }
+            Err(error) => {
+                warn!(file = %path.display(), error = %ErrorChain(&error), "{lost}");
+                false
+            }
         }
     }
 }
