@@ -1328,20 +1328,45 @@ async fn node_without_inspector_never_misparents() {
 /// nginx `proxy_pass` to an upstream with `keepalive` (4 kept, 8 clients:
 /// new and reused upstream connections): its worker serves many requests
 /// at once on one thread, one upstream call each, and the nginx probes
-/// give each call its request.
+/// give each call its request; served over plain HTTP and over TLS (the
+/// OpenSSL probes tie each TLS connection to its descriptor, which the
+/// nginx probes look up).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_keepalive_upstream_never_misparents() {
     require_e2e!();
+    let certificate = Certificate::new("nginx-gateway");
+    for tls in [false, true] {
+        nginx_proxy(tls.then_some(&certificate)).await;
+    }
+}
+
+/// [`nginx_keepalive_upstream_never_misparents`] for one listener, plain
+/// or over TLS with `certificate`.
+async fn nginx_proxy(certificate: Option<&Certificate>) {
     let interpreters = Interpreters::new("nginx");
     let receiver = OtlpReceiver::start().await;
     let leaf = python_chain(&interpreters, &[]);
     let port = free_port();
+    let (listen, curl_options, scheme) = match certificate {
+        Some(certificate) => (
+            format!(
+                "listen 127.0.0.1:{port} ssl;
+        ssl_certificate {};
+        ssl_certificate_key {};",
+                certificate.cert(),
+                certificate.key()
+            ),
+            vec!["--http1.1".to_owned(), "--cacert".to_owned(), certificate.cert()],
+            "https",
+        ),
+        None => (format!("listen 127.0.0.1:{port};"), Vec::new(), "http"),
+    };
     let nginx = Nginx::start(
         "proxy",
         &format!(
             "upstream leaf {{ server 127.0.0.1:{leaf}; keepalive 4; }}
     server {{
-        listen 127.0.0.1:{port};
+        {listen}
         location /work/ {{
             proxy_pass http://leaf/leaf/;
             proxy_http_version 1.1;
@@ -1360,10 +1385,11 @@ async fn nginx_keepalive_upstream_never_misparents() {
             .and_then(Value::as_str)
             == Some("nginx")
     };
+    let label = format!("nginx proxy_pass over {scheme}, upstream keepalive");
     let run = GatewayRun {
-        label: "nginx proxy_pass, upstream keepalive",
-        base: format!("http://127.0.0.1:{port}"),
-        curl_options: Vec::new(),
+        label: &label,
+        base: format!("{scheme}://127.0.0.1:{port}"),
+        curl_options,
         pids: vec![leaf.pid()],
         is_gateway: &is_nginx,
         leaf_pids: vec![leaf.pid()],
@@ -1379,7 +1405,7 @@ async fn nginx_keepalive_upstream_never_misparents() {
     // exact parents, new and kept-alive upstream connections alike.
     assert!(
         concurrent.downstream.right * 100 >= 99 * LOOP_REQUESTS,
-        "nginx: at least 99% right parents: {concurrent:#?}"
+        "{label}: at least 99% right parents: {concurrent:#?}"
     );
     assert_ids_well_formed(&receiver.spans());
     assert_eq!(agent.stop(), 0);
