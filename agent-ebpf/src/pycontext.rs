@@ -46,7 +46,9 @@
 //! read together with the one before it goes unseen, and a call made for
 //! it after a later request arrived would be given that later one
 //! (clients do not pipeline today: browsers, curl, Go, Python and Node
-//! clients wait for each response).
+//! clients wait for each response). A connection accepted by a thread not
+//! known yet (no context copy since the probes came: [`PY_THREADS`]) is
+//! not followed.
 
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::map, maps::LruHashMap};
 

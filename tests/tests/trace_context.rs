@@ -1064,6 +1064,80 @@ async fn aiohttp_exact_parents() {
     assert_exact(&concurrent, "aiohttp");
 }
 
+/// HTTP/1.1 pipelining into servers whose handler task is made per
+/// connection (asyncio streams, aiohttp), 4 keep-alive connections: each
+/// second request of a pair is sent before the first's response, in the
+/// same read or a later one. Once a connection had two requests in flight
+/// it cannot say which one a call serves: unlinked calls are fine, a call
+/// in another request's trace is not. One request first: a connection
+/// accepted before the loop's thread made its first context copy since
+/// the agent came is not followed (the thread rule, which pipelining can
+/// mislead: see README "Limits today").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_never_misparent() {
+    require_e2e!();
+    for (script, options) in [
+        ("asyncio_gateway.py", &["--streams"][..]),
+        ("aiohttp_gateway.py", &[][..]),
+    ] {
+        let interpreters = Interpreters::new(script);
+        let receiver = OtlpReceiver::start().await;
+        let leaf = python_chain(&interpreters, &[]);
+        let script_path = app_path(script);
+        let leaf_port = leaf.port.to_string();
+        let mut argv = vec![
+            script_path.to_str().expect("utf-8 path"),
+            "--downstream",
+            &leaf_port,
+        ];
+        argv.extend(options);
+        let gateway = Server::start(&interpreters.python(), &argv);
+        let (agent, _metrics) = agent_for(&[gateway.port, leaf.port], &receiver);
+        agent.wait_instrumented(&[gateway.pid(), leaf.pid()], WAIT);
+        let warm_up = curl(&[&gateway.url("/work/1000")]);
+        assert_eq!(warm_up.trim(), "done", "{script}");
+        let output = Command::new(interpreters.python())
+            .arg(app_path("pipelining_client.py"))
+            .arg(gateway.port.to_string())
+            .output()
+            .expect("running the pipelining client");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).trim(),
+            "pipelined 200",
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let gateway_pid = gateway.pid();
+        let pids = [gateway_pid, leaf.pid()];
+        // Per request: the gateway's server span, two calls, two leaf spans.
+        let spans = receiver
+            .settle(WAIT, SETTLE, |spans| {
+                spans.iter().filter(|s| pids.contains(&s.pid())).count() >= 201 * 5
+            })
+            .await;
+        let spans: Vec<ReceivedSpan> = spans
+            .into_iter()
+            .filter(|s| request_id(s) != Some(1000))
+            .collect();
+        let scored = attribution(&spans, |s| s.pid() == gateway_pid, &[leaf.pid()], 400);
+        println!(
+            "{script} {options:?}, 200 pipelined requests: {}",
+            scored.summary()
+        );
+        assert_eq!(
+            (scored.calls.total(), scored.downstream.total()),
+            (400, 400),
+            "{script}: every call gives its spans: {scored:#?}"
+        );
+        assert_eq!(
+            (scored.calls.wrong, scored.downstream.wrong),
+            (0, 0),
+            "{script}: no span in another request's trace: {scored:#?}"
+        );
+        assert_eq!(agent.stop(), 0);
+    }
+}
+
 /// The FastAPI gateway under hypercorn (asyncio streams underneath: a task
 /// per connection made when it opens, a task per request it spawns).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1356,7 +1430,11 @@ async fn nginx_proxy(certificate: Option<&Certificate>) {
                 certificate.cert(),
                 certificate.key()
             ),
-            vec!["--http1.1".to_owned(), "--cacert".to_owned(), certificate.cert()],
+            vec![
+                "--http1.1".to_owned(),
+                "--cacert".to_owned(),
+                certificate.cert(),
+            ],
             "https",
         ),
         None => (format!("listen 127.0.0.1:{port};"), Vec::new(), "http"),
