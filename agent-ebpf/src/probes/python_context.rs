@@ -18,9 +18,9 @@
 //! works for (`PyWork::for_copy`), that context being still the thread's
 //! current one (the copy is not entered), or clears what a reused address
 //! had. The thread's first copy after it accepted a connection, of the
-//! context it accepted it in, works for that connection (`PY_ACCEPTING`). No state is kept
-//! between the two: the thread's entry is rewritten only when its state
-//! changes.
+//! context it accepted it in, works for that connection (`PY_ACCEPTING`).
+//! No state is kept between the two: the thread's entry is rewritten only
+//! when its state changes.
 
 use aya_ebpf::{
     EbpfContext,
