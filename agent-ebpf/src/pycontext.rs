@@ -130,13 +130,9 @@ impl PyWork {
     pub fn request(&self) -> Option<ServerRequest> {
         match self.kind {
             REQUEST => self.request.live(),
-            CONNECTION => {
-                // SAFETY: plain value lookups, copied out.
-                let cookie = unsafe { ACCEPTED_CONNS.get(self.request.cookie) }.copied()?;
-                unsafe { SERVER_CTX.get(cookie) }
-                    .copied()
-                    .filter(|server| server.active != 0 && server.pipelined == 0)
-            }
+            CONNECTION => connection_entry(self.request.cookie)
+                .map(|(_, server)| server)
+                .filter(names_its_request),
             _ => None,
         }
     }
@@ -150,18 +146,32 @@ impl PyWork {
         if self.kind != CONNECTION {
             return self;
         }
-        // SAFETY: plain value lookups, copied out.
-        let Some(cookie) = unsafe { ACCEPTED_CONNS.get(self.request.cookie) }.copied() else {
-            return self;
-        };
-        match unsafe { SERVER_CTX.get(cookie) }.copied() {
-            Some(server) if server.active != 0 && server.pipelined == 0 => {
+        match connection_entry(self.request.cookie) {
+            Some((cookie, server)) if names_its_request(&server) => {
                 Self::new(REQUEST, cookie, server.ctx.span_id)
             }
             Some(_) => Self::new(NOTHING, 0, [0; 8]),
             None => self,
         }
     }
+}
+
+/// The cookie and last request of the connection accepted as `serial`,
+/// once its first data told the cookie and a request was read on it.
+#[inline(always)]
+fn connection_entry(serial: u64) -> Option<(u64, ServerRequest)> {
+    // SAFETY: plain value lookups, copied out.
+    let cookie = unsafe { ACCEPTED_CONNS.get(serial) }.copied()?;
+    unsafe { SERVER_CTX.get(cookie) }
+        .copied()
+        .map(|server| (cookie, server))
+}
+
+/// True if a connection's last request is the one its work serves: in
+/// flight, on a connection that never had two at once.
+#[inline(always)]
+fn names_its_request(server: &ServerRequest) -> bool {
+    server.active != 0 && server.pipelined == 0
 }
 
 /// Where each Python thread (`pid_tgid`) keeps its current context: the

@@ -883,16 +883,8 @@ async fn loop_gateway(
     args: &dyn Fn(u16, String) -> Vec<String>,
     calls: usize,
 ) -> Attribution {
-    let interpreters = Interpreters::new(script);
-    let receiver = OtlpReceiver::start().await;
-    let leaf = python_chain(&interpreters, &[]);
-    let script = app_path(script);
-    let mut argv = vec![script.to_str().expect("utf-8 path").to_owned()];
-    argv.extend(args(leaf.port, leaf.url("")));
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let gateway = Server::start(&program(&interpreters), &argv);
-    let (agent, metrics) = agent_for(&[gateway.port, leaf.port], &receiver);
-    agent.wait_instrumented(&[gateway.pid(), leaf.pid()], WAIT);
+    let setup = LoopGateway::start(program, script, args).await;
+    let (gateway, leaf) = (&setup.gateway, &setup.leaf);
     let gateway_pid = gateway.pid();
     let run = GatewayRun {
         label,
@@ -903,10 +895,52 @@ async fn loop_gateway(
         leaf_pids: vec![leaf.pid()],
         calls,
     };
-    let concurrent = never_a_wrong_parent(&run, &receiver, metrics).await;
-    assert_ids_well_formed(&receiver.spans());
-    assert_eq!(agent.stop(), 0);
+    let concurrent = never_a_wrong_parent(&run, &setup.receiver, setup.metrics).await;
+    assert_ids_well_formed(&setup.receiver.spans());
+    assert_eq!(setup.agent.stop(), 0);
     concurrent
+}
+
+/// A gateway `tests/apps/<script>` in front of a threaded Python leaf, both
+/// traced by an agent. Fields drop in order: the agent first.
+struct LoopGateway {
+    agent: Agent,
+    /// The agent's /metrics address.
+    metrics: SocketAddr,
+    gateway: Server,
+    leaf: Server,
+    receiver: OtlpReceiver,
+    interpreters: Interpreters,
+}
+
+impl LoopGateway {
+    /// Starts the leaf, the gateway (under `program`, given the leaf's port
+    /// and base URL to build its arguments) and the agent, and waits until
+    /// both are instrumented.
+    async fn start(
+        program: &dyn Fn(&Interpreters) -> String,
+        script: &str,
+        args: &dyn Fn(u16, String) -> Vec<String>,
+    ) -> Self {
+        let interpreters = Interpreters::new(script);
+        let receiver = OtlpReceiver::start().await;
+        let leaf = python_chain(&interpreters, &[]);
+        let script = app_path(script);
+        let mut argv = vec![script.to_str().expect("utf-8 path").to_owned()];
+        argv.extend(args(leaf.port, leaf.url("")));
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let gateway = Server::start(&program(&interpreters), &argv);
+        let (agent, metrics) = agent_for(&[gateway.port, leaf.port], &receiver);
+        agent.wait_instrumented(&[gateway.pid(), leaf.pid()], WAIT);
+        Self {
+            agent,
+            metrics,
+            gateway,
+            leaf,
+            receiver,
+            interpreters,
+        }
+    }
 }
 
 /// A gateway on a runtime with no special support: one thread, a plain
@@ -1080,23 +1114,16 @@ async fn pipelined_requests_never_misparent() {
         ("asyncio_gateway.py", &["--streams"][..]),
         ("aiohttp_gateway.py", &[][..]),
     ] {
-        let interpreters = Interpreters::new(script);
-        let receiver = OtlpReceiver::start().await;
-        let leaf = python_chain(&interpreters, &[]);
-        let script_path = app_path(script);
-        let leaf_port = leaf.port.to_string();
-        let mut argv = vec![
-            script_path.to_str().expect("utf-8 path"),
-            "--downstream",
-            &leaf_port,
-        ];
-        argv.extend(options);
-        let gateway = Server::start(&interpreters.python(), &argv);
-        let (agent, _metrics) = agent_for(&[gateway.port, leaf.port], &receiver);
-        agent.wait_instrumented(&[gateway.pid(), leaf.pid()], WAIT);
+        let setup = LoopGateway::start(&Interpreters::python, script, &|port, _| {
+            let mut args = vec!["--downstream".to_owned(), port.to_string()];
+            args.extend(options.iter().map(|option| (*option).to_owned()));
+            args
+        })
+        .await;
+        let (gateway, leaf, receiver) = (&setup.gateway, &setup.leaf, &setup.receiver);
         let warm_up = curl(&[&gateway.url("/work/1000")]);
         assert_eq!(warm_up.trim(), "done", "{script}");
-        let output = Command::new(interpreters.python())
+        let output = Command::new(setup.interpreters.python())
             .arg(app_path("pipelining_client.py"))
             .arg(gateway.port.to_string())
             .output()
@@ -1134,7 +1161,7 @@ async fn pipelined_requests_never_misparent() {
             (0, 0),
             "{script}: no span in another request's trace: {scored:#?}"
         );
-        assert_eq!(agent.stop(), 0);
+        assert_eq!(setup.agent.stop(), 0);
     }
 }
 

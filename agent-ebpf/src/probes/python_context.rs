@@ -84,19 +84,17 @@ fn exit(ctx: &RetProbeContext) -> Option<()> {
     let copy = PyContextKey::of_current(copy);
     // SAFETY: plain value lookups, copied out.
     let accepted = unsafe { PY_ACCEPTING.get(pid_tgid) }.copied();
+    if accepted.is_some() {
+        let _ = PY_ACCEPTING.remove(pid_tgid);
+    }
     let work = match accepted {
-        Some(accepting) => {
-            let _ = PY_ACCEPTING.remove(pid_tgid);
-            (accepting.context == original).then(|| PyWork::connection(accepting.serial))
+        Some(accepting) if accepting.context == original => {
+            Some(PyWork::connection(accepting.serial))
         }
-        None => None,
-    };
-    let work = match work {
-        Some(work) => Some(work),
-        None if original != 0 => unsafe { PY_SERVING.get(PyContextKey::of_current(original)) }
+        _ if original != 0 => unsafe { PY_SERVING.get(PyContextKey::of_current(original)) }
             .copied()
             .map(PyWork::for_copy),
-        None => None,
+        _ => None,
     };
     match work {
         Some(work) => {

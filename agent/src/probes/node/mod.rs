@@ -131,8 +131,8 @@ impl Drop for NodeContext {
 }
 
 /// The worker: installs and removes until the channel closes, then removes
-/// the script from every process it is in. A process younger than
-/// [`MIN_AGE`] waits until it is that old.
+/// the script from every process it is in. A process waits in `waiting`
+/// until it is [`MIN_AGE`] old.
 fn run(jobs: &mpsc::Receiver<Job>, stats: &Stats) {
     let mut installed: HashMap<u32, NodeProcess> = HashMap::new();
     let mut waiting: Vec<(Instant, NodeProcess)> = Vec::new();
@@ -150,17 +150,14 @@ fn run(jobs: &mpsc::Receiver<Job>, stats: &Stats) {
             },
         };
         match job {
+            // Queued even when old enough (due now): installed below.
             Some(Job::Install(pid)) => match NodeProcess::inspect(pid) {
-                Ok(process) => match process.age() {
-                    Some(age) if age < MIN_AGE => {
-                        waiting.push((Instant::now() + (MIN_AGE - age), process));
-                    }
-                    _ => {
-                        if install(&process, stats) {
-                            installed.insert(pid, process);
-                        }
-                    }
-                },
+                Ok(process) => {
+                    let wait = process
+                        .age()
+                        .map_or(Duration::ZERO, |age| MIN_AGE.saturating_sub(age));
+                    waiting.push((Instant::now() + wait, process));
+                }
                 Err(error) => failed(pid, &error, stats),
             },
             Some(Job::Forget(pid)) => {
